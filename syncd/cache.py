@@ -1,0 +1,120 @@
+"""The local chunk cache: content-addressed, size-bounded, verified, best-effort.
+
+Chunks are stored in a diskcache ``Cache`` (SQLite index plus one file per large
+value) under ``SYNCD_CACHE_DIR``, keyed ``<owner>:<chunk id>``. diskcache is
+safe for several processes on one worker and evicts least-recently-used
+entries past ``SYNCD_CACHE_SIZE``. Keys carry the owner so that one owner can
+never plant bytes that another owner's hydrate would trust: ids are xxh3, which
+detects corruption but is not collision-resistant against an adversary.
+
+The cache only ever makes things faster (mountpoint-s3's rule): every read is
+re-hashed, a bad entry is evicted and reported as a miss, and any error from
+diskcache or the disk is logged and treated as a miss (on read) or ignored (on
+write). All diskcache calls run in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+
+from .chunking import verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    errors: int = 0
+    bytes_read: int = 0
+
+
+class ChunkCache:
+    def __init__(self, directory: Path, size_limit: int, owner: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.owner = owner
+        self.stats = CacheStats()
+        self._cache = diskcache.Cache(
+            str(directory), size_limit=size_limit, eviction_policy="least-recently-used",
+            cull_limit=64, sqlite_timeout=60)
+
+    def _key(self, chunk_id: str) -> str:
+        return f"{self.owner}:{chunk_id}"
+
+    def _get_one(self, chunk_id: str) -> bytes | None:
+        try:
+            value = self._cache.get(self._key(chunk_id))
+        except Exception as exc:  # noqa: BLE001 - a cache failure is only a miss
+            self.stats.errors += 1
+            log.warning("chunk cache read failed for %s: %s", chunk_id, exc)
+            return None
+        if value is None:
+            self.stats.misses += 1
+            return None
+        if not isinstance(value, bytes) or not verify(chunk_id, value):
+            self.stats.corrupt += 1
+            log.warning("chunk cache entry %s is corrupt; evicting it", chunk_id)
+            self._evict(chunk_id)
+            return None
+        self.stats.hits += 1
+        self.stats.bytes_read += len(value)
+        return value
+
+    def _evict(self, chunk_id: str) -> None:
+        try:
+            self._cache.delete(self._key(chunk_id))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not evict %s from the chunk cache: %s", chunk_id, exc)
+
+    def _put_many(self, items: Mapping[str, bytes]) -> None:
+        for chunk_id, data in items.items():
+            try:
+                self._cache.set(self._key(chunk_id), bytes(data))
+            except Exception as exc:  # noqa: BLE001 - caching is best-effort
+                self.stats.errors += 1
+                log.warning("chunk cache write failed for %s: %s", chunk_id, exc)
+                return
+
+    def _contains(self, ids: Iterable[str]) -> set[str]:
+        try:
+            return {i for i in ids if self._key(i) in self._cache}
+        except Exception:  # noqa: BLE001
+            return set()
+
+    async def get(self, chunk_id: str) -> bytes | None:
+        return await asyncio.to_thread(self._get_one, chunk_id)
+
+    async def get_many(self, ids: Iterable[str]) -> dict[str, bytes]:
+        ids = list(ids)
+
+        def run() -> dict[str, bytes]:
+            found = {}
+            for chunk_id in ids:
+                value = self._get_one(chunk_id)
+                if value is not None:
+                    found[chunk_id] = value
+            return found
+
+        return await asyncio.to_thread(run) if ids else {}
+
+    async def put(self, chunk_id: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put_many, {chunk_id: data})
+
+    async def put_many(self, items: Mapping[str, bytes]) -> None:
+        if items:
+            await asyncio.to_thread(self._put_many, items)
+
+    async def contains(self, ids: Iterable[str]) -> set[str]:
+        return await asyncio.to_thread(self._contains, list(ids))
+
+    def close(self) -> None:
+        self._cache.close()

@@ -1,0 +1,236 @@
+"""Commit: turn a local directory's changes into a new snapshot of the volume.
+
+1. Scan the directory and compare with the local index. A file whose stat
+   fingerprint (inode, size, mtime, ctime) is unchanged keeps its chunk list
+   without being read; a file that vanished from one path and appeared at
+   another with the same inode, size and mtime is a rename, also not read.
+   Everything else is read in ``chunk_size`` pieces, hashed in a worker thread
+   and handed to the Uploader, which PUTs only chunks the volume lacks.
+2. A file is stat'ed before and after it is read; if it changed meanwhile it
+   is read again (up to 3 times) and otherwise left out of this commit (kept
+   at its previous version), so a snapshot never claims bytes the file never
+   held as a whole.
+3. Our changes are the per-path diff from the index (what this directory last
+   synced) to the scan. They are applied on top of the volume's latest
+   snapshot and the commit point is advanced with ``If-Match``. If another
+   writer got there first, the precondition fails, we re-read HEAD, re-apply
+   the same changes on the new latest snapshot and try again: disjoint changes
+   both survive, and on the same path ours (the later commit) wins while
+   theirs stays reachable as our parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .chunking import content_id, spans
+from .engine import Engine
+from .errors import CommitConflict, LocalIOError, PreconditionFailed, VolumeNotFound
+from .localindex import LocalIndex, Tracked
+from .manifest import ChunkRef, Entry, Snapshot, apply, diff, symlink_stays_inside
+from .progress import NoProgress, Progress
+from .scan import LocalFile, from_stat, scan
+from .upload import Uploader
+from .volumes import Head
+
+MAX_ATTEMPTS = 30
+READERS = 4
+UNSTABLE_RETRIES = 3
+
+
+@dataclass
+class CommitResult:
+    volume: str
+    snapshot: str | None
+    seq: int
+    changed: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    uploaded_chunks: int = 0
+    uploaded_bytes: int = 0
+    reused_chunks: int = 0
+    merged: bool = False
+    attempts: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def writer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def commit(engine: Engine, volume: str, source: Path, *, message: str = "", create: bool = True,
+                 progress: Progress | None = None) -> CommitResult:
+    async with engine.index.locked(volume, source):
+        try:
+            head = await engine.repo.head(volume)
+        except VolumeNotFound:
+            if not create:
+                raise
+            head, _ = await engine.repo.create(volume)
+        index = await engine.index.load(volume, source)
+        local = await scan(source)
+        theirs = await engine.repo.snapshot(volume, head.snapshot) if head.snapshot else None
+        known = _locations(index.entries().values(), theirs.entries.values() if theirs else ())
+        uploader = Uploader(engine.store, engine.layout, volume, engine.budget, engine.config.pack_size, known)
+        result = CommitResult(volume, head.snapshot, head.seq)
+        reader = _Reader(engine, source, uploader, result, progress or NoProgress())
+        try:
+            ours = await reader.build(index, local)
+            await uploader.finish()
+        except BaseException:
+            await uploader.abort()
+            raise
+        result.uploaded_chunks, result.uploaded_bytes = uploader.uploaded_chunks, uploader.uploaded_bytes
+        result.reused_chunks = uploader.reused_chunks
+        final = {p: Entry(e.path, e.kind, e.mode, e.mtime_ns, e.size,
+                          tuple(uploader.location(c.id) for c in e.chunks), e.target)
+                 for p, e in ours.items()}
+        for path in result.skipped:  # keep what the index had for files we could not read
+            if path in index.files:
+                final[path] = index.files[path].entry
+        head = await _advance(engine, volume, head, index, final, message, result)
+        tracked = {p: Tracked(final[p], reader.fingerprints.get(p)) for p in final
+                   if p not in result.skipped}
+        tracked.update({p: index.files[p] for p in result.skipped if p in index.files})
+        await engine.index.save(volume, source, LocalIndex(head.snapshot, head.seq, tracked))
+        return result
+
+
+def _locations(*groups: Iterable[Entry]) -> dict[str, ChunkRef]:
+    known: dict[str, ChunkRef] = {}
+    for group in groups:
+        for entry in group:
+            for ref in entry.chunks:
+                known.setdefault(ref.id, ref)
+    return known
+
+
+async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, ours: dict[str, Entry],
+                   message: str, result: CommitResult) -> Head:
+    base = index.entries()
+    changes = diff(base, ours)
+    result.changed = len(changes)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        result.attempts = attempt
+        theirs = (await engine.repo.snapshot(volume, head.snapshot)).entries if head.snapshot else {}
+        merged = apply(theirs, changes, base)
+        result.merged = result.merged or head.snapshot != index.snapshot
+        if head.snapshot is not None and _same_tree(merged, theirs):
+            result.snapshot, result.seq = head.snapshot, head.seq
+            return head
+        snap = Snapshot(volume, engine.layout.owner, head.seq + 1, head.snapshot, time.time(),
+                        writer_id(), merged, message)
+        snapshot_id = await engine.repo.put_snapshot(volume, snap)
+        try:
+            head = await engine.repo.advance(head, snapshot_id, head.seq + 1)
+        except PreconditionFailed:
+            await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
+            head = await engine.repo.head(volume)
+            continue
+        result.snapshot, result.seq = head.snapshot, head.seq
+        return head
+    raise CommitConflict(f"volume {volume!r}: the commit point moved {MAX_ATTEMPTS} times while "
+                         "we tried to advance it; try again")
+
+
+def _same_tree(a: Mapping[str, Entry], other: Mapping[str, Entry]) -> bool:
+    return a.keys() == other.keys() and all(e.same_content(other[p]) for p, e in a.items())
+
+
+class _Reader:
+    """Builds our entries: reuses unchanged and renamed files, reads the rest."""
+
+    def __init__(self, engine: Engine, root: Path, uploader: Uploader, result: CommitResult,
+                 progress: Progress) -> None:
+        self.engine, self.root, self.uploader, self.result, self.progress = engine, root, uploader, result, progress
+        self.fingerprints: dict[str, tuple[int, int, int, int]] = {}
+        self._readers = asyncio.Semaphore(READERS)
+
+    async def build(self, index: LocalIndex, local: dict[str, LocalFile]) -> dict[str, Entry]:
+        ours: dict[str, Entry] = {}
+        renamed = {(t.fingerprint[0], t.fingerprint[1], t.fingerprint[2]): t
+                   for p, t in index.files.items()
+                   if t.fingerprint and t.entry.kind == "file"
+                   and (p not in local or local[p].ino != t.fingerprint[0])}
+        to_read: list[tuple[str, LocalFile]] = []
+        for path, loc in local.items():
+            if loc.kind == "dir":
+                ours[path] = Entry(path, "dir", loc.mode, loc.mtime_ns)
+            elif loc.kind == "symlink":
+                if symlink_stays_inside(path, loc.target or ""):
+                    ours[path] = Entry(path, "symlink", loc.mode, loc.mtime_ns, target=loc.target)
+                else:
+                    self.result.skipped.append(path)
+            else:
+                reuse = self._reusable(index.files.get(path), loc, renamed)
+                if reuse is not None:
+                    ours[path] = Entry(path, "file", loc.mode, loc.mtime_ns, loc.size, reuse.entry.chunks)
+                    self.fingerprints[path] = loc.fingerprint
+                else:
+                    to_read.append((path, loc))
+        self.progress.start(sum(loc.size for _, loc in to_read), "commit")
+        entries = await asyncio.gather(*(self._read_file(path) for path, _ in to_read))
+        for (path, _), entry in zip(to_read, entries):
+            if entry is not None:
+                ours[path] = entry
+        return ours
+
+    @staticmethod
+    def _reusable(tracked: Tracked | None, loc: LocalFile,
+                  renamed: dict[tuple[int, int, int], Tracked]) -> Tracked | None:
+        if tracked is not None and tracked.entry.kind == "file" and tracked.fingerprint == loc.fingerprint:
+            return tracked
+        return renamed.get((loc.ino, loc.size, loc.mtime_ns))
+
+    async def _read_file(self, path: str) -> Entry | None:
+        async with self._readers:
+            for _ in range(UNSTABLE_RETRIES):
+                entry = await self._read_once(path)
+                if entry is not None:
+                    return entry
+            self.result.skipped.append(path)
+            return None
+
+    async def _read_once(self, path: str) -> Entry | None:
+        """One read of ``path``; None if it changed while we read it."""
+        full = self.root / path
+        try:
+            fd = await asyncio.to_thread(os.open, full, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LocalIOError(f"cannot read {full}: {exc.strerror}") from exc
+        try:
+            before = from_stat(await asyncio.to_thread(os.fstat, fd))
+            small = before.size < self.engine.config.pack_threshold
+            refs = []
+            for offset, length in spans(before.size, self.engine.config.chunk_size):
+                held = await self.engine.budget.acquire(length)
+                data, chunk_id = await asyncio.to_thread(_read_chunk, fd, offset, length)
+                if len(data) != length:
+                    await self.engine.budget.release(held)
+                    return None
+                await self.uploader.add(chunk_id, data, held, small)
+                refs.append(ChunkRef(chunk_id, length))
+                self.progress.advance(length)
+            after = from_stat(await asyncio.to_thread(os.fstat, fd))
+        finally:
+            os.close(fd)
+        if after.fingerprint != before.fingerprint:
+            return None
+        self.result.files_read += 1
+        self.result.bytes_read += before.size
+        self.fingerprints[path] = before.fingerprint
+        return Entry(path, "file", before.mode, before.mtime_ns, before.size, tuple(refs))
+
+
+def _read_chunk(fd: int, offset: int, length: int) -> tuple[bytes, str]:
+    data = os.pread(fd, length, offset)
+    return data, content_id(data)

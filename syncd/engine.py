@@ -1,0 +1,76 @@
+"""Wiring: the one place that stacks the layers into a working engine.
+
+``open_engine(config)`` builds, from the bottom up::
+
+    S3Store            moves bytes, translates errors
+    LimitingStore      at most SYNCD_MAX_CONNECTIONS requests in flight
+    RetryingStore      backoff on TransientStoreError, SYNCD_RETRIES attempts
+    CountingStore      per-operation counts and bytes (tests, metrics)
+    VolumeRepo         HEAD and snapshots
+    ChunkCache         diskcache, verified, best-effort
+    ChunkFetcher       cache -> gateways -> store, single-flight
+    IndexStore         local sync state under SYNCD_STATE_DIR
+
+Tests pass ``backend=`` to put a MemoryStore or a fault-injecting store at the
+bottom of the same stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from .cache import ChunkCache
+from .config import Config
+from .fetch import ChunkFetcher, ChunkSource
+from .layout import Layout
+from .limits import ByteBudget
+from .localindex import IndexStore
+from .store import ObjectStore
+from .storewrap import CountingStore, LimitingStore, RetryingStore
+from .volumes import VolumeRepo
+
+
+@dataclass
+class Engine:
+    config: Config
+    store: ObjectStore
+    counter: CountingStore
+    layout: Layout
+    repo: VolumeRepo
+    cache: ChunkCache | None
+    fetcher: ChunkFetcher
+    index: IndexStore
+    budget: ByteBudget
+
+
+@contextlib.asynccontextmanager
+async def open_engine(config: Config, *, backend: ObjectStore | None = None,
+                      sources: Sequence[ChunkSource] = (), use_cache: bool = True) -> AsyncIterator[Engine]:
+    if backend is None:
+        from .s3 import S3Store
+        backend = await S3Store.open(config)
+    counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
+                                          config.retries, config.retry_base_delay))
+    layout = Layout(config.prefix, config.owner)
+    cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
+    if not sources and config.gateways:
+        from .gatewayclient import gateway_sources
+        sources = gateway_sources(config)
+    scope = f"{config.s3_endpoint or 'aws'}|{config.bucket}|{config.prefix}|{config.owner}"
+    engine = Engine(config, counter, counter, layout, VolumeRepo(counter, layout), cache,
+                    ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope),
+                    ByteBudget(config.max_inflight_bytes))
+    try:
+        yield engine
+    finally:
+        try:
+            for source in sources:
+                closer = getattr(source, "close", None)
+                if closer is not None:
+                    await closer()
+        finally:
+            if cache is not None:
+                cache.close()
+            await counter.close()

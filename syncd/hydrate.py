@@ -1,0 +1,233 @@
+"""Hydrate: make a local directory match a snapshot of a volume.
+
+Steps: read HEAD and the snapshot, scan the directory, plan (hydrateplan.py),
+refuse on conflicts, then execute in an order that never leaves a half-made
+path visible: clear what is in the way, create directories, write files
+(temporary name, then rename), make symlinks, delete what the snapshot
+dropped, and finally record the new state in the local index.
+
+Transfers: small files live in packs, so files are grouped by pack and each
+group is fetched with one ranged GET and written in one worker-thread batch.
+Large files are preallocated and their chunks fetched in parallel and written
+with ``pwrite`` at their offsets; each chunk holds its size from the byte
+budget from fetch until it is on disk, which bounds memory however large the
+file. All fetches go through the single-flight fetcher (cache, gateways, store).
+
+If anything fails part-way, the index is still saved with every path finished
+so far, so the next hydrate resumes instead of downloading again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import localfs
+from .chunking import content_id
+from .engine import Engine
+from .errors import LocalConflict
+from .hydrateplan import Plan, plan_hydrate
+from .localindex import LocalIndex, Tracked
+from .manifest import ChunkRef, Entry
+from .progress import NoProgress, Progress
+from .scan import LocalFile, scan
+
+OPEN_FILES = 16
+
+
+@dataclass
+class HydrateResult:
+    volume: str
+    snapshot: str | None
+    seq: int
+    files_written: int = 0
+    bytes_written: int = 0
+    unchanged: int = 0
+    adopted: int = 0
+    deleted: int = 0
+    kept_local: list[str] = field(default_factory=list)
+
+
+async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str | None = None,
+                  overwrite: bool = False, progress: Progress | None = None) -> HydrateResult:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise localfs.local_error(target, exc, "create") from exc
+    async with engine.index.locked(volume, target):
+        head = await engine.repo.head(volume)
+        sid = snapshot_id or head.snapshot
+        snap = await engine.repo.snapshot(volume, sid) if sid else None
+        desired = dict(snap.entries) if snap else {}
+        index = await engine.index.load(volume, target)
+        local = await scan(target)
+        plan = plan_hydrate(desired, index, local, overwrite)
+        if plan.verify:
+            equal, different = await asyncio.to_thread(_verify_untracked, target, plan.verify)
+            plan.meta += equal
+            if overwrite:
+                plan.create += different
+            else:
+                plan.conflicts += [e.path for e in different]
+        if plan.conflicts:
+            shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
+            raise LocalConflict(f"{len(plan.conflicts)} local path(s) in {target} differ from volume "
+                                f"{volume!r} and would be overwritten: {shown} "
+                                "(commit them first, move them away, or hydrate with --overwrite)",
+                                plan.conflicts)
+        result = HydrateResult(volume, sid, snap.seq if snap else 0, unchanged=len(plan.keep),
+                               kept_local=plan.kept_local)
+        run = _Run(engine, volume, target, progress or NoProgress(), result)
+        run.done.update(plan.keep)
+        try:
+            await run.execute(plan)
+        finally:
+            complete = not run.failed
+            await engine.index.save(volume, target, LocalIndex(
+                sid if complete else index.snapshot, result.seq if complete else index.seq,
+                run.done if complete else {**index.files, **run.done}))
+        return result
+
+
+def _verify_untracked(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """Split untracked same-size local files into (already equal, different) by hashing them."""
+    equal: list[Entry] = []
+    different: list[Entry] = []
+    for entry in entries:
+        try:
+            with open(root / entry.path, "rb") as f:
+                same = all(content_id(f.read(ref.size)) == ref.id for ref in entry.chunks)
+        except OSError:
+            same = False
+        (equal if same else different).append(entry)
+    return equal, different
+
+
+class _Run:
+    def __init__(self, engine: Engine, volume: str, root: Path, progress: Progress,
+                 result: HydrateResult) -> None:
+        self.engine, self.volume, self.root, self.progress, self.result = engine, volume, root, progress, result
+        self.done: dict[str, Tracked] = {}
+        self.failed = True
+        self._files = asyncio.Semaphore(OPEN_FILES)
+
+    def _record(self, entry: Entry, st: LocalFile) -> None:
+        self.done[entry.path] = Tracked(entry, st.fingerprint if entry.kind == "file" else None)
+
+    async def execute(self, plan: Plan) -> None:
+        for path in plan.clear:
+            await asyncio.to_thread(localfs.remove, self.root / path, True)
+        dirs = sorted((e for e in plan.create + plan.meta if e.kind == "dir"), key=lambda e: e.path)
+        for entry in dirs:
+            self._record(entry, await asyncio.to_thread(localfs.make_dir, self.root / entry.path, entry))
+        for entry in (e for e in plan.meta if e.kind == "file"):
+            self._record(entry, await asyncio.to_thread(localfs.set_meta, self.root / entry.path, entry))
+            self.result.adopted += 1
+        files = [e for e in plan.create if e.kind == "file"]
+        self.progress.start(sum(e.size for e in files), f"hydrate {self.volume}")
+        await self._write_files(files)
+        for entry in (e for e in plan.create if e.kind == "symlink"):
+            self._record(entry, await asyncio.to_thread(localfs.make_symlink, self.root / entry.path, entry))
+        for path in plan.delete:
+            await asyncio.to_thread(localfs.remove, self.root / path)
+            self.result.deleted += 1
+        for entry in reversed(dirs):
+            await asyncio.to_thread(localfs.set_dir_mtime, self.root / entry.path, entry.mtime_ns)
+        self.failed = False
+
+    async def _write_files(self, files: list[Entry]) -> None:
+        groups: dict[str, list[Entry]] = defaultdict(list)
+        large: list[Entry] = []
+        for entry in files:
+            packs = {c.pack for c in entry.chunks}
+            if len(packs) == 1 and None not in packs:
+                groups[entry.chunks[0].pack or ""].append(entry)
+            elif not entry.chunks:
+                groups[""].append(entry)
+            else:
+                large.append(entry)
+        tasks = [self._write_group(pack, members) for pack, members in groups.items()]
+        tasks += [self._write_large(entry) for entry in large]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _write_group(self, pack: str, entries: list[Entry]) -> None:
+        """Files whose bytes all sit in one pack: one ranged GET, one thread batch."""
+        for batch in _batches(entries, self.engine.config.pack_size):
+            size = sum(e.size for e in batch)
+            held = await self.engine.budget.acquire(size)
+            try:
+                refs = [c for e in batch for c in e.chunks]
+                data = await self.engine.fetcher.get_packed(self.volume, pack, refs) if refs else {}
+                stats = await asyncio.to_thread(self._write_batch, batch, data)
+            finally:
+                await self.engine.budget.release(held)
+            for entry, st in zip(batch, stats):
+                self._record(entry, st)
+            self.result.files_written += len(batch)
+            self.result.bytes_written += size
+            self.progress.advance(size)
+
+    def _write_batch(self, batch: list[Entry], data: dict[str, bytes]) -> list[LocalFile]:
+        return [localfs.write_small(self.root / e.path, e, b"".join(data[c.id] for c in e.chunks))
+                for e in batch]
+
+    async def _write_large(self, entry: Entry) -> None:
+        final = self.root / entry.path
+        async with self._files:
+            fd, tmp = await asyncio.to_thread(localfs.open_tmp, final, entry.size)
+            try:
+                offsets = []
+                offset = 0
+                for ref in entry.chunks:
+                    offsets.append(offset)
+                    offset += ref.size
+                await _gather_all([self._write_chunk(fd, final, ref, off)
+                                   for ref, off in zip(entry.chunks, offsets)])
+            except BaseException:
+                await asyncio.to_thread(localfs.abandon_tmp, fd, tmp)
+                raise
+            st = await asyncio.to_thread(localfs.finish_tmp, fd, tmp, final, entry)
+        self._record(entry, st)
+        self.result.files_written += 1
+        self.result.bytes_written += entry.size
+
+    async def _write_chunk(self, fd: int, final: Path, ref: ChunkRef, offset: int) -> None:
+        held = await self.engine.budget.acquire(ref.size)
+        try:
+            data = await self.engine.fetcher.get(self.volume, ref)
+            await asyncio.to_thread(localfs.pwrite_all, fd, data, offset, final)
+        finally:
+            await self.engine.budget.release(held)
+        self.progress.advance(ref.size)
+
+
+async def _gather_all(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run all; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _batches(entries: list[Entry], limit: int) -> list[list[Entry]]:
+    out: list[list[Entry]] = [[]]
+    size = 0
+    for entry in sorted(entries, key=lambda e: e.chunks[0].offset if e.chunks else 0):
+        if out[-1] and size + entry.size > limit:
+            out.append([])
+            size = 0
+        out[-1].append(entry)
+        size += entry.size
+    return out
+

@@ -1,0 +1,127 @@
+"""Deciding what a hydrate must do. Pure: no I/O.
+
+Inputs: the snapshot's entries (desired), the local index (what syncd last put
+in the directory, with stat fingerprints) and a fresh scan (what is there now).
+Each desired path falls in one case::
+
+    absent locally                                  -> create
+    tracked, unchanged locally, same content        -> keep (maybe fix mode/mtime)
+    tracked, unchanged locally, new content         -> replace
+    tracked, changed locally, remote unchanged      -> keep the local edit (pending commit)
+    tracked, changed locally, remote changed        -> CONFLICT
+    untracked, same kind (dir, equal symlink)       -> adopt
+    untracked file of the same size                 -> verify by hashing, then adopt or CONFLICT
+    untracked, anything else                        -> CONFLICT
+
+Tracked paths missing from the snapshot are deleted if unchanged locally and
+left alone (untracked) if the user changed them. Untracked paths the snapshot
+does not mention are never touched. Conflicts abort the hydrate before any
+byte is written unless the caller asked to overwrite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .localindex import LocalIndex, Tracked
+from .manifest import Entry
+from .scan import LocalFile
+
+
+@dataclass
+class Plan:
+    create: list[Entry] = field(default_factory=list)        # write/mkdir/symlink
+    meta: list[Entry] = field(default_factory=list)          # same bytes, fix mode/mtime
+    keep: dict[str, Tracked] = field(default_factory=dict)   # tracked, nothing to do
+    verify: list[Entry] = field(default_factory=list)        # hash local file, adopt if equal
+    delete: list[str] = field(default_factory=list)          # tracked, gone from snapshot
+    clear: list[str] = field(default_factory=list)           # local things in the way (overwrite)
+    conflicts: list[str] = field(default_factory=list)
+    kept_local: list[str] = field(default_factory=list)
+
+
+def unchanged(tracked: Tracked, local: LocalFile) -> bool:
+    """Is the local path still exactly what syncd last left there?"""
+    entry = tracked.entry
+    if local.kind != entry.kind:
+        return False
+    if entry.kind == "file":
+        return tracked.fingerprint is not None and local.fingerprint == tracked.fingerprint
+    if entry.kind == "symlink":
+        return local.target == entry.target
+    return True
+
+
+def plan_hydrate(desired: Mapping[str, Entry], index: LocalIndex, local: Mapping[str, LocalFile],
+                 overwrite: bool = False) -> Plan:
+    plan = Plan()
+    for path in sorted(desired):
+        _plan_path(plan, desired[path], index.files.get(path), local.get(path))
+    for path, tracked in index.files.items():
+        if path in desired:
+            continue
+        loc = local.get(path)
+        if loc is None:
+            continue
+        if unchanged(tracked, loc):
+            plan.delete.append(path)
+        else:
+            plan.kept_local.append(path)
+    _check_blockers(plan, desired, index, local)
+    if overwrite:
+        plan.clear.extend(p for p in plan.conflicts if p in local)
+        for path in plan.conflicts:
+            plan.create.append(desired[path])
+        plan.conflicts = []
+    plan.delete.sort(key=lambda p: p.count("/"), reverse=True)
+    return plan
+
+
+def _plan_path(plan: Plan, entry: Entry, tracked: Tracked | None, loc: LocalFile | None) -> None:
+    path = entry.path
+    if loc is None:
+        plan.create.append(entry)
+    elif tracked is not None and unchanged(tracked, loc):
+        if entry.same_content(tracked.entry):
+            plan.keep[path] = Tracked(entry, tracked.fingerprint)
+        elif entry.kind == "file" == tracked.entry.kind and _same_bytes(entry, tracked.entry):
+            plan.meta.append(entry)
+        elif entry.kind == "dir" == tracked.entry.kind:
+            plan.meta.append(entry)
+        else:
+            plan.create.append(entry)
+    elif tracked is not None and entry.same_content(tracked.entry):
+        plan.kept_local.append(path)
+        plan.keep[path] = tracked
+    elif loc.kind == entry.kind == "dir":
+        plan.meta.append(entry)
+    elif loc.kind == entry.kind == "symlink" and loc.target == entry.target:
+        plan.keep[path] = Tracked(entry, None)
+    elif loc.kind == entry.kind == "file" and loc.size == entry.size and tracked is None:
+        plan.verify.append(entry)
+    else:
+        plan.conflicts.append(path)
+
+
+def _same_bytes(a: Entry, b: Entry) -> bool:
+    return a.size == b.size and [c.id for c in a.chunks] == [c.id for c in b.chunks]
+
+
+def _check_blockers(plan: Plan, desired: Mapping[str, Entry], index: LocalIndex,
+                    local: Mapping[str, LocalFile]) -> None:
+    """A local directory where a file must go is only removed if syncd owns all of it."""
+    for entry in plan.create:
+        loc = local.get(entry.path)
+        if loc is None or loc.kind != "dir" or entry.kind == "dir":
+            continue
+        prefix = entry.path + "/"
+        owned = all(p in index.files and unchanged(index.files[p], local[p])
+                    for p in local if p.startswith(prefix))
+        if owned and entry.path in index.files:
+            plan.clear.append(entry.path)
+        else:
+            plan.conflicts.append(entry.path)
+    if plan.conflicts:
+        bad = set(plan.conflicts)
+        plan.create = [e for e in plan.create if e.path not in bad]

@@ -1,0 +1,77 @@
+"""Names and keys: where a volume's objects live in the bucket. Pure.
+
+A volume of owner ``o`` named ``v`` occupies exactly the keys below
+``<prefix>/o/v/`` (see docs/FORMAT.md)::
+
+    HEAD                          the commit point (JSON), advanced with If-Match
+    snapshots/<id>                immutable manifests, named by content id
+    chunks/<id[:2]>/<id>          one chunk of a large file
+    packs/<id>                    small files' contents, concatenated
+
+Names are validated before any key is built, so no name can reach outside its
+owner's prefix: a name is 1-63 characters of ``A-Z a-z 0-9 . _ -``, starts with
+a letter or digit, and is not ``.`` or ``..``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .chunking import is_content_id
+from .errors import InvalidName
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_RULE = "1-63 characters of letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def validate_name(name: object, what: str = "volume") -> str:
+    """Return ``name`` if it is a valid volume or owner name, else raise InvalidName."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+        raise InvalidName(f"invalid {what} name {name!r}: use {NAME_RULE}")
+    return name
+
+
+def normalize_volume_name(name: str) -> str:
+    """Accept the SDK's ``"/my_volume"`` spelling: one leading '/' is dropped."""
+    if isinstance(name, str) and name.startswith("/") and not name.startswith("//"):
+        name = name[1:]
+    return validate_name(name)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Key arithmetic for one owner under one bucket prefix."""
+
+    prefix: str
+    owner: str
+
+    def __post_init__(self) -> None:
+        validate_name(self.owner, "owner")
+        if self.prefix and any(p in ("", ".", "..") for p in self.prefix.split("/")):
+            raise InvalidName(f"invalid key prefix {self.prefix!r}")
+
+    @property
+    def owner_prefix(self) -> str:
+        return f"{self.prefix}/{self.owner}/" if self.prefix else f"{self.owner}/"
+
+    def volume_prefix(self, volume: str) -> str:
+        return f"{self.owner_prefix}{validate_name(volume)}/"
+
+    def head(self, volume: str) -> str:
+        return self.volume_prefix(volume) + "HEAD"
+
+    def snapshot(self, volume: str, snapshot_id: str) -> str:
+        return self.volume_prefix(volume) + "snapshots/" + _checked(snapshot_id)
+
+    def chunk(self, volume: str, chunk_id: str) -> str:
+        return self.volume_prefix(volume) + f"chunks/{_checked(chunk_id)[:2]}/{chunk_id}"
+
+    def pack(self, volume: str, pack_id: str) -> str:
+        return self.volume_prefix(volume) + "packs/" + _checked(pack_id)
+
+
+def _checked(object_id: str) -> str:
+    if not is_content_id(object_id):
+        raise InvalidName(f"invalid object id {object_id!r}")
+    return object_id

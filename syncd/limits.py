@@ -1,0 +1,65 @@
+"""Concurrency primitives: a byte budget and single-flight.
+
+``ByteBudget`` bounds the chunk bytes held in memory at once (s3transfer's
+second semaphore): a transfer acquires a chunk's size before fetching it and
+releases it once the bytes are on disk. A request larger than the whole budget
+is admitted alone rather than deadlocking.
+
+``SingleFlight`` runs at most one task per key; later callers await the same
+task. The task is shielded, so a cancelled caller does not cancel the fetch
+others are waiting on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ByteBudget:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.limit)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        return n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class SingleFlight(Generic[K, V]):
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+        self.joined = 0
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def do(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fn())
+            self._tasks[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        else:
+            self.joined += 1
+        return await asyncio.shield(task)
+
+    def _done(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # mark retrieved: a caller that went away must not leave a warning

@@ -1,0 +1,222 @@
+"""``S3Store``: the ObjectStore backend for any S3 API, and the only aiobotocore import.
+
+It moves bytes and translates failures, nothing else: no hashing, no caching,
+no retries (botocore's own retries are switched off so that the retry wrapper
+alone decides, by exception class). Translation::
+
+    404 / NoSuchKey / NoSuchBucket            -> NotFound
+    412 PreconditionFailed                    -> PreconditionFailed
+    409 ConditionalRequestConflict, 429, 5xx,
+    SlowDown, throttling, RequestTimeout      -> TransientStoreError
+    dropped connections, timeouts, bodies
+    shorter than their Content-Length         -> TransientStoreError
+    missing credentials                       -> ConfigError
+    anything else                             -> StoreError
+
+Objects above ``multipart_threshold`` are uploaded with multipart (parts in
+parallel, aborted on failure). botocore's CRC checksums are only computed where
+S3 requires them: syncd verifies xxh3 ids end to end, and CRC over every byte
+would cost as much CPU again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import botocore.exceptions as bce
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from .config import Config
+from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
+from .store import Blob, ObjectInfo
+
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
+    "RequestLimitExceeded", "TooManyRequests",
+}
+_NETWORK_ERRORS = (
+    bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError, aiohttp.ClientError,
+    asyncio.TimeoutError, ConnectionError, OSError,
+)
+
+
+def translate(exc: BaseException, key: str) -> Exception:
+    """Map a botocore/aiohttp failure on ``key`` to a syncd error class."""
+    if isinstance(exc, bce.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload") or status == 404:
+            return NotFound(f"{key}: {code or status}")
+        if code == "PreconditionFailed" or status == 412:
+            return PreconditionFailed(f"{key}: precondition failed")
+        if code in _TRANSIENT_CODES or status in (408, 409, 429) or status >= 500:
+            return TransientStoreError(f"{key}: {code or status} {err.get('Message', '')}".strip())
+        return StoreError(f"{key}: {code or status} {err.get('Message', '')}".strip())
+    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+        return ConfigError(f"no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ({exc})")
+    if isinstance(exc, _NETWORK_ERRORS):
+        return TransientStoreError(f"{key}: {type(exc).__name__}: {exc}")
+    return StoreError(f"{key}: {type(exc).__name__}: {exc}")
+
+
+class S3Store:
+    """An S3 bucket seen through aiobotocore. Use :meth:`open`, then :meth:`close`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    @classmethod
+    async def open(cls, config: Config, *, create_bucket: bool = True) -> S3Store:
+        self = cls(config)
+        session = get_session()
+        aio_config = AioConfig(
+            max_pool_connections=config.max_connections + 4,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            retries={"total_max_attempts": 1},
+            s3={"addressing_style": "path" if config.s3_endpoint else "auto"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._client = await self._stack.enter_async_context(session.create_client(
+            "s3", endpoint_url=config.s3_endpoint, region_name=config.region, config=aio_config))
+        if create_bucket:
+            await self.ensure_bucket()
+        return self
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+            return
+        except Exception as exc:  # noqa: BLE001 - translated below
+            mapped = translate(exc, self.bucket)
+            if not isinstance(mapped, NotFound):
+                raise mapped from exc
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if not self.config.s3_endpoint and self.config.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.config.region}
+        try:
+            await self._client.create_bucket(**kwargs)
+        except bce.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise translate(exc, self.bucket) from exc
+        except Exception as exc:
+            raise translate(exc, self.bucket) from exc
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start is not None or end is not None:
+            first = start or 0
+            kwargs["Range"] = f"bytes={first}-{'' if end is None else end - 1}"
+        try:
+            resp = await self._client.get_object(**kwargs)
+            async with resp["Body"] as body:
+                data = await body.read()
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        expected = resp.get("ContentLength")
+        if expected is not None and len(data) != expected:
+            raise TransientStoreError(f"{key}: truncated body ({len(data)} of {expected} bytes)")
+        return Blob(data, str(resp.get("ETag", "")))
+
+    async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
+                  if_match: str | None = None) -> str:
+        if len(data) > self.config.multipart_threshold and not if_match:
+            return await self._put_multipart(key, data, if_none_match)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        try:
+            resp = await self._client.put_object(**kwargs)
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        return str(resp.get("ETag", ""))
+
+    async def _put_multipart(self, key: str, data: bytes, if_none_match: bool) -> str:
+        part = self.config.multipart_part_size
+        try:
+            upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        upload_id = upload["UploadId"]
+        view = memoryview(data)
+        limit = asyncio.Semaphore(max(1, min(8, self.config.max_connections)))
+
+        async def one(number: int, offset: int) -> dict[str, Any]:
+            async with limit:
+                resp = await self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    Body=bytes(view[offset:offset + part]))
+                return {"PartNumber": number, "ETag": resp["ETag"]}
+
+        try:
+            parts = await asyncio.gather(*(one(i + 1, off) for i, off in enumerate(range(0, len(data), part))))
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id,
+                                      "MultipartUpload": {"Parts": list(parts)}}
+            if if_none_match:
+                kwargs["IfNoneMatch"] = "*"
+            resp = await self._client.complete_multipart_upload(**kwargs)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id))
+            if isinstance(exc, Exception):
+                raise translate(exc, key) from exc
+            raise
+        return str(resp.get("ETag", ""))
+
+    async def head(self, key: str) -> ObjectInfo:
+        try:
+            resp = await self._client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        modified = resp.get("LastModified")
+        return ObjectInfo(key, int(resp["ContentLength"]), str(resp.get("ETag", "")),
+                          modified.timestamp() if modified else 0.0)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"], int(item["Size"]), str(item.get("ETag", "")),
+                                     item["LastModified"].timestamp())
+        except Exception as exc:
+            raise translate(exc, prefix) from exc
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        out: list[str] = []
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                out.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        except Exception as exc:
+            raise translate(exc, prefix) from exc
+        return sorted(out)
+
+    async def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            try:
+                resp = await self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            except Exception as exc:
+                raise translate(exc, batch[0]) from exc
+            errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise StoreError(f"delete failed for {len(errors)} keys, first: {errors[0]}")

@@ -1,0 +1,121 @@
+"""The object-store seam: one small async interface that only moves bytes.
+
+Everything above this module (chunk fetching, hydrate, commit, the gateway) is
+written against :class:`ObjectStore`; everything below it is one backend.
+Backends never hash, cache or retry: those are wrappers in ``storewrap.py``
+implementing the same protocol, stacked in ``engine.py``. Backends translate
+their own failures into :mod:`syncd.errors` classes, so a wrapper can decide
+to retry on the exception class alone.
+
+``MemoryStore`` is the in-memory backend for pure-logic unit tests; it honours
+the same conditional-write semantics as S3 (``If-None-Match: *`` and
+``If-Match: <etag>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .errors import NotFound, PreconditionFailed
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    data: bytes
+    etag: str
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
+        """Bytes of ``key``; with ``start``/``end`` the half-open range [start, end)."""
+
+    async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
+                  if_match: str | None = None) -> str:
+        """Store ``data``; returns the new ETag. Raises PreconditionFailed when a condition fails."""
+
+    async def head(self, key: str) -> ObjectInfo:
+        """Size and ETag of ``key``; raises NotFound."""
+
+    def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        """The distinct ``prefix + name + '/'`` one level below ``prefix``."""
+
+    async def delete(self, keys: list[str]) -> None:
+        """Delete ``keys``; missing keys are not an error."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+class MemoryStore:
+    """A dict with S3's semantics, for unit tests and dry runs."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str, float]] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
+        try:
+            data, etag, _ = self.objects[key]
+        except KeyError as exc:
+            raise NotFound(key) from exc
+        if start is not None or end is not None:
+            data = data[start or 0:end]
+        return Blob(data, etag)
+
+    async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
+                  if_match: str | None = None) -> str:
+        async with self._lock:
+            current = self.objects.get(key)
+            if if_none_match and current is not None:
+                raise PreconditionFailed(key)
+            if if_match is not None and (current is None or current[1] != if_match):
+                raise PreconditionFailed(key)
+            etag = _etag(bytes(data))
+            self.objects[key] = (bytes(data), etag, time.time())
+            return etag
+
+    async def head(self, key: str) -> ObjectInfo:
+        try:
+            data, etag, mtime = self.objects[key]
+        except KeyError as exc:
+            raise NotFound(key) from exc
+        return ObjectInfo(key, len(data), etag, mtime)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        for key in sorted(self.objects):
+            if key.startswith(prefix):
+                data, etag, mtime = self.objects[key]
+                yield ObjectInfo(key, len(data), etag, mtime)
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        names = {k[len(prefix):].split("/", 1)[0] for k in self.objects if k.startswith(prefix)
+                 and "/" in k[len(prefix):]}
+        return sorted(prefix + n + "/" for n in names)
+
+    async def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
+
+    async def close(self) -> None:
+        return None

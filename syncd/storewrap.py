@@ -1,0 +1,166 @@
+"""Wrappers that add one concern each to any :class:`ObjectStore`.
+
+They implement the same protocol and are stacked in ``engine.py``, outermost
+first: ``Counting(Retrying(Limiting(S3Store)))``. So a count is one logical
+operation the caller asked for, a retry re-enters the limiter (a backing-off
+request holds no connection slot while it sleeps), and the backend only moves
+bytes.
+
+Retry policy, decided by exception class alone: ``TransientStoreError`` is
+retried with full-jitter exponential backoff up to ``attempts`` times, then
+re-raised; every other error (NotFound, PreconditionFailed, StoreError) is
+final at once. Conditional PUTs are retried too: if the first attempt did land
+and its answer was lost, the retry fails its precondition, which callers
+already handle as "someone else wrote it" and resolve by re-reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from .errors import TransientStoreError
+from .store import Blob, ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RetryingStore:
+    def __init__(self, inner: ObjectStore, attempts: int = 6, base_delay: float = 0.1,
+                 max_delay: float = 5.0) -> None:
+        self.inner, self.attempts, self.base_delay, self.max_delay = inner, attempts, base_delay, max_delay
+        self.retries = 0
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await op()
+            except TransientStoreError as exc:
+                if attempt == self.attempts:
+                    raise TransientStoreError(f"{what}: gave up after {attempt} attempts: {exc}") from exc
+                self.retries += 1
+                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+                log.info("retrying %s in %.2fs after %s", what, delay, exc)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
+        return await self._call(f"GET {key}", lambda: self.inner.get(key, start, end))
+
+    async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
+                  if_match: str | None = None) -> str:
+        return await self._call(f"PUT {key}", lambda: self.inner.put(
+            key, data, if_none_match=if_none_match, if_match=if_match))
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self._call(f"HEAD {key}", lambda: self.inner.head(key))
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        items = await self._call(f"LIST {prefix}", lambda: _collect(self.inner.list_objects(prefix)))
+        for item in items:
+            yield item
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        return await self._call(f"LIST {prefix}", lambda: self.inner.list_prefixes(prefix))
+
+    async def delete(self, keys: list[str]) -> None:
+        await self._call(f"DELETE {len(keys)} keys", lambda: self.inner.delete(keys))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def _collect(items: AsyncIterator[ObjectInfo]) -> list[ObjectInfo]:
+    return [item async for item in items]
+
+
+class LimitingStore:
+    """At most ``limit`` requests in flight against ``inner``."""
+
+    def __init__(self, inner: ObjectStore, limit: int) -> None:
+        self.inner = inner
+        self._sem = asyncio.Semaphore(limit)
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
+        async with self._sem:
+            return await self.inner.get(key, start, end)
+
+    async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
+                  if_match: str | None = None) -> str:
+        async with self._sem:
+            return await self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
+
+    async def head(self, key: str) -> ObjectInfo:
+        async with self._sem:
+            return await self.inner.head(key)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        async with self._sem:
+            items = await _collect(self.inner.list_objects(prefix))
+        for item in items:
+            yield item
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        async with self._sem:
+            return await self.inner.list_prefixes(prefix)
+
+    async def delete(self, keys: list[str]) -> None:
+        async with self._sem:
+            await self.inner.delete(keys)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class CountingStore:
+    """Counts operations and bytes, so tests can say "zero GETs on a cache hit"."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.keys: collections.Counter[str] = collections.Counter()
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.keys.clear()
+        self.bytes_in = self.bytes_out = 0
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
+        self.calls["get"] += 1
+        self.keys[key] += 1
+        blob = await self.inner.get(key, start, end)
+        self.bytes_in += len(blob.data)
+        return blob
+
+    async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
+                  if_match: str | None = None) -> str:
+        self.calls["put"] += 1
+        self.bytes_out += len(data)
+        return await self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
+
+    async def head(self, key: str) -> ObjectInfo:
+        self.calls["head"] += 1
+        return await self.inner.head(key)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        self.calls["list"] += 1
+        async for item in self.inner.list_objects(prefix):
+            yield item
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        self.calls["list"] += 1
+        return await self.inner.list_prefixes(prefix)
+
+    async def delete(self, keys: list[str]) -> None:
+        self.calls["delete"] += 1
+        await self.inner.delete(keys)
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,167 @@
+"""Commit a tree from one directory, hydrate it into another, on a real S3 server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from syncd.commit import commit
+from syncd.config import Config
+from syncd.engine import open_engine
+from syncd.errors import LocalConflict, VolumeNotFound
+from syncd.hydrate import hydrate
+
+from .conftest import worker_config
+from .treeutil import make_tree, mtimes, snapshot_tree
+
+
+async def test_round_trip_is_byte_identical(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=300)
+    async with open_engine(config) as eng:
+        result = await commit(eng, "vol", src)
+    assert result.seq == 1 and result.snapshot
+
+    dst = tmp_path / "dst"
+    async with open_engine(worker_config(config, tmp_path, "w2")) as eng2:
+        hres = await hydrate(eng2, "vol", dst)
+        # small files come from packs: far fewer GETs than files
+        assert eng2.counter.calls["get"] < 30
+    assert snapshot_tree(dst) == snapshot_tree(src)
+    assert mtimes(dst) == mtimes(src)
+    assert os.access(dst / "run.sh", os.X_OK)
+    assert (dst / "link-to-big").read_bytes() == (src / "models" / "big.bin").read_bytes()
+    assert hres.files_written == 300 + 3
+
+
+async def test_rehydrate_transfers_only_what_changed(config: Config, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, small_files=40)
+    w2 = worker_config(config, tmp_path, "w2")
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+    async with open_engine(w2) as eng2:
+        await hydrate(eng2, "vol", dst)
+
+    (src / "data" / "d1" / "f1.txt").write_text("changed\n")
+    (src / "new.txt").write_text("new\n")
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+    async with open_engine(w2) as eng2:
+        eng2.counter.reset()
+        res = await hydrate(eng2, "vol", dst)
+        assert res.files_written == 2
+        # HEAD + snapshot + at most one pack range per changed small file
+        assert eng2.counter.calls["get"] <= 4
+        assert eng2.counter.bytes_in < 100_000
+    assert snapshot_tree(dst) == snapshot_tree(src)
+
+
+async def test_hydrate_twice_is_a_no_op(config: Config, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, small_files=10)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        await hydrate(eng, "vol", dst)
+        eng.counter.reset()
+        res = await hydrate(eng, "vol", dst)
+    assert res.files_written == 0
+    assert eng.counter.calls["get"] == 1  # only HEAD; the snapshot is cached in memory
+
+
+async def test_cache_hit_makes_zero_chunk_gets(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=20)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        await hydrate(eng, "vol", tmp_path / "a")
+        eng.counter.reset()
+        await hydrate(eng, "vol", tmp_path / "b")
+        chunk_gets = [k for k in eng.counter.keys if "/chunks/" in k or "/packs/" in k]
+        assert chunk_gets == []
+        assert eng.cache is not None and eng.cache.stats.hits > 0
+    assert snapshot_tree(tmp_path / "b") == snapshot_tree(src)
+
+
+async def test_commit_detects_deletes_and_renames_without_rereading(config: Config, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, small_files=10)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        (src / "models" / "big.bin").rename(src / "models" / "renamed.bin")
+        (src / "data" / "d0" / "f0.txt").unlink()
+        (src / "link-to-big").unlink()
+        eng.counter.reset()
+        res = await commit(eng, "vol", src)
+        assert res.files_read == 0 and res.bytes_read == 0
+        assert eng.counter.calls["put"] == 2  # the snapshot and HEAD, no chunk
+    async with open_engine(worker_config(config, tmp_path, "w2")) as eng2:
+        await hydrate(eng2, "vol", dst)
+    assert snapshot_tree(dst) == snapshot_tree(src)
+
+
+async def test_unchanged_commit_creates_no_snapshot(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=5)
+    async with open_engine(config) as eng:
+        first = await commit(eng, "vol", src)
+        second = await commit(eng, "vol", src)
+    assert second.snapshot == first.snapshot and second.seq == 1
+
+
+async def test_hydrate_refuses_to_destroy_unknown_local_files(config: Config, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "a.txt").write_text("volume version")
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        dst.mkdir()
+        (dst / "a.txt").write_text("my own precious file")
+        (dst / "mine.txt").write_text("untouched")
+        with pytest.raises(LocalConflict) as info:
+            await hydrate(eng, "vol", dst)
+        assert info.value.paths == ["a.txt"]
+        assert (dst / "a.txt").read_text() == "my own precious file"
+        await hydrate(eng, "vol", dst, overwrite=True)
+    assert (dst / "a.txt").read_text() == "volume version"
+    assert (dst / "mine.txt").read_text() == "untouched"
+
+
+async def test_identical_untracked_file_is_adopted_not_downloaded(config: Config, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    payload = os.urandom(3 * 1024 * 1024)
+    (src / "model.bin").write_bytes(payload)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+    dst.mkdir()
+    (dst / "model.bin").write_bytes(payload)
+    async with open_engine(worker_config(config, tmp_path, "w2")) as eng2:
+        res = await hydrate(eng2, "vol", dst)
+        assert res.adopted == 1 and res.files_written == 0
+        assert not [k for k in eng2.counter.keys if "/chunks/" in k]
+
+
+async def test_local_edit_survives_rehydrate_and_is_committed(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one")
+    (src / "b.txt").write_text("one")
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        (src / "a.txt").write_text("local edit")
+        res = await hydrate(eng, "vol", src)
+        assert res.kept_local == ["a.txt"]
+        assert (src / "a.txt").read_text() == "local edit"
+        await commit(eng, "vol", src)
+        await hydrate(eng, "vol", tmp_path / "other")
+    assert (tmp_path / "other" / "a.txt").read_text() == "local edit"
+
+
+async def test_hydrate_missing_volume_is_a_clear_error(engine: object, tmp_path: Path) -> None:
+    from syncd.engine import Engine
+    assert isinstance(engine, Engine)
+    with pytest.raises(VolumeNotFound, match="nope"):
+        await hydrate(engine, "nope", tmp_path / "x")

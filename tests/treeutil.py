@@ -1,0 +1,46 @@
+"""Helpers to build and compare directory trees in tests."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+def make_tree(root: Path, *, small_files: int = 50, large_size: int = 3 * 1024 * 1024 + 17) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "models").mkdir()
+    (root / "models" / "big.bin").write_bytes(os.urandom(large_size))
+    for i in range(small_files):
+        d = root / "data" / f"d{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.txt").write_text(f"file {i}\n" * (i + 1))
+    (root / "empty.txt").write_bytes(b"")
+    (root / "empty-dir" / "nested-empty").mkdir(parents=True)
+    script = root / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    (root / "link-to-big").symlink_to("models/big.bin")
+    (root / "data" / "up").symlink_to("../models")
+
+
+def snapshot_tree(root: Path) -> dict[str, tuple[str, int, bytes | str | None]]:
+    """path -> (kind, permission bits, content or link target), excluding nothing."""
+    out: dict[str, tuple[str, int, bytes | str | None]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", 0, os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), full.read_bytes())
+    return out
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.lstat().st_mtime_ns
+            for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
