@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up a virtualenv with syncd and its test tools, then run the whole test suite
+# against an embedded SeaweedFS (or SYNCD_TEST_S3_ENDPOINT, if set).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${SYNCD_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+"$VENV/bin/python" -m mypy
+exec "$VENV/bin/python" -m pytest -q "$@"
