@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import json
 import logging
 import sys
@@ -26,58 +27,91 @@ from .errors import SyncdError
 from .layout import normalize_volume_name
 
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, Any]]
-COMMANDS: dict[str, Handler] = {}
+Configure = Callable[[argparse.ArgumentParser], None]
 
 
-def command(name: str) -> Callable[[Handler], Handler]:
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str            # "hydrate", or "volume prune" for a nested group
+    help: str
+    configure: Configure
+    handler: Handler
+
+
+COMMANDS: dict[str, Command] = {}
+# Modules that register more commands with @command; imported by build_parser().
+COMMAND_MODULES: list[str] = []
+
+
+def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:
+    """Register ``handler`` as ``syncd <name>``; ``configure`` adds its arguments."""
     def register(fn: Handler) -> Handler:
-        COMMANDS[name] = fn
+        COMMANDS[name] = Command(name, help, configure or (lambda p: None), fn)
         return fn
     return register
 
 
-def _volume(args: argparse.Namespace) -> str:
+def volume_arg(args: argparse.Namespace) -> str:
     return normalize_volume_name(args.volume)
 
 
-@command("hydrate")
-async def _hydrate(args: argparse.Namespace, config: Config) -> Any:
-    from .hydrate import hydrate
-    async with open_engine(config) as engine:
-        return await hydrate(engine, _volume(args), Path(args.dir), snapshot_id=args.snapshot,
-                             overwrite=args.overwrite, progress=_progress(args))
-
-
-@command("commit")
-async def _commit(args: argparse.Namespace, config: Config) -> Any:
-    from .commit import commit
-    async with open_engine(config) as engine:
-        return await commit(engine, _volume(args), Path(args.dir), message=args.message,
-                            progress=_progress(args))
-
-
-def _progress(args: argparse.Namespace) -> Any:
+def progress_for(args: argparse.Namespace) -> Any:
     if args.json or args.quiet or not sys.stderr.isatty():
         return None
     from .cliprogress import RichProgress
     return RichProgress()
 
 
+def _hydrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume")
+    p.add_argument("dir")
+    p.add_argument("--snapshot", help="a snapshot id instead of the latest")
+    p.add_argument("--overwrite", action="store_true", help="replace conflicting local files")
+
+
+@command("hydrate", "make DIR match the volume's latest snapshot", _hydrate_args)
+async def _hydrate(args: argparse.Namespace, config: Config) -> Any:
+    from .hydrate import hydrate
+    async with open_engine(config) as engine:
+        return await hydrate(engine, volume_arg(args), Path(args.dir), snapshot_id=args.snapshot,
+                             overwrite=args.overwrite, progress=progress_for(args))
+
+
+def _commit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume")
+    p.add_argument("dir")
+    p.add_argument("-m", "--message", default="")
+
+
+@command("commit", "write DIR's changes back as a new snapshot", _commit_args)
+async def _commit(args: argparse.Namespace, config: Config) -> Any:
+    from .commit import commit
+    async with open_engine(config) as engine:
+        return await commit(engine, volume_arg(args), Path(args.dir), message=args.message,
+                            progress=progress_for(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="syncd", description="Persistent volumes kept in object storage.")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("hydrate", help="make DIR match the volume's latest snapshot")
-    p.add_argument("volume")
-    p.add_argument("dir")
-    p.add_argument("--snapshot", help="a snapshot id instead of the latest")
-    p.add_argument("--overwrite", action="store_true", help="replace conflicting local files")
-    p = sub.add_parser("commit", help="write DIR's changes back as a new snapshot")
-    p.add_argument("volume")
-    p.add_argument("dir")
-    p.add_argument("-m", "--message", default="")
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for name in sorted(COMMANDS):
+        cmd = COMMANDS[name]
+        words = name.split()
+        target = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = group.add_subparsers(dest="subcommand", required=True)
+            target = groups[words[0]]
+        p = target.add_parser(words[-1], help=cmd.help)
+        cmd.configure(p)
+        p.set_defaults(_command=name)
     return parser
 
 
@@ -117,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         config = Config.from_env()
-        result: Any = asyncio.run(COMMANDS[args.command](args, config))
+        result: Any = asyncio.run(COMMANDS[args._command].handler(args, config))
     except SyncdError as exc:
         if args.json:
             print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
