@@ -129,9 +129,11 @@ def hydrate_small(ctx: Context, paths: dict[str, Path]) -> Scenario:
 
 
 def _warm(ctx: Context, name: str, volume: str, source: Path, size: int, title: str) -> Scenario:
+    # the worker already holds the volume: one hydrate (kept: with SYNCD_CACHE_LARGE=ref the cache
+    # points into it) fills the cache; each repetition hydrates into a fresh dir with fresh state
     cache = ctx.fresh(f"warm-{volume}/cache")
-    ctx.syncd_admin("hydrate", volume, str(ctx.fresh("out") / "r0"), cache=cache,
-                    state=ctx.fresh("state"))
+    ctx.syncd_admin("hydrate", volume, str(ctx.fresh(f"warm-{volume}/first")), cache=cache,
+                    state=ctx.fresh(f"warm-{volume}/state"))
 
     def cp(i: int) -> Run:
         out = ctx.fresh("out")

@@ -11,12 +11,25 @@ The cache only ever makes things faster (mountpoint-s3's rule): every read is
 re-hashed, a bad entry is evicted and reported as a miss, and any error from
 diskcache or the disk is logged and treated as a miss (on read) or ignored (on
 write). All diskcache calls run in worker threads, never on the event loop.
+
+Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks of large files):
+
+* bytes: the chunk itself (small files' chunks always; large files' with
+  ``copy``). Writes of many entries share one SQLite transaction.
+* references (``ref``, the default for large files): ``(path, offset, size)`` of
+  the chunk inside a file a hydrate published. A cold hydrate of a large file
+  then writes its bytes to disk once, not twice (the measured cost of the copy
+  was about as much as the download; docs/BENCHMARKS.md), and the next hydrate
+  on this worker still reads them locally. A reference is read with ``pread``
+  and verified like any entry: if the file was changed or removed since, it is
+  a quiet miss (counted as ``stale``) and the chunk is fetched again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +47,11 @@ class CacheStats:
     misses: int = 0
     corrupt: int = 0
     errors: int = 0
+    stale: int = 0
     bytes_read: int = 0
+
+
+REF = "syncd-ref"  # marker of a reference entry: (REF, path, offset, size)
 
 
 class ChunkCache:
@@ -60,7 +77,11 @@ class ChunkCache:
         if value is None:
             self.stats.misses += 1
             return None
-        if not isinstance(value, bytes) or not verify(chunk_id, value):
+        if isinstance(value, tuple) and len(value) == 4 and value[0] == REF:
+            value = self._read_ref(chunk_id, value)
+            if value is None:
+                return None
+        elif not isinstance(value, bytes) or not verify(chunk_id, value):
             self.stats.corrupt += 1
             log.warning("chunk cache entry %s is corrupt; evicting it", chunk_id)
             self._evict(chunk_id)
@@ -69,20 +90,34 @@ class ChunkCache:
         self.stats.bytes_read += len(value)
         return value
 
+    def _read_ref(self, chunk_id: str, ref: tuple[str, str, int, int]) -> bytes | None:
+        _, path, offset, size = ref
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), size, offset)
+        except OSError:
+            data = b""
+        if len(data) == size and verify(chunk_id, data):
+            return data
+        self.stats.stale += 1
+        self.stats.misses += 1
+        self._evict(chunk_id)
+        return None
+
     def _evict(self, chunk_id: str) -> None:
         try:
             self._cache.delete(self._key(chunk_id))
         except Exception as exc:  # noqa: BLE001
             log.warning("could not evict %s from the chunk cache: %s", chunk_id, exc)
 
-    def _put_many(self, items: Mapping[str, bytes]) -> None:
-        for chunk_id, data in items.items():
-            try:
-                self._cache.set(self._key(chunk_id), bytes(data))
-            except Exception as exc:  # noqa: BLE001 - caching is best-effort
-                self.stats.errors += 1
-                log.warning("chunk cache write failed for %s: %s", chunk_id, exc)
-                return
+    def _put_many(self, items: Mapping[str, bytes | tuple[str, str, int, int]]) -> None:
+        try:
+            with self._cache.transact():  # one SQLite transaction, not one per chunk
+                for chunk_id, value in items.items():
+                    self._cache.set(self._key(chunk_id), value if isinstance(value, tuple) else bytes(value))
+        except Exception as exc:  # noqa: BLE001 - caching is best-effort
+            self.stats.errors += 1
+            log.warning("chunk cache write failed for %d chunks: %s", len(items), exc)
 
     def _contains(self, ids: Iterable[str]) -> set[str]:
         try:
@@ -111,6 +146,12 @@ class ChunkCache:
 
     async def put_many(self, items: Mapping[str, bytes]) -> None:
         if items:
+            await asyncio.to_thread(self._put_many, items)
+
+    async def put_refs(self, refs: Mapping[str, tuple[Path, int, int]]) -> None:
+        """Record where verified chunks sit in published files: ``id -> (path, offset, size)``."""
+        if refs:
+            items = {i: (REF, str(path), offset, size) for i, (path, offset, size) in refs.items()}
             await asyncio.to_thread(self._put_many, items)
 
     async def contains(self, ids: Iterable[str]) -> set[str]:

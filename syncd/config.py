@@ -12,6 +12,9 @@ SYNCD_PREFIX                 volumes             key prefix inside the bucket
 SYNCD_OWNER                  default             owner whose volumes we see
 SYNCD_CACHE_DIR              ~/.cache/syncd      local chunk cache directory
 SYNCD_CACHE_SIZE             10 GiB              cache size bound (LRU eviction)
+SYNCD_CACHE_LARGE            ref                 large files' chunks: ``ref`` caches a
+                                                 reference into the hydrated file,
+                                                 ``copy`` a second copy of the bytes
 SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
 SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
 SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
@@ -68,6 +71,7 @@ class Config:
     region: str = "us-east-1"
     cache_dir: Path = Path.home() / ".cache" / "syncd"
     cache_size: int = 10 * GiB
+    cache_large: str = "ref"
     state_dir: Path = Path.home() / ".local" / "state" / "syncd"
     chunk_size: int = 8 * MiB
     pack_threshold: int = 1 * MiB
@@ -92,6 +96,8 @@ class Config:
             raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed SYNCD_CHUNK_SIZE")
         if self.max_inflight_bytes < self.chunk_size:
             raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk")
+        if self.cache_large not in ("ref", "copy"):
+            raise ConfigError("SYNCD_CACHE_LARGE must be 'ref' or 'copy'")
         if self.max_connections < 1 or self.retries < 1:
             raise ConfigError("SYNCD_MAX_CONNECTIONS and SYNCD_RETRIES must be >= 1")
         if self.multipart_part_size < 5 * MiB:
@@ -121,6 +127,7 @@ class Config:
         text("SYNCD_S3_ENDPOINT", "s3_endpoint")
         text("SYNCD_BUCKET", "bucket")
         text("SYNCD_OWNER", "owner")
+        text("SYNCD_CACHE_LARGE", "cache_large")
         if "SYNCD_PREFIX" in env:
             values["prefix"] = env["SYNCD_PREFIX"].strip("/")
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")

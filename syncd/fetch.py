@@ -47,10 +47,11 @@ class ChunkFetcher:
         self._chunks: SingleFlight[tuple[str, str], bytes] = SingleFlight()
         self._packs: SingleFlight[tuple[str, str, int, int], dict[str, bytes]] = SingleFlight()
 
-    async def get(self, volume: str, ref: ChunkRef) -> bytes:
-        return await self._chunks.do((volume, ref.id), lambda: self._fetch(volume, ref))
+    async def get(self, volume: str, ref: ChunkRef, *, cache_bytes: bool = True) -> bytes:
+        """One chunk; ``cache_bytes=False`` when the caller will cache a reference instead."""
+        return await self._chunks.do((volume, ref.id), lambda: self._fetch(volume, ref, cache_bytes))
 
-    async def _fetch(self, volume: str, ref: ChunkRef) -> bytes:
+    async def _fetch(self, volume: str, ref: ChunkRef, cache_bytes: bool = True) -> bytes:
         if self.cache is not None:
             cached = await self.cache.get(ref.id)
             if cached is not None:
@@ -59,7 +60,7 @@ class ChunkFetcher:
         data = await self._remote(volume, ref)
         if data is None:
             data = await self._from_store(volume, ref)
-        if self.cache is not None:
+        if self.cache is not None and cache_bytes:
             await self.cache.put(ref.id, data)
         return data
 

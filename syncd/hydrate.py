@@ -12,6 +12,9 @@ Large files are preallocated and their chunks fetched in parallel and written
 with ``pwrite`` at their offsets; each chunk holds its size from the byte
 budget from fetch until it is on disk, which bounds memory however large the
 file. All fetches go through the single-flight fetcher (cache, gateways, store).
+With ``SYNCD_CACHE_LARGE=ref`` (the default) a large file's chunks are not
+copied into the chunk cache: once the file is published, the cache records
+where each chunk sits in it, so the bytes hit the disk once (cache.py).
 
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again.
@@ -113,6 +116,7 @@ class _Run:
         self.done: dict[str, Tracked] = {}
         self.failed = True
         self._files = asyncio.Semaphore(OPEN_FILES)
+        self._by_ref = engine.config.cache_large == "ref"
 
     def _record(self, entry: Entry, st: LocalFile) -> None:
         self.done[entry.path] = Tracked(entry, st.fingerprint if entry.kind == "file" else None)
@@ -190,6 +194,10 @@ class _Run:
                 await asyncio.to_thread(localfs.abandon_tmp, fd, tmp)
                 raise
             st = await asyncio.to_thread(localfs.finish_tmp, fd, tmp, final, entry)
+        if self._by_ref and self.engine.cache is not None:
+            where = final.absolute()
+            await self.engine.cache.put_refs({ref.id: (where, off, ref.size)
+                                              for ref, off in zip(entry.chunks, offsets)})
         self._record(entry, st)
         self.result.files_written += 1
         self.result.bytes_written += entry.size
@@ -197,7 +205,7 @@ class _Run:
     async def _write_chunk(self, fd: int, final: Path, ref: ChunkRef, offset: int) -> None:
         held = await self.engine.budget.acquire(ref.size)
         try:
-            data = await self.engine.fetcher.get(self.volume, ref)
+            data = await self.engine.fetcher.get(self.volume, ref, cache_bytes=not self._by_ref)
             await asyncio.to_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:
             await self.engine.budget.release(held)
