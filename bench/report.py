@@ -101,8 +101,12 @@ def _size(n: Any) -> str:
     return f"{n / MiB:.1f} MiB"
 
 
-def chart(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
-    import matplotlib
+def chart(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> bool:
+    """The ratios as a bar chart; False (and no file) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -133,3 +137,4 @@ def chart(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True

@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     report.write_json(args.out / "bench.json", meta, results)
     report.print_table(meta, results)
-    report.chart(args.out / "bench.png", meta, results)
-    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    drew = report.chart(args.out / "bench.png", meta, results)
+    print(f"wrote {args.out / 'bench.json'}" + (f" and {args.out / 'bench.png'}" if drew
+                                                else " (no chart: pip install matplotlib)"))
     return 0
 
 

@@ -20,7 +20,7 @@ SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
 SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
 SYNCD_PACK_SIZE              8 MiB               target size of one pack object
 SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
-SYNCD_MAX_INFLIGHT_BYTES     256 MiB             chunk bytes held in memory at once
+SYNCD_MAX_INFLIGHT_BYTES     64 MiB              chunk bytes held in memory at once
 SYNCD_RETRIES                6                   attempts for a transient failure
 SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds
 SYNCD_CONNECT_TIMEOUT        10                  seconds
@@ -77,7 +77,7 @@ class Config:
     pack_threshold: int = 1 * MiB
     pack_size: int = 8 * MiB
     max_connections: int = 32
-    max_inflight_bytes: int = 256 * MiB
+    max_inflight_bytes: int = 64 * MiB
     retries: int = 6
     retry_base_delay: float = 0.1
     connect_timeout: float = 10.0

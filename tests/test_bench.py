@@ -1,0 +1,38 @@
+"""bench/run.py runs end to end on tiny data and reports every scenario (benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"hydrate_large", "hydrate_small", "warm_large", "warm_small", "commit_large", "commit_incr",
+             "readers"}
+
+
+@pytest.mark.slow
+def test_bench_runs_on_tiny_data(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--tools", "s5cmd",
+                           "--out", str(out), "--work", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert SCENARIOS <= set(report["scenarios"])
+    for name in SCENARIOS:
+        tools = report["scenarios"][name]["tools"]
+        assert tools["syncd"]["median_s"] > 0
+        assert len(tools) >= 2, name                    # syncd and at least one competitor
+    incr = report["scenarios"]["commit_incr"]["tools"]["syncd"]
+    assert incr["uploaded_chunks"] <= 2
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "bench.png").exists()
+    else:
+        assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "work").exists()             # scratch removed, server stopped

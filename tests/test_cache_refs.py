@@ -1,0 +1,75 @@
+"""Large files' chunks cached by reference into the hydrated file (SYNCD_CACHE_LARGE=ref)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from syncd.commit import commit
+from syncd.config import Config, MiB
+from syncd.engine import open_engine
+from syncd.hydrate import hydrate
+
+from .conftest import worker_config
+
+
+def chunk_gets(keys: object) -> list[str]:
+    return [k for k in keys if "/chunks/" in k]  # type: ignore[attr-defined]
+
+
+async def test_second_hydrate_reads_chunks_from_the_first_copy_not_the_store(
+        config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(5 * MiB + 3)
+    (src / "big.bin").write_bytes(big)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+    w2 = worker_config(config, tmp_path, "w2")
+    assert w2.cache_large == "ref"
+    async with open_engine(w2) as eng:
+        await hydrate(eng, "vol", tmp_path / "a")
+        assert len(chunk_gets(eng.counter.keys)) == 6
+        eng.counter.reset()
+        await hydrate(eng, "vol", tmp_path / "b")
+        assert chunk_gets(eng.counter.keys) == []            # every chunk came from a/big.bin
+        assert eng.cache is not None and eng.cache.stats.hits == 6
+    # the cache holds references, not a second copy of the bytes
+    assert sum(p.stat().st_size for p in w2.cache_dir.rglob("*.val")) < MiB
+    assert (tmp_path / "b" / "big.bin").read_bytes() == big
+
+
+async def test_reference_to_a_changed_file_is_a_miss_and_the_chunk_is_fetched(
+        config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(3 * MiB)
+    (src / "big.bin").write_bytes(big)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+    w2 = worker_config(config, tmp_path, "w2")
+    async with open_engine(w2) as eng:
+        await hydrate(eng, "vol", tmp_path / "a")
+        with open(tmp_path / "a" / "big.bin", "r+b") as f:   # the user edits the first MiB in place
+            f.write(b"x" * 100)
+        eng.counter.reset()
+        await hydrate(eng, "vol", tmp_path / "b")
+        assert len(chunk_gets(eng.counter.keys)) == 1         # only the edited chunk
+        assert eng.cache is not None and eng.cache.stats.stale == 1
+    assert (tmp_path / "b" / "big.bin").read_bytes() == big
+
+
+async def test_copy_mode_keeps_chunk_bytes_in_the_cache(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(2 * MiB))
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+    w2 = worker_config(config, tmp_path, "w2").replace(cache_large="copy")
+    async with open_engine(w2) as eng:
+        await hydrate(eng, "vol", tmp_path / "a")
+    (tmp_path / "a" / "big.bin").unlink()
+    async with open_engine(w2) as eng:
+        eng.counter.reset()
+        await hydrate(eng, "vol", tmp_path / "b")
+        assert chunk_gets(eng.counter.keys) == []
