@@ -29,6 +29,22 @@ def content_id(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+class IdHasher:
+    """``content_id`` computed over pieces: ``update`` them in order, ``reset`` to start again."""
+
+    def __init__(self) -> None:
+        self._h = xxhash.xxh3_128()
+
+    def update(self, piece: bytes | bytearray | memoryview) -> None:
+        self._h.update(piece)
+
+    def reset(self) -> None:
+        self._h.reset()
+
+    def hexdigest(self) -> str:
+        return str(self._h.hexdigest())
+
+
 def is_content_id(text: object) -> bool:
     return isinstance(text, str) and _ID.match(text) is not None
 

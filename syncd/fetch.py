@@ -23,12 +23,12 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from .cache import ChunkCache
-from .chunking import verify
+from .chunking import IdHasher, verify
 from .errors import IntegrityError, SyncdError
 from .layout import Layout
 from .limits import SingleFlight
 from .manifest import ChunkRef
-from .store import ObjectStore
+from .store import ObjectStore, Sink, get_streaming
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,48 @@ class ChunkFetcher:
         return await self._chunks.do((volume, ref.id), lambda: self._fetch(volume, ref, cache_bytes))
 
     async def _fetch(self, volume: str, ref: ChunkRef, cache_bytes: bool = True) -> bytes:
-        if self.cache is not None:
-            cached = await self.cache.get(ref.id)
-            if cached is not None:
-                self.bytes_by_source["cache"] += len(cached)
-                return cached
+        cached = await self._cached(ref)
+        if cached is not None:
+            return cached
         data = await self._remote(volume, ref)
         if data is None:
             data = await self._from_store(volume, ref)
         if self.cache is not None and cache_bytes:
             await self.cache.put(ref.id, data)
         return data
+
+    async def _cached(self, ref: ChunkRef) -> bytes | None:
+        cached = await self.cache.get(ref.id) if self.cache is not None else None
+        if cached is not None:
+            self.bytes_by_source["cache"] += len(cached)
+        return cached
+
+    async def nearby(self, volume: str, ref: ChunkRef) -> bytes | None:
+        """The chunk from the cache or a remote source, or None: the store was not asked."""
+        cached = await self._cached(ref)
+        return cached if cached is not None else await self._remote(volume, ref)
+
+    async def stream_from_store(self, volume: str, ref: ChunkRef, write: Sink) -> None:
+        """Stream a chunk object from the store into ``write(position, pieces)``, hashing as it
+        goes; a mismatch is retried once, then IntegrityError. Not single-flight and not
+        cached: for hydrate, which writes the pieces in place and caches a reference."""
+        key = self.layout.chunk(volume, ref.id)
+        hasher = IdHasher()
+
+        async def sink(position: int, pieces: list[bytes]) -> None:
+            if position == 0:  # a retry of the GET starts over
+                hasher.reset()
+            for piece in pieces:
+                hasher.update(piece)
+            await write(position, pieces)
+
+        for attempt in (1, 2):
+            size = await get_streaming(self.store, key, None, None, sink)
+            if size == ref.size and hasher.hexdigest() == ref.id:
+                self.bytes_by_source["store"] += size
+                return
+            log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
+        raise IntegrityError(f"chunk {ref.id} of volume {volume!r} is corrupt in the store ({key})")
 
     async def _remote(self, volume: str, ref: ChunkRef) -> bytes | None:
         for source in self.sources:

@@ -14,7 +14,10 @@ budget from fetch until it is on disk, which bounds memory however large the
 file. All fetches go through the single-flight fetcher (cache, gateways, store).
 With ``SYNCD_CACHE_LARGE=ref`` (the default) a large file's chunks are not
 copied into the chunk cache: once the file is published, the cache records
-where each chunk sits in it, so the bytes hit the disk once (cache.py).
+where each chunk sits in it, so the bytes hit the disk once (cache.py). A chunk
+that neither the cache nor a gateway holds is then streamed from the store
+straight into its place in the file, hashed on the way (fetch.py): no
+chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md).
 
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again.
@@ -23,7 +26,7 @@ so far, so the next hydrate resumes instead of downloading again.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +120,7 @@ class _Run:
         self.failed = True
         self._files = asyncio.Semaphore(OPEN_FILES)
         self._by_ref = engine.config.cache_large == "ref"
+        self._uses: Counter[str] = Counter()
 
     def _record(self, entry: Entry, st: LocalFile) -> None:
         self.done[entry.path] = Tracked(entry, st.fingerprint if entry.kind == "file" else None)
@@ -153,6 +157,7 @@ class _Run:
                 groups[""].append(entry)
             else:
                 large.append(entry)
+        self._uses = Counter(ref.id for entry in large for ref in entry.chunks)
         tasks = [self._write_group(pack, members) for pack, members in groups.items()]
         tasks += [self._write_large(entry) for entry in large]
         await gather_all(tasks)
@@ -203,10 +208,19 @@ class _Run:
         self.result.bytes_written += entry.size
 
     async def _write_chunk(self, fd: int, final: Path, ref: ChunkRef, offset: int) -> None:
+        """A chunk used once in this hydrate (ref mode) is streamed from the store into place;
+        one used more often goes through the single-flight fetcher and the cache's bytes."""
         held = await self.engine.budget.acquire(ref.size)
         try:
-            data = await self.engine.fetcher.get(self.volume, ref, cache_bytes=not self._by_ref)
-            await asyncio.to_thread(localfs.pwrite_all, fd, data, offset, final)
+            once = self._by_ref and self._uses[ref.id] == 1
+            data = await (self.engine.fetcher.nearby(self.volume, ref) if once else
+                          self.engine.fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
+            if data is None:
+                await self.engine.fetcher.stream_from_store(
+                    self.volume, ref,
+                    lambda pos, pieces: asyncio.to_thread(localfs.pwritev_all, fd, pieces, offset + pos, final))
+            else:
+                await asyncio.to_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:
             await self.engine.budget.release(held)
         self.progress.advance(ref.size)

@@ -35,13 +35,14 @@ from aiobotocore.session import get_session
 
 from .config import Config
 from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
-from .store import Blob, ObjectInfo
+from .store import Blob, ObjectInfo, Sink
 
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
     "RequestLimitExceeded", "TooManyRequests",
 }
+STREAM_PIECE = 2 << 20  # bytes handed to a get_stream sink at once
 _NETWORK_ERRORS = (
     bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError, aiohttp.ClientError,
     asyncio.TimeoutError, ConnectionError, OSError,
@@ -136,6 +137,36 @@ class S3Store:
         if expected is not None and len(data) != expected:
             raise TransientStoreError(f"{key}: truncated body ({len(data)} of {expected} bytes)")
         return Blob(data, str(resp.get("ETag", "")))
+
+    async def get_stream(self, key: str, start: int | None, end: int | None, sink: Sink) -> int:
+        """Like get, but hands the body to ``sink`` as it arrives, in lists of the buffers read
+        (about STREAM_PIECE bytes each time): no chunk-sized buffer and no join (measured 3x
+        faster for a 512 MiB file, docs/BENCHMARKS.md)."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start is not None or end is not None:
+            kwargs["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        pos = 0
+        try:
+            resp = await self._client.get_object(**kwargs)
+            async with resp["Body"] as body:
+                pieces: list[bytes] = []
+                size = 0
+                while True:
+                    piece = await body.read(STREAM_PIECE)
+                    if piece:
+                        pieces.append(piece)
+                        size += len(piece)
+                    if size and (size >= STREAM_PIECE or not piece):
+                        await sink(pos, pieces)
+                        pos, pieces, size = pos + size, [], 0
+                    if not piece:
+                        break
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        expected = resp.get("ContentLength")
+        if expected is not None and pos != expected:
+            raise TransientStoreError(f"{key}: truncated body ({pos} of {expected} bytes)")
+        return pos
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:

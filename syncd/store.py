@@ -7,6 +7,12 @@ implementing the same protocol, stacked in ``engine.py``. Backends translate
 their own failures into :mod:`syncd.errors` classes, so a wrapper can decide
 to retry on the exception class alone.
 
+``get_streaming`` is the streaming form of ``get`` for large bodies: the bytes
+go to ``sink(position, pieces)`` as they arrive (a list of buffers, in order,
+starting at ``position``) instead of into one buffer; a retry starts again at
+position 0. A store that offers ``get_stream`` (S3Store
+and the wrappers) streams; any other falls back to one ``get``.
+
 ``MemoryStore`` is the in-memory backend for pure-logic unit tests; it honours
 the same conditional-write semantics as S3 (``If-None-Match: *`` and
 ``If-Match: <etag>``).
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -36,6 +42,9 @@ class ObjectInfo:
 class Blob:
     data: bytes
     etag: str
+
+
+Sink = Callable[[int, list[bytes]], Awaitable[None]]
 
 
 @runtime_checkable
@@ -61,6 +70,16 @@ class ObjectStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+async def get_streaming(store: ObjectStore, key: str, start: int | None, end: int | None, sink: Sink) -> int:
+    """Bytes of ``key`` (or [start, end)) passed to ``sink(position, pieces)`` in order; returns the size."""
+    stream = getattr(store, "get_stream", None)
+    if stream is not None:
+        return int(await stream(key, start, end, sink))
+    blob = await store.get(key, start, end)
+    await sink(0, [blob.data])
+    return len(blob.data)
 
 
 def _etag(data: bytes) -> str:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from .errors import TransientStoreError
-from .store import Blob, ObjectInfo, ObjectStore
+from .store import Blob, ObjectInfo, ObjectStore, Sink, get_streaming
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +51,9 @@ class RetryingStore:
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
         return await self._call(f"GET {key}", lambda: self.inner.get(key, start, end))
+
+    async def get_stream(self, key: str, start: int | None, end: int | None, sink: Sink) -> int:
+        return await self._call(f"GET {key}", lambda: get_streaming(self.inner, key, start, end, sink))
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -89,6 +92,10 @@ class LimitingStore:
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
         async with self._sem:
             return await self.inner.get(key, start, end)
+
+    async def get_stream(self, key: str, start: int | None, end: int | None, sink: Sink) -> int:
+        async with self._sem:
+            return await get_streaming(self.inner, key, start, end, sink)
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -138,6 +145,13 @@ class CountingStore:
         blob = await self.inner.get(key, start, end)
         self.bytes_in += len(blob.data)
         return blob
+
+    async def get_stream(self, key: str, start: int | None, end: int | None, sink: Sink) -> int:
+        self.calls["get"] += 1
+        self.keys[key] += 1
+        n = await get_streaming(self.inner, key, start, end, sink)
+        self.bytes_in += n
+        return n
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:

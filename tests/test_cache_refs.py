@@ -1,13 +1,17 @@
-"""Large files' chunks cached by reference into the hydrated file (SYNCD_CACHE_LARGE=ref)."""
+"""Large files' chunks: streamed from the store into place, verified, and cached by reference
+into the hydrated file (SYNCD_CACHE_LARGE=ref)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+
 from syncd.commit import commit
 from syncd.config import Config, MiB
 from syncd.engine import open_engine
+from syncd.errors import IntegrityError
 from syncd.hydrate import hydrate
 
 from .conftest import worker_config
@@ -73,3 +77,24 @@ async def test_copy_mode_keeps_chunk_bytes_in_the_cache(config: Config, tmp_path
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
         assert chunk_gets(eng.counter.keys) == []
+
+
+async def test_streamed_chunk_that_fails_verification_is_an_integrity_error(
+        config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3 * MiB))
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        victim = [i.key async for i in eng.store.list_objects(eng.layout.volume_prefix("vol"))
+                  if "/chunks/" in i.key][0]
+        blob = await eng.store.get(victim)
+        await eng.store.put(victim, blob.data[:-1] + bytes([blob.data[-1] ^ 1]))
+    w2 = worker_config(config, tmp_path, "w2")
+    async with open_engine(w2) as eng:
+        with pytest.raises(IntegrityError, match=victim):
+            await hydrate(eng, "vol", tmp_path / "dst")
+        assert eng.counter.keys[victim] == 2                 # streamed, re-checked once, refused
+    assert not (tmp_path / "dst" / "big.bin").exists()       # nothing half-made is published
+    assert [p.name for p in (tmp_path / "dst").iterdir()] == []
+
