@@ -89,10 +89,13 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
                           f"{ratio:.2f}x" if ratio else "", target,
                           f"{s['cpu_s_per_gib']:.2f}" if s["cpu_s_per_gib"] is not None else "-",
                           f"{s['peak_rss_mib']:.0f}", f"{s['server_cpu_s']:.2f}",
-                          _size(s.get("uploaded_bytes")))
+                          _size(s.get("uploaded_bytes"))
+                          + (f" ({s['uploaded_chunks']:g} chunks)" if s.get("uploaded_chunks") is not None else ""))
             first = False
-    Console(width=160).print(table)
+    Console(width=170).print(table)
     print("syncd/tool = throughput of syncd divided by throughput of tool (above 1 = syncd faster)")
+    if meta.get("syncd_startup_s") is not None:
+        print(f"syncd process start-up (interpreter + imports, included above): {meta['syncd_startup_s']:.3f} s")
 
 
 def _size(n: Any) -> str:

@@ -25,6 +25,7 @@ import datetime
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
 import scenarios  # noqa: E402
-from harness import BUCKET, Context, Run  # noqa: E402
+from harness import BUCKET, Context, Run, run_procs  # noqa: E402
 
 from syncd.devserver import CREDENTIALS, SeaweedServer  # noqa: E402
 
@@ -48,7 +49,7 @@ MODES: dict[str, dict[str, int]] = {
     "default": {"large": 512 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
                 "fanout": 256 * MiB, "reps": 5},
     "full": {"large": 2048 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
-             "fanout": 512 * MiB, "reps": 3},
+             "fanout": 256 * MiB, "reps": 3},
 }
 TOOLS = ["s5cmd", "aws", "boto3"]
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                       log=lambda m: print(m, file=sys.stderr, flush=True))
         meta = _meta(mode, reps, sizes, args.syncd_env)
         ctx.admin("mb", ctx.s3)
+        meta["syncd_startup_s"] = _startup(ctx)
         paths = scenarios.prepare(ctx)
         results: dict[str, Any] = {}
         for build in load_scenarios(args.scenarios):
@@ -133,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out / 'bench.json'}" + (f" and {args.out / 'bench.png'}" if drew
                                                 else " (no chart: pip install matplotlib)"))
     return 0
+
+
+def _startup(ctx: Context) -> float:
+    """Median time for a syncd process to start and import what a hydrate imports."""
+    cmd = [sys.executable, "-c", "import syncd.cli, syncd.s3, syncd.hydrate, syncd.commit, aiobotocore.session"]
+    return round(statistics.median(run_procs("startup", [cmd], ctx.syncd_env, 0, None).wall for _ in range(5)), 3)
 
 
 def _load() -> str:
