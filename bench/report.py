@@ -54,8 +54,12 @@ def scenario_summary(scenario: Scenario, runs: dict[str, list[Run]]) -> dict[str
     summary: dict[str, Any] = {"title": scenario.title, "baseline": scenario.baseline,
                                "target": scenario.target, "note": scenario.note,
                                "tools": tools, "throughput_ratio_syncd_over": ratios}
-    if scenario.baseline in ratios:
+    if scenario.max_chunks is not None and ours and ours.get("uploaded_chunks") is not None:
+        summary["target"] = f"<= {scenario.max_chunks} chunks"
+        summary["target_met"] = ours["uploaded_chunks"] <= scenario.max_chunks
+    elif scenario.baseline in ratios:
         summary["target_met"] = ratios[scenario.baseline] >= scenario.target
+    if scenario.baseline in ratios:
         base = tools[scenario.baseline].get("cpu_s_per_gib")
         if ours and base and ours.get("cpu_s_per_gib") is not None:
             summary["cpu_ratio_syncd_over_baseline"] = round(ours["cpu_s_per_gib"] / base, 3)
@@ -73,7 +77,7 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
 
     table = Table(title=f"syncd benchmarks ({meta['mode']}, {meta['reps']} reps, medians; "
                         f"load {meta['load_before']})", show_lines=False)
-    for col in ("scenario", "tool", "median s", "MiB/s", "syncd/tool", "target", "CPU s/GiB",
+    for col in ("scenario", "tool", "median s", "MiB/s", "syncd/tool", "target (CPU syncd/tool)", "CPU s/GiB",
                 "peak RSS MiB", "server CPU s", "uploaded"):
         table.add_column(col, justify="left" if col in ("scenario", "tool") else "right")
     for name, res in results.items():
@@ -83,7 +87,9 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
             target = ""
             if tool == res["baseline"]:
                 ok = res.get("target_met")
-                target = f">={res['target']:g}x {'ok' if ok else 'MISSED'}"
+                target = f"{_target(res['target'])} {'ok' if ok else 'MISSED'}"
+                if res.get("cpu_ratio_syncd_over_baseline") is not None:
+                    target += f", CPU {res['cpu_ratio_syncd_over_baseline']:.1f}x"
             table.add_row(name if first else "", tool, f"{s['median_s']:.3f}",
                           f"{s['mib_per_s']:.0f}" if s["mib_per_s"] else "-",
                           f"{ratio:.2f}x" if ratio else "", target,
@@ -95,7 +101,12 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
     Console(width=170).print(table)
     print("syncd/tool = throughput of syncd divided by throughput of tool (above 1 = syncd faster)")
     if meta.get("syncd_startup_s") is not None:
-        print(f"syncd process start-up (interpreter + imports, included above): {meta['syncd_startup_s']:.3f} s")
+        print(f"syncd process start-up (interpreter + imports, fastest of 5; included above): "
+              f"{meta['syncd_startup_s']:.3f} s")
+
+
+def _target(target: Any) -> str:
+    return target if isinstance(target, str) else f">= {target:g}x"
 
 
 def _size(n: Any) -> str:
@@ -121,7 +132,8 @@ def chart(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> bool:
             labels.append(f"{name}\nvs {tool}")
             values.append(ratio)
             colors.append(palette.get(tool, "#9467bd"))
-            targets.append(res["target"] if tool == res["baseline"] else None)
+            target = res["target"] if tool == res["baseline"] else None
+            targets.append(target if isinstance(target, (int, float)) else None)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5))
     ys = range(len(labels))
     ax.barh(list(ys), values, color=colors)
@@ -141,3 +153,34 @@ def chart(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+    """The results as a Markdown table (for docs/BENCHMARKS.md): ``python bench/report.py bench.json``."""
+    lines = [f"{meta['mode']} run, {meta['date']}, {meta['reps']} repetitions (medians), {meta['cpus']} CPUs, "
+             f"load average {meta['load_before']} before / {meta.get('load_after', '?')} after; "
+             f"syncd process start-up {meta.get('syncd_startup_s', '?')} s.", "",
+             "| scenario | tool | median s | MiB/s | syncd/tool | target | CPU s/GiB | peak RSS MiB | uploaded |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for name, res in results.items():
+        for tool, s in res["tools"].items():
+            ratio = res["throughput_ratio_syncd_over"].get(tool)
+            target = ""
+            if tool == res["baseline"]:
+                target = f"{_target(res['target'])}: {'met' if res.get('target_met') else 'missed'}"
+                if res.get("cpu_ratio_syncd_over_baseline") is not None:
+                    target += f"; syncd CPU/GiB {res['cpu_ratio_syncd_over_baseline']:.2f}x"
+            uploaded = _size(s.get("uploaded_bytes"))
+            if s.get("uploaded_chunks") is not None:
+                uploaded += f" ({s['uploaded_chunks']:g} chunks)"
+            lines.append(f"| {name} | {tool} | {s['median_s']:.3f} | {s['mib_per_s'] or 0:.0f} | "
+                         f"{f'{ratio:.2f}x' if ratio else ''} | {target} | "
+                         f"{s['cpu_s_per_gib'] if s['cpu_s_per_gib'] is not None else '-'} | "
+                         f"{s['peak_rss_mib']:.0f} | {uploaded} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+    doc = json.loads(Path(sys.argv[1]).read_text())
+    print(markdown(doc["meta"], doc["scenarios"]))

@@ -40,6 +40,7 @@ class Scenario:
     baseline: str            # the competitor the targets compare with
     target: float            # syncd throughput / baseline throughput must reach this
     note: str = ""
+    max_chunks: int | None = None  # instead: syncd must upload at most this many chunks
 
 
 def prepare(ctx: Context) -> dict[str, Path]:
@@ -220,7 +221,8 @@ def commit_incr(ctx: Context, paths: dict[str, Path]) -> Scenario:
     reps.update({t: upload(t) for t in ("s5cmd", "aws") if t in ctx.tools})
     return Scenario("commit_incr", f"commit after changing 1 MiB in the middle of a {size >> 20} MiB file "
                     "vs re-uploading it", reps, "s5cmd", 1.0,
-                    note="syncd reads and hashes the whole file, uploads only the changed chunks")
+                    note="syncd reads and hashes the whole file, uploads only the changed chunks",
+                    max_chunks=2)
 
 
 def readers(ctx: Context, paths: dict[str, Path], count: int = 6) -> Scenario:
