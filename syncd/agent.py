@@ -118,12 +118,8 @@ class Agent:
             await self.engine.repo.head(name)
         mount = Mount(name, self.config.root / name)
         resuming = await asyncio.to_thread(self.engine.index.path(name, mount.path).exists)
-        try:
-            await asyncio.to_thread(_prepare_dir, mount.path)
-            await self._sync(mount, commit_first=resuming)
-        except BaseException:
-            log.warning("mounting %s failed", name, exc_info=True)
-            raise
+        await asyncio.to_thread(_prepare_dir, mount.path)
+        await self._sync(mount, commit_first=resuming)
         self.mounts[name] = mount
         await self._save_state()
         mount.watcher = asyncio.create_task(self._watch(mount), name=f"watch-{name}")
@@ -197,7 +193,7 @@ class Agent:
         async with mount.lock:
             mount.queued = None  # requests from now on may have writes this scan misses
             try:
-                result = await commit(self.engine, mount.name, mount.path, message=message)
+                result = await commit(self.engine, mount.name, mount.path, message=message, create=False)
             except SyncdError as exc:
                 mount.last_error = f"{type(exc).__name__}: {exc}"
                 raise
@@ -216,6 +212,13 @@ class Agent:
                 await self._watch_once(mount)
             except asyncio.CancelledError:
                 raise
+            except VolumeNotFound:
+                log.warning("volume %s was deleted elsewhere; unmounting it (files stay in %s)",
+                            mount.name, mount.path)
+                self.mounts.pop(mount.name, None)
+                mount.watcher = None
+                await self._save_state()
+                return
             except SyncdError as exc:
                 mount.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("write-back of %s: %s", mount.name, exc)

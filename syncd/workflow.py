@@ -54,7 +54,7 @@ def with_volume(vol: Volume | str, message: str | None = None) -> Callable[[Call
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            with attached(vol, message or getattr(fn, "__name__", "task")):
+            with attached(vol, message or str(getattr(fn, "__name__", "task"))):
                 return fn(*args, **kwargs)
         return run
     return decorate

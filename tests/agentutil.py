@@ -36,7 +36,7 @@ def env_for(config: Config) -> dict[str, str]:
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition",
-             interval: float = 0.05) -> T:
+             interval: float = 0.1) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -93,3 +93,34 @@ class AgentProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def latest_files(config: Config, volume: str) -> dict[str, int]:
+    """path -> size of every file in the volume's latest snapshot, read straight from the bucket."""
+    import asyncio
+
+    from syncd.engine import open_engine
+
+    async def read() -> dict[str, int]:
+        async with open_engine(config, use_cache=False) as engine:
+            _, snap = await engine.repo.latest(volume)
+        return {p: e.size for p, e in (snap.entries if snap else {}).items() if e.kind == "file"}
+
+    return asyncio.run(read())
+
+
+class Agents:
+    """Starts agents for one test and kills whatever is still running at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[AgentProcess] = []
+
+    def start(self, config: Config, *args: str) -> AgentProcess:
+        agent = AgentProcess(config, self.log_dir, *args)
+        self.started.append(agent)
+        return agent.start()
+
+    def kill_all(self) -> None:
+        for agent in self.started:
+            agent.kill()
