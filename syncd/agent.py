@@ -60,7 +60,7 @@ STATE_FORMAT = 1
 class Mount:
     name: str
     path: Path
-    snapshot: str | None = None
+    snapshot: str | None = None        # the snapshot the local copy is known to match
     seq: int = 0
     hydrates: int = 0
     commits: int = 0
@@ -199,7 +199,9 @@ class Agent:
                 raise
             mount.commits += 1
             mount.last_error = None
-            if result.snapshot is not None:
+            if not result.merged:
+                # merged: others' changes went into the snapshot but not into our directory,
+                # so the copy is still behind and the next mount must hydrate
                 mount.snapshot, mount.seq = result.snapshot, result.seq
             return result
 
