@@ -95,47 +95,50 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-def make_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[_errors])
-    app["agent"] = agent
+class _Routes:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
 
-    async def status(request: web.Request) -> web.Response:
-        return _json(agent.status())
+    async def status(self, request: web.Request) -> web.Response:
+        return _json(self.agent.status())
 
-    async def volumes(request: web.Request) -> web.Response:
-        return _json({"volumes": await agent.names()})
+    async def volumes(self, request: web.Request) -> web.Response:
+        return _json({"volumes": await self.agent.names()})
 
-    async def mount(request: web.Request) -> web.Response:
-        return _json((await agent.mount(request.match_info["name"])).describe())
+    async def mount(self, request: web.Request) -> web.Response:
+        return _json((await self.agent.mount(request.match_info["name"])).describe())
 
-    async def commit(request: web.Request) -> web.Response:
+    async def commit(self, request: web.Request) -> web.Response:
         message = str((await _body(request)).get("message", ""))
-        return _json(await agent.commit_volume(request.match_info["name"], message))
+        return _json(await self.agent.commit_volume(request.match_info["name"], message))
 
-    async def reload(request: web.Request) -> web.Response:
-        return _json(await agent.reload(request.match_info["name"]))
+    async def reload(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.reload(request.match_info["name"]))
 
-    async def unmount(request: web.Request) -> web.Response:
-        return _json(await agent.unmount(request.match_info["name"]))
+    async def unmount(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.unmount(request.match_info["name"]))
 
-    async def info(request: web.Request) -> web.Response:
+    async def info(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        found = agent.mounts.get(name)
+        found = self.agent.mounts.get(name)
         if found is None:
             raise errors.VolumeNotFound(f"volume {name!r} is not mounted on this worker")
         return _json(found.describe())
 
-    async def delete(request: web.Request) -> web.Response:
-        return _json(await agent.delete(request.match_info["name"]))
+    async def delete(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.delete(request.match_info["name"]))
 
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/volumes", volumes)
-    app.router.add_post("/v1/volumes/{name}/mount", mount)
-    app.router.add_post("/v1/volumes/{name}/commit", commit)
-    app.router.add_post("/v1/volumes/{name}/reload", reload)
-    app.router.add_post("/v1/volumes/{name}/unmount", unmount)
-    app.router.add_get("/v1/volumes/{name}", info)
-    app.router.add_delete("/v1/volumes/{name}", delete)
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app["agent"] = agent
+    r = _Routes(agent)
+    app.router.add_routes([
+        web.get("/v1/status", r.status), web.get("/v1/volumes", r.volumes),
+        web.post("/v1/volumes/{name}/mount", r.mount), web.post("/v1/volumes/{name}/commit", r.commit),
+        web.post("/v1/volumes/{name}/reload", r.reload), web.post("/v1/volumes/{name}/unmount", r.unmount),
+        web.get("/v1/volumes/{name}", r.info), web.delete("/v1/volumes/{name}", r.delete),
+    ])
     return app
 
 

@@ -121,7 +121,7 @@ class Volume(os.PathLike[str]):
 
     def mount(self) -> Volume:
         """(Re)mount: create-or-refer, and pull commits made elsewhere since the last sync."""
-        self._path = Path(self.client.call("POST", self._url("mount"))["path"])
+        self._path = Path(self._call("POST", "mount")["path"])
         return self
 
     @property
@@ -152,27 +152,27 @@ class Volume(os.PathLike[str]):
     def __reduce__(self) -> tuple[type[Volume], tuple[str]]:
         return (Volume, (self.name,))
 
+    def _call(self, method: str, action: str = "", body: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.call(method, self._url(action), body)
+        return result
+
     def commit(self, message: str = "") -> dict[str, Any]:
         """Write local changes back now; when this returns they are in the bucket."""
-        result: dict[str, Any] = self.client.call("POST", self._url("commit"), {"message": message})
-        return result
+        return self._call("POST", "commit", {"message": message})
 
     def reload(self) -> dict[str, Any]:
         """Commit local changes, then bring the local copy to the latest snapshot."""
-        result: dict[str, Any] = self.client.call("POST", self._url("reload"))
-        return result
+        return self._call("POST", "reload")
 
     def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.call("GET", self._url())
-        return result
+        return self._call("GET")
 
     def unmount(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.call("POST", self._url("unmount"))
-        return result
+        return self._call("POST", "unmount")
 
     def delete(self) -> dict[str, Any]:
         """Delete the volume everywhere: its snapshots, its data and this worker's copy."""
-        result: dict[str, Any] = self.client.call("DELETE", self._url())
+        result = self._call("DELETE")
         self._path = None
         return result
 

@@ -124,3 +124,4 @@ class Agents:
     def kill_all(self) -> None:
         for agent in self.started:
             agent.kill()
+

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from syncd import volume
 from syncd.commit import commit
@@ -19,15 +16,6 @@ from .conftest import worker_config
 from .treeutil import make_tree, snapshot_tree
 
 QUIET = ("--debounce", "60", "--max-delay", "120")   # no background commit during the test
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    found = Agents(tmp_path)
-    try:
-        yield found
-    finally:
-        found.kill_all()
 
 
 def test_background_write_back_commit_and_reload(config: Config, agents: Agents, tmp_path: Path) -> None:

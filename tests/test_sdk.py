@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from syncd.errors import AgentUnavailable, InvalidName, PermissionDenied, Volume
 from syncd.sdk import AgentClient
 
 from .agentutil import Agents, latest_files
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    found = Agents(tmp_path)
-    try:
-        yield found
-    finally:
-        found.kill_all()
 
 
 @pytest.mark.parametrize("bad", ["", "/", "//x", "../etc", "a/b", "-x", ".hidden", "x" * 64, "sp ace",

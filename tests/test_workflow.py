@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -18,15 +17,6 @@ from .agentutil import Agents, latest_files
 from .conftest import worker_config
 
 LABELS = ("model-1a-small", "model-3c-small", "model-3c-large")
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    found = Agents(tmp_path)
-    try:
-        yield found
-    finally:
-        found.kill_all()
 
 
 def create_new_files(my_volume: Volume, label: str) -> str:
