@@ -130,6 +130,8 @@ class Agent:
             await self.commit(mount)
         async with mount.lock:
             result = await hydrate(self.engine, mount.name, mount.path)
+            log.info("hydrated %s to seq %d: %d file(s) written, %d deleted", mount.name, result.seq,
+                     result.files_written, result.deleted)
             mount.hydrates += 1
             if result.snapshot is not None:
                 mount.snapshot, mount.seq = result.snapshot, result.seq
@@ -199,6 +201,9 @@ class Agent:
                 raise
             mount.commits += 1
             mount.last_error = None
+            if result.changed:
+                log.info("committed %s as seq %d (%d path(s) changed, %d byte(s) uploaded)", mount.name,
+                         result.seq, result.changed, result.uploaded_bytes)
             if not result.merged:
                 # merged: others' changes went into the snapshot but not into our directory,
                 # so the copy is still behind and the next mount must hydrate

@@ -54,6 +54,13 @@ def test_volume_behaves_as_its_directory(config: Config, agents: Agents,
     assert shipped == my_volume and repr(shipped) == "Volume('my_volume', path=None)"
     assert (shipped / "model-1a-small" / "log.txt").read_text() == "hello\n"
 
+    (my_volume / "late.txt").write_text("written just before unmount\n")
+    assert my_volume.unmount()["seq"] == 2                    # unmount flushes
+    assert "late.txt" in latest_files(config, "my_volume")
+    with pytest.raises(VolumeNotFound, match="not mounted"):
+        my_volume.status()
+    assert my_volume.reload()["seq"] == 2                     # mounts again, nothing lost
+
     result = my_volume.delete()
     assert result["volume"] == "my_volume"
     assert list_volumes() == [] and not (config.root / "my_volume").exists()
