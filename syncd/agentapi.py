@@ -144,6 +144,9 @@ def make_app(agent: Agent) -> web.Application:
 
 def _claim_socket(path: os.PathLike[str]) -> None:
     """Remove a stale socket file; refuse if an agent is listening on it."""
+    if len(os.fsencode(path)) > 107:
+        raise errors.ConfigError(f"SYNCD_SOCKET {os.fspath(path)!r} is longer than a Unix socket path "
+                                 "may be (107 bytes)")
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         return
