@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 from syncd import volume
 from syncd.commit import commit
@@ -104,7 +105,11 @@ def test_kill_9_and_restart_loses_nothing(config: Config, agents: Agents) -> Non
     # the restarted agent resumes the mount from its state file and commits what was pending
     wait_for(lambda: set(latest_files(config, "crash")) == {"committed.txt", "pending.txt", "while-down.txt"},
              what="pending writes committed after restart")
-    status = restarted.status()
+    # the mount is listed once its incremental hydrate (after that commit) finished
+    def resumed() -> dict[str, Any] | None:
+        status = restarted.status()
+        return status if status["mounts"] else None
+    status = wait_for(resumed, what="resumed mount")
     assert [m["name"] for m in status["mounts"]] == ["crash"]
     assert status["store"]["data_gets"] == 0            # the local copy was reused, not downloaded again
     assert (vol.path / "pending.txt").read_text() == "pending at the crash\n"
