@@ -35,3 +35,20 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
         from .errors import LocalIOError
         raise LocalIOError("could not flush: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return None
+
+
+@command("status", "show this worker's agent: mounted volumes, pending writes, errors")
+async def _status(args: argparse.Namespace, config: Config) -> Any:
+    import asyncio
+
+    from .sdk import AgentClient
+    status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket).call,
+                                                     "GET", "/v1/status")
+    if args.json:
+        return status
+    lines = [f"agent pid {status['pid']}, owner {status['owner']}, root {status['root']}"]
+    for m in status["mounts"]:
+        state = "pending writes" if m["pending"] else "clean"
+        lines.append(f"  {m['name']:<24} seq {m['seq']:<6} {state}"
+                     + (f"  last error: {m['last_error']}" if m["last_error"] else ""))
+    return lines

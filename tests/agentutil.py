@@ -35,7 +35,7 @@ def env_for(config: Config) -> dict[str, str]:
     return env
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition",
+def wait_for(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition",
              interval: float = 0.1) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -54,9 +54,9 @@ class AgentProcess:
         self.args = ["--poll", "0.1", "--debounce", "0.3", *args]
         self.log_path = log_dir / f"agent-{config.owner}-{os.urandom(3).hex()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.client = AgentClient(config.socket, config.owner, timeout=30)
+        self.client = AgentClient(config.socket, config.owner, timeout=120)
 
-    def start(self, timeout: float = 20.0) -> AgentProcess:
+    def start(self, timeout: float = 60.0) -> AgentProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "syncd", "agent", *self.args],
                                          env=env_for(self.config), stdout=log, stderr=subprocess.STDOUT,

@@ -7,7 +7,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from syncd import volume
+from syncd.cli import main
 from syncd.commit import commit
 from syncd.config import Config
 from syncd.engine import open_engine
@@ -81,11 +84,17 @@ def test_concurrent_mounts_of_one_volume_hydrate_once(config: Config, agents: Ag
     assert snapshot_tree(paths[0]) == snapshot_tree(src)
 
 
-def test_sigterm_flushes_pending_writes(config: Config, agents: Agents) -> None:
+def test_sigterm_flushes_pending_writes(config: Config, agents: Agents, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     agent = agents.start(config, *QUIET)
     vol = volume("flush", socket_path=config.socket)
     (vol / "pending.bin").write_bytes(b"p" * 300_000)
     assert latest_files(config, "flush") == {}
+    monkeypatch.setenv("SYNCD_SOCKET", str(config.socket))
+    wait_for(lambda: agent.mount_status("flush")["pending"], what="the watcher to see the write")
+    assert main(["status"]) == 0                     # `syncd status` shows it
+    line = next(x for x in capsys.readouterr().out.splitlines() if "flush" in x)
+    assert "pending writes" in line
     assert agent.terminate() == 0
     assert latest_files(config, "flush") == {"pending.bin": 300_000}
     assert not config.socket.exists()
