@@ -93,7 +93,7 @@ def test_sigterm_flushes_pending_writes(config: Config, agents: Agents, monkeypa
     monkeypatch.setenv("SYNCD_SOCKET", str(config.socket))
     wait_for(lambda: agent.mount_status("flush")["pending"], what="the watcher to see the write")
     assert main(["status"]) == 0                     # `syncd status` shows it
-    line = next(x for x in capsys.readouterr().out.splitlines() if "flush" in x)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.split()[0] == "flush")
     assert "pending writes" in line
     assert agent.terminate() == 0
     assert latest_files(config, "flush") == {"pending.bin": 300_000}
