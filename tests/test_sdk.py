@@ -87,3 +87,11 @@ def test_one_owner_never_sees_anothers_volumes(config: Config, agents: Agents, t
         volume("shared-name", socket_path=config.socket, owner="bob")
     with pytest.raises(PermissionDenied):
         list_volumes(socket_path=config.socket, owner="bob")
+
+
+async def test_sdk_works_inside_a_running_event_loop(config: Config, agents: Agents) -> None:
+    agents.start(config)
+    vol = volume("from-async", socket_path=config.socket)      # blocking, but no loop of its own
+    (vol / "a.txt").write_text("a\n")
+    assert vol.commit()["seq"] == 1
+    assert list_volumes(socket_path=config.socket) == ["from-async"]
