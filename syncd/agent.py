@@ -108,10 +108,16 @@ class Agent:
     async def _mount(self, name: str, create: bool) -> Mount:
         mount = self.mounts.get(name)
         if mount is not None:
-            head = await self.engine.repo.head(name)
-            if head.snapshot != mount.snapshot:
-                await self._sync(mount)
-            return mount
+            try:
+                head = await self.engine.repo.head(name)
+            except VolumeNotFound:
+                await self._forget(mount)       # deleted elsewhere; create-or-refer starts afresh
+                if not create:
+                    raise
+            else:
+                if head.snapshot != mount.snapshot:
+                    await self._sync(mount)
+                return mount
         if create:
             await self.engine.repo.create(name)
         else:
@@ -146,9 +152,14 @@ class Agent:
                 "deleted": hydrated.deleted}
 
     async def unmount(self, name: str) -> dict[str, Any]:
-        mount = await self._mounted(name)
+        """Flush and stop syncing; the files stay, and a later mount is incremental."""
+        mount = self.mounted(name)
         await self._stop_watcher(mount)
-        result = await self.commit(mount)
+        try:
+            result = await self.commit(mount)
+        except BaseException:
+            mount.watcher = asyncio.create_task(self._watch(mount), name=f"watch-{name}")
+            raise
         self.mounts.pop(name, None)
         await self._save_state()
         return {"volume": name, "snapshot": result.snapshot, "seq": result.seq}
@@ -156,18 +167,33 @@ class Agent:
     async def delete(self, name: str) -> dict[str, Any]:
         """Delete the volume from the bucket and drop the local copy."""
         validate_name(name)
-        mount = self.mounts.pop(name, None)
-        if mount is not None:
-            await self._stop_watcher(mount)
-            await self._save_state()
+        mount = self.mounts.get(name) or Mount(name, self.config.root / name)
+        await self._stop_watcher(mount)
         removed = await self.engine.repo.delete(name)
-        path = self.config.root / name
-        await asyncio.to_thread(localfs.remove, path, True)
-        await self.engine.index.forget(name, path)
+        await self._forget(mount)
         return {"volume": name, "objects_removed": removed}
+
+    async def _forget(self, mount: Mount) -> None:
+        """The volume is gone from the bucket: drop the mount, its index and its local copy
+        (so a new volume of the same name can never inherit the old one's files)."""
+        log.info("volume %s no longer exists; removing its local copy %s", mount.name, mount.path)
+        await self._stop_watcher(mount)
+        if self.mounts.get(mount.name) is mount:
+            del self.mounts[mount.name]
+            await self._save_state()
+        async with mount.lock:
+            await asyncio.to_thread(localfs.remove, mount.path, True)
+            await self.engine.index.forget(mount.name, mount.path)
 
     async def names(self) -> list[dict[str, Any]]:
         return [{"name": n, "mounted": n in self.mounts} for n in sorted(await self.engine.repo.names())]
+
+    def mounted(self, name: str) -> Mount:
+        """The mount of ``name``; VolumeNotFound if it is not mounted on this worker."""
+        mount = self.mounts.get(validate_name(name))
+        if mount is None:
+            raise VolumeNotFound(f"volume {name!r} is not mounted on this worker")
+        return mount
 
     async def _mounted(self, name: str) -> Mount:
         validate_name(name)
@@ -220,11 +246,8 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except VolumeNotFound:
-                log.warning("volume %s was deleted elsewhere; unmounting it (files stay in %s)",
-                            mount.name, mount.path)
-                self.mounts.pop(mount.name, None)
-                mount.watcher = None
-                await self._save_state()
+                mount.watcher = None            # this task ends here; _forget must not cancel it
+                await self._forget(mount)
                 return
             except SyncdError as exc:
                 mount.last_error = f"{type(exc).__name__}: {exc}"

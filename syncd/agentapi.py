@@ -119,11 +119,7 @@ class _Routes:
         return _json(await self.agent.unmount(request.match_info["name"]))
 
     async def info(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        found = self.agent.mounts.get(name)
-        if found is None:
-            raise errors.VolumeNotFound(f"volume {name!r} is not mounted on this worker")
-        return _json(found.describe())
+        return _json(self.agent.mounted(request.match_info["name"]).describe())
 
     async def delete(self, request: web.Request) -> web.Response:
         return _json(await self.agent.delete(request.match_info["name"]))

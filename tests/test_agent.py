@@ -122,3 +122,20 @@ def test_kill_9_and_restart_loses_nothing(config: Config, agents: Agents) -> Non
     assert [m["name"] for m in status["mounts"]] == ["crash"]
     assert status["store"]["data_gets"] == 0            # the local copy was reused, not downloaded again
     assert (vol.path / "pending.txt").read_text() == "pending at the crash\n"
+
+
+def test_a_volume_deleted_elsewhere_is_not_resurrected(config: Config, agents: Agents, tmp_path: Path) -> None:
+    agents.start(config)
+    vol = volume("gone", socket_path=config.socket)
+    (vol / "old.txt").write_text("from the deleted volume\n")
+    vol.commit()
+
+    async def delete_elsewhere() -> None:       # e.g. `syncd volume rm gone --yes` on a laptop
+        async with open_engine(worker_config(config, tmp_path, "laptop")) as engine:
+            await engine.repo.delete("gone")
+    asyncio.run(delete_elsewhere())
+
+    again = volume("gone", socket_path=config.socket)   # create-or-refer: a new, empty volume
+    assert list(again.path.iterdir()) == []
+    again.commit()
+    assert latest_files(config, "gone") == {}
