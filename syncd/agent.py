@@ -13,7 +13,7 @@ number of concurrent requests cause one hydrate.
 Sync = commit local changes, then hydrate the latest snapshot. Committing
 first means a reload never loses a local write and never conflicts with one.
 
-Write-back. A watcher per mount polls the directory (an lstat walk, scan.py)
+Write-back. A watcher per mount (watch.py) polls the directory (an lstat walk)
 and compares it with the local index, which records exactly what was last
 committed or hydrated there. Comparing with the index, not with the previous
 scan, means a write that lands while a commit runs is still seen as pending
@@ -37,7 +37,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +46,9 @@ from .commit import CommitResult, commit
 from .engine import Engine
 from .errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
 from .hydrate import HydrateResult, hydrate
-from .hydrateplan import unchanged
 from .layout import validate_name
 from .limits import SingleFlight
-from .scan import scan
+from .watch import Watch, WatchSettings
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1
@@ -64,26 +62,16 @@ class Mount:
     seq: int = 0
     hydrates: int = 0
     commits: int = 0
-    pending: bool = False              # local changes not yet committed
     last_error: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queued: asyncio.Future[CommitResult] | None = None
     watcher: asyncio.Task[None] | None = None
-    dirty_since: float | None = None
-    last_change: float = 0.0
-    signature: int = 0
+    watch: Watch | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "snapshot": self.snapshot, "seq": self.seq,
-                "hydrates": self.hydrates, "commits": self.commits, "pending": self.pending,
-                "last_error": self.last_error}
-
-
-@dataclass(frozen=True)
-class WatchSettings:
-    poll: float = 0.5          # seconds between scans
-    debounce: float = 1.0      # quiet time before a background commit
-    max_delay: float = 10.0    # commit anyway once dirty this long
+                "hydrates": self.hydrates, "commits": self.commits,
+                "pending": bool(self.watch and self.watch.pending), "last_error": self.last_error}
 
 
 class Agent:
@@ -239,10 +227,13 @@ class Agent:
     # ---------------------------------------------------------------- write-back
 
     async def _watch(self, mount: Mount) -> None:
+        watch = mount.watch = Watch(self.engine.index, mount.name, mount.path, self.watch.poll)
         while True:
-            await asyncio.sleep(self.watch.poll)
+            await asyncio.sleep(watch.interval)
             try:
-                await self._watch_once(mount)
+                if await watch.due(self.watch):
+                    await self.commit(mount, "write-back")
+                    watch.committed()
             except asyncio.CancelledError:
                 raise
             except VolumeNotFound:
@@ -254,37 +245,6 @@ class Agent:
                 log.warning("write-back of %s: %s", mount.name, exc)
             except Exception:  # noqa: BLE001 - the watcher must outlive one bad round
                 log.exception("write-back of %s failed", mount.name)
-
-    async def _watch_once(self, mount: Mount) -> None:
-        signature = await self._pending_signature(mount)
-        now = time.monotonic()
-        mount.pending = signature != 0
-        if not mount.pending:
-            mount.dirty_since = None
-            return
-        if signature != mount.signature:
-            mount.signature, mount.last_change = signature, now
-        if mount.dirty_since is None:
-            mount.dirty_since = now
-        quiet = now - mount.last_change >= self.watch.debounce
-        if quiet or now - mount.dirty_since >= self.watch.max_delay:
-            await self.commit(mount, "write-back")
-            mount.dirty_since = None
-
-    async def _pending_signature(self, mount: Mount) -> int:
-        """0 if the directory is exactly what the index says; else a hash of what differs."""
-        index = await self.engine.index.load(mount.name, mount.path)
-        try:
-            local = await scan(mount.path)
-        except LocalIOError:
-            return 0  # the directory vanished (deleted volume); nothing to write back
-        changed: list[tuple[object, ...]] = []
-        for path, loc in local.items():
-            tracked = index.files.get(path)
-            if tracked is None or not unchanged(tracked, loc) or tracked.entry.mode != loc.mode:
-                changed.append((path, loc.fingerprint, loc.mode, loc.target))
-        changed += [(path,) for path in index.files if path not in local]
-        return hash(tuple(sorted(changed, key=str))) or 1 if changed else 0
 
     async def _stop_watcher(self, mount: Mount) -> None:
         task, mount.watcher = mount.watcher, None

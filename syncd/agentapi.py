@@ -38,7 +38,8 @@ from typing import Any
 from aiohttp import web
 
 from . import errors
-from .agent import Agent, WatchSettings
+from .agent import Agent
+from .watch import WatchSettings
 from .config import Config
 from .engine import open_engine
 from .errors import SyncdError

@@ -7,7 +7,8 @@ import logging
 import sys
 from typing import Any
 
-from .agent import Agent, WatchSettings
+from .agent import Agent
+from .watch import WatchSettings
 from .cli import command
 from .config import Config
 
