@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -99,6 +100,18 @@ class Pids:
         self.path.write_text("".join(f"{p}\n" for p in sorted(self.pids)))
 
 
+SHORT_DIRS: list[Path] = []
+
+
+def _short_dir(preferred: Path) -> Path:
+    """Unix socket paths (the agents', SeaweedFS's) are limited to 107 bytes: in a deep
+    checkout, use a short temporary directory instead (removed at the end)."""
+    if len(os.fsencode(preferred)) <= 80:
+        return preferred
+    SHORT_DIRS.append(Path(tempfile.mkdtemp(prefix=f"syncd-demo-{preferred.name}-")))
+    return SHORT_DIRS[-1]
+
+
 def _set_env(env: dict[str, str]) -> None:
     os.environ.update(env)
 
@@ -109,7 +122,7 @@ class Worker:
         home = workdir / name
         self.env = {**base_env, "DEMO_WORKER": name, "SYNCD_ROOT": str(home / "volumes"),
                     "SYNCD_CACHE_DIR": str(home / "cache"), "SYNCD_STATE_DIR": str(home / "state"),
-                    "SYNCD_SOCKET": str(home / "agent.sock")}
+                    "SYNCD_SOCKET": str(_short_dir(home) / "agent.sock")}
         self.log = home / "agent.log"
         home.mkdir(parents=True)
         self.agent: subprocess.Popen[bytes] | None = None
@@ -175,7 +188,7 @@ def dispatch(workers: list[Worker], first: int) -> dict[str, str]:
 @contextlib.contextmanager
 def cluster(workdir: Path) -> Iterator[list[Worker]]:
     pids = Pids(workdir / "pids")
-    server = SeaweedServer(workdir / "s3")
+    server = SeaweedServer(_short_dir(workdir / "s3"))
     workers: list[Worker] = []
     try:
         server.start()
@@ -196,6 +209,8 @@ def cluster(workdir: Path) -> Iterator[list[Worker]]:
             pid = server.proc.pid
             server.stop()
             pids.remove(pid)
+        for short in SHORT_DIRS:
+            shutil.rmtree(short, ignore_errors=True)
 
 
 def main() -> int:
