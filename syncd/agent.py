@@ -291,7 +291,7 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         counter = self.engine.counter
-        data_gets = sum(n for key, n in counter.keys.items() if "/chunks/" in key or "/packs/" in key)
+        data_gets = sum(n for key, n in counter.keys.items() if _is_data_key(self.engine.layout.owner_prefix, key))
         return {"owner": self.config.owner, "root": str(self.config.root), "pid": os.getpid(),
                 "mounts": [m.describe() for m in self.mounts.values()],
                 "store": {"calls": dict(counter.calls), "data_gets": data_gets,
@@ -313,6 +313,12 @@ class Agent:
         names = sorted(set(self.mounts) | self.resuming)
         doc = {"format": STATE_FORMAT, "owner": self.config.owner, "mounts": names}
         await asyncio.to_thread(_write_atomic, self._state_path, json.dumps(doc).encode())
+
+
+def _is_data_key(owner_prefix: str, key: str) -> bool:
+    """A pack (``<volume>/packs/<id>``) or chunk (``<volume>/chunks/...``) key, not HEAD or a snapshot."""
+    parts = key[len(owner_prefix):].split("/") if key.startswith(owner_prefix) else []
+    return len(parts) >= 3 and parts[1] in ("packs", "chunks")
 
 
 def _prepare_dir(path: Path) -> None:
