@@ -69,6 +69,9 @@ def test_put_get_round_trip_keeps_other_paths(cli: Any, config: Config, tmp_path
     (tmp_path / "dest").mkdir()
     assert cli("get", "vol", "/single.txt", str(tmp_path / "dest"))[0] == 0   # into a directory
     assert (tmp_path / "dest" / "single.txt").read_text() == "single\n"
+    assert cli("get", "vol", "/", str(tmp_path / "all"))[0] == 0              # everything
+    assert snapshot_tree(tmp_path / "all" / "data" / "tree") == snapshot_tree(tree)
+    assert (tmp_path / "all" / "single.txt").read_text() == "single\n"
     code, _, err = cli("get", "vol", "nope.txt", str(tmp_path / "x"))
     assert code == 3 and "nothing at 'nope.txt'" in err
     code, _, err = cli("put", "vol", str(tmp_path / "missing"))
