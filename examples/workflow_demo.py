@@ -133,7 +133,7 @@ class Worker:
             self.agent = subprocess.Popen([sys.executable, "-m", "syncd", "agent"], env={**os.environ, **self.env},
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.pids.add(self.agent.pid)
-        client = AgentClient(self.env["SYNCD_SOCKET"], timeout=5)
+        client = AgentClient(self.env["SYNCD_SOCKET"], timeout=5, connect_wait=0)
         deadline = time.monotonic() + timeout
         while True:
             if self.agent.poll() is not None:

@@ -43,7 +43,7 @@ async def _status(args: argparse.Namespace, config: Config) -> Any:
     import asyncio
 
     from .sdk import AgentClient
-    status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket).call,
+    status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket, connect_wait=0).call,
                                                      "GET", "/v1/status")
     if args.json:
         return status

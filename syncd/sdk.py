@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .errors import AgentUnavailable, SyncdError
 from .layout import normalize_volume_name, validate_name
 
 DEFAULT_SOCKET = "/run/syncd.sock"
+DEFAULT_CONNECT_WAIT = 10.0
 OWNER_HEADER = "X-Syncd-Owner"
 
 
@@ -54,29 +56,59 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class AgentClient:
-    """Blocking JSON calls to the agent. ``timeout=None`` waits as long as a hydrate takes."""
+    """Blocking JSON calls to the agent.
+
+    ``timeout=None`` waits as long as a hydrate takes. If no agent answers (a
+    sidecar restarting after a crash or an upgrade), a call keeps trying to
+    connect for ``connect_wait`` seconds (``SYNCD_AGENT_WAIT``, default 10)
+    before raising AgentUnavailable. Only requests that never reached an agent,
+    or that an agent refused while shutting down, are retried, so no request
+    runs twice.
+    """
 
     def __init__(self, socket_path: str | os.PathLike[str] | None = None, owner: str | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, connect_wait: float | None = None) -> None:
         self.socket_path = os.fspath(socket_path or os.environ.get("SYNCD_SOCKET") or DEFAULT_SOCKET)
         self.owner = owner or os.environ.get("SYNCD_OWNER") or None
         if self.owner is not None:
             validate_name(self.owner, "owner")
         self.timeout = timeout
+        if connect_wait is None:
+            try:
+                connect_wait = float(os.environ.get("SYNCD_AGENT_WAIT", DEFAULT_CONNECT_WAIT))
+            except ValueError as exc:
+                raise errors.ConfigError("SYNCD_AGENT_WAIT must be a number of seconds") from exc
+        self.connect_wait = connect_wait
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        deadline = time.monotonic() + self.connect_wait
+        delay = 0.05
+        while True:
+            try:
+                return self._call_once(method, path, body)
+            except _NotReached as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise exc.error from exc.__cause__
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+
+    def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         conn = _UnixConnection(self.socket_path, self.timeout)
         headers = {"Content-Type": "application/json"}
         if self.owner:
             headers[OWNER_HEADER] = self.owner
         try:
+            try:
+                conn.connect()
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise _NotReached(AgentUnavailable(
+                    f"no syncd agent at {self.socket_path} (start one with 'syncd agent', "
+                    "or set SYNCD_SOCKET)")) from exc
             conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
                          headers=headers)
             response = conn.getresponse()
             raw = response.read()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise AgentUnavailable(f"no syncd agent at {self.socket_path} (start one with "
-                                   "'syncd agent', or set SYNCD_SOCKET)") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise AgentUnavailable(f"the agent at {self.socket_path} failed: {exc}") from exc
         finally:
@@ -86,8 +118,19 @@ class AgentClient:
         except ValueError as exc:
             raise AgentUnavailable(f"the agent sent a malformed reply (HTTP {response.status})") from exc
         if response.status >= 400:
-            raise _error_from(doc, response.status)
+            error = _error_from(doc, response.status)
+            if isinstance(error, AgentUnavailable):
+                raise _NotReached(error)   # refused while shutting down: nothing was done
+            raise error
         return doc
+
+
+class _NotReached(Exception):
+    """A request no agent acted on; safe to send again."""
+
+    def __init__(self, error: SyncdError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _error_from(doc: Any, status: int) -> SyncdError:

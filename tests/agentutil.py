@@ -54,7 +54,7 @@ class AgentProcess:
         self.args = ["--poll", "0.1", "--debounce", "0.3", *args]
         self.log_path = log_dir / f"agent-{config.owner}-{os.urandom(3).hex()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.client = AgentClient(config.socket, config.owner, timeout=120)
+        self.client = AgentClient(config.socket, config.owner, timeout=120, connect_wait=0)
 
     def start(self, timeout: float = 60.0) -> AgentProcess:
         with open(self.log_path, "ab") as log:

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from syncd import volume
+from syncd import Volume, volume
 from syncd.cli import main
 from syncd.commit import commit
 from syncd.config import Config
 from syncd.engine import open_engine
+from syncd.sdk import AgentClient
 
 from .agentutil import Agents, latest_files, wait_for
 from .conftest import worker_config
@@ -110,10 +111,16 @@ def test_kill_9_and_restart_loses_nothing(config: Config, agents: Agents) -> Non
     (vol.path / "while-down.txt").write_text("written while the agent was down\n")
     assert set(latest_files(config, "crash")) == {"committed.txt"}
 
+    # a task that commits while the agent is down waits for it to come back
+    waiting = Volume("crash", client=AgentClient(config.socket, connect_wait=60))
+    results: list[dict[str, Any]] = []
+    committer = threading.Thread(target=lambda: results.append(waiting.commit("during the restart")))
+    committer.start()
     restarted = agents.start(config, *QUIET)
-    # the restarted agent resumes the mount from its state file and commits what was pending
-    wait_for(lambda: set(latest_files(config, "crash")) == {"committed.txt", "pending.txt", "while-down.txt"},
-             what="pending writes committed after restart")
+    committer.join(60)
+    # the restarted agent resumed the mount from its state file and committed what was pending
+    assert results and results[0]["seq"] >= 2
+    assert set(latest_files(config, "crash")) == {"committed.txt", "pending.txt", "while-down.txt"}
     # the mount is listed once its incremental hydrate (after that commit) finished
     def resumed() -> dict[str, Any] | None:
         status = restarted.status()

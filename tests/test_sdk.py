@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,12 @@ def test_bad_names_are_rejected_before_any_request(bad: str, tmp_path: Path) -> 
         volume(bad, socket_path=tmp_path / "nobody.sock")
 
 
-def test_no_agent_is_a_clear_error(tmp_path: Path) -> None:
+def test_no_agent_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNCD_AGENT_WAIT", "0.3")
+    started = time.monotonic()
     with pytest.raises(AgentUnavailable, match="no syncd agent at .*syncd agent"):
         volume("fine", socket_path=tmp_path / "nobody.sock")
+    assert 0.3 <= time.monotonic() - started < 5              # it waited for an agent, briefly
 
 
 def test_volume_behaves_as_its_directory(config: Config, agents: Agents,
