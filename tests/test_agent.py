@@ -146,3 +146,20 @@ def test_a_volume_deleted_elsewhere_is_not_resurrected(config: Config, agents: A
     assert list(again.path.iterdir()) == []
     again.commit()
     assert latest_files(config, "gone") == {}
+
+
+def test_two_agents_writing_back_in_the_background_merge(config: Config, agents: Agents,
+                                                         tmp_path: Path) -> None:
+    config_b = worker_config(config, tmp_path, "worker-b")
+    agents.start(config)
+    agents.start(config_b)
+    a = volume("both", socket_path=config.socket)
+    b = volume("both", socket_path=config_b.socket)
+    for i in range(5):                                  # nobody commits explicitly
+        (a / f"a{i}.txt").write_text(f"a{i}\n")
+        (b / f"b{i}.txt").write_text(f"b{i}\n")
+    expected = {f"a{i}.txt" for i in range(5)} | {f"b{i}.txt" for i in range(5)}
+    wait_for(lambda: set(latest_files(config, "both")) == expected, what="both workers' write-back")
+    for vol in (a, b):
+        vol.reload()
+        assert {p.name for p in vol.path.iterdir()} == expected
