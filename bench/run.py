@@ -42,7 +42,7 @@ from syncd.devserver import CREDENTIALS, SeaweedServer  # noqa: E402
 MiB = 1 << 20
 MODES: dict[str, dict[str, int]] = {
     "tiny": {"large": 8 * MiB, "small_files": 60, "small_dirs": 3, "small_size": 8192, "fanout": 4 * MiB,
-             "reps": 1},
+             "readers": 2, "reps": 1},
     "quick": {"large": 128 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
               "fanout": 64 * MiB, "reps": 3},
     "default": {"large": 512 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,

@@ -225,8 +225,9 @@ def commit_incr(ctx: Context, paths: dict[str, Path]) -> Scenario:
                     max_chunks=2)
 
 
-def readers(ctx: Context, paths: dict[str, Path], count: int = 6) -> Scenario:
+def readers(ctx: Context, paths: dict[str, Path]) -> Scenario:
     size = paths["fan"].stat().st_size
+    count = ctx.sizes.get("readers", 6)
 
     def syncd(i: int) -> Run:
         out = ctx.fresh("out")

@@ -6,7 +6,7 @@ less than moving the bytes; it is not a cryptographic hash, which is fine
 because ids name content inside one owner's volume and are re-verified on
 every read, they never authorise anything.
 
-Files are split at fixed offsets (``chunk_size``, 16 MiB by default). Fixed
+Files are split at fixed offsets (``chunk_size``, 8 MiB by default). Fixed
 boundaries make ranged transfers trivially parallel and make an in-place edit
 of a large file (a checkpoint, a database page) touch at most two chunks. We
 do not use content-defined chunking: it would find shifted data after an

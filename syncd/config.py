@@ -16,7 +16,7 @@ SYNCD_CACHE_LARGE            ref                 large files' chunks: ``ref`` ca
                                                  reference into the hydrated file,
                                                  ``copy`` a second copy of the bytes
 SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
-SYNCD_CHUNK_SIZE             16 MiB              fixed chunk size for new files
+SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
 SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
 SYNCD_PACK_SIZE              8 MiB               target size of one pack object
 SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
@@ -73,7 +73,7 @@ class Config:
     cache_size: int = 10 * GiB
     cache_large: str = "ref"
     state_dir: Path = Path.home() / ".local" / "state" / "syncd"
-    chunk_size: int = 16 * MiB
+    chunk_size: int = 8 * MiB
     pack_threshold: int = 1 * MiB
     pack_size: int = 8 * MiB
     max_connections: int = 32
