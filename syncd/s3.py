@@ -42,7 +42,7 @@ _TRANSIENT_CODES = {
     "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
     "RequestLimitExceeded", "TooManyRequests",
 }
-STREAM_PIECE = 2 << 20  # bytes handed to a get_stream sink at once
+STREAM_PIECE = 512 << 10  # bytes handed to a get_stream sink at once (measured: 256K-2M, docs/BENCHMARKS.md)
 _NETWORK_ERRORS = (
     bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError, aiohttp.ClientError,
     asyncio.TimeoutError, ConnectionError, OSError,
