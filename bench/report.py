@@ -57,7 +57,7 @@ def scenario_summary(scenario: Scenario, runs: dict[str, list[Run]]) -> dict[str
     if scenario.max_chunks is not None and ours and ours.get("uploaded_chunks") is not None:
         summary["target"] = f"<= {scenario.max_chunks} chunks"
         summary["target_met"] = ours["uploaded_chunks"] <= scenario.max_chunks
-    elif scenario.baseline in ratios:
+    elif scenario.baseline in ratios and scenario.target is not None:
         summary["target_met"] = ratios[scenario.baseline] >= scenario.target
     if scenario.baseline in ratios:
         base = tools[scenario.baseline].get("cpu_s_per_gib")
@@ -78,14 +78,14 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
     table = Table(title=f"syncd benchmarks ({meta['mode']}, {meta['reps']} reps, medians; "
                         f"load {meta['load_before']})", show_lines=False)
     for col in ("scenario", "tool", "median s", "MiB/s", "syncd/tool", "target (CPU syncd/tool)", "CPU s/GiB",
-                "peak RSS MiB", "server CPU s", "uploaded"):
+                "peak RSS MiB", "server CPU s", "uploaded / origin"):
         table.add_column(col, justify="left" if col in ("scenario", "tool") else "right")
     for name, res in results.items():
         first = True
         for tool, s in res["tools"].items():
             ratio = res["throughput_ratio_syncd_over"].get(tool)
             target = ""
-            if tool == res["baseline"]:
+            if tool == res["baseline"] and res["target"] is not None:
                 ok = res.get("target_met")
                 target = f"{_target(res['target'])} {'ok' if ok else 'MISSED'}"
                 if res.get("cpu_ratio_syncd_over_baseline") is not None:
@@ -95,8 +95,7 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
                           f"{ratio:.2f}x" if ratio else "", target,
                           f"{s['cpu_s_per_gib']:.2f}" if s["cpu_s_per_gib"] is not None else "-",
                           f"{s['peak_rss_mib']:.0f}", f"{s['server_cpu_s']:.2f}",
-                          _size(s.get("uploaded_bytes"))
-                          + (f" ({s['uploaded_chunks']:g} chunks)" if s.get("uploaded_chunks") is not None else ""))
+                          _moved(s))
             first = False
     Console(width=170).print(table)
     print("syncd/tool = throughput of syncd divided by throughput of tool (above 1 = syncd faster)")
@@ -107,6 +106,16 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
 
 def _target(target: Any) -> str:
     return target if isinstance(target, str) else f">= {target:g}x"
+
+
+def _moved(s: dict[str, Any]) -> str:
+    """Uploaded bytes (and chunks) for commits, bytes read from the store for fan-out."""
+    text = _size(s.get("uploaded_bytes"))
+    if s.get("uploaded_chunks") is not None:
+        text += f" ({s['uploaded_chunks']:g} chunks)"
+    if s.get("origin_bytes") is not None:
+        text += f"origin {_size(s['origin_bytes'])}"
+    return text
 
 
 def _size(n: Any) -> str:
@@ -160,19 +169,17 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
     lines = [f"{meta['mode']} run, {meta['date']}, {meta['reps']} repetitions (medians), {meta['cpus']} CPUs, "
              f"load average {meta['load_before']} before / {meta.get('load_after', '?')} after; "
              f"syncd process start-up {meta.get('syncd_startup_s', '?')} s.", "",
-             "| scenario | tool | median s | MiB/s | syncd/tool | target | CPU s/GiB | peak RSS MiB | uploaded |",
+             "| scenario | tool | median s | MiB/s | syncd/tool | target | CPU s/GiB | peak RSS MiB | uploaded / origin |",
              "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for name, res in results.items():
         for tool, s in res["tools"].items():
             ratio = res["throughput_ratio_syncd_over"].get(tool)
             target = ""
-            if tool == res["baseline"]:
+            if tool == res["baseline"] and res["target"] is not None:
                 target = f"{_target(res['target'])}: {'met' if res.get('target_met') else 'missed'}"
                 if res.get("cpu_ratio_syncd_over_baseline") is not None:
                     target += f"; syncd CPU/GiB {res['cpu_ratio_syncd_over_baseline']:.2f}x"
-            uploaded = _size(s.get("uploaded_bytes"))
-            if s.get("uploaded_chunks") is not None:
-                uploaded += f" ({s['uploaded_chunks']:g} chunks)"
+            uploaded = _moved(s)
             lines.append(f"| {name} | {tool} | {s['median_s']:.3f} | {s['mib_per_s'] or 0:.0f} | "
                          f"{f'{ratio:.2f}x' if ratio else ''} | {target} | "
                          f"{s['cpu_s_per_gib'] if s['cpu_s_per_gib'] is not None else '-'} | "
@@ -184,3 +191,5 @@ if __name__ == "__main__":
     import sys
     doc = json.loads(Path(sys.argv[1]).read_text())
     print(markdown(doc["meta"], doc["scenarios"]))
+    if len(sys.argv) > 2:  # python bench/report.py bench.json chart.png: redraw the chart
+        chart(Path(sys.argv[2]), doc["meta"], doc["scenarios"])

@@ -38,7 +38,7 @@ class Scenario:
     title: str
     reps: dict[str, Rep]
     baseline: str            # the competitor the targets compare with
-    target: float            # syncd throughput / baseline throughput must reach this
+    target: float | None     # syncd throughput / baseline throughput must reach this (None: no target)
     note: str = ""
     max_chunks: int | None = None  # instead: syncd must upload at most this many chunks
 
@@ -247,7 +247,7 @@ def readers(ctx: Context, paths: dict[str, Path]) -> Scenario:
     if "s5cmd" in ctx.tools:
         reps["s5cmd"] = s5
     return Scenario("readers", f"{count} concurrent cold readers of one {size >> 20} MiB volume, "
-                    "no gateway", reps, "s5cmd", 1.0,
+                    "no gateway", reps, "s5cmd", None,
                     note="each reader is its own worker (own cache), so origin bytes = readers x size")
 
 
