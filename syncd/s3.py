@@ -34,7 +34,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from .config import Config
-from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
+from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, SyncdError, TransientStoreError
 from .store import Blob, ObjectInfo, Sink
 
 _TRANSIENT_CODES = {
@@ -161,6 +161,8 @@ class S3Store:
                         pos, pieces, size = pos + size, [], 0
                     if not piece:
                         break
+        except SyncdError:
+            raise  # the sink's own failure (a local write): not the store's
         except Exception as exc:
             raise translate(exc, key) from exc
         expected = resp.get("ContentLength")
