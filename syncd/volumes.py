@@ -156,12 +156,22 @@ class VolumeRepo:
         return len(keys) + 1
 
     async def history(self, volume: str, limit: int | None = None) -> list[tuple[str, Snapshot]]:
-        """Snapshots from newest to oldest, following parent links."""
+        """Snapshots from newest to oldest, following parent links.
+
+        The walk ends at the first snapshot without a parent or whose parent
+        is gone (pruned: see prune.py; ``syncd volume check`` tells a pruned
+        end of history from a lost snapshot).
+        """
         head = await self.head(volume)
         out: list[tuple[str, Snapshot]] = []
         current = head.snapshot
         while current is not None and (limit is None or len(out) < limit):
-            snap = await self.snapshot(volume, current)
+            try:
+                snap = await self.snapshot(volume, current)
+            except SnapshotNotFound:
+                if not out:
+                    raise
+                break
             out.append((current, snap))
             current = snap.parent
         return out
