@@ -27,6 +27,7 @@ from .chunking import verify
 from .engine import Engine
 from .errors import ManifestError, StoreError, SyncdError
 from .manifest import ChunkRef
+from .volumes import VolumeRepo
 from .reachability import Listing, list_volume, read_horizon, references, walk_history
 
 READERS = 8
@@ -58,10 +59,11 @@ class CheckResult:
 async def check(engine: Engine, volume: str, *, read_data: bool = False) -> CheckResult:
     result = CheckResult(volume)
     listing = await list_volume(engine.store, engine.layout, volume)
+    repo = VolumeRepo(engine.store, engine.layout)       # no cached snapshots: read the bucket
     try:
-        head = await engine.repo.head(volume)
+        head = await repo.head(volume)
         horizon = await read_horizon(engine.store, engine.layout, volume)
-        history = await walk_history(engine.repo, volume, head.snapshot, horizon)
+        history = await walk_history(repo, volume, head.snapshot, horizon)
     except ManifestError as exc:
         result.problems.append(f"volume {volume!r}: {exc}")
         return result

@@ -135,5 +135,6 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
     if keep < len(history.snapshots):
         result.horizon = await raise_horizon(store, layout, volume, history.snapshots[keep - 1][1].seq)
     await store.delete([layout.snapshot(volume, s) for s in result.deleted_snapshots])
+    repo.forget(result.deleted_snapshots)
     await store.delete(dead)
     return result

@@ -113,6 +113,11 @@ class VolumeRepo:
             self._snapshots.popitem(last=False)
         return snap
 
+    def forget(self, snapshot_ids: list[str]) -> None:
+        """Drop snapshots from the in-memory cache (prune deleted them)."""
+        for sid in snapshot_ids:
+            self._snapshots.pop(sid, None)
+
     async def latest(self, volume: str) -> tuple[Head, Snapshot | None]:
         head = await self.head(volume)
         return head, (await self.snapshot(volume, head.snapshot) if head.snapshot else None)
