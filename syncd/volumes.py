@@ -104,7 +104,10 @@ class VolumeRepo:
             blob = await self.store.get(self.layout.snapshot(volume, snapshot_id))
         except NotFound as exc:
             raise SnapshotNotFound(f"volume {volume!r} has no snapshot {snapshot_id}") from exc
-        snap = manifest.decode(blob.data, snapshot_id)
+        try:
+            snap = manifest.decode(blob.data, snapshot_id)
+        except ManifestError as exc:
+            raise ManifestError(f"volume {volume!r}: snapshot {snapshot_id}: {exc}") from exc
         if snap.volume != volume or snap.owner != self.layout.owner:
             raise ManifestError(f"snapshot {snapshot_id} belongs to {snap.owner}/{snap.volume}, "
                                 f"not {self.layout.owner}/{volume}")
