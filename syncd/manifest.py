@@ -135,7 +135,7 @@ def decode(data: bytes, expected_id: str | None = None) -> Snapshot:
     if not isinstance(doc, dict):
         raise ManifestError("snapshot must be a JSON object")
     version = doc.get("format")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:   # not True, not 1.0
         raise ManifestError(f"unsupported snapshot format {version!r} (this syncd reads {FORMAT_VERSION})")
     raw_entries = _get(doc, "entries", list)
     if len(raw_entries) > MAX_ENTRIES:
@@ -174,7 +174,7 @@ def entry_from_json(raw: object) -> Entry:
     if not isinstance(raw, dict):
         raise ManifestError("snapshot entry must be an object")
     path, kind = raw.get("path"), raw.get("type")
-    if not isinstance(path, str) or kind not in KINDS:
+    if not isinstance(path, str) or not isinstance(kind, str) or kind not in KINDS:
         raise ManifestError(f"snapshot entry has a bad path or type: {str(raw)[:200]}")
     mode = _nonneg(raw.get("mode"), "mode", 0o7777)
     mtime = raw.get("mtime_ns")

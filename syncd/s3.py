@@ -4,7 +4,8 @@ It moves bytes and translates failures, nothing else: no hashing, no caching,
 no retries (botocore's own retries are switched off so that the retry wrapper
 alone decides, by exception class). Translation::
 
-    404 / NoSuchKey / NoSuchBucket            -> NotFound
+    404 / NoSuchKey / NoSuchBucket,
+    416 InvalidRange (no such bytes)          -> NotFound
     412 PreconditionFailed                    -> PreconditionFailed
     409 ConditionalRequestConflict, 429, 5xx,
     SlowDown, throttling, RequestTimeout      -> TransientStoreError
@@ -52,7 +53,8 @@ def translate(exc: BaseException, key: str) -> Exception:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload") or status == 404:
+        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload", "InvalidRange") \
+                or status in (404, 416):
             return NotFound(f"{key}: {code or status}")
         if code == "PreconditionFailed" or status == 412:
             return PreconditionFailed(f"{key}: precondition failed")

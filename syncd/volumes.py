@@ -52,7 +52,7 @@ def decode_head(volume: str, data: bytes, etag: str) -> Head:
         doc = json.loads(data)
     except ValueError as exc:
         raise ManifestError(f"HEAD of {volume!r} is not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("format") != HEAD_FORMAT:
+    if not isinstance(doc, dict) or type(doc.get("format")) is not int or doc.get("format") != HEAD_FORMAT:
         raise ManifestError(f"HEAD of {volume!r} has unsupported format {doc.get('format') if isinstance(doc, dict) else doc!r}")
     snap, seq = doc.get("snapshot"), doc.get("seq")
     if snap is not None and not is_content_id(snap):
