@@ -35,7 +35,7 @@ from .chunking import content_id, spans
 from .engine import Engine
 from .errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, VolumeNotFound
 from .localindex import Fingerprint, LocalIndex, Tracked
-from .manifest import ChunkRef, Entry, Snapshot, apply, diff, symlink_stays_inside
+from .manifest import ChunkRef, Entry, Snapshot, apply, diff, escaping_symlinks, symlink_stays_inside
 from .progress import NoProgress, Progress
 from .reachability import object_key
 from .scan import LocalFile, from_stat, scan
@@ -179,6 +179,11 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
         result.attempts = attempt
         theirs = (await engine.repo.snapshot(volume, head.snapshot)).entries if head.snapshot else {}
         merged = apply(theirs, changes, base)
+        for path in escaping_symlinks(merged):   # links that escape only in combination
+            log.warning("volume %r: leaving out symlink %r: it leads out of the volume", volume, path)
+            del merged[path]
+            if path in ours and path not in result.skipped:
+                result.skipped.append(path)
         result.merged = result.merged or head.snapshot != index.snapshot
         if head.snapshot is not None and _same_tree(merged, theirs):
             result.snapshot, result.seq = head.snapshot, head.seq

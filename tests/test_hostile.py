@@ -174,6 +174,43 @@ def test_random_bytes_and_random_json_are_manifest_errors(data: bytes) -> None:
         manifest.decode(zlib.compress(data))
 
 
+def test_symlinks_escaping_through_other_symlinks_are_refused() -> None:
+    doc = valid_doc()
+    doc["entries"] += [
+        {"path": "d/e", "type": "symlink", "mode": 0o777, "mtime_ns": 0, "target": ".."},   # the root: fine
+        {"path": "a", "type": "symlink", "mode": 0o777, "mtime_ns": 0, "target": "d/e"},     # the root: fine
+    ]
+    manifest.decode(stored(doc))
+    doc["entries"].append({"path": "x", "type": "symlink", "mode": 0o777, "mtime_ns": 0, "target": "a/.."})
+    with pytest.raises(ManifestError, match="'x'"):
+        manifest.decode(stored(doc))
+
+
+LINK_PARTS = st.sampled_from(["..", "a", "l1", "a/l3", "a/b/l4"])
+
+
+@settings(FUZZ, max_examples=400)
+@given(st.dictionaries(st.sampled_from(["l1", "l2", "a/l3", "a/b/l4"]),
+                       st.lists(LINK_PARTS, min_size=1, max_size=3).map("/".join), min_size=2))
+def test_accepted_symlinks_never_resolve_outside_on_a_real_filesystem(links: dict[str, str]) -> None:
+    entries = {"a": Entry("a", "dir", 0o755), "a/b": Entry("a/b", "dir", 0o755)}
+    entries.update({p: Entry(p, "symlink", 0o777, target=t) for p, t in links.items()})
+    try:
+        manifest.validate_entries(entries)
+    except ManifestError:
+        return
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "sandbox" / "root"
+        (root / "a" / "b").mkdir(parents=True)
+        for path, target in links.items():
+            (root / path).symlink_to(target)
+        real_root = os.path.realpath(root)
+        for path in links:
+            real = os.path.realpath(root / path)
+            assert real == real_root or real.startswith(real_root + "/"), (path, links)
+
+
 def test_absurd_entry_counts_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest, "MAX_ENTRIES", 3)
     doc = valid_doc()
