@@ -120,7 +120,7 @@ class _Run:
 
     async def execute(self, plan: Plan) -> None:
         for path in plan.clear:
-            await in_thread(localfs.remove, self.root, path, True)
+            await in_thread(localfs.remove_at, self.root, path, True)
         dirs = sorted((e for e in plan.create + plan.meta if e.kind == "dir"), key=lambda e: e.path)
         for entry in dirs:
             self._record(entry, await in_thread(localfs.make_dir, self.root, entry.path, entry))
@@ -133,7 +133,7 @@ class _Run:
         for entry in (e for e in plan.create if e.kind == "symlink"):
             self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry))
         for path in plan.delete:
-            await in_thread(localfs.remove, self.root, path)
+            await in_thread(localfs.remove_at, self.root, path)
             self.result.deleted += 1
         for entry in reversed(dirs):
             await in_thread(localfs.set_dir_mtime, self.root, entry.path, entry.mtime_ns)

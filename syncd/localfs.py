@@ -218,7 +218,12 @@ def make_symlink(root: Path, rel: str, entry: Entry) -> LocalFile:
             raise local_error(root / rel, exc, "create symlink") from exc
 
 
-def remove(root: Path, rel: str, recursive: bool = False) -> None:
+def remove(path: Path, recursive: bool = False) -> None:
+    """Remove ``path`` itself (a whole mount, say); a symlink is unlinked, never followed."""
+    remove_at(path.parent, path.name, recursive)
+
+
+def remove_at(root: Path, rel: str, recursive: bool = False) -> None:
     try:
         with parent(root, rel) as (dir_fd, name):
             st = os.lstat(name, dir_fd=dir_fd)
