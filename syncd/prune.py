@@ -33,7 +33,9 @@ Order of work: list the volume's objects first (anything uploaded after the
 listing is never a candidate), then read HEAD and walk the history, then
 record the new horizon in PRUNED, delete dropped and orphaned snapshots, and
 only then chunks and packs -- so a crash part-way leaves only garbage for the
-next prune, never a snapshot whose data is gone.
+next prune, never a snapshot whose data is gone. Just before chunks and packs
+go, HEAD is read once more and whatever snapshots committed meanwhile
+reference is spared.
 
 Packs that are still partly referenced are kept whole; repacking would
 rewrite bytes that live snapshots point into, for little gain with packs of
@@ -47,9 +49,9 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .engine import Engine
-from .errors import IntegrityError
+from .errors import IntegrityError, SnapshotNotFound
 from .manifest import Snapshot
-from .reachability import list_volume, raise_horizon, read_horizon, references, walk_history
+from .reachability import Listing, list_volume, raise_horizon, read_horizon, references, walk_history
 
 DAY = 86400.0
 
@@ -115,11 +117,26 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
     for sid, info in listing.snapshots.items():      # maybe a commit about to advance HEAD
         if sid not in kept and info.last_modified > cutoff:
             kept[sid] = await repo.snapshot(volume, sid)
-    live: set[str] = set()
-    for snap in kept.values():
-        live.update(references(layout, volume, snap))
     result = PruneResult(volume, dry_run, kept_snapshots=len(kept), horizon=horizon)
     result.deleted_snapshots = sorted(s for s in listing.snapshots if s not in kept)
+    dead = _dead_objects(engine, volume, listing, kept, cutoff, result)
+    if dry_run:
+        return result
+    if keep < len(history.snapshots):
+        result.horizon = await raise_horizon(store, layout, volume, history.snapshots[keep - 1][1].seq)
+    await store.delete([layout.snapshot(volume, s) for s in result.deleted_snapshots])
+    repo.forget(result.deleted_snapshots)
+    late = await _referenced_since(engine, volume, head.snapshot, kept)
+    await store.delete([k for k in dead if k not in late])
+    return result
+
+
+def _dead_objects(engine: Engine, volume: str, listing: Listing, kept: dict[str, Snapshot], cutoff: float,
+                  result: PruneResult) -> list[str]:
+    """Chunks and packs that no kept snapshot references and that are older than the cutoff."""
+    live: set[str] = set()
+    for snap in kept.values():
+        live.update(references(engine.layout, volume, snap))
     dead = []
     for key, info in listing.data.items():
         if key in live:
@@ -130,11 +147,25 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
         dead.append(key)
         result.deleted_bytes += info.size
     result.deleted_objects = len(dead)
-    if dry_run:
-        return result
-    if keep < len(history.snapshots):
-        result.horizon = await raise_horizon(store, layout, volume, history.snapshots[keep - 1][1].seq)
-    await store.delete([layout.snapshot(volume, s) for s in result.deleted_snapshots])
-    repo.forget(result.deleted_snapshots)
-    await store.delete(dead)
-    return result
+    return dead
+
+
+async def _referenced_since(engine: Engine, volume: str, old_head: str | None,
+                            kept: dict[str, Snapshot]) -> set[str]:
+    """Objects referenced by snapshots that became HEAD while prune was deciding.
+
+    Re-reading HEAD right before deleting shrinks the window in which a commit
+    that reuses an old, unreferenced object (and checked it exists) can
+    advance HEAD and still lose the object to this prune: see docs/MAINTENANCE.md.
+    """
+    head = await engine.repo.head(volume)
+    out: set[str] = set()
+    current = head.snapshot
+    while current is not None and current != old_head and current not in kept:
+        try:
+            snap = await engine.repo.snapshot(volume, current)
+        except SnapshotNotFound:
+            break
+        out.update(references(engine.layout, volume, snap))
+        current = snap.parent
+    return out

@@ -458,3 +458,47 @@ async def test_symlink_swapped_in_during_hydrate_is_refused(config: Config, tmp_
         with pytest.raises(LocalIOError, match="symlink"):
             await hydrate(eng, "vol", dst, progress=SwapDuringHydrate(dst / "sub", outside))
     assert tree_files(outside) == []
+
+
+# ---------------------------------------------------------------- privileges and owners
+
+async def test_setuid_and_sticky_bits_never_reach_the_disk(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tool").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "tool", 0o6755)
+    (src / "shared").mkdir()
+    os.chmod(src / "shared", 0o1777)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        _, snap = await eng.repo.latest("vol")
+        assert snap is not None and snap.entries["tool"].mode == 0o6755   # recorded as data
+        await hydrate(eng, "vol", tmp_path / "dst")
+    assert (tmp_path / "dst" / "tool").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "dst" / "shared").stat().st_mode & 0o7777 == 0o777
+
+
+async def test_snapshot_of_another_owner_is_refused(engine: Engine, tmp_path: Path) -> None:
+    doc = valid_doc()
+    doc["entries"] = [{"path": "x", "type": "dir", "mode": 0o755, "mtime_ns": 0}]
+    doc["owner"], doc["volume"] = "mallory", "vol"
+    await plant(engine, "vol", doc)
+    with pytest.raises(ManifestError, match="belongs to mallory/vol"):
+        await hydrate(engine, "vol", tmp_path / "dst")
+    assert not (tmp_path / "dst" / "x").exists()
+
+
+async def test_cache_entries_of_one_owner_are_never_served_to_another(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same.bin").write_bytes(os.urandom(1_200_000))
+    bob = config.replace(owner="bob", state_dir=tmp_path / "bob-state")   # same cache directory
+    async with open_engine(config) as alice_eng, open_engine(bob) as bob_eng:
+        await commit(alice_eng, "vol", src)
+        await commit(bob_eng, "vol", src)
+        await hydrate(alice_eng, "vol", tmp_path / "a")          # alice's chunks are now cached
+        bob_eng.counter.reset()
+        await hydrate(bob_eng, "vol", tmp_path / "b")
+        assert len([k for k in bob_eng.counter.keys if "/bob/vol/chunks/" in k]) == 2
+        assert bob_eng.cache is not None and bob_eng.cache.stats.hits == 0
+    assert (tmp_path / "b" / "same.bin").read_bytes() == (src / "same.bin").read_bytes()
