@@ -175,3 +175,32 @@ async def test_corrupt_snapshot_and_head_are_manifest_errors(
         with pytest.raises(ManifestError, match="HEAD of 'vol'"):
             await hydrate(eng, "vol", tmp_path / "dst")
     assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").iterdir())
+
+
+class LyingSource:
+    """A chunk source (the gateway seam) that returns every chunk with one byte flipped."""
+
+    name = "liar"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.calls = engine, 0
+
+    async def fetch(self, volume: str, ref: object) -> bytes | None:
+        from syncd.manifest import ChunkRef
+        assert isinstance(ref, ChunkRef)
+        self.calls += 1
+        data = bytearray(await self.engine.fetcher.get(volume, ref))
+        data[0] ^= 0x01
+        return bytes(data)
+
+
+async def test_a_source_returning_bad_bytes_is_skipped_not_trusted(
+        config: Config, tmp_path: Path, volume: dict[str, tuple[str, int, bytes | str | None]]) -> None:
+    """A compromised or broken gateway can slow a worker down, never make it write wrong bytes."""
+    async with open_engine(worker_config(config, tmp_path, "honest"), use_cache=False) as honest:
+        liar = LyingSource(honest)
+        async with open_engine(worker_config(config, tmp_path, "w2"), sources=[liar]) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert liar.calls >= 3 and eng.fetcher.bytes_by_source["liar"] == 0
+            assert eng.fetcher.bytes_by_source["store"] > 2_500_000
+    assert snapshot_tree(tmp_path / "dst") == volume
