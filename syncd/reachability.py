@@ -21,13 +21,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .errors import ManifestError, NotFound, SnapshotNotFound
+from .errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound
 from .layout import Layout
 from .manifest import ChunkRef, Snapshot
 from .store import ObjectInfo, ObjectStore
 from .volumes import VolumeRepo
 
 PRUNED_FORMAT = 1
+HORIZON_ATTEMPTS = 10
 
 
 @dataclass
@@ -67,10 +68,14 @@ def references(layout: Layout, volume: str, snap: Snapshot) -> dict[str, list[Ch
 
 async def read_horizon(store: ObjectStore, layout: Layout, volume: str) -> int:
     """Prune's horizon: snapshots with a lower seq may have been deleted (0: none were)."""
+    return (await _horizon(store, layout, volume))[0]
+
+
+async def _horizon(store: ObjectStore, layout: Layout, volume: str) -> tuple[int, str | None]:
     try:
         blob = await store.get(layout.pruned(volume))
     except NotFound:
-        return 0
+        return 0, None
     try:
         doc = json.loads(blob.data)
         seq = doc["horizon"] if doc.get("format") == PRUNED_FORMAT else None
@@ -78,15 +83,25 @@ async def read_horizon(store: ObjectStore, layout: Layout, volume: str) -> int:
         raise ManifestError(f"PRUNED of {volume!r} is not valid JSON") from exc
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ManifestError(f"PRUNED of {volume!r} has an invalid horizon")
-    return seq
+    return seq, blob.etag
 
 
 async def raise_horizon(store: ObjectStore, layout: Layout, volume: str, seq: int) -> int:
-    """Record that snapshots below ``seq`` may go; the horizon never moves back."""
-    horizon = max(seq, await read_horizon(store, layout, volume))
-    doc = {"format": PRUNED_FORMAT, "horizon": horizon, "updated": time.time()}
-    await store.put(layout.pruned(volume), json.dumps(doc).encode())
-    return horizon
+    """Record that snapshots below ``seq`` may go; the horizon never moves back.
+
+    Written conditionally (like HEAD), so two prunes at once cannot lower it.
+    """
+    for _ in range(HORIZON_ATTEMPTS):
+        current, etag = await _horizon(store, layout, volume)
+        if current >= seq:
+            return current
+        doc = json.dumps({"format": PRUNED_FORMAT, "horizon": seq, "updated": time.time()}).encode()
+        try:
+            await store.put(layout.pruned(volume), doc, if_none_match=etag is None, if_match=etag)
+            return seq
+        except PreconditionFailed:
+            continue
+    raise PreconditionFailed(f"PRUNED of {volume!r} keeps changing; is another prune running?")
 
 
 @dataclass

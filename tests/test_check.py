@@ -149,3 +149,12 @@ def test_cli_check_fails_with_a_report(cli_env: Config, tmp_path: Path,
     assert main(["volume", "check", "vol"]) == 4
     err = capsys.readouterr().err
     assert key in err and "missing" in err
+
+
+async def test_pruned_horizon_never_moves_back_even_with_racing_prunes(engine: Engine) -> None:
+    from syncd.reachability import raise_horizon, read_horizon
+    await engine.repo.create("vol")
+    assert await read_horizon(engine.store, engine.layout, "vol") == 0
+    await asyncio.gather(*(raise_horizon(engine.store, engine.layout, "vol", s) for s in (3, 9, 5, 7)))
+    assert await read_horizon(engine.store, engine.layout, "vol") == 9
+    assert await raise_horizon(engine.store, engine.layout, "vol", 4) == 9
