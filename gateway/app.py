@@ -135,9 +135,12 @@ async def _serve_object(request: web.Request, kind: Kind) -> web.StreamResponse:
     response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
     response.content_type = "application/octet-stream"
     response.content_length = end - start
-    await response.prepare(request)
-    if request.method != "HEAD":
-        await _send(request, response, body, obj, start, end)
+    try:
+        await response.prepare(request)
+        if request.method != "HEAD":
+            await _send(request, response, body, obj, start, end)
+    except ConnectionResetError:  # the client went away (gave up, or fell back to the store)
+        log.info("client left before %s/%s %s was sent", obj.owner, obj.volume, obj.id)
     return response
 
 

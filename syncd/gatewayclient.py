@@ -13,8 +13,9 @@ cached on, one gateway and the pool's caches add up; removing a gateway only
 moves the objects that ranked it first.
 
 Failure handling is built so that a bad gateway costs about one timeout, not
-one per chunk: requests use a short connect timeout and a short read timeout
-(between bytes), and any failure (refused, reset, timed out, 5xx, token
+one per chunk: requests use a short connect timeout (1 s) and a read timeout
+between bytes (10 s: long enough for a busy gateway queueing a burst of
+misses, short enough that a hung one is noticed), and any failure (refused, reset, timed out, 5xx, token
 refused) opens that gateway's :class:`Breaker` for a while (1 s, doubling to
 30 s). While it is open the source answers None at once, so the fetcher goes
 on to the next gateway, then the store. After the pause one request probes
@@ -42,7 +43,7 @@ from .fetch import ChunkSource
 from .manifest import ChunkRef
 
 CONNECT_TIMEOUT = 1.0
-READ_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 

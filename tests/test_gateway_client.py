@@ -17,9 +17,10 @@ from syncd.engine import open_engine
 from syncd.gatewayclient import Breaker, GatewaySource, gateway_sources
 from syncd.hydrate import hydrate
 from syncd.manifest import Snapshot
+from syncd.metrics import render
 
 from .conftest import worker_config
-from .gatewayutil import gateway_process, serve_gateway, source_bytes, through
+from .gatewayutil import gateway_process, metric, serve_gateway, source_bytes, through
 from .treeutil import make_tree, snapshot_tree
 
 
@@ -42,6 +43,10 @@ async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path
             await hydrate(eng, "vol", tmp_path / "dst")
             assert eng.counter.calls["get"] == 2  # HEAD and the snapshot; no chunk from the store
             assert source_bytes(eng) == {f"gateway:{gw.url[7:]}": volume_bytes(snap)}
+            text = render(eng.fetcher).decode()
+    assert metric(text, "syncd_fetch_bytes_total", source=f"gateway:{gw.url[7:]}") == volume_bytes(snap)
+    assert metric(text, "syncd_gateway_client_requests_total", gateway=gw.url) > 0
+    assert metric(text, "syncd_gateway_client_failures_total", gateway=gw.url) == 0
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 
