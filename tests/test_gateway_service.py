@@ -10,12 +10,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.auth import Decision, Tokens
 from gateway.flight import Flight
 from gateway.service import ObjectRef
 from syncd.chunking import content_id
 from syncd.commit import commit
 from syncd.config import Config
 from syncd.engine import open_engine
+from syncd.errors import ConfigError
 from syncd.manifest import ChunkRef, Snapshot
 from syncd.store import BlobStream, ObjectStore, open_stream
 
@@ -249,3 +251,18 @@ async def test_warm_endpoint_prefetches_a_snapshot(config: Config, tmp_path: Pat
             assert resp.status == 400
         async with http.post(f"{gw.url}/v1/alice/nope/warm", headers=ALICE) as resp:
             assert resp.status == 404
+
+
+def test_tokens_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# team tokens\ntok-1 alice\n\ntok-2   bob  # ci\n")
+    tokens = Tokens.load(path)
+    assert tokens.decide("Bearer tok-1", "alice") is Decision.ALLOW
+    assert tokens.decide("bearer tok-2", "bob") is Decision.ALLOW
+    assert tokens.decide("Bearer tok-2", "alice") is Decision.FORBIDDEN
+    assert tokens.decide("Bearer tok-3", "alice") is Decision.UNAUTHENTICATED
+    assert tokens.decide(None, "alice") is Decision.UNAUTHENTICATED
+    for bad in ("tok-1\n", "tok-1 alice extra\n", "tok-1 ../bob\n", "# nothing\n"):
+        path.write_text(bad)
+        with pytest.raises(ConfigError):
+            Tokens.load(path)
