@@ -18,8 +18,8 @@ between bytes (10 s: long enough for a busy gateway queueing a burst of
 misses, short enough that a hung one is noticed), and any failure (refused, reset, timed out, 5xx, token
 refused) opens that gateway's :class:`Breaker` for a while (1 s, doubling to
 30 s). While it is open the source answers None at once, so the fetcher goes
-on to the next gateway, then the store. After the pause one request probes
-the gateway again; a success closes the breaker. A 404 is an answer, not a
+on to the next gateway, then the store. After the pause one request at a time
+probes the gateway; a success closes the breaker. A 404 is an answer, not a
 failure: the fetcher then asks the next source.
 
 Gateway failures raise :class:`GatewayUnavailable` (a TransientStoreError),
@@ -62,28 +62,42 @@ def rendezvous_order(urls: list[str] | tuple[str, ...], key: str) -> list[str]:
 
 
 class Breaker:
-    """Skip a failing gateway for a while: ``first`` seconds, doubling up to ``maximum``."""
+    """Skip a failing gateway for a while: ``first`` seconds, doubling up to ``maximum``.
+
+    Closed (``delay == 0``): every request goes. Open: none goes until
+    ``open_until``. Then half-open: one probe at a time (a probe that never
+    reports back frees its slot after ``probe_window`` seconds); the probe's
+    success closes the breaker, its failure opens it for twice as long.
+    """
 
     def __init__(self, first: float = BACKOFF_FIRST, maximum: float = BACKOFF_MAX,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.first, self.maximum, self.clock = first, maximum, clock
+                 probe_window: float = READ_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
+        self.first, self.maximum, self.probe_window, self.clock = first, maximum, probe_window, clock
         self.delay = 0.0
         self.open_until = 0.0
+        self.probe_until = 0.0
         self.trips = 0
 
     def allows(self) -> bool:
-        return self.clock() >= self.open_until
+        if not self.delay:
+            return True
+        now = self.clock()
+        if now < self.open_until or now < self.probe_until:
+            return False
+        self.probe_until = now + self.probe_window
+        return True
 
     def failed(self) -> None:
-        if not self.allows():
+        now = self.clock()
+        if now < self.open_until:
             return  # concurrent requests failing together count as one failure
         self.delay = min(self.maximum, self.delay * 2 if self.delay else self.first)
-        self.open_until = self.clock() + self.delay
+        self.open_until = now + self.delay
+        self.probe_until = 0.0
         self.trips += 1
 
     def succeeded(self) -> None:
-        self.delay = 0.0
-        self.open_until = 0.0
+        self.delay = self.open_until = self.probe_until = 0.0
 
 
 class _Session:

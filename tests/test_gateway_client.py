@@ -178,22 +178,28 @@ async def test_killing_the_gateway_mid_run_lets_every_hydrate_finish(config: Con
         assert snapshot_tree(tmp_path / f"w{i}" / "dst") == want
 
 
-def test_breaker_backs_off_and_recovers() -> None:
+def test_breaker_backs_off_probes_one_at_a_time_and_recovers() -> None:
     now = [100.0]
-    breaker = Breaker(first=1.0, maximum=4.0, clock=lambda: now[0])
-    assert breaker.allows()
+    breaker = Breaker(first=1.0, maximum=4.0, probe_window=10.0, clock=lambda: now[0])
+    assert breaker.allows() and breaker.allows()  # closed: everything goes
     breaker.failed()
     breaker.failed()  # a second failure while open (a concurrent request) does not extend it
     assert not breaker.allows() and breaker.delay == 1.0
     now[0] += 1.0
-    assert breaker.allows()  # half-open: one probe may go
+    assert breaker.allows()  # half-open: one probe goes ...
+    assert not breaker.allows()  # ... and only one
     breaker.failed()
-    assert breaker.delay == 2.0
+    assert breaker.delay == 2.0 and not breaker.allows()
     now[0] += 2.0
+    assert breaker.allows()
+    now[0] += 10.0  # the probe never reported back: its slot is free again
+    assert breaker.allows()
     breaker.failed()
     now[0] += 4.0
+    assert breaker.allows()
     breaker.failed()
     assert breaker.delay == 4.0  # capped
     now[0] += 4.0
+    assert breaker.allows()
     breaker.succeeded()
-    assert breaker.allows() and breaker.delay == 0.0
+    assert breaker.allows() and breaker.allows() and breaker.delay == 0.0
