@@ -15,9 +15,23 @@ from pathlib import Path
 from gateway.auth import Tokens
 from gateway.main import running
 from gateway.service import GatewayService
+from syncd.commit import commit
 from syncd.config import Config, MiB
-from syncd.engine import Engine
+from syncd.engine import Engine, open_engine
+from syncd.manifest import Snapshot
 from syncd.storewrap import CountingStore
+
+from .treeutil import make_tree
+
+
+async def commit_tree(config: Config, src: Path, small_files: int = 40,
+                      large_size: int = 3 * MiB + 17) -> tuple[str, Snapshot]:
+    """Commit a test tree as volume "vol"; its snapshot id and snapshot."""
+    make_tree(src, small_files=small_files, large_size=large_size)
+    async with open_engine(config) as eng:
+        result = await commit(eng, "vol", src)
+        assert result.snapshot
+        return result.snapshot, await eng.repo.snapshot("vol", result.snapshot)
 
 
 @dataclass

@@ -10,7 +10,6 @@ from pathlib import Path
 from aiohttp import web
 
 from syncd.cli import COMMANDS, build_parser
-from syncd.commit import commit
 from syncd.config import Config, MiB
 from syncd.devserver import free_port
 from syncd.engine import open_engine
@@ -20,15 +19,8 @@ from syncd.manifest import Snapshot
 from syncd.metrics import render
 
 from .conftest import worker_config
-from .gatewayutil import gateway_process, metric, serve_gateway, source_bytes, through
-from .treeutil import make_tree, snapshot_tree
-
-
-async def committed(config: Config, src: Path, small_files: int = 40, large_size: int = 3 * MiB + 17) -> Snapshot:
-    make_tree(src, small_files=small_files, large_size=large_size)
-    async with open_engine(config) as eng:
-        result = await commit(eng, "vol", src)
-        return await eng.repo.snapshot("vol", result.snapshot or "")
+from .gatewayutil import commit_tree, gateway_process, metric, serve_gateway, source_bytes, through
+from .treeutil import snapshot_tree
 
 
 def volume_bytes(snap: Snapshot) -> int:
@@ -37,7 +29,7 @@ def volume_bytes(snap: Snapshot) -> int:
 
 
 async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path / "src")
+    _, snap = await commit_tree(config, tmp_path / "src")
     async with serve_gateway(config, tmp_path) as gw:
         async with open_engine(through(worker_config(config, tmp_path, "w1"), gw.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "dst")
@@ -51,7 +43,7 @@ async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path
 
 
 async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path / "src", small_files=120, large_size=6 * MiB)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=120, large_size=6 * MiB)
     async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
         async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "w1" / "dst")
@@ -70,21 +62,22 @@ async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_
 
 
 async def test_warm_command_fills_each_gateway_with_its_share(config: Config, tmp_path: Path) -> None:
-    await committed(config, tmp_path / "src", small_files=60, large_size=4 * MiB)
+    sid, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=4 * MiB)
     async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
-        args = build_parser().parse_args(["gateway", "warm", "vol"])
+        args = build_parser().parse_args(["gateway", "warm", "vol", "--snapshot", sid])
         result = await COMMANDS[args._command].handler(args, through(config, a.url, b.url))
-        assert result["fetched"] == result["objects"] > 0 and result["failed"] == [], result
+        objects = len({r.pack or r.id for e in snap.entries.values() for r in e.chunks})
+        assert result["fetched"] == result["objects"] == objects and result["failed"] == [], result
         assert a.origin.calls["get"] > 0 and b.origin.calls["get"] > 0
         gets = a.origin.calls["get"] + b.origin.calls["get"]
         async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
-            await hydrate(eng, "vol", tmp_path / "dst")
+            await hydrate(eng, "vol", tmp_path / "dst", snapshot_id=sid)
         assert a.origin.calls["get"] + b.origin.calls["get"] == gets  # every object was already warm
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 
 async def test_a_hung_gateway_costs_one_timeout_not_one_per_chunk(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path / "src", small_files=10, large_size=12 * MiB)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=10, large_size=12 * MiB)
     chunks = len({r.id for e in snap.entries.values() for r in e.chunks})
     accepted: list[asyncio.StreamWriter] = []
 
@@ -115,7 +108,7 @@ async def test_a_hung_gateway_costs_one_timeout_not_one_per_chunk(config: Config
 
 
 async def test_bad_bytes_from_a_gateway_are_caught_on_the_worker(config: Config, tmp_path: Path) -> None:
-    await committed(config, tmp_path / "src", small_files=30)
+    await commit_tree(config, tmp_path / "src", small_files=30)
 
     async def liar(request: web.Request) -> web.Response:
         return web.Response(body=os.urandom(int(request.headers.get("Range", "bytes=0-99").split("-")[1]) + 1))
@@ -136,7 +129,7 @@ async def test_bad_bytes_from_a_gateway_are_caught_on_the_worker(config: Config,
 
 
 async def test_six_concurrent_hydrates_read_the_volume_about_once(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path / "src", small_files=150, large_size=8 * MiB + 5)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=150, large_size=8 * MiB + 5)
     async with serve_gateway(config, tmp_path) as gw:
         async def worker(i: int) -> int:
             async with open_engine(through(worker_config(config, tmp_path, f"w{i}"), gw.url)) as eng:
@@ -153,7 +146,7 @@ async def test_six_concurrent_hydrates_read_the_volume_about_once(config: Config
 
 
 async def test_killing_the_gateway_mid_run_lets_every_hydrate_finish(config: Config, tmp_path: Path) -> None:
-    await committed(config, tmp_path / "src", small_files=60, large_size=8 * MiB)
+    await commit_tree(config, tmp_path / "src", small_files=60, large_size=8 * MiB)
     with gateway_process(config, tmp_path) as (proc, url):
         engines = [open_engine(through(worker_config(config, tmp_path, f"w{i}"), url)
                                .replace(max_inflight_bytes=1 * MiB)) for i in range(6)]

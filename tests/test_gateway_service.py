@@ -14,26 +14,15 @@ from gateway.auth import Decision, Tokens
 from gateway.flight import Flight
 from gateway.service import ObjectRef
 from syncd.chunking import content_id
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import open_engine
 from syncd.errors import ConfigError
 from syncd.manifest import ChunkRef, Snapshot
 from syncd.store import BlobStream, ObjectStore, open_stream
 
-from .gatewayutil import metric, serve_gateway
-from .treeutil import make_tree
+from .gatewayutil import commit_tree, metric, serve_gateway
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
 ALICE = {"Authorization": "Bearer tok-alice"}
-
-
-async def committed(config: Config, tmp_path: Path, small_files: int = 20) -> Snapshot:
-    src = tmp_path / "src"
-    make_tree(src, small_files=small_files)
-    async with open_engine(config) as eng:
-        result = await commit(eng, "vol", src)
-        return await eng.repo.snapshot("vol", result.snapshot or "")
 
 
 def big_chunks(snap: Snapshot) -> list[ChunkRef]:
@@ -45,7 +34,7 @@ def packed(snap: Snapshot) -> list[ChunkRef]:
 
 
 async def test_concurrent_misses_cause_one_origin_get(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=20)
     ref = big_chunks(snap)[0]
     async with serve_gateway(config, tmp_path, tokens=TOKENS) as gw, aiohttp.ClientSession() as http:
         async def get() -> bytes:
@@ -99,7 +88,7 @@ class GatedStore:
 
 
 async def test_followers_stream_before_the_object_is_complete(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=20)
     ref = next(r for r in big_chunks(snap) if r.size == config.chunk_size)
     async with serve_gateway(config, tmp_path) as gw:
         gated = GatedStore(gw.service.store)
@@ -121,7 +110,7 @@ async def test_followers_stream_before_the_object_is_complete(config: Config, tm
 
 
 async def test_bad_bytes_from_the_store_never_complete_a_response(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path, small_files=2)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=2)
     ref = big_chunks(snap)[0]
     async with serve_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as http:
         gated = GatedStore(gw.service.store, corrupt=True)
@@ -145,7 +134,7 @@ async def _collect(body: Flight, start: int, end: int) -> bytes:
 
 
 async def test_auth_names_and_not_found(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path, small_files=2)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=2)
     ref = big_chunks(snap)[0]
     path = f"/v1/alice/vol/chunks/{ref.id}"
     async with serve_gateway(config, tmp_path, tokens=TOKENS) as gw, aiohttp.ClientSession() as http:
@@ -174,7 +163,7 @@ async def test_auth_names_and_not_found(config: Config, tmp_path: Path) -> None:
 
 
 async def test_range_etag_and_head(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=20)
     ref = big_chunks(snap)[0]
     small = packed(snap)[3]
     async with serve_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as http:
@@ -210,7 +199,7 @@ async def test_range_etag_and_head(config: Config, tmp_path: Path) -> None:
 
 
 async def test_corrupt_cache_entry_is_evicted_and_refetched(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path, small_files=2)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=2)
     ref = big_chunks(snap)[0]
     async with serve_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as http:
         url = f"{gw.url}/v1/alice/vol/chunks/{ref.id}"
@@ -234,7 +223,7 @@ async def test_corrupt_cache_entry_is_evicted_and_refetched(config: Config, tmp_
 
 
 async def test_warm_endpoint_prefetches_a_snapshot(config: Config, tmp_path: Path) -> None:
-    snap = await committed(config, tmp_path)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=20)
     objects = len(big_chunks(snap)) + len({r.pack for r in packed(snap)})
     async with serve_gateway(config, tmp_path, tokens=TOKENS) as gw, aiohttp.ClientSession() as http:
         async with http.post(f"{gw.url}/v1/alice/vol/warm", headers=ALICE) as resp:
