@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SERVICE: web.AppKey[GatewayService] = web.AppKey("service", GatewayService)
 TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
 IMMUTABLE = "public, max-age=31536000, immutable"
+WARM_BODY_LIMIT = 64 * 1024 * 1024  # a warm request may list ~1.8 million ids
 
 
 class Unsatisfiable(ValueError):
@@ -193,7 +194,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def create_app(service: GatewayService, tokens: Tokens) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=WARM_BODY_LIMIT)
     app[SERVICE] = service
     app[TOKENS] = tokens
     app.router.add_get("/healthz", healthz)
