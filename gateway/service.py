@@ -14,6 +14,8 @@ stream, in this order:
    it. Readers follow the flight as bytes arrive. Once the whole object has
    arrived and hashed to its id, the leader puts it into the cache and only
    then drops the flight, so a later request always finds one or the other.
+   A body that breaks off part-way (a transient store error) is resumed with
+   a ranged GET from the first missing byte, so readers never notice.
 
 Packs are fetched and cached whole even when a request asks for a range: a
 pack's id is the hash of the whole pack, so only a whole pack can be verified,
@@ -38,7 +40,7 @@ from typing import Literal, Protocol
 
 from syncd.cache import ChunkCache
 from syncd.chunking import is_content_id
-from syncd.errors import InvalidName
+from syncd.errors import InvalidName, TransientStoreError
 from syncd.layout import Layout, validate_name
 from syncd.store import ObjectStore, open_stream
 from syncd.volumes import VolumeRepo
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["chunks", "packs"]
 KINDS: tuple[Kind, ...] = ("chunks", "packs")
 WARM_CONCURRENCY = 8
+RESUMES = 3  # times a body cut off part-way is resumed from where it stopped
 
 
 @dataclass(frozen=True)
@@ -156,12 +159,7 @@ class GatewayService:
         """Stream ``obj`` from the store into ``flight``; cache it once verified."""
         self.metrics.inflight.inc()
         try:
-            self.metrics.origin_requests.inc()
-            async with open_stream(self.store, self.key(obj)) as stream:
-                flight.start(stream.size)
-                async for piece in stream.pieces:
-                    flight.add(piece)
-                    self.metrics.origin_bytes.inc(len(piece))
+            await self._pull(obj, flight)
             flight.finish()
             await self.cache(obj.owner).put(obj.id, flight.body())
         except Exception as exc:  # noqa: BLE001 - handed to every reader of the flight
@@ -174,6 +172,25 @@ class GatewayService:
             self.metrics.inflight.dec()
             if self._flights.get((obj.owner, obj.id)) is flight:
                 del self._flights[(obj.owner, obj.id)]
+
+    async def _pull(self, obj: ObjectRef, flight: Flight) -> None:
+        """The body into ``flight``; a body cut off part-way resumes where it stopped (ranged GET)."""
+        for resume in range(RESUMES + 1):
+            opened = False
+            self.metrics.origin_requests.inc()
+            try:
+                async with open_stream(self.store, self.key(obj), flight.received or None) as stream:
+                    opened = True
+                    if flight.size is None:
+                        flight.start(stream.size)
+                    async for piece in stream.pieces:
+                        flight.add(piece)
+                        self.metrics.origin_bytes.inc(len(piece))
+                return
+            except TransientStoreError as exc:
+                if not opened or resume == RESUMES:  # opening was already retried by the store stack
+                    raise
+                log.info("resuming %s at byte %d after %s", obj.id, flight.received, exc)
 
     async def warm(self, owner: str, volume: str, snapshot: str | None = None,
                    chunks: Iterable[str] | None = None, packs: Iterable[str] | None = None) -> WarmResult:

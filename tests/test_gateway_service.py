@@ -15,7 +15,7 @@ from gateway.flight import Flight
 from gateway.service import ObjectRef
 from syncd.chunking import content_id
 from syncd.config import Config
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, TransientStoreError
 from syncd.manifest import ChunkRef, Snapshot
 from syncd.store import BlobStream, ObjectStore, open_stream
 
@@ -127,6 +127,34 @@ async def test_bad_bytes_from_the_store_never_complete_a_response(config: Config
         gw.service.store = gated.inner  # type: ignore[assignment]
         async with http.get(url) as resp:
             assert content_id(await resp.read()) == ref.id
+
+
+class CutOffStore(GatedStore):
+    """Breaks the first body off after its first piece, as a dropped connection would."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self.gate.set()
+        self.cuts = 0
+
+    async def _gated(self, stream: BlobStream) -> AsyncIterator[bytes]:
+        async for piece in stream.pieces:
+            yield piece
+            if self.cuts == 0:
+                self.cuts += 1
+                raise TransientStoreError("connection reset mid-body")
+
+
+async def test_a_body_cut_off_by_the_store_is_resumed(config: Config, tmp_path: Path) -> None:
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=2)
+    ref = big_chunks(snap)[0]
+    async with serve_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as http:
+        origin = gw.origin
+        gw.service.store = CutOffStore(origin)  # type: ignore[assignment]
+        async with http.get(f"{gw.url}/v1/alice/vol/chunks/{ref.id}") as resp:
+            assert content_id(await resp.read()) == ref.id
+        assert origin.calls["get"] == 2  # the cut-off GET and one ranged GET for the rest
+        assert origin.bytes_in == ref.size  # nothing was read twice
 
 
 async def _collect(body: Flight, start: int, end: int) -> bytes:
