@@ -56,7 +56,7 @@ async def _warm(args: argparse.Namespace, config: Config) -> Any:
     errors = []
     for url, answer in zip(plan, answers):
         if isinstance(answer, BaseException):
-            errors.append(f"{url}: {answer}")
+            errors.append(str(answer))  # names the gateway already
             continue
         total["gateways"][url] = answer
         for key in ("objects", "cached", "fetched", "bytes_fetched"):
