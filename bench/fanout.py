@@ -13,7 +13,10 @@ together and measures:
 * whether every worker's tree is byte-identical to the source.
 
 The gateway is restarted with an empty cache for every repetition, so every
-run is a cold fan-out. Medians over ``--reps`` runs are printed as JSON.
+run is a cold fan-out. A third mode, ``gateway-killed``, SIGKILLs the gateway
+once it has served the workers half of what they need: every worker must still
+finish with an identical tree (the rest comes from S3 directly); its origin
+bytes count the gateway's reads up to its last scrape before the kill. Medians over ``--reps`` runs are printed as JSON.
 
     python bench/fanout.py --size 256M --workers 6 --reps 3 [--out result.json]
 
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import urllib.request
@@ -95,7 +99,7 @@ async def worker_main(target: str) -> None:
 
 
 @contextlib.contextmanager
-def gateway(env: dict[str, str], cache: Path) -> Iterator[str]:
+def gateway(env: dict[str, str], cache: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "--no-auth", "--port", "0",
                              "--cache-dir", str(cache)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -107,7 +111,7 @@ def gateway(env: dict[str, str], cache: Path) -> Iterator[str]:
                 raise RuntimeError("gateway did not start")
             if select.select([proc.stdout], [], [], 1.0)[0]:
                 line += os.read(proc.stdout.fileno(), 4096)
-        yield line.decode().split()[-1]
+        yield line.decode().split()[-1], proc
     finally:
         proc.terminate()
         try:
@@ -119,12 +123,38 @@ def gateway(env: dict[str, str], cache: Path) -> Iterator[str]:
             proc.stdout.close()
 
 
-def origin_bytes(url: str) -> float:
+def gateway_bytes(url: str) -> tuple[float, float]:
+    """(origin bytes read, body bytes served) from the gateway's /metrics."""
+    origin = served = 0.0
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith("syncd_gateway_origin_bytes_total "):
-                return float(line.split()[1])
-    return 0.0
+                origin = float(line.split()[1])
+            elif line.startswith("syncd_gateway_served_bytes_total{"):
+                served += float(line.split()[1])
+    return origin, served
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the gateway once it has served ``threshold`` bytes; remembers its origin bytes."""
+
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], threshold: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.proc, self.threshold = url, proc, threshold
+        self.origin = 0.0
+        self.killed = False
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.proc.poll() is None:
+            served = 0.0
+            with contextlib.suppress(OSError):
+                self.origin, served = gateway_bytes(self.url)
+            if served >= self.threshold:
+                self.proc.kill()
+                self.killed = True
+                return
+            time.sleep(0.02)
 
 
 def run_workers(env: dict[str, str], work: Path, workers: int) -> tuple[float, list[dict[str, Any]]]:
@@ -142,21 +172,35 @@ def run_workers(env: dict[str, str], work: Path, workers: int) -> tuple[float, l
     return wall, [json.loads(o.decode().strip().splitlines()[-1]) for o in outputs]
 
 
-def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str) -> dict[str, Any]:
+def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
+            volume: int) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    gw_origin = 0.0
-    if mode == "gateway":
-        with gateway(env, work / "gateway-cache") as url:
-            wall, results = run_workers({**env, "SYNCD_GATEWAY": url}, work, workers)
-            gw_origin = origin_bytes(url)
-    else:
+    gw_origin, killed = 0.0, None
+    if mode == "direct":
         wall, results = run_workers(env, work, workers)
+    else:
+        with gateway(env, work / "gateway-cache") as (url, proc):
+            killer = Killer(url, proc, workers * volume / 2) if mode == "gateway-killed" else None
+            if killer is not None:
+                killer.start()
+            wall, results = run_workers({**env, "SYNCD_GATEWAY": url}, work, workers)
+            if killer is not None:
+                killer.stop.set()
+                killer.join()
+                gw_origin, killed = killer.origin, killer.killed
+            else:
+                gw_origin = gateway_bytes(url)[0]
     identical = all(tree_digest(work / f"w{i}" / "dst") == want for i in range(workers))
     shutil.rmtree(work, ignore_errors=True)
-    return {"wall_s": round(wall, 3), "hydrate_makespan_s": round(max(r["seconds"] for r in results), 3),
-            "origin_bytes": int(gw_origin + sum(r["store_bytes"] for r in results)),
-            "worker_s": [round(r["seconds"], 3) for r in results], "identical": identical}
+    run = {"wall_s": round(wall, 3), "hydrate_makespan_s": round(max(r["seconds"] for r in results), 3),
+           "origin_bytes": int(gw_origin + sum(r["store_bytes"] for r in results)),
+           "via_gateway_bytes": sum(n for r in results for k, n in r["by_source"].items()
+                                    if k.startswith("gateway:")),
+           "worker_s": [round(r["seconds"], 3) for r in results], "identical": identical}
+    if killed is not None:
+        run["gateway_killed_mid_run"] = killed
+    return run
 
 
 def summarize(runs: list[dict[str, Any]], volume: int) -> dict[str, Any]:
@@ -176,10 +220,10 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
     make_volume(scratch / "src", args.size, args.small_files)
     volume = asyncio.run(commit_volume(config, scratch / "src"))
     want = tree_digest(scratch / "src")
-    modes: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
+    modes: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": [], "gateway-killed": []}
     for rep in range(args.reps):
         for mode in modes:
-            modes[mode].append(one_run(mode, env, scratch / "work", args.workers, want))
+            modes[mode].append(one_run(mode, env, scratch / "work", args.workers, want, volume))
             print(f"rep {rep + 1} {mode}: {modes[mode][-1]['wall_s']} s, "
                   f"{modes[mode][-1]['origin_bytes'] / volume:.3f}x origin", file=sys.stderr)
     return {"workers": args.workers, "volume_bytes": volume, "reps": args.reps,
