@@ -4,7 +4,8 @@
 of a volume (``ObjectRef``: owner, volume, kind, content id) with a body to
 stream, in this order:
 
-1. a fetch of the same object already in flight: join it (no new GET);
+1. a fetch of the same object of the same volume already in flight: join
+   it (no new GET);
 2. the disk cache: a ``syncd.cache.ChunkCache`` per owner, all in one
    diskcache directory, so the size bound (LRU) covers every owner together
    while keys stay owner-scoped. Every cached read is re-hashed; a corrupt
@@ -71,6 +72,11 @@ class ObjectRef:
         if not is_content_id(self.id):
             raise InvalidName(f"invalid object id {self.id!r}")
 
+    @property
+    def flight_key(self) -> tuple[str, str, str]:
+        """Fetches are per volume (a missing object in one volume must not fail another's)."""
+        return self.owner, self.volume, self.id
+
 
 class Body(Protocol):
     async def length(self) -> int: ...
@@ -110,7 +116,7 @@ class GatewayService:
         self.metrics = metrics or GatewayMetrics()
         self._caches: dict[str, ChunkCache] = {}
         self._repos: dict[str, VolumeRepo] = {}
-        self._flights: dict[tuple[str, str], Flight] = {}
+        self._flights: dict[tuple[str, str, str], Flight] = {}  # (owner, volume, id)
         self._leaders: set[asyncio.Task[None]] = set()
 
     def layout(self, owner: str) -> Layout:
@@ -127,18 +133,18 @@ class GatewayService:
 
     async def open(self, obj: ObjectRef) -> Body:
         """A body for ``obj``: a fetch in flight, a verified cache entry, or a new fetch."""
-        flight = self._flights.get((obj.owner, obj.id))
+        flight = self._flights.get(obj.flight_key)
         if flight is None:
             cached = await self._cached(obj)
             if cached is not None:
                 return cached
-            flight = self._flights.get((obj.owner, obj.id))  # another request may have started one
+            flight = self._flights.get(obj.flight_key)  # another request may have started one
         if flight is not None:
             self.metrics.joins.labels(obj.kind).inc()
             return flight
         self.metrics.misses.labels(obj.kind).inc()
         flight = Flight(obj.id)
-        self._flights[(obj.owner, obj.id)] = flight
+        self._flights[obj.flight_key] = flight
         task = asyncio.create_task(self._lead(obj, flight))
         self._leaders.add(task)
         task.add_done_callback(self._leaders.discard)
@@ -170,8 +176,8 @@ class GatewayService:
             raise
         finally:
             self.metrics.inflight.dec()
-            if self._flights.get((obj.owner, obj.id)) is flight:
-                del self._flights[(obj.owner, obj.id)]
+            if self._flights.get(obj.flight_key) is flight:
+                del self._flights[obj.flight_key]
 
     async def _pull(self, obj: ObjectRef, flight: Flight) -> None:
         """The body into ``flight``; a body cut off part-way resumes where it stopped (ranged GET)."""
