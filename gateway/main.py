@@ -66,6 +66,9 @@ async def serve(args: argparse.Namespace) -> None:
     if not args.tokens and not args.no_auth:
         raise ConfigError("give --tokens FILE (or --no-auth on a trusted network)")
     tokens = Tokens.load(args.tokens) if args.tokens else Tokens(None)
+    if not tokens.enabled:
+        logging.getLogger(__name__).warning("serving without tokens (--no-auth): anyone who can connect "
+                                            "reads every owner's volumes")
     config = Config.from_env()
     cache_dir = args.cache_dir or config.cache_dir / "gateway"
     cache_size = parse_size(args.cache_size) if args.cache_size else config.cache_size
