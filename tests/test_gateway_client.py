@@ -13,7 +13,7 @@ from syncd.cli import COMMANDS, build_parser
 from syncd.config import Config, MiB
 from syncd.devserver import free_port
 from syncd.engine import open_engine
-from syncd.gatewayclient import Breaker, GatewaySource, gateway_sources
+from syncd.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
 from syncd.hydrate import hydrate
 from syncd.manifest import Snapshot
 from syncd.metrics import render
@@ -73,6 +73,25 @@ async def test_warm_command_fills_each_gateway_with_its_share(config: Config, tm
         async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "dst", snapshot_id=sid)
         assert a.origin.calls["get"] + b.origin.calls["get"] == gets  # every object was already warm
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_objects_of_a_dead_gateway_go_to_the_next_gateway_not_the_store(config: Config,
+                                                                              tmp_path: Path) -> None:
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=6 * MiB)
+    objects = {r.pack or r.id for e in snap.entries.values() for r in e.chunks}
+    async with serve_gateway(config, tmp_path) as live:
+        while True:  # a dead gateway (nothing listens) that ranks first for some objects
+            dead = f"http://127.0.0.1:{free_port()}"
+            if any(rendezvous_order((dead, live.url), o)[0] == dead for o in objects):
+                break
+        cfg = through(worker_config(config, tmp_path, "w1"), dead, live.url)
+        sources = gateway_sources(cfg)
+        async with open_engine(cfg, sources=sources) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert source_bytes(eng) == {f"gateway:{live.url[7:]}": volume_bytes(snap)}
+    down = sources[0]
+    assert isinstance(down, GatewaySource) and down.failures >= 1 and down.skipped >= 1
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 
