@@ -91,7 +91,7 @@ async def test_objects_of_a_dead_gateway_go_to_the_next_gateway_not_the_store(co
             await hydrate(eng, "vol", tmp_path / "dst")
             assert source_bytes(eng) == {f"gateway:{live.url[7:]}": volume_bytes(snap)}
     down = sources[0]
-    assert isinstance(down, GatewaySource) and down.failures >= 1 and down.skipped >= 1
+    assert isinstance(down, GatewaySource) and down.failures >= 1  # it was asked, and failed
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 
