@@ -66,9 +66,26 @@ def scenario_summary(scenario: Scenario, runs: dict[str, list[Run]]) -> dict[str
     return summary
 
 
-def write_json(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
+def write_json(path: Path, meta: dict[str, Any], results: dict[str, Any],
+               fanout: dict[str, Any] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "scenarios": results}, indent=2, sort_keys=False) + "\n")
+    doc: dict[str, Any] = {"meta": meta, "scenarios": results}
+    if fanout is not None:
+        doc["fanout"] = fanout
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def print_fanout(fanout: dict[str, Any] | None) -> None:
+    if not fanout:
+        return
+    if "modes" not in fanout:
+        print(f"fanout: failed: {fanout.get('error', '')[-300:]}")
+        return
+    print(f"fanout ({fanout['workers']} workers, {fanout['volume_bytes'] >> 20} MiB volume, "
+          f"medians of {fanout['reps']}):")
+    for mode, m in fanout["modes"].items():
+        print(f"  {mode:15} wall {m['wall_s_median']:7.3f} s  origin {m['origin_ratio_median']:.2f}x the volume"
+              f"  identical: {m['all_identical']}")
 
 
 def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
@@ -191,5 +208,11 @@ if __name__ == "__main__":
     import sys
     doc = json.loads(Path(sys.argv[1]).read_text())
     print(markdown(doc["meta"], doc["scenarios"]))
+    if "modes" in doc.get("fanout", {}):
+        f = doc["fanout"]
+        print(f"\nfanout.py: {f['workers']} workers, {f['volume_bytes'] >> 20} MiB volume, medians of {f['reps']}\n")
+        print("| mode | wall s | origin / volume | identical |\n| --- | ---: | ---: | --- |")
+        for mode, m in f["modes"].items():
+            print(f"| {mode} | {m['wall_s_median']:.3f} | {m['origin_ratio_median']:.2f}x | {m['all_identical']} |")
     if len(sys.argv) > 2:  # python bench/report.py bench.json chart.png: redraw the chart
         chart(Path(sys.argv[2]), doc["meta"], doc["scenarios"])

@@ -9,11 +9,13 @@ Run from the repository root (after ``pip install -e '.[bench]'``)::
 
 It starts its own SeaweedFS (syncd.devserver) on loopback, prepares random data,
 commits it as syncd volumes and uploads it as plain objects, then runs every
-scenario (bench/scenarios.py; bench/fanout.py too, when it exists) for syncd
+scenario (bench/scenarios.py) for syncd
 and each competitor in the same run on the same server. Inside each
 repetition the contenders alternate, the first one rotating, so background
 load hits all of them alike; medians are reported. Output: a table on the
-terminal, ``<out>/bench.json`` and ``<out>/bench.png`` (ratios).
+terminal, ``<out>/bench.json`` and ``<out>/bench.png`` (ratios). When
+bench/fanout.py exists (the gateway fan-out benchmark), it is run too, on the
+same server, and its result is stored under ``fanout`` in the JSON.
 Everything it starts is stopped at the end, and its scratch directory removed
 unless ``--keep``.
 """
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="where bench.json/png go")
     p.add_argument("--work", type=Path, help="scratch directory (default: a new temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--no-fanout", dest="fanout", action="store_false",
+                   help="skip bench/fanout.py (the gateway fan-out; never run with --tiny)")
     p.add_argument("--syncd-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for every syncd process, e.g. SYNCD_CHUNK_SIZE=16M")
     return p.parse_args(argv)
@@ -71,9 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_scenarios(names: str | None) -> list[Any]:
     builders = list(scenarios.ALL)
-    if (Path(__file__).resolve().parent / "fanout.py").exists():
-        import fanout  # the gateway variant: fanout.scenario(ctx, paths) -> Scenario
-        builders.append(fanout.scenario)
     if names:
         wanted = set(names.split(","))
         builders = [b for b in builders if b.__name__ in wanted or getattr(b, "scenario_name", "") in wanted]
@@ -122,14 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             scenario = build(ctx, paths)
             ctx.log(f"{scenario.name}: {scenario.title}")
             results[scenario.name] = report.scenario_summary(scenario, run_scenario(ctx, scenario))
+        fanout = _fanout(ctx, args) if args.fanout and mode != "tiny" else None
         meta["load_after"] = _load()
         meta["wall_s"] = round(time.monotonic() - meta.pop("_t0"), 1)
     finally:
         server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    report.write_json(args.out / "bench.json", meta, results)
+    report.write_json(args.out / "bench.json", meta, results, fanout)
     report.print_table(meta, results)
+    report.print_fanout(fanout)
     drew = report.chart(args.out / "bench.png", meta, results)
     print(f"wrote {args.out / 'bench.json'}" + (f" and {args.out / 'bench.png'}" if drew
                                                 else " (no chart: pip install matplotlib)"))
@@ -141,6 +146,24 @@ def _startup(ctx: Context) -> float:
     every syncd figure above includes (creating the S3 client costs about 0.1 s more)."""
     cmd = [sys.executable, "-c", "import syncd.cli, syncd.s3, syncd.hydrate, syncd.commit, aiobotocore.session"]
     return round(min(run_procs("startup", [cmd], ctx.syncd_env, 0, None).wall for _ in range(5)), 3)
+
+
+def _fanout(ctx: Context, args: argparse.Namespace) -> dict[str, Any] | None:
+    """bench/fanout.py (the gateway helper's: N workers direct, through a gateway, and with the
+    gateway killed half-way), run on this server with this run's fan-out size and repetitions."""
+    script = Path(__file__).resolve().parent / "fanout.py"
+    if not script.exists():
+        return None
+    out = ctx.work / "fanout.json"
+    cmd = [sys.executable, str(script), "--size", str(ctx.sizes["fanout"]), "--workers",
+           str(ctx.sizes.get("readers", 6)), "--reps", str(ctx.reps), "--out", str(out)]
+    ctx.log("fanout: " + " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, env=ctx.syncd_env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        ctx.log(f"fanout failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        return {"error": proc.stderr[-2000:]}
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
 
 
 def _load() -> str:

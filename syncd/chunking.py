@@ -17,6 +17,7 @@ and a rolling hash costs CPU on every byte in Python.
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 import xxhash
 
@@ -29,20 +30,16 @@ def content_id(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-class IdHasher:
-    """``content_id`` computed over pieces: ``update`` them in order, ``reset`` to start again."""
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    def __init__(self) -> None:
-        self._h = xxhash.xxh3_128()
+    def hexdigest(self) -> str: ...
 
-    def update(self, piece: bytes | bytearray | memoryview) -> None:
-        self._h.update(piece)
 
-    def reset(self) -> None:
-        self._h.reset()
-
-    def hexdigest(self) -> str:
-        return str(self._h.hexdigest())
+def hasher() -> Hasher:
+    """An incremental :func:`content_id`: ``update`` piece by piece, then ``hexdigest``."""
+    h: Hasher = xxhash.xxh3_128()
+    return h
 
 
 def is_content_id(text: object) -> bool:

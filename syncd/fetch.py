@@ -8,35 +8,56 @@ so any number of concurrent readers on one worker cause one download.
 Every byte that comes back from a remote source or the store is re-hashed
 against the chunk id before anyone sees it (the cache verifies its own reads).
 A mismatch from the store is retried once (a torn read or a bad proxy), then
-raised as IntegrityError; a mismatch from a remote source (a gateway) only
+raised as IntegrityError, and so is a referenced object or range the store
+does not have (a damaged or hostile snapshot); a mismatch from a remote source (a gateway) only
 skips that source. Verified bytes are written to the cache best-effort.
 
 Remote sources (``ChunkSource``) are the gateway seam: anything with an async
-``fetch(volume, ref)`` returning verified-or-not bytes, or None to pass.
+``fetch(volume, ref)`` and ``fetch_range(volume, pack, start, end)`` returning
+verified-or-not bytes, or None to pass. Sources are tried in the order of
+their ``weight(key)`` for the object (the chunk id, or the pack id for packed
+chunks), highest first: with gateways that is rendezvous hashing, so each
+object is fetched through (and cached on) one gateway, and when that one is
+down the next in the object's own order takes over. Pack ranges go through the
+sources too; every chunk in a range is verified on its own as before.
+
+``stream_from_store`` is the large-file path of a hydrate in ``ref`` cache mode
+(cache.py): the chunk object is streamed (store.open_stream) into the caller's
+writer in ~512 KiB batches, hashed on the way, never held whole in memory; the
+caller checks nothing itself, a mismatch or a body cut short is retried and
+then raised. ``nearby`` asks only the cache and the remote sources, so the
+caller can stream from the store when they have nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from .cache import ChunkCache
-from .chunking import IdHasher, verify
-from .errors import IntegrityError, SyncdError
+from .chunking import hasher, verify
+from .errors import IntegrityError, NotFound, SyncdError, TransientStoreError
 from .layout import Layout
 from .limits import SingleFlight
 from .manifest import ChunkRef
-from .store import ObjectStore, Sink, get_streaming
+from .store import Blob, ObjectStore, open_stream
 
 log = logging.getLogger(__name__)
+Writer = Callable[[int, list[bytes]], Awaitable[None]]  # (position in the chunk, pieces)
+WRITE_BATCH = 512 << 10   # bytes handed to a Writer at once (measured: docs/BENCHMARKS.md)
+STREAM_ATTEMPTS = 3       # a body cut short is read again this many times in all
 
 
 class ChunkSource(Protocol):
     name: str
 
+    def weight(self, key: str) -> int: ...
+
     async def fetch(self, volume: str, ref: ChunkRef) -> bytes | None: ...
+
+    async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None: ...
 
 
 class ChunkFetcher:
@@ -49,7 +70,8 @@ class ChunkFetcher:
 
     async def get(self, volume: str, ref: ChunkRef, *, cache_bytes: bool = True) -> bytes:
         """One chunk; ``cache_bytes=False`` when the caller will cache a reference instead."""
-        return await self._chunks.do((volume, ref.id), lambda: self._fetch(volume, ref, cache_bytes))
+        data = await self._chunks.do((volume, ref.id), lambda: self._fetch(volume, ref, cache_bytes))
+        return _sized(volume, ref, data)
 
     async def _fetch(self, volume: str, ref: ChunkRef, cache_bytes: bool = True) -> bytes:
         cached = await self._cached(ref)
@@ -70,33 +92,61 @@ class ChunkFetcher:
 
     async def nearby(self, volume: str, ref: ChunkRef) -> bytes | None:
         """The chunk from the cache or a remote source, or None: the store was not asked."""
-        cached = await self._cached(ref)
-        return cached if cached is not None else await self._remote(volume, ref)
+        data = await self._cached(ref)
+        if data is None:
+            data = await self._remote(volume, ref)
+        return None if data is None else _sized(volume, ref, data)
 
-    async def stream_from_store(self, volume: str, ref: ChunkRef, write: Sink) -> None:
-        """Stream a chunk object from the store into ``write(position, pieces)``, hashing as it
-        goes; a mismatch is retried once, then IntegrityError. Not single-flight and not
-        cached: for hydrate, which writes the pieces in place and caches a reference."""
+    async def stream_from_store(self, volume: str, ref: ChunkRef, write: Writer) -> None:
+        """Stream a chunk object from the store into ``write(position, pieces)``, verified.
+        Not single-flight and not cached: for hydrate, which writes in place and caches a
+        reference. A retry writes from position 0 again."""
         key = self.layout.chunk(volume, ref.id)
-        hasher = IdHasher()
-
-        async def sink(position: int, pieces: list[bytes]) -> None:
-            if position == 0:  # a retry of the GET starts over
-                hasher.reset()
-            for piece in pieces:
-                hasher.update(piece)
-            await write(position, pieces)
-
-        for attempt in (1, 2):
-            size = await get_streaming(self.store, key, None, None, sink)
-            if size == ref.size and hasher.hexdigest() == ref.id:
-                self.bytes_by_source["store"] += size
+        bad = 0
+        for attempt in range(1, STREAM_ATTEMPTS + 1):
+            try:
+                ok = await self._stream_once(volume, key, ref, write)
+            except TransientStoreError as exc:  # the body broke off: read it again
+                if attempt == STREAM_ATTEMPTS:
+                    raise
+                log.info("reading %s again after %s", key, exc)
+                continue
+            if ok:
+                self.bytes_by_source["store"] += ref.size
                 return
+            bad += 1
             log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
+            if bad == 2:  # as _from_store: a torn read gets one more chance
+                break
         raise IntegrityError(f"chunk {ref.id} of volume {volume!r} is corrupt in the store ({key})")
 
+    async def _stream_once(self, volume: str, key: str, ref: ChunkRef, write: Writer) -> bool:
+        digest, position, size = hasher(), 0, 0
+        batch: list[bytes] = []
+        try:
+            async with open_stream(self.store, key) as stream:
+                if stream.size != ref.size:  # as _sized: never write past the chunk's place
+                    raise IntegrityError(f"volume {volume!r}: the snapshot says chunk {ref.id} has "
+                                         f"{ref.size} bytes, but it has {stream.size}")
+                async for piece in stream.pieces:
+                    digest.update(piece)
+                    batch.append(piece)
+                    size += len(piece)
+                    if size >= WRITE_BATCH:
+                        await write(position, batch)
+                        position, batch, size = position + size, [], 0
+                if batch:
+                    await write(position, batch)
+        except NotFound as exc:
+            raise IntegrityError(f"volume {volume!r}: {key} is referenced by the snapshot "
+                                 "but missing from the store") from exc
+        return digest.hexdigest() == ref.id
+
+    def _ranked(self, key: str) -> list[ChunkSource]:
+        return sorted(self.sources, key=lambda source: source.weight(key), reverse=True)
+
     async def _remote(self, volume: str, ref: ChunkRef) -> bytes | None:
-        for source in self.sources:
+        for source in self._ranked(ref.pack or ref.id):
             try:
                 data = await source.fetch(volume, ref)
             except SyncdError as exc:
@@ -116,12 +166,21 @@ class ChunkFetcher:
         else:
             key, start, end = self.layout.pack(volume, ref.pack), ref.offset, ref.offset + ref.size
         for attempt in (1, 2):
-            blob = await self.store.get(key, start, end)
+            blob = await self._get(volume, key, start, end)
             if verify(ref.id, blob.data):
                 self.bytes_by_source["store"] += len(blob.data)
                 return blob.data
             log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
         raise IntegrityError(f"chunk {ref.id} of volume {volume!r} is corrupt in the store ({key})")
+
+    async def _get(self, volume: str, key: str, start: int | None, end: int | None) -> Blob:
+        """A GET of bytes a snapshot references: their absence means the volume is damaged."""
+        try:
+            return await self.store.get(key, start, end)
+        except NotFound as exc:
+            where = "" if start is None else f" (bytes {start}..{end})"
+            raise IntegrityError(f"volume {volume!r}: {key}{where} is referenced by the snapshot "
+                                 "but missing from the store") from exc
 
     async def get_packed(self, volume: str, pack: str, refs: Iterable[ChunkRef]) -> dict[str, bytes]:
         """Bytes of every ref (all in ``pack``), keyed by chunk id, with at most one GET."""
@@ -135,20 +194,61 @@ class ChunkFetcher:
             fetched = await self._packs.do(
                 (volume, pack, start, end), lambda: self._fetch_range(volume, pack, start, end, missing))
             found.update({r.id: fetched[r.id] for r in missing})
+        for ref in wanted.values():
+            _sized(volume, ref, found[ref.id])
         return found
 
     async def _fetch_range(self, volume: str, pack: str, start: int, end: int,
                            refs: list[ChunkRef]) -> dict[str, bytes]:
-        blob = await self.store.get(self.layout.pack(volume, pack), start, end)
-        data = memoryview(blob.data)
-        out: dict[str, bytes] = {}
-        for ref in refs:
-            piece = data[ref.offset - start:ref.offset - start + ref.size]
-            if verify(ref.id, piece):
-                out[ref.id] = bytes(piece)
-                self.bytes_by_source["store"] += ref.size
-            else:  # torn range or a corrupt pack: fall back to this chunk alone
-                out[ref.id] = await self._from_store(volume, ref)
+        source, data = await self._range(volume, pack, start, end)
+        out, bad = self._split(source, data, start, refs)
+        if bad and source != "store":  # a bad gateway answer: the store's range, once
+            log.warning("pack %s range from %s failed verification; reading the store", pack, source)
+            blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
+            good, bad = self._split("store", blob.data, start, bad)
+            out.update(good)
+        for ref in bad:  # torn range or a corrupt pack: fall back to this chunk alone
+            out[ref.id] = await self._from_store(volume, ref)
         if self.cache is not None:
             await self.cache.put_many(out)
         return out
+
+    def _split(self, source: str, data: bytes, start: int,
+               refs: list[ChunkRef]) -> tuple[dict[str, bytes], list[ChunkRef]]:
+        """Cut a pack range into verified chunks (credited to ``source``) and refs that failed."""
+        view = memoryview(data)
+        good: dict[str, bytes] = {}
+        bad: list[ChunkRef] = []
+        for ref in refs:
+            piece = view[ref.offset - start:ref.offset - start + ref.size]
+            if verify(ref.id, piece):
+                good[ref.id] = bytes(piece)
+                self.bytes_by_source[source] += ref.size
+            else:
+                bad.append(ref)
+        return good, bad
+
+    async def _range(self, volume: str, pack: str, start: int, end: int) -> tuple[str, bytes]:
+        """Bytes ``[start, end)`` of a pack, from the first source that has them, else the store."""
+        for source in self._ranked(pack):
+            try:
+                data = await source.fetch_range(volume, pack, start, end)
+            except SyncdError as exc:
+                log.info("chunk source %s failed for pack %s: %s", source.name, pack, exc)
+                continue
+            if data is not None and len(data) == end - start:
+                return source.name, data
+        blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
+        return "store", blob.data
+
+
+def _sized(volume: str, ref: ChunkRef, data: bytes) -> bytes:
+    """The id vouches for the bytes, not for the size a snapshot claims: check that too.
+
+    Otherwise a hostile reference ``[real id, 4 GiB]`` would fetch the real
+    chunk, and the file would be published padded with zeros.
+    """
+    if len(data) != ref.size:
+        raise IntegrityError(f"volume {volume!r}: the snapshot says chunk {ref.id} has {ref.size} bytes, "
+                             f"but it has {len(data)}")
+    return data

@@ -26,6 +26,7 @@ so far, so the next hydrate resumes instead of downloading again.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,9 @@ from pathlib import Path
 from . import localfs
 from .chunking import content_id
 from .engine import Engine
-from .errors import LocalConflict
+from .errors import LocalConflict, LocalIOError
 from .hydrateplan import Plan, plan_hydrate
-from .limits import gather_all
+from .limits import gather_all, in_thread
 from .localindex import LocalIndex, Tracked
 from .manifest import ChunkRef, Entry
 from .progress import NoProgress, Progress
@@ -72,7 +73,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         local = await scan(target)
         plan = plan_hydrate(desired, index, local, overwrite)
         if plan.verify:
-            equal, different = await asyncio.to_thread(_verify_untracked, target, plan.verify)
+            equal, different = await in_thread(_verify_untracked, target, plan.verify)
             plan.meta += equal
             if overwrite:
                 plan.create += different
@@ -104,9 +105,9 @@ def _verify_untracked(root: Path, entries: list[Entry]) -> tuple[list[Entry], li
     different: list[Entry] = []
     for entry in entries:
         try:
-            with open(root / entry.path, "rb") as f:
+            with os.fdopen(localfs.open_read(root, entry.path), "rb") as f:
                 same = all(content_id(f.read(ref.size)) == ref.id for ref in entry.chunks)
-        except OSError:
+        except (OSError, LocalIOError):
             same = False
         (equal if same else different).append(entry)
     return equal, different
@@ -127,23 +128,23 @@ class _Run:
 
     async def execute(self, plan: Plan) -> None:
         for path in plan.clear:
-            await asyncio.to_thread(localfs.remove, self.root / path, True)
+            await in_thread(localfs.remove_at, self.root, path, True)
         dirs = sorted((e for e in plan.create + plan.meta if e.kind == "dir"), key=lambda e: e.path)
         for entry in dirs:
-            self._record(entry, await asyncio.to_thread(localfs.make_dir, self.root / entry.path, entry))
+            self._record(entry, await in_thread(localfs.make_dir, self.root, entry.path, entry))
         for entry in (e for e in plan.meta if e.kind == "file"):
-            self._record(entry, await asyncio.to_thread(localfs.set_meta, self.root / entry.path, entry))
+            self._record(entry, await in_thread(localfs.set_meta, self.root, entry.path, entry))
             self.result.adopted += 1
         files = [e for e in plan.create if e.kind == "file"]
         self.progress.start(sum(e.size for e in files), f"hydrate {self.volume}")
         await self._write_files(files)
         for entry in (e for e in plan.create if e.kind == "symlink"):
-            self._record(entry, await asyncio.to_thread(localfs.make_symlink, self.root / entry.path, entry))
+            self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry))
         for path in plan.delete:
-            await asyncio.to_thread(localfs.remove, self.root / path)
+            await in_thread(localfs.remove_at, self.root, path)
             self.result.deleted += 1
         for entry in reversed(dirs):
-            await asyncio.to_thread(localfs.set_dir_mtime, self.root / entry.path, entry.mtime_ns)
+            await in_thread(localfs.set_dir_mtime, self.root, entry.path, entry.mtime_ns)
         self.failed = False
 
     async def _write_files(self, files: list[Entry]) -> None:
@@ -170,7 +171,7 @@ class _Run:
             try:
                 refs = [c for e in batch for c in e.chunks]
                 data = await self.engine.fetcher.get_packed(self.volume, pack, refs) if refs else {}
-                stats = await asyncio.to_thread(self._write_batch, batch, data)
+                stats = await in_thread(self._write_batch, batch, data)
             finally:
                 await self.engine.budget.release(held)
             for entry, st in zip(batch, stats):
@@ -180,27 +181,26 @@ class _Run:
             self.progress.advance(size)
 
     def _write_batch(self, batch: list[Entry], data: dict[str, bytes]) -> list[LocalFile]:
-        return [localfs.write_small(self.root / e.path, e, b"".join(data[c.id] for c in e.chunks))
+        return [localfs.write_small(self.root, e.path, e, b"".join(data[c.id] for c in e.chunks))
                 for e in batch]
 
     async def _write_large(self, entry: Entry) -> None:
-        final = self.root / entry.path
         async with self._files:
-            fd, tmp = await asyncio.to_thread(localfs.open_tmp, final, entry.size)
+            tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, undo=localfs.abandon_tmp)
             try:
                 offsets = []
                 offset = 0
                 for ref in entry.chunks:
                     offsets.append(offset)
                     offset += ref.size
-                await gather_all(self._write_chunk(fd, final, ref, off)
+                await gather_all(self._write_chunk(tmp.fd, tmp.final, ref, off)
                                  for ref, off in zip(entry.chunks, offsets))
             except BaseException:
-                await asyncio.to_thread(localfs.abandon_tmp, fd, tmp)
+                await in_thread(localfs.abandon_tmp, tmp)
                 raise
-            st = await asyncio.to_thread(localfs.finish_tmp, fd, tmp, final, entry)
+            st = await in_thread(localfs.finish_tmp, tmp, entry)
         if self._by_ref and self.engine.cache is not None:
-            where = final.absolute()
+            where = tmp.final.absolute()
             await self.engine.cache.put_refs({ref.id: (where, off, ref.size)
                                               for ref, off in zip(entry.chunks, offsets)})
         self._record(entry, st)
@@ -208,19 +208,20 @@ class _Run:
         self.result.bytes_written += entry.size
 
     async def _write_chunk(self, fd: int, final: Path, ref: ChunkRef, offset: int) -> None:
-        """A chunk used once in this hydrate (ref mode) is streamed from the store into place;
-        one used more often goes through the single-flight fetcher and the cache's bytes."""
+        """A chunk used once in this hydrate (ref mode) is streamed from the store into place
+        unless the cache or a gateway has it; one used more often goes through the
+        single-flight fetcher and the cache's bytes."""
         held = await self.engine.budget.acquire(ref.size)
         try:
+            fetcher = self.engine.fetcher
             once = self._by_ref and self._uses[ref.id] == 1
-            data = await (self.engine.fetcher.nearby(self.volume, ref) if once else
-                          self.engine.fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
+            data = await (fetcher.nearby(self.volume, ref) if once else
+                          fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
             if data is None:
-                await self.engine.fetcher.stream_from_store(
-                    self.volume, ref,
-                    lambda pos, pieces: asyncio.to_thread(localfs.pwritev_all, fd, pieces, offset + pos, final))
+                await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
+                    localfs.pwritev_all, fd, pieces, offset + pos, final))
             else:
-                await asyncio.to_thread(localfs.pwrite_all, fd, data, offset, final)
+                await in_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:
             await self.engine.budget.release(held)
         self.progress.advance(ref.size)

@@ -4,7 +4,8 @@ It moves bytes and translates failures, nothing else: no hashing, no caching,
 no retries (botocore's own retries are switched off so that the retry wrapper
 alone decides, by exception class). Translation::
 
-    404 / NoSuchKey / NoSuchBucket            -> NotFound
+    404 / NoSuchKey / NoSuchBucket,
+    416 InvalidRange (no such bytes)          -> NotFound
     412 PreconditionFailed                    -> PreconditionFailed
     409 ConditionalRequestConflict, 429, 5xx,
     SlowDown, throttling, RequestTimeout      -> TransientStoreError
@@ -19,6 +20,9 @@ S3 requires them, and bodies are sent as UNSIGNED-PAYLOAD even over plain http
 (where botocore would SHA-256 each body on the event loop: 0.55 s of a 512 MiB
 commit): syncd verifies xxh3 ids end to end, and a second hash over every byte
 would cost as much CPU again.
+
+``get_stream`` is the streaming variant of ``get`` (see store.open_stream):
+the gateway uses it to hand bytes on to waiting readers as they arrive.
 """
 
 from __future__ import annotations
@@ -34,15 +38,16 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from .config import Config
-from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, SyncdError, TransientStoreError
-from .store import Blob, ObjectInfo, Sink
+from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
+from .store import Blob, BlobStream, ObjectInfo
+
+STREAM_PIECE = 256 * 1024
 
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
     "RequestLimitExceeded", "TooManyRequests",
 }
-STREAM_PIECE = 512 << 10  # bytes handed to a get_stream sink at once (measured: 256K-2M, docs/BENCHMARKS.md)
 _NETWORK_ERRORS = (
     bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError, aiohttp.ClientError,
     asyncio.TimeoutError, ConnectionError, OSError,
@@ -55,7 +60,8 @@ def translate(exc: BaseException, key: str) -> Exception:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload") or status == 404:
+        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload", "InvalidRange") \
+                or status in (404, 416):
             return NotFound(f"{key}: {code or status}")
         if code == "PreconditionFailed" or status == 412:
             return PreconditionFailed(f"{key}: precondition failed")
@@ -138,37 +144,24 @@ class S3Store:
             raise TransientStoreError(f"{key}: truncated body ({len(data)} of {expected} bytes)")
         return Blob(data, str(resp.get("ETag", "")))
 
-    async def get_stream(self, key: str, start: int | None, end: int | None, sink: Sink) -> int:
-        """Like get, but hands the body to ``sink`` as it arrives, in lists of the buffers read
-        (about STREAM_PIECE bytes each time): no chunk-sized buffer and no join (measured 3x
-        faster for a 512 MiB file, docs/BENCHMARKS.md)."""
+    def _get_args(self, key: str, start: int | None, end: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if start is not None or end is not None:
-            kwargs["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
-        pos = 0
+            first = start or 0
+            kwargs["Range"] = f"bytes={first}-{'' if end is None else end - 1}"
+        return kwargs
+
+    @contextlib.asynccontextmanager
+    async def get_stream(self, key: str, start: int | None = None,
+                         end: int | None = None) -> AsyncIterator[BlobStream]:
+        """Like :meth:`get`, but the body is yielded in pieces as it arrives."""
         try:
-            resp = await self._client.get_object(**kwargs)
-            async with resp["Body"] as body:
-                pieces: list[bytes] = []
-                size = 0
-                while True:
-                    piece = await body.read(STREAM_PIECE)
-                    if piece:
-                        pieces.append(piece)
-                        size += len(piece)
-                    if size and (size >= STREAM_PIECE or not piece):
-                        await sink(pos, pieces)
-                        pos, pieces, size = pos + size, [], 0
-                    if not piece:
-                        break
-        except SyncdError:
-            raise  # the sink's own failure (a local write): not the store's
+            resp = await self._client.get_object(**self._get_args(key, start, end))
         except Exception as exc:
             raise translate(exc, key) from exc
-        expected = resp.get("ContentLength")
-        if expected is not None and pos != expected:
-            raise TransientStoreError(f"{key}: truncated body ({pos} of {expected} bytes)")
-        return pos
+        size = int(resp["ContentLength"])
+        async with resp["Body"] as body:
+            yield BlobStream(size, str(resp.get("ETag", "")), _pieces(body, key, size))
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -258,3 +251,18 @@ class S3Store:
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 raise StoreError(f"delete failed for {len(errors)} keys, first: {errors[0]}")
+
+
+async def _pieces(body: Any, key: str, size: int) -> AsyncIterator[bytes]:
+    received = 0
+    try:
+        while received < size:
+            piece = await body.read(min(STREAM_PIECE, size - received))
+            if not piece:
+                break
+            received += len(piece)
+            yield piece
+    except Exception as exc:
+        raise translate(exc, key) from exc
+    if received != size:
+        raise TransientStoreError(f"{key}: truncated body ({received} of {size} bytes)")

@@ -7,23 +7,25 @@ implementing the same protocol, stacked in ``engine.py``. Backends translate
 their own failures into :mod:`syncd.errors` classes, so a wrapper can decide
 to retry on the exception class alone.
 
-``get_streaming`` is the streaming form of ``get`` for large bodies: the bytes
-go to ``sink(position, pieces)`` as they arrive (a list of buffers, in order,
-starting at ``position``) instead of into one buffer; a retry starts again at
-position 0. A store that offers ``get_stream`` (S3Store
-and the wrappers) streams; any other falls back to one ``get``.
-
 ``MemoryStore`` is the in-memory backend for pure-logic unit tests; it honours
 the same conditional-write semantics as S3 (``If-None-Match: *`` and
 ``If-Match: <etag>``).
+
+Streaming reads are an optional extra, outside the protocol: a store (or a
+wrapper) may offer ``get_stream(key, start, end)``, an async context manager
+yielding a :class:`BlobStream` whose pieces arrive as the body does (the
+gateway relays bytes to waiting readers before the object is complete).
+:func:`open_stream` uses it when present and falls back to one whole-body
+``get`` otherwise, so every ObjectStore can be read as a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,7 +46,13 @@ class Blob:
     etag: str
 
 
-Sink = Callable[[int, list[bytes]], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class BlobStream:
+    """A body being received: ``size`` bytes in total, yielded in pieces by ``pieces``."""
+
+    size: int
+    etag: str
+    pieces: AsyncIterator[bytes]
 
 
 @runtime_checkable
@@ -72,14 +80,25 @@ class ObjectStore(Protocol):
         """Release connections."""
 
 
-async def get_streaming(store: ObjectStore, key: str, start: int | None, end: int | None, sink: Sink) -> int:
-    """Bytes of ``key`` (or [start, end)) passed to ``sink(position, pieces)`` in order; returns the size."""
-    stream = getattr(store, "get_stream", None)
-    if stream is not None:
-        return int(await stream(key, start, end, sink))
+def open_stream(store: ObjectStore, key: str, start: int | None = None,
+                end: int | None = None) -> contextlib.AbstractAsyncContextManager[BlobStream]:
+    """``store.get_stream`` if the store streams, else one whole-body ``get`` as a single piece."""
+    opener = getattr(store, "get_stream", None)
+    if opener is not None:
+        stream: contextlib.AbstractAsyncContextManager[BlobStream] = opener(key, start, end)
+        return stream
+    return _whole_body(store, key, start, end)
+
+
+@contextlib.asynccontextmanager
+async def _whole_body(store: ObjectStore, key: str, start: int | None,
+                      end: int | None) -> AsyncIterator[BlobStream]:
     blob = await store.get(key, start, end)
-    await sink(0, [blob.data])
-    return len(blob.data)
+
+    async def one() -> AsyncIterator[bytes]:
+        yield blob.data
+
+    yield BlobStream(len(blob.data), blob.etag, one())
 
 
 def _etag(data: bytes) -> str:
