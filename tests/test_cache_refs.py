@@ -98,3 +98,4 @@ async def test_streamed_chunk_that_fails_verification_is_an_integrity_error(
     assert not (tmp_path / "dst" / "big.bin").exists()       # nothing half-made is published
     assert [p.name for p in (tmp_path / "dst").iterdir()] == []
 
+

@@ -111,7 +111,8 @@ def cache_value_files(cache_dir: Path) -> list[Path]:
 
 async def test_corrupt_cache_files_on_disk_are_evicted_and_refetched(
         config: Config, tmp_path: Path, volume: dict[str, tuple[str, int, bytes | str | None]]) -> None:
-    w2 = worker_config(config, tmp_path, "w2")
+    # copy mode: the chunk bytes themselves live in cache files (ref mode: test_cache_refs.py)
+    w2 = worker_config(config, tmp_path, "w2").replace(cache_large="copy")
     async with open_engine(w2) as eng:
         await hydrate(eng, "vol", tmp_path / "first")
     files = cache_value_files(w2.cache_dir)
@@ -148,7 +149,8 @@ async def test_corrupt_cache_entries_via_the_api_are_evicted(
 
 async def test_cache_and_store_both_corrupt_is_an_integrity_error(
         config: Config, tmp_path: Path, volume: dict[str, tuple[str, int, bytes | str | None]]) -> None:
-    w2 = worker_config(config, tmp_path, "w2")
+    # copy mode: the cached bytes are corrupted in the cache's own files (ref mode: test_cache_refs.py)
+    w2 = worker_config(config, tmp_path, "w2").replace(cache_large="copy")
     async with open_engine(w2) as eng:
         await hydrate(eng, "vol", tmp_path / "first")
         victim = (await keys(eng, "chunks"))[0]
