@@ -408,3 +408,15 @@ async def test_ranges_headers_and_bodies_are_bounded(config: Config, tmp_path: P
         too_big = b'{"chunks": ["' + b"0" * (65 * 1024 * 1024) + b'"]}'
         status, _ = await raw_http(gw.url, "/v1/alice/vol/warm", ALICE, too_big, "POST")
         assert status == 413                                         # the warm body limit (64 MiB)
+
+
+async def test_made_up_owner_names_cost_no_file_descriptors(config: Config, tmp_path: Path) -> None:
+    """With --no-auth anyone picks the owner; each name used to open a diskcache (4 fds): 300 names
+    exhausted a 1024-fd limit. Now every owner shares one handle."""
+    await commit_tree(config, tmp_path / "src", small_files=2, large_size=10)
+    async with serve_gateway(config, tmp_path, name="open") as gw:
+        await raw_http(gw.url, f"/v1/alice/vol/chunks/{'0' * 32}")          # the cache is open now
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(200):
+            assert (await raw_http(gw.url, f"/v1/o{i}/vol/chunks/{'0' * 32}"))[0] == 404
+        assert len(os.listdir("/proc/self/fd")) <= before + 8
