@@ -1,8 +1,9 @@
 """``S3Store``: the ObjectStore backend for any S3 API, and the only aiobotocore import.
 
 It moves bytes and translates failures, nothing else: no hashing, no caching,
-no retries (botocore's own retries are switched off so that the retry wrapper
-alone decides, by exception class). Translation::
+no retries (botocore's own retries and aiohttp's silent one-time re-send of an
+idempotent request on a dropped connection are switched off, so that the retry
+wrapper alone decides, by exception class, and counts every attempt). Translation::
 
     404 / NoSuchKey / NoSuchBucket            -> NotFound
     412 PreconditionFailed                    -> PreconditionFailed
@@ -29,6 +30,7 @@ from typing import Any
 import aiohttp
 import botocore.exceptions as bce
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 
 from .config import Config
@@ -66,6 +68,20 @@ def translate(exc: BaseException, key: str) -> Exception:
     return StoreError(f"{key}: {type(exc).__name__}: {exc}")
 
 
+class _SingleAttemptSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiohttp quietly re-sends an idempotent request once when its connection drops.
+
+    That hidden retry has no backoff, is not counted, and doubles every bound the
+    retry wrapper promises; switch it off so that RetryingStore alone decides.
+    """
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        session = await super()._get_session(proxy_url)
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        return session
+
+
 class S3Store:
     """An S3 bucket seen through aiobotocore. Use :meth:`open`, then :meth:`close`."""
 
@@ -87,6 +103,7 @@ class S3Store:
             s3={"addressing_style": "path" if config.s3_endpoint else "auto"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            http_session_cls=_SingleAttemptSession,
         )
         self._client = await self._stack.enter_async_context(session.create_client(
             "s3", endpoint_url=config.s3_endpoint, region_name=config.region, config=aio_config))
