@@ -15,7 +15,10 @@ wrapper alone decides, by exception class, and counts every attempt). Translatio
     anything else                             -> StoreError
 
 Objects above ``multipart_threshold`` are uploaded with multipart (parts in
-parallel, aborted on failure). botocore's CRC checksums are only computed where
+parallel, aborted on failure). A process killed mid-upload cannot abort, so
+:meth:`S3Store.abort_stale_uploads` lists the unfinished uploads under a prefix
+and aborts those older than a grace age (younger ones may belong to a writer
+that is still running). botocore's CRC checksums are only computed where
 S3 requires them: syncd verifies xxh3 ids end to end, and CRC over every byte
 would cost as much CPU again.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -237,3 +241,29 @@ class S3Store:
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 raise StoreError(f"delete failed for {len(errors)} keys, first: {errors[0]}")
+
+    async def multipart_uploads(self, prefix: str) -> list[tuple[str, str, float]]:
+        """Unfinished multipart uploads under ``prefix``: ``(key, upload_id, initiated)``."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        out: list[tuple[str, str, float]] = []
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                out.extend((u["Key"], u["UploadId"], u["Initiated"].timestamp()) for u in page.get("Uploads", []))
+        except Exception as exc:
+            raise translate(exc, prefix) from exc
+        return out
+
+    async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        aborted = 0
+        for key, upload_id, initiated in await self.multipart_uploads(prefix):
+            if initiated > cutoff:
+                continue
+            try:
+                await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception as exc:
+                mapped = translate(exc, key)
+                if not isinstance(mapped, NotFound):  # finished or aborted meanwhile: fine
+                    raise mapped from exc
+            aborted += 1
+        return aborted

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from syncd.chunking import content_id
 from syncd.config import Config
 from syncd.engine import open_engine
@@ -99,6 +101,13 @@ async def check_concurrent_writers(config: Config, tmp_path: Path, writers: int,
             "mean_attempts": sum(attempts) / len(attempts), "retried_commits": sum(a > 1 for a in attempts)}
 
 
+async def test_concurrent_writers_lose_nothing(config: Config, tmp_path: Path) -> None:
+    figures = await check_concurrent_writers(config, tmp_path, writers=4, commits=12)
+    assert figures["retried_commits"] > 0, "the writers never raced: the test proves nothing"
+    print("concurrent writers 4x12:", figures)
+
+
+@pytest.mark.slow
 async def test_eight_writers_fifty_commits_lose_nothing(config: Config, tmp_path: Path) -> None:
     figures = await check_concurrent_writers(config, tmp_path, writers=8, commits=50)
     assert figures["retried_commits"] > 0, "the writers never raced: the test proves nothing"

@@ -20,9 +20,9 @@ from syncd.config import Config
 from syncd.engine import Engine, open_engine
 from syncd.errors import TransientStoreError
 from syncd.hydrate import hydrate
-from syncd.scan import TMP_PREFIX
 from syncd.storewrap import RetryingStore
 
+from .checks import check_head_complete, tmp_files
 from .conftest import worker_config
 from .faultproxy import FaultProxy, Rule
 from .treeutil import make_tree, snapshot_tree
@@ -50,19 +50,6 @@ def retries(engine: Engine) -> int:
     return inner.retries
 
 
-async def check_volume_complete(engine: Engine, volume: str) -> None:
-    """HEAD names a snapshot every object of which exists and verifies (a fresh, cacheless read)."""
-    head, snap = await engine.repo.latest(volume)
-    assert snap is not None
-    for entry in snap.entries.values():
-        for ref in entry.chunks:
-            await engine.fetcher._from_store(volume, ref)
-
-
-def tmp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob(TMP_PREFIX + "*")]
-
-
 # which requests each fault is aimed at: every fault must hit both commit and hydrate traffic
 CASES = {
     "reset": [Rule("reset", every=3, times=3)],
@@ -88,7 +75,7 @@ async def test_transient_faults_are_retried_and_work_completes(
         assert proxy.injected[fault] >= 2
         assert retries(eng) + retries(eng2) == proxy.injected[fault]
         assert (await eng.repo.head("vol")).snapshot == result.snapshot and result.seq == 1
-        await check_volume_complete(eng2, "vol")
+        await check_head_complete(eng2, "vol")
     assert snapshot_tree(dst) == snapshot_tree(src)
 
 
@@ -120,7 +107,7 @@ async def test_persistent_fault_gives_up_with_a_clear_error(faulty: Config, prox
         assert proxy.requests("PUT", "/vol/HEAD") == 2 + 4    # create + advance, then 4 attempts
         proxy.rules = []
         assert await eng.repo.head("vol") == old or (await eng.repo.head("vol")).snapshot == old.snapshot
-        await check_volume_complete(eng, "vol")
+        await check_head_complete(eng, "vol")
         result = await commit(eng, "vol", src)                # the pending change is not lost
         assert result.seq == old.seq + 1
         snap = await eng.repo.snapshot("vol", result.snapshot or "")
@@ -186,3 +173,17 @@ async def test_listing_faults_are_retried(fault: str, faulty: Config, proxy: Fau
         assert await eng.repo.names() == ["a", "b"]
         assert await eng.repo.delete("a") >= 3
         assert retries(eng) == proxy.injected[fault] == 2
+
+
+async def test_advance_that_landed_but_lost_its_answer_is_not_doubled(faulty: Config, proxy: FaultProxy,
+                                                                      tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, small_files=3, large_size=1024)
+    async with open_engine(faulty) as eng:
+        await commit(eng, "vol", src)
+        (src / "new.txt").write_text("x\n")
+        proxy.rules = [Rule("reset_after", method="PUT", path="/vol/HEAD", times=1)]
+        result = await commit(eng, "vol", src)    # the retried If-Match PUT gets 412: already ours
+        assert proxy.injected["reset_after"] == 1 and retries(eng) == 1
+        history = await eng.repo.history("vol")
+        assert [s.seq for _, s in history] == [2, 1] and history[0][0] == result.snapshot
