@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import localfs
 from .chunking import content_id
 from .engine import Engine
 from .errors import LocalConflict
 from .hydrateplan import Plan, plan_hydrate
+from .limits import gather_all
 from .localindex import LocalIndex, Tracked
 from .manifest import ChunkRef, Entry
 from .progress import NoProgress, Progress
@@ -157,10 +156,7 @@ class _Run:
                 large.append(entry)
         tasks = [self._write_group(pack, members) for pack, members in groups.items()]
         tasks += [self._write_large(entry) for entry in large]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        await gather_all(tasks)
 
     async def _write_group(self, pack: str, entries: list[Entry]) -> None:
         """Files whose bytes all sit in one pack: one ranged GET, one thread batch."""
@@ -193,8 +189,8 @@ class _Run:
                 for ref in entry.chunks:
                     offsets.append(offset)
                     offset += ref.size
-                await _gather_all([self._write_chunk(fd, final, ref, off)
-                                   for ref, off in zip(entry.chunks, offsets)])
+                await gather_all(self._write_chunk(fd, final, ref, off)
+                                 for ref, off in zip(entry.chunks, offsets))
             except BaseException:
                 await asyncio.to_thread(localfs.abandon_tmp, fd, tmp)
                 raise
@@ -211,18 +207,6 @@ class _Run:
         finally:
             await self.engine.budget.release(held)
         self.progress.advance(ref.size)
-
-
-async def _gather_all(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run all; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 def _batches(entries: list[Entry], limit: int) -> list[list[Entry]]:

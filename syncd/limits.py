@@ -5,6 +5,9 @@ second semaphore): a transfer acquires a chunk's size before fetching it and
 releases it once the bytes are on disk. A request larger than the whole budget
 is admitted alone rather than deadlocking.
 
+``gather_all`` runs awaitables concurrently and, on the first failure, cancels
+the rest and waits for them before raising, so no orphan task keeps writing.
+
 ``SingleFlight`` runs at most one task per key; later callers await the same
 task. The task is shielded, so a cancelled caller does not cancel the fetch
 others are waiting on.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -63,3 +66,14 @@ class SingleFlight(Generic[K, V]):
             del self._tasks[key]
         if not task.cancelled():
             task.exception()  # mark retrieved: a caller that went away must not leave a warning
+
+
+async def gather_all(aws: Iterable[Awaitable[V]]) -> list[V]:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -22,7 +22,7 @@ from typing import Any
 
 from .chunking import content_id
 from .layout import Layout
-from .limits import ByteBudget
+from .limits import ByteBudget, gather_all
 from .manifest import ChunkRef
 from .store import ObjectStore, put_immutable
 
@@ -104,13 +104,7 @@ class Uploader:
         """Flush the open pack and wait for every PUT; the first failure is raised."""
         self._flush_pack()
         tasks, self._tasks = self._tasks, []
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_all(tasks)
 
     async def abort(self) -> None:
         for t in self._tasks:

@@ -165,3 +165,54 @@ async def test_hydrate_missing_volume_is_a_clear_error(engine: object, tmp_path:
     assert isinstance(engine, Engine)
     with pytest.raises(VolumeNotFound, match="nope"):
         await hydrate(engine, "nope", tmp_path / "x")
+
+
+async def test_file_modified_during_commit_is_never_committed_torn(
+        config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import syncd.commit as commit_mod
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "ckpt.bin"
+    target.write_bytes(b"A" * (3 * 1024 * 1024))
+    real_read = commit_mod._read_chunk
+    writes = {"n": 0}
+
+    def racing_read(fd: int, offset: int, length: int) -> tuple[bytes, str]:
+        data = real_read(fd, offset, length)
+        if offset == 0 and writes["n"] < 1:  # a writer rewrites the file mid-read, once
+            writes["n"] += 1
+            target.write_bytes(b"B" * (3 * 1024 * 1024))
+        return data
+
+    monkeypatch.setattr(commit_mod, "_read_chunk", racing_read)
+    async with open_engine(config) as eng:
+        res = await commit(eng, "vol", src)
+        assert res.skipped == []
+        await hydrate(eng, "vol", tmp_path / "out")
+    assert (tmp_path / "out" / "ckpt.bin").read_bytes() == b"B" * (3 * 1024 * 1024)
+
+
+async def test_file_that_never_settles_keeps_its_previous_version(
+        config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import syncd.commit as commit_mod
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "log.bin"
+    target.write_bytes(b"v1" * 1000)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        target.write_bytes(b"v2" * 1000)
+        real_read = commit_mod._read_chunk
+
+        def always_racing(fd: int, offset: int, length: int) -> tuple[bytes, str]:
+            data = real_read(fd, offset, length)
+            with open(target, "ab") as f:
+                f.write(b"more")
+            return data
+
+        monkeypatch.setattr(commit_mod, "_read_chunk", always_racing)
+        res = await commit(eng, "vol", src)
+        assert res.skipped == ["log.bin"]
+        monkeypatch.setattr(commit_mod, "_read_chunk", real_read)
+        await hydrate(eng, "vol", tmp_path / "out")
+    assert (tmp_path / "out" / "log.bin").read_bytes() == b"v1" * 1000
