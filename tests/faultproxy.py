@@ -8,6 +8,9 @@ server, unless a :class:`Rule` matches the request, in which case it injects::
                  instead of answering: the "it landed but the answer was lost" case
     slowdown     answer 503 SlowDown without forwarding
     truncate     forward, then relay the headers and only half of the body
+    garble       forward, then relay the headers and as many bytes of junk as the body had
+    cut_request  forward the head and the first ``delay`` fraction of the body, then
+                 hang up on the server (FIN, as the kernel does for a killed client)
     stall        say nothing for ``delay`` seconds (longer than the client's
                  read timeout), then drop the connection
     latency      wait ``delay`` seconds, then forward normally
@@ -31,7 +34,7 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-FAULTS = ("reset", "reset_after", "slowdown", "truncate", "stall", "latency")
+FAULTS = ("reset", "reset_after", "slowdown", "truncate", "garble", "cut_request", "stall", "latency")
 MAX_HEAD = 64 * 1024
 SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
                  b"<Message>Please reduce your request rate.</Message><RequestId>faultproxy</RequestId></Error>")
@@ -146,22 +149,30 @@ class FaultProxy:
         else:
             if fault == "latency" and rule is not None:
                 await asyncio.sleep(min(rule.delay, 30.0))
-            await self._forward(request, writer, fault)
+            await self._forward(request, writer, rule)
 
-    async def _forward(self, request: Request, writer: asyncio.StreamWriter, fault: str | None) -> None:
+    async def _forward(self, request: Request, writer: asyncio.StreamWriter, rule: Rule | None) -> None:
+        fault = rule.fault if rule else None
         up_reader, up_writer = await asyncio.wait_for(
             asyncio.open_connection(self.upstream_host, self.upstream_port), 10)
         try:
+            if fault == "cut_request":
+                up_writer.write(request.head + request.body[:int(len(request.body) * (rule.delay if rule else 0.5))])
+                await up_writer.drain()
+                await asyncio.sleep(0.05)  # let the server see the head, then close as the kernel
+                _reset(writer)             # does for a killed process: FIN, not RST (finally: below)
+                return
             up_writer.write(request.head + request.body)
             await up_writer.drain()
             if fault == "reset_after":
                 await up_reader.read()  # let the server finish the request, then lose its answer
                 _reset(writer)
                 return
-            if fault == "truncate":
+            if fault in ("truncate", "garble"):
                 head = await up_reader.readuntil(b"\r\n\r\n")
                 rest = await up_reader.read()
-                writer.write(head + rest[:len(rest) // 2])
+                writer.write(head + (rest[:len(rest) // 2] if fault == "truncate" else b"\x00<" * (len(rest) // 2)
+                                     + b"<" * (len(rest) % 2)))
                 await writer.drain()
                 _reset(writer)
                 return

@@ -162,7 +162,7 @@ async def test_hydrate_failing_part_way_leaves_only_whole_files(faulty: Config, 
     assert snapshot_tree(dst) == new
 
 
-@pytest.mark.parametrize("fault", ["truncate", "reset", "slowdown"])
+@pytest.mark.parametrize("fault", ["truncate", "garble", "reset", "slowdown"])
 async def test_listing_faults_are_retried(fault: str, faulty: Config, proxy: FaultProxy, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_tree(src, small_files=3, large_size=1024)
@@ -187,3 +187,21 @@ async def test_advance_that_landed_but_lost_its_answer_is_not_doubled(faulty: Co
         assert proxy.injected["reset_after"] == 1 and retries(eng) == 1
         history = await eng.repo.history("vol")
         assert [s.seq for _, s in history] == [2, 1] and history[0][0] == result.snapshot
+
+
+async def test_put_cut_off_after_its_headers_leaves_the_old_object(engine: Engine, proxy: FaultProxy,
+                                                                   faulty: Config, tmp_path: Path) -> None:
+    """A client killed right after sending a PUT's headers: SeaweedFS would store an empty object
+    (over the old one, even under If-Match) unless the PUT carries Content-MD5."""
+    src = tmp_path / "src"
+    make_tree(src, small_files=3, large_size=1024)
+    async with open_engine(faulty) as eng:
+        await commit(eng, "vol", src)
+        before = await eng.repo.head("vol")
+        head_key = eng.layout.head("vol")
+        proxy.rules = [Rule("cut_request", method="PUT", path="/vol/HEAD", delay=0.0)]
+        with pytest.raises(TransientStoreError):
+            await eng.store.put(head_key, b'{"format": 1}', if_match=before.etag)
+        with pytest.raises(TransientStoreError):
+            await eng.store.put(head_key, b'{"format": 1}')
+    assert await engine.repo.head("vol") == before          # HEAD is intact, readable, unchanged
