@@ -14,12 +14,16 @@ wrapper alone decides, by exception class, and counts every attempt). Translatio
     missing credentials                       -> ConfigError
     anything else                             -> StoreError
 
-Every single-part PUT carries ``Content-MD5``. Not for integrity in flight
-(syncd verifies its own ids) but because SeaweedFS, given a request whose
-client died after the headers, stores an *empty* object, even over an existing
-one under ``If-Match``: a writer killed at that instant would blank HEAD. With
-``Content-MD5`` the server rejects the short body instead. The digest of a
-large body is computed in a worker thread.
+A PUT that may replace an object (``If-Match`` or unconditional) or is small
+carries ``Content-MD5``. Not for integrity in flight (syncd verifies its own
+ids) but because SeaweedFS, given a request whose client died after the
+headers, stores an *empty* object, even over an existing one under
+``If-Match``: a writer killed at that instant would blank HEAD. With
+``Content-MD5`` the server rejects the short body instead. Large
+``If-None-Match`` PUTs (new chunks and packs) skip the digest, which would
+cost more CPU than hashing the chunk: at worst they leave an empty *new*
+object, which no snapshot names and ``store.put_immutable`` repairs when the
+same bytes are uploaded again.
 
 Objects above ``multipart_threshold`` are uploaded with multipart (parts in
 parallel, aborted on failure). A process killed mid-upload cannot abort, so
@@ -50,6 +54,7 @@ from .config import Config
 from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
 from .store import Blob, ObjectInfo
 
+MD5_ALWAYS_BELOW = 1 << 20   # bytes: below this every PUT carries Content-MD5 (see above)
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
@@ -175,8 +180,9 @@ class S3Store:
                   if_match: str | None = None) -> str:
         if len(data) > self.config.multipart_threshold and not if_match:
             return await self._put_multipart(key, data, if_none_match)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data,
-                                  "ContentMD5": await content_md5(data)}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        if not if_none_match or len(data) <= MD5_ALWAYS_BELOW:
+            kwargs["ContentMD5"] = await content_md5(data)
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         if if_match is not None:
