@@ -5,7 +5,7 @@ one engine function; output is human-readable by default and one JSON object
 with ``--json``. Exit codes: 0 success, 1 unexpected error, 2 bad arguments or
 names, 3 volume or snapshot not found, 4 integrity or manifest error, 5 local
 conflict, 6 commit conflict, 7 local filesystem error, 8 object store error,
-130 interrupted.
+9 no agent answers on SYNCD_SOCKET, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 # Modules that register more commands with @command; imported by build_parser().
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["syncd.cli_agent", "syncd.cli_volume"]
 
 
 def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:

@@ -15,6 +15,8 @@ never on message text::
     ├── LocalConflict          hydrate would destroy local data it does not own
     ├── CommitConflict         the commit point moved too often to merge
     ├── LocalIOError           the local filesystem refused (ENOSPC, EROFS, ...)
+    ├── PermissionDenied       a request for another owner's volumes
+    ├── AgentUnavailable       no agent answers on SYNCD_SOCKET, or it is shutting down
     └── StoreError             the object store refused (permanent)
         ├── NotFound           no such key
         ├── PreconditionFailed a conditional write lost the race
@@ -71,6 +73,14 @@ class CommitConflict(SyncdError):
 
 class LocalIOError(SyncdError):
     exit_code = 7
+
+
+class PermissionDenied(SyncdError):
+    exit_code = 2
+
+
+class AgentUnavailable(SyncdError):
+    exit_code = 9
 
 
 class StoreError(SyncdError):

@@ -13,12 +13,16 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from syncd.config import Config, MiB
 from syncd.devserver import CREDENTIALS, SeaweedServer
 from syncd.engine import Engine, open_engine
+
+if TYPE_CHECKING:
+    from .agentutil import Agents
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +66,14 @@ def worker_config(config: Config, tmp_path: Path, name: str) -> Config:
     """A second worker: same bucket and prefix, its own cache and state."""
     return config.replace(cache_dir=tmp_path / name / "cache", state_dir=tmp_path / name / "state",
                           root=tmp_path / name / "volumes", socket=tmp_path / name / "syncd.sock")
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    """``agents.start(config)`` runs ``syncd agent`` as a subprocess; all are killed at teardown."""
+    from .agentutil import Agents
+    found = Agents(tmp_path)
+    try:
+        yield found
+    finally:
+        found.kill_all()

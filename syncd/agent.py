@@ -1,0 +1,340 @@
+"""The sidecar: one agent per worker keeps ``SYNCD_ROOT/<name>`` in sync with the bucket.
+
+Tasks never call hydrate or commit themselves; they ask the agent (agentapi.py
+serves this class over a Unix socket). The agent holds one engine for its whole
+life and one ``Mount`` per mounted volume, shared by every task on the worker.
+
+Mount. The first request for a volume creates it if missing (``If-None-Match``
+on HEAD, so two workers cannot both create it), records it in the agent state
+file and hydrates ``root/<name>``. Later requests only read HEAD and, if another
+worker committed since, sync again. Mounts are single-flight per volume, so any
+number of concurrent requests cause one hydrate.
+
+Sync = commit local changes, then hydrate the latest snapshot. Committing
+first means a reload never loses a local write and never conflicts with one.
+
+Write-back. A watcher per mount (watch.py) polls the directory (an lstat walk)
+and compares it with the local index, which records exactly what was last
+committed or hydrated there. Comparing with the index, not with the previous
+scan, means a write that lands while a commit runs is still seen as pending
+afterwards. Once the tree stopped changing for ``debounce`` seconds (or has
+been dirty for ``max_delay``) the watcher commits. Commits of one mount are
+serialised by its lock and coalesced: a request that arrives while another is
+still waiting for the lock joins it, since that commit has not scanned yet and
+will include the caller's writes.
+
+Durability. The state file (``SYNCD_STATE_DIR/agent/<owner>.json``, temp file
+plus rename) lists the mounted volumes. On start the agent resumes each of
+them: commit what was written before a crash (the index survives ``kill -9``,
+so only changed files are read), then hydrate incrementally. SIGTERM stops the
+API, cancels the watchers and commits every mount before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import localfs
+from .commit import CommitResult, commit
+from .engine import Engine
+from .errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
+from .hydrate import HydrateResult, hydrate
+from .layout import validate_name
+from .limits import SingleFlight
+from .watch import Watch, WatchSettings
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = 1
+
+
+@dataclass
+class Mount:
+    name: str
+    path: Path
+    snapshot: str | None = None        # the snapshot the local copy is known to match
+    seq: int = 0
+    hydrates: int = 0
+    commits: int = 0
+    last_error: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: asyncio.Future[CommitResult] | None = None
+    watcher: asyncio.Task[None] | None = None
+    watch: Watch | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "snapshot": self.snapshot, "seq": self.seq,
+                "hydrates": self.hydrates, "commits": self.commits,
+                "pending": bool(self.watch and self.watch.pending), "last_error": self.last_error}
+
+
+class Agent:
+    def __init__(self, engine: Engine, watch: WatchSettings = WatchSettings()) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.watch = watch
+        self.mounts: dict[str, Mount] = {}
+        self.closing = False
+        self.resuming: set[str] = set()    # listed in the state file, not mounted yet
+        self._flights: SingleFlight[str, Mount] = SingleFlight()
+        self._state_path = self.config.state_dir / "agent" / f"{self.config.owner}.json"
+
+    # ---------------------------------------------------------------- mounts
+
+    async def mount(self, name: str, create: bool = True) -> Mount:
+        """Create-or-refer, then make the local copy current. Single-flight per volume."""
+        validate_name(name)
+        self._check_open()
+        return await self._flights.do(name, lambda: self._mount(name, create))
+
+    async def _mount(self, name: str, create: bool) -> Mount:
+        mount = self.mounts.get(name)
+        if mount is not None:
+            try:
+                head = await self.engine.repo.head(name)
+            except VolumeNotFound:
+                await self._forget(mount)       # deleted elsewhere; create-or-refer starts afresh
+                if not create:
+                    raise
+            else:
+                if head.snapshot != mount.snapshot:
+                    await self._sync(mount)
+                return mount
+        if create:
+            await self.engine.repo.create(name)
+        else:
+            await self.engine.repo.head(name)
+        mount = Mount(name, self.config.root / name)
+        resuming = await asyncio.to_thread(self.engine.index.path(name, mount.path).exists)
+        await asyncio.to_thread(_prepare_dir, mount.path)
+        await self._sync(mount, commit_first=resuming)
+        self.mounts[name] = mount
+        await self._save_state()
+        mount.watcher = asyncio.create_task(self._watch(mount), name=f"watch-{name}")
+        return mount
+
+    async def _sync(self, mount: Mount, commit_first: bool = True) -> HydrateResult:
+        if commit_first:
+            await self.commit(mount)
+        async with mount.lock:
+            result = await hydrate(self.engine, mount.name, mount.path)
+            log.info("hydrated %s to seq %d: %d file(s) written, %d deleted", mount.name, result.seq,
+                     result.files_written, result.deleted)
+            mount.hydrates += 1
+            if result.snapshot is not None:
+                mount.snapshot, mount.seq = result.snapshot, result.seq
+            return result
+
+    async def reload(self, name: str) -> dict[str, Any]:
+        mount = await self._mounted(name)
+        before = mount.commits
+        hydrated = await self._sync(mount)
+        return {"volume": name, "snapshot": mount.snapshot, "seq": mount.seq,
+                "committed": mount.commits > before, "files_written": hydrated.files_written,
+                "deleted": hydrated.deleted}
+
+    async def unmount(self, name: str) -> dict[str, Any]:
+        """Flush and stop syncing; the files stay, and a later mount is incremental."""
+        mount = self.mounted(name)
+        await self._stop_watcher(mount)
+        try:
+            result = await self.commit(mount)
+        except BaseException:
+            mount.watcher = asyncio.create_task(self._watch(mount), name=f"watch-{name}")
+            raise
+        self.mounts.pop(name, None)
+        await self._save_state()
+        return {"volume": name, "snapshot": result.snapshot, "seq": result.seq}
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        """Delete the volume from the bucket and drop the local copy."""
+        validate_name(name)
+        mount = self.mounts.get(name) or Mount(name, self.config.root / name)
+        await self._stop_watcher(mount)
+        removed = await self.engine.repo.delete(name)
+        await self._forget(mount)
+        return {"volume": name, "objects_removed": removed}
+
+    async def _forget(self, mount: Mount) -> None:
+        """The volume is gone from the bucket: drop the mount, its index and its local copy
+        (so a new volume of the same name can never inherit the old one's files)."""
+        log.info("volume %s no longer exists; removing its local copy %s", mount.name, mount.path)
+        await self._stop_watcher(mount)
+        if self.mounts.get(mount.name) is mount:
+            del self.mounts[mount.name]
+            await self._save_state()
+        async with mount.lock:
+            await asyncio.to_thread(localfs.remove, mount.path, True)
+            await self.engine.index.forget(mount.name, mount.path)
+
+    async def names(self) -> list[dict[str, Any]]:
+        return [{"name": n, "mounted": n in self.mounts} for n in sorted(await self.engine.repo.names())]
+
+    def mounted(self, name: str) -> Mount:
+        """The mount of ``name``; VolumeNotFound if it is not mounted on this worker."""
+        mount = self.mounts.get(validate_name(name))
+        if mount is None:
+            raise VolumeNotFound(f"volume {name!r} is not mounted on this worker")
+        return mount
+
+    async def _mounted(self, name: str) -> Mount:
+        validate_name(name)
+        mount = self.mounts.get(name)
+        return mount if mount is not None else await self.mount(name)
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise AgentUnavailable("the agent is shutting down")
+
+    # ---------------------------------------------------------------- commits
+
+    async def commit_volume(self, name: str, message: str = "") -> CommitResult:
+        return await self.commit(await self._mounted(name), message)
+
+    async def commit(self, mount: Mount, message: str = "") -> CommitResult:
+        """Commit now; joins a commit that is queued but has not scanned yet."""
+        if mount.queued is not None and not mount.queued.done():
+            return await asyncio.shield(mount.queued)
+        future = asyncio.ensure_future(self._commit_when_free(mount, message))
+        mount.queued = future
+        return await asyncio.shield(future)
+
+    async def _commit_when_free(self, mount: Mount, message: str) -> CommitResult:
+        async with mount.lock:
+            mount.queued = None  # requests from now on may have writes this scan misses
+            try:
+                result = await commit(self.engine, mount.name, mount.path, message=message, create=False)
+            except SyncdError as exc:
+                mount.last_error = f"{type(exc).__name__}: {exc}"
+                raise
+            mount.commits += 1
+            mount.last_error = None
+            if result.changed:
+                log.info("committed %s as seq %d (%d path(s) changed, %d byte(s) uploaded)", mount.name,
+                         result.seq, result.changed, result.uploaded_bytes)
+            if not result.merged:
+                # merged: others' changes went into the snapshot but not into our directory,
+                # so the copy is still behind and the next mount must hydrate
+                mount.snapshot, mount.seq = result.snapshot, result.seq
+            return result
+
+    # ---------------------------------------------------------------- write-back
+
+    async def _watch(self, mount: Mount) -> None:
+        watch = mount.watch = Watch(self.engine.index, mount.name, mount.path, self.watch.poll)
+        while True:
+            await asyncio.sleep(watch.interval)
+            try:
+                if await watch.due(self.watch):
+                    await self.commit(mount, "write-back")
+                    watch.committed()
+            except asyncio.CancelledError:
+                raise
+            except VolumeNotFound:
+                mount.watcher = None            # this task ends here; _forget must not cancel it
+                await self._forget(mount)
+                return
+            except SyncdError as exc:
+                mount.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("write-back of %s: %s", mount.name, exc)
+            except Exception:  # noqa: BLE001 - the watcher must outlive one bad round
+                log.exception("write-back of %s failed", mount.name)
+
+    async def _stop_watcher(self, mount: Mount) -> None:
+        task, mount.watcher = mount.watcher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def resume(self) -> list[str]:
+        """Mount every volume the state file lists; commits what a crash left pending."""
+        names = await asyncio.to_thread(self._load_state)
+        self.resuming.update(names)
+        resumed = []
+        for name in names:
+            try:
+                await self.mount(name, create=False)
+                resumed.append(name)
+            except VolumeNotFound:
+                log.warning("volume %s was deleted while the agent was down; not resumed", name)
+            except SyncdError as exc:
+                log.error("cannot resume %s: %s (kept in the state file)", name, exc)
+                continue
+            self.resuming.discard(name)
+        await self._save_state()
+        if resumed:
+            log.warning("resumed %d mount(s): %s", len(resumed), ", ".join(resumed))
+        return resumed
+
+    async def shutdown(self) -> dict[str, str]:
+        """Flush: stop watching, commit every mount; returns errors by volume."""
+        self.closing = True
+        errors: dict[str, str] = {}
+        for mount in list(self.mounts.values()):
+            await self._stop_watcher(mount)
+        for mount in list(self.mounts.values()):
+            try:
+                await self.commit(mount, "flush on shutdown")
+            except SyncdError as exc:
+                errors[mount.name] = str(exc)
+                log.error("flushing %s failed: %s (the write stays pending on disk)", mount.name, exc)
+        return errors
+
+    def status(self) -> dict[str, Any]:
+        counter = self.engine.counter
+        data_gets = sum(n for key, n in counter.keys.items() if _is_data_key(self.engine.layout.owner_prefix, key))
+        return {"owner": self.config.owner, "root": str(self.config.root), "pid": os.getpid(),
+                "mounts": [m.describe() for m in self.mounts.values()],
+                "store": {"calls": dict(counter.calls), "data_gets": data_gets,
+                          "bytes_in": counter.bytes_in, "bytes_out": counter.bytes_out},
+                "watch": asdict(self.watch)}
+
+    def _load_state(self) -> list[str]:
+        try:
+            doc = json.loads(self._state_path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            log.warning("agent state %s is damaged; starting with no mounts", self._state_path)
+            return []
+        names = doc.get("mounts", []) if isinstance(doc, dict) else []
+        return [n for n in names if isinstance(n, str)]
+
+    async def _save_state(self) -> None:
+        names = sorted(set(self.mounts) | self.resuming)
+        doc = {"format": STATE_FORMAT, "owner": self.config.owner, "mounts": names}
+        await asyncio.to_thread(_write_atomic, self._state_path, json.dumps(doc).encode())
+
+
+def _is_data_key(owner_prefix: str, key: str) -> bool:
+    """A pack (``<volume>/packs/<id>``) or chunk (``<volume>/chunks/...``) key, not HEAD or a snapshot."""
+    parts = key[len(owner_prefix):].split("/") if key.startswith(owner_prefix) else []
+    return len(parts) >= 3 and parts[1] in ("packs", "chunks")
+
+
+def _prepare_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    localfs.cleanup_tmp_files(path)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LocalIOError(f"cannot save agent state {path}: {exc.strerror}") from exc

@@ -1,0 +1,191 @@
+"""The agent's HTTP API on a Unix socket, and ``serve()``, the ``syncd agent`` main loop.
+
+Routes (JSON in, JSON out)::
+
+    GET    /v1/status                     agent, mounts, store request counters
+    GET    /v1/volumes                    the owner's volumes, with a mounted flag
+    POST   /v1/volumes/{name}/mount       create-or-refer, hydrate; -> mount status
+    POST   /v1/volumes/{name}/commit      {"message": ...}; returns when durable
+    POST   /v1/volumes/{name}/reload      commit local changes, hydrate the latest
+    POST   /v1/volumes/{name}/unmount     flush and stop syncing (files stay)
+    GET    /v1/volumes/{name}             mount status
+    DELETE /v1/volumes/{name}             delete the volume and the local copy
+
+Errors come back as ``{"error": <SyncdError class name>, "message": ...}``
+with a status by class (400 bad name or request, 403 wrong owner, 404 not
+found, 409 conflict, 503 shutting down, 502 store, 500 anything else), so the
+SDK re-raises the same class. A request may carry ``X-Syncd-Owner``; an agent
+serves exactly one owner and refuses requests for another, so one owner's
+tasks can never reach another owner's volumes through a shared worker.
+
+``serve()`` binds the socket (mode 0600; a stale socket file is replaced, a
+live agent on it is an error), resumes the mounts of the state file and runs
+until SIGTERM or SIGINT, then stops the API and flushes every mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import errors
+from .agent import Agent
+from .watch import WatchSettings
+from .config import Config
+from .engine import open_engine
+from .errors import SyncdError
+
+log = logging.getLogger(__name__)
+OWNER_HEADER = "X-Syncd-Owner"
+
+_STATUS: list[tuple[type[SyncdError], int]] = [
+    (errors.InvalidName, 400), (errors.ConfigError, 400), (errors.PermissionDenied, 403), (errors.VolumeNotFound, 404),
+    (errors.SnapshotNotFound, 404), (errors.LocalConflict, 409), (errors.CommitConflict, 409),
+    (errors.AgentUnavailable, 503), (errors.StoreError, 502),
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _status_for(exc: SyncdError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    return web.json_response(value, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    agent: Agent = request.app["agent"]
+    owner = request.headers.get(OWNER_HEADER)
+    try:
+        if owner is not None and owner != agent.config.owner:
+            raise errors.PermissionDenied(f"this agent serves owner {agent.config.owner!r}, not {owner!r}")
+        return await handler(request)
+    except SyncdError as exc:
+        body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, errors.LocalConflict):
+            body["paths"] = exc.paths
+        return web.json_response(body, status=_status_for(exc))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        doc = await request.json()
+    except ValueError as exc:
+        raise errors.ConfigError("the request body is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise errors.ConfigError("the request body must be a JSON object")
+    return doc
+
+
+class _Routes:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def status(self, request: web.Request) -> web.Response:
+        return _json(self.agent.status())
+
+    async def volumes(self, request: web.Request) -> web.Response:
+        return _json({"volumes": await self.agent.names()})
+
+    async def mount(self, request: web.Request) -> web.Response:
+        return _json((await self.agent.mount(request.match_info["name"])).describe())
+
+    async def commit(self, request: web.Request) -> web.Response:
+        message = str((await _body(request)).get("message", ""))
+        return _json(await self.agent.commit_volume(request.match_info["name"], message))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.reload(request.match_info["name"]))
+
+    async def unmount(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.unmount(request.match_info["name"]))
+
+    async def info(self, request: web.Request) -> web.Response:
+        return _json(self.agent.mounted(request.match_info["name"]).describe())
+
+    async def delete(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.delete(request.match_info["name"]))
+
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app["agent"] = agent
+    r = _Routes(agent)
+    app.router.add_routes([
+        web.get("/v1/status", r.status), web.get("/v1/volumes", r.volumes),
+        web.post("/v1/volumes/{name}/mount", r.mount), web.post("/v1/volumes/{name}/commit", r.commit),
+        web.post("/v1/volumes/{name}/reload", r.reload), web.post("/v1/volumes/{name}/unmount", r.unmount),
+        web.get("/v1/volumes/{name}", r.info), web.delete("/v1/volumes/{name}", r.delete),
+    ])
+    return app
+
+
+def _claim_socket(path: os.PathLike[str]) -> None:
+    """Remove a stale socket file; refuse if an agent is listening on it."""
+    if len(os.fsencode(path)) > 107:
+        raise errors.ConfigError(f"SYNCD_SOCKET {os.fspath(path)!r} is longer than a Unix socket path "
+                                 "may be (107 bytes)")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            os.unlink(path)
+            return
+    raise errors.ConfigError(f"another agent is already listening on {os.fspath(path)}")
+
+
+async def serve(config: Config, watch: WatchSettings = WatchSettings(),
+                ready: Callable[[Agent], None] | None = None) -> dict[str, str]:
+    """Run the agent until SIGTERM/SIGINT; returns flush errors by volume (empty: nothing lost)."""
+    await asyncio.to_thread(_claim_socket, config.socket)
+    async with open_engine(config) as engine:
+        agent = Agent(engine, watch)
+        runner = web.AppRunner(make_app(agent), handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.UnixSite(runner, os.fspath(config.socket))
+        await site.start()
+        os.chmod(config.socket, 0o600)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        resuming = asyncio.create_task(agent.resume(), name="resume")
+        try:
+            if ready is not None:
+                ready(agent)
+            await stop.wait()
+            agent.closing = True
+            await runner.shutdown()
+            if not resuming.done():
+                resuming.cancel()  # what it did not reach stays in the state file
+            with contextlib.suppress(asyncio.CancelledError):
+                await resuming
+            return await agent.shutdown()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.socket)

@@ -1,0 +1,55 @@
+"""``syncd agent``: run the sidecar in the foreground until SIGTERM (see agent.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from .agent import Agent
+from .watch import WatchSettings
+from .cli import command
+from .config import Config
+
+
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    defaults = WatchSettings()
+    p.add_argument("--poll", type=float, default=defaults.poll, help="seconds between change scans")
+    p.add_argument("--debounce", type=float, default=defaults.debounce,
+                   help="commit once the tree was quiet this long (seconds)")
+    p.add_argument("--max-delay", type=float, default=defaults.max_delay,
+                   help="commit a tree that keeps changing at least this often (seconds)")
+
+
+@command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args)
+async def _agent(args: argparse.Namespace, config: Config) -> Any:
+    from .agentapi import serve
+    logging.getLogger("syncd").setLevel(min(logging.getLogger().level, logging.INFO))
+
+    def ready(agent: Agent) -> None:
+        print(f"syncd agent: owner {config.owner}, root {config.root}, socket {config.socket}",
+              file=sys.stderr, flush=True)
+
+    failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay), ready)
+    if failed:
+        from .errors import LocalIOError
+        raise LocalIOError("could not flush: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return None
+
+
+@command("status", "show this worker's agent: mounted volumes, pending writes, errors")
+async def _status(args: argparse.Namespace, config: Config) -> Any:
+    import asyncio
+
+    from .sdk import AgentClient
+    status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket, connect_wait=0).call,
+                                                     "GET", "/v1/status")
+    if args.json:
+        return status
+    lines = [f"agent pid {status['pid']}, owner {status['owner']}, root {status['root']}"]
+    for m in status["mounts"]:
+        state = "pending writes" if m["pending"] else "clean"
+        lines.append(f"  {m['name']:<24} seq {m['seq']:<6} {state}"
+                     + (f"  last error: {m['last_error']}" if m["last_error"] else ""))
+    return lines

@@ -1,0 +1,150 @@
+"""Volume commands: ``syncd volume create|ls|rm|info|log``, ``put``, ``get``, ``restore``.
+
+They talk to the bucket directly (no agent needed), as the owner SYNCD_OWNER.
+Each returns a value that cli.py prints as text or, with ``--json``, as one
+JSON object; errors map to the exit codes listed in cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cli import command, progress_for, volume_arg
+from .config import Config
+from .engine import open_engine
+from .errors import ConfigError
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _volume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume")
+
+
+def _create_args(p: argparse.ArgumentParser) -> None:
+    _volume(p)
+    p.add_argument("--exist-ok", action="store_true", help="succeed if it already exists")
+
+
+@command("volume create", "create an empty volume", _create_args)
+async def _create(args: argparse.Namespace, config: Config) -> Any:
+    from .errors import PreconditionFailed
+    name = volume_arg(args)
+    async with open_engine(config) as engine:
+        try:
+            head, created = await engine.repo.create(name, exist_ok=args.exist_ok)
+        except PreconditionFailed as exc:
+            raise ConfigError(f"volume {name!r} already exists (use --exist-ok)") from exc
+    return {"volume": name, "owner": config.owner, "created": created, "seq": head.seq}
+
+
+@command("volume ls", "list the owner's volumes")
+async def _ls(args: argparse.Namespace, config: Config) -> Any:
+    async with open_engine(config) as engine:
+        names = sorted(await engine.repo.names())
+    return {"owner": config.owner, "volumes": names} if args.json else names
+
+
+@command("volume info", "show a volume's latest snapshot: files, bytes, times", _volume)
+async def _info(args: argparse.Namespace, config: Config) -> Any:
+    name = volume_arg(args)
+    async with open_engine(config) as engine:
+        head, snap = await engine.repo.latest(name)
+    entries = snap.entries.values() if snap else []
+    return {"volume": name, "owner": config.owner, "snapshot": head.snapshot or "(empty)", "seq": head.seq,
+            "files": sum(e.kind == "file" for e in entries), "dirs": sum(e.kind == "dir" for e in entries),
+            "bytes": sum(e.size for e in entries), "created": _when(head.created),
+            "updated": _when(head.updated)}
+
+
+def _log_args(p: argparse.ArgumentParser) -> None:
+    _volume(p)
+    p.add_argument("-n", "--limit", type=int, default=20, help="at most this many snapshots (0: all)")
+
+
+@command("volume log", "list a volume's snapshots, newest first", _log_args)
+async def _log(args: argparse.Namespace, config: Config) -> Any:
+    name = volume_arg(args)
+    async with open_engine(config) as engine:
+        history = await engine.repo.history(name, limit=args.limit or None)
+    rows = [{"snapshot": sid, "seq": s.seq, "time": _when(s.created), "writer": s.writer,
+             "files": sum(e.kind == "file" for e in s.entries.values()), "bytes": s.total_bytes,
+             "message": s.message} for sid, s in history]
+    if args.json:
+        return {"volume": name, "snapshots": rows}
+    return [f"{r['seq']:>5}  {r['snapshot']}  {r['time']}  {r['files']:>6} files  {r['bytes']:>12} B  "
+            f"{r['writer']}  {r['message']}" for r in rows]
+
+
+def _rm_args(p: argparse.ArgumentParser) -> None:
+    _volume(p)
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+
+async def _confirm(name: str, owner: str) -> None:
+    if not sys.stdin.isatty():
+        raise ConfigError(f"refusing to delete volume {name!r} without --yes (no terminal to ask on)")
+    answer = await asyncio.to_thread(
+        input, f"Delete volume {name!r} of owner {owner!r} with all its snapshots and data? "
+               f"Type the volume name to confirm: ")
+    if answer.strip() != name:
+        raise ConfigError("not confirmed; nothing was deleted")
+
+
+@command("volume rm", "delete a volume, all its snapshots and data (asks unless --yes)", _rm_args)
+async def _rm(args: argparse.Namespace, config: Config) -> Any:
+    name = volume_arg(args)
+    if not args.yes:
+        await _confirm(name, config.owner)
+    async with open_engine(config) as engine:
+        removed = await engine.repo.delete(name)
+    return {"volume": name, "deleted": True, "objects_removed": removed}
+
+
+def _put_args(p: argparse.ArgumentParser) -> None:
+    _volume(p)
+    p.add_argument("local", help="a local file or directory")
+    p.add_argument("path", nargs="?", help="where in the volume (default: the local name)")
+
+
+@command("put", "copy a local file or directory into a volume (creates the volume)", _put_args)
+async def _put(args: argparse.Namespace, config: Config) -> Any:
+    from .transfer import put
+    async with open_engine(config) as engine:
+        return await put(engine, volume_arg(args), Path(args.local), args.path, progress=progress_for(args))
+
+
+def _get_args(p: argparse.ArgumentParser) -> None:
+    _volume(p)
+    p.add_argument("path", help="a file or directory in the volume ('/' for everything)")
+    p.add_argument("local", help="local destination")
+    p.add_argument("--snapshot", help="a snapshot id instead of the latest")
+
+
+@command("get", "copy a file or directory out of a volume", _get_args)
+async def _get(args: argparse.Namespace, config: Config) -> Any:
+    from .transfer import get
+    async with open_engine(config) as engine:
+        return await get(engine, volume_arg(args), args.path, Path(args.local), args.snapshot,
+                         progress=progress_for(args))
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    _volume(p)
+    p.add_argument("path", nargs="?", help="restore only this file or directory (default: everything)")
+    p.add_argument("--snapshot", required=True, help="the snapshot id to restore from (see 'volume log')")
+    p.add_argument("-m", "--message", default="")
+
+
+@command("restore", "commit a new snapshot whose content (at PATH) equals an old snapshot's", _restore_args)
+async def _restore(args: argparse.Namespace, config: Config) -> Any:
+    from .restore import restore
+    async with open_engine(config) as engine:
+        return await restore(engine, volume_arg(args), args.snapshot, args.path, args.message)

@@ -1,0 +1,234 @@
+"""The task-side SDK: ``from syncd import volume, list_volumes``.
+
+``volume("my-volume")`` (or ``volume("/my-volume")``) checks the name, asks the
+worker's agent to mount the volume -- creating it if it does not exist -- and
+returns a ``Volume``, which behaves as the directory ``$SYNCD_ROOT/my-volume``::
+
+    my_volume = volume("/my-volume")
+    (my_volume / "label").mkdir(exist_ok=True)       # a pathlib.Path
+    open(os.path.join(my_volume, "x.txt"), "w")      # os.PathLike
+    my_volume.commit()                               # durable when it returns
+    my_volume.reload()                               # see other workers' commits
+
+Tasks are plain functions, often run without an event loop or inside one the
+SDK does not own, so the client is synchronous: stdlib ``http.client`` over the
+agent's Unix socket, one short-lived connection per call. Agent errors arrive
+as ``{"error": <class name>}`` and are raised as the same ``SyncdError`` class.
+
+A ``Volume`` pickles as its name only. Unpickled on another worker (a task
+shipped there by a workflow engine) it mounts through *that* worker's agent on
+first use, so the same object works everywhere, as ``/volumes/<name>`` does.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from . import errors
+from .errors import AgentUnavailable, SyncdError
+from .layout import normalize_volume_name, validate_name
+
+DEFAULT_SOCKET = "/run/syncd.sock"
+DEFAULT_CONNECT_WAIT = 10.0
+OWNER_HEADER = "X-Syncd-Owner"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AgentClient:
+    """Blocking JSON calls to the agent.
+
+    ``timeout=None`` waits as long as a hydrate takes. If no agent answers (a
+    sidecar restarting after a crash or an upgrade), a call keeps trying to
+    connect for ``connect_wait`` seconds (``SYNCD_AGENT_WAIT``, default 10)
+    before raising AgentUnavailable. Only requests that never reached an agent,
+    or that an agent refused while shutting down, are retried, so no request
+    runs twice.
+    """
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None, owner: str | None = None,
+                 timeout: float | None = None, connect_wait: float | None = None) -> None:
+        self.socket_path = os.fspath(socket_path or os.environ.get("SYNCD_SOCKET") or DEFAULT_SOCKET)
+        self.owner = owner or os.environ.get("SYNCD_OWNER") or None
+        if self.owner is not None:
+            validate_name(self.owner, "owner")
+        self.timeout = timeout
+        if connect_wait is None:
+            try:
+                connect_wait = float(os.environ.get("SYNCD_AGENT_WAIT", DEFAULT_CONNECT_WAIT))
+            except ValueError as exc:
+                raise errors.ConfigError("SYNCD_AGENT_WAIT must be a number of seconds") from exc
+        self.connect_wait = connect_wait
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        deadline = time.monotonic() + self.connect_wait
+        delay = 0.05
+        while True:
+            try:
+                return self._call_once(method, path, body)
+            except _NotReached as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise exc.error from exc.__cause__
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+
+    def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        headers = {"Content-Type": "application/json"}
+        if self.owner:
+            headers[OWNER_HEADER] = self.owner
+        try:
+            try:
+                conn.connect()
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise _NotReached(AgentUnavailable(
+                    f"no syncd agent at {self.socket_path} (start one with 'syncd agent', "
+                    "or set SYNCD_SOCKET)")) from exc
+            conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                         headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise AgentUnavailable(f"the agent at {self.socket_path} failed: {exc}") from exc
+        finally:
+            conn.close()
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise AgentUnavailable(f"the agent sent a malformed reply (HTTP {response.status})") from exc
+        if response.status >= 400:
+            error = _error_from(doc, response.status)
+            if isinstance(error, AgentUnavailable):
+                raise _NotReached(error)   # refused while shutting down: nothing was done
+            raise error
+        return doc
+
+
+class _NotReached(Exception):
+    """A request no agent acted on; safe to send again."""
+
+    def __init__(self, error: SyncdError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _error_from(doc: Any, status: int) -> SyncdError:
+    name = doc.get("error") if isinstance(doc, dict) else None
+    message = doc.get("message", "") if isinstance(doc, dict) else f"HTTP {status}"
+    cls = getattr(errors, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, SyncdError)):
+        return SyncdError(f"agent error (HTTP {status}): {message}")
+    if cls is errors.LocalConflict:
+        return errors.LocalConflict(message, list(doc.get("paths", [])))
+    return cls(message)
+
+
+class Volume(os.PathLike[str]):
+    """A mounted volume; path-like. Mounts lazily when built from a name alone (e.g. unpickled)."""
+
+    def __init__(self, name: str, path: str | os.PathLike[str] | None = None,
+                 client: AgentClient | None = None) -> None:
+        self.name = normalize_volume_name(name)
+        self._path = Path(path) if path is not None else None
+        self._client = client
+
+    @property
+    def client(self) -> AgentClient:
+        if self._client is None:
+            self._client = AgentClient()
+        return self._client
+
+    def _url(self, action: str = "") -> str:
+        return f"/v1/volumes/{self.name}" + (f"/{action}" if action else "")
+
+    def mount(self) -> Volume:
+        """(Re)mount: create-or-refer, and pull commits made elsewhere since the last sync."""
+        self._path = Path(self._call("POST", "mount")["path"])
+        return self
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self.mount()
+        assert self._path is not None
+        return self._path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other: str | os.PathLike[str]) -> Path:
+        return self.path / other
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Volume({self.name!r}, path={str(self._path) if self._path else None!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Volume) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("syncd.Volume", self.name))
+
+    def __reduce__(self) -> tuple[type[Volume], tuple[str]]:
+        return (Volume, (self.name,))
+
+    def _call(self, method: str, action: str = "", body: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.call(method, self._url(action), body)
+        return result
+
+    def commit(self, message: str = "") -> dict[str, Any]:
+        """Write local changes back now; when this returns they are in the bucket."""
+        return self._call("POST", "commit", {"message": message})
+
+    def reload(self) -> dict[str, Any]:
+        """Commit local changes, then bring the local copy to the latest snapshot."""
+        return self._call("POST", "reload")
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET")
+
+    def unmount(self) -> dict[str, Any]:
+        return self._call("POST", "unmount")
+
+    def delete(self) -> dict[str, Any]:
+        """Delete the volume everywhere: its snapshots, its data and this worker's copy."""
+        result = self._call("DELETE")
+        self._path = None
+        return result
+
+
+def volume(name: str, *, socket_path: str | os.PathLike[str] | None = None,
+           owner: str | None = None) -> Volume:
+    """Create the volume if missing (or refer to it), mount it on this worker, return it."""
+    vol = Volume(name, client=AgentClient(socket_path, owner))  # validates before any request
+    return vol.mount()
+
+
+def list_volumes(*, socket_path: str | os.PathLike[str] | None = None,
+                 owner: str | None = None) -> list[str]:
+    """Names of the owner's volumes."""
+    doc = AgentClient(socket_path, owner).call("GET", "/v1/volumes")
+    return [v["name"] for v in doc["volumes"]]

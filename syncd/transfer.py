@@ -1,0 +1,98 @@
+"""``put`` and ``get``: move one file or tree between a local path and a volume path.
+
+Neither needs a local copy of the whole volume.
+
+put stages the local file or tree at its volume path inside an empty
+directory (hard links where the filesystem allows, else copies) and commits
+that directory with a fresh index. The diff from an empty index is "add these
+paths" and nothing else, so the commit merges the new paths into the latest
+snapshot -- replacing what was there at those paths -- and leaves every other
+path alone, with the usual chunk dedup and conditional HEAD advance.
+
+get selects the entries at and under a volume path from a snapshot and writes
+them with hydrate's transfer machinery (packs fetched with one ranged GET,
+large files in parallel chunks, temp file plus rename), re-rooted at the
+local destination. No local index is kept: the result is a plain copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import posixpath
+import shutil
+import tempfile
+from pathlib import Path
+
+from .commit import CommitResult, commit
+from .engine import Engine
+from .errors import LocalIOError, SnapshotNotFound
+from .hydrate import HydrateResult, _Run
+from .hydrateplan import Plan
+from .progress import NoProgress, Progress
+from .restore import normalize_path
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _stage(local: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if local.is_dir() and not local.is_symlink():
+            shutil.copytree(local, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(local), str(target))
+    except FileNotFoundError as exc:
+        raise LocalIOError(f"{local} does not exist") from exc
+    except OSError as exc:
+        raise LocalIOError(f"cannot read {local}: {exc.strerror or exc}") from exc
+
+
+async def put(engine: Engine, volume: str, local: Path, dest: str | None = None,
+              progress: Progress | None = None) -> CommitResult:
+    """Add ``local`` (a file or a tree) to ``volume`` at ``dest`` (default: its own name)."""
+    path = normalize_path(dest) or normalize_path(local.resolve().name)
+    staging_root = engine.config.state_dir / "staging"
+    await asyncio.to_thread(staging_root.mkdir, parents=True, exist_ok=True)
+    stage = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=staging_root))
+    try:
+        await asyncio.to_thread(_stage, local, stage / path)
+        return await commit(engine, volume, stage, message=f"put {path}", progress=progress)
+    finally:
+        await engine.index.forget(volume, stage)
+        await asyncio.to_thread(shutil.rmtree, stage, True)
+
+
+async def get(engine: Engine, volume: str, path: str, local: Path, snapshot_id: str | None = None,
+              progress: Progress | None = None) -> HydrateResult:
+    """Copy the file or tree at ``path`` (of the latest snapshot, or ``snapshot_id``) to ``local``."""
+    root = normalize_path(path)
+    head = await engine.repo.head(volume)
+    sid = snapshot_id or head.snapshot
+    snap = await engine.repo.snapshot(volume, sid) if sid else None
+    entries = snap.entries if snap else {}
+    top = entries.get(root) if root else None
+    if root and top is None:
+        raise SnapshotNotFound(f"volume {volume!r} has nothing at {root!r}"
+                               + (f" in snapshot {sid}" if snapshot_id else ""))
+    if top is not None and top.kind != "dir":
+        if await asyncio.to_thread(local.is_dir):
+            local = local / posixpath.basename(root)
+        base, selected = local.parent, {local.name: dataclasses.replace(top, path=local.name)}
+    else:
+        prefix = root + "/" if root else ""
+        base = local
+        selected = {p[len(prefix):]: dataclasses.replace(e, path=p[len(prefix):])
+                    for p, e in entries.items() if p.startswith(prefix)}
+    await asyncio.to_thread(base.mkdir, parents=True, exist_ok=True)
+    result = HydrateResult(volume, sid, snap.seq if snap else 0)
+    await _Run(engine, volume, base, progress or NoProgress(), result).execute(
+        Plan(create=sorted(selected.values(), key=lambda e: e.path)))
+    return result
+
