@@ -5,7 +5,8 @@ workers would) and commits in a loop: a file only it writes, its own ``own.txt``
 one of a few ``shared/`` files every writer rewrites, and now and then a
 deletion (see ``procworker.writer_contents``). Afterwards the history must be one
 line of snapshots, one per commit, seq falling by one along parent links, and
-every snapshot in it must hold exactly what the documented rule says: for every
+every snapshot in it, as well as every hydrate a reader made meanwhile, must
+hold exactly what the documented rule says: for every
 path, the version written by the latest commit (by seq) that touched it. That
 is "zero lost updates": an earlier write to a shared path is superseded only by
 a later commit, and stays reachable in the history.
@@ -24,6 +25,7 @@ import pytest
 from syncd.chunking import content_id
 from syncd.config import Config
 from syncd.engine import open_engine
+from syncd.errors import VolumeNotFound
 from syncd.hydrate import hydrate
 from syncd.manifest import Snapshot
 
@@ -72,15 +74,40 @@ def expected_state(records: list[dict[str, int | str]], upto_seq: int) -> dict[s
     return state
 
 
+async def hydrate_while(config: Config, target: Path, stop: asyncio.Event) -> list[tuple[int, dict[str, bytes]]]:
+    """Hydrate the volume into ``target`` again and again until ``stop``: (seq, files) of each."""
+    views: list[tuple[int, dict[str, bytes]]] = []
+    async with open_engine(config) as engine:
+        while not stop.is_set():
+            try:
+                result = await hydrate(engine, "vol", target)
+            except VolumeNotFound:
+                await asyncio.sleep(0.05)
+                continue
+            tree = await asyncio.to_thread(snapshot_tree, target)
+            views.append((result.seq, {p: v[2] for p, v in tree.items() if isinstance(v[2], bytes)}))
+            await asyncio.sleep(0.05)     # leave the writers most of the CPU: they should race each other
+    return views
+
+
 def file_ids(snap: Snapshot) -> dict[str, list[str]]:
     return {p: [c.id for c in e.chunks] for p, e in snap.entries.items() if e.kind == "file"}
 
 
 async def check_concurrent_writers(config: Config, tmp_path: Path, writers: int, commits: int) -> dict[str, float]:
     started = time.monotonic()
-    records = await run_writers(config, tmp_path, writers, commits)
+    stop = asyncio.Event()
+    reader = asyncio.ensure_future(hydrate_while(worker_config(config, tmp_path, "reader"), tmp_path / "view", stop))
+    try:
+        records = await run_writers(config, tmp_path, writers, commits)
+    finally:
+        stop.set()
+        views = await reader
     elapsed = time.monotonic() - started
     assert len(records) == writers * commits
+    # a reader hydrating while the writers commit always sees one whole snapshot
+    for seq, view in views:
+        assert view == expected_state(records, seq), f"a hydrate of seq {seq} saw a mix"
     async with open_engine(config) as engine:
         history = await engine.repo.history("vol")
         # one line: one snapshot per commit, seq falls by one along parent links
@@ -98,7 +125,8 @@ async def check_concurrent_writers(config: Config, tmp_path: Path, writers: int,
     assert {p: v[2] for p, v in tree.items() if v[0] == "file"} == expected_state(records, writers * commits)
     attempts = [int(r["attempts"]) for r in records]
     return {"seconds": elapsed, "commits": len(records), "max_attempts": max(attempts),
-            "mean_attempts": sum(attempts) / len(attempts), "retried_commits": sum(a > 1 for a in attempts)}
+            "mean_attempts": sum(attempts) / len(attempts), "retried_commits": sum(a > 1 for a in attempts),
+            "concurrent_hydrates": len(views)}
 
 
 async def test_concurrent_writers_lose_nothing(config: Config, tmp_path: Path) -> None:
