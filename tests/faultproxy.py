@@ -13,6 +13,7 @@ server, unless a :class:`Rule` matches the request, in which case it injects::
                  hang up on the server (FIN, as the kernel does for a killed client)
     stall        say nothing for ``delay`` seconds (longer than the client's
                  read timeout), then drop the connection
+    stall_body   forward, relay the headers and half the body, then stall as above
     latency      wait ``delay`` seconds, then forward normally
 
 How it stays simple: every client connection carries one request. The proxy
@@ -34,7 +35,8 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-FAULTS = ("reset", "reset_after", "slowdown", "truncate", "garble", "cut_request", "stall", "latency")
+FAULTS = ("reset", "reset_after", "slowdown", "truncate", "garble", "cut_request", "stall", "stall_body",
+          "latency")
 MAX_HEAD = 64 * 1024
 SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
                  b"<Message>Please reduce your request rate.</Message><RequestId>faultproxy</RequestId></Error>")
@@ -168,12 +170,14 @@ class FaultProxy:
                 await up_reader.read()  # let the server finish the request, then lose its answer
                 _reset(writer)
                 return
-            if fault in ("truncate", "garble"):
+            if fault in ("truncate", "garble", "stall_body"):
                 head = await up_reader.readuntil(b"\r\n\r\n")
                 rest = await up_reader.read()
-                writer.write(head + (rest[:len(rest) // 2] if fault == "truncate" else b"\x00<" * (len(rest) // 2)
-                                     + b"<" * (len(rest) % 2)))
+                writer.write(head + (b"\x00<" * (len(rest) // 2) + b"<" * (len(rest) % 2) if fault == "garble"
+                                     else rest[:len(rest) // 2]))
                 await writer.drain()
+                if fault == "stall_body" and rule is not None:
+                    await asyncio.sleep(min(rule.delay, 30.0))
                 _reset(writer)
                 return
             while data := await up_reader.read(1 << 16):

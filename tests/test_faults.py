@@ -69,6 +69,8 @@ CASES = {
     "truncate": [Rule("truncate", method="GET", every=2, times=3)],
     "stall": [Rule("stall", method="GET", path="/packs/", delay=2.0, times=1),
               Rule("stall", method="PUT", path="/HEAD", delay=2.0, times=1)],
+    "stall_body": [Rule("stall_body", method="GET", path="/packs/", delay=2.0, times=1),
+                   Rule("stall_body", method="GET", path="/chunks/", delay=2.0, times=1)],
 }
 
 
