@@ -37,10 +37,11 @@ from pathlib import Path
 
 from .chunking import content_id, spans
 from .engine import Engine
-from .errors import CommitConflict, LocalIOError, PreconditionFailed, StoreError, VolumeNotFound
-from .localindex import LocalIndex, Tracked
-from .manifest import ChunkRef, Entry, Snapshot, apply, diff, symlink_stays_inside
+from .errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, StoreError, VolumeNotFound
+from .localindex import Fingerprint, LocalIndex, Tracked
+from .manifest import ChunkRef, Entry, Snapshot, apply, diff, escaping_symlinks, symlink_stays_inside
 from .progress import NoProgress, Progress
+from .reachability import object_key
 from .scan import LocalFile, from_stat, scan
 from .upload import Uploader
 from .volumes import Head
@@ -48,6 +49,7 @@ from .volumes import Head
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 30
+REUSE_PASSES = 3
 READERS = 4
 UNSTABLE_RETRIES = 3
 
@@ -84,26 +86,11 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
         index = await engine.index.load(volume, source)
         local = await scan(source)
         theirs = await engine.repo.snapshot(volume, head.snapshot) if head.snapshot else None
-        known = _locations(index.entries().values(), theirs.entries.values() if theirs else ())
-        uploader = Uploader(engine.store, engine.layout, volume, engine.budget, engine.config.pack_size, known)
         result = CommitResult(volume, head.snapshot, head.seq)
-        reader = _Reader(engine, source, uploader, result, progress or NoProgress())
-        try:
-            ours = await reader.build(index, local)
-            await uploader.finish()
-        except BaseException:
-            await uploader.abort()
-            raise
-        result.uploaded_chunks, result.uploaded_bytes = uploader.uploaded_chunks, uploader.uploaded_bytes
-        result.reused_chunks = uploader.reused_chunks
-        final = {p: Entry(e.path, e.kind, e.mode, e.mtime_ns, e.size,
-                          tuple(uploader.location(c.id) for c in e.chunks), e.target)
-                 for p, e in ours.items()}
-        for path in result.skipped:  # keep what the index had for files we could not read
-            if path in index.files:
-                final[path] = index.files[path].entry
+        final, fingerprints = await _build(engine, volume, source, index, local, theirs, result,
+                                           progress or NoProgress())
         head = await _advance(engine, volume, head, index, final, message, result)
-        tracked = {p: Tracked(final[p], reader.fingerprints.get(p)) for p in final
+        tracked = {p: Tracked(final[p], fingerprints.get(p)) for p in final
                    if p not in result.skipped}
         tracked.update({p: index.files[p] for p in result.skipped if p in index.files})
         await engine.index.save(volume, source, LocalIndex(head.snapshot, head.seq, tracked))
@@ -124,11 +111,79 @@ async def _abort_stale_uploads(engine: Engine, volume: str) -> None:
         log.info("aborted %d stale multipart upload(s) of %r", aborted, volume)
 
 
-def _locations(*groups: Iterable[Entry]) -> dict[str, ChunkRef]:
+async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, local: dict[str, LocalFile],
+                 theirs: Snapshot | None, result: CommitResult,
+                 progress: Progress) -> tuple[dict[str, Entry], dict[str, Fingerprint]]:
+    """Read and upload what changed; our entries, every chunk at its stored location.
+
+    A chunk we reuse without uploading it, that the HEAD snapshot we read does
+    not reference (it comes from our local index, or the store answered
+    "already exists"), may be one that prune is deleting: it is old and no
+    live snapshot needs it. So such objects are checked just before HEAD is
+    advanced, and if one is gone, the files using it are read and uploaded again.
+    """
+    head_refs = _locations(theirs.entries.values() if theirs else ())
+    excluded: set[str] = set()
+    for _ in range(REUSE_PASSES):
+        result.skipped, result.files_read, result.bytes_read = [], 0, 0
+        known = {i: r for i, r in _locations(index.entries().values(), head_refs.values()).items()
+                 if i not in excluded}
+        uploader = Uploader(engine.store, engine.layout, volume, engine.budget, engine.config.pack_size, known)
+        reader = _Reader(engine, source, uploader, result, progress, excluded)
+        try:
+            ours = await reader.build(index, local)
+            await uploader.finish()
+        except BaseException:
+            await uploader.abort()
+            raise
+        final = {p: Entry(e.path, e.kind, e.mode, e.mtime_ns, e.size,
+                          tuple(uploader.location(c.id) for c in e.chunks), e.target)
+                 for p, e in ours.items()}
+        changed = [e for e in diff(index.entries(), final).values() if e is not None]
+        missing = await _missing_reused(engine, volume, changed, head_refs, uploader)
+        if not missing:
+            break
+        log.warning("volume %r: %d reused chunk(s) were pruned meanwhile; uploading them again",
+                    volume, len(missing))
+        excluded |= missing
+    else:
+        raise CommitConflict(f"volume {volume!r}: chunks this commit reuses keep disappearing "
+                             "(a prune with a short grace period?); try again")
+    result.uploaded_chunks, result.uploaded_bytes = uploader.uploaded_chunks, uploader.uploaded_bytes
+    result.reused_chunks = uploader.reused_chunks
+    for path in result.skipped:  # keep what the index had for files we could not read
+        if path in index.files:
+            final[path] = index.files[path].entry
+    return final, reader.fingerprints
+
+
+async def _missing_reused(engine: Engine, volume: str, changed: list[Entry], head_refs: dict[str, ChunkRef],
+                          uploader: Uploader) -> set[str]:
+    """Ids of reused chunks (not in HEAD's snapshot, not uploaded by us) whose object is gone."""
+    suspects: dict[str, list[str]] = {}
+    for entry in changed:
+        for ref in entry.chunks:
+            if ref.id in head_refs or (ref.id in uploader.new and ref.id not in uploader.existed):
+                continue
+            suspects.setdefault(object_key(engine.layout, volume, ref), []).append(ref.id)
+
+    async def gone(key: str) -> bool:
+        try:
+            await engine.store.head(key)
+        except NotFound:
+            return True
+        return False
+
+    keys = list(suspects)
+    flags = await asyncio.gather(*(gone(k) for k in keys))
+    return {i for k, flag in zip(keys, flags) if flag for i in suspects[k]}
+
+
+def _locations(*groups: Iterable[Entry | ChunkRef]) -> dict[str, ChunkRef]:
     known: dict[str, ChunkRef] = {}
     for group in groups:
-        for entry in group:
-            for ref in entry.chunks:
+        for item in group:
+            for ref in (item.chunks if isinstance(item, Entry) else (item,)):
                 known.setdefault(ref.id, ref)
     return known
 
@@ -142,6 +197,11 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
         result.attempts = attempt
         theirs = (await engine.repo.snapshot(volume, head.snapshot)).entries if head.snapshot else {}
         merged = apply(theirs, changes, base)
+        for path in escaping_symlinks(merged):   # links that escape only in combination
+            log.warning("volume %r: leaving out symlink %r: it leads out of the volume", volume, path)
+            del merged[path]
+            if path in ours and path not in result.skipped:
+                result.skipped.append(path)
         result.merged = result.merged or head.snapshot != index.snapshot
         if head.snapshot is not None and _same_tree(merged, theirs):
             result.snapshot, result.seq = head.snapshot, head.seq
@@ -169,8 +229,9 @@ class _Reader:
     """Builds our entries: reuses unchanged and renamed files, reads the rest."""
 
     def __init__(self, engine: Engine, root: Path, uploader: Uploader, result: CommitResult,
-                 progress: Progress) -> None:
+                 progress: Progress, excluded: set[str]) -> None:
         self.engine, self.root, self.uploader, self.result, self.progress = engine, root, uploader, result, progress
+        self.excluded = excluded  # chunk ids that must not be reused: read those files again
         self.fingerprints: dict[str, tuple[int, int, int, int]] = {}
         self._readers = asyncio.Semaphore(READERS)
 
@@ -191,7 +252,7 @@ class _Reader:
                     self.result.skipped.append(path)
             else:
                 reuse = self._reusable(index.files.get(path), loc, renamed)
-                if reuse is not None:
+                if reuse is not None and not any(c.id in self.excluded for c in reuse.entry.chunks):
                     ours[path] = Entry(path, "file", loc.mode, loc.mtime_ns, loc.size, reuse.entry.chunks)
                     self.fingerprints[path] = loc.fingerprint
                 else:

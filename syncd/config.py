@@ -30,6 +30,9 @@ SYNCD_GATEWAY                (none)              comma-separated gateway URLs
 SYNCD_GATEWAY_TOKEN          (none)              bearer token for the gateways
 SYNCD_ROOT                   /volumes            where the agent mounts volumes
 SYNCD_SOCKET                 /run/syncd.sock     the agent's Unix socket
+SYNCD_KEEP_SNAPSHOTS         (all)               prune: keep the newest N snapshots
+SYNCD_KEEP_DAYS              (all)               prune: keep snapshots younger than D days
+SYNCD_PRUNE_GRACE            3600                prune: never delete objects younger than this (s)
 ===========================  ==================  =====================================
 
 Sizes accept plain bytes or a suffix (``512K``, ``8M``, ``10G``).
@@ -87,6 +90,9 @@ class Config:
     gateway_token: str | None = None
     root: Path = Path("/volumes")
     socket: Path = Path("/run/syncd.sock")
+    keep_snapshots: int | None = None
+    keep_days: float | None = None
+    prune_grace: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.chunk_size < 64 * KiB or self.chunk_size > 5 * GiB:
@@ -99,6 +105,9 @@ class Config:
             raise ConfigError("SYNCD_MAX_CONNECTIONS and SYNCD_RETRIES must be >= 1")
         if self.multipart_part_size < 5 * MiB:
             raise ConfigError("SYNCD_MULTIPART_PART_SIZE must be at least 5 MiB (S3's minimum)")
+        if (self.keep_snapshots is not None and self.keep_snapshots < 1) or \
+                (self.keep_days is not None and self.keep_days < 0) or self.prune_grace < 0:
+            raise ConfigError("SYNCD_KEEP_SNAPSHOTS must be >= 1, SYNCD_KEEP_DAYS and SYNCD_PRUNE_GRACE >= 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -145,6 +154,9 @@ class Config:
         number("SYNCD_CONNECT_TIMEOUT", "connect_timeout", float)
         number("SYNCD_READ_TIMEOUT", "read_timeout", float)
         number("SYNCD_STALE_UPLOAD_AGE", "stale_upload_age", float)
+        number("SYNCD_KEEP_SNAPSHOTS", "keep_snapshots", int)
+        number("SYNCD_KEEP_DAYS", "keep_days", float)
+        number("SYNCD_PRUNE_GRACE", "prune_grace", float)
         if env.get("SYNCD_GATEWAY"):
             values["gateways"] = tuple(u.strip().rstrip("/") for u in env["SYNCD_GATEWAY"].split(",") if u.strip())
         text("SYNCD_GATEWAY_TOKEN", "gateway_token")

@@ -48,12 +48,12 @@ class Engine:
 @contextlib.asynccontextmanager
 async def open_engine(config: Config, *, backend: ObjectStore | None = None,
                       sources: Sequence[ChunkSource] = (), use_cache: bool = True) -> AsyncIterator[Engine]:
+    layout = Layout(config.prefix, config.owner)   # bad names fail before any connection is opened
     if backend is None:
         from .s3 import S3Store
         backend = await S3Store.open(config)
     counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
                                           config.retries, config.retry_base_delay))
-    layout = Layout(config.prefix, config.owner)
     cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
     if not sources and config.gateways:
         from .gatewayclient import gateway_sources

@@ -8,7 +8,8 @@ so any number of concurrent readers on one worker cause one download.
 Every byte that comes back from a remote source or the store is re-hashed
 against the chunk id before anyone sees it (the cache verifies its own reads).
 A mismatch from the store is retried once (a torn read or a bad proxy), then
-raised as IntegrityError; a mismatch from a remote source (a gateway) only
+raised as IntegrityError, and so is a referenced object or range the store
+does not have (a damaged or hostile snapshot); a mismatch from a remote source (a gateway) only
 skips that source. Verified bytes are written to the cache best-effort.
 
 Remote sources (``ChunkSource``) are the gateway seam: anything with an async
@@ -24,11 +25,11 @@ from typing import Protocol
 
 from .cache import ChunkCache
 from .chunking import verify
-from .errors import IntegrityError, SyncdError
+from .errors import IntegrityError, NotFound, SyncdError
 from .layout import Layout
 from .limits import SingleFlight
 from .manifest import ChunkRef
-from .store import ObjectStore
+from .store import Blob, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class ChunkFetcher:
         self._packs: SingleFlight[tuple[str, str, int, int], dict[str, bytes]] = SingleFlight()
 
     async def get(self, volume: str, ref: ChunkRef) -> bytes:
-        return await self._chunks.do((volume, ref.id), lambda: self._fetch(volume, ref))
+        data = await self._chunks.do((volume, ref.id), lambda: self._fetch(volume, ref))
+        return _sized(volume, ref, data)
 
     async def _fetch(self, volume: str, ref: ChunkRef) -> bytes:
         if self.cache is not None:
@@ -84,12 +86,21 @@ class ChunkFetcher:
         else:
             key, start, end = self.layout.pack(volume, ref.pack), ref.offset, ref.offset + ref.size
         for attempt in (1, 2):
-            blob = await self.store.get(key, start, end)
+            blob = await self._get(volume, key, start, end)
             if verify(ref.id, blob.data):
                 self.bytes_by_source["store"] += len(blob.data)
                 return blob.data
             log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
         raise IntegrityError(f"chunk {ref.id} of volume {volume!r} is corrupt in the store ({key})")
+
+    async def _get(self, volume: str, key: str, start: int | None, end: int | None) -> Blob:
+        """A GET of bytes a snapshot references: their absence means the volume is damaged."""
+        try:
+            return await self.store.get(key, start, end)
+        except NotFound as exc:
+            where = "" if start is None else f" (bytes {start}..{end})"
+            raise IntegrityError(f"volume {volume!r}: {key}{where} is referenced by the snapshot "
+                                 "but missing from the store") from exc
 
     async def get_packed(self, volume: str, pack: str, refs: Iterable[ChunkRef]) -> dict[str, bytes]:
         """Bytes of every ref (all in ``pack``), keyed by chunk id, with at most one GET."""
@@ -103,11 +114,13 @@ class ChunkFetcher:
             fetched = await self._packs.do(
                 (volume, pack, start, end), lambda: self._fetch_range(volume, pack, start, end, missing))
             found.update({r.id: fetched[r.id] for r in missing})
+        for ref in wanted.values():
+            _sized(volume, ref, found[ref.id])
         return found
 
     async def _fetch_range(self, volume: str, pack: str, start: int, end: int,
                            refs: list[ChunkRef]) -> dict[str, bytes]:
-        blob = await self.store.get(self.layout.pack(volume, pack), start, end)
+        blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
         data = memoryview(blob.data)
         out: dict[str, bytes] = {}
         for ref in refs:
@@ -120,3 +133,15 @@ class ChunkFetcher:
         if self.cache is not None:
             await self.cache.put_many(out)
         return out
+
+
+def _sized(volume: str, ref: ChunkRef, data: bytes) -> bytes:
+    """The id vouches for the bytes, not for the size a snapshot claims: check that too.
+
+    Otherwise a hostile reference ``[real id, 4 GiB]`` would fetch the real
+    chunk, and the file would be published padded with zeros.
+    """
+    if len(data) != ref.size:
+        raise IntegrityError(f"volume {volume!r}: the snapshot says chunk {ref.id} has {ref.size} bytes, "
+                             f"but it has {len(data)}")
+    return data

@@ -22,6 +22,7 @@ locally changed, and the plan recognises them by hashing (see hydrateplan.py).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,9 @@ from pathlib import Path
 from . import localfs
 from .chunking import content_id
 from .engine import Engine
-from .errors import LocalConflict
+from .errors import LocalConflict, LocalIOError
 from .hydrateplan import Plan, plan_hydrate
-from .limits import gather_all
+from .limits import gather_all, in_thread
 from .localindex import LocalIndex, Tracked
 from .manifest import ChunkRef, Entry
 from .progress import NoProgress, Progress
@@ -68,10 +69,10 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         leftovers: list[str] = []
         local = await scan(target, leftovers)
         for path in leftovers:
-            await asyncio.to_thread(localfs.remove, target / path)
+            await in_thread(localfs.remove_at, target, path)
         plan = plan_hydrate(desired, index, local, overwrite)
         if plan.verify:
-            equal, different = await asyncio.to_thread(_verify_local, target, plan.verify)
+            equal, different = await in_thread(_verify_local, target, plan.verify)
             plan.meta += equal
             if overwrite:
                 plan.create += different
@@ -103,9 +104,9 @@ def _verify_local(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[E
     different: list[Entry] = []
     for entry in entries:
         try:
-            with open(root / entry.path, "rb") as f:
+            with os.fdopen(localfs.open_read(root, entry.path), "rb") as f:
                 same = all(content_id(f.read(ref.size)) == ref.id for ref in entry.chunks)
-        except OSError:
+        except (OSError, LocalIOError):
             same = False
         (equal if same else different).append(entry)
     return equal, different
@@ -124,23 +125,23 @@ class _Run:
 
     async def execute(self, plan: Plan) -> None:
         for path in plan.clear:
-            await asyncio.to_thread(localfs.remove, self.root / path, True)
+            await in_thread(localfs.remove_at, self.root, path, True)
         dirs = sorted((e for e in plan.create + plan.meta if e.kind == "dir"), key=lambda e: e.path)
         for entry in dirs:
-            self._record(entry, await asyncio.to_thread(localfs.make_dir, self.root / entry.path, entry))
+            self._record(entry, await in_thread(localfs.make_dir, self.root, entry.path, entry))
         for entry in (e for e in plan.meta if e.kind == "file"):
-            self._record(entry, await asyncio.to_thread(localfs.set_meta, self.root / entry.path, entry))
+            self._record(entry, await in_thread(localfs.set_meta, self.root, entry.path, entry))
             self.result.adopted += 1
         files = [e for e in plan.create if e.kind == "file"]
         self.progress.start(sum(e.size for e in files), f"hydrate {self.volume}")
         await self._write_files(files)
         for entry in (e for e in plan.create if e.kind == "symlink"):
-            self._record(entry, await asyncio.to_thread(localfs.make_symlink, self.root / entry.path, entry))
+            self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry))
         for path in plan.delete:
-            await asyncio.to_thread(localfs.remove, self.root / path)
+            await in_thread(localfs.remove_at, self.root, path)
             self.result.deleted += 1
         for entry in reversed(dirs):
-            await asyncio.to_thread(localfs.set_dir_mtime, self.root / entry.path, entry.mtime_ns)
+            await in_thread(localfs.set_dir_mtime, self.root, entry.path, entry.mtime_ns)
         self.failed = False
 
     async def _write_files(self, files: list[Entry]) -> None:
@@ -166,7 +167,7 @@ class _Run:
             try:
                 refs = [c for e in batch for c in e.chunks]
                 data = await self.engine.fetcher.get_packed(self.volume, pack, refs) if refs else {}
-                stats = await asyncio.to_thread(self._write_batch, batch, data)
+                stats = await in_thread(self._write_batch, batch, data)
             finally:
                 await self.engine.budget.release(held)
             for entry, st in zip(batch, stats):
@@ -176,25 +177,24 @@ class _Run:
             self.progress.advance(size)
 
     def _write_batch(self, batch: list[Entry], data: dict[str, bytes]) -> list[LocalFile]:
-        return [localfs.write_small(self.root / e.path, e, b"".join(data[c.id] for c in e.chunks))
+        return [localfs.write_small(self.root, e.path, e, b"".join(data[c.id] for c in e.chunks))
                 for e in batch]
 
     async def _write_large(self, entry: Entry) -> None:
-        final = self.root / entry.path
         async with self._files:
-            fd, tmp = await asyncio.to_thread(localfs.open_tmp, final, entry.size)
+            tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, undo=localfs.abandon_tmp)
             try:
                 offsets = []
                 offset = 0
                 for ref in entry.chunks:
                     offsets.append(offset)
                     offset += ref.size
-                await gather_all(self._write_chunk(fd, final, ref, off)
+                await gather_all(self._write_chunk(tmp.fd, tmp.final, ref, off)
                                  for ref, off in zip(entry.chunks, offsets))
             except BaseException:
-                await asyncio.to_thread(localfs.abandon_tmp, fd, tmp)
+                await in_thread(localfs.abandon_tmp, tmp)
                 raise
-            st = await asyncio.to_thread(localfs.finish_tmp, fd, tmp, final, entry)
+            st = await in_thread(localfs.finish_tmp, tmp, entry)
         self._record(entry, st)
         self.result.files_written += 1
         self.result.bytes_written += entry.size
@@ -203,7 +203,7 @@ class _Run:
         held = await self.engine.budget.acquire(ref.size)
         try:
             data = await self.engine.fetcher.get(self.volume, ref)
-            await asyncio.to_thread(localfs.pwrite_all, fd, data, offset, final)
+            await in_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:
             await self.engine.budget.release(held)
         self.progress.advance(ref.size)

@@ -17,7 +17,10 @@ replacing some files never saved its index, so those files look locally
 changed while they hold exactly what the snapshot wants.
 
 Tracked paths missing from the snapshot are deleted if unchanged locally and
-left alone (untracked) if the user changed them. Untracked paths the snapshot
+left alone (untracked) if the user changed them. A directory the user replaced
+by a symlink or file is a kept local edit, and so is everything the snapshot
+has below it: hydrate never writes through a local symlink (localfs.py also
+refuses at the system-call level, whatever the plan says). Untracked paths the snapshot
 does not mention are never touched. Conflicts abort the hydrate before any
 byte is written unless the caller asked to overwrite.
 """
@@ -72,6 +75,7 @@ def plan_hydrate(desired: Mapping[str, Entry], index: LocalIndex, local: Mapping
         else:
             plan.kept_local.append(path)
     _check_blockers(plan, desired, index, local)
+    _skip_shadowed(plan, local)
     if overwrite:
         plan.clear.extend(p for p in plan.conflicts if p in local)
         for path in plan.conflicts:
@@ -105,6 +109,28 @@ def _plan_path(plan: Plan, entry: Entry, tracked: Tracked | None, loc: LocalFile
         plan.verify.append(entry)
     else:
         plan.conflicts.append(path)
+
+
+def _skip_shadowed(plan: Plan, local: Mapping[str, LocalFile]) -> None:
+    """Leave alone what lies below a local edit that replaced a directory.
+
+    If the user replaced a directory by a symlink or a file (a pending change,
+    kept), the snapshot's paths below it are not ours to write: writing them
+    would go through the user's symlink, possibly out of the volume. They
+    count as kept local edits too; the next commit records the replacement.
+    """
+    shadows = [p + "/" for p in plan.kept_local if p in local and local[p].kind != "dir"]
+    if not shadows:
+        return
+
+    def shadowed(path: str) -> bool:
+        return any(path.startswith(s) for s in shadows)
+
+    for name in ("create", "meta", "verify"):
+        entries: list[Entry] = getattr(plan, name)
+        plan.kept_local += [e.path for e in entries if shadowed(e.path)]
+        setattr(plan, name, [e for e in entries if not shadowed(e.path)])
+    plan.delete = [p for p in plan.delete if not shadowed(p)]
 
 
 def _same_bytes(a: Entry, b: Entry) -> bool:

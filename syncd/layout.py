@@ -4,6 +4,7 @@ A volume of owner ``o`` named ``v`` occupies exactly the keys below
 ``<prefix>/o/v/`` (see docs/FORMAT.md)::
 
     HEAD                          the commit point (JSON), advanced with If-Match
+    PRUNED                        prune's horizon: history may end below this seq
     snapshots/<id>                immutable manifests, named by content id
     chunks/<id[:2]>/<id>          one chunk of a large file
     packs/<id>                    small files' contents, concatenated
@@ -60,6 +61,9 @@ class Layout:
 
     def head(self, volume: str) -> str:
         return self.volume_prefix(volume) + "HEAD"
+
+    def pruned(self, volume: str) -> str:
+        return self.volume_prefix(volume) + "PRUNED"
 
     def snapshot(self, volume: str, snapshot_id: str) -> str:
         return self.volume_prefix(volume) + "snapshots/" + _checked(snapshot_id)

@@ -7,6 +7,8 @@ is admitted alone rather than deadlocking.
 
 ``gather_all`` runs awaitables concurrently and, on the first failure, cancels
 the rest and waits for them before raising, so no orphan task keeps writing.
+``in_thread`` is ``asyncio.to_thread`` for file steps: cancelling it waits for
+the thread, so cleanup never races a write still in progress.
 
 ``SingleFlight`` runs at most one task per key; later callers await the same
 task. The task is shielded, so a cancelled caller does not cancel the fetch
@@ -76,4 +78,25 @@ async def gather_all(aws: Iterable[Awaitable[V]]) -> list[V]:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def in_thread(fn: Callable[..., V], *args: object, undo: Callable[[V], object] | None = None) -> V:
+    """``asyncio.to_thread`` that, when cancelled, still waits for the thread to finish.
+
+    A cancelled ``to_thread`` returns at once while its thread runs on, so a
+    caller that cleans up after a failure (closing a file descriptor, saving
+    the index) could race a write still in progress -- or a later write could
+    land in a descriptor number that was closed and reused. File steps run
+    through this instead: cancellation takes effect when the step is done,
+    and ``undo(result)`` (run in a thread) releases what a step that finished
+    anyway acquired, such as an open temporary file.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        if undo is not None and not task.cancelled() and task.exception() is None:
+            await asyncio.to_thread(undo, task.result())
         raise

@@ -1,5 +1,15 @@
 """Blocking filesystem steps of a hydrate, each run in a worker thread.
 
+Every step names its path as ``(root, rel)``: the hydrate's target directory
+and a snapshot path inside it. The step opens ``rel``'s parent by walking from
+``root`` one component at a time with ``O_NOFOLLOW | O_DIRECTORY`` and then
+works relative to that directory descriptor (``dir_fd=``). So a hydrate never
+writes through a symlink, whoever planted it and whenever: a link left in the
+directory by a task (``sub -> /etc``), or one swapped in while the hydrate
+runs, makes the step fail with LocalIOError instead of writing outside the
+target. The final component is never followed either: files are renamed over
+it, and metadata is set through an ``O_NOFOLLOW`` descriptor.
+
 Every file appears atomically: bytes go to ``.syncd-tmp-<random>`` in the same
 directory (so the rename cannot cross filesystems), mode and mtime are set on
 the open descriptor, and ``os.replace`` publishes it; a failure unlinks the
@@ -8,15 +18,19 @@ temporary file. Nobody ever sees half a file under its real name.
 Permission bits are applied without setuid, setgid and sticky bits: a volume
 is data, and a hydrate running as root must not plant set-id programs.
 OS errors are translated to LocalIOError naming the path and the reason
-(``ENOSPC``, ``EROFS``, ``EACCES`` ...).
+(``ENOSPC``, ``EROFS``, ``EACCES``, ``ELOOP`` ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LocalIOError
@@ -24,6 +38,7 @@ from .manifest import Entry
 from .scan import TMP_PREFIX, LocalFile, from_stat
 
 SAFE_MODE_BITS = 0o777
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def local_error(path: Path | str, exc: OSError, action: str = "write") -> LocalIOError:
@@ -31,24 +46,79 @@ def local_error(path: Path | str, exc: OSError, action: str = "write") -> LocalI
     return LocalIOError(f"cannot {action} {path}: {exc.strerror or exc} ({reason})")
 
 
-def tmp_path(final: Path) -> Path:
-    return final.with_name(TMP_PREFIX + secrets.token_hex(6))
+def tmp_name() -> str:
+    return TMP_PREFIX + secrets.token_hex(6)
 
 
-def open_tmp(final: Path, size: int) -> tuple[int, Path]:
-    tmp = tmp_path(final)
+def open_parent(root: Path, rel: str) -> tuple[int, str]:
+    """``(descriptor of rel's parent, rel's last component)``, reached without following links."""
+    parts = rel.split("/")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(root, _DIR)
     except OSError as exc:
-        raise local_error(final, exc) from exc
+        raise local_error(root, exc, "open") from exc
+    for i, part in enumerate(parts[:-1]):
+        try:
+            nxt = os.open(part, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            where = root.joinpath(*parts[:i + 1])
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise LocalIOError(f"refusing to write {root / rel}: {where} is a symlink or not a "
+                                   f"directory ({errno.errorcode[exc.errno]})") from exc
+            raise local_error(root / rel, exc) from exc
+        os.close(fd)
+        fd = nxt
+    return fd, parts[-1]
+
+
+@contextlib.contextmanager
+def parent(root: Path, rel: str) -> Iterator[tuple[int, str]]:
+    fd, name = open_parent(root, rel)
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class TmpFile:
+    """A temporary file being filled next to its final name."""
+
+    fd: int
+    dir_fd: int
+    name: str        # the final name, in dir_fd
+    tmp: str         # the temporary name, in dir_fd
+    final: Path      # for messages only
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fd = self.dir_fd = -1
+
+    def unlink_tmp(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp, dir_fd=self.dir_fd)
+
+
+def open_tmp(root: Path, rel: str, size: int) -> TmpFile:
+    dir_fd, name = open_parent(root, rel)
+    tmp = tmp_name()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        os.close(dir_fd)
+        raise local_error(root / rel, exc) from exc
+    out = TmpFile(fd, dir_fd, name, tmp, root / rel)
     try:
         if size:
             os.ftruncate(fd, size)
     except OSError as exc:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise local_error(final, exc) from exc
-    return fd, tmp
+        abandon_tmp(out)
+        raise local_error(root / rel, exc) from exc
+    return out
 
 
 def pwrite_all(fd: int, data: bytes, offset: int, final: Path) -> None:
@@ -61,95 +131,131 @@ def pwrite_all(fd: int, data: bytes, offset: int, final: Path) -> None:
         raise local_error(final, exc) from exc
 
 
-def finish_tmp(fd: int, tmp: Path, final: Path, entry: Entry) -> LocalFile:
+def finish_tmp(tmp: TmpFile, entry: Entry) -> LocalFile:
     """Set mode and mtime, close and publish; returns the published file's stat."""
     try:
-        os.fchmod(fd, entry.mode & SAFE_MODE_BITS)
-        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, final)
-        return from_stat(os.lstat(final))
+        os.fchmod(tmp.fd, entry.mode & SAFE_MODE_BITS)
+        os.utime(tmp.fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        os.close(tmp.fd)
+        tmp.fd = -1
+        os.replace(tmp.tmp, tmp.name, src_dir_fd=tmp.dir_fd, dst_dir_fd=tmp.dir_fd)
+        return from_stat(os.lstat(tmp.name, dir_fd=tmp.dir_fd))
     except OSError as exc:
-        raise local_error(final, exc) from exc
+        tmp.unlink_tmp()
+        raise local_error(tmp.final, exc) from exc
     finally:
-        if fd >= 0:
-            os.close(fd)
-        if tmp.exists():
-            tmp.unlink()
+        tmp.close()
 
 
-def abandon_tmp(fd: int, tmp: Path) -> None:
+def abandon_tmp(tmp: TmpFile) -> None:
+    tmp.unlink_tmp()
+    tmp.close()
+
+
+def write_small(root: Path, rel: str, entry: Entry, data: bytes) -> LocalFile:
+    tmp = open_tmp(root, rel, 0)
     try:
-        os.close(fd)
-    except OSError:
-        pass
-    tmp.unlink(missing_ok=True)
-
-
-def write_small(final: Path, entry: Entry, data: bytes) -> LocalFile:
-    fd, tmp = open_tmp(final, 0)
-    try:
-        pwrite_all(fd, data, 0, final)
+        pwrite_all(tmp.fd, data, 0, tmp.final)
     except BaseException:
-        abandon_tmp(fd, tmp)
+        abandon_tmp(tmp)
         raise
-    return finish_tmp(fd, tmp, final, entry)
+    return finish_tmp(tmp, entry)
 
 
-def set_meta(path: Path, entry: Entry) -> LocalFile:
-    try:
-        os.chmod(path, entry.mode & SAFE_MODE_BITS)
-        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-        return from_stat(os.lstat(path))
-    except OSError as exc:
-        raise local_error(path, exc) from exc
+def set_meta(root: Path, rel: str, entry: Entry) -> LocalFile:
+    """chmod and utime ``rel`` itself, never a symlink's target.
+
+    The path is pinned with an ``O_PATH | O_NOFOLLOW`` descriptor (which needs
+    no read permission) and changed through ``/proc/self/fd``, so a file
+    swapped for a link in between cannot redirect the chmod.
+    """
+    mode = (entry.mode & SAFE_MODE_BITS) | (0o700 if entry.kind == "dir" else 0)
+    with parent(root, rel) as (dir_fd, name):
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            raise local_error(root / rel, exc) from exc
+        try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise LocalIOError(f"refusing to change {root / rel}: it is a symlink")
+            pinned = f"/proc/self/fd/{fd}"
+            os.chmod(pinned, mode)
+            os.utime(pinned, ns=(entry.mtime_ns, entry.mtime_ns))
+            return from_stat(os.fstat(fd))
+        except OSError as exc:
+            raise local_error(root / rel, exc) from exc
+        finally:
+            os.close(fd)
 
 
-def make_dir(path: Path, entry: Entry) -> LocalFile:
-    try:
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            path.unlink()
-        path.mkdir(exist_ok=True)
-        os.chmod(path, (entry.mode & SAFE_MODE_BITS) | 0o700)
-        return from_stat(os.lstat(path))
-    except OSError as exc:
-        raise local_error(path, exc, "create directory") from exc
+def make_dir(root: Path, rel: str, entry: Entry) -> LocalFile:
+    with parent(root, rel) as (dir_fd, name):
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dir_fd)     # a symlink or file syncd owns, in the way
+                raise FileNotFoundError
+        except FileNotFoundError:
+            try:
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+            except OSError as exc:
+                raise local_error(root / rel, exc, "create directory") from exc
+        except OSError as exc:
+            raise local_error(root / rel, exc, "create directory") from exc
+    return set_meta(root, rel, entry)
 
 
-def make_symlink(path: Path, entry: Entry) -> LocalFile:
-    tmp = tmp_path(path)
-    try:
-        os.symlink(entry.target or "", tmp)
-        os.replace(tmp, path)
-        return from_stat(os.lstat(path), entry.target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise local_error(path, exc, "create symlink") from exc
+def make_symlink(root: Path, rel: str, entry: Entry) -> LocalFile:
+    with parent(root, rel) as (dir_fd, name):
+        tmp = tmp_name()
+        try:
+            os.symlink(entry.target or "", tmp, dir_fd=dir_fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return from_stat(os.lstat(name, dir_fd=dir_fd), entry.target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise local_error(root / rel, exc, "create symlink") from exc
 
 
 def remove(path: Path, recursive: bool = False) -> None:
+    """Remove ``path`` itself (a whole mount, say); a symlink is unlinked, never followed."""
+    remove_at(path.parent, path.name, recursive)
+
+
+def remove_at(root: Path, rel: str, recursive: bool = False) -> None:
     try:
-        if path.is_dir() and not path.is_symlink():
-            if recursive:
-                shutil.rmtree(path)
+        with parent(root, rel) as (dir_fd, name):
+            st = os.lstat(name, dir_fd=dir_fd)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+            elif recursive:
+                shutil.rmtree(name, dir_fd=dir_fd)
             else:
-                path.rmdir()
-        else:
-            path.unlink()
+                os.rmdir(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and not recursive:
             return  # a directory that still holds the user's own files stays
-        raise local_error(path, exc, "remove") from exc
+        raise local_error(root / rel, exc, "remove") from exc
 
 
-def set_dir_mtime(path: Path, mtime_ns: int) -> None:
+def set_dir_mtime(root: Path, rel: str, mtime_ns: int) -> None:
     try:
-        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-    except OSError:
+        with parent(root, rel) as (dir_fd, name):
+            os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+    except (OSError, LocalIOError):
         pass  # cosmetic
+
+
+def open_read(root: Path, rel: str) -> int:
+    """A read descriptor for the regular file at ``rel``, reached without following links."""
+    with parent(root, rel) as (dir_fd, name):
+        try:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            raise local_error(root / rel, exc, "read") from exc
 
 
 def cleanup_tmp_files(root: Path) -> int:

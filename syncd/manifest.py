@@ -8,7 +8,7 @@ immutable and self-checking: whoever fetches ``snapshots/<id>`` re-hashes it.
 :func:`decode` treats its input as hostile. Before any byte is written to disk
 it rejects unknown format versions, absolute paths, ``.``/``..`` components,
 duplicate paths, entries whose parent is not a directory in the snapshot,
-symlinks that resolve outside the volume, chunk lists that do not add up to the
+symlinks that resolve outside the volume (also by way of other symlinks), chunk lists that do not add up to the
 file size, malformed ids and absurd sizes or counts.
 
 :func:`merge` is the per-path three-way merge used when another writer advanced
@@ -135,7 +135,7 @@ def decode(data: bytes, expected_id: str | None = None) -> Snapshot:
     if not isinstance(doc, dict):
         raise ManifestError("snapshot must be a JSON object")
     version = doc.get("format")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:   # not True, not 1.0
         raise ManifestError(f"unsupported snapshot format {version!r} (this syncd reads {FORMAT_VERSION})")
     raw_entries = _get(doc, "entries", list)
     if len(raw_entries) > MAX_ENTRIES:
@@ -174,7 +174,7 @@ def entry_from_json(raw: object) -> Entry:
     if not isinstance(raw, dict):
         raise ManifestError("snapshot entry must be an object")
     path, kind = raw.get("path"), raw.get("type")
-    if not isinstance(path, str) or kind not in KINDS:
+    if not isinstance(path, str) or not isinstance(kind, str) or kind not in KINDS:
         raise ManifestError(f"snapshot entry has a bad path or type: {str(raw)[:200]}")
     mode = _nonneg(raw.get("mode"), "mode", 0o7777)
     mtime = raw.get("mtime_ns")
@@ -227,6 +227,48 @@ def symlink_stays_inside(path: str, target: str) -> bool:
     return resolved != ".." and not resolved.startswith("../")
 
 
+MAX_LINK_FOLLOWS = 40   # the kernel's limit per path lookup (MAXSYMLINKS)
+
+
+def _walk(entries: Mapping[str, Entry], where: list[str], target: str, budget: list[int]) -> list[str] | None:
+    """Resolve ``target`` from directory ``where`` through the snapshot's own symlinks.
+
+    Returns the resolved components, or None if the walk ever climbs above the
+    volume root. Each link may stay inside on its own and still escape through
+    another (``a -> d/e``, ``d/e -> ..``, ``x -> a/..``), so a lexical check of
+    each target alone is not enough. ``budget`` counts link follows like the
+    kernel does; a walk that needs more (a cycle) is refused as well: the
+    kernel would fail it with ELOOP, so refusing loses nothing real.
+    """
+    if target.startswith("/"):
+        return None
+    stack = list(where)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return None
+            stack.pop()
+            continue
+        stack.append(part)
+        link = entries.get("/".join(stack))
+        if link is not None and link.kind == "symlink":
+            budget[0] -= 1
+            resolved = None if budget[0] < 0 else _walk(entries, stack[:-1], link.target or "", budget)
+            if resolved is None:
+                return None
+            stack = resolved
+    return stack
+
+
+def escaping_symlinks(entries: Mapping[str, Entry]) -> list[str]:
+    """Symlinks that lead out of the volume, alone or by way of other symlinks (or loop)."""
+    return [p for p, e in entries.items() if e.kind == "symlink"
+            and (not symlink_stays_inside(p, e.target or "")
+                 or _walk(entries, p.split("/")[:-1], e.target or "", [MAX_LINK_FOLLOWS]) is None)]
+
+
 def validate_entries(entries: Mapping[str, Entry]) -> None:
     """Raise ManifestError unless ``entries`` is a safe, self-consistent tree."""
     for path, e in entries.items():
@@ -240,6 +282,9 @@ def validate_entries(entries: Mapping[str, Entry]) -> None:
             raise ManifestError(f"{path!r}: symlink target {e.target!r} leaves the volume")
         if e.kind == "file" and sum(c.size for c in e.chunks) != e.size:
             raise ManifestError(f"{path!r}: chunks add up to {sum(c.size for c in e.chunks)}, not {e.size}")
+    escaping = escaping_symlinks(entries)
+    if escaping:
+        raise ManifestError(f"{escaping[0]!r}: symlink leads out of the volume through other symlinks")
 
 
 # ---------------------------------------------------------------- merging

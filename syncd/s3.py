@@ -5,7 +5,8 @@ no retries (botocore's own retries and aiohttp's silent one-time re-send of an
 idempotent request on a dropped connection are switched off, so that the retry
 wrapper alone decides, by exception class, and counts every attempt). Translation::
 
-    404 / NoSuchKey / NoSuchBucket            -> NotFound
+    404 / NoSuchKey / NoSuchBucket,
+    416 InvalidRange (no such bytes)          -> NotFound
     412 PreconditionFailed                    -> PreconditionFailed
     409 ConditionalRequestConflict, 429, 5xx,
     SlowDown, throttling, RequestTimeout      -> TransientStoreError
@@ -72,7 +73,8 @@ def translate(exc: BaseException, key: str) -> Exception:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload") or status == 404:
+        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload", "InvalidRange") \
+                or status in (404, 416):
             return NotFound(f"{key}: {code or status}")
         if code == "PreconditionFailed" or status == 412:
             return PreconditionFailed(f"{key}: precondition failed")

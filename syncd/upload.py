@@ -11,7 +11,9 @@ is wrong (the leftover of a writer killed mid-PUT), in which case it is rewritte
 done, so a commit never buffers more than ``SYNCD_MAX_INFLIGHT_BYTES``.
 
 ``location(chunk_id)`` answers where a chunk ended up once :meth:`finish` has
-returned.
+returned. ``existed`` names the chunks whose PUT found the object already
+there: they were not uploaded by us, so (like chunks reused from the local
+index) commit checks they still exist before it advances HEAD (see prune.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Uploader:
         self.known = known
         self.new: dict[str, ChunkRef] = {}
         self._queued: set[str] = set()
+        self.existed: set[str] = set()
         self._pack: list[tuple[str, bytes]] = []
         self._pack_bytes = 0
         self._pack_held = 0
@@ -68,13 +71,17 @@ class Uploader:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
 
-    async def _put(self, key: str, data: bytes) -> None:
-        if await put_immutable(self.store, key, data):
-            self.uploaded_bytes += len(data)
+    async def _put(self, key: str, data: bytes) -> bool:
+        """PUT once; False when the object was already there whole (see store.put_immutable)."""
+        if not await put_immutable(self.store, key, data):
+            return False
+        self.uploaded_bytes += len(data)
+        return True
 
     async def _put_chunk(self, chunk_id: str, data: bytes, held: int) -> None:
         try:
-            await self._put(self.layout.chunk(self.volume, chunk_id), data)
+            if not await self._put(self.layout.chunk(self.volume, chunk_id), data):
+                self.existed.add(chunk_id)
             self.new[chunk_id] = ChunkRef(chunk_id, len(data))
             self.uploaded_chunks += 1
         finally:
@@ -91,7 +98,8 @@ class Uploader:
         try:
             body = b"".join(data for _, data in members)
             pack_id = await asyncio.to_thread(content_id, body) if len(body) > 1 << 20 else content_id(body)
-            await self._put(self.layout.pack(self.volume, pack_id), body)
+            if not await self._put(self.layout.pack(self.volume, pack_id), body):
+                self.existed.update(chunk_id for chunk_id, _ in members)
             offset = 0
             for chunk_id, data in members:
                 self.new[chunk_id] = ChunkRef(chunk_id, len(data), pack_id, offset)

@@ -52,7 +52,7 @@ def decode_head(volume: str, data: bytes, etag: str) -> Head:
         doc = json.loads(data)
     except ValueError as exc:
         raise ManifestError(f"HEAD of {volume!r} is not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("format") != HEAD_FORMAT:
+    if not isinstance(doc, dict) or type(doc.get("format")) is not int or doc.get("format") != HEAD_FORMAT:
         raise ManifestError(f"HEAD of {volume!r} has unsupported format {doc.get('format') if isinstance(doc, dict) else doc!r}")
     snap, seq = doc.get("snapshot"), doc.get("seq")
     if snap is not None and not is_content_id(snap):
@@ -104,7 +104,10 @@ class VolumeRepo:
             blob = await self.store.get(self.layout.snapshot(volume, snapshot_id))
         except NotFound as exc:
             raise SnapshotNotFound(f"volume {volume!r} has no snapshot {snapshot_id}") from exc
-        snap = manifest.decode(blob.data, snapshot_id)
+        try:
+            snap = manifest.decode(blob.data, snapshot_id)
+        except ManifestError as exc:
+            raise ManifestError(f"volume {volume!r}: snapshot {snapshot_id}: {exc}") from exc
         if snap.volume != volume or snap.owner != self.layout.owner:
             raise ManifestError(f"snapshot {snapshot_id} belongs to {snap.owner}/{snap.volume}, "
                                 f"not {self.layout.owner}/{volume}")
@@ -112,6 +115,11 @@ class VolumeRepo:
         while len(self._snapshots) > self._snapshot_cache:
             self._snapshots.popitem(last=False)
         return snap
+
+    def forget(self, snapshot_ids: list[str]) -> None:
+        """Drop snapshots from the in-memory cache (prune deleted them)."""
+        for sid in snapshot_ids:
+            self._snapshots.pop(sid, None)
 
     async def latest(self, volume: str) -> tuple[Head, Snapshot | None]:
         head = await self.head(volume)
@@ -157,12 +165,22 @@ class VolumeRepo:
         return await self.store.abort_stale_uploads(self.layout.volume_prefix(volume), older_than)
 
     async def history(self, volume: str, limit: int | None = None) -> list[tuple[str, Snapshot]]:
-        """Snapshots from newest to oldest, following parent links."""
+        """Snapshots from newest to oldest, following parent links.
+
+        The walk ends at the first snapshot without a parent or whose parent
+        is gone (pruned: see prune.py; ``syncd volume check`` tells a pruned
+        end of history from a lost snapshot).
+        """
         head = await self.head(volume)
         out: list[tuple[str, Snapshot]] = []
         current = head.snapshot
         while current is not None and (limit is None or len(out) < limit):
-            snap = await self.snapshot(volume, current)
+            try:
+                snap = await self.snapshot(volume, current)
+            except SnapshotNotFound:
+                if not out:
+                    raise
+                break
             out.append((current, snap))
             current = snap.parent
         return out

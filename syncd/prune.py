@@ -1,0 +1,171 @@
+"""Prune: forget old snapshots, then delete the chunks and packs nothing needs any more.
+
+Without pruning a long-lived volume grows without bound: every commit adds
+chunks and a snapshot, and nothing is ever removed. ``prune`` applies a
+retention policy (keep the newest N snapshots and/or those younger than D
+days) to the history chain, then deletes every chunk and pack that no kept
+snapshot references. It runs while other workers commit and hydrate, without
+a lock, so it follows one rule (docs/MAINTENANCE.md explains it in full):
+
+    Nothing is deleted that is younger than the grace period
+    (SYNCD_PRUNE_GRACE, one hour by default), and nothing that a snapshot
+    younger than the grace period, or one superseded less than the grace
+    period ago, references.
+
+Why that is enough:
+
+* A commit uploads its new chunks and packs *before* it writes its snapshot
+  and advances HEAD. Until then they are unreferenced; the grace period keeps
+  them (a commit must finish within the grace period).
+* A commit's snapshot object exists before HEAD points to it; a young
+  snapshot object keeps everything it references.
+* A commit reuses chunks of the HEAD snapshot it read, and a hydrate reads
+  the snapshot HEAD named when it started. Both may still be using a
+  snapshot that was HEAD moments ago, so a snapshot superseded less than the
+  grace period ago is kept whatever the retention says.
+* A commit may also reuse chunks that only its local index (an old snapshot)
+  or an "already exists" answer from the store vouch for. Those are the one
+  case the age rules cannot cover (the chunk is old and unreferenced), so
+  commit checks that such objects still exist just before it advances HEAD
+  and uploads them again if prune took them (commit.py, ``_ensure_reused``).
+
+Order of work: list the volume's objects first (anything uploaded after the
+listing is never a candidate), then read HEAD and walk the history, then
+record the new horizon in PRUNED, delete dropped and orphaned snapshots, and
+only then chunks and packs -- so a crash part-way leaves only garbage for the
+next prune, never a snapshot whose data is gone. Just before chunks and packs
+go, HEAD is read once more and whatever snapshots committed meanwhile
+reference is spared.
+
+Packs that are still partly referenced are kept whole; repacking would
+rewrite bytes that live snapshots point into, for little gain with packs of
+a few MiB.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .config import Config
+from .engine import Engine
+from .errors import IntegrityError, SnapshotNotFound
+from .manifest import Snapshot
+from .reachability import Listing, list_volume, raise_horizon, read_horizon, references, walk_history
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Keep the newest ``keep_snapshots`` and those created within ``keep_days``; None = no limit."""
+
+    keep_snapshots: int | None = None
+    keep_days: float | None = None
+    grace: float = 3600.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> Retention:
+        return cls(config.keep_snapshots, config.keep_days, config.prune_grace)
+
+
+@dataclass
+class PruneResult:
+    volume: str
+    dry_run: bool
+    kept_snapshots: int = 0
+    deleted_snapshots: list[str] = field(default_factory=list)
+    deleted_objects: int = 0
+    deleted_bytes: int = 0
+    kept_young: int = 0            # unreferenced but younger than the grace period
+    horizon: int = 0
+
+
+def retained(history: list[tuple[str, Snapshot]], policy: Retention, now: float) -> int:
+    """How many of ``history`` (newest first) to keep. Always at least HEAD's snapshot.
+
+    A snapshot is kept if the count or the age rule keeps it, or if it was
+    superseded (its child created) less than ``policy.grace`` ago. Everything
+    newer than a kept snapshot is kept too, so the history stays one chain.
+    """
+    if policy.keep_snapshots is None and policy.keep_days is None:
+        return len(history)
+    keep = min(1, len(history))
+    for i, (_, snap) in enumerate(history):
+        by_count = policy.keep_snapshots is not None and i < policy.keep_snapshots
+        by_age = policy.keep_days is not None and snap.created >= now - policy.keep_days * DAY
+        superseded = history[i - 1][1].created if i else now
+        if by_count or by_age or superseded > now - policy.grace:
+            keep = i + 1
+    return keep
+
+
+async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool = False,
+                now: float | None = None) -> PruneResult:
+    now = time.time() if now is None else now
+    store, layout, repo = engine.store, engine.layout, engine.repo
+    listing = await list_volume(store, layout, volume)
+    head = await repo.head(volume)
+    horizon = await read_horizon(store, layout, volume)
+    history = await walk_history(repo, volume, head.snapshot, horizon)
+    if history.missing is not None:
+        raise IntegrityError(f"volume {volume!r}: snapshot {history.missing} of the history is missing; "
+                             "prune deletes nothing until `syncd volume check` passes")
+    keep = retained(history.snapshots, policy, now)
+    kept = dict(history.snapshots[:keep])
+    cutoff = now - policy.grace
+    for sid, info in listing.snapshots.items():      # maybe a commit about to advance HEAD
+        if sid not in kept and info.last_modified > cutoff:
+            kept[sid] = await repo.snapshot(volume, sid)
+    result = PruneResult(volume, dry_run, kept_snapshots=len(kept), horizon=horizon)
+    result.deleted_snapshots = sorted(s for s in listing.snapshots if s not in kept)
+    dead = _dead_objects(engine, volume, listing, kept, cutoff, result)
+    if dry_run:
+        return result
+    if keep < len(history.snapshots):
+        result.horizon = await raise_horizon(store, layout, volume, history.snapshots[keep - 1][1].seq)
+    await store.delete([layout.snapshot(volume, s) for s in result.deleted_snapshots])
+    repo.forget(result.deleted_snapshots)
+    late = await _referenced_since(engine, volume, head.snapshot, kept)
+    await store.delete([k for k in dead if k not in late])
+    return result
+
+
+def _dead_objects(engine: Engine, volume: str, listing: Listing, kept: dict[str, Snapshot], cutoff: float,
+                  result: PruneResult) -> list[str]:
+    """Chunks and packs that no kept snapshot references and that are older than the cutoff."""
+    live: set[str] = set()
+    for snap in kept.values():
+        live.update(references(engine.layout, volume, snap))
+    dead = []
+    for key, info in listing.data.items():
+        if key in live:
+            continue
+        if info.last_modified > cutoff:
+            result.kept_young += 1
+            continue
+        dead.append(key)
+        result.deleted_bytes += info.size
+    result.deleted_objects = len(dead)
+    return dead
+
+
+async def _referenced_since(engine: Engine, volume: str, old_head: str | None,
+                            kept: dict[str, Snapshot]) -> set[str]:
+    """Objects referenced by snapshots that became HEAD while prune was deciding.
+
+    Re-reading HEAD right before deleting shrinks the window in which a commit
+    that reuses an old, unreferenced object (and checked it exists) can
+    advance HEAD and still lose the object to this prune: see docs/MAINTENANCE.md.
+    """
+    head = await engine.repo.head(volume)
+    out: set[str] = set()
+    current = head.snapshot
+    while current is not None and current != old_head and current not in kept:
+        try:
+            snap = await engine.repo.snapshot(volume, current)
+        except SnapshotNotFound:
+            break
+        out.update(references(engine.layout, volume, snap))
+        current = snap.parent
+    return out

@@ -1,0 +1,130 @@
+"""What a volume stores and what its snapshots reference: the two sides of prune and check.
+
+A volume's objects (layout.py) are HEAD, PRUNED, ``snapshots/<id>``,
+``chunks/<xx>/<id>`` and ``packs/<id>``. :func:`list_volume` sorts one listing
+of the volume's prefix into those kinds, with each object's size and age.
+:func:`references` turns a snapshot into the object keys it needs, with the
+chunk references that point into each (a pack is needed whole if any of its
+chunks is referenced: packs are never cut).
+
+History is the chain of parent links from HEAD. Pruning deletes the oldest
+part of that chain, so a walk may meet a missing parent. ``PRUNED`` records
+prune's horizon: the lowest sequence number prune kept. A missing parent below
+the horizon is the end of the retained history; a missing parent at or above
+it is damage, which :func:`walk_history` reports instead of hiding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound
+from .layout import Layout
+from .manifest import ChunkRef, Snapshot
+from .store import ObjectInfo, ObjectStore
+from .volumes import VolumeRepo
+
+PRUNED_FORMAT = 1
+HORIZON_ATTEMPTS = 10
+
+
+@dataclass
+class Listing:
+    snapshots: dict[str, ObjectInfo] = field(default_factory=dict)   # snapshot id -> object
+    data: dict[str, ObjectInfo] = field(default_factory=dict)        # chunk or pack key -> object
+    other: list[ObjectInfo] = field(default_factory=list)            # anything unexpected
+
+
+async def list_volume(store: ObjectStore, layout: Layout, volume: str) -> Listing:
+    prefix = layout.volume_prefix(volume)
+    out = Listing()
+    async for info in store.list_objects(prefix):
+        rest = info.key[len(prefix):]
+        if rest.startswith("snapshots/"):
+            out.snapshots[rest[len("snapshots/"):]] = info
+        elif rest.startswith(("chunks/", "packs/")):
+            out.data[info.key] = info
+        elif rest not in ("HEAD", "PRUNED"):
+            out.other.append(info)
+    return out
+
+
+def object_key(layout: Layout, volume: str, ref: ChunkRef) -> str:
+    """The key holding ``ref``'s bytes: its own chunk object or its pack."""
+    return layout.chunk(volume, ref.id) if ref.pack is None else layout.pack(volume, ref.pack)
+
+
+def references(layout: Layout, volume: str, snap: Snapshot) -> dict[str, list[ChunkRef]]:
+    """Object key -> the chunk references of ``snap`` that read from it."""
+    out: dict[str, list[ChunkRef]] = defaultdict(list)
+    for entry in snap.entries.values():
+        for ref in entry.chunks:
+            out[object_key(layout, volume, ref)].append(ref)
+    return dict(out)
+
+
+async def read_horizon(store: ObjectStore, layout: Layout, volume: str) -> int:
+    """Prune's horizon: snapshots with a lower seq may have been deleted (0: none were)."""
+    return (await _horizon(store, layout, volume))[0]
+
+
+async def _horizon(store: ObjectStore, layout: Layout, volume: str) -> tuple[int, str | None]:
+    try:
+        blob = await store.get(layout.pruned(volume))
+    except NotFound:
+        return 0, None
+    try:
+        doc = json.loads(blob.data)
+        seq = doc["horizon"] if doc.get("format") == PRUNED_FORMAT else None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ManifestError(f"PRUNED of {volume!r} is not valid JSON") from exc
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ManifestError(f"PRUNED of {volume!r} has an invalid horizon")
+    return seq, blob.etag
+
+
+async def raise_horizon(store: ObjectStore, layout: Layout, volume: str, seq: int) -> int:
+    """Record that snapshots below ``seq`` may go; the horizon never moves back.
+
+    Written conditionally (like HEAD), so two prunes at once cannot lower it.
+    """
+    for _ in range(HORIZON_ATTEMPTS):
+        current, etag = await _horizon(store, layout, volume)
+        if current >= seq:
+            return current
+        doc = json.dumps({"format": PRUNED_FORMAT, "horizon": seq, "updated": time.time()}).encode()
+        try:
+            await store.put(layout.pruned(volume), doc, if_none_match=etag is None, if_match=etag)
+            return seq
+        except PreconditionFailed:
+            continue
+    raise PreconditionFailed(f"PRUNED of {volume!r} keeps changing; is another prune running?")
+
+
+@dataclass
+class History:
+    snapshots: list[tuple[str, Snapshot]]    # newest first
+    missing: str | None = None               # a parent that should exist and does not
+
+
+async def walk_history(repo: VolumeRepo, volume: str, head_snapshot: str | None, horizon: int) -> History:
+    """Follow parent links from HEAD to the start of history or the pruned horizon.
+
+    Decoding errors (a corrupt or hostile snapshot) propagate as ManifestError.
+    """
+    out = History([])
+    current = head_snapshot
+    while current is not None:
+        try:
+            snap = await repo.snapshot(volume, current)
+        except SnapshotNotFound:
+            below_horizon = bool(out.snapshots) and out.snapshots[-1][1].seq - 1 < horizon
+            if not below_horizon:
+                out.missing = current
+            return out
+        out.snapshots.append((current, snap))
+        current = snap.parent
+    return out
