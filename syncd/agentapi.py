@@ -9,6 +9,8 @@ Routes (JSON in, JSON out)::
     POST   /v1/volumes/{name}/reload      commit local changes, hydrate the latest
     POST   /v1/volumes/{name}/unmount     flush and stop syncing (files stay)
     GET    /v1/volumes/{name}             mount status
+    GET    /metrics                       Prometheus text: chunk bytes by source
+                                          (cache, each gateway, store), gateway client counts
     DELETE /v1/volumes/{name}             delete the volume and the local copy
 
 Errors come back as ``{"error": <SyncdError class name>, "message": ...}``
@@ -125,6 +127,11 @@ class _Routes:
     async def delete(self, request: web.Request) -> web.Response:
         return _json(await self.agent.delete(request.match_info["name"]))
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        from .metrics import render
+        return web.Response(body=render(self.agent.engine.fetcher),
+                            content_type="text/plain", charset="utf-8")
+
 
 def make_app(agent: Agent) -> web.Application:
     app = web.Application(middlewares=[_errors])
@@ -135,6 +142,7 @@ def make_app(agent: Agent) -> web.Application:
         web.post("/v1/volumes/{name}/mount", r.mount), web.post("/v1/volumes/{name}/commit", r.commit),
         web.post("/v1/volumes/{name}/reload", r.reload), web.post("/v1/volumes/{name}/unmount", r.unmount),
         web.get("/v1/volumes/{name}", r.info), web.delete("/v1/volumes/{name}", r.delete),
+        web.get("/metrics", r.metrics),
     ])
     return app
 

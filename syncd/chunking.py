@@ -17,6 +17,7 @@ and a rolling hash costs CPU on every byte in Python.
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 import xxhash
 
@@ -27,6 +28,18 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 def content_id(data: bytes | bytearray | memoryview) -> str:
     """The id of ``data``: xxh3-128, 32 lowercase hex digits."""
     return xxhash.xxh3_128_hexdigest(data)
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def hasher() -> Hasher:
+    """An incremental :func:`content_id`: ``update`` piece by piece, then ``hexdigest``."""
+    h: Hasher = xxhash.xxh3_128()
+    return h
 
 
 def is_content_id(text: object) -> bool:

@@ -40,7 +40,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 # Modules that register more commands with @command; imported by build_parser().
-COMMAND_MODULES: list[str] = ["syncd.cli_agent", "syncd.cli_volume", "syncd.cli_maint"]
+COMMAND_MODULES: list[str] = ["syncd.cli_agent", "syncd.cli_volume", "syncd.cli_maint", "syncd.cli_gateway"]
 
 
 def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:

@@ -13,7 +13,13 @@ does not have (a damaged or hostile snapshot); a mismatch from a remote source (
 skips that source. Verified bytes are written to the cache best-effort.
 
 Remote sources (``ChunkSource``) are the gateway seam: anything with an async
-``fetch(volume, ref)`` returning verified-or-not bytes, or None to pass.
+``fetch(volume, ref)`` and ``fetch_range(volume, pack, start, end)`` returning
+verified-or-not bytes, or None to pass. Sources are tried in the order of
+their ``weight(key)`` for the object (the chunk id, or the pack id for packed
+chunks), highest first: with gateways that is rendezvous hashing, so each
+object is fetched through (and cached on) one gateway, and when that one is
+down the next in the object's own order takes over. Pack ranges go through the
+sources too; every chunk in a range is verified on its own as before.
 """
 
 from __future__ import annotations
@@ -37,7 +43,11 @@ log = logging.getLogger(__name__)
 class ChunkSource(Protocol):
     name: str
 
+    def weight(self, key: str) -> int: ...
+
     async def fetch(self, volume: str, ref: ChunkRef) -> bytes | None: ...
+
+    async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None: ...
 
 
 class ChunkFetcher:
@@ -65,8 +75,11 @@ class ChunkFetcher:
             await self.cache.put(ref.id, data)
         return data
 
+    def _ranked(self, key: str) -> list[ChunkSource]:
+        return sorted(self.sources, key=lambda source: source.weight(key), reverse=True)
+
     async def _remote(self, volume: str, ref: ChunkRef) -> bytes | None:
-        for source in self.sources:
+        for source in self._ranked(ref.pack or ref.id):
             try:
                 data = await source.fetch(volume, ref)
             except SyncdError as exc:
@@ -120,19 +133,46 @@ class ChunkFetcher:
 
     async def _fetch_range(self, volume: str, pack: str, start: int, end: int,
                            refs: list[ChunkRef]) -> dict[str, bytes]:
-        blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
-        data = memoryview(blob.data)
-        out: dict[str, bytes] = {}
-        for ref in refs:
-            piece = data[ref.offset - start:ref.offset - start + ref.size]
-            if verify(ref.id, piece):
-                out[ref.id] = bytes(piece)
-                self.bytes_by_source["store"] += ref.size
-            else:  # torn range or a corrupt pack: fall back to this chunk alone
-                out[ref.id] = await self._from_store(volume, ref)
+        source, data = await self._range(volume, pack, start, end)
+        out, bad = self._split(source, data, start, refs)
+        if bad and source != "store":  # a bad gateway answer: the store's range, once
+            log.warning("pack %s range from %s failed verification; reading the store", pack, source)
+            blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
+            good, bad = self._split("store", blob.data, start, bad)
+            out.update(good)
+        for ref in bad:  # torn range or a corrupt pack: fall back to this chunk alone
+            out[ref.id] = await self._from_store(volume, ref)
         if self.cache is not None:
             await self.cache.put_many(out)
         return out
+
+    def _split(self, source: str, data: bytes, start: int,
+               refs: list[ChunkRef]) -> tuple[dict[str, bytes], list[ChunkRef]]:
+        """Cut a pack range into verified chunks (credited to ``source``) and refs that failed."""
+        view = memoryview(data)
+        good: dict[str, bytes] = {}
+        bad: list[ChunkRef] = []
+        for ref in refs:
+            piece = view[ref.offset - start:ref.offset - start + ref.size]
+            if verify(ref.id, piece):
+                good[ref.id] = bytes(piece)
+                self.bytes_by_source[source] += ref.size
+            else:
+                bad.append(ref)
+        return good, bad
+
+    async def _range(self, volume: str, pack: str, start: int, end: int) -> tuple[str, bytes]:
+        """Bytes ``[start, end)`` of a pack, from the first source that has them, else the store."""
+        for source in self._ranked(pack):
+            try:
+                data = await source.fetch_range(volume, pack, start, end)
+            except SyncdError as exc:
+                log.info("chunk source %s failed for pack %s: %s", source.name, pack, exc)
+                continue
+            if data is not None and len(data) == end - start:
+                return source.name, data
+        blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
+        return "store", blob.data
 
 
 def _sized(volume: str, ref: ChunkRef, data: bytes) -> bytes:

@@ -1,10 +1,206 @@
-"""Fetching chunks through caching gateways (see gateway/). Placeholder until the gateway lands."""
+"""Fetching chunks through caching gateways (see gateway/ and docs/GATEWAY.md).
+
+``gateway_sources(config)`` turns ``SYNCD_GATEWAY`` (comma-separated URLs)
+into one :class:`GatewaySource` per gateway, which ``ChunkFetcher`` tries
+before the store. The fetcher verifies every byte a gateway returns, so a
+gateway is trusted for speed only, never for correctness.
+
+Placement is rendezvous hashing (highest random weight): for an object key
+(a chunk id, or a pack id) each gateway's weight is a hash of ``url|key``, and
+the fetcher tries gateways from the highest weight down. Every worker computes
+the same order without coordination, so each object is fetched through, and
+cached on, one gateway and the pool's caches add up; removing a gateway only
+moves the objects that ranked it first.
+
+Failure handling is built so that a bad gateway costs about one timeout, not
+one per chunk: requests use a short connect timeout (1 s) and a read timeout
+between bytes (10 s: long enough for a busy gateway queueing a burst of
+misses, short enough that a hung one is noticed), and any failure (refused, reset, timed out, 5xx, token
+refused) opens that gateway's :class:`Breaker` for a while (1 s, doubling to
+30 s). While it is open the source answers None at once, so the fetcher goes
+on to the next gateway, then the store. After the pause one request at a time
+probes the gateway; a success closes the breaker. A 404 is an answer, not a
+failure: the fetcher then asks the next source.
+
+Gateway failures raise :class:`GatewayUnavailable` (a TransientStoreError),
+which the fetcher logs and skips.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .chunking import content_id
 from .config import Config
+from .errors import TransientStoreError
 from .fetch import ChunkSource
+from .manifest import ChunkRef
+
+CONNECT_TIMEOUT = 1.0
+READ_TIMEOUT = 10.0
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
 
 
-def gateway_sources(config: Config) -> list[ChunkSource]:
-    return []
+class GatewayUnavailable(TransientStoreError):
+    """A gateway did not answer usefully (down, slow, refused the token, 5xx)."""
+
+
+def rendezvous_weight(url: str, key: str) -> int:
+    return int(content_id(f"{url}|{key}".encode())[:16], 16)
+
+
+def rendezvous_order(urls: list[str] | tuple[str, ...], key: str) -> list[str]:
+    """``urls`` in the order to try for ``key``: highest weight first."""
+    return sorted(urls, key=lambda url: rendezvous_weight(url, key), reverse=True)
+
+
+class Breaker:
+    """Skip a failing gateway for a while: ``first`` seconds, doubling up to ``maximum``.
+
+    Closed (``delay == 0``): every request goes. Open: none goes until
+    ``open_until``. Then half-open: one probe at a time (a probe that never
+    reports back frees its slot after ``probe_window`` seconds); the probe's
+    success closes the breaker, its failure opens it for twice as long.
+    """
+
+    def __init__(self, first: float = BACKOFF_FIRST, maximum: float = BACKOFF_MAX,
+                 probe_window: float = READ_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
+        self.first, self.maximum, self.probe_window, self.clock = first, maximum, probe_window, clock
+        self.delay = 0.0
+        self.open_until = 0.0
+        self.probe_until = 0.0
+        self.trips = 0
+
+    def allows(self) -> bool:
+        if not self.delay:
+            return True
+        now = self.clock()
+        if now < self.open_until or now < self.probe_until:
+            return False
+        self.probe_until = now + self.probe_window
+        return True
+
+    def failed(self) -> None:
+        now = self.clock()
+        if now < self.open_until:
+            return  # concurrent requests failing together count as one failure
+        self.delay = min(self.maximum, self.delay * 2 if self.delay else self.first)
+        self.open_until = now + self.delay
+        self.probe_until = 0.0
+        self.trips += 1
+
+    def succeeded(self) -> None:
+        self.delay = self.open_until = self.probe_until = 0.0
+
+
+class _Session:
+    """One aiohttp session shared by the sources of one engine, opened on first use."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(raise_for_status=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _headers(token: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers.update(extra or {})
+    return headers
+
+
+class GatewaySource:
+    """One gateway as a ChunkSource: ``GET /v1/<owner>/<volume>/{chunks,packs}/<id>``."""
+
+    def __init__(self, url: str, owner: str, token: str | None, session: _Session | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
+                 breaker: Breaker | None = None) -> None:
+        self.url, self.owner, self.token = url.rstrip("/"), owner, token
+        self.name = f"gateway:{urlsplit(self.url).netloc or self.url}"
+        self.session = session or _Session()
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+                                             sock_connect=connect_timeout, sock_read=read_timeout)
+        self.breaker = breaker or Breaker()
+        self.requests = self.failures = self.skipped = 0
+
+    def weight(self, key: str) -> int:
+        return rendezvous_weight(self.url, key)
+
+    async def fetch(self, volume: str, ref: ChunkRef) -> bytes | None:
+        if ref.pack is not None:
+            return await self.fetch_range(volume, ref.pack, ref.offset, ref.offset + ref.size)
+        return await self._get(f"/v1/{self.owner}/{volume}/chunks/{ref.id}", None)
+
+    async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None:
+        return await self._get(f"/v1/{self.owner}/{volume}/packs/{pack}", (start, end))
+
+    async def _get(self, path: str, span: tuple[int, int] | None) -> bytes | None:
+        if not self.breaker.allows():
+            self.skipped += 1
+            return None
+        self.requests += 1
+        extra = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else None
+        try:
+            async with self.session.get().get(self.url + path, headers=_headers(self.token, extra),
+                                              timeout=self.timeout) as resp:
+                if resp.status == 404:
+                    self.breaker.succeeded()
+                    return None
+                if resp.status not in (200, 206):
+                    raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
+                data = await resp.read()
+        except GatewayUnavailable:
+            self._failed()
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        self.breaker.succeeded()
+        if span is not None and resp.status == 200:
+            data = data[span[0]:span[1]]
+        return data
+
+    def _failed(self) -> None:
+        self.failures += 1
+        self.breaker.failed()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def gateway_sources(config: Config, **options: Any) -> list[ChunkSource]:
+    """A GatewaySource per ``config.gateways`` URL, sharing one HTTP session."""
+    session = _Session()
+    return [GatewaySource(url, config.owner, config.gateway_token, session, **options)
+            for url in config.gateways]
+
+
+async def warm(url: str, token: str | None, owner: str, volume: str, payload: Mapping[str, Any],
+               connect_timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
+    """Ask one gateway to prefetch objects of ``volume`` (POST .../warm); returns its JSON answer."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(f"{url.rstrip('/')}/v1/{owner}/{volume}/warm", json=dict(payload),
+                                    headers=_headers(token)) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise GatewayUnavailable(f"{url}: warm failed with HTTP {resp.status}: {text.strip()}")
+                answer: dict[str, Any] = await resp.json()
+                return answer
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise GatewayUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc

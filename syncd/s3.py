@@ -33,6 +33,9 @@ and aborts those older than a grace age (younger ones may belong to a writer
 that is still running). botocore's CRC checksums are only computed where
 S3 requires them: syncd verifies xxh3 ids end to end, and CRC over every byte
 would cost as much CPU again.
+
+``get_stream`` is the streaming variant of ``get`` (see store.open_stream):
+the gateway uses it to hand bytes on to waiting readers as they arrive.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ from aiobotocore.session import get_session
 
 from .config import Config
 from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
-from .store import Blob, ObjectInfo
+from .store import Blob, BlobStream, ObjectInfo
+
+STREAM_PIECE = 256 * 1024
 
 MD5_ALWAYS_BELOW = 1 << 20   # bytes: below this every PUT carries Content-MD5 (see above)
 _TRANSIENT_CODES = {
@@ -178,6 +183,25 @@ class S3Store:
             raise TransientStoreError(f"{key}: truncated body ({len(data)} of {expected} bytes)")
         return Blob(data, str(resp.get("ETag", "")))
 
+    def _get_args(self, key: str, start: int | None, end: int | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start is not None or end is not None:
+            first = start or 0
+            kwargs["Range"] = f"bytes={first}-{'' if end is None else end - 1}"
+        return kwargs
+
+    @contextlib.asynccontextmanager
+    async def get_stream(self, key: str, start: int | None = None,
+                         end: int | None = None) -> AsyncIterator[BlobStream]:
+        """Like :meth:`get`, but the body is yielded in pieces as it arrives."""
+        try:
+            resp = await self._client.get_object(**self._get_args(key, start, end))
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        size = int(resp["ContentLength"])
+        async with resp["Body"] as body:
+            yield BlobStream(size, str(resp.get("ETag", "")), _pieces(body, key, size))
+
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
         if len(data) > self.config.multipart_threshold and not if_match:
@@ -294,3 +318,18 @@ class S3Store:
                     raise mapped from exc
             aborted += 1
         return aborted
+
+
+async def _pieces(body: Any, key: str, size: int) -> AsyncIterator[bytes]:
+    received = 0
+    try:
+        while received < size:
+            piece = await body.read(min(STREAM_PIECE, size - received))
+            if not piece:
+                break
+            received += len(piece)
+            yield piece
+    except Exception as exc:
+        raise translate(exc, key) from exc
+    if received != size:
+        raise TransientStoreError(f"{key}: truncated body ({received} of {size} bytes)")

@@ -13,11 +13,19 @@ snapshots) are written: once, and never trusting a damaged leftover.
 ``MemoryStore`` is the in-memory backend for pure-logic unit tests; it honours
 the same conditional-write semantics as S3 (``If-None-Match: *`` and
 ``If-Match: <etag>``).
+
+Streaming reads are an optional extra, outside the protocol: a store (or a
+wrapper) may offer ``get_stream(key, start, end)``, an async context manager
+yielding a :class:`BlobStream` whose pieces arrive as the body does (the
+gateway relays bytes to waiting readers before the object is complete).
+:func:`open_stream` uses it when present and falls back to one whole-body
+``get`` otherwise, so every ObjectStore can be read as a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -42,6 +50,15 @@ class ObjectInfo:
 class Blob:
     data: bytes
     etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStream:
+    """A body being received: ``size`` bytes in total, yielded in pieces by ``pieces``."""
+
+    size: int
+    etag: str
+    pieces: AsyncIterator[bytes]
 
 
 @runtime_checkable
@@ -97,6 +114,27 @@ async def put_immutable(store: ObjectStore, key: str, data: bytes) -> bool:
     log.warning("%s: the stored object is damaged (a writer died mid-upload?); rewriting it", key)
     await store.put(key, data)
     return True
+
+
+def open_stream(store: ObjectStore, key: str, start: int | None = None,
+                end: int | None = None) -> contextlib.AbstractAsyncContextManager[BlobStream]:
+    """``store.get_stream`` if the store streams, else one whole-body ``get`` as a single piece."""
+    opener = getattr(store, "get_stream", None)
+    if opener is not None:
+        stream: contextlib.AbstractAsyncContextManager[BlobStream] = opener(key, start, end)
+        return stream
+    return _whole_body(store, key, start, end)
+
+
+@contextlib.asynccontextmanager
+async def _whole_body(store: ObjectStore, key: str, start: int | None,
+                      end: int | None) -> AsyncIterator[BlobStream]:
+    blob = await store.get(key, start, end)
+
+    async def one() -> AsyncIterator[bytes]:
+        yield blob.data
+
+    yield BlobStream(len(blob.data), blob.etag, one())
 
 
 def _etag(data: bytes) -> str:

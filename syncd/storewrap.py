@@ -4,7 +4,9 @@ They implement the same protocol and are stacked in ``engine.py``, outermost
 first: ``Counting(Retrying(Limiting(S3Store)))``. So a count is one logical
 operation the caller asked for, a retry re-enters the limiter (a backing-off
 request holds no connection slot while it sleeps), and the backend only moves
-bytes.
+bytes. Each wrapper also passes ``get_stream`` through (see store.py): the
+limiter holds its slot until the stream is closed, the retrier retries opening
+it (not a body that fails half-way), the counter counts it as one GET.
 
 Retry policy, decided by exception class alone: ``TransientStoreError`` is
 retried with full-jitter exponential backoff up to ``attempts`` times, then
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from .errors import TransientStoreError
-from .store import Blob, ObjectInfo, ObjectStore
+from .store import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +54,13 @@ class RetryingStore:
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
         return await self._call(f"GET {key}", lambda: self.inner.get(key, start, end))
+
+    @contextlib.asynccontextmanager
+    async def get_stream(self, key: str, start: int | None = None,
+                         end: int | None = None) -> AsyncIterator[BlobStream]:
+        async with contextlib.AsyncExitStack() as stack:
+            yield await self._call(f"GET {key}", lambda: stack.enter_async_context(
+                open_stream(self.inner, key, start, end)))
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -92,6 +102,12 @@ class LimitingStore:
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
         async with self._sem:
             return await self.inner.get(key, start, end)
+
+    @contextlib.asynccontextmanager
+    async def get_stream(self, key: str, start: int | None = None,
+                         end: int | None = None) -> AsyncIterator[BlobStream]:
+        async with self._sem, open_stream(self.inner, key, start, end) as stream:
+            yield stream
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -145,6 +161,19 @@ class CountingStore:
         blob = await self.inner.get(key, start, end)
         self.bytes_in += len(blob.data)
         return blob
+
+    @contextlib.asynccontextmanager
+    async def get_stream(self, key: str, start: int | None = None,
+                         end: int | None = None) -> AsyncIterator[BlobStream]:
+        self.calls["get"] += 1
+        self.keys[key] += 1
+        async with open_stream(self.inner, key, start, end) as stream:
+            yield BlobStream(stream.size, stream.etag, self._counted(stream.pieces))
+
+    async def _counted(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for piece in pieces:
+            self.bytes_in += len(piece)
+            yield piece
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:

@@ -83,6 +83,16 @@ def test_concurrent_mounts_of_one_volume_hydrate_once(config: Config, agents: Ag
     # every pack and chunk was fetched exactly once, however many tasks asked
     assert status["store"]["data_gets"] == len(objects)
     assert snapshot_tree(paths[0]) == snapshot_tree(src)
+    # the agent's /metrics tells where the bytes came from: all from the store, once
+    from syncd.sdk import _UnixConnection
+    conn = _UnixConnection(str(config.socket), 10)
+    conn.request("GET", "/metrics")
+    metrics = conn.getresponse().read().decode()
+    conn.close()
+    stored = next(line for line in metrics.splitlines()
+                  if line.startswith('syncd_fetch_bytes_total{source="store"}'))
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    assert float(stored.split()[-1]) == total
 
 
 def test_sigterm_flushes_pending_writes(config: Config, agents: Agents, monkeypatch: pytest.MonkeyPatch,
@@ -163,3 +173,4 @@ def test_two_agents_writing_back_in_the_background_merge(config: Config, agents:
     for vol in (a, b):
         vol.reload()
         assert {p.name for p in vol.path.iterdir()} == expected
+

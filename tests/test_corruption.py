@@ -193,6 +193,14 @@ class LyingSource:
         data[0] ^= 0x01
         return bytes(data)
 
+    def weight(self, key: str) -> int:
+        return 0
+
+    async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None:
+        self.calls += 1
+        blob = await self.engine.store.get(self.engine.layout.pack(volume, pack), start, end)
+        return bytes(b ^ 0x01 for b in blob.data)  # every chunk in the range is wrong
+
 
 async def test_a_source_returning_bad_bytes_is_skipped_not_trusted(
         config: Config, tmp_path: Path, volume: dict[str, tuple[str, int, bytes | str | None]]) -> None:

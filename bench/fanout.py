@@ -1,0 +1,267 @@
+"""Fan-out benchmark: N workers hydrate one volume at once, through a gateway vs. straight from S3.
+
+Each worker is its own process with its own cache and state (as on separate
+machines). For each mode and repetition the benchmark starts the workers
+together and measures:
+
+* wall time, from the first spawn to the last exit (includes each process's
+  Python start-up), and the hydrate makespan: the slowest worker's hydrate;
+* origin bytes: what the object store sent, i.e. the workers' own store reads
+  (HEAD, snapshot, any fallback) plus, through a gateway, the gateway's
+  ``syncd_gateway_origin_bytes_total``; reported also as a ratio of the
+  volume's size (1.0 = the store served the volume exactly once);
+* whether every worker's tree is byte-identical to the source.
+
+The gateway is restarted with an empty cache for every repetition, so every
+run is a cold fan-out. A third mode, ``gateway-killed``, SIGKILLs the gateway
+once it has served the workers half of what they need: every worker must still
+finish with an identical tree (the rest comes from S3 directly); its origin
+bytes count the gateway's reads up to its last scrape before the kill. Medians over ``--reps`` runs are printed as JSON.
+
+    python bench/fanout.py --size 256M --workers 6 --reps 3 [--out result.json]
+
+It starts its own SeaweedFS unless SYNCD_S3_ENDPOINT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from syncd.chunking import content_id  # noqa: E402
+from syncd.config import Config, MiB, parse_size  # noqa: E402
+
+
+def make_volume(root: Path, size: int, small_files: int) -> None:
+    """Mostly large files (models), plus many small ones (configs, tokenizers)."""
+    small = small_files * 16 * 1024
+    large = max(0, size - small)
+    (root / "models").mkdir(parents=True)
+    for i in range(4):
+        with open(root / "models" / f"shard-{i}.bin", "wb") as f:
+            left = large // 4
+            while left > 0:
+                f.write(os.urandom(min(left, 4 * MiB)))
+                left -= 4 * MiB
+    for i in range(small_files):
+        d = root / "configs" / f"d{i % 20}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.json").write_bytes(os.urandom(8 * 1024 + (i * 97) % (16 * 1024)))
+
+
+def tree_digest(root: Path) -> str:
+    parts = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            parts.append(f"{full.relative_to(root)}:{content_id(full.read_bytes())}")
+    return content_id("\n".join(parts).encode())
+
+
+async def commit_volume(config: Config, src: Path) -> int:
+    from syncd.commit import commit
+    from syncd.engine import open_engine
+    async with open_engine(config) as eng:
+        result = await commit(eng, "fanout", src)
+        snap = await eng.repo.snapshot("fanout", result.snapshot or "")
+    return sum({r.id: r.size for e in snap.entries.values() for r in e.chunks}.values())
+
+
+async def worker_main(target: str) -> None:
+    """One worker: hydrate with SYNCD_* from the environment, print what it read from where."""
+    from syncd.engine import open_engine
+    from syncd.hydrate import hydrate
+    async with open_engine(Config.from_env()) as eng:
+        started = time.monotonic()
+        await hydrate(eng, "fanout", Path(target))
+        print(json.dumps({"seconds": time.monotonic() - started, "store_bytes": eng.counter.bytes_in,
+                          "by_source": dict(eng.fetcher.bytes_by_source)}))
+
+
+@contextlib.contextmanager
+def gateway(env: dict[str, str], cache: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--no-auth", "--port", "0",
+                             "--cache-dir", str(cache)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line, deadline = b"", time.monotonic() + 60
+        while not line.endswith(b"\n"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("gateway did not start")
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                line += os.read(proc.stdout.fileno(), 4096)
+        yield line.decode().split()[-1], proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def gateway_bytes(url: str) -> tuple[float, float]:
+    """(origin bytes read, body bytes served) from the gateway's /metrics."""
+    origin = served = 0.0
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("syncd_gateway_origin_bytes_total "):
+                origin = float(line.split()[1])
+            elif line.startswith("syncd_gateway_served_bytes_total{"):
+                served += float(line.split()[1])
+    return origin, served
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the gateway once it has served ``threshold`` bytes; remembers its origin bytes."""
+
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], threshold: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.proc, self.threshold = url, proc, threshold
+        self.origin = 0.0
+        self.killed = False
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.proc.poll() is None:
+            served = 0.0
+            with contextlib.suppress(OSError):
+                self.origin, served = gateway_bytes(self.url)
+            if served >= self.threshold:
+                self.proc.kill()
+                self.killed = True
+                return
+            time.sleep(0.02)
+
+
+def run_workers(env: dict[str, str], work: Path, workers: int) -> tuple[float, list[dict[str, Any]]]:
+    procs = []
+    started = time.monotonic()
+    for i in range(workers):
+        wenv = {**env, "SYNCD_CACHE_DIR": str(work / f"w{i}" / "cache"),
+                "SYNCD_STATE_DIR": str(work / f"w{i}" / "state")}
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", str(work / f"w{i}" / "dst")],
+                                      cwd=ROOT, env=wenv, stdout=subprocess.PIPE))
+    outputs = [p.communicate()[0] for p in procs]
+    wall = time.monotonic() - started
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a worker failed: {[p.returncode for p in procs]}")
+    return wall, [json.loads(o.decode().strip().splitlines()[-1]) for o in outputs]
+
+
+def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
+            volume: int) -> dict[str, Any]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    gw_origin, killed = 0.0, None
+    if mode == "direct":
+        wall, results = run_workers(env, work, workers)
+    else:
+        with gateway(env, work / "gateway-cache") as (url, proc):
+            killer = Killer(url, proc, workers * volume / 2) if mode == "gateway-killed" else None
+            if killer is not None:
+                killer.start()
+            wall, results = run_workers({**env, "SYNCD_GATEWAY": url}, work, workers)
+            if killer is not None:
+                killer.stop.set()
+                killer.join()
+                gw_origin, killed = killer.origin, killer.killed
+            else:
+                gw_origin = gateway_bytes(url)[0]
+    identical = all(tree_digest(work / f"w{i}" / "dst") == want for i in range(workers))
+    shutil.rmtree(work, ignore_errors=True)
+    run = {"wall_s": round(wall, 3), "hydrate_makespan_s": round(max(r["seconds"] for r in results), 3),
+           "origin_bytes": int(gw_origin + sum(r["store_bytes"] for r in results)),
+           "via_gateway_bytes": sum(n for r in results for k, n in r["by_source"].items()
+                                    if k.startswith("gateway:")),
+           "worker_s": [round(r["seconds"], 3) for r in results], "identical": identical}
+    if killed is not None:
+        run["gateway_killed_mid_run"] = killed
+    return run
+
+
+def summarize(runs: list[dict[str, Any]], volume: int) -> dict[str, Any]:
+    origin = statistics.median(r["origin_bytes"] for r in runs)
+    return {"wall_s_median": round(statistics.median(r["wall_s"] for r in runs), 3),
+            "hydrate_makespan_s_median": round(statistics.median(r["hydrate_makespan_s"] for r in runs), 3),
+            "origin_bytes_median": int(origin), "origin_ratio_median": round(origin / volume, 3),
+            "all_identical": all(r["identical"] for r in runs), "runs": runs}
+
+
+def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "SYNCD_S3_ENDPOINT": endpoint, "SYNCD_PREFIX": prefix,
+           "SYNCD_BUCKET": os.environ.get("SYNCD_BUCKET", "syncd-bench"), "PYTHONPATH": str(ROOT)}
+    env.pop("SYNCD_GATEWAY", None)
+    config = Config.from_env(env, cache_dir=scratch / "src-cache", state_dir=scratch / "src-state")
+    make_volume(scratch / "src", args.size, args.small_files)
+    volume = asyncio.run(commit_volume(config, scratch / "src"))
+    want = tree_digest(scratch / "src")
+    modes: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": [], "gateway-killed": []}
+    for rep in range(args.reps):
+        for mode in modes:
+            modes[mode].append(one_run(mode, env, scratch / "work", args.workers, want, volume))
+            print(f"rep {rep + 1} {mode}: {modes[mode][-1]['wall_s']} s, "
+                  f"{modes[mode][-1]['origin_bytes'] / volume:.3f}x origin", file=sys.stderr)
+    return {"workers": args.workers, "volume_bytes": volume, "reps": args.reps,
+            "chunk_size": config.chunk_size, "small_files": args.small_files,
+            "modes": {mode: summarize(runs, volume) for mode, runs in modes.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=parse_size, default=parse_size("256M"))
+    p.add_argument("--small-files", type=int, default=400)
+    p.add_argument("--workers", type=int, default=6)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        asyncio.run(worker_main(args.worker))
+        return
+    with tempfile.TemporaryDirectory(prefix="syncd-fanout-") as tmp:
+        scratch = Path(tmp)
+        endpoint = os.environ.get("SYNCD_S3_ENDPOINT")
+        server = None
+        if not endpoint:
+            from syncd.devserver import CREDENTIALS, SeaweedServer
+            os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
+            server = SeaweedServer(scratch / "seaweedfs").start()
+            endpoint = server.endpoint
+        try:
+            result = bench(args, endpoint, scratch)
+        finally:
+            if server is not None:
+                server.stop()
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The gateway's HTTP surface (aiohttp): routes, auth, status codes. No caching logic.
+
+Routes::
+
+    GET|HEAD /v1/{owner}/{volume}/chunks/{id}   a chunk, Range supported
+    GET|HEAD /v1/{owner}/{volume}/packs/{id}    a pack, Range supported
+    POST     /v1/{owner}/{volume}/warm          prefetch into the cache (JSON body, optional:
+                                                {"snapshot": id} or {"chunks": [...], "packs": [...]})
+    GET      /healthz                           "ok", no token
+    GET      /metrics                           Prometheus text, no token
+
+Status codes: 200/206 body, 304 for a matching ``If-None-Match``, 400 invalid
+owner, volume or id (names are validated before any key is built, so nothing
+outside the volume's prefix is reachable), 401 no or unknown token, 403 token
+of another owner, 404 no such object in that volume, 416 unsatisfiable range,
+502 the store returned bad bytes or refused, 503 the store is unavailable.
+
+Content is immutable and named by its hash, so the ETag is the strong
+``"<id>"`` and responses may be cached forever. A body is streamed as the
+service produces it; if the object fails verification after the headers went
+out, the connection is closed short of Content-Length, so the client sees a
+broken response, never a complete wrong one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from syncd.chunking import is_content_id
+from syncd.errors import (InvalidName, IntegrityError, NotFound, StoreError, SyncdError,
+                          TransientStoreError, VolumeNotFound, SnapshotNotFound)
+
+from .auth import Decision, Tokens
+from .service import Body, GatewayService, Kind, ObjectRef
+
+log = logging.getLogger(__name__)
+
+SERVICE: web.AppKey[GatewayService] = web.AppKey("service", GatewayService)
+TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
+IMMUTABLE = "public, max-age=31536000, immutable"
+WARM_BODY_LIMIT = 64 * 1024 * 1024  # a warm request may list ~1.8 million ids
+
+
+class Unsatisfiable(ValueError):
+    pass
+
+
+def resolve_range(request: web.BaseRequest, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` of a Range request against ``size`` bytes, None for the whole body."""
+    if "Range" not in request.headers:
+        return None
+    try:
+        wanted = request.http_range
+    except ValueError as exc:
+        raise Unsatisfiable(str(exc)) from exc
+    start, stop = wanted.start, wanted.stop
+    if start is None:
+        start = 0
+    if start < 0:
+        start = max(0, size + start)
+    stop = size if stop is None else min(stop, size)
+    if start >= stop:
+        raise Unsatisfiable(f"range {request.headers['Range']} outside {size} bytes")
+    return start, stop
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def status_for(exc: SyncdError) -> int:
+    if isinstance(exc, InvalidName):
+        return 400
+    if isinstance(exc, (NotFound, VolumeNotFound, SnapshotNotFound)):
+        return 404
+    if isinstance(exc, TransientStoreError):
+        return 503
+    if isinstance(exc, (IntegrityError, StoreError)):
+        return 502
+    return 500
+
+
+def denied(request: web.Request, owner: str) -> web.Response | None:
+    """A 401 or 403 response unless the request's token grants ``owner``."""
+    decision = request.app[TOKENS].decide(request.headers.get("Authorization"), owner)
+    if decision is Decision.UNAUTHENTICATED:
+        return web.json_response({"error": "a valid bearer token is required"}, status=401,
+                                 headers={"WWW-Authenticate": 'Bearer realm="syncd-gateway"'})
+    if decision is Decision.FORBIDDEN:
+        return error_response(403, f"this token does not grant owner {owner!r}")
+    return None
+
+
+async def object_handler(request: web.Request) -> web.StreamResponse:
+    kind: Kind = "chunks" if request.match_info["kind"] == "chunks" else "packs"
+    started = time.monotonic()
+    metrics = request.app[SERVICE].metrics
+    response = await _serve_object(request, kind)
+    metrics.requests.labels(kind, str(response.status)).inc()
+    metrics.latency.labels(kind).observe(time.monotonic() - started)
+    return response
+
+
+async def _serve_object(request: web.Request, kind: Kind) -> web.StreamResponse:
+    owner, volume, object_id = (request.match_info[k] for k in ("owner", "volume", "id"))
+    refusal = denied(request, owner)
+    if refusal is not None:
+        return refusal
+    try:
+        obj = ObjectRef(owner, volume, kind, object_id)
+    except InvalidName as exc:
+        return error_response(400, str(exc))
+    etag = f'"{object_id}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes"}
+    if etag in request.headers.get("If-None-Match", "") or request.headers.get("If-None-Match") == "*":
+        return web.Response(status=304, headers=headers)
+    service = request.app[SERVICE]
+    try:
+        body = await service.open(obj)
+        size = await body.length()
+    except SyncdError as exc:
+        return error_response(status_for(exc), str(exc))
+    try:
+        span = resolve_range(request, size)
+    except Unsatisfiable as exc:
+        headers["Content-Range"] = f"bytes */{size}"
+        return web.Response(status=416, headers=headers, text=f"{exc}\n")
+    start, end = span if span is not None else (0, size)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    try:
+        await response.prepare(request)
+        if request.method != "HEAD":
+            await _send(request, response, body, obj, start, end)
+    except ConnectionResetError:  # the client went away (gave up, or fell back to the store)
+        log.info("client left before %s/%s %s was sent", obj.owner, obj.volume, obj.id)
+    return response
+
+
+async def _send(request: web.Request, response: web.StreamResponse, body: Body, obj: ObjectRef,
+                start: int, end: int) -> None:
+    served = request.app[SERVICE].metrics.served_bytes.labels(obj.kind)
+    try:
+        async for piece in body.read(start, end):
+            await response.write(piece)
+            served.inc(len(piece))
+    except SyncdError as exc:
+        log.warning("aborting response for %s/%s %s: %s", obj.owner, obj.volume, obj.id, exc)
+        if request.transport is not None:
+            request.transport.close()  # short of Content-Length: the client sees a broken body
+        return
+    await response.write_eof()
+
+
+async def warm_handler(request: web.Request) -> web.Response:
+    owner, volume = request.match_info["owner"], request.match_info["volume"]
+    refusal = denied(request, owner)
+    if refusal is not None:
+        return refusal
+    try:
+        doc: Any = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError:
+        return error_response(400, "body is not JSON")
+    if not isinstance(doc, dict):
+        return error_response(400, "body must be a JSON object")
+    chunks, packs, snapshot = doc.get("chunks"), doc.get("packs"), doc.get("snapshot")
+    for ids in (chunks, packs):
+        if ids is not None and (not isinstance(ids, list) or not all(is_content_id(i) for i in ids)):
+            return error_response(400, "chunks and packs must be lists of content ids")
+    if snapshot is not None and not is_content_id(snapshot):
+        return error_response(400, "invalid snapshot id")
+    try:
+        result = await request.app[SERVICE].warm(owner, volume, snapshot, chunks, packs)
+    except SyncdError as exc:
+        return error_response(status_for(exc), str(exc))
+    return web.json_response(result.__dict__)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[SERVICE].metrics
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+
+def create_app(service: GatewayService, tokens: Tokens) -> web.Application:
+    app = web.Application(client_max_size=WARM_BODY_LIMIT)
+    app[SERVICE] = service
+    app[TOKENS] = tokens
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get(r"/v1/{owner}/{volume}/{kind:chunks|packs}/{id}", object_handler)
+    app.router.add_post("/v1/{owner}/{volume}/warm", warm_handler)
+    return app

@@ -1,0 +1,97 @@
+"""``syncd-gateway``: run the caching gateway.
+
+Store settings come from the same ``SYNCD_*`` environment as syncd itself
+(endpoint, bucket, prefix, connection limit, retries; see syncd/config.py);
+flags set what is the gateway's own: where to listen, the tokens file and the
+disk cache. The store stack is built by ``syncd.engine.open_engine`` (without
+a local chunk cache and without gateways of its own).
+
+On start it prints one line, ``syncd-gateway listening on http://HOST:PORT``,
+to stdout (``--port 0`` picks a free port; tests and benchmarks read it). It
+stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from syncd.config import Config, parse_size
+from syncd.engine import open_engine
+from syncd.errors import ConfigError, SyncdError
+
+from .app import create_app
+from .auth import Tokens
+from .service import GatewayService
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="syncd-gateway", description="Caching gateway for syncd volumes.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8480, help="port (0 = any free port)")
+    p.add_argument("--tokens", type=Path, help="file of 'TOKEN OWNER' lines")
+    p.add_argument("--no-auth", action="store_true", help="serve without tokens (trusted networks only)")
+    p.add_argument("--cache-dir", type=Path, help="disk cache (default $SYNCD_CACHE_DIR/gateway)")
+    p.add_argument("--cache-size", help="cache size bound, e.g. 200G (default $SYNCD_CACHE_SIZE)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p.parse_args(argv)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, tokens: Tokens, host: str, port: int, cache_dir: Path,
+                  cache_size: int) -> AsyncIterator[tuple[GatewayService, int]]:
+    """A serving gateway; yields the service and the bound port. Used by main() and the tests."""
+    async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
+        service = GatewayService(engine.store, config.prefix, cache_dir, cache_size)
+        runner = web.AppRunner(create_app(service, tokens), shutdown_timeout=2.0, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            yield service, int(runner.addresses[0][1])
+        finally:
+            await runner.cleanup()
+            await service.close()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    if not args.tokens and not args.no_auth:
+        raise ConfigError("give --tokens FILE (or --no-auth on a trusted network)")
+    tokens = Tokens.load(args.tokens) if args.tokens else Tokens(None)
+    if not tokens.enabled:
+        logging.getLogger(__name__).warning("serving without tokens (--no-auth): anyone who can connect "
+                                            "reads every owner's volumes")
+    config = Config.from_env()
+    cache_dir = args.cache_dir or config.cache_dir / "gateway"
+    cache_size = parse_size(args.cache_size) if args.cache_size else config.cache_size
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(config, tokens, args.host, args.port, cache_dir, cache_size) as (_, port):
+        print(f"syncd-gateway listening on http://{args.host}:{port}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args))
+    except SyncdError as exc:
+        print(f"syncd-gateway: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The gateway's Prometheus metrics, in a registry of its own.
+
+Each :class:`GatewayMetrics` has its own ``CollectorRegistry`` (not the global
+one), so several gateways can live in one process (tests) without clashing.
+``GET /metrics`` renders it in the text exposition format.
+
+=======================================  =========  ==========================================
+metric                                   labels     meaning
+=======================================  =========  ==========================================
+syncd_gateway_requests_total             kind,code  object requests answered, by status code
+syncd_gateway_cache_hits_total           kind       objects served from the disk cache
+syncd_gateway_cache_misses_total         kind       objects that started an origin fetch
+syncd_gateway_singleflight_joins_total   kind       requests that joined a fetch in flight
+syncd_gateway_cache_corrupt_total                   cached objects that failed verification
+syncd_gateway_origin_requests_total                 GETs sent to the object store
+syncd_gateway_origin_bytes_total                    bytes received from the object store
+syncd_gateway_served_bytes_total         kind       body bytes sent to clients
+syncd_gateway_inflight_fetches                      origin fetches in progress
+syncd_gateway_request_seconds            kind       time to answer an object request
+=======================================  =========  ==========================================
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("syncd_gateway_requests", "Object requests answered",
+                                ["kind", "code"], registry=r)
+        self.hits = Counter("syncd_gateway_cache_hits", "Objects served from the cache", ["kind"], registry=r)
+        self.misses = Counter("syncd_gateway_cache_misses", "Objects fetched from the store",
+                              ["kind"], registry=r)
+        self.joins = Counter("syncd_gateway_singleflight_joins", "Requests that joined an origin fetch",
+                             ["kind"], registry=r)
+        self.corrupt = Counter("syncd_gateway_cache_corrupt", "Cached objects that failed verification",
+                               registry=r)
+        self.origin_requests = Counter("syncd_gateway_origin_requests", "GETs sent to the object store",
+                                       registry=r)
+        self.origin_bytes = Counter("syncd_gateway_origin_bytes", "Bytes received from the object store",
+                                    registry=r)
+        self.served_bytes = Counter("syncd_gateway_served_bytes", "Body bytes sent to clients",
+                                    ["kind"], registry=r)
+        self.inflight = Gauge("syncd_gateway_inflight_fetches", "Origin fetches in progress", registry=r)
+        self.latency = Histogram("syncd_gateway_request_seconds", "Time to answer an object request",
+                                 ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,217 @@
+"""syncd through gateways, on a real SeaweedFS: placement, failover, fan-out, warm-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from syncd.cli import COMMANDS, build_parser
+from syncd.config import Config, MiB
+from syncd.devserver import free_port
+from syncd.engine import open_engine
+from syncd.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
+from syncd.hydrate import hydrate
+from syncd.manifest import Snapshot
+from syncd.metrics import render
+
+from .conftest import worker_config
+from .gatewayutil import commit_tree, gateway_process, metric, serve_gateway, source_bytes, through
+from .treeutil import snapshot_tree
+
+
+def volume_bytes(snap: Snapshot) -> int:
+    """Bytes of the distinct chunks the snapshot references: what one full download reads."""
+    return sum({r.id: r.size for e in snap.entries.values() for r in e.chunks}.values())
+
+
+async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path: Path) -> None:
+    _, snap = await commit_tree(config, tmp_path / "src")
+    async with serve_gateway(config, tmp_path) as gw:
+        async with open_engine(through(worker_config(config, tmp_path, "w1"), gw.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert eng.counter.calls["get"] == 2  # HEAD and the snapshot; no chunk from the store
+            assert source_bytes(eng) == {f"gateway:{gw.url[7:]}": volume_bytes(snap)}
+            text = render(eng.fetcher).decode()
+    assert metric(text, "syncd_fetch_bytes_total", source=f"gateway:{gw.url[7:]}") == volume_bytes(snap)
+    assert metric(text, "syncd_gateway_client_requests_total", gateway=gw.url) > 0
+    assert metric(text, "syncd_gateway_client_failures_total", gateway=gw.url) == 0
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_path: Path) -> None:
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=120, large_size=6 * MiB)
+    async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
+        async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "w1" / "dst")
+            by_source = source_bytes(eng)
+        assert set(by_source) == {f"gateway:{a.url[7:]}", f"gateway:{b.url[7:]}"}
+        assert sum(by_source.values()) == volume_bytes(snap)
+        # each object was fetched through exactly one gateway: the pool's caches add up
+        assert a.origin.keys and b.origin.keys and not set(a.origin.keys) & set(b.origin.keys)
+        assert max(a.origin.keys.values()) == max(b.origin.keys.values()) == 1
+        # a second worker (listing the gateways in the other order) hits those caches
+        gets = a.origin.calls["get"] + b.origin.calls["get"]
+        async with open_engine(through(worker_config(config, tmp_path, "w2"), b.url, a.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "w2" / "dst")
+        assert a.origin.calls["get"] + b.origin.calls["get"] == gets
+    assert snapshot_tree(tmp_path / "w2" / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_warm_command_fills_each_gateway_with_its_share(config: Config, tmp_path: Path) -> None:
+    sid, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=4 * MiB)
+    async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
+        args = build_parser().parse_args(["gateway", "warm", "vol", "--snapshot", sid])
+        result = await COMMANDS[args._command].handler(args, through(config, a.url, b.url))
+        objects = len({r.pack or r.id for e in snap.entries.values() for r in e.chunks})
+        assert result["fetched"] == result["objects"] == objects and result["failed"] == [], result
+        assert a.origin.calls["get"] > 0 and b.origin.calls["get"] > 0
+        gets = a.origin.calls["get"] + b.origin.calls["get"]
+        async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst", snapshot_id=sid)
+        assert a.origin.calls["get"] + b.origin.calls["get"] == gets  # every object was already warm
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_objects_of_a_dead_gateway_go_to_the_next_gateway_not_the_store(config: Config,
+                                                                              tmp_path: Path) -> None:
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=6 * MiB)
+    objects = {r.pack or r.id for e in snap.entries.values() for r in e.chunks}
+    async with serve_gateway(config, tmp_path) as live:
+        while True:  # a dead gateway (nothing listens) that ranks first for some objects
+            dead = f"http://127.0.0.1:{free_port()}"
+            if any(rendezvous_order((dead, live.url), o)[0] == dead for o in objects):
+                break
+        cfg = through(worker_config(config, tmp_path, "w1"), dead, live.url)
+        sources = gateway_sources(cfg)
+        async with open_engine(cfg, sources=sources) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert source_bytes(eng) == {f"gateway:{live.url[7:]}": volume_bytes(snap)}
+    down = sources[0]
+    assert isinstance(down, GatewaySource) and down.failures >= 1  # it was asked, and failed
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_a_hung_gateway_costs_one_timeout_not_one_per_chunk(config: Config, tmp_path: Path) -> None:
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=10, large_size=12 * MiB)
+    chunks = len({r.id for e in snap.entries.values() for r in e.chunks})
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # accept, read the request, never answer
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    cfg = through(worker_config(config, tmp_path, "w1"), url).replace(max_inflight_bytes=2 * MiB)
+    sources = gateway_sources(cfg, read_timeout=0.3)
+    try:
+        started = time.monotonic()
+        async with open_engine(cfg, sources=sources) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert source_bytes(eng) == {"store": volume_bytes(snap)}
+        elapsed = time.monotonic() - started
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    hung = sources[0]
+    assert isinstance(hung, GatewaySource)
+    assert hung.requests <= 4 < chunks  # the breaker opened after the first timeouts
+    assert hung.skipped > 0
+    assert elapsed < 0.3 * chunks
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_bad_bytes_from_a_gateway_are_caught_on_the_worker(config: Config, tmp_path: Path) -> None:
+    await commit_tree(config, tmp_path / "src", small_files=30)
+
+    async def liar(request: web.Request) -> web.Response:
+        return web.Response(body=os.urandom(int(request.headers.get("Range", "bytes=0-99").split("-")[1]) + 1))
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", liar)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with open_engine(through(worker_config(config, tmp_path, "w1"), f"http://127.0.0.1:{port}")) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert set(source_bytes(eng)) == {"store"}
+    finally:
+        await runner.cleanup()
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_six_concurrent_hydrates_read_the_volume_about_once(config: Config, tmp_path: Path) -> None:
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=150, large_size=8 * MiB + 5)
+    async with serve_gateway(config, tmp_path) as gw:
+        async def worker(i: int) -> int:
+            async with open_engine(through(worker_config(config, tmp_path, f"w{i}"), gw.url)) as eng:
+                await hydrate(eng, "vol", tmp_path / f"w{i}" / "dst")
+                assert eng.counter.calls["get"] == 2  # HEAD and the snapshot
+                return source_bytes(eng).get("store", 0)
+
+        direct = await asyncio.gather(*(worker(i) for i in range(6)))
+    assert direct == [0] * 6  # no worker read a chunk from the store itself
+    assert gw.origin.bytes_in <= 1.15 * volume_bytes(snap)
+    want = snapshot_tree(tmp_path / "src")
+    for i in range(6):
+        assert snapshot_tree(tmp_path / f"w{i}" / "dst") == want
+
+
+async def test_killing_the_gateway_mid_run_lets_every_hydrate_finish(config: Config, tmp_path: Path) -> None:
+    await commit_tree(config, tmp_path / "src", small_files=60, large_size=8 * MiB)
+    with gateway_process(config, tmp_path) as (proc, url):
+        engines = [open_engine(through(worker_config(config, tmp_path, f"w{i}"), url)
+                               .replace(max_inflight_bytes=1 * MiB)) for i in range(6)]
+        opened = [await e.__aenter__() for e in engines]
+        try:
+            runs = [asyncio.ensure_future(hydrate(eng, "vol", tmp_path / f"w{i}" / "dst"))
+                    for i, eng in enumerate(opened)]
+            deadline = time.monotonic() + 20
+            while not any(k.startswith("gateway:") for eng in opened for k in source_bytes(eng)):
+                assert time.monotonic() < deadline and not all(r.done() for r in runs)
+                await asyncio.sleep(0.002)
+            proc.kill()
+            await asyncio.gather(*runs)
+            totals = [source_bytes(eng) for eng in opened]
+        finally:
+            for e in engines:
+                await e.__aexit__(None, None, None)
+    assert any(k.startswith("gateway:") for t in totals for k in t)
+    assert any("store" in t for t in totals)  # the kill happened while hydrates were running
+    want = snapshot_tree(tmp_path / "src")
+    for i in range(6):
+        assert snapshot_tree(tmp_path / f"w{i}" / "dst") == want
+
+
+def test_breaker_backs_off_probes_one_at_a_time_and_recovers() -> None:
+    now = [100.0]
+    breaker = Breaker(first=1.0, maximum=4.0, probe_window=10.0, clock=lambda: now[0])
+    assert breaker.allows() and breaker.allows()  # closed: everything goes
+    breaker.failed()
+    breaker.failed()  # a second failure while open (a concurrent request) does not extend it
+    assert not breaker.allows() and breaker.delay == 1.0
+    now[0] += 1.0
+    assert breaker.allows()  # half-open: one probe goes ...
+    assert not breaker.allows()  # ... and only one
+    breaker.failed()
+    assert breaker.delay == 2.0 and not breaker.allows()
+    now[0] += 2.0
+    assert breaker.allows()
+    now[0] += 10.0  # the probe never reported back: its slot is free again
+    assert breaker.allows()
+    breaker.failed()
+    now[0] += 4.0
+    assert breaker.allows()
+    breaker.failed()
+    assert breaker.delay == 4.0  # capped
+    now[0] += 4.0
+    assert breaker.allows()
+    breaker.succeeded()
+    assert breaker.allows() and breaker.allows() and breaker.delay == 0.0
