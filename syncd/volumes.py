@@ -26,7 +26,7 @@ from .errors import (ManifestError, NotFound, PreconditionFailed, SnapshotNotFou
                      VolumeNotFound)
 from .layout import Layout, validate_name
 from .manifest import Snapshot
-from .store import ObjectStore
+from .store import ObjectStore, put_immutable
 
 HEAD_FORMAT = 1
 
@@ -127,10 +127,7 @@ class VolumeRepo:
 
     async def put_snapshot(self, volume: str, snap: Snapshot) -> str:
         snapshot_id, data = manifest.encode(snap)
-        try:
-            await self.store.put(self.layout.snapshot(volume, snapshot_id), data, if_none_match=True)
-        except PreconditionFailed:
-            pass  # content-addressed: already there with these very bytes
+        await put_immutable(self.store, self.layout.snapshot(volume, snapshot_id), data)
         return snapshot_id
 
     async def advance(self, head: Head, snapshot_id: str, seq: int) -> Head:
@@ -162,6 +159,10 @@ class VolumeRepo:
         keys = [o.key async for o in self.store.list_objects(self.layout.volume_prefix(volume))]
         await self.store.delete(keys)
         return len(keys) + 1
+
+    async def abort_stale_uploads(self, volume: str, older_than: float) -> int:
+        """Abort ``volume``'s unfinished multipart uploads started over ``older_than`` seconds ago."""
+        return await self.store.abort_stale_uploads(self.layout.volume_prefix(volume), older_than)
 
     async def history(self, volume: str, limit: int | None = None) -> list[tuple[str, Snapshot]]:
         """Snapshots from newest to oldest, following parent links.
