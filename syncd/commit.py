@@ -29,8 +29,6 @@ import asyncio
 import logging
 import os
 import random
-import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +66,6 @@ class CommitResult:
     merged: bool = False
     attempts: int = 0
     skipped: list[str] = field(default_factory=list)
-
-
-def writer_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 async def commit(engine: Engine, volume: str, source: Path, *, message: str = "", create: bool = True,
@@ -206,11 +200,8 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
         if head.snapshot is not None and _same_tree(merged, theirs):
             result.snapshot, result.seq = head.snapshot, head.seq
             return head
-        snap = Snapshot(volume, engine.layout.owner, head.seq + 1, head.snapshot, time.time(),
-                        writer_id(), merged, message)
-        snapshot_id = await engine.repo.put_snapshot(volume, snap)
         try:
-            head = await engine.repo.advance(head, snapshot_id, head.seq + 1)
+            head = await engine.repo.publish(head, merged, message)
         except PreconditionFailed:
             await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
             head = await engine.repo.head(volume)

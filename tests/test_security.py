@@ -8,7 +8,6 @@ both against the session's SeaweedFS.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import stat
