@@ -15,6 +15,11 @@ outside the volume's prefix is reachable), 401 no or unknown token, 403 token
 of another owner, 404 no such object in that volume, 416 unsatisfiable range,
 502 the store returned bad bytes or refused, 503 the store is unavailable.
 
+At most ``max_requests`` object requests are served at once (each may hold
+one object in memory); a request beyond that waits up to ``QUEUE_WAIT``
+seconds for a slot and is then shed with 503, which a worker treats like a
+down gateway: it reads that object from the next gateway or the store.
+
 Content is immutable and named by its hash, so the ETag is the strong
 ``"<id>"`` and responses may be cached forever. A body is streamed as the
 service produces it; if the object fails verification after the headers went
@@ -24,9 +29,11 @@ broken response, never a complete wrong one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +51,12 @@ SERVICE: web.AppKey[GatewayService] = web.AppKey("service", GatewayService)
 TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
 IMMUTABLE = "public, max-age=31536000, immutable"
 WARM_BODY_LIMIT = 64 * 1024 * 1024  # a warm request may list ~1.8 million ids
+MAX_REQUESTS = 256                   # object requests served at once: bounds memory
+QUEUE_WAIT = 2.0                     # seconds a request may wait for a slot before a 503
+SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Unsatisfiable(ValueError):
@@ -193,10 +206,27 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
 
 
-def create_app(service: GatewayService, tokens: Tokens) -> web.Application:
-    app = web.Application(client_max_size=WARM_BODY_LIMIT)
+@web.middleware
+async def limit_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bound object requests in flight; shed what cannot get a slot soon."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    slots = request.app[SLOTS]
+    try:
+        await asyncio.wait_for(slots.acquire(), QUEUE_WAIT)
+    except asyncio.TimeoutError:
+        return error_response(503, "gateway busy: too many requests in flight")
+    try:
+        return await handler(request)
+    finally:
+        slots.release()
+
+
+def create_app(service: GatewayService, tokens: Tokens, max_requests: int = MAX_REQUESTS) -> web.Application:
+    app = web.Application(client_max_size=WARM_BODY_LIMIT, middlewares=[limit_requests])
     app[SERVICE] = service
     app[TOKENS] = tokens
+    app[SLOTS] = asyncio.Semaphore(max_requests)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get(r"/v1/{owner}/{volume}/{kind:chunks|packs}/{id}", object_handler)

@@ -28,7 +28,7 @@ from syncd.config import Config, parse_size
 from syncd.engine import open_engine
 from syncd.errors import ConfigError, SyncdError
 
-from .app import create_app
+from .app import MAX_REQUESTS, create_app
 from .auth import Tokens
 from .service import GatewayService
 
@@ -41,17 +41,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-auth", action="store_true", help="serve without tokens (trusted networks only)")
     p.add_argument("--cache-dir", type=Path, help="disk cache (default $SYNCD_CACHE_DIR/gateway)")
     p.add_argument("--cache-size", help="cache size bound, e.g. 200G (default $SYNCD_CACHE_SIZE)")
+    p.add_argument("--max-requests", type=int, default=MAX_REQUESTS,
+                   help=f"object requests served at once; more wait briefly, then get 503 (default {MAX_REQUESTS})")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p.parse_args(argv)
 
 
 @contextlib.asynccontextmanager
 async def running(config: Config, tokens: Tokens, host: str, port: int, cache_dir: Path,
-                  cache_size: int) -> AsyncIterator[tuple[GatewayService, int]]:
+                  cache_size: int, max_requests: int = MAX_REQUESTS) -> AsyncIterator[tuple[GatewayService, int]]:
     """A serving gateway; yields the service and the bound port. Used by main() and the tests."""
     async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
         service = GatewayService(engine.store, config.prefix, cache_dir, cache_size)
-        runner = web.AppRunner(create_app(service, tokens), shutdown_timeout=2.0, access_log=None)
+        runner = web.AppRunner(create_app(service, tokens, max_requests), shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -76,7 +78,8 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(config, tokens, args.host, args.port, cache_dir, cache_size) as (_, port):
+    async with running(config, tokens, args.host, args.port, cache_dir, cache_size,
+                       args.max_requests) as (_, port):
         print(f"syncd-gateway listening on http://{args.host}:{port}", flush=True)
         await stop.wait()
 

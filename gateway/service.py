@@ -6,9 +6,10 @@ stream, in this order:
 
 1. a fetch of the same object of the same volume already in flight: join
    it (no new GET);
-2. the disk cache: a ``syncd.cache.ChunkCache`` per owner, all in one
-   diskcache directory, so the size bound (LRU) covers every owner together
-   while keys stay owner-scoped. Every cached read is re-hashed; a corrupt
+2. the disk cache: one ``syncd.cache.ChunkCache`` (one diskcache handle,
+   whatever the number of owners), seen per owner through ``for_owner``, so
+   the size bound (LRU) covers every owner together while keys stay
+   owner-scoped. Every cached read is re-hashed; a corrupt
    entry is evicted and counted, and the request continues as a miss;
 3. a miss: start a :class:`~gateway.flight.Flight` and a leader task that
    streams the object from the store (``store.open_stream``, one GET) into
@@ -114,7 +115,7 @@ class GatewayService:
         self.store, self.prefix = store, prefix
         self.cache_dir, self.cache_size = cache_dir, cache_size
         self.metrics = metrics or GatewayMetrics()
-        self._caches: dict[str, ChunkCache] = {}
+        self._cache: ChunkCache | None = None
         self._repos: dict[str, VolumeRepo] = {}
         self._flights: dict[tuple[str, str, str], Flight] = {}  # (owner, volume, id)
         self._leaders: set[asyncio.Task[None]] = set()
@@ -123,9 +124,10 @@ class GatewayService:
         return Layout(self.prefix, owner)
 
     def cache(self, owner: str) -> ChunkCache:
-        if owner not in self._caches:
-            self._caches[owner] = ChunkCache(self.cache_dir, self.cache_size, owner)
-        return self._caches[owner]
+        """``owner``'s view of the one disk cache (keys ``<owner>:<id>``; no handle per owner)."""
+        if self._cache is None:
+            self._cache = ChunkCache(self.cache_dir, self.cache_size, owner)
+        return self._cache.for_owner(owner)
 
     def key(self, obj: ObjectRef) -> str:
         layout = self.layout(obj.owner)
@@ -244,6 +246,6 @@ class GatewayService:
         for task in list(self._leaders):
             task.cancel()
         await asyncio.gather(*self._leaders, return_exceptions=True)
-        for cache in self._caches.values():
-            cache.close()
-        self._caches.clear()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None

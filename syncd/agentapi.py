@@ -20,7 +20,9 @@ SDK re-raises the same class. A request may carry ``X-Syncd-Owner``; an agent
 serves exactly one owner and refuses requests for another, so one owner's
 tasks can never reach another owner's volumes through a shared worker.
 
-``serve()`` binds the socket (mode 0600; a stale socket file is replaced, a
+``serve()`` binds the socket (mode 0600 from the start: it is bound under
+umask 0177, so no other uid can connect even for a moment; a directory the
+agent has to create for it is made 0700; a stale socket file is replaced, a
 live agent on it is an error), resumes the mounts of the state file and runs
 until SIGTERM or SIGINT, then stops the API and flushes every mount.
 """
@@ -153,7 +155,7 @@ def _claim_socket(path: os.PathLike[str]) -> None:
         raise errors.ConfigError(f"SYNCD_SOCKET {os.fspath(path)!r} is longer than a Unix socket path "
                                  "may be (107 bytes)")
     if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -173,7 +175,11 @@ async def serve(config: Config, watch: WatchSettings = WatchSettings(),
         runner = web.AppRunner(make_app(agent), handle_signals=False, access_log=None)
         await runner.setup()
         site = web.UnixSite(runner, os.fspath(config.socket))
-        await site.start()
+        umask = os.umask(0o177)  # bound 0600: no window in which another uid may connect
+        try:
+            await site.start()
+        finally:
+            os.umask(umask)
         os.chmod(config.socket, 0o600)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

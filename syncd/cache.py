@@ -28,6 +28,7 @@ Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks of large files):
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -63,6 +64,16 @@ class ChunkCache:
         self._cache = diskcache.Cache(
             str(directory), size_limit=size_limit, eviction_policy="least-recently-used",
             cull_limit=64, sqlite_timeout=60)
+
+    def for_owner(self, owner: str) -> ChunkCache:
+        """The same disk cache (one handle, one size bound) seen through ``owner``'s keys.
+
+        For a process serving many owners (the gateway): opening a diskcache per
+        owner costs file descriptors per owner name a client can make up.
+        """
+        view = copy.copy(self)
+        view.owner, view.stats = owner, CacheStats()
+        return view
 
     def _key(self, chunk_id: str) -> str:
         return f"{self.owner}:{chunk_id}"

@@ -17,6 +17,10 @@
    the same changes on the new latest snapshot and try again: disjoint changes
    both survive, and on the same path ours (the later commit) wins while
    theirs stays reachable as our parent.
+4. Where this configuration can produce multipart uploads (a chunk or pack
+   above ``multipart_threshold``), a successful commit aborts the volume's
+   multipart uploads older than ``stale_upload_age``: the leftovers of writers
+   killed mid-upload. Best-effort: a failure there is logged, not raised.
 """
 
 from __future__ import annotations
@@ -25,15 +29,13 @@ import asyncio
 import logging
 import os
 import random
-import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chunking import content_id, spans
 from .engine import Engine
-from .errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, VolumeNotFound
+from .errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, StoreError, VolumeNotFound
 from .localindex import Fingerprint, LocalIndex, Tracked
 from .manifest import ChunkRef, Entry, Snapshot, apply, diff, escaping_symlinks, symlink_stays_inside
 from .progress import NoProgress, Progress
@@ -66,10 +68,6 @@ class CommitResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def writer_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 async def commit(engine: Engine, volume: str, source: Path, *, message: str = "", create: bool = True,
                  progress: Progress | None = None) -> CommitResult:
     async with engine.index.locked(volume, source):
@@ -90,7 +88,21 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
                    if p not in result.skipped}
         tracked.update({p: index.files[p] for p in result.skipped if p in index.files})
         await engine.index.save(volume, source, LocalIndex(head.snapshot, head.seq, tracked))
-        return result
+    await _abort_stale_uploads(engine, volume)
+    return result
+
+
+async def _abort_stale_uploads(engine: Engine, volume: str) -> None:
+    config = engine.config
+    if max(config.chunk_size, config.pack_size) <= config.multipart_threshold:
+        return  # no object of ours is ever uploaded in parts: nothing to clean
+    try:
+        aborted = await engine.repo.abort_stale_uploads(volume, config.stale_upload_age)
+    except StoreError as exc:
+        log.warning("could not clean up stale multipart uploads of %r: %s", volume, exc)
+        return
+    if aborted:
+        log.info("aborted %d stale multipart upload(s) of %r", aborted, volume)
 
 
 async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, local: dict[str, LocalFile],
@@ -188,11 +200,8 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
         if head.snapshot is not None and _same_tree(merged, theirs):
             result.snapshot, result.seq = head.snapshot, head.seq
             return head
-        snap = Snapshot(volume, engine.layout.owner, head.seq + 1, head.snapshot, time.time(),
-                        writer_id(), merged, message)
-        snapshot_id = await engine.repo.put_snapshot(volume, snap)
         try:
-            head = await engine.repo.advance(head, snapshot_id, head.seq + 1)
+            head = await engine.repo.publish(head, merged, message)
         except PreconditionFailed:
             await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
             head = await engine.repo.head(volume)

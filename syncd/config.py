@@ -27,6 +27,8 @@ SYNCD_CONNECT_TIMEOUT        10                  seconds
 SYNCD_READ_TIMEOUT           60                  seconds
 SYNCD_MULTIPART_THRESHOLD    64 MiB              objects above this use multipart
 SYNCD_MULTIPART_PART_SIZE    16 MiB              part size for multipart uploads
+SYNCD_STALE_UPLOAD_AGE       86400               seconds after which an unfinished
+                                                 multipart upload counts as abandoned
 SYNCD_GATEWAY                (none)              comma-separated gateway URLs
 SYNCD_GATEWAY_TOKEN          (none)              bearer token for the gateways
 SYNCD_ROOT                   /volumes            where the agent mounts volumes
@@ -87,6 +89,7 @@ class Config:
     read_timeout: float = 60.0
     multipart_threshold: int = 64 * MiB
     multipart_part_size: int = 16 * MiB
+    stale_upload_age: float = 86400.0
     gateways: tuple[str, ...] = ()
     gateway_token: str | None = None
     root: Path = Path("/volumes")
@@ -157,6 +160,7 @@ class Config:
         number("SYNCD_RETRY_BASE_DELAY", "retry_base_delay", float)
         number("SYNCD_CONNECT_TIMEOUT", "connect_timeout", float)
         number("SYNCD_READ_TIMEOUT", "read_timeout", float)
+        number("SYNCD_STALE_UPLOAD_AGE", "stale_upload_age", float)
         number("SYNCD_KEEP_SNAPSHOTS", "keep_snapshots", int)
         number("SYNCD_KEEP_DAYS", "keep_days", float)
         number("SYNCD_PRUNE_GRACE", "prune_grace", float)

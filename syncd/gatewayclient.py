@@ -32,7 +32,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -130,7 +130,11 @@ class GatewaySource:
                  connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
                  breaker: Breaker | None = None) -> None:
         self.url, self.owner, self.token = url.rstrip("/"), owner, token
-        self.name = f"gateway:{urlsplit(self.url).netloc or self.url}"
+        # without userinfo: credentials in the URL never reach a metric label, status or log line
+        parts = urlsplit(self.url)
+        host = parts.netloc.rpartition("@")[2]
+        self.public_url = urlunsplit(parts._replace(netloc=host))
+        self.name = f"gateway:{host or self.url}"
         self.session = session or _Session()
         self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                              sock_connect=connect_timeout, sock_read=read_timeout)

@@ -1,7 +1,7 @@
 """Hydrate: make a local directory match a snapshot of a volume.
 
-Steps: read HEAD and the snapshot, scan the directory, plan (hydrateplan.py),
-refuse on conflicts, then execute in an order that never leaves a half-made
+Steps: read HEAD and the snapshot, scan the directory (removing temporary
+files a killed hydrate left), plan (hydrateplan.py), refuse on conflicts, then execute in an order that never leaves a half-made
 path visible: clear what is in the way, create directories, write files
 (temporary name, then rename), make symlinks, delete what the snapshot
 dropped, and finally record the new state in the local index.
@@ -20,7 +20,9 @@ straight into its place in the file, hashed on the way (fetch.py): no
 chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md).
 
 If anything fails part-way, the index is still saved with every path finished
-so far, so the next hydrate resumes instead of downloading again.
+so far, so the next hydrate resumes instead of downloading again. If the
+process was killed, the index is the old one; files already replaced then look
+locally changed, and the plan recognises them by hashing (see hydrateplan.py).
 """
 
 from __future__ import annotations
@@ -70,10 +72,13 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         snap = await engine.repo.snapshot(volume, sid) if sid else None
         desired = dict(snap.entries) if snap else {}
         index = await engine.index.load(volume, target)
-        local = await scan(target)
+        leftovers: list[str] = []
+        local = await scan(target, leftovers)
+        for path in leftovers:
+            await in_thread(localfs.remove_at, target, path)
         plan = plan_hydrate(desired, index, local, overwrite)
         if plan.verify:
-            equal, different = await in_thread(_verify_untracked, target, plan.verify)
+            equal, different = await in_thread(_verify_local, target, plan.verify)
             plan.meta += equal
             if overwrite:
                 plan.create += different
@@ -99,8 +104,8 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         return result
 
 
-def _verify_untracked(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
-    """Split untracked same-size local files into (already equal, different) by hashing them."""
+def _verify_local(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """Split same-size local files into (already equal, different) by hashing them."""
     equal: list[Entry] = []
     different: list[Entry] = []
     for entry in entries:

@@ -8,10 +8,13 @@ Each desired path falls in one case::
     tracked, unchanged locally, same content        -> keep (maybe fix mode/mtime)
     tracked, unchanged locally, new content         -> replace
     tracked, changed locally, remote unchanged      -> keep the local edit (pending commit)
-    tracked, changed locally, remote changed        -> CONFLICT
-    untracked, same kind (dir, equal symlink)       -> adopt
-    untracked file of the same size                 -> verify by hashing, then adopt or CONFLICT
-    untracked, anything else                        -> CONFLICT
+    same kind (dir, equal symlink)                  -> adopt
+    a file of the same size, untracked or changed   -> verify by hashing, then adopt or CONFLICT
+    anything else                                   -> CONFLICT
+
+Verifying changed tracked files matters after a crash: a hydrate killed after
+replacing some files never saved its index, so those files look locally
+changed while they hold exactly what the snapshot wants.
 
 Tracked paths missing from the snapshot are deleted if unchanged locally and
 left alone (untracked) if the user changed them. A directory the user replaced
@@ -102,7 +105,7 @@ def _plan_path(plan: Plan, entry: Entry, tracked: Tracked | None, loc: LocalFile
         plan.meta.append(entry)
     elif loc.kind == entry.kind == "symlink" and loc.target == entry.target:
         plan.keep[path] = Tracked(entry, None)
-    elif loc.kind == entry.kind == "file" and loc.size == entry.size and tracked is None:
+    elif loc.kind == entry.kind == "file" and loc.size == entry.size:
         plan.verify.append(entry)
     else:
         plan.conflicts.append(path)

@@ -45,7 +45,7 @@ class FetchCollector(Collector):
                                 ("skipped", "Gateway requests not sent while its breaker was open")):
             family = CounterMetricFamily(f"syncd_gateway_client_{name}", help_text, labels=["gateway"])
             for gateway in gateways:
-                family.add_metric([gateway.url], getattr(gateway, name))
+                family.add_metric([gateway.public_url], getattr(gateway, name))
             yield family
 
 

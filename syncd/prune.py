@@ -79,6 +79,7 @@ class PruneResult:
     deleted_bytes: int = 0
     kept_young: int = 0            # unreferenced but younger than the grace period
     horizon: int = 0
+    aborted_uploads: int = 0       # multipart uploads a killed writer left behind
 
 
 def retained(history: list[tuple[str, Snapshot]], policy: Retention, now: float) -> int:
@@ -128,6 +129,7 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
     repo.forget(result.deleted_snapshots)
     late = await _referenced_since(engine, volume, head.snapshot, kept)
     await store.delete([k for k in dead if k not in late])
+    result.aborted_uploads = await repo.abort_stale_uploads(volume, max(policy.grace, engine.config.stale_upload_age))
     return result
 
 

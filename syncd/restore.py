@@ -12,14 +12,13 @@ writer moves HEAD meanwhile, the replacement is re-applied on the new latest.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .commit import MAX_ATTEMPTS, writer_id
+from .commit import MAX_ATTEMPTS
 from .engine import Engine
 from .errors import CommitConflict, PreconditionFailed, SnapshotNotFound
-from .manifest import Changes, Entry, Snapshot, apply, check_path
+from .manifest import Changes, Entry, apply, check_path
 
 
 @dataclass
@@ -62,11 +61,8 @@ async def restore(engine: Engine, volume: str, snapshot_id: str, path: str | Non
         current = dict(latest.entries) if latest else {}
         changes = restore_changes(current, old.entries, root)
         entries = apply(current, changes, old.entries)
-        snap = Snapshot(volume, engine.layout.owner, head.seq + 1, head.snapshot, time.time(),
-                        writer_id(), entries, message)
-        new_id = await engine.repo.put_snapshot(volume, snap)
         try:
-            head = await engine.repo.advance(head, new_id, head.seq + 1)
+            head = await engine.repo.publish(head, entries, message)
         except PreconditionFailed:
             continue
         return RestoreResult(volume, snapshot_id, root or "/", head.snapshot, head.seq, len(changes))

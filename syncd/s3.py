@@ -1,8 +1,9 @@
 """``S3Store``: the ObjectStore backend for any S3 API, and the only aiobotocore import.
 
 It moves bytes and translates failures, nothing else: no hashing, no caching,
-no retries (botocore's own retries are switched off so that the retry wrapper
-alone decides, by exception class). Translation::
+no retries (botocore's own retries and aiohttp's silent one-time re-send of an
+idempotent request on a dropped connection are switched off, so that the retry
+wrapper alone decides, by exception class, and counts every attempt). Translation::
 
     404 / NoSuchKey / NoSuchBucket,
     416 InvalidRange (no such bytes)          -> NotFound
@@ -14,8 +15,22 @@ alone decides, by exception class). Translation::
     missing credentials                       -> ConfigError
     anything else                             -> StoreError
 
+A PUT that may replace an object (``If-Match`` or unconditional) or is small
+carries ``Content-MD5``. Not for integrity in flight (syncd verifies its own
+ids) but because SeaweedFS, given a request whose client died after the
+headers, stores an *empty* object, even over an existing one under
+``If-Match``: a writer killed at that instant would blank HEAD. With
+``Content-MD5`` the server rejects the short body instead. Large
+``If-None-Match`` PUTs (new chunks and packs) skip the digest, which would
+cost more CPU than hashing the chunk: at worst they leave an empty *new*
+object, which no snapshot names and ``store.put_immutable`` repairs when the
+same bytes are uploaded again.
+
 Objects above ``multipart_threshold`` are uploaded with multipart (parts in
-parallel, aborted on failure). botocore's CRC checksums are only computed where
+parallel, aborted on failure). A process killed mid-upload cannot abort, so
+:meth:`S3Store.abort_stale_uploads` lists the unfinished uploads under a prefix
+and aborts those older than a grace age (younger ones may belong to a writer
+that is still running). botocore's CRC checksums are only computed where
 S3 requires them, and bodies are sent as UNSIGNED-PAYLOAD even over plain http
 (where botocore would SHA-256 each body on the event loop: 0.55 s of a 512 MiB
 commit): syncd verifies xxh3 ids end to end, and a second hash over every byte
@@ -28,13 +43,17 @@ the gateway uses it to hand bytes on to waiting readers as they arrive.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import botocore.exceptions as bce
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 
 from .config import Config
@@ -43,6 +62,7 @@ from .store import Blob, BlobStream, ObjectInfo
 
 STREAM_PIECE = 256 * 1024
 
+MD5_ALWAYS_BELOW = 1 << 20   # bytes: below this every PUT carries Content-MD5 (see above)
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
@@ -75,6 +95,29 @@ def translate(exc: BaseException, key: str) -> Exception:
     return StoreError(f"{key}: {type(exc).__name__}: {exc}")
 
 
+async def content_md5(data: bytes) -> str:
+    """The ``Content-MD5`` header value of ``data`` (off the event loop when large)."""
+    if len(data) > 1 << 20:
+        digest = await asyncio.to_thread(lambda: hashlib.md5(data, usedforsecurity=False).digest())
+    else:
+        digest = hashlib.md5(data, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+class _SingleAttemptSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiohttp quietly re-sends an idempotent request once when its connection drops.
+
+    That hidden retry has no backoff, is not counted, and doubles every bound the
+    retry wrapper promises; switch it off so that RetryingStore alone decides.
+    """
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        session = await super()._get_session(proxy_url)
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        return session
+
+
 class S3Store:
     """An S3 bucket seen through aiobotocore. Use :meth:`open`, then :meth:`close`."""
 
@@ -99,6 +142,7 @@ class S3Store:
                 "payload_signing_enabled": False},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            http_session_cls=_SingleAttemptSession,
         )
         self._client = await self._stack.enter_async_context(session.create_client(
             "s3", endpoint_url=config.s3_endpoint, region_name=config.region, config=aio_config))
@@ -168,6 +212,8 @@ class S3Store:
         if len(data) > self.config.multipart_threshold and not if_match:
             return await self._put_multipart(key, data, if_none_match)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        if not if_none_match or len(data) <= MD5_ALWAYS_BELOW:
+            kwargs["ContentMD5"] = await content_md5(data)
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         if if_match is not None:
@@ -251,6 +297,32 @@ class S3Store:
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 raise StoreError(f"delete failed for {len(errors)} keys, first: {errors[0]}")
+
+    async def multipart_uploads(self, prefix: str) -> list[tuple[str, str, float]]:
+        """Unfinished multipart uploads under ``prefix``: ``(key, upload_id, initiated)``."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        out: list[tuple[str, str, float]] = []
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                out.extend((u["Key"], u["UploadId"], u["Initiated"].timestamp()) for u in page.get("Uploads", []))
+        except Exception as exc:
+            raise translate(exc, prefix) from exc
+        return out
+
+    async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        aborted = 0
+        for key, upload_id, initiated in await self.multipart_uploads(prefix):
+            if initiated > cutoff:
+                continue
+            try:
+                await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception as exc:
+                mapped = translate(exc, key)
+                if not isinstance(mapped, NotFound):  # finished or aborted meanwhile: fine
+                    raise mapped from exc
+            aborted += 1
+        return aborted
 
 
 async def _pieces(body: Any, key: str, size: int) -> AsyncIterator[bytes]:

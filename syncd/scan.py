@@ -3,7 +3,8 @@
 The walk is the only place that decides what of a directory belongs to the
 volume: regular files, directories and symlinks. Sockets, FIFOs and device
 nodes are skipped (they cannot be stored), and so are syncd's own in-progress
-temporary files (``.syncd-tmp-*``), which a crashed hydrate may leave behind.
+temporary files (``.syncd-tmp-*``), which a crashed hydrate may leave behind;
+a caller that passes ``leftovers`` gets their paths, so hydrate can remove them.
 It runs in a worker thread: os.scandir is blocking.
 """
 
@@ -47,7 +48,7 @@ def from_stat(st: os.stat_result, target: str | None = None) -> LocalFile:
                      st.st_mtime_ns, st.st_ino, st.st_ctime_ns, target)
 
 
-def scan_sync(root: Path) -> dict[str, LocalFile]:
+def scan_sync(root: Path, leftovers: list[str] | None = None) -> dict[str, LocalFile]:
     out: dict[str, LocalFile] = {}
     stack = [""]
     while stack:
@@ -62,9 +63,11 @@ def scan_sync(root: Path) -> dict[str, LocalFile]:
         except OSError as exc:
             raise LocalIOError(f"cannot read directory {root / rel}: {exc.strerror}") from exc
         for de in entries:
-            if de.name.startswith(TMP_PREFIX):
-                continue
             path = f"{rel}/{de.name}" if rel else de.name
+            if de.name.startswith(TMP_PREFIX):
+                if leftovers is not None:
+                    leftovers.append(path)
+                continue
             try:
                 st = de.stat(follow_symlinks=False)
                 target = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else None
@@ -78,7 +81,7 @@ def scan_sync(root: Path) -> dict[str, LocalFile]:
     return out
 
 
-async def scan(root: Path) -> dict[str, LocalFile]:
+async def scan(root: Path, leftovers: list[str] | None = None) -> dict[str, LocalFile]:
     if not root.is_dir():
         raise LocalIOError(f"{root} is not a directory")
-    return await asyncio.to_thread(scan_sync, root)
+    return await asyncio.to_thread(scan_sync, root, leftovers)

@@ -7,6 +7,9 @@ implementing the same protocol, stacked in ``engine.py``. Backends translate
 their own failures into :mod:`syncd.errors` classes, so a wrapper can decide
 to retry on the exception class alone.
 
+:func:`put_immutable` is how content-addressed objects (chunks, packs,
+snapshots) are written: once, and never trusting a damaged leftover.
+
 ``MemoryStore`` is the in-memory backend for pure-logic unit tests; it honours
 the same conditional-write semantics as S3 (``If-None-Match: *`` and
 ``If-Match: <etag>``).
@@ -24,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .errors import NotFound, PreconditionFailed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +82,38 @@ class ObjectStore(Protocol):
     async def delete(self, keys: list[str]) -> None:
         """Delete ``keys``; missing keys are not an error."""
 
+    async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        """Abort unfinished multipart uploads under ``prefix`` started more than ``older_than``
+        seconds ago (a writer killed mid-upload leaves them, and they cost storage until
+        aborted); returns how many were aborted."""
+
     async def close(self) -> None:
         """Release connections."""
+
+
+async def put_immutable(store: ObjectStore, key: str, data: bytes) -> bool:
+    """PUT a content-addressed object unless it is there; True if this call stored it.
+
+    ``If-None-Match: *`` makes a second writer of the same bytes cost nothing.
+    But a 412 only says *an* object is there: a server that does not make PUTs
+    atomic (SeaweedFS does not) can keep an empty or truncated object from a
+    writer killed mid-PUT, and trusting it would let a snapshot name bytes that
+    do not exist. So after a 412 the object's size is checked, and a wrong one
+    is overwritten; that is safe, as everyone writes the same bytes to this key.
+    """
+    try:
+        await store.put(key, data, if_none_match=True)
+        return True
+    except PreconditionFailed:
+        pass
+    try:
+        if (await store.head(key)).size == len(data):
+            return False
+    except NotFound:
+        pass
+    log.warning("%s: the stored object is damaged (a writer died mid-upload?); rewriting it", key)
+    await store.put(key, data)
+    return True
 
 
 def open_stream(store: ObjectStore, key: str, start: int | None = None,
@@ -154,6 +190,9 @@ class MemoryStore:
     async def delete(self, keys: list[str]) -> None:
         for key in keys:
             self.objects.pop(key, None)
+
+    async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        return 0  # puts are atomic here: there are never unfinished uploads
 
     async def close(self) -> None:
         return None

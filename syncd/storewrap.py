@@ -81,6 +81,9 @@ class RetryingStore:
     async def delete(self, keys: list[str]) -> None:
         await self._call(f"DELETE {len(keys)} keys", lambda: self.inner.delete(keys))
 
+    async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        return await self._call(f"ABORT-UPLOADS {prefix}", lambda: self.inner.abort_stale_uploads(prefix, older_than))
+
     async def close(self) -> None:
         await self.inner.close()
 
@@ -128,6 +131,10 @@ class LimitingStore:
     async def delete(self, keys: list[str]) -> None:
         async with self._sem:
             await self.inner.delete(keys)
+
+    async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        async with self._sem:
+            return await self.inner.abort_stale_uploads(prefix, older_than)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -190,6 +197,10 @@ class CountingStore:
     async def delete(self, keys: list[str]) -> None:
         self.calls["delete"] += 1
         await self.inner.delete(keys)
+
+    async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        self.calls["abort_uploads"] += 1
+        return await self.inner.abort_stale_uploads(prefix, older_than)
 
     async def close(self) -> None:
         await self.inner.close()

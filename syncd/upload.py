@@ -4,9 +4,10 @@
 reads. A chunk the volume already holds (``known``, from the snapshots at
 hand) or that this commit already queued costs nothing. A new chunk of a large
 file is PUT as its own object; chunks of small files are appended to the open
-pack, which is PUT once it reaches ``pack_size``. PUTs use ``If-None-Match: *``:
-a 412 means the same content-addressed object is already there, which is
-success. Every chunk holds its size from the byte budget until its PUT is
+pack, which is PUT once it reaches ``pack_size``. PUTs go through
+``store.put_immutable``: ``If-None-Match: *``, and a 412 means the same
+content-addressed object is already there, which is success, unless its size
+is wrong (the leftover of a writer killed mid-PUT), in which case it is rewritten. Every chunk holds its size from the byte budget until its PUT is
 done, so a commit never buffers more than ``SYNCD_MAX_INFLIGHT_BYTES``.
 
 ``location(chunk_id)`` answers where a chunk ended up once :meth:`finish` has
@@ -22,11 +23,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .chunking import content_id
-from .errors import PreconditionFailed
 from .layout import Layout
 from .limits import ByteBudget, gather_all
 from .manifest import ChunkRef
-from .store import ObjectStore
+from .store import ObjectStore, put_immutable
 
 
 class Uploader:
@@ -72,10 +72,8 @@ class Uploader:
         self._tasks.append(asyncio.ensure_future(coro))
 
     async def _put(self, key: str, data: bytes) -> bool:
-        """PUT once; False when the object was already there (content-addressed: same bytes)."""
-        try:
-            await self.store.put(key, data, if_none_match=True)
-        except PreconditionFailed:
+        """PUT once; False when the object was already there whole (see store.put_immutable)."""
+        if not await put_immutable(self.store, key, data):
             return False
         self.uploaded_bytes += len(data)
         return True

@@ -16,8 +16,11 @@ volume's prefix.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import manifest
@@ -25,10 +28,15 @@ from .chunking import is_content_id
 from .errors import (ManifestError, NotFound, PreconditionFailed, SnapshotNotFound,
                      VolumeNotFound)
 from .layout import Layout, validate_name
-from .manifest import Snapshot
-from .store import ObjectStore
+from .manifest import Entry, Snapshot
+from .store import ObjectStore, put_immutable
 
 HEAD_FORMAT = 1
+
+
+def writer_id() -> str:
+    """Who wrote a snapshot (informational): host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -127,11 +135,20 @@ class VolumeRepo:
 
     async def put_snapshot(self, volume: str, snap: Snapshot) -> str:
         snapshot_id, data = manifest.encode(snap)
-        try:
-            await self.store.put(self.layout.snapshot(volume, snapshot_id), data, if_none_match=True)
-        except PreconditionFailed:
-            pass  # content-addressed: already there with these very bytes
+        await put_immutable(self.store, self.layout.snapshot(volume, snapshot_id), data)
         return snapshot_id
+
+    async def publish(self, head: Head, entries: Mapping[str, Entry], message: str = "") -> Head:
+        """Store ``entries`` as the successor of ``head`` and advance HEAD to it.
+
+        Raises PreconditionFailed if another writer advanced HEAD meanwhile;
+        the caller re-reads HEAD, rebuilds its entries on the new latest and
+        calls again.
+        """
+        snap = Snapshot(head.volume, self.layout.owner, head.seq + 1, head.snapshot, time.time(),
+                        writer_id(), entries, message)
+        snapshot_id = await self.put_snapshot(head.volume, snap)
+        return await self.advance(head, snapshot_id, head.seq + 1)
 
     async def advance(self, head: Head, snapshot_id: str, seq: int) -> Head:
         """Point HEAD at ``snapshot_id`` if nobody moved it since ``head`` was read."""
@@ -162,6 +179,10 @@ class VolumeRepo:
         keys = [o.key async for o in self.store.list_objects(self.layout.volume_prefix(volume))]
         await self.store.delete(keys)
         return len(keys) + 1
+
+    async def abort_stale_uploads(self, volume: str, older_than: float) -> int:
+        """Abort ``volume``'s unfinished multipart uploads started over ``older_than`` seconds ago."""
+        return await self.store.abort_stale_uploads(self.layout.volume_prefix(volume), older_than)
 
     async def history(self, volume: str, limit: int | None = None) -> list[tuple[str, Snapshot]]:
         """Snapshots from newest to oldest, following parent links.

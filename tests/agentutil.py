@@ -32,6 +32,10 @@ def env_for(config: Config) -> dict[str, str]:
         "SYNCD_PACK_SIZE": str(config.pack_size), "SYNCD_MAX_INFLIGHT_BYTES": str(config.max_inflight_bytes),
         "SYNCD_RETRIES": str(config.retries), "SYNCD_RETRY_BASE_DELAY": str(config.retry_base_delay),
     })
+    if config.gateways:
+        env["SYNCD_GATEWAY"] = ",".join(config.gateways)
+    if config.gateway_token:
+        env["SYNCD_GATEWAY_TOKEN"] = config.gateway_token
     return env
 
 

@@ -283,3 +283,28 @@ def test_tokens_file(tmp_path: Path) -> None:
         path.write_text(bad)
         with pytest.raises(ConfigError):
             Tokens.load(path)
+
+
+async def test_requests_beyond_the_limit_wait_briefly_then_get_503(
+        config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory is bounded by requests in flight; a worker seeing 503 reads elsewhere."""
+    import gateway.app as gateway_app
+    from aiohttp.test_utils import TestClient, TestServer
+    from gateway.service import GatewayService
+    from syncd.engine import open_engine
+
+    monkeypatch.setattr(gateway_app, "QUEUE_WAIT", 0.2)
+    async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
+        service = GatewayService(engine.store, config.prefix, tmp_path / "gwcache", 64 * 1024 * 1024)
+        app = gateway_app.create_app(service, Tokens(None), max_requests=1)
+        url = f"/v1/{config.owner}/vol/chunks/{'ab' * 16}"
+        try:
+            async with TestClient(TestServer(app)) as client:
+                await app[gateway_app.SLOTS].acquire()  # one request is in flight
+                busy = await client.get(url)
+                assert busy.status == 503
+                assert (await client.get("/healthz")).status == 200  # health is never shed
+                app[gateway_app.SLOTS].release()
+                assert (await client.get(url)).status == 404  # served again: no such chunk
+        finally:
+            await service.close()

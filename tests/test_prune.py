@@ -112,6 +112,28 @@ async def test_no_retention_only_collects_garbage(config: Config, tmp_path: Path
         assert res.deleted_snapshots == [content_id(orphan_snapshot)] and res.kept_snapshots == 2
 
 
+async def test_prune_aborts_multipart_uploads_a_dead_writer_left(config: Config, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    async with open_engine(config.replace(stale_upload_age=0.0)) as eng:
+        await commit_versions(eng, src, 1, size=1000)
+        s3 = await S3Store.open(config)
+        try:
+            key = eng.layout.chunk("vol", "ab" * 16)
+            await s3._client.create_multipart_upload(Bucket=config.bucket, Key=key)  # a writer died here
+            prefix = eng.layout.volume_prefix("vol")
+            assert len(await s3.multipart_uploads(prefix)) == 1
+            import syncd.s3
+            later = time.time() + 10  # S3 reports Initiated in whole seconds: look from 10 s on
+            monkeypatch.setattr(syncd.s3.time, "time", lambda: later)
+            res = await prune(eng, "vol", Retention(grace=0))
+            assert res.aborted_uploads == 1
+            assert await s3.multipart_uploads(prefix) == []
+        finally:
+            await s3.close()
+
+
 async def test_commit_reuploads_a_chunk_pruned_from_under_its_index(config: Config, tmp_path: Path) -> None:
     """Worker A's index still names a chunk that only a pruned snapshot used; A renames the file."""
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
