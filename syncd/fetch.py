@@ -65,6 +65,7 @@ class ChunkFetcher:
                  sources: Sequence[ChunkSource] = ()) -> None:
         self.store, self.layout, self.cache, self.sources = store, layout, cache, list(sources)
         self.bytes_by_source: Counter[str] = Counter()
+        self.stream_retries = 0  # bodies that broke off half-way and were read again
         self._chunks: SingleFlight[tuple[str, str], bytes] = SingleFlight()
         self._packs: SingleFlight[tuple[str, str, int, int], dict[str, bytes]] = SingleFlight()
 
@@ -109,6 +110,7 @@ class ChunkFetcher:
             except TransientStoreError as exc:  # the body broke off: read it again
                 if attempt == STREAM_ATTEMPTS:
                     raise
+                self.stream_retries += 1
                 log.info("reading %s again after %s", key, exc)
                 continue
             if ok:

@@ -56,9 +56,11 @@ async def seeded(config: Config, tmp_path: Path, small_files: int = 3) -> AsyncI
 
 
 def retries(engine: Engine) -> int:
+    """Retries by the store wrapper, plus streamed bodies the fetcher read again (hydrate streams
+    large chunks into place; a body that breaks off half-way is re-read there, not in the wrapper)."""
     inner = engine.counter.inner
     assert isinstance(inner, RetryingStore)
-    return inner.retries
+    return inner.retries + engine.fetcher.stream_retries
 
 
 # which requests each fault is aimed at: every fault must hit both commit and hydrate traffic
