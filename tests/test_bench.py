@@ -1,4 +1,7 @@
-"""bench/run.py runs end to end on tiny data and reports every scenario (benchmarks are not tests)."""
+"""bench/run.py runs end to end on tiny data and reports every scenario (benchmarks are not tests).
+
+Not marked slow on purpose: it is the suite's only check that the benchmark still runs (~20 s).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"hydrate_large", "hydrate_small", "warm_large", "warm_small", "commit_large", "commit_incr",
              "readers"}
 
 
-@pytest.mark.slow
 def test_bench_runs_on_tiny_data(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--tools", "s5cmd",
