@@ -23,7 +23,7 @@ sources too; every chunk in a range is verified on its own as before.
 
 ``stream_from_store`` is the large-file path of a hydrate in ``ref`` cache mode
 (cache.py): the chunk object is streamed (store.open_stream) into the caller's
-writer in ~512 KiB batches, hashed on the way, never held whole in memory; the
+writer in ~1 MiB batches, hashed on the way, never held whole in memory; the
 caller checks nothing itself, a mismatch or a body cut short is retried and
 then raised. ``nearby`` asks only the cache and the remote sources, so the
 caller can stream from the store when they have nothing.
@@ -46,7 +46,7 @@ from .store import Blob, ObjectStore, open_stream
 
 log = logging.getLogger(__name__)
 Writer = Callable[[int, list[bytes]], Awaitable[None]]  # (position in the chunk, pieces)
-WRITE_BATCH = 512 << 10   # bytes handed to a Writer at once (measured: docs/BENCHMARKS.md)
+WRITE_BATCH = 1 << 20     # bytes handed to a Writer at once (measured: docs/BENCHMARKS.md)
 STREAM_ATTEMPTS = 3       # a body cut short is read again this many times in all
 
 

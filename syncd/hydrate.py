@@ -17,7 +17,9 @@ copied into the chunk cache: once the file is published, the cache records
 where each chunk sits in it, so the bytes hit the disk once (cache.py). A chunk
 that neither the cache nor a gateway holds is then streamed from the store
 straight into its place in the file, hashed on the way (fetch.py): no
-chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md).
+chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md);
+those writes go through one writer thread per hydrate (fewer thread wake-ups
+than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md).
 
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again. If the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +130,7 @@ class _Run:
         self._files = asyncio.Semaphore(OPEN_FILES)
         self._by_ref = engine.config.cache_large == "ref"
         self._uses: Counter[str] = Counter()
+        self._writer: ThreadPoolExecutor | None = None  # streamed chunk writes, see _write_files
 
     def _record(self, entry: Entry, st: LocalFile) -> None:
         self.done[entry.path] = Tracked(entry, st.fingerprint if entry.kind == "file" else None)
@@ -166,7 +170,14 @@ class _Run:
         self._uses = Counter(ref.id for entry in large for ref in entry.chunks)
         tasks = [self._write_group(pack, members) for pack, members in groups.items()]
         tasks += [self._write_large(entry) for entry in large]
-        await gather_all(tasks)
+        # One thread for all streamed chunk writes: while chunks stream in it takes batch after
+        # batch without sleeping in between, where the default pool woke a thread per batch.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="syncd-write") if large else None
+        try:
+            await gather_all(tasks)
+        finally:  # gather_all waited for every write, so nothing is left to join
+            if self._writer is not None:
+                self._writer.shutdown(wait=False)
 
     async def _write_group(self, pack: str, entries: list[Entry]) -> None:
         """Files whose bytes all sit in one pack: one ranged GET, one thread batch."""
@@ -224,7 +235,7 @@ class _Run:
                           fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
             if data is None:
                 await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
-                    localfs.pwritev_all, fd, pieces, offset + pos, final))
+                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer))
             else:
                 await in_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from concurrent.futures import Executor
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
@@ -81,7 +82,8 @@ async def gather_all(aws: Iterable[Awaitable[V]]) -> list[V]:
         raise
 
 
-async def in_thread(fn: Callable[..., V], *args: object, undo: Callable[[V], object] | None = None) -> V:
+async def in_thread(fn: Callable[..., V], *args: object, undo: Callable[[V], object] | None = None,
+                    pool: Executor | None = None) -> V:
     """``asyncio.to_thread`` that, when cancelled, still waits for the thread to finish.
 
     A cancelled ``to_thread`` returns at once while its thread runs on, so a
@@ -90,9 +92,11 @@ async def in_thread(fn: Callable[..., V], *args: object, undo: Callable[[V], obj
     land in a descriptor number that was closed and reused. File steps run
     through this instead: cancellation takes effect when the step is done,
     and ``undo(result)`` (run in a thread) releases what a step that finished
-    anyway acquired, such as an open temporary file.
+    anyway acquired, such as an open temporary file. ``pool`` runs the step on
+    that executor instead of the default one (hydrate's single writer thread).
     """
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args) if pool is None else
+                                 asyncio.get_running_loop().run_in_executor(pool, fn, *args))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
