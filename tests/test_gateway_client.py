@@ -43,7 +43,8 @@ async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path
 
 
 async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_path: Path) -> None:
-    _, snap = await commit_tree(config, tmp_path / "src", small_files=120, large_size=6 * MiB)
+    # random content: with n objects, all landing on one gateway has odds 2^(1-n); 16+ objects make that ~never
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=120, large_size=16 * MiB)
     async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
         async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "w1" / "dst")
@@ -62,7 +63,7 @@ async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_
 
 
 async def test_warm_command_fills_each_gateway_with_its_share(config: Config, tmp_path: Path) -> None:
-    sid, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=4 * MiB)
+    sid, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=16 * MiB)
     async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
         args = build_parser().parse_args(["gateway", "warm", "vol", "--snapshot", sid])
         result = await COMMANDS[args._command].handler(args, through(config, a.url, b.url))
