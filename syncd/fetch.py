@@ -120,7 +120,7 @@ class ChunkFetcher:
             log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
             if bad == 2:  # as _from_store: a torn read gets one more chance
                 break
-        raise IntegrityError(f"chunk {ref.id} of volume {volume!r} is corrupt in the store ({key})")
+        raise _corrupt(volume, ref, key)
 
     async def _stream_once(self, volume: str, key: str, ref: ChunkRef, write: Writer) -> bool:
         digest, position, size = hasher(), 0, 0
@@ -128,8 +128,7 @@ class ChunkFetcher:
         try:
             async with open_stream(self.store, key) as stream:
                 if stream.size != ref.size:  # as _sized: never write past the chunk's place
-                    raise IntegrityError(f"volume {volume!r}: the snapshot says chunk {ref.id} has "
-                                         f"{ref.size} bytes, but it has {stream.size}")
+                    raise _wrong_size(volume, ref, stream.size)
                 async for piece in stream.pieces:
                     digest.update(piece)
                     batch.append(piece)
@@ -140,8 +139,7 @@ class ChunkFetcher:
                 if batch:
                     await write(position, batch)
         except NotFound as exc:
-            raise IntegrityError(f"volume {volume!r}: {key} is referenced by the snapshot "
-                                 "but missing from the store") from exc
+            raise _missing(volume, key) from exc
         return digest.hexdigest() == ref.id
 
     def _ranked(self, key: str) -> list[ChunkSource]:
@@ -173,16 +171,14 @@ class ChunkFetcher:
                 self.bytes_by_source["store"] += len(blob.data)
                 return blob.data
             log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
-        raise IntegrityError(f"chunk {ref.id} of volume {volume!r} is corrupt in the store ({key})")
+        raise _corrupt(volume, ref, key)
 
     async def _get(self, volume: str, key: str, start: int | None, end: int | None) -> Blob:
         """A GET of bytes a snapshot references: their absence means the volume is damaged."""
         try:
             return await self.store.get(key, start, end)
         except NotFound as exc:
-            where = "" if start is None else f" (bytes {start}..{end})"
-            raise IntegrityError(f"volume {volume!r}: {key}{where} is referenced by the snapshot "
-                                 "but missing from the store") from exc
+            raise _missing(volume, key, "" if start is None else f" (bytes {start}..{end})") from exc
 
     async def get_packed(self, volume: str, pack: str, refs: Iterable[ChunkRef]) -> dict[str, bytes]:
         """Bytes of every ref (all in ``pack``), keyed by chunk id, with at most one GET."""
@@ -251,6 +247,19 @@ def _sized(volume: str, ref: ChunkRef, data: bytes) -> bytes:
     chunk, and the file would be published padded with zeros.
     """
     if len(data) != ref.size:
-        raise IntegrityError(f"volume {volume!r}: the snapshot says chunk {ref.id} has {ref.size} bytes, "
-                             f"but it has {len(data)}")
+        raise _wrong_size(volume, ref, len(data))
     return data
+
+
+def _wrong_size(volume: str, ref: ChunkRef, actual: int) -> IntegrityError:
+    return IntegrityError(f"volume {volume!r}: the snapshot says chunk {ref.id} has {ref.size} bytes, "
+                          f"but it has {actual}")
+
+
+def _missing(volume: str, key: str, where: str = "") -> IntegrityError:
+    return IntegrityError(f"volume {volume!r}: {key}{where} is referenced by the snapshot "
+                          "but missing from the store")
+
+
+def _corrupt(volume: str, ref: ChunkRef, key: str) -> IntegrityError:
+    return IntegrityError(f"chunk {ref.id} of volume {volume!r} is corrupt in the store ({key})")
