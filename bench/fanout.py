@@ -38,8 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from syncd.chunking import content_id  # noqa: E402
 from syncd.config import Config, MiB, parse_size  # noqa: E402
+from syncd.format.chunking import content_id  # noqa: E402
 
 
 def make_volume(root: Path, size: int, small_files: int) -> None:
@@ -79,8 +79,8 @@ def tree_digest(root: Path) -> str:
 
 
 async def commit_volume(config: Config, src: Path) -> int:
-    from syncd.commit import commit
-    from syncd.engine import open_engine
+    from syncd.engine.commit import commit
+    from syncd.engine.wiring import open_engine
     async with open_engine(config) as eng:
         result = await commit(eng, "fanout", src)
         snap = await eng.repo.snapshot("fanout", result.snapshot or "")
@@ -89,8 +89,8 @@ async def commit_volume(config: Config, src: Path) -> int:
 
 async def worker_main(target: str) -> None:
     """One worker: hydrate with SYNCD_* from the environment, print what it read from where."""
-    from syncd.engine import open_engine
-    from syncd.hydrate import hydrate
+    from syncd.engine.hydrate import hydrate
+    from syncd.engine.wiring import open_engine
     async with open_engine(Config.from_env()) as eng:
         started = time.monotonic()
         await hydrate(eng, "fanout", Path(target))
@@ -248,7 +248,7 @@ def main() -> None:
         endpoint = os.environ.get("SYNCD_S3_ENDPOINT")
         server = None
         if not endpoint:
-            from syncd.devserver import CREDENTIALS, SeaweedServer
+            from syncd.store.devserver import CREDENTIALS, SeaweedServer
             os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
             server = SeaweedServer(scratch / "seaweedfs").start()
             endpoint = server.endpoint

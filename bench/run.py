@@ -7,7 +7,7 @@ Run from the repository root (after ``pip install -e '.[bench]'``)::
     python bench/run.py --full     # 2 GiB file, 3 reps
     python bench/run.py --tiny     # seconds; what the test suite runs
 
-It starts its own SeaweedFS (syncd.devserver) on loopback, prepares random data,
+It starts its own SeaweedFS (syncd.store.devserver) on loopback, prepares random data,
 commits it as syncd volumes and uploads it as plain objects, then runs every
 scenario (bench/scenarios.py) for syncd
 and each competitor in the same run on the same server. Inside each
@@ -37,11 +37,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import report  # noqa: E402
-import scenarios  # noqa: E402
-from harness import BUCKET, Context, Run, run_procs  # noqa: E402
+import report
+import scenarios
+from harness import BUCKET, Context, Run, run_procs
 
-from syncd.devserver import CREDENTIALS, SeaweedServer  # noqa: E402
+from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
 MiB = 1 << 20
 MODES: dict[str, dict[str, int]] = {
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 def _startup(ctx: Context) -> float:
     """Fastest of 5 starts of a Python process importing what a hydrate imports: the floor that
     every syncd figure above includes (creating the S3 client costs about 0.1 s more)."""
-    cmd = [sys.executable, "-c", "import syncd.cli, syncd.s3, syncd.hydrate, syncd.commit, aiobotocore.session"]
+    cmd = [sys.executable, "-c", "import syncd.cli.core, syncd.store.s3, syncd.engine.hydrate, syncd.engine.commit, aiobotocore.session"]
     return round(min(run_procs("startup", [cmd], ctx.syncd_env, 0, None).wall for _ in range(5)), 3)
 
 
@@ -172,7 +172,7 @@ def _load() -> str:
 
 def _meta(mode: str, reps: int, sizes: dict[str, int], extra_env: list[str]) -> dict[str, Any]:
     return {"mode": mode, "reps": reps, "sizes": sizes, "syncd_env": extra_env,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "cpus": os.cpu_count(), "python": platform.python_version(), "load_before": _load(),
             "_t0": time.monotonic()}
 

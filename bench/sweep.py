@@ -25,10 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BUCKET, RAW, Context, Run, write_random  # noqa: E402
+from harness import BUCKET, RAW, Context, Run, write_random
 
-from syncd.config import parse_size  # noqa: E402
-from syncd.devserver import CREDENTIALS, SeaweedServer  # noqa: E402
+from syncd.config import parse_size
+from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
 
 def parse_args() -> argparse.Namespace:

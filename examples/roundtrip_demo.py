@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from syncd.devserver import CREDENTIALS, SeaweedServer
+from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
 
 def syncd(env: dict[str, str], *args: str) -> str:

@@ -11,7 +11,7 @@ What runs:
   twice. The first dispatch shows 3 files, the second 6.
 
 Tasks are the product page's code; the volume is attached around each task
-with ``syncd.workflow.attached`` (mount before, commit after), which is what
+with ``syncd.sdk.workflow.attached`` (mount before, commit after), which is what
 ``dispatch(workflow, volume=my_volume)`` does on a real workflow engine.
 
 Run it with ``./scripts/demo.sh`` (sets up a virtualenv first) or, inside an
@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from syncd import Volume, volume
-from syncd.devserver import CREDENTIALS, SeaweedServer
 from syncd.errors import AgentUnavailable
-from syncd.sdk import AgentClient
-from syncd.workflow import attached
+from syncd.sdk.volume import AgentClient
+from syncd.sdk.workflow import attached
+from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
 LABELS = ("model-1a-small", "model-3c-small", "model-3c-large")
 

@@ -38,9 +38,17 @@ from typing import Any
 
 from aiohttp import web
 
-from syncd.chunking import is_content_id
-from syncd.errors import (InvalidName, IntegrityError, NotFound, StoreError, SyncdError,
-                          TransientStoreError, VolumeNotFound, SnapshotNotFound)
+from syncd.errors import (
+    IntegrityError,
+    InvalidName,
+    NotFound,
+    SnapshotNotFound,
+    StoreError,
+    SyncdError,
+    TransientStoreError,
+    VolumeNotFound,
+)
+from syncd.format.chunking import is_content_id
 
 from .auth import Decision, Tokens
 from .service import Body, GatewayService, Kind, ObjectRef
@@ -214,7 +222,7 @@ async def limit_requests(request: web.Request, handler: Handler) -> web.StreamRe
     slots = request.app[SLOTS]
     try:
         await asyncio.wait_for(slots.acquire(), QUEUE_WAIT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return error_response(503, "gateway busy: too many requests in flight")
     try:
         return await handler(request)

@@ -19,7 +19,7 @@ import hmac
 from pathlib import Path
 
 from syncd.errors import ConfigError, InvalidName
-from syncd.layout import validate_name
+from syncd.format.layout import validate_name
 
 
 class Decision(enum.Enum):

@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from syncd.chunking import hasher
 from syncd.errors import IntegrityError, TransientStoreError
+from syncd.format.chunking import hasher
 
 
 class Flight:

@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from syncd.config import Config, parse_size
-from syncd.engine import open_engine
+from syncd.engine.wiring import open_engine
 from syncd.errors import ConfigError, SyncdError
 
 from .app import MAX_REQUESTS, create_app

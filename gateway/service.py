@@ -6,7 +6,7 @@ stream, in this order:
 
 1. a fetch of the same object of the same volume already in flight: join
    it (no new GET);
-2. the disk cache: one ``syncd.cache.ChunkCache`` (one diskcache handle,
+2. the disk cache: one ``syncd.engine.cache.ChunkCache`` (one diskcache handle,
    whatever the number of owners), seen per owner through ``for_owner``, so
    the size bound (LRU) covers every owner together while keys stay
    owner-scoped. Every cached read is re-hashed; a corrupt
@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from syncd.cache import ChunkCache
-from syncd.chunking import is_content_id
+from syncd.engine.cache import ChunkCache
+from syncd.engine.volumes import VolumeRepo
 from syncd.errors import InvalidName, TransientStoreError
-from syncd.layout import Layout, validate_name
-from syncd.store import ObjectStore, open_stream
-from syncd.volumes import VolumeRepo
+from syncd.format.chunking import is_content_id
+from syncd.format.layout import Layout, validate_name
+from syncd.store.base import ObjectStore, open_stream
 
 from .flight import Flight
 from .metrics import GatewayMetrics
@@ -170,7 +170,7 @@ class GatewayService:
             await self._pull(obj, flight)
             flight.finish()
             await self.cache(obj.owner).put(obj.id, flight.body())
-        except Exception as exc:  # noqa: BLE001 - handed to every reader of the flight
+        except Exception as exc:
             flight.fail(exc)
             log.warning("origin fetch of %s/%s %s failed: %s", obj.owner, obj.volume, obj.id, exc)
         except BaseException as exc:
@@ -220,7 +220,7 @@ class GatewayService:
                         await body.wait_done()
                         result.fetched += 1
                         result.bytes_fetched += body.received
-                except Exception as exc:  # noqa: BLE001 - reported per object
+                except Exception as exc:
                     result.failed.append(f"{obj.kind}/{obj.id}: {exc}")
 
         await asyncio.gather(*(one(o) for o in objs if o.id not in present))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a virtualenv with syncd and its test tools, then run the whole test suite
+# Set up a virtualenv with syncd and its test tools; type-check (mypy strict), lint (ruff),
+# check the layer contract (import-linter), then run the whole test suite
 # against an embedded SeaweedFS (or SYNCD_TEST_S3_ENDPOINT, if set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +12,6 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install --quiet -e ".[test]"
 "$VENV/bin/python" -m mypy
+"$VENV/bin/ruff" check syncd gateway tests bench examples
+"$VENV/bin/lint-imports" --no-cache | tail -n 3
 exec "$VENV/bin/python" -m pytest -q "$@"

@@ -1,3 +1,3 @@
-from .cli import main
+from syncd.cli.core import main
 
 raise SystemExit(main())

@@ -49,7 +49,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import ConfigError
+from syncd.errors import ConfigError
 
 KiB = 1024
 MiB = 1024 * KiB

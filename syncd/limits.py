@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from concurrent.futures import Executor
 from collections.abc import Awaitable, Callable, Hashable, Iterable
+from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)

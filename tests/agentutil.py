@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncd.config import Config
-from syncd.devserver import CREDENTIALS
 from syncd.errors import AgentUnavailable
-from syncd.sdk import AgentClient
+from syncd.sdk.volume import AgentClient
+from syncd.store.devserver import CREDENTIALS
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ def latest_files(config: Config, volume: str) -> dict[str, int]:
     """path -> size of every file in the volume's latest snapshot, read straight from the bucket."""
     import asyncio
 
-    from syncd.engine import open_engine
+    from syncd.engine.wiring import open_engine
 
     async def read() -> dict[str, int]:
         async with open_engine(config, use_cache=False) as engine:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from syncd.chunking import content_id, spans, verify
-from syncd.engine import Engine
-from syncd.manifest import ChunkRef, Snapshot
-from syncd.scan import TMP_PREFIX
+from syncd.engine.wiring import Engine
+from syncd.format.chunking import content_id, spans, verify
+from syncd.format.manifest import ChunkRef, Snapshot
+from syncd.local.scan import TMP_PREFIX
 
 
 async def check_head_complete(engine: Engine, volume: str, verified: set[str] | None = None) -> Snapshot | None:

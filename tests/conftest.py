@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from syncd.config import Config, MiB
-from syncd.devserver import CREDENTIALS, SeaweedServer
-from syncd.engine import Engine, open_engine
+from syncd.engine.wiring import Engine, open_engine
+from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
 if TYPE_CHECKING:
     from .agentutil import Agents

@@ -15,11 +15,11 @@ from pathlib import Path
 from gateway.auth import Tokens
 from gateway.main import running
 from gateway.service import GatewayService
-from syncd.commit import commit
 from syncd.config import Config, MiB
-from syncd.engine import Engine, open_engine
-from syncd.manifest import Snapshot
-from syncd.storewrap import CountingStore
+from syncd.engine.commit import commit
+from syncd.engine.wiring import Engine, open_engine
+from syncd.format.manifest import Snapshot
+from syncd.store.wrap import CountingStore
 
 from .treeutil import make_tree
 

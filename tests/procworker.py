@@ -33,10 +33,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import open_engine
-from syncd.hydrate import hydrate
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import open_engine
 
 _PATHS = ("cache_dir", "state_dir", "root", "socket")
 
@@ -116,7 +116,7 @@ def run_forked(job: dict[str, Any]) -> dict[str, Any]:
         code = 0
         try:
             asyncio.run(run_job(job))
-        except BaseException as exc:  # noqa: BLE001 - reported through the exit status
+        except BaseException as exc:
             print(f"job failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             code = 1
         os._exit(code)
@@ -148,8 +148,9 @@ def run_forked(job: dict[str, Any]) -> dict[str, Any]:
 def warm_botocore() -> None:
     """Load botocore's S3 model once in the zygote, so each forked child opens its client in
     milliseconds instead of ~0.2 s of JSON parsing (kills should land in the work)."""
-    import syncd.s3
     from aiobotocore.session import get_session
+
+    import syncd.store.s3
 
     session = get_session()
 
@@ -159,7 +160,7 @@ def warm_botocore() -> None:
             pass
 
     asyncio.run(make_client())
-    syncd.s3.get_session = lambda: session  # type: ignore[attr-defined]
+    syncd.store.s3.get_session = lambda: session  # type: ignore[attr-defined]
 
 
 def zygote() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from syncd.commit import commit
 from syncd.config import Config, MiB
-from syncd.engine import open_engine
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import open_engine
 from syncd.errors import IntegrityError
-from syncd.hydrate import hydrate
 
 from .conftest import worker_config
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from syncd.check import check
-from syncd.cli import main
-from syncd.commit import commit
+from syncd.cli.core import main
 from syncd.config import Config
-from syncd.engine import Engine, open_engine
-from syncd.manifest import Snapshot
-from syncd.prune import Retention, retained
+from syncd.engine.commit import commit
+from syncd.engine.wiring import Engine, open_engine
+from syncd.format.manifest import Snapshot
+from syncd.maint.check import check
+from syncd.maint.prune import Retention, retained
 
 from .treeutil import make_tree
 
@@ -152,7 +152,7 @@ def test_cli_check_fails_with_a_report(cli_env: Config, tmp_path: Path,
 
 
 async def test_pruned_horizon_never_moves_back_even_with_racing_prunes(engine: Engine) -> None:
-    from syncd.reachability import raise_horizon, read_horizon
+    from syncd.maint.reachability import raise_horizon, read_horizon
     await engine.repo.create("vol")
     assert await read_horizon(engine.store, engine.layout, "vol") == 0
     await asyncio.gather(*(raise_horizon(engine.store, engine.layout, "vol", s) for s in (3, 9, 5, 7)))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from syncd.cli import main
+from syncd.cli.core import main
 from syncd.config import Config
 
 from .agentutil import env_for, latest_files

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from syncd.chunking import content_id
 from syncd.config import Config
-from syncd.engine import open_engine
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import open_engine
 from syncd.errors import VolumeNotFound
-from syncd.hydrate import hydrate
-from syncd.manifest import Snapshot
+from syncd.format.chunking import content_id
+from syncd.format.manifest import Snapshot
 
 from .conftest import worker_config
 from .procworker import config_to_json, shared_content, shared_name, writer_contents

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import Engine, open_engine
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import IntegrityError, ManifestError
-from syncd.hydrate import hydrate
-from syncd.scan import TMP_PREFIX
+from syncd.local.scan import TMP_PREFIX
 
 from .conftest import worker_config
 from .treeutil import make_tree, snapshot_tree
@@ -188,7 +188,7 @@ class LyingSource:
         self.engine, self.calls = engine, 0
 
     async def fetch(self, volume: str, ref: object) -> bytes | None:
-        from syncd.manifest import ChunkRef
+        from syncd.format.manifest import ChunkRef
         assert isinstance(ref, ChunkRef)
         self.calls += 1
         data = bytearray(await self.engine.fetcher.get(volume, ref))

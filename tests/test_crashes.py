@@ -32,15 +32,15 @@ from typing import Any
 
 import pytest
 
-from syncd.commit import commit
-from syncd.config import KiB, MiB, Config
-from syncd.engine import Engine, open_engine
-from syncd.hydrate import hydrate
-from syncd.hydrateplan import plan_hydrate
-from syncd.localindex import LocalIndex, Tracked
-from syncd.manifest import ChunkRef, Entry
-from syncd.s3 import S3Store
-from syncd.scan import LocalFile
+from syncd.config import Config, KiB, MiB
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.hydrateplan import plan_hydrate
+from syncd.engine.wiring import Engine, open_engine
+from syncd.format.manifest import ChunkRef, Entry
+from syncd.local.index import LocalIndex, Tracked
+from syncd.local.scan import LocalFile
+from syncd.store.s3 import S3Store
 
 from .checks import check_head_complete, local_ids, snapshot_ids, tmp_files
 from .conftest import worker_config

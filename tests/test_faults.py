@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import Engine, open_engine
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import TransientStoreError
-from syncd.hydrate import hydrate
-from syncd.storewrap import RetryingStore
+from syncd.store.wrap import RetryingStore
 
 from .checks import check_head_complete, tmp_files
 from .conftest import worker_config

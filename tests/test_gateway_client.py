@@ -9,14 +9,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from syncd.cli import COMMANDS, build_parser
+from syncd.agent.metrics import render
+from syncd.cli.core import COMMANDS, build_parser
 from syncd.config import Config, MiB
-from syncd.devserver import free_port
-from syncd.engine import open_engine
-from syncd.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
-from syncd.hydrate import hydrate
-from syncd.manifest import Snapshot
-from syncd.metrics import render
+from syncd.engine.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import open_engine
+from syncd.format.manifest import Snapshot
+from syncd.store.devserver import free_port
 
 from .conftest import worker_config
 from .gatewayutil import commit_tree, gateway_process, metric, serve_gateway, source_bytes, through

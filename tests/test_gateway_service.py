@@ -13,11 +13,11 @@ import pytest
 from gateway.auth import Decision, Tokens
 from gateway.flight import Flight
 from gateway.service import ObjectRef
-from syncd.chunking import content_id
 from syncd.config import Config
 from syncd.errors import ConfigError, TransientStoreError
-from syncd.manifest import ChunkRef, Snapshot
-from syncd.store import BlobStream, ObjectStore, open_stream
+from syncd.format.chunking import content_id
+from syncd.format.manifest import ChunkRef, Snapshot
+from syncd.store.base import BlobStream, ObjectStore, open_stream
 
 from .gatewayutil import commit_tree, metric, serve_gateway
 
@@ -288,10 +288,11 @@ def test_tokens_file(tmp_path: Path) -> None:
 async def test_requests_beyond_the_limit_wait_briefly_then_get_503(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory is bounded by requests in flight; a worker seeing 503 reads elsewhere."""
-    import gateway.app as gateway_app
     from aiohttp.test_utils import TestClient, TestServer
+
+    import gateway.app as gateway_app
     from gateway.service import GatewayService
-    from syncd.engine import open_engine
+    from syncd.engine.wiring import open_engine
 
     monkeypatch.setattr(gateway_app, "QUEUE_WAIT", 0.2)
     async with open_engine(config.replace(gateways=()), use_cache=False) as engine:

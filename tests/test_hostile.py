@@ -20,17 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd import manifest
-from syncd.chunking import content_id
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import Engine, open_engine
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.volumes import encode_head
+from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import IntegrityError, InvalidName, LocalConflict, LocalIOError, ManifestError
-from syncd.hydrate import hydrate
-from syncd.layout import Layout, validate_name
-from syncd.manifest import ChunkRef, Entry, Snapshot
-from syncd.scan import TMP_PREFIX
-from syncd.volumes import encode_head
+from syncd.format import manifest
+from syncd.format.chunking import content_id
+from syncd.format.layout import Layout, validate_name
+from syncd.format.manifest import ChunkRef, Entry, Snapshot
+from syncd.local.scan import TMP_PREFIX
 
 from .conftest import worker_config
 

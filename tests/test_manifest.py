@@ -7,11 +7,11 @@ import zlib
 
 import pytest
 
-from syncd import manifest
-from syncd.chunking import content_id, spans
 from syncd.errors import InvalidName, ManifestError
-from syncd.layout import Layout, normalize_volume_name, validate_name
-from syncd.manifest import ChunkRef, Entry, Snapshot, merge
+from syncd.format import manifest
+from syncd.format.chunking import content_id, spans
+from syncd.format.layout import Layout, normalize_volume_name, validate_name
+from syncd.format.manifest import ChunkRef, Entry, Snapshot, merge
 
 ID = "0" * 32
 

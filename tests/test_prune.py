@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from syncd.chunking import content_id
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import Engine, open_engine
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import PreconditionFailed, SnapshotNotFound
-from syncd.hydrate import hydrate
-from syncd.prune import Retention, prune
-from syncd.check import check
-from syncd.s3 import S3Store
-from syncd.store import Blob, ObjectInfo, ObjectStore
+from syncd.format.chunking import content_id
+from syncd.maint.check import check
+from syncd.maint.prune import Retention, prune
+from syncd.store.base import Blob, ObjectInfo, ObjectStore
+from syncd.store.s3 import S3Store
 
 from .conftest import worker_config
 from .treeutil import make_tree, snapshot_tree
@@ -82,7 +82,7 @@ async def test_grace_period_protects_young_and_recently_superseded(config: Confi
         await eng.store.head(orphan_key)
         dry = await prune(eng, "vol", NOW_ONLY, dry_run=True)
         assert len(dry.deleted_snapshots) == 2 and dry.deleted_objects >= 3
-        assert len((await eng.repo.history("vol"))) == 3         # a dry run deletes nothing
+        assert len(await eng.repo.history("vol")) == 3         # a dry run deletes nothing
         res = await prune(eng, "vol", NOW_ONLY)
         assert res.deleted_objects == dry.deleted_objects
         assert orphan_key not in [o.key async for o in eng.store.list_objects(eng.layout.volume_prefix("vol"))]
@@ -124,9 +124,9 @@ async def test_prune_aborts_multipart_uploads_a_dead_writer_left(config: Config,
             await s3._client.create_multipart_upload(Bucket=config.bucket, Key=key)  # a writer died here
             prefix = eng.layout.volume_prefix("vol")
             assert len(await s3.multipart_uploads(prefix)) == 1
-            import syncd.s3
+            import syncd.store.s3
             later = time.time() + 10  # S3 reports Initiated in whole seconds: look from 10 s on
-            monkeypatch.setattr(syncd.s3.time, "time", lambda: later)
+            monkeypatch.setattr(syncd.store.s3.time, "time", lambda: later)
             res = await prune(eng, "vol", Retention(grace=0))
             assert res.aborted_uploads == 1
             assert await s3.multipart_uploads(prefix) == []

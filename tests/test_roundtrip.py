@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import open_engine
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import open_engine
 from syncd.errors import LocalConflict, VolumeNotFound
-from syncd.hydrate import hydrate
 
 from .conftest import worker_config
 from .treeutil import make_tree, mtimes, snapshot_tree
@@ -161,7 +161,7 @@ async def test_local_edit_survives_rehydrate_and_is_committed(config: Config, tm
 
 
 async def test_hydrate_missing_volume_is_a_clear_error(engine: object, tmp_path: Path) -> None:
-    from syncd.engine import Engine
+    from syncd.engine.wiring import Engine
     assert isinstance(engine, Engine)
     with pytest.raises(VolumeNotFound, match="nope"):
         await hydrate(engine, "nope", tmp_path / "x")
@@ -169,7 +169,7 @@ async def test_hydrate_missing_volume_is_a_clear_error(engine: object, tmp_path:
 
 async def test_file_modified_during_commit_is_never_committed_torn(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.commit as commit_mod
+    import syncd.engine.commit as commit_mod
     src = tmp_path / "src"
     src.mkdir()
     target = src / "ckpt.bin"
@@ -194,7 +194,7 @@ async def test_file_modified_during_commit_is_never_committed_torn(
 
 async def test_file_that_never_settles_keeps_its_previous_version(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.commit as commit_mod
+    import syncd.engine.commit as commit_mod
     src = tmp_path / "src"
     src.mkdir()
     target = src / "log.bin"

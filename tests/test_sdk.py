@@ -13,7 +13,7 @@ import syncd
 from syncd import Volume, list_volumes, volume
 from syncd.config import Config
 from syncd.errors import AgentUnavailable, InvalidName, PermissionDenied, VolumeNotFound
-from syncd.sdk import AgentClient
+from syncd.sdk.volume import AgentClient
 
 from .agentutil import Agents, latest_files
 

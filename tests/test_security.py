@@ -23,12 +23,12 @@ import pytest
 
 from gateway.auth import Tokens
 from gateway.main import parse_args
-from syncd import localfs
 from syncd.config import Config
-from syncd.devserver import CREDENTIALS
 from syncd.errors import LocalIOError
-from syncd.manifest import Entry
-from syncd.sdk import _UnixConnection
+from syncd.format.manifest import Entry
+from syncd.local import fs as localfs
+from syncd.sdk.volume import _UnixConnection
+from syncd.store.devserver import CREDENTIALS
 
 from .agentutil import Agents
 from .gatewayutil import commit_tree, serve_gateway
@@ -325,7 +325,7 @@ async def test_only_chunks_and_packs_of_the_named_volume_are_reachable(config: C
         "/v1/alice/vol/chunks/..%2FHEAD", f"/v1/alice/vol%2Fchunks/{cid}", f"/v1/alice/..%2Fbob/chunks/{cid}",
         f"/v1/alice/%2E%2E/chunks/{cid}", f"/v1/alice/vol/chunks/{cid}%2F..%2F..%2FHEAD",
         f"/v1/alice/vol/chunks/{cid.upper()}", f"/v1/alice/vol/chunks/{cid}0", f"/v1/alice/vol/chunks/{cid * 500}",
-        f"/v1/alice/vol/chunks/{cid[:-1]}", f"/v1/alice/vol/chunks/{cid}%00", f"/v1/alice/vol/chunks/%2E%2E",
+        f"/v1/alice/vol/chunks/{cid[:-1]}", f"/v1/alice/vol/chunks/{cid}%00", "/v1/alice/vol/chunks/%2E%2E",
         f"/v1/alice/vol/chunks/{cid[:2]}/{cid}", f"/v1/alice/.vol/chunks/{cid}", f"/v1/alice/{'v' * 64}/chunks/{cid}",
         f"/v1/alice/vol/packs/{sid}", f"/v1/alice/vol/chunks/{sid}",     # a snapshot id in an object route
         "/v1/alice/vol/" + "a" * 100_000,

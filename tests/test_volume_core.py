@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from syncd.chunking import content_id
-from syncd.commit import commit
 from syncd.config import Config
-from syncd.engine import Engine, open_engine
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.volumes import encode_head
+from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import InvalidName, ManifestError
-from syncd.hydrate import hydrate
-from syncd.volumes import encode_head
+from syncd.format.chunking import content_id
 
 from .conftest import worker_config
 from .treeutil import snapshot_tree

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from syncd.localindex import LocalIndex, Tracked
-from syncd.manifest import Entry
-from syncd.scan import LocalFile
-from syncd.watch import signature
+from syncd.format.manifest import Entry
+from syncd.local.index import LocalIndex, Tracked
+from syncd.local.scan import LocalFile
+from syncd.local.watch import signature
 
 
 def _file(ino: int, size: int, mtime: int, mode: int = 0o644) -> LocalFile:

@@ -10,8 +10,8 @@ import pytest
 
 from syncd import Volume
 from syncd.config import Config
-from syncd.sdk import AgentClient
-from syncd.workflow import attached, with_volume
+from syncd.sdk.volume import AgentClient
+from syncd.sdk.workflow import attached, with_volume
 
 from .agentutil import Agents, latest_files
 from .conftest import worker_config
@@ -132,7 +132,7 @@ def test_covalent_hooks_attach_the_volume(config: Config, agents: Agents,
     from covalent._workflow.transport import TransportableObject
     from covalent.executor.utils.wrappers import wrapper_fn
 
-    from syncd.covalent_hooks import volume_electron
+    from syncd.sdk.covalent import volume_electron
 
     agents.start(config)
     monkeypatch.setenv("SYNCD_SOCKET", str(config.socket))

@@ -41,12 +41,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import errors
-from .agent import Agent
-from .watch import WatchSettings
-from .config import Config
-from .engine import open_engine
-from .errors import SyncdError
+from syncd import errors
+from syncd.agent.service import Agent
+from syncd.config import Config
+from syncd.engine.wiring import open_engine
+from syncd.errors import SyncdError
+from syncd.local.watch import WatchSettings
 
 log = logging.getLogger(__name__)
 OWNER_HEADER = "X-Syncd-Owner"
@@ -130,7 +130,7 @@ class _Routes:
         return _json(await self.agent.delete(request.match_info["name"]))
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from .metrics import render
+        from syncd.agent.metrics import render
         return web.Response(body=render(self.agent.engine.fetcher),
                             content_type="text/plain", charset="utf-8")
 

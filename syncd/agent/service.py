@@ -41,14 +41,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import localfs
-from .commit import CommitResult, commit
-from .engine import Engine
-from .errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
-from .hydrate import HydrateResult, hydrate
-from .layout import validate_name
-from .limits import SingleFlight
-from .watch import Watch, WatchSettings
+from syncd.engine.commit import CommitResult, commit
+from syncd.engine.hydrate import HydrateResult, hydrate
+from syncd.engine.wiring import Engine
+from syncd.errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
+from syncd.format.layout import validate_name
+from syncd.limits import SingleFlight
+from syncd.local import fs as localfs
+from syncd.local.watch import Watch, WatchSettings
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1
@@ -243,7 +243,7 @@ class Agent:
             except SyncdError as exc:
                 mount.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("write-back of %s: %s", mount.name, exc)
-            except Exception:  # noqa: BLE001 - the watcher must outlive one bad round
+            except Exception:
                 log.exception("write-back of %s failed", mount.name)
 
     async def _stop_watcher(self, mount: Mount) -> None:

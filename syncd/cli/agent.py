@@ -7,10 +7,10 @@ import logging
 import sys
 from typing import Any
 
-from .agent import Agent
-from .watch import WatchSettings
-from .cli import command
-from .config import Config
+from syncd.agent.service import Agent
+from syncd.cli.core import command
+from syncd.config import Config
+from syncd.local.watch import WatchSettings
 
 
 def _agent_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
 
 @command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args)
 async def _agent(args: argparse.Namespace, config: Config) -> Any:
-    from .agentapi import serve
+    from syncd.agent.api import serve
     logging.getLogger("syncd").setLevel(min(logging.getLogger().level, logging.INFO))
 
     def ready(agent: Agent) -> None:
@@ -33,7 +33,7 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
 
     failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay), ready)
     if failed:
-        from .errors import LocalIOError
+        from syncd.errors import LocalIOError
         raise LocalIOError("could not flush: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return None
 
@@ -42,7 +42,7 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
 async def _status(args: argparse.Namespace, config: Config) -> Any:
     import asyncio
 
-    from .sdk import AgentClient
+    from syncd.sdk.volume import AgentClient
     status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket, connect_wait=0).call,
                                                      "GET", "/v1/status")
     if args.json:

@@ -16,11 +16,11 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from .cli import command, volume_arg
-from .config import Config
-from .engine import open_engine
-from .errors import ConfigError
-from .gatewayclient import GatewayUnavailable, rendezvous_order, warm
+from syncd.cli.core import command, volume_arg
+from syncd.config import Config
+from syncd.engine.gatewayclient import GatewayUnavailable, rendezvous_order, warm
+from syncd.engine.wiring import open_engine
+from syncd.errors import ConfigError
 
 
 def _warm_args(p: argparse.ArgumentParser) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli import command, volume_arg
-from .config import Config
-from .engine import open_engine
-from .errors import IntegrityError
+from syncd.cli.core import command, volume_arg
+from syncd.config import Config
+from syncd.engine.wiring import open_engine
+from syncd.errors import IntegrityError
 
 
 def _prune_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 
 @command("volume prune", "delete old snapshots and the chunks only they used", _prune_args)
 async def _prune(args: argparse.Namespace, config: Config) -> Any:
-    from .prune import Retention, prune
+    from syncd.maint.prune import Retention, prune
     changes = {k: v for k, v in (("keep_snapshots", args.keep_snapshots), ("keep_days", args.keep_days),
                                  ("prune_grace", args.grace)) if v is not None}
     config = config.replace(**changes)
@@ -43,7 +43,7 @@ def _check_args(p: argparse.ArgumentParser) -> None:
 
 @command("volume check", "verify HEAD, every snapshot and every referenced object", _check_args)
 async def _check(args: argparse.Namespace, config: Config) -> Any:
-    from .check import check
+    from syncd.maint.check import check
     async with open_engine(config, use_cache=False) as engine:
         result = await check(engine, volume_arg(args), read_data=args.read_data)
     if not result.ok:

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import command, progress_for, volume_arg
-from .config import Config
-from .engine import open_engine
-from .errors import ConfigError
+from syncd.cli.core import command, progress_for, volume_arg
+from syncd.config import Config
+from syncd.engine.wiring import open_engine
+from syncd.errors import ConfigError
 
 
 def _when(ts: float) -> str:
@@ -35,7 +35,7 @@ def _create_args(p: argparse.ArgumentParser) -> None:
 
 @command("volume create", "create an empty volume", _create_args)
 async def _create(args: argparse.Namespace, config: Config) -> Any:
-    from .errors import PreconditionFailed
+    from syncd.errors import PreconditionFailed
     name = volume_arg(args)
     async with open_engine(config) as engine:
         try:
@@ -116,7 +116,7 @@ def _put_args(p: argparse.ArgumentParser) -> None:
 
 @command("put", "copy a local file or directory into a volume (creates the volume)", _put_args)
 async def _put(args: argparse.Namespace, config: Config) -> Any:
-    from .transfer import put
+    from syncd.engine.transfer import put
     async with open_engine(config) as engine:
         return await put(engine, volume_arg(args), Path(args.local), args.path, progress=progress_for(args))
 
@@ -130,7 +130,7 @@ def _get_args(p: argparse.ArgumentParser) -> None:
 
 @command("get", "copy a file or directory out of a volume", _get_args)
 async def _get(args: argparse.Namespace, config: Config) -> Any:
-    from .transfer import get
+    from syncd.engine.transfer import get
     async with open_engine(config) as engine:
         return await get(engine, volume_arg(args), args.path, Path(args.local), args.snapshot,
                          progress=progress_for(args))
@@ -145,6 +145,6 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
 
 @command("restore", "commit a new snapshot whose content (at PATH) equals an old snapshot's", _restore_args)
 async def _restore(args: argparse.Namespace, config: Config) -> Any:
-    from .restore import restore
+    from syncd.engine.restore import restore
     async with open_engine(config) as engine:
         return await restore(engine, volume_arg(args), args.snapshot, args.path, args.message)

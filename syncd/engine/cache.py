@@ -37,7 +37,7 @@ from pathlib import Path
 
 import diskcache
 
-from .chunking import verify
+from syncd.format.chunking import verify
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class ChunkCache:
     def _get_one(self, chunk_id: str) -> bytes | None:
         try:
             value = self._cache.get(self._key(chunk_id))
-        except Exception as exc:  # noqa: BLE001 - a cache failure is only a miss
+        except Exception as exc:
             self.stats.errors += 1
             log.warning("chunk cache read failed for %s: %s", chunk_id, exc)
             return None
@@ -118,7 +118,7 @@ class ChunkCache:
     def _evict(self, chunk_id: str) -> None:
         try:
             self._cache.delete(self._key(chunk_id))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("could not evict %s from the chunk cache: %s", chunk_id, exc)
 
     def _put_many(self, items: Mapping[str, bytes | tuple[str, str, int, int]]) -> None:
@@ -126,14 +126,14 @@ class ChunkCache:
             with self._cache.transact():  # one SQLite transaction, not one per chunk
                 for chunk_id, value in items.items():
                     self._cache.set(self._key(chunk_id), value if isinstance(value, tuple) else bytes(value))
-        except Exception as exc:  # noqa: BLE001 - caching is best-effort
+        except Exception as exc:
             self.stats.errors += 1
             log.warning("chunk cache write failed for %d chunks: %s", len(items), exc)
 
     def _contains(self, ids: Iterable[str]) -> set[str]:
         try:
             return {i for i in ids if self._key(i) in self._cache}
-        except Exception:  # noqa: BLE001
+        except Exception:
             return set()
 
     async def get(self, chunk_id: str) -> bytes | None:

@@ -33,16 +33,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chunking import content_id, spans
-from .engine import Engine
-from .errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, StoreError, VolumeNotFound
-from .localindex import Fingerprint, LocalIndex, Tracked
-from .manifest import ChunkRef, Entry, Snapshot, apply, diff, escaping_symlinks, symlink_stays_inside
-from .progress import NoProgress, Progress
-from .reachability import object_key
-from .scan import LocalFile, from_stat, scan
-from .upload import Uploader
-from .volumes import Head
+from syncd.engine.progress import NoProgress, Progress
+from syncd.engine.upload import Uploader
+from syncd.engine.volumes import Head
+from syncd.engine.wiring import Engine
+from syncd.errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, StoreError, VolumeNotFound
+from syncd.format.chunking import content_id, spans
+from syncd.format.layout import object_key
+from syncd.format.manifest import ChunkRef, Entry, Snapshot, apply, diff, escaping_symlinks, symlink_stays_inside
+from syncd.local.index import Fingerprint, LocalIndex, Tracked
+from syncd.local.scan import LocalFile, from_stat, scan
 
 log = logging.getLogger(__name__)
 

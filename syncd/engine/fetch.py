@@ -36,13 +36,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
-from .cache import ChunkCache
-from .chunking import hasher, verify
-from .errors import IntegrityError, NotFound, SyncdError, TransientStoreError
-from .layout import Layout
-from .limits import SingleFlight
-from .manifest import ChunkRef
-from .store import Blob, ObjectStore, open_stream
+from syncd.engine.cache import ChunkCache
+from syncd.errors import IntegrityError, NotFound, SyncdError, TransientStoreError
+from syncd.format.chunking import hasher, verify
+from syncd.format.layout import Layout
+from syncd.format.manifest import ChunkRef
+from syncd.limits import SingleFlight
+from syncd.store.base import Blob, ObjectStore, open_stream
 
 log = logging.getLogger(__name__)
 Writer = Callable[[int, list[bytes]], Awaitable[None]]  # (position in the chunk, pieces)

@@ -28,7 +28,6 @@ which the fetcher logs and skips.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,11 +35,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from .chunking import content_id
-from .config import Config
-from .errors import TransientStoreError
-from .fetch import ChunkSource
-from .manifest import ChunkRef
+from syncd.config import Config
+from syncd.engine.fetch import ChunkSource
+from syncd.errors import TransientStoreError
+from syncd.format.chunking import content_id
+from syncd.format.manifest import ChunkRef
 
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 10.0
@@ -170,7 +169,7 @@ class GatewaySource:
         except GatewayUnavailable:
             self._failed()
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._failed()
             raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         self.breaker.succeeded()
@@ -206,5 +205,5 @@ async def warm(url: str, token: str | None, owner: str, volume: str, payload: Ma
                     raise GatewayUnavailable(f"{url}: warm failed with HTTP {resp.status}: {text.strip()}")
                 answer: dict[str, Any] = await resp.json()
                 return answer
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise GatewayUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc

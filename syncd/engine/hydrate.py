@@ -36,16 +36,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import localfs
-from .chunking import content_id
-from .engine import Engine
-from .errors import LocalConflict, LocalIOError
-from .hydrateplan import Plan, plan_hydrate
-from .limits import gather_all, in_thread
-from .localindex import LocalIndex, Tracked
-from .manifest import ChunkRef, Entry
-from .progress import NoProgress, Progress
-from .scan import LocalFile, scan
+from syncd.engine.hydrateplan import Plan, plan_hydrate
+from syncd.engine.progress import NoProgress, Progress
+from syncd.engine.wiring import Engine
+from syncd.errors import LocalConflict, LocalIOError
+from syncd.format.chunking import content_id
+from syncd.format.manifest import ChunkRef, Entry
+from syncd.limits import gather_all, in_thread
+from syncd.local import fs as localfs
+from syncd.local.index import LocalIndex, Tracked
+from syncd.local.scan import LocalFile, scan
 
 OPEN_FILES = 16
 
@@ -66,7 +66,7 @@ class HydrateResult:
 async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str | None = None,
                   overwrite: bool = False, progress: Progress | None = None) -> HydrateResult:
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
     except OSError as exc:
         raise localfs.local_error(target, exc, "create") from exc
     async with engine.index.locked(volume, target):

@@ -30,9 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .localindex import LocalIndex, Tracked
-from .manifest import Entry
-from .scan import LocalFile
+from syncd.format.manifest import Entry
+from syncd.local.index import LocalIndex, Tracked, unchanged
+from syncd.local.scan import LocalFile
 
 
 @dataclass
@@ -46,17 +46,6 @@ class Plan:
     conflicts: list[str] = field(default_factory=list)
     kept_local: list[str] = field(default_factory=list)
 
-
-def unchanged(tracked: Tracked, local: LocalFile) -> bool:
-    """Is the local path still exactly what syncd last left there?"""
-    entry = tracked.entry
-    if local.kind != entry.kind:
-        return False
-    if entry.kind == "file":
-        return tracked.fingerprint is not None and local.fingerprint == tracked.fingerprint
-    if entry.kind == "symlink":
-        return local.target == entry.target
-    return True
 
 
 def plan_hydrate(desired: Mapping[str, Entry], index: LocalIndex, local: Mapping[str, LocalFile],

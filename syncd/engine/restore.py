@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .commit import MAX_ATTEMPTS
-from .engine import Engine
-from .errors import CommitConflict, PreconditionFailed, SnapshotNotFound
-from .manifest import Changes, Entry, apply, check_path
+from syncd.engine.commit import MAX_ATTEMPTS
+from syncd.engine.wiring import Engine
+from syncd.errors import CommitConflict, PreconditionFailed, SnapshotNotFound
+from syncd.format.manifest import Changes, Entry, apply, check_path
 
 
 @dataclass

@@ -25,13 +25,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .commit import CommitResult, commit
-from .engine import Engine
-from .errors import LocalIOError, SnapshotNotFound
-from .hydrate import HydrateResult, _Run
-from .hydrateplan import Plan
-from .progress import NoProgress, Progress
-from .restore import normalize_path
+from syncd.engine.commit import CommitResult, commit
+from syncd.engine.hydrate import HydrateResult, _Run
+from syncd.engine.hydrateplan import Plan
+from syncd.engine.progress import NoProgress, Progress
+from syncd.engine.restore import normalize_path
+from syncd.engine.wiring import Engine
+from syncd.errors import LocalIOError, SnapshotNotFound
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -57,7 +57,7 @@ def _stage(local: Path, target: Path) -> None:
 async def put(engine: Engine, volume: str, local: Path, dest: str | None = None,
               progress: Progress | None = None) -> CommitResult:
     """Add ``local`` (a file or a tree) to ``volume`` at ``dest`` (default: its own name)."""
-    path = normalize_path(dest) or normalize_path(local.resolve().name)
+    path = normalize_path(dest) or normalize_path((await asyncio.to_thread(local.resolve)).name)
     staging_root = engine.config.state_dir / "staging"
     await asyncio.to_thread(staging_root.mkdir, parents=True, exist_ok=True)
     stage = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=staging_root))

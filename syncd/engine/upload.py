@@ -22,11 +22,11 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from .chunking import content_id
-from .layout import Layout
-from .limits import ByteBudget, gather_all
-from .manifest import ChunkRef
-from .store import ObjectStore, put_immutable
+from syncd.format.chunking import content_id
+from syncd.format.layout import Layout
+from syncd.format.manifest import ChunkRef
+from syncd.limits import ByteBudget, gather_all
+from syncd.store.base import ObjectStore, put_immutable
 
 
 class Uploader:

@@ -23,13 +23,12 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import manifest
-from .chunking import is_content_id
-from .errors import (ManifestError, NotFound, PreconditionFailed, SnapshotNotFound,
-                     VolumeNotFound)
-from .layout import Layout, validate_name
-from .manifest import Entry, Snapshot
-from .store import ObjectStore, put_immutable
+from syncd.errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound
+from syncd.format import manifest
+from syncd.format.chunking import is_content_id
+from syncd.format.layout import Layout, validate_name
+from syncd.format.manifest import Entry, Snapshot
+from syncd.store.base import ObjectStore, put_immutable
 
 HEAD_FORMAT = 1
 
@@ -164,7 +163,7 @@ class VolumeRepo:
         for name in names:
             try:
                 validate_name(name)
-            except Exception:  # noqa: BLE001 - foreign keys under our prefix are not volumes
+            except Exception:
                 continue
             if await self.exists(name):
                 out.append(name)

@@ -21,15 +21,15 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from .cache import ChunkCache
-from .config import Config
-from .fetch import ChunkFetcher, ChunkSource
-from .layout import Layout
-from .limits import ByteBudget
-from .localindex import IndexStore
-from .store import ObjectStore
-from .storewrap import CountingStore, LimitingStore, RetryingStore
-from .volumes import VolumeRepo
+from syncd.config import Config
+from syncd.engine.cache import ChunkCache
+from syncd.engine.fetch import ChunkFetcher, ChunkSource
+from syncd.engine.volumes import VolumeRepo
+from syncd.format.layout import Layout
+from syncd.limits import ByteBudget
+from syncd.local.index import IndexStore
+from syncd.store.base import ObjectStore
+from syncd.store.wrap import CountingStore, LimitingStore, RetryingStore
 
 
 @dataclass
@@ -50,13 +50,13 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
                       sources: Sequence[ChunkSource] = (), use_cache: bool = True) -> AsyncIterator[Engine]:
     layout = Layout(config.prefix, config.owner)   # bad names fail before any connection is opened
     if backend is None:
-        from .s3 import S3Store
+        from syncd.store.s3 import S3Store
         backend = await S3Store.open(config)
     counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
                                           config.retries, config.retry_base_delay))
     cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
     if not sources and config.gateways:
-        from .gatewayclient import gateway_sources
+        from syncd.engine.gatewayclient import gateway_sources
         sources = gateway_sources(config)
     scope = f"{config.s3_endpoint or 'aws'}|{config.bucket}|{config.prefix}|{config.owner}"
     engine = Engine(config, counter, counter, layout, VolumeRepo(counter, layout), cache,

@@ -19,8 +19,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .chunking import is_content_id
-from .errors import InvalidName
+from syncd.errors import InvalidName
+from syncd.format.chunking import is_content_id
+from syncd.format.manifest import ChunkRef
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 NAME_RULE = "1-63 characters of letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -79,3 +80,8 @@ def _checked(object_id: str) -> str:
     if not is_content_id(object_id):
         raise InvalidName(f"invalid object id {object_id!r}")
     return object_id
+
+def object_key(layout: Layout, volume: str, ref: ChunkRef) -> str:
+    """The key holding ``ref``'s bytes: its own chunk object or its pack."""
+    return layout.chunk(volume, ref.id) if ref.pack is None else layout.pack(volume, ref.pack)
+

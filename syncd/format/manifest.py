@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .chunking import content_id, is_content_id
-from .errors import ManifestError
+from syncd.errors import ManifestError
+from syncd.format.chunking import content_id, is_content_id
 
 FORMAT_VERSION = 1
 MAX_ENTRIES = 10_000_000

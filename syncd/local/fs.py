@@ -33,9 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LocalIOError
-from .manifest import Entry
-from .scan import TMP_PREFIX, LocalFile, from_stat
+from syncd.errors import LocalIOError
+from syncd.format.manifest import Entry
+from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat
 
 SAFE_MODE_BITS = 0o777
 IOV_MAX = 1024  # buffers per pwritev call (the Linux limit)

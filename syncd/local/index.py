@@ -24,9 +24,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chunking import content_id
-from .errors import LocalIOError, ManifestError
-from .manifest import Entry, entry_from_json, entry_to_json
+from syncd.errors import LocalIOError, ManifestError
+from syncd.format.chunking import content_id
+from syncd.format.manifest import Entry, entry_from_json, entry_to_json
+from syncd.local.scan import LocalFile
 
 INDEX_FORMAT = 1
 Fingerprint = tuple[int, int, int, int]
@@ -119,3 +120,15 @@ class IndexStore:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+def unchanged(tracked: Tracked, local: LocalFile) -> bool:
+    """Is the local path still exactly what syncd last left there?"""
+    entry = tracked.entry
+    if local.kind != entry.kind:
+        return False
+    if entry.kind == "file":
+        return tracked.fingerprint is not None and local.fingerprint == tracked.fingerprint
+    if entry.kind == "symlink":
+        return local.target == entry.target
+    return True
+

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LocalIOError
+from syncd.errors import LocalIOError
 
 TMP_PREFIX = ".syncd-tmp-"
 
@@ -82,6 +82,10 @@ def scan_sync(root: Path, leftovers: list[str] | None = None) -> dict[str, Local
 
 
 async def scan(root: Path, leftovers: list[str] | None = None) -> dict[str, LocalFile]:
+    return await asyncio.to_thread(_scan_dir, root, leftovers)
+
+
+def _scan_dir(root: Path, leftovers: list[str] | None) -> dict[str, LocalFile]:
     if not root.is_dir():
         raise LocalIOError(f"{root} is not a directory")
-    return await asyncio.to_thread(scan_sync, root, leftovers)
+    return scan_sync(root, leftovers)

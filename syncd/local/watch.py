@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LocalIOError
-from .hydrateplan import unchanged
-from .localindex import IndexStore, LocalIndex
-from .scan import LocalFile, scan
+from syncd.errors import LocalIOError
+from syncd.local.index import IndexStore, LocalIndex, unchanged
+from syncd.local.scan import LocalFile, scan
 
 SCAN_SHARE = 10   # poll interval >= SCAN_SHARE x the last scan's duration
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from .chunking import verify
-from .engine import Engine
-from .errors import ManifestError, StoreError, SyncdError
-from .manifest import ChunkRef
-from .volumes import VolumeRepo
-from .reachability import Listing, list_volume, read_horizon, references, walk_history
+from syncd.engine.volumes import VolumeRepo
+from syncd.engine.wiring import Engine
+from syncd.errors import ManifestError, StoreError, SyncdError
+from syncd.format.chunking import verify
+from syncd.format.manifest import ChunkRef
+from syncd.maint.reachability import Listing, list_volume, read_horizon, references, walk_history
 
 READERS = 8
 

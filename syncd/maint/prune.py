@@ -47,11 +47,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .config import Config
-from .engine import Engine
-from .errors import IntegrityError, SnapshotNotFound
-from .manifest import Snapshot
-from .reachability import Listing, list_volume, raise_horizon, read_horizon, references, walk_history
+from syncd.config import Config
+from syncd.engine.wiring import Engine
+from syncd.errors import IntegrityError, SnapshotNotFound
+from syncd.format.manifest import Snapshot
+from syncd.maint.reachability import Listing, list_volume, raise_horizon, read_horizon, references, walk_history
 
 DAY = 86400.0
 

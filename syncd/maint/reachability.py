@@ -21,11 +21,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound
-from .layout import Layout
-from .manifest import ChunkRef, Snapshot
-from .store import ObjectInfo, ObjectStore
-from .volumes import VolumeRepo
+from syncd.engine.volumes import VolumeRepo
+from syncd.errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound
+from syncd.format.layout import Layout, object_key
+from syncd.format.manifest import ChunkRef, Snapshot
+from syncd.store.base import ObjectInfo, ObjectStore
 
 PRUNED_FORMAT = 1
 HORIZON_ATTEMPTS = 10
@@ -51,10 +51,6 @@ async def list_volume(store: ObjectStore, layout: Layout, volume: str) -> Listin
             out.other.append(info)
     return out
 
-
-def object_key(layout: Layout, volume: str, ref: ChunkRef) -> str:
-    """The key holding ``ref``'s bytes: its own chunk object or its pack."""
-    return layout.chunk(volume, ref.id) if ref.pack is None else layout.pack(volume, ref.pack)
 
 
 def references(layout: Layout, volume: str, snap: Snapshot) -> dict[str, list[ChunkRef]]:

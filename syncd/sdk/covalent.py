@@ -7,7 +7,7 @@ task, mount the volume through that worker's agent (create-or-refer and pull
 the latest commits); after it, commit and wait until the writes are durable::
 
     import covalent as ct
-    from syncd.covalent_hooks import volume_electron
+    from syncd.sdk.covalent import volume_electron
 
     @volume_electron("my-volume")
     def create_new_files(label, volume=None):   # volume: the mounted syncd.Volume
@@ -25,8 +25,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .layout import normalize_volume_name
-from .sdk import Volume
+from syncd.format.layout import normalize_volume_name
+from syncd.sdk.volume import Volume
 
 RETVAL_KEYWORD = "volume"
 

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import errors
-from .errors import AgentUnavailable, SyncdError
-from .layout import normalize_volume_name, validate_name
+from syncd import errors
+from syncd.errors import AgentUnavailable, SyncdError
+from syncd.format.layout import normalize_volume_name, validate_name
 
 DEFAULT_SOCKET = "/run/syncd.sock"
 DEFAULT_CONNECT_WAIT = 10.0

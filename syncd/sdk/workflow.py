@@ -29,7 +29,7 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
-from .sdk import Volume
+from syncd.sdk.volume import Volume
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .errors import NotFound, PreconditionFailed
+from syncd.errors import NotFound, PreconditionFailed
 
 log = logging.getLogger(__name__)
 

@@ -56,9 +56,9 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 
-from .config import Config
-from .errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
-from .store import Blob, BlobStream, ObjectInfo
+from syncd.config import Config
+from syncd.errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
+from syncd.store.base import Blob, BlobStream, ObjectInfo
 
 STREAM_PIECE = 256 * 1024
 
@@ -154,7 +154,7 @@ class S3Store:
         try:
             await self._client.head_bucket(Bucket=self.bucket)
             return
-        except Exception as exc:  # noqa: BLE001 - translated below
+        except Exception as exc:
             mapped = translate(exc, self.bucket)
             if not isinstance(mapped, NotFound):
                 raise mapped from exc

@@ -26,8 +26,8 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from .errors import TransientStoreError
-from .store import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream
+from syncd.errors import TransientStoreError
+from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

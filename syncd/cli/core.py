@@ -21,10 +21,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .engine import open_engine
-from .errors import SyncdError
-from .layout import normalize_volume_name
+from syncd import __version__
+from syncd.config import Config
+from syncd.engine.wiring import open_engine
+from syncd.errors import SyncdError
+from syncd.format.layout import normalize_volume_name
 
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, Any]]
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -40,7 +41,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 # Modules that register more commands with @command; imported by build_parser().
-COMMAND_MODULES: list[str] = ["syncd.cli_agent", "syncd.cli_volume", "syncd.cli_maint", "syncd.cli_gateway"]
+COMMAND_MODULES: list[str] = ["syncd.cli.agent", "syncd.cli.volume", "syncd.cli.maint", "syncd.cli.gateway"]
 
 
 def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:
@@ -58,7 +59,7 @@ def volume_arg(args: argparse.Namespace) -> str:
 def progress_for(args: argparse.Namespace) -> Any:
     if args.json or args.quiet or not sys.stderr.isatty():
         return None
-    from .cliprogress import RichProgress
+    from syncd.cli.progress import RichProgress
     return RichProgress()
 
 
@@ -71,7 +72,7 @@ def _hydrate_args(p: argparse.ArgumentParser) -> None:
 
 @command("hydrate", "make DIR match the volume's latest snapshot", _hydrate_args)
 async def _hydrate(args: argparse.Namespace, config: Config) -> Any:
-    from .hydrate import hydrate
+    from syncd.engine.hydrate import hydrate
     async with open_engine(config) as engine:
         return await hydrate(engine, volume_arg(args), Path(args.dir), snapshot_id=args.snapshot,
                              overwrite=args.overwrite, progress=progress_for(args))
@@ -85,7 +86,7 @@ def _commit_args(p: argparse.ArgumentParser) -> None:
 
 @command("commit", "write DIR's changes back as a new snapshot", _commit_args)
 async def _commit(args: argparse.Namespace, config: Config) -> Any:
-    from .commit import commit
+    from syncd.engine.commit import commit
     async with open_engine(config) as engine:
         return await commit(engine, volume_arg(args), Path(args.dir), message=args.message,
                             progress=progress_for(args))
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="syncd", description="Persistent volumes kept in object storage.")
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="count", default=0)

@@ -1,0 +1,13 @@
+"""The ``syncd`` command: one module per command group.
+
+    core.py     parser, command registry, output and exit codes; ``commit`` and ``hydrate``
+    volume.py   ``volume create|ls|info|log|rm``, ``put``, ``get``, ``restore``
+    agent.py    ``agent``, ``status``
+    maint.py    ``volume prune|check``
+    gateway.py  ``gateway warm``
+    progress.py rich progress bars
+"""
+
+from syncd.cli.core import main
+
+__all__ = ["main"]

@@ -1,0 +1,18 @@
+"""The engine: volumes moved between the store and local directories.
+
+    wiring.py       ``Engine`` and ``open_engine``: the one place that stacks store, wrappers, cache, fetcher
+    volumes.py      ``VolumeRepo``: HEAD, snapshots, conditional publish
+    cache.py        the verified, best-effort local chunk cache
+    fetch.py        chunk source chain (cache, gateways, store), single-flight, verified
+    gatewayclient.py  gateways as chunk sources, rendezvous order, warm-up
+    hydrateplan.py  what a hydrate must do (pure planning over snapshot, index and scan)
+    hydrate.py      snapshot -> local directory
+    upload.py       new chunks and packs -> store
+    commit.py       local directory -> new snapshot, with conflict retry
+    restore.py, transfer.py  restore an old snapshot; ``put``/``get`` of single paths
+    progress.py     the progress protocol the CLI implements
+"""
+
+from syncd.engine.wiring import Engine, open_engine
+
+__all__ = ["Engine", "open_engine"]

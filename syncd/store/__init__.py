@@ -1,0 +1,13 @@
+"""Object stores: the one seam that moves bytes, and the wrappers stacked on it.
+
+    base.py       the ``ObjectStore`` protocol, ``Blob``/``BlobStream``, conditional-put helpers
+    s3.py         ``S3Store`` on aiobotocore: the only module that talks S3
+    wrap.py       retry, limit and counting wrappers, each an ``ObjectStore`` itself
+    devserver.py  an embedded SeaweedFS for the demo and the tests
+
+A store never hashes and never knows about volumes; the engine verifies what comes back.
+"""
+
+from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore
+
+__all__ = ["Blob", "BlobStream", "ObjectInfo", "ObjectStore"]
