@@ -333,3 +333,31 @@ def test_syncd_root_and_mount_directories_are_private_whatever_the_umask(
     status, body = raw(config.socket, "POST", "/v1/volumes/other/mount", owner="alice")
     assert status == 400 and "SYNCD_ROOT" in json.loads(body)["message"], body
     assert not (config.root / "other").exists()
+
+
+def test_a_fifo_in_place_of_a_file_never_blocks_a_read(tmp_path: Path) -> None:
+    """A task swaps a file being committed (or verified by hydrate) for a FIFO: the open must not block."""
+    import threading
+
+    from syncd.errors import LocalIOError
+    from syncd.local import dirfd
+    from syncd.local import fs as localfs
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "f")
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            localfs.open_read(tmp_path, "sub/f")
+            outcome.append("opened")
+        except LocalIOError:
+            outcome.append("refused")
+        outcome.append(dirfd.open_file(tmp_path, "sub/f"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():       # unblock it: a writer end lets the blocked open return
+        with open(tmp_path / "sub" / "f", "wb"):
+            pass
+    assert outcome == ["refused", None]
