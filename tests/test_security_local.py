@@ -23,6 +23,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,7 +136,7 @@ def test_rename_exchange_race_never_commits_bytes_from_outside_the_volume(
             for entry in doc["entries"]:
                 if entry["type"] == "symlink":
                     assert not entry["target"].startswith("/")
-    assert refused == [], refused[:3]          # what moved is a change to commit later, never an error
+    assert refused == [], (refused[:3], agent.log()[-3000:])   # what moved is a change to commit later, never an error
 
 
 async def _stored_objects(config: Config, volume: str) -> dict[str, bytes]:
@@ -172,7 +173,9 @@ def test_symlink_swapped_for_a_directory_during_the_scan_is_a_change_not_an_erro
 # ---------------------------------------------------------------- 2. the symlink farm
 
 class Watchdog:
-    """Counts event-loop stalls: ticks that came back more than ``bound`` seconds late."""
+    """Counts event-loop stalls: ticks that came back more than ``bound`` seconds late *because the loop's
+    own thread was busy* (it used more than ``bound`` seconds of CPU in between). A tick that is late only
+    because a loaded machine did not schedule the process is not the loop's fault and is not counted."""
 
     def __init__(self, bound: float = STALL_BOUND, tick: float = 0.005) -> None:
         self.bound, self.tick = bound, tick
@@ -183,12 +186,13 @@ class Watchdog:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            started = loop.time()
+            started, cpu = loop.time(), time.thread_time()
             await asyncio.sleep(self.tick)
             lag = loop.time() - started - self.tick
+            busy = time.thread_time() - cpu
             self.ticks += 1
-            if lag > self.bound:
-                self.stalls.append(round(lag, 3))
+            if lag > self.bound and busy > self.bound:
+                self.stalls.append(round(busy, 3))
 
     async def __aenter__(self) -> Watchdog:
         self._task = asyncio.create_task(self._run())
@@ -252,6 +256,9 @@ def test_names_ending_in_a_newline_are_invalid(name: str) -> None:
         Layout("p", name)
     with pytest.raises(InvalidName):
         Layout("p", "alice").volume_prefix(name)
+    from syncd.sdk.volume import Volume
+    with pytest.raises(InvalidName):
+        Volume(name)                               # the SDK checks before any request
 
 
 def test_ids_ending_in_a_newline_are_invalid() -> None:
