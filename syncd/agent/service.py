@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +44,11 @@ from typing import Any
 from syncd.engine.commit import CommitResult, commit
 from syncd.engine.hydrate import HydrateResult, hydrate
 from syncd.engine.wiring import Engine
-from syncd.errors import AgentUnavailable, ConfigError, LocalConflict, LocalIOError, SyncdError, VolumeNotFound
+from syncd.errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
 from syncd.format.layout import validate_name
 from syncd.limits import SingleFlight
-from syncd.local import dirfd
 from syncd.local import fs as localfs
+from syncd.local.mountdir import prepare_mount
 from syncd.local.watch import Watch, WatchSettings
 
 log = logging.getLogger(__name__)
@@ -115,7 +113,7 @@ class Agent:
             await self.engine.repo.head(name)
         mount = Mount(name, self.config.root / name)
         resuming = await asyncio.to_thread(self.engine.index.path(name, mount.path).exists)
-        await asyncio.to_thread(_prepare_dir, self.config.root, name)
+        await asyncio.to_thread(prepare_mount, self.config.root, name)
         await self._sync(mount, commit_first=resuming)
         self.mounts[name] = mount
         await self._save_state()
@@ -322,73 +320,6 @@ def _is_data_key(owner_prefix: str, key: str) -> bool:
     """A pack (``<volume>/packs/<id>``) or chunk (``<volume>/chunks/...``) key, not HEAD or a snapshot."""
     parts = key[len(owner_prefix):].split("/") if key.startswith(owner_prefix) else []
     return len(parts) >= 3 and parts[1] in ("packs", "chunks")
-
-
-PRIVATE_DIR = 0o755   # what the agent gives SYNCD_ROOT and mount directories it creates, whatever its umask
-
-
-def _prepare_dir(root: Path, name: str) -> None:
-    """Create or check ``SYNCD_ROOT`` and the mount directory ``SYNCD_ROOT/<name>``; drop stale temp files.
-
-    Later scans and hydrates name the mount directory by its path, so nobody
-    but the agent may be able to replace it: SYNCD_ROOT must be a real
-    directory (not a symlink) of the agent's uid that group and others cannot
-    write, and the mount directory is opened O_NOFOLLOW inside it and must be
-    a directory of the agent's uid. Both are created 0755 explicitly (a umask
-    of 0 once made SYNCD_ROOT 0777). A symlink planted as the mount directory
-    is refused (LocalConflict), never followed.
-    """
-    root_fd = _open_syncd_root(root)
-    try:
-        try:
-            os.mkdir(name, PRIVATE_DIR, dir_fd=root_fd)
-            created = True
-        except FileExistsError:
-            created = False
-        except OSError as exc:
-            raise localfs.local_error(root / name, exc, "create") from exc
-        try:
-            fd = os.open(name, dirfd.CHILD_DIR, dir_fd=root_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise LocalConflict(f"mount directory {root / name} is a symlink or not a directory; the agent "
-                                    "does not follow it (move it away and mount again)", [name]) from exc
-            raise localfs.local_error(root / name, exc, "open") from exc
-        with dirfd.closing(fd):
-            if created:
-                os.fchmod(fd, PRIVATE_DIR)
-            elif (owner := os.fstat(fd).st_uid) != os.geteuid():
-                raise LocalConflict(f"mount directory {root / name} belongs to uid {owner}, not to the "
-                                    f"agent's uid {os.geteuid()}", [name])
-    finally:
-        os.close(root_fd)
-    localfs.cleanup_tmp_files(root / name)
-
-
-def _open_syncd_root(root: Path) -> int:
-    missing = [p for p in (root, *root.parents) if not os.path.lexists(p)]
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, PRIVATE_DIR)
-            os.chmod(path, PRIVATE_DIR)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise localfs.local_error(path, exc, "create") from exc
-    try:
-        fd = os.open(root, dirfd.CHILD_DIR)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise ConfigError(f"SYNCD_ROOT {root} is a symlink or not a directory: point it at the real "
-                              "directory") from exc
-        raise localfs.local_error(root, exc, "open") from exc
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        os.close(fd)
-        raise ConfigError(f"SYNCD_ROOT {root} (mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid}) must belong to "
-                          f"the agent's uid {os.geteuid()} and not be writable by group or others, or a task "
-                          "could replace a mount directory in it")
-    return fd
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
