@@ -68,9 +68,9 @@ def scan_sync(root: Path, leftovers: list[str] | None = None) -> dict[str, Local
     out: dict[str, LocalFile] = {}
     try:
         root_fd = dirfd.open_root(root)
-    except FileNotFoundError:
-        raise
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
         raise LocalIOError(f"cannot read directory {root}: {exc.strerror}") from exc
     stack: list[tuple[int, str, list[str]]] = []
     try:
@@ -92,7 +92,12 @@ def scan_sync(root: Path, leftovers: list[str] | None = None) -> dict[str, Local
                 continue
             out[path], child = found
             if child is not None:
-                stack.append((child, path, _list(child, root / path)))
+                try:
+                    names = _list(child, root / path)
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append((child, path, names))
     except BaseException:
         for fd, _, _ in stack:
             os.close(fd)
