@@ -15,6 +15,14 @@ SDK does not own, so the client is synchronous: stdlib ``http.client`` over the
 agent's Unix socket, one short-lived connection per call. Agent errors arrive
 as ``{"error": <class name>}`` and are raised as the same ``SyncdError`` class.
 
+File methods that need no agent and no mount -- ``listdir``, ``read_file``
+(streamed), ``put_file``, ``remove_file`` -- read and edit the volume's
+snapshots in the bucket directly (engine/edit.py via sdk/direct.py), with the
+engine the usual ``SYNCD_*`` configuration describes: they work in a notebook
+or on a worker without an agent. Each edit is one new snapshot through the
+conditional commit. They see the bucket, not this worker's local copy: a file
+written under ``v.path`` is visible to them once committed.
+
 A ``Volume`` pickles as its name only. Unpickled on another worker (a task
 shipped there by a workflow engine) it mounts through *that* worker's agent on
 first use, so the same object works everywhere, as ``/volumes/<name>`` does.
@@ -22,17 +30,25 @@ first use, so the same object works everywhere, as ``/volumes/<name>`` does.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import io
 import json
 import os
 import socket
 import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from syncd import errors
 from syncd.errors import AgentUnavailable, SyncdError
 from syncd.format.layout import normalize_volume_name, validate_name
+
+if TYPE_CHECKING:
+    from syncd.engine.edit import EditResult
+    from syncd.sdk.direct import Direct
 
 DEFAULT_SOCKET = "/run/syncd.sock"
 DEFAULT_CONNECT_WAIT = 10.0
@@ -144,6 +160,20 @@ def _error_from(doc: Any, status: int) -> SyncdError:
     return cls(message)
 
 
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of ``Volume.listdir()``: ``type`` is "file", "dir" or "symlink"."""
+
+    path: str
+    type: str
+    size: int
+    mtime: float
+    mode: int
+
+
+PUT_PIECE = 8 << 20   # bytes read from a local file at once by put_file
+
+
 class Volume(os.PathLike[str]):
     """A mounted volume; path-like. Mounts lazily when built from a name alone (e.g. unpickled)."""
 
@@ -218,6 +248,53 @@ class Volume(os.PathLike[str]):
         result = self._call("DELETE")
         self._path = None
         return result
+
+    # ------------------------------------------------ without an agent (the bucket directly)
+
+    def _direct(self) -> Direct:
+        from syncd.config import Config
+        from syncd.sdk.direct import direct
+        owner = self._client.owner if self._client is not None else None
+        return direct(Config.from_env(owner=owner) if owner else Config.from_env())
+
+    def listdir(self, path: str = "/", recursive: bool = False) -> list[FileEntry]:
+        """The entries of directory ``path`` of the latest snapshot (everything below it if recursive)."""
+        from syncd.engine.edit import listdir
+        entries = self._direct().run(lambda engine: listdir(engine, self.name, path, recursive))
+        return [FileEntry(e.path, e.kind, e.size, e.mtime_ns / 1e9, e.mode) for e in entries]
+
+    def read_file(self, path: str) -> Iterator[bytes]:
+        """The bytes of file ``path``, streamed chunk by chunk (each verified against its hash)."""
+        from syncd.engine.edit import read, stat
+        direct = self._direct()
+        entry = direct.run(lambda engine: stat(engine, self.name, path))
+        return direct.iterate(lambda engine: read(engine, self.name, entry))
+
+    def put_file(self, source: str | os.PathLike[str] | IO[bytes] | bytes, path: str,
+                 message: str = "") -> EditResult:
+        """Store a local file, a binary file object or bytes at ``path``: one new snapshot."""
+        from syncd.engine.edit import write_file
+        if isinstance(source, bytes):
+            handle: IO[bytes] = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            handle = open(os.fspath(source), "rb")
+        else:
+            handle = source
+
+        async def pieces() -> AsyncIterator[bytes]:
+            while piece := await asyncio.to_thread(handle.read, PUT_PIECE):
+                yield piece
+        try:
+            return self._direct().run(lambda engine: write_file(engine, self.name, path, pieces(), message))
+        finally:
+            if handle is not source:
+                handle.close()
+
+    def remove_file(self, path: str, recursive: bool = False) -> EditResult:
+        """Remove ``path`` (a directory only with ``recursive=True``): one new snapshot."""
+        from syncd.engine.edit import edit
+        return self._direct().run(lambda engine: edit(engine, self.name,
+                                                      lambda batch: batch.remove(path, recursive)))
 
 
 def volume(name: str, *, socket_path: str | os.PathLike[str] | None = None,
