@@ -10,20 +10,23 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import fsspec
 import pytest
+from fsspec.tests.abstract import (
+    AbstractCopyTests,
+    AbstractFixtures,
+    AbstractGetTests,
+    AbstractOpenTests,
+    AbstractPipeTests,
+    AbstractPutTests,
+)
 
-fsspec = pytest.importorskip("fsspec")
-from fsspec.tests.abstract import AbstractCopyTests, AbstractFixtures  # noqa: E402
-from fsspec.tests.abstract import AbstractGetTests, AbstractOpenTests  # noqa: E402
-from fsspec.tests.abstract import AbstractPipeTests, AbstractPutTests  # noqa: E402
+from syncd.config import Config, MiB
+from syncd.sdk.direct import Direct, direct, release
+from syncd.sdk.fsspec import SyncdFileSystem
+from syncd.store.base import MemoryStore
 
-from syncd.config import Config, MiB  # noqa: E402
-from syncd.engine import edit  # noqa: E402
-from syncd.sdk.direct import Direct, direct, release  # noqa: E402
-from syncd.store.base import MemoryStore  # noqa: E402
-from syncd.sdk.fsspec import SyncdFileSystem  # noqa: E402
-
-from .agentutil import env_for  # noqa: E402
+from .agentutil import env_for
 
 
 @pytest.fixture

@@ -353,7 +353,7 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
 class SyncdFile(AbstractBufferedFile):  # type: ignore[misc]
     """A file of a volume: ranged reads by chunk, or a streamed write published on close."""
 
-    def __init__(self, fs: SyncdFileSystem, path: str, mode: str, block_size: int, **kwargs: Any) -> None:
+    def __init__(self, fs: SyncdFileSystem, path: str, mode: str, block_size: int | None, **kwargs: Any) -> None:
         self.volume, self.sub = fs._split(path)
         self.entry: Entry | None = None
         self._writer: edit.FileWriter | None = None
