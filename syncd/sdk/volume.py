@@ -172,6 +172,13 @@ class FileEntry:
 
 
 PUT_PIECE = 8 << 20   # bytes read from a local file at once by put_file
+# The client a workflow hook mounted a volume with (sdk/covalent.py), by name: a Volume
+# unpickled later in the same task process talks to the same agent.
+_clients: dict[str, AgentClient] = {}
+
+
+def remember_client(name: str, client: AgentClient) -> None:
+    _clients[normalize_volume_name(name)] = client
 
 
 class Volume(os.PathLike[str]):
@@ -186,7 +193,7 @@ class Volume(os.PathLike[str]):
     @property
     def client(self) -> AgentClient:
         if self._client is None:
-            self._client = AgentClient()
+            self._client = _clients.get(self.name) or AgentClient()
         return self._client
 
     def _url(self, action: str = "") -> str:
