@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from syncd import Volume
 from syncd.cli.core import main
 from syncd.config import Config
 from syncd.engine import edit
@@ -165,3 +166,28 @@ def test_volume_rename_moves_latest_content(cli: Any, seeded: Path, config: Conf
     assert "rename from vol" in out
     assert cli("volume", "rename", "renamed", "copy", "--keep-old")[0] == 0
     assert latest_files(config, "renamed") == latest_files(config, "copy") == before
+
+
+def test_errors_a_newcomer_can_act_on(config: Config, tmp_path: Path) -> None:
+    """A bad name is reported before any connection; a dead endpoint is one line, no asyncio noise."""
+    import subprocess
+    import sys
+    env = {**env_for(config), "SYNCD_S3_ENDPOINT": "http://127.0.0.1:9", "SYNCD_RETRIES": "1"}
+    bad = subprocess.run([sys.executable, "-m", "syncd", "commit", "bad name!", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid volume name 'bad name!'" in bad.stderr
+    dead = subprocess.run([sys.executable, "-m", "syncd", "ls", "good-name", "-q"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert dead.returncode == 8
+    assert dead.stderr.count("\n") == 1 and "cannot reach the object store at http://127.0.0.1:9" in dead.stderr
+
+
+def test_names_the_product_page_accepts(cli: Any) -> None:
+    """``^/?[\\w-]+$`` under 50 characters: these work; the rest are refused naming the rule."""
+    from syncd.errors import InvalidName
+    from syncd.format.layout import NAME_RULE
+    for name in ["my-volume", "/my_volume", "Model_3c-large", "x" * 49, "0"]:
+        assert cli("volume", "create", name)[0] == 0, name
+    for name in ["_scratch", "-x", "données", "a b", "x" * 64]:
+        with pytest.raises(InvalidName, match="use " + NAME_RULE.replace("(", r"\(").replace(")", r"\)")):
+            Volume(name)
