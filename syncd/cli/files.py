@@ -108,12 +108,12 @@ def _cp_args(p: argparse.ArgumentParser) -> None:
 
 
 async def _copy(args: argparse.Namespace, config: Config, move: bool) -> Any:
-    from syncd.engine.edit import Batch, normalize_path, tree
+    from syncd.engine.edit import Batch, entry_at, normalize_path, tree
     name = volume_arg(args)
     src, dst = normalize_path(args.src), normalize_path(args.dst)
     async with open_engine(config, use_cache=False) as engine:
         t = await tree(engine, name)
-        target = t.entries.get(dst)
+        target = entry_at(t, dst)
         if not dst or args.dst.endswith("/") or (target is not None and target.kind == "dir"):
             dst = posixpath.join(dst, posixpath.basename(src)) if dst else posixpath.basename(src)
         batch = Batch(engine, name)

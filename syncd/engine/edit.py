@@ -23,8 +23,10 @@ byte budget bounding memory) before anything is published. ``cp`` and ``mv``
 only copy entries: the chunks are shared, no file data moves.
 
 Only the small functions marked *snapshot access* below (``tree``,
-``_children``, ``_publish``) know how a snapshot is stored, so a new snapshot
-format changes them and nothing else.
+``_children``, ``_parent``, ``_publish``) and ``Tree.entries`` (a path ->
+Entry mapping; callers outside this module use ``entry_at``/``lookup``/
+``children``) know how a snapshot is stored, so a new snapshot format changes
+them and nothing else.
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ async def _publish(engine: Engine, head: Head, entries: Mapping[str, Entry], mes
 
 
 # ---------------------------------------------------------------- reading
+
+def entry_at(t: Tree, path: str) -> Entry | None:
+    """The entry at ``path`` (the root for ''), or None."""
+    path = normalize_path(path)
+    return ROOT if not path else t.entries.get(path)
+
 
 def lookup(t: Tree, path: str) -> Entry:
     path = normalize_path(path)

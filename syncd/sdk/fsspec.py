@@ -184,7 +184,7 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
         else:
             volume, sub = self._split(path)
             t = self._tree(volume)
-            top = edit.lookup(t, sub) if sub in t.entries or not sub else None
+            top = edit.entry_at(t, sub)
             if top is None:
                 raise FileNotFoundError(path)
             if top.kind == "dir":
@@ -201,7 +201,7 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
         t = self._tree(volume)
         if not sub:
             return _directory(volume)
-        entry = t.entries.get(sub)
+        entry = edit.entry_at(t, sub)
         if entry is None:
             raise FileNotFoundError(path)
         return _info(path, entry)
@@ -216,7 +216,7 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
             t = self._tree(volume)
         except FileNotFoundError:
             return {} if detail else []
-        top = edit.ROOT if not sub else t.entries.get(sub)
+        top = edit.entry_at(t, sub)
         out: dict[str, dict[str, Any]] = {}
         if top is not None and top.kind != "dir":
             out[path] = _info(path, top)
@@ -240,7 +240,7 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return self._run(lambda engine: edit.read_bytes(engine, volume, entry, lo, hi))  # type: ignore[no-any-return]
 
     def _file_entry(self, volume: str, sub: str, path: str) -> Entry:
-        entry = self._tree(volume).entries.get(sub) if sub else edit.ROOT
+        entry = edit.entry_at(self._tree(volume), sub)
         if entry is None:
             raise FileNotFoundError(path)
         if entry.kind == "dir":
