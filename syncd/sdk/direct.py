@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -93,7 +94,7 @@ class Direct:
             self._loop.close()
 
 
-_shared: dict[Config, Direct] = {}
+_shared: dict[tuple[int, Config], Direct] = {}   # by process too: a forked child needs its own thread
 _shared_lock = threading.Lock()
 
 
@@ -101,16 +102,16 @@ def direct(config: Config | None = None) -> Direct:
     """The shared engine for ``config`` (default: from the environment)."""
     config = config or Config.from_env()
     with _shared_lock:
-        found = _shared.get(config)
+        found = _shared.get((os.getpid(), config))
         if found is None:
-            found = _shared[config] = Direct(config)
+            found = _shared[(os.getpid(), config)] = Direct(config)
         return found
 
 
 def release(config: Config) -> None:
     """Close and forget the shared engine for ``config`` (tests; long-lived processes switching stores)."""
     with _shared_lock:
-        found = _shared.pop(config, None)
+        found = _shared.pop((os.getpid(), config), None)
     if found is not None:
         found.close()
 
@@ -118,6 +119,7 @@ def release(config: Config) -> None:
 @atexit.register
 def _close_all() -> None:
     with _shared_lock:
-        for found in _shared.values():
-            found.close()
+        for (pid, _), found in _shared.items():
+            if pid == os.getpid():
+                found.close()
         _shared.clear()
