@@ -71,8 +71,41 @@ def test_product_page_workflow_on_real_covalent(config: Config, agents: Agents, 
                                   capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        script = tmp_path / "own_hooks.py"
+        script.write_text(OWN_HOOKS)
+        done = subprocess.run([python, str(script)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        own = json.loads(done.stdout.strip().splitlines()[-1])
     finally:
         subprocess.run([covalent, "stop"], env=server_env, capture_output=True, timeout=120)
     assert [r["status"] for r in runs] == ["COMPLETED", "COMPLETED"], runs
     assert [len(r["files"]) for r in runs] == [3, 6]
-    assert len(latest_files(config, "my_volume")) == 6
+    assert own["status"] == "COMPLETED" and own["result"] == "hook ran\n", own
+    files = latest_files(config, "my_volume")
+    assert len(files) == 7 and "own/hooked.txt" in files
+
+
+# An electron with hooks of its own: it still gets the volume (mounted before its own hook runs,
+# committed after), which covalent's lattice-level hooks would not give it.
+OWN_HOOKS = """
+import json, os
+import covalent as ct
+from syncd import Volume
+from syncd.sdk.covalent import dispatch, get_result
+
+def own_hook():
+    vol = Volume("my_volume")
+    os.makedirs(vol / "own", exist_ok=True)
+    (vol / "own" / "hooked.txt").write_text("hook ran\\n")
+
+@ct.electron(executor="local", call_before=[ct.DepsCall(own_hook)])
+def hooked():
+    return (Volume("my_volume") / "own" / "hooked.txt").read_text()
+
+@ct.lattice(executor="local", workflow_executor="local")
+def wf():
+    return hooked()
+
+result = get_result(dispatch(wf, volume="my_volume")(), wait=True)
+print(json.dumps({"status": str(result.status), "error": result.error or "", "result": result.result}))
+"""
