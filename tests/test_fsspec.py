@@ -192,3 +192,29 @@ def test_pandas_parquet_round_trip_through_the_protocol(config: Config, monkeypa
     finally:
         release(Config.from_env())
         fsspec.filesystem("syncd").clear_instance_cache()
+
+
+def test_parquet_footer_fetches_only_the_chunks_it_touches(syncd_fs: SyncdFileSystem, config: Config) -> None:
+    """pyarrow reading a multi-chunk parquet file's metadata through syncd:// touches its tail only."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    values = np.random.default_rng(5).integers(0, 1 << 62, size=1_000_000)   # ~8 MiB, incompressible
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"v": values}), buffer, compression="none")
+    data = buffer.getvalue()
+    assert len(data) > 6 << 20
+    syncd_fs.pipe_file("vol/big.parquet", data)
+    cold = config.replace(cache_dir=config.cache_dir.parent / "cold-parquet")
+    fs = SyncdFileSystem(config=cold, skip_instance_cache=True)
+    try:
+        counter = direct(cold).run(_counter)
+        counter.reset()
+        with fs.open("vol/big.parquet", "rb") as f:
+            metadata = pq.ParquetFile(f).metadata
+        assert metadata.num_rows == 1_000_000
+        assert _chunk_gets(counter) == 1                 # of 8 or 9 chunks: the last one
+    finally:
+        release(cold)
