@@ -139,7 +139,7 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
 
 @command("diff", "what changed between two snapshots (default: the latest commit)", _diff_args)
 async def _diff(args: argparse.Namespace, config: Config) -> Any:
-    from syncd.engine.edit import snapshot_diff
+    from syncd.engine.diff import snapshot_diff
     name = volume_arg(args)
     async with open_engine(config, use_cache=False) as engine:
         old, new, changes = await snapshot_diff(engine, name, args.old, args.new)

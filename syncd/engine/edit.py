@@ -23,7 +23,7 @@ byte budget bounding memory) before anything is published. ``cp`` and ``mv``
 only copy entries: the chunks are shared, no file data moves.
 
 Only the small functions marked *snapshot access* below (``tree``,
-``_children``, ``_parent``, ``_publish``) and ``Tree.entries`` (a path ->
+``_children``, ``parent_of``, ``_publish``) and ``Tree.entries`` (a path ->
 Entry mapping; callers outside this module use ``entry_at``/``lookup``/
 ``children``) know how a snapshot is stored, so a new snapshot format changes
 them and nothing else.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import posixpath
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -96,7 +95,7 @@ def _children(entries: Mapping[str, Entry], path: str, recursive: bool) -> list[
                    and (recursive or "/" not in p[len(prefix):])), key=lambda e: e.path)
 
 
-async def _parent(engine: Engine, volume: str, snapshot_id: str | None) -> str | None:
+async def parent_of(engine: Engine, volume: str, snapshot_id: str | None) -> str | None:
     return (await engine.repo.snapshot(volume, snapshot_id)).parent if snapshot_id else None
 
 
@@ -372,7 +371,7 @@ class FileWriter:
         batch.add(run, f"put {self.path}")
 
 
-# ---------------------------------------------------------------- one-shot helpers and diff
+# ---------------------------------------------------------------- one-shot helpers
 
 async def edit(engine: Engine, volume: str, build: Callable[[Batch], None], message: str = "",
                create: bool = False) -> EditResult:
@@ -393,36 +392,3 @@ async def write_file(engine: Engine, volume: str, path: str, chunks: AsyncIterat
         await batch.abort()
         raise
     return await batch.publish(message)
-
-
-@dataclass
-class Difference:
-    status: str      # "added", "removed", "modified"
-    path: str
-    kind: str
-    size: int
-
-
-def difference(a: Mapping[str, Entry], b: Mapping[str, Entry]) -> list[Difference]:
-    out = []
-    for path, entry in sorted(diff(a, b).items()):
-        if entry is None:
-            old = a[path]
-            out.append(Difference("removed", path, old.kind, old.size))
-        else:
-            out.append(Difference("added" if path not in a else "modified", path, entry.kind, entry.size))
-    return out
-
-
-async def snapshot_diff(engine: Engine, volume: str, old: str | None = None,
-                        new: str | None = None) -> tuple[str | None, str | None, list[Difference]]:
-    """What changed from ``old`` to ``new`` (defaults: the latest snapshot and its parent)."""
-    b = await tree(engine, volume, new)
-    if old is None:
-        old = await _parent(engine, volume, b.snapshot)
-    a_entries = (await tree(engine, volume, old)).entries if old else {}
-    return old, b.snapshot, difference(a_entries, b.entries)
-
-
-def parent_dir(path: str) -> str:
-    return posixpath.dirname(normalize_path(path))
