@@ -65,6 +65,14 @@ def test_ls_cat_long_recursive_and_json(cli: Any, seeded: Path) -> None:
     assert code == 2 and "is a dir" in err
 
 
+def test_cat_into_a_closed_pipe_is_quiet(cli: Any, seeded: Path, config: Config) -> None:
+    import subprocess
+    import sys
+    done = subprocess.run(f"'{sys.executable}' -m syncd cat vol d/e/c.bin | head -c 3", shell=True,
+                          env=env_for(config), capture_output=True, timeout=60)
+    assert done.stdout == bytes(range(3)) and done.stderr == b""
+
+
 def test_rm_cp_mv_one_snapshot_each_and_chunks_shared(cli: Any, seeded: Path, config: Config) -> None:
     seq = as_json(cli("--json", "volume", "info", "vol")[1])["seq"]
     code, out, _ = cli("cp", "vol", "d", "copy", "--json")

@@ -11,6 +11,7 @@ existing directory (or ends in ``/``) receives the source under its own name.
 from __future__ import annotations
 
 import argparse
+import os
 import posixpath
 import stat
 import sys
@@ -72,9 +73,12 @@ async def _cat(args: argparse.Namespace, config: Config) -> Any:
     out = sys.stdout.buffer
     async with open_engine(config) as engine:
         entry = await stat(engine, name, args.path, args.snapshot)
-        async for piece in read(engine, name, entry):
-            out.write(piece)
-    out.flush()
+        try:
+            async for piece in read(engine, name, entry):
+                out.write(piece)
+            out.flush()
+        except BrokenPipeError:        # `syncd cat ... | head`: the reader has all it wants
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
     return None
 
 
