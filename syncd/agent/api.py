@@ -111,7 +111,8 @@ class _Routes:
         return _json({"volumes": await self.agent.names()})
 
     async def mount(self, request: web.Request) -> web.Response:
-        return _json((await self.agent.mount(request.match_info["name"])).describe())
+        mode = (await _body(request)).get("mode")
+        return _json((await self.agent.attach(request.match_info["name"], mode=str(mode) if mode else None)).describe())
 
     async def commit(self, request: web.Request) -> web.Response:
         message = str((await _body(request)).get("message", ""))
@@ -124,7 +125,7 @@ class _Routes:
         return _json(await self.agent.unmount(request.match_info["name"]))
 
     async def info(self, request: web.Request) -> web.Response:
-        return _json(self.agent.mounted(request.match_info["name"]).describe())
+        return _json(self.agent.describe(request.match_info["name"]))
 
     async def delete(self, request: web.Request) -> web.Response:
         return _json(await self.agent.delete(request.match_info["name"]))

@@ -148,8 +148,9 @@ class Volume(os.PathLike[str]):
     """A mounted volume; path-like. Mounts lazily when built from a name alone (e.g. unpickled)."""
 
     def __init__(self, name: str, path: str | os.PathLike[str] | None = None,
-                 client: AgentClient | None = None) -> None:
+                 client: AgentClient | None = None, mode: str | None = None) -> None:
         self.name = normalize_volume_name(name)
+        self.mode = mode   # "eager" | "lazy" | None (the agent's SYNCD_MOUNT_MODE)
         self._path = Path(path) if path is not None else None
         self._client = client
 
@@ -164,7 +165,7 @@ class Volume(os.PathLike[str]):
 
     def mount(self) -> Volume:
         """(Re)mount: create-or-refer, and pull commits made elsewhere since the last sync."""
-        self._path = Path(self._call("POST", "mount")["path"])
+        self._path = Path(self._call("POST", "mount", {"mode": self.mode} if self.mode else None)["path"])
         return self
 
     @property
@@ -192,8 +193,8 @@ class Volume(os.PathLike[str]):
     def __hash__(self) -> int:
         return hash(("syncd.Volume", self.name))
 
-    def __reduce__(self) -> tuple[type[Volume], tuple[str]]:
-        return (Volume, (self.name,))
+    def __reduce__(self) -> tuple[type[Volume], tuple[str, None, None, str | None]]:
+        return (Volume, (self.name, None, None, self.mode))
 
     def _call(self, method: str, action: str = "", body: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.client.call(method, self._url(action), body)
@@ -221,9 +222,10 @@ class Volume(os.PathLike[str]):
 
 
 def volume(name: str, *, socket_path: str | os.PathLike[str] | None = None,
-           owner: str | None = None) -> Volume:
-    """Create the volume if missing (or refer to it), mount it on this worker, return it."""
-    vol = Volume(name, client=AgentClient(socket_path, owner))  # validates before any request
+           owner: str | None = None, mode: str | None = None) -> Volume:
+    """Create the volume if missing (or refer to it), mount it on this worker, return it.
+    ``mode="lazy"`` mounts it with FUSE (bytes fetched on read; docs/MOUNT.md)."""
+    vol = Volume(name, client=AgentClient(socket_path, owner), mode=mode)  # validates before any request
     return vol.mount()
 
 
