@@ -41,7 +41,7 @@ from syncd.mount.data import Data
 from syncd.mount.fs import MountOps
 from syncd.mount.listing import SnapshotListing
 from syncd.mount.publish import Publisher
-from syncd.mount.spawn import config_from_json, mounted_at, reclaim, work_dir
+from syncd.mount.spawn import config_from_json, control_path, mounted_at, reclaim, work_dir
 from syncd.mount.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,16 @@ async def serve(config: Config, opts: MountOptions) -> int:
         if read_only:
             options.add("ro")
         pyfuse3.init(ops, str(mountpoint), options)
-        server = await control.serve(opts.control or work / "control.sock", handle)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         fuse = asyncio.ensure_future(pyfuse3.main())
         writer = asyncio.ensure_future(_write_back(publisher, tree, opts)) if not read_only else None
         stopper = asyncio.ensure_future(stop.wait())
+        server: asyncio.AbstractServer | None = None
         code = 0
         try:
+            server = await control.serve(opts.control or control_path(work), handle)
             await asyncio.wait([fuse, stopper], return_when=asyncio.FIRST_COMPLETED)
             if fuse.done() and fuse.exception() is not None:
                 log.error("the FUSE loop failed: %s", fuse.exception())
@@ -142,7 +143,8 @@ async def serve(config: Config, opts: MountOptions) -> int:
                 except SyncdError as exc:
                     log.error("final commit of %s failed: %s; unsaved writes stay in %s", opts.volume, exc, upper)
                     code = 1
-            server.close()
+            if server is not None:
+                server.close()
             if not fuse.done():
                 pyfuse3.terminate()
                 with contextlib.suppress(BaseException):

@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,16 @@ def work_dir(config: Config, volume: str, mountpoint: Path) -> Path:
     """This mount's private directory: control socket and upper layer."""
     tag = hashlib.sha256(os.fsencode(os.path.abspath(mountpoint))).hexdigest()[:12]
     return config.state_dir / "mount" / config.owner / f"{volume}-{tag}"
+
+
+def control_path(work: Path) -> Path:
+    """The control socket of a mount whose work directory is ``work``; AF_UNIX paths are
+    limited to 107 bytes, so a deep state directory gets a socket in the temp directory."""
+    path = work / "control.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    tag = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"syncd-mount-{os.getuid()}" / f"{tag}.sock"
 
 
 def mounted_at(mountpoint: Path) -> bool:
@@ -136,7 +147,7 @@ class LazyMounts:
             return mount
         path = self.config.root / name
         work = work_dir(self.config, name, path)
-        sock = work / "control.sock"
+        sock = control_path(work)
         log_path = work.parent / f"{work.name}.log"
         await asyncio.to_thread(work.parent.mkdir, parents=True, exist_ok=True)
         env = {**os.environ, "SYNCD_MOUNT_CONFIG": config_to_json(self.config)}
