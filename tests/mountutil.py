@@ -42,6 +42,7 @@ class MountProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> MountProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**env_for(self.config), "SYNCD_MOUNT_CONFIG": config_to_json(self.config)}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
