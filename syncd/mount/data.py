@@ -49,6 +49,7 @@ from syncd.mount.tree import FsError, Node
 
 log = logging.getLogger(__name__)
 PACK_WINDOW = 4 << 20
+SEQUENTIAL_SLACK = 1 << 20   # the kernel's own readahead may answer slightly out of order
 
 
 @dataclass
@@ -59,8 +60,9 @@ class ReadState:
 
 class Data:
     def __init__(self, fetcher: ChunkFetcher, volume: str, upper_dir: Path, memory: int,
-                 readahead: int = 4, limit: int | None = None) -> None:
+                 readahead: int = 8, limit: int | None = None) -> None:
         self.fetcher, self.volume, self.upper_dir = fetcher, volume, upper_dir
+        self._caching: set[asyncio.Task[None]] = set()
         self.memory, self.readahead, self.limit = memory, readahead, limit
         self.used = 0                                # upper-layer bytes allocated
         self._lru: OrderedDict[str, bytes] = OrderedDict()
@@ -113,13 +115,26 @@ class Data:
 
     async def _load(self, node: Node, ref: ChunkRef) -> bytes:
         if ref.pack is None:
-            data = await self.fetcher.get(self.volume, ref)
+            data = await self.fetcher.get(self.volume, ref, cache_bytes=False)
             self._remember(ref.id, data)
+            await self._cache_later(ref.id, data)
             return data
         found = await self.fetcher.get_packed(self.volume, ref.pack, self._pack_peers(node, ref))
         for chunk_id, piece in found.items():
             self._remember(chunk_id, piece)
         return found[ref.id]
+
+    async def _cache_later(self, chunk_id: str, data: bytes) -> None:
+        """Write a verified chunk to the local cache without making the reader wait for
+        the disk; at most ``readahead`` writes pending (bounded memory), then inline."""
+        cache = self.fetcher.cache
+        if cache is None:
+            return
+        if len(self._caching) >= self.readahead:
+            await asyncio.wait(self._caching, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(cache.put(chunk_id, data))
+        self._caching.add(task)
+        task.add_done_callback(self._caching.discard)
 
     def _pack_peers(self, node: Node, ref: ChunkRef) -> list[ChunkRef]:
         """``ref`` and the chunks of small files beside it in the same pack window."""
@@ -171,7 +186,7 @@ class Data:
                 last_index = index
             pos = stop
         if state is not None:
-            if offset == state.next_offset and last_index >= 0:
+            if abs(offset - state.next_offset) <= SEQUENTIAL_SLACK and last_index >= 0:
                 self._prefetch(node, last_index + 1)
             state.next_offset = end
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -277,7 +292,7 @@ class Data:
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._background, *self._caching, return_exceptions=True)
         for ino in list(self._fds):
             os.close(self._fds.pop(ino))
 

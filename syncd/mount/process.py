@@ -77,7 +77,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
         snap = await engine.repo.snapshot(opts.volume, snap_id) if snap_id else None
         entries = dict(snap.entries) if snap else {}
         tree = Tree(SnapshotListing(entries))
-        data = Data(engine.fetcher, opts.volume, upper, memory=max(engine.budget.limit // 2, config.chunk_size * 2),
+        data = Data(engine.fetcher, opts.volume, upper, memory=max(engine.budget.limit, config.chunk_size * 2),
                     limit=opts.upper_limit)
         # commits get their own budget: the reader's LRU is bounded by the engine's separately
         engine.budget = ByteBudget(engine.budget.limit)
