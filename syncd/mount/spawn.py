@@ -150,7 +150,8 @@ class LazyMounts:
         sock = control_path(work)
         log_path = work.parent / f"{work.name}.log"
         await asyncio.to_thread(work.parent.mkdir, parents=True, exist_ok=True)
-        env = {**os.environ, "SYNCD_MOUNT_CONFIG": config_to_json(self.config)}
+        env = {**os.environ, "SYNCD_MOUNT_CONFIG": config_to_json(self.config),
+               "SYNCD_MOUNT_PARENT": str(os.getpid())}
         log_fd = await asyncio.to_thread(os.open, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             process = await asyncio.create_subprocess_exec(
