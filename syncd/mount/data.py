@@ -67,6 +67,7 @@ class Data:
         self.used = 0                                # upper-layer bytes allocated
         self._lru: OrderedDict[str, bytes] = OrderedDict()
         self._lru_bytes = 0
+        self._ahead: set[str] = set()          # read ahead, not read yet
         self._loading: dict[str, asyncio.Task[bytes]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._fds: dict[int, int] = {}
@@ -88,14 +89,19 @@ class Data:
         self._lru[chunk_id] = data
         self._lru_bytes += len(data)
         while self._lru_bytes > self.memory and len(self._lru) > 1:
-            _, old = self._lru.popitem(last=False)
-            self._lru_bytes -= len(old)
+            # chunks read ahead but not read yet go last: evicting them would fetch them twice
+            victim = next((k for k in self._lru if k not in self._ahead and k != chunk_id), None)
+            if victim is None:
+                victim = next(iter(self._lru))
+            self._ahead.discard(victim)
+            self._lru_bytes -= len(self._lru.pop(victim))
 
     async def chunk(self, node: Node, index: int) -> bytes:
         ref = node.chunks[index]
         data = self._lru.get(ref.id)
         if data is not None:
             self._lru.move_to_end(ref.id)
+            self._ahead.discard(ref.id)
             return data
         task = self._loading.get(ref.id)
         if task is None:
@@ -113,9 +119,11 @@ class Data:
         if not task.cancelled():
             task.exception()   # retrieved: a reader that went away must not leave a warning
 
-    async def _load(self, node: Node, ref: ChunkRef) -> bytes:
+    async def _load(self, node: Node, ref: ChunkRef, ahead: bool = False) -> bytes:
         if ref.pack is None:
             data = await self.fetcher.get(self.volume, ref, cache_bytes=False)
+            if ahead:
+                self._ahead.add(ref.id)
             self._remember(ref.id, data)
             await self._cache_later(ref.id, data)
             return data
@@ -148,7 +156,7 @@ class Data:
         return list(peers.values())
 
     def _prefetch(self, node: Node, first: int) -> None:
-        budget = max(1, min(self.readahead, self.memory // max(1, node.chunks[0].size) - 1))
+        budget = max(1, min(self.readahead, self.memory // max(1, node.chunks[0].size) - 2))
         for index in range(first, min(first + budget, len(node.chunks))):
             ref = node.chunks[index]
             if ref.id in self._lru or ref.id in self._loading:
@@ -158,9 +166,14 @@ class Data:
             task.add_done_callback(self._background.discard)
 
     async def _quiet(self, node: Node, index: int) -> None:
+        ref = node.chunks[index]
         try:
-            await self.chunk(node, index)
-        except FsError:
+            task = self._loading.get(ref.id)
+            if task is None:
+                task = self._loading[ref.id] = asyncio.ensure_future(self._load(node, ref, ahead=True))
+                task.add_done_callback(functools.partial(self._loaded, ref.id))
+            await asyncio.shield(task)
+        except SyncdError:
             pass   # the read that needs it will see the error
 
     # ---------------------------------------------------------------- reads
