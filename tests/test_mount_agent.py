@@ -78,3 +78,9 @@ def test_sdk_lazy_mode_commits_and_flushes_on_sigterm(config: Config, agents: Ag
     assert agent.terminate() == 0          # the agent stops its mount processes: commit, unmount
     assert not mounted_at(mountpoint)
     assert latest_files(config, "shared") == {"run/log.txt": 21, "run/late.txt": 19}
+    again = agents.start(config)           # a restart mounts it again, lazily
+    resumed = agentutil.wait_for(lambda: next((m for m in again.status()["mounts"] if m["name"] == "shared"), None),
+                                 30, "the lazy mount to be resumed")
+    assert resumed["mode"] == "lazy" and mounted_at(mountpoint)
+    assert (mountpoint / "run" / "late.txt").read_text() == "flushed by SIGTERM\n"
+    assert again.terminate() == 0 and not mounted_at(mountpoint)

@@ -298,6 +298,7 @@ class Agent:
                 continue
             self.resuming.discard(name)
         await self._save_state()
+        resumed += await self.lazy.resume()
         if resumed:
             log.warning("resumed %d mount(s): %s", len(resumed), ", ".join(resumed))
         return resumed

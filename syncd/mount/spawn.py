@@ -131,6 +131,26 @@ class LazyMounts:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.mounts: dict[str, LazyMount] = {}
+        # which volumes are mounted lazily, for the agent's restart (beside its own state file)
+        self.state_path = config.state_dir / "agent" / f"{config.owner}.lazy.json"
+
+    async def resume(self) -> list[str]:
+        """Mount again, lazily, what the state file lists (after a restart or a crash)."""
+        try:
+            names = json.loads(await asyncio.to_thread(self.state_path.read_bytes))
+        except (OSError, ValueError):
+            return []
+        resumed = []
+        for name in names if isinstance(names, list) else []:
+            try:
+                await self.mount(str(name))
+                resumed.append(str(name))
+            except SyncdError as exc:
+                log.error("cannot resume the lazy mount of %s: %s", name, exc)
+        return resumed
+
+    async def _save(self) -> None:
+        await asyncio.to_thread(_write_json, self.state_path, sorted(self.mounts))
 
     def get(self, name: str) -> LazyMount | None:
         mount = self.mounts.get(name)
@@ -168,6 +188,7 @@ class LazyMounts:
             await process.wait()
             raise
         self.mounts[name] = mount
+        await self._save()
         return mount
 
     async def _wait_ready(self, mount: LazyMount) -> dict[str, Any]:
@@ -200,6 +221,7 @@ class LazyMounts:
         mount = self._need(name)
         await self._stop(mount)
         del self.mounts[name]
+        await self._save()
         return {"volume": name, "snapshot": mount.info.get("snapshot"), "seq": mount.info.get("seq")}
 
     async def _stop(self, mount: LazyMount) -> None:
@@ -229,6 +251,13 @@ class LazyMounts:
         if mount is None:
             raise VolumeNotFound(f"volume {name!r} is not mounted on this worker")
         return mount
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
 
 
 def _tail(path: Path, size: int = 2000) -> str:
