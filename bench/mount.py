@@ -151,6 +151,26 @@ def rclone_peer(endpoint: str, bucket: str, local: Path, scratch: Path) -> dict[
         proc.wait(30)
 
 
+def run_fio(config: Config, scratch: Path) -> dict[str, Any]:
+    """bench/fio/*.fio on a fresh (cold) lazy mount of the large file."""
+    jobs = Path(__file__).resolve().parent / "fio"
+    out: dict[str, Any] = {}
+    for job in ("seq-read", "rand-read-4k"):
+        m, _ = mount(fresh(config, scratch, f"fio-{job}"), "big", scratch / f"mnt-fio-{job}")
+        try:
+            drop_page_cache()
+            raw = subprocess.run(["fio", f"--directory={m.path}", "--filename=large.bin", "--output-format=json",
+                                  str(jobs / f"{job}.fio")], capture_output=True, text=True, check=True).stdout
+            read = json.loads(raw)["jobs"][0]["read"]
+            pcts = read.get("clat_ns", {}).get("percentile", {})
+            out[job] = {"mib_s": round(read["bw_bytes"] / MiB, 1), "iops": round(read["iops"]),
+                        "p50_ms": round(pcts.get("50.000000", 0) / 1e6, 3),
+                        "p99_ms": round(pcts.get("99.000000", 0) / 1e6, 3)}
+        finally:
+            m.stop()
+    return out
+
+
 def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
     size = parse_size(args.size)
     config = Config(s3_endpoint=endpoint, bucket="syncd-bench", prefix=f"mount-{uuid.uuid4().hex[:8]}",
@@ -215,6 +235,10 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
         m.stop()
     result["random_4k_ms"] = {"cold_p50": pct(cold, 0.5), "cold_p99": pct(cold, 0.99),
                               "warm_p50": pct(warm, 0.5), "warm_p99": pct(warm, 0.99)}
+    if shutil.which("fio"):
+        result["fio"] = run_fio(config, scratch)
+    else:
+        result["fio"] = {"skipped": "no fio binary (Debian package fio)"}
     result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     return result
 
