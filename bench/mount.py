@@ -159,7 +159,7 @@ def run_fio(config: Config, scratch: Path) -> dict[str, Any]:
         m, _ = mount(fresh(config, scratch, f"fio-{job}"), "big", scratch / f"mnt-fio-{job}")
         try:
             drop_page_cache()
-            raw = subprocess.run(["fio", f"--directory={m.path}", "--filename=large.bin", "--output-format=json",
+            raw = subprocess.run(["fio", "--readonly", f"--directory={m.path}", "--filename=large.bin", "--output-format=json",
                                   str(jobs / f"{job}.fio")], capture_output=True, text=True, check=True).stdout
             read = json.loads(raw)["jobs"][0]["read"]
             pcts = read.get("clat_ns", {}).get("percentile", {})
