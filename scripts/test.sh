@@ -11,6 +11,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+# The lazy mount's FUSE pieces (Debian fuse3/libfuse3-dev, the 'mount' extra); best-effort:
+# where they cannot be installed the mount tests skip and say why.
+bash scripts/setup-fuse.sh "$VENV"
 "$VENV/bin/python" -m mypy
 "$VENV/bin/ruff" check syncd gateway tests bench examples
 "$VENV/bin/lint-imports" --no-cache | tail -n 3

@@ -116,12 +116,13 @@ class _Routes:
         return _json({"volumes": await self.agent.names()})
 
     async def mount(self, request: web.Request) -> web.Response:
-        options = await _body(request)          # {"read_only": bool, "sub_path": "a/b"} (views.py)
+        options = await _body(request)  # {"read_only": bool, "sub_path": "a/b", "mode": "eager"|"lazy"}
         name, sub_path = request.match_info["name"], str(options.get("sub_path") or "")
         if options.get("read_only"):
             self.agent._check_open()
             return _json(await self.views.read_only(validate_name(name), sub_path))
-        described = (await self.agent.mount(name)).describe()
+        mode = options.get("mode")
+        described = (await self.agent.attach(name, mode=str(mode) if mode else None)).describe()
         if sub_path:
             path = await asyncio.to_thread(writable_sub_path, Path(described["path"]), sub_path)
             described.update(path=str(path), sub_path=sub_path)
@@ -138,7 +139,7 @@ class _Routes:
         return _json(await self.agent.unmount(request.match_info["name"]))
 
     async def info(self, request: web.Request) -> web.Response:
-        return _json(self.agent.mounted(request.match_info["name"]).describe())
+        return _json(self.agent.describe(request.match_info["name"]))
 
     async def delete(self, request: web.Request) -> web.Response:
         return _json(await self.agent.delete(request.match_info["name"]))

@@ -50,6 +50,7 @@ from syncd.limits import SingleFlight
 from syncd.local import fs as localfs
 from syncd.local.mountdir import prepare_mount
 from syncd.local.watch import Watch, WatchSettings
+from syncd.mount.spawn import LazyMount, LazyMounts, check_mode, default_mode
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1
@@ -85,6 +86,7 @@ class Agent:
         self.resuming: set[str] = set()    # listed in the state file, not mounted yet
         self._flights: SingleFlight[str, Mount] = SingleFlight()
         self._state_path = self.config.state_dir / "agent" / f"{self.config.owner}.json"
+        self.lazy = LazyMounts(self.config)   # mode "lazy": FUSE mount processes (syncd/mount)
 
     # ---------------------------------------------------------------- mounts
 
@@ -93,6 +95,23 @@ class Agent:
         validate_name(name)
         self._check_open()
         return await self._flights.do(name, lambda: self._mount(name, create))
+
+    async def attach(self, name: str, create: bool = True, mode: str | None = None) -> Mount | LazyMount:
+        """Mount in ``mode`` (default ``SYNCD_MOUNT_MODE``, else eager); a lazily mounted
+        volume stays lazy (and is reloaded) whatever the request says."""
+        validate_name(name)
+        self._check_open()
+        if self.lazy.get(name) is None and (check_mode(mode) if mode else default_mode()) == "eager":
+            return await self.mount(name, create)
+        if name in self.mounts:
+            raise LocalIOError(f"volume {name!r} is mounted eagerly here; unmount it before mounting it lazily")
+        if self.lazy.get(name) is None:
+            await (self.engine.repo.create(name) if create else self.engine.repo.head(name))
+        return await self._flights.do(f"lazy:{name}", lambda: self.lazy.mount(name))  # type: ignore[arg-type,return-value]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        lazy = self.lazy.get(validate_name(name))
+        return lazy.describe() if lazy is not None else self.mounted(name).describe()
 
     async def _mount(self, name: str, create: bool) -> Mount:
         mount = self.mounts.get(name)
@@ -133,6 +152,8 @@ class Agent:
             return result
 
     async def reload(self, name: str) -> dict[str, Any]:
+        if self.lazy.get(validate_name(name)) is not None:
+            return await self.lazy.reload(name)
         mount = await self._mounted(name)
         before = mount.commits
         hydrated = await self._sync(mount)
@@ -142,6 +163,8 @@ class Agent:
 
     async def unmount(self, name: str) -> dict[str, Any]:
         """Flush and stop syncing; the files stay, and a later mount is incremental."""
+        if self.lazy.get(validate_name(name)) is not None:
+            return await self.lazy.unmount(name)
         mount = self.mounted(name)
         await self._stop_watcher(mount)
         try:
@@ -156,6 +179,8 @@ class Agent:
     async def delete(self, name: str) -> dict[str, Any]:
         """Delete the volume from the bucket and drop the local copy."""
         validate_name(name)
+        if self.lazy.get(name) is not None:
+            await self.lazy.unmount(name)
         mount = self.mounts.get(name) or Mount(name, self.config.root / name)
         await self._stop_watcher(mount)
         removed = await self.engine.repo.delete(name)
@@ -195,7 +220,9 @@ class Agent:
 
     # ---------------------------------------------------------------- commits
 
-    async def commit_volume(self, name: str, message: str = "") -> CommitResult:
+    async def commit_volume(self, name: str, message: str = "") -> CommitResult | dict[str, Any]:
+        if self.lazy.get(validate_name(name)) is not None:
+            return await self.lazy.commit(name, message)
         return await self.commit(await self._mounted(name), message)
 
     async def commit(self, mount: Mount, message: str = "") -> CommitResult:
@@ -272,6 +299,7 @@ class Agent:
                 continue
             self.resuming.discard(name)
         await self._save_state()
+        resumed += await self.lazy.resume()
         if resumed:
             log.warning("resumed %d mount(s): %s", len(resumed), ", ".join(resumed))
         return resumed
@@ -279,7 +307,7 @@ class Agent:
     async def shutdown(self) -> dict[str, str]:
         """Flush: stop watching, commit every mount; returns errors by volume."""
         self.closing = True
-        errors: dict[str, str] = {}
+        errors: dict[str, str] = await self.lazy.shutdown()
         for mount in list(self.mounts.values()):
             await self._stop_watcher(mount)
         for mount in list(self.mounts.values()):
@@ -294,7 +322,8 @@ class Agent:
         counter = self.engine.counter
         data_gets = sum(n for key, n in counter.keys.items() if _is_data_key(self.engine.layout.owner_prefix, key))
         return {"owner": self.config.owner, "root": str(self.config.root), "pid": os.getpid(),
-                "mounts": [m.describe() for m in self.mounts.values()],
+                "mounts": [m.describe() for m in self.mounts.values()]
+                + [m.describe() for m in list(self.lazy.mounts.values())],
                 "store": {"calls": dict(counter.calls), "data_gets": data_gets,
                           "bytes_in": counter.bytes_in, "bytes_out": counter.bytes_out},
                 "watch": asdict(self.watch)}

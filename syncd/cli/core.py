@@ -42,7 +42,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 # Modules that register more commands with @command; imported by build_parser().
 COMMAND_MODULES: list[str] = ["syncd.cli.agent", "syncd.cli.volume", "syncd.cli.maint", "syncd.cli.gateway",
-                              "syncd.cli.files"]
+                              "syncd.cli.files", "syncd.cli.mount"]
 
 
 def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:

@@ -186,8 +186,10 @@ class Volume(os.PathLike[str]):
     """A mounted volume; path-like. Mounts lazily when built from a name alone (e.g. unpickled)."""
 
     def __init__(self, name: str, path: str | os.PathLike[str] | None = None,
-                 client: AgentClient | None = None, read_only: bool = False, sub_path: str = "") -> None:
+                 client: AgentClient | None = None, read_only: bool = False, sub_path: str = "",
+                 mode: str | None = None) -> None:
         self.name = normalize_volume_name(name)
+        self.mode = mode   # "eager" | "lazy" | None (the agent's SYNCD_MOUNT_MODE)
         self._path = Path(path) if path is not None else None
         self._client = client
         self.read_only, self.sub_path = bool(read_only), (sub_path or "").strip("/")
@@ -211,6 +213,8 @@ class Volume(os.PathLike[str]):
             options["read_only"] = True
         if self.sub_path:
             options["sub_path"] = self.sub_path
+        if self.mode:
+            options["mode"] = self.mode
         self._path = Path(self._call("POST", "mount", options or None)["path"])
         return self
 
@@ -240,8 +244,8 @@ class Volume(os.PathLike[str]):
     def __hash__(self) -> int:
         return hash(("syncd.Volume", self.name))
 
-    def __reduce__(self) -> tuple[type[Volume], tuple[str, None, None, bool, str]]:
-        return (Volume, (self.name, None, None, self.read_only, self.sub_path))
+    def __reduce__(self) -> tuple[type[Volume], tuple[str, None, None, bool, str, str | None]]:
+        return (Volume, (self.name, None, None, self.read_only, self.sub_path, self.mode))
 
     def _call(self, method: str, action: str = "", body: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.client.call(method, self._url(action), body)
@@ -334,17 +338,18 @@ class Volume(os.PathLike[str]):
                                                       lambda batch: batch.remove(path, recursive)))
 
 
-def volume(name: str, *, read_only: bool = False, sub_path: str = "",
+def volume(name: str, *, read_only: bool = False, sub_path: str = "", mode: str | None = None,
            socket_path: str | os.PathLike[str] | None = None, owner: str | None = None) -> Volume:
     """Create the volume if missing (or refer to it), mount it on this worker, return it.
 
     ``read_only=True``: a view of the latest snapshot whose files cannot be written (0444,
     so writes fail with PermissionError; ``put_file``/``remove_file`` raise PermissionError
     with EROFS); it is never committed, and the volume must exist. ``sub_path="a/b"``: the task's path is that directory of the
-    volume (created if missing, unless read-only).
+    volume (created if missing, unless read-only). ``mode="lazy"`` mounts it with FUSE (bytes
+    fetched on read; docs/MOUNT.md); ``None`` takes the agent's ``SYNCD_MOUNT_MODE``.
     """
     vol = Volume(name, client=AgentClient(socket_path, owner), read_only=read_only,
-                 sub_path=sub_path)  # validates before any request
+                 sub_path=sub_path, mode=mode)  # validates before any request
     return vol.mount()
 
 

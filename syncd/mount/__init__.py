@@ -1,0 +1,10 @@
+"""The lazy mount: a volume as a FUSE file system whose bytes arrive on read.
+
+listing.py  what the snapshot holds, one directory at a time (the v1/v2 seam)
+tree.py     the inode table: the merged namespace of snapshot and local changes
+data.py     file bytes: lower chunks through the engine's fetcher, upper-layer copy-up
+publish.py  commit: new entries from lower snapshot + upper layer, published like a commit
+fs.py       the pyfuse3 Operations over tree and data (the only module importing pyfuse3)
+control.py  the mount process's control socket (commit, reload, status)
+process.py  running one mount process; stale mount points; the agent's lazy mode
+"""

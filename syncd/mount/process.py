@@ -1,0 +1,254 @@
+"""One mount process: ``syncd mount VOLUME DIR`` and the agent's lazy mounts.
+
+Start-up: reclaim a dead mount at DIR (spawn.py), refuse one still served,
+open the engine, read HEAD and the snapshot (or the one ``--snapshot`` names,
+which is always read-only), start with an empty upper layer in the mount's
+work directory, then ``pyfuse3.init`` and serve until SIGTERM/SIGINT or a
+``stop`` on the control socket.
+
+Write-back: every ``poll`` seconds a loop checks whether the namespace changed
+since the last commit; it commits once it has been quiet for ``debounce``
+seconds or dirty for ``max_delay`` (the agent's eager write-back rule). On
+stop it commits what is left, then unmounts; exit status 1 if that final
+commit failed (the upper layer is then kept in the work directory and
+logged, not deleted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from syncd.config import Config, parse_size
+from syncd.engine.wiring import open_engine
+from syncd.errors import ConfigError, LocalIOError, SyncdError
+from syncd.limits import ByteBudget
+from syncd.mount import control
+from syncd.mount.data import Data
+from syncd.mount.fs import MountOps
+from syncd.mount.listing import SnapshotListing
+from syncd.mount.publish import Publisher
+from syncd.mount.spawn import config_from_json, control_path, mounted_at, reclaim, work_dir
+from syncd.mount.tree import Tree
+
+log = logging.getLogger(__name__)
+READAHEAD_BYTES = 1 << 20   # kernel readahead window: FUSE read requests of up to 1 MiB instead of 128 KiB
+
+
+@dataclass
+class MountOptions:
+    volume: str
+    mountpoint: Path
+    read_only: bool = False
+    snapshot: str | None = None
+    control: Path | None = None
+    upper_limit: int | None = None
+    poll: float = 0.2
+    debounce: float = 1.0
+    max_delay: float = 10.0
+    timeout: float = 1.0
+
+
+async def serve(config: Config, opts: MountOptions) -> int:
+    mountpoint = opts.mountpoint.absolute()
+    await asyncio.to_thread(reclaim, mountpoint)
+    if await asyncio.to_thread(mounted_at, mountpoint):
+        raise LocalIOError(f"{mountpoint} is already a mount point")
+    await asyncio.to_thread(mountpoint.mkdir, parents=True, exist_ok=True)
+    work = work_dir(config, opts.volume, mountpoint)
+    upper = work / "upper"
+    await asyncio.to_thread(_fresh_dir, upper)
+    async with open_engine(config) as engine:
+        head = await engine.repo.head(opts.volume)
+        read_only = opts.read_only or opts.snapshot is not None
+        snap_id = opts.snapshot or head.snapshot
+        snap = await engine.repo.snapshot(opts.volume, snap_id) if snap_id else None
+        entries = dict(snap.entries) if snap else {}
+        tree = Tree(SnapshotListing(entries))
+        data = Data(engine.fetcher, opts.volume, upper, memory=max(engine.budget.limit, config.chunk_size * 2),
+                    limit=opts.upper_limit)
+        # commits get their own budget: the reader's LRU is bounded by the engine's separately
+        engine.budget = ByteBudget(engine.budget.limit)
+        publisher = Publisher(engine, opts.volume, tree, data, head, entries)
+        ops = MountOps(tree, data, publisher, read_only, opts.timeout)
+        stop = asyncio.Event()
+
+        async def handle(request: dict[str, Any]) -> dict[str, Any]:
+            op = request.get("op")
+            if op == "commit":
+                if read_only:
+                    raise ConfigError("this mount is read-only")
+                result = await publisher.commit(str(request.get("message", "")))
+                return {**status(), "changed": result.changed, "uploaded_bytes": result.uploaded_bytes}
+            if op == "reload":
+                if opts.snapshot is None:
+                    await ops.reload()
+                return status()
+            if op == "stop":
+                stop.set()
+                return status()
+            if op == "status":
+                return status()
+            raise ConfigError(f"unknown control op {op!r}")
+
+        def status() -> dict[str, Any]:
+            counter = engine.counter
+            return {"volume": opts.volume, "path": str(mountpoint), "pid": os.getpid(),
+                    "snapshot": publisher.head.snapshot if opts.snapshot is None else opts.snapshot,
+                    "seq": publisher.head.seq, "commits": publisher.commits, "pending": publisher.dirty,
+                    "last_error": publisher.last_error, "read_only": read_only,
+                    "upper_bytes": data.used, "read_errors": data.errors,
+                    "store": {"calls": dict(counter.calls), "keys": dict(counter.keys),
+                              "bytes_in": counter.bytes_in},
+                    "bytes_by_source": dict(engine.fetcher.bytes_by_source)}
+
+        pyfuse3.asyncio.enable()
+        options = set(pyfuse3.default_options) | {f"fsname=syncd:{opts.volume}", "subtype=syncd"}
+        if read_only:
+            options.add("ro")
+        pyfuse3.init(ops, str(mountpoint), options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        fuse = asyncio.ensure_future(pyfuse3.main())
+        widen = asyncio.ensure_future(asyncio.to_thread(_widen_readahead, mountpoint))
+        writer = asyncio.ensure_future(_write_back(publisher, tree, opts)) if not read_only else None
+        orphan = asyncio.ensure_future(_parent_watch(stop))
+        stopper = asyncio.ensure_future(stop.wait())
+        server: asyncio.AbstractServer | None = None
+        code = 0
+        try:
+            server = await control.serve(opts.control or control_path(work), handle)
+            await asyncio.wait([fuse, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if fuse.done() and fuse.exception() is not None:
+                log.error("the FUSE loop failed: %s", fuse.exception())
+                code = 1
+        finally:
+            for task in (writer, stopper, orphan, widen):
+                if task is not None:
+                    task.cancel()
+            if not read_only and publisher.dirty:
+                try:
+                    await publisher.commit("mount: flush on stop")
+                except SyncdError as exc:
+                    log.error("final commit of %s failed: %s; unsaved writes stay in %s", opts.volume, exc, upper)
+                    code = 1
+            if server is not None:
+                server.close()
+            if not fuse.done():
+                pyfuse3.terminate()
+                with contextlib.suppress(BaseException):
+                    await fuse
+            await data.close()
+            pyfuse3.close(unmount=True)
+        if code == 0:
+            await asyncio.to_thread(shutil.rmtree, upper, True)
+        return code
+
+
+async def _write_back(publisher: Publisher, tree: Tree, opts: MountOptions) -> None:
+    seen, quiet_since, dirty_since = tree.changes, time.monotonic(), None
+    while True:
+        await asyncio.sleep(opts.poll)
+        now = time.monotonic()
+        if not publisher.dirty:
+            dirty_since = None
+            continue
+        if tree.changes != seen:
+            seen, quiet_since = tree.changes, now
+        dirty_since = dirty_since or now
+        if now - quiet_since >= opts.debounce or now - dirty_since >= opts.max_delay:
+            try:
+                await publisher.commit("write-back")
+                publisher.last_error = None
+                dirty_since = None
+            except SyncdError as exc:
+                publisher.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("write-back of %s: %s", opts.volume, exc)
+
+
+async def _parent_watch(stop: asyncio.Event) -> None:
+    """A mount spawned by the agent (``SYNCD_MOUNT_PARENT``) stops -- commits and
+    unmounts -- when the agent is gone, even after ``kill -9`` of the agent."""
+    parent = os.environ.get("SYNCD_MOUNT_PARENT")
+    if not parent:
+        return
+    while True:
+        await asyncio.sleep(0.5)
+        if os.getppid() != int(parent):
+            break
+    log.warning("the agent (pid %s) is gone; committing and unmounting", parent)
+    stop.set()
+
+
+def _widen_readahead(mountpoint: Path) -> None:
+    """Raise the kernel's readahead window for this mount (its bdi) from the 128 KiB that
+    libfuse negotiates to READAHEAD_BYTES, so sequential reads arrive as 1 MiB requests.
+    Best effort: needs write access to /sys (root)."""
+    target = os.path.abspath(mountpoint)
+    try:
+        os.stat(target)   # answered once the kernel's INIT is done, which would reset the window
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            device = next((p[2] for p in (line.split() for line in f) if len(p) > 4 and p[4] == target), None)
+        if device is not None:
+            Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{READAHEAD_BYTES // 1024}\n")
+    except OSError as exc:
+        log.debug("cannot widen readahead of %s: %s", mountpoint, exc)
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+
+
+def run(config: Config, opts: MountOptions) -> int:
+    return asyncio.run(serve(config, opts))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="syncd mount", description="Mount a volume lazily (FUSE).")
+    p.add_argument("volume")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--snapshot", default=None)
+    p.add_argument("--control", type=Path, default=None, help="control socket (default: in the state dir)")
+    p.add_argument("--upper-limit", default=os.environ.get("SYNCD_MOUNT_UPPER_LIMIT"),
+                   help="bytes the upper layer may hold (ENOSPC beyond)")
+    p.add_argument("--debounce", type=float, default=1.0)
+    p.add_argument("--max-delay", type=float, default=10.0)
+    return p
+
+
+def options_from(args: argparse.Namespace) -> MountOptions:
+    return MountOptions(args.volume, args.dir, args.read_only, args.snapshot, args.control,
+                        parse_size(args.upper_limit) if args.upper_limit else None,
+                        debounce=args.debounce, max_delay=args.max_delay)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raw = os.environ.get("SYNCD_MOUNT_CONFIG")
+    config = config_from_json(raw) if raw else Config.from_env()
+    try:
+        return run(config, options_from(args))
+    except SyncdError as exc:
+        print(f"syncd mount: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Mount processes from the outside: spawning, reclaiming, and the agent's lazy mode.
+
+pyfuse3 serves one file system per process, and a FUSE server that dies must
+not take the agent with it, so every lazy mount is its own process
+(``python -m syncd.mount.process``), spoken to over its control socket
+(control.py). The agent (``volume("x", mode="lazy")`` or
+``SYNCD_MOUNT_MODE=lazy``) keeps a :class:`LazyMounts`: mount spawns the
+process and waits until its control socket answers (the FUSE mount is live by
+then), commit and reload are forwarded, unmount and shutdown ask the process
+to stop, which commits and unmounts. The process gets the agent's exact
+configuration as JSON in ``SYNCD_MOUNT_CONFIG``.
+
+Stale mount points. A mount process killed with ``kill -9`` leaves its mount
+point in the kernel's table, and every access fails with ``ENOTCONN``
+("Transport endpoint is not connected"). :func:`reclaim` detects exactly that
+and detaches it with ``fusermount3 -u -z`` (or ``umount -l``), so the next
+start can mount again. A mount point that is still served by a live process
+is left alone and the new mount is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syncd.config import Config
+from syncd.errors import AgentUnavailable, ConfigError, LocalIOError, SyncdError, VolumeNotFound
+from syncd.mount import control
+
+log = logging.getLogger(__name__)
+MODES = ("eager", "lazy")
+START_TIMEOUT = 60.0
+
+
+def default_mode() -> str:
+    mode = os.environ.get("SYNCD_MOUNT_MODE", "eager") or "eager"
+    return check_mode(mode)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"mount mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def config_to_json(config: Config) -> str:
+    return json.dumps({f.name: (str(v) if isinstance(v, Path) else v)
+                       for f in dataclasses.fields(config) for v in [getattr(config, f.name)]})
+
+
+def config_from_json(text: str) -> Config:
+    doc = json.loads(text)
+    paths = {f.name for f in dataclasses.fields(Config) if f.type in ("Path", Path)}
+    values: dict[str, Any] = {k: (Path(v) if k in paths else tuple(v) if isinstance(v, list) else v)
+                              for k, v in doc.items()}
+    return Config(**values)
+
+
+def work_dir(config: Config, volume: str, mountpoint: Path) -> Path:
+    """This mount's private directory: control socket and upper layer."""
+    tag = hashlib.sha256(os.fsencode(os.path.abspath(mountpoint))).hexdigest()[:12]
+    return config.state_dir / "mount" / config.owner / f"{volume}-{tag}"
+
+
+def control_path(work: Path) -> Path:
+    """The control socket of a mount whose work directory is ``work``; AF_UNIX paths are
+    limited to 107 bytes, so a deep state directory gets a socket in the temp directory."""
+    path = work / "control.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    tag = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"syncd-mount-{os.getuid()}" / f"{tag}.sock"
+
+
+def mounted_at(mountpoint: Path) -> bool:
+    target = os.path.abspath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.split()[4] == target for line in f if len(line.split()) > 4)
+    except OSError:
+        return False
+
+
+def reclaim(mountpoint: Path) -> bool:
+    """Detach a dead FUSE mount at ``mountpoint`` (ENOTCONN); True if one was reclaimed."""
+    try:
+        os.stat(mountpoint)
+        return False
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise LocalIOError(f"cannot use mount point {mountpoint}: {exc.strerror}") from exc
+    log.warning("%s is a dead FUSE mount (ENOTCONN); detaching it", mountpoint)
+    for cmd in (["fusermount3", "-u", "-z", str(mountpoint)], ["umount", "-l", str(mountpoint)]):
+        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
+            return True
+    raise LocalIOError(f"{mountpoint} is a dead mount and could not be detached; "
+                       f"run 'fusermount3 -u -z {mountpoint}' as its owner")
+
+
+@dataclass
+class LazyMount:
+    name: str
+    path: Path
+    control: Path
+    process: asyncio.subprocess.Process
+    log_path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "mode": "lazy", "pid": self.process.pid,
+                **{k: self.info.get(k) for k in ("snapshot", "seq", "commits", "pending", "last_error")}}
+
+
+class LazyMounts:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.mounts: dict[str, LazyMount] = {}
+        # which volumes are mounted lazily, for the agent's restart (beside its own state file)
+        self.state_path = config.state_dir / "agent" / f"{config.owner}.lazy.json"
+
+    async def resume(self) -> list[str]:
+        """Mount again, lazily, what the state file lists (after a restart or a crash)."""
+        try:
+            names = json.loads(await asyncio.to_thread(self.state_path.read_bytes))
+        except (OSError, ValueError):
+            return []
+        resumed = []
+        for name in names if isinstance(names, list) else []:
+            try:
+                await self.mount(str(name))
+                resumed.append(str(name))
+            except SyncdError as exc:
+                log.error("cannot resume the lazy mount of %s: %s", name, exc)
+        return resumed
+
+    async def _save(self) -> None:
+        await asyncio.to_thread(_write_json, self.state_path, sorted(self.mounts))
+
+    def get(self, name: str) -> LazyMount | None:
+        mount = self.mounts.get(name)
+        if mount is not None and mount.process.returncode is not None:
+            log.warning("lazy mount %s: its process exited with %s", name, mount.process.returncode)
+            del self.mounts[name]
+            return None
+        return mount
+
+    async def mount(self, name: str) -> LazyMount:
+        mount = self.get(name)
+        if mount is not None:
+            mount.info = await control.call(mount.control, "reload")
+            return mount
+        path = self.config.root / name
+        work = work_dir(self.config, name, path)
+        sock = control_path(work)
+        log_path = work.parent / f"{work.name}.log"
+        await asyncio.to_thread(work.parent.mkdir, parents=True, exist_ok=True)
+        env = {**os.environ, "SYNCD_MOUNT_CONFIG": config_to_json(self.config),
+               "SYNCD_MOUNT_PARENT": str(os.getpid())}
+        log_fd = await asyncio.to_thread(os.open, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "syncd.mount.process", name, str(path), "--control", str(sock),
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, env=env)
+        finally:
+            os.close(log_fd)
+        mount = LazyMount(name, path, sock, process, log_path)
+        try:
+            mount.info = await self._wait_ready(mount)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
+        self.mounts[name] = mount
+        await self._save()
+        return mount
+
+    async def _wait_ready(self, mount: LazyMount) -> dict[str, Any]:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if mount.process.returncode is not None:
+                tail = await asyncio.to_thread(_tail, mount.log_path)
+                raise LocalIOError(f"the mount process for {mount.name} exited with "
+                                   f"{mount.process.returncode}: {tail}")
+            try:
+                return await control.call(mount.control, "status")
+            except AgentUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(mount.process.wait(), 0.05)
+
+    async def commit(self, name: str, message: str) -> dict[str, Any]:
+        mount = self._need(name)
+        result = await control.call(mount.control, "commit", message=message)
+        mount.info.update(result)
+        return result
+
+    async def reload(self, name: str) -> dict[str, Any]:
+        mount = self._need(name)
+        mount.info = await control.call(mount.control, "reload")
+        return {"volume": name, **mount.info}
+
+    async def unmount(self, name: str) -> dict[str, Any]:
+        mount = self._need(name)
+        await self._stop(mount)
+        del self.mounts[name]
+        await self._save()
+        return {"volume": name, "snapshot": mount.info.get("snapshot"), "seq": mount.info.get("seq")}
+
+    async def _stop(self, mount: LazyMount) -> None:
+        with contextlib.suppress(SyncdError):
+            mount.info = await control.call(mount.control, "stop")
+        try:
+            await asyncio.wait_for(mount.process.wait(), 120)
+        except TimeoutError:
+            mount.process.kill()
+            await mount.process.wait()
+        if mount.process.returncode:
+            raise LocalIOError(f"the mount process for {mount.name} exited with {mount.process.returncode}; "
+                               f"see {mount.log_path}")
+
+    async def shutdown(self) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for name, mount in list(self.mounts.items()):
+            try:
+                await self._stop(mount)
+            except SyncdError as exc:
+                errors[name] = str(exc)
+            self.mounts.pop(name, None)
+        return errors
+
+    def _need(self, name: str) -> LazyMount:
+        mount = self.get(name)
+        if mount is None:
+            raise VolumeNotFound(f"volume {name!r} is not mounted on this worker")
+        return mount
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-size:].decode(errors="replace").strip()
+    except OSError:
+        return ""

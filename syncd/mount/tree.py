@@ -1,0 +1,267 @@
+"""The inode table: one namespace merged from the snapshot (lower) and local changes.
+
+Every name the kernel has seen is a :class:`Node` with a stable inode number.
+A directory's children are loaded from the :class:`~syncd.mount.listing.Listing`
+the first time anyone looks inside it (``children is None`` until then), and
+from then on live only here, so ``stat``/``readdir`` never touch the network
+and a directory nobody opens costs nothing. A renamed directory that was never
+listed keeps ``lower_path``, the place in the snapshot its children come from,
+so renaming a large unlisted tree is one dict operation.
+
+File nodes carry their content as ``chunks`` (the snapshot's references) plus,
+once written, an upper-layer file (data.py decides which byte comes from
+where). ``version`` counts data changes: publish.py reads a file's bytes and
+checks the version did not move meanwhile, and reuses the chunk list it
+committed last time (``committed``) while the version stays put.
+
+Namespace operations raise :class:`FsError` with an errno; fs.py turns it into
+the kernel's answer. Nodes that leave the tree (unlink, rename over, rmdir,
+reload) stay in ``inodes`` while the kernel or an open file still refers to
+them, so an open file keeps its content until it is closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import stat
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from syncd.format.manifest import ChunkRef, Entry, Kind
+from syncd.mount.listing import Listing
+
+ROOT_INODE = 1
+
+
+class FsError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(errno.errorcode.get(code, str(code)))
+        self.errno = code
+
+
+@dataclass(eq=False)
+class Node:
+    ino: int
+    kind: Kind
+    mode: int                        # permission bits only
+    mtime_ns: int
+    name: str = ""
+    parent: Node | None = None
+    size: int = 0
+    target: str | None = None
+    chunks: tuple[ChunkRef, ...] = ()          # lower content (files)
+    lower_path: str | None = None              # dirs: where unloaded children live in the snapshot
+    children: dict[str, Node] | None = None    # dirs: None until listed
+    ctime_ns: int = 0
+    upper: bool = False              # data.py keeps an upper-layer file for this node
+    lower_limit: int = 0             # bytes below this may still come from ``chunks``
+    present: set[int] = field(default_factory=set)   # chunk indexes copied into the upper file
+    version: int = 0
+    committed: tuple[int, Entry] | None = None       # (version, entry) published last
+    lookups: int = 0
+    opens: int = 0
+    attached: bool = True
+
+    def st_mode(self) -> int:
+        kind = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}[self.kind]
+        return kind | (self.mode & 0o7777)
+
+    def touch(self) -> None:
+        self.mtime_ns = self.ctime_ns = time.time_ns()
+
+
+class Tree:
+    def __init__(self, listing: Listing, root_mode: int = 0o755) -> None:
+        self.listing = listing
+        self.inodes: dict[int, Node] = {}
+        self._next = ROOT_INODE
+        self.root = self._new("dir", root_mode, time.time_ns(), lower_path="")
+        self.changes = 0   # bumped by every mutation: the write-back's "dirty" signal
+        self.released: list[Node] = []      # forgotten nodes with upper files for data.py to free
+        self._reuse: dict[str, Node] = {}   # during rebase: the old nodes by path
+
+    def _new(self, kind: Kind, mode: int, mtime_ns: int, **kw: object) -> Node:
+        node = Node(self._next, kind, mode, mtime_ns, ctime_ns=mtime_ns, **kw)  # type: ignore[arg-type]
+        self._next += 1
+        self.inodes[node.ino] = node
+        return node
+
+    def from_entry(self, entry: Entry) -> Node:
+        if entry.kind == "dir":
+            return self._new("dir", entry.mode, entry.mtime_ns, lower_path=entry.path)
+        if entry.kind == "symlink":
+            return self._new("symlink", entry.mode, entry.mtime_ns, target=entry.target,
+                             size=len((entry.target or "").encode()))
+        return self._new("file", entry.mode, entry.mtime_ns, size=entry.size, chunks=entry.chunks,
+                         lower_limit=entry.size)
+
+    def get(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise FsError(errno.ESTALE)
+        return node
+
+    @staticmethod
+    def path(node: Node) -> str:
+        parts: list[str] = []
+        while node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+    async def children(self, node: Node) -> dict[str, Node]:
+        if node.kind != "dir":
+            raise FsError(errno.ENOTDIR)
+        if node.children is None:
+            loaded: dict[str, Node] = {}
+            for entry in await self.listing.list_dir(node.lower_path or ""):
+                child = self._reused(entry) or self.from_entry(entry)
+                child.name, child.parent = posixpath.basename(entry.path), node
+                loaded[child.name] = child
+            if node.children is None:       # another request may have loaded it meanwhile
+                node.children = loaded
+            else:
+                for child in loaded.values():
+                    self.inodes.pop(child.ino, None)
+        return node.children
+
+    async def lookup(self, parent: Node, name: str) -> Node:
+        child = (await self.children(parent)).get(name)
+        if child is None:
+            raise FsError(errno.ENOENT)
+        return child
+
+    async def add(self, parent: Node, name: str, kind: Kind, mode: int, target: str | None = None) -> Node:
+        children = await self.children(parent)
+        if name in children:
+            raise FsError(errno.EEXIST)
+        now = time.time_ns()
+        if kind == "dir":
+            node = self._new("dir", mode, now, children={})
+        elif kind == "symlink":
+            node = self._new("symlink", 0o777, now, target=target, size=len((target or "").encode()))
+        else:
+            node = self._new("file", mode, now, upper=False)
+        node.name, node.parent = name, parent
+        children[name] = node
+        parent.touch()
+        self.changes += 1
+        return node
+
+    def detach(self, node: Node) -> None:
+        """``node`` left the namespace; forget it once nobody refers to it."""
+        node.attached = False
+        for child in (node.children or {}).values():
+            self.detach(child)
+        self.release_if_unused(node)
+
+    def release_if_unused(self, node: Node) -> bool:
+        if not node.attached and node.lookups <= 0 and node.opens <= 0 and node.ino != ROOT_INODE:
+            if self.inodes.pop(node.ino, None) is not None and node.upper:
+                self.released.append(node)
+            return True
+        return False
+
+    async def rebase(self, listing: Listing) -> list[Node]:
+        """Move to another snapshot's listing. A path whose content is the same keeps its
+        node (inode, kernel caches, upper file); the others leave the namespace and are
+        returned. Open files hold their node, so they keep reading what they opened.
+        v1 listings are in memory, so this walks both trees; a v2 listing would rebase
+        one directory at a time as it is listed again."""
+        old = {path: node async for path, node in self.walk()}
+        self.listing = listing
+        self._reuse = dict(old)
+        self.root.children, self.root.lower_path = None, ""
+        try:
+            async for _ in self.walk():
+                pass
+        finally:
+            left, self._reuse = self._reuse, {}
+        for node in left.values():
+            node.attached = False
+            self.release_if_unused(node)
+        self.changes += 1
+        return list(left.values())
+
+    def _reused(self, entry: Entry) -> Node | None:
+        node = self._reuse.get(entry.path)
+        if node is None or node.kind != entry.kind:
+            return None
+        if entry.kind == "file":
+            if node.upper:
+                if node.committed is None or node.committed[0] != node.version \
+                        or not node.committed[1].same_content(entry):
+                    return None
+            elif node.size != entry.size or [c.id for c in node.chunks] != [c.id for c in entry.chunks]:
+                return None
+        elif entry.kind == "symlink" and node.target != entry.target:
+            return None
+        del self._reuse[entry.path]
+        node.mode, node.mtime_ns = entry.mode, entry.mtime_ns
+        if entry.kind == "dir":
+            node.children, node.lower_path = None, entry.path
+        return node
+
+    async def remove(self, parent: Node, name: str, want_dir: bool) -> Node:
+        node = await self.lookup(parent, name)
+        if want_dir:
+            if node.kind != "dir":
+                raise FsError(errno.ENOTDIR)
+            if await self.children(node):
+                raise FsError(errno.ENOTEMPTY)
+        elif node.kind == "dir":
+            raise FsError(errno.EISDIR)
+        assert parent.children is not None
+        del parent.children[name]
+        parent.touch()
+        self.detach(node)
+        self.changes += 1
+        return node
+
+    async def rename(self, old_parent: Node, old: str, new_parent: Node, new: str,
+                     noreplace: bool = False) -> Node | None:
+        """Move a name; returns the node it replaced (already detached), if any."""
+        node = await self.lookup(old_parent, old)
+        targets = await self.children(new_parent)
+        ancestor: Node | None = new_parent
+        while ancestor is not None:       # a directory cannot move into itself
+            if ancestor is node:
+                raise FsError(errno.EINVAL)
+            ancestor = ancestor.parent
+        replaced = targets.get(new)
+        if replaced is node:
+            return None
+        if replaced is not None:
+            if noreplace:
+                raise FsError(errno.EEXIST)
+            if replaced.kind == "dir":
+                if node.kind != "dir":
+                    raise FsError(errno.EISDIR)
+                if await self.children(replaced):
+                    raise FsError(errno.ENOTEMPTY)
+            elif node.kind == "dir":
+                raise FsError(errno.ENOTDIR)
+        assert old_parent.children is not None
+        del old_parent.children[old]
+        targets[new] = node
+        node.name, node.parent = new, new_parent
+        node.ctime_ns = time.time_ns()
+        old_parent.touch()
+        new_parent.touch()
+        if replaced is not None:
+            self.detach(replaced)
+        self.changes += 1
+        return replaced
+
+    async def walk(self, node: Node | None = None) -> AsyncIterator[tuple[str, Node]]:
+        """Every node under ``node`` (default the root) with its path, parents first."""
+        stack = [(node or self.root, self.path(node or self.root))]
+        while stack:
+            current, path = stack.pop()
+            if current is not self.root or path:
+                yield path, current
+            if current.kind == "dir":
+                for name, child in sorted((await self.children(current)).items(), reverse=True):
+                    stack.append((child, f"{path}/{name}" if path else name))
