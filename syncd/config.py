@@ -8,6 +8,9 @@ variable                     default             meaning
 ===========================  ==================  =====================================
 SYNCD_S3_ENDPOINT            (AWS)               S3 endpoint URL; unset means AWS
 SYNCD_BUCKET                 syncd               bucket, created if missing
+SYNCD_STORE_BACKEND          obstore             the S3 client: ``obstore`` (Rust
+                                                 object_store; less CPU per byte) or
+                                                 ``aiobotocore`` (store/select.py)
 SYNCD_PREFIX                 volumes             key prefix inside the bucket
 SYNCD_OWNER                  default             owner whose volumes we see
 SYNCD_CACHE_DIR              ~/.cache/syncd      local chunk cache directory
@@ -71,6 +74,7 @@ def parse_size(text: str) -> int:
 class Config:
     s3_endpoint: str | None = None
     bucket: str = "syncd"
+    store_backend: str = "obstore"
     prefix: str = "volumes"
     owner: str = "default"
     region: str = "us-east-1"
@@ -105,6 +109,8 @@ class Config:
             raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed SYNCD_CHUNK_SIZE")
         if self.max_inflight_bytes < self.chunk_size:
             raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk")
+        if self.store_backend not in ("obstore", "aiobotocore"):
+            raise ConfigError("SYNCD_STORE_BACKEND must be 'obstore' or 'aiobotocore'")
         if self.cache_large not in ("ref", "copy"):
             raise ConfigError("SYNCD_CACHE_LARGE must be 'ref' or 'copy'")
         if self.max_connections < 1 or self.retries < 1:
@@ -140,6 +146,7 @@ class Config:
         text("SYNCD_BUCKET", "bucket")
         text("SYNCD_OWNER", "owner")
         text("SYNCD_CACHE_LARGE", "cache_large")
+        text("SYNCD_STORE_BACKEND", "store_backend")
         if "SYNCD_PREFIX" in env:
             values["prefix"] = env["SYNCD_PREFIX"].strip("/")
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
