@@ -133,7 +133,9 @@ def _credentials(env: dict[str, str]) -> dict[str, Any]:
         if env.get("AWS_SESSION_TOKEN"):
             out["session_token"] = env["AWS_SESSION_TOKEN"]
         return out
-    return {"credential_provider": _BotocoreCredentials()}
+    provider = _BotocoreCredentials()
+    provider()  # no credentials anywhere: a ConfigError now, not an access error per request
+    return {"credential_provider": provider}
 
 
 def _handle(config: Config, creds: dict[str, Any], *, checksum: bool) -> _ObS3:
