@@ -22,6 +22,9 @@ SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
 SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
 SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
 SYNCD_PACK_SIZE              8 MiB               target size of one pack object
+SYNCD_LARGE_PACK_SIZE        32 MiB              consecutive new chunks of one large file
+                                                 share a pack up to this size (read back
+                                                 with one ranged GET); 0: a chunk each
 SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
 SYNCD_MAX_INFLIGHT_BYTES     64 MiB              chunk bytes held in memory at once
 SYNCD_RETRIES                6                   attempts for a transient failure
@@ -85,6 +88,7 @@ class Config:
     chunk_size: int = 8 * MiB
     pack_threshold: int = 1 * MiB
     pack_size: int = 8 * MiB
+    large_pack_size: int = 32 * MiB
     max_connections: int = 32
     max_inflight_bytes: int = 64 * MiB
     retries: int = 6
@@ -107,6 +111,8 @@ class Config:
             raise ConfigError("SYNCD_CHUNK_SIZE must be between 64 KiB and 5 GiB")
         if self.pack_threshold > self.chunk_size:
             raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed SYNCD_CHUNK_SIZE")
+        if self.large_pack_size < 0 or self.large_pack_size > 5 * GiB:
+            raise ConfigError("SYNCD_LARGE_PACK_SIZE must be between 0 and 5 GiB (one PUT)")
         if self.max_inflight_bytes < self.chunk_size:
             raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk")
         if self.store_backend not in ("obstore", "aiobotocore"):
@@ -158,6 +164,7 @@ class Config:
                 values[field] = Path(env[name]).expanduser()
         for name, field in (("SYNCD_CACHE_SIZE", "cache_size"), ("SYNCD_CHUNK_SIZE", "chunk_size"),
                             ("SYNCD_PACK_THRESHOLD", "pack_threshold"), ("SYNCD_PACK_SIZE", "pack_size"),
+                            ("SYNCD_LARGE_PACK_SIZE", "large_pack_size"),
                             ("SYNCD_MAX_INFLIGHT_BYTES", "max_inflight_bytes"),
                             ("SYNCD_MULTIPART_THRESHOLD", "multipart_threshold"),
                             ("SYNCD_MULTIPART_PART_SIZE", "multipart_part_size")):

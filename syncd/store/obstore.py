@@ -70,7 +70,7 @@ from syncd.store.base import Blob, BlobStream, ObjectInfo
 if TYPE_CHECKING:
     from syncd.store.s3 import S3Store
 
-STREAM_PIECE = 1 << 20     # obstore hands over pieces of at least this much (fetch.WRITE_BATCH)
+STREAM_PIECE = 256 * 1024  # pieces of at least this much, as s3.STREAM_PIECE (the gateway relays each)
 GUARD_BELOW = 1 << 20      # If-None-Match PUTs up to this size carry the checksum too (as s3.MD5_ALWAYS_BELOW)
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>(\w+)</Code>")
@@ -213,7 +213,7 @@ class ObstoreStore:
     @contextlib.asynccontextmanager
     async def get_stream(self, key: str, start: int | None = None,
                          end: int | None = None) -> AsyncIterator[BlobStream]:
-        """Like :meth:`get`, but the body is yielded in pieces (>= 1 MiB but the last) as it arrives."""
+        """Like :meth:`get`, but the body is yielded in pieces (>= 256 KiB but the last) as it arrives."""
         try:
             result = await obs.get_async(self._data, key, options=_range(start, end))
         except Exception as exc:
