@@ -21,6 +21,18 @@ chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md);
 those writes go through one writer thread per hydrate (fewer thread wake-ups
 than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md).
 
+Fewer, larger requests: a large file's consecutive chunks share packs
+(upload.py), and chunks that lie back to back in one pack and in the file are
+streamed as one run with one ranged GET of up to ``SYNCD_LARGE_PACK_SIZE``
+(fetch.coalesce / stream_run, every chunk verified alone); up to ``STREAMS``
+runs at once, each holding ``STREAM_HOLD`` of the byte budget (a streamed run
+holds a batch, not its whole size), so peak memory is bounded by configuration
+whatever the file size. Warm hydrates: chunks that a file on this worker holds
+(cache references) are copied in the kernel with ``copy_file_range`` (a reflink
+where the file system shares blocks) and verified over an ``mmap`` of the copy
+before the file is published (localcopy.py); the first copy stays the cache's
+reference. Directories are created, and their times set, in one thread hop each.
+
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again. If the
 process was killed, the index is the old one; files already replaced then look
