@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from syncd.config import Config, MiB
+from syncd.config import Config, KiB, MiB
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
 from syncd.maint.check import check
 from syncd.maint.prune import Retention, prune
+from syncd.store.wrap import RetryingStore
 
+from .checks import tmp_files
 from .conftest import worker_config
+from .faultproxy import FaultProxy, Rule
+from .test_crashes import Zygote, commit_trials, hydrate_trials
 
 
 @pytest.fixture
@@ -103,3 +108,49 @@ async def test_many_large_files_at_once_fit_a_small_budget(packed: Config, tmp_p
     async with open_engine(worker_config(tight, tmp_path, "w2")) as eng:
         await hydrate(eng, "vol", tmp_path / "dst")
     assert {p.name: p.read_bytes() for p in (tmp_path / "dst").iterdir()} == files
+
+
+@pytest.mark.parametrize("fault", ["reset", "truncate", "stall_body"])
+async def test_packed_hydrate_through_faults_retries_and_completes(packed: Config, tmp_path: Path,
+                                                                   s3_endpoint: str, fault: str) -> None:
+    """The fault proxy on the GETs of large packs: each fault costs one re-read of the run
+    (counted), and the tree comes out whole; no temporary file is left."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(8 * MiB + 1)
+    (src / "big.bin").write_bytes(big)
+    async with open_engine(packed) as eng:
+        await commit(eng, "vol", src)
+    proxy = await FaultProxy(s3_endpoint).start()
+    try:
+        w2 = worker_config(packed, tmp_path, "w2").replace(
+            s3_endpoint=proxy.endpoint, read_timeout=0.5, connect_timeout=1.0, retry_base_delay=0.01)
+        async with open_engine(w2) as eng:
+            proxy.rules = [Rule(fault, method="GET", path="/packs/", times=2, delay=2.0)]
+            await hydrate(eng, "vol", tmp_path / "dst")
+            inner = eng.counter.inner
+            assert isinstance(inner, RetryingStore)
+            assert proxy.injected[fault] == 2 and inner.retries + eng.fetcher.stream_retries == 2
+    finally:
+        await proxy.close()
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == big and not tmp_files(tmp_path / "dst")
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[Zygote]:
+    z = Zygote(tmp_path / "zygote.log")
+    try:
+        yield z
+    finally:
+        z.close()
+
+
+@pytest.mark.slow
+async def test_killed_commits_and_hydrates_with_large_packs(config: Config, tmp_path: Path, zygote: Zygote) -> None:
+    """test_crashes.py's kill -9 trials with the packed layout (64 KiB chunks, 4 to a pack)."""
+    packed = config.replace(large_pack_size=256 * KiB)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "h").mkdir()
+    print("commit kill -9:", await commit_trials(packed, tmp_path / "c", zygote, trials=30, seed=21))
+    print("hydrate kill -9:", await hydrate_trials(packed.replace(prefix=packed.prefix + "-h"), tmp_path / "h",
+                                                   zygote, trials=30, seed=22))   # a volume of its own
