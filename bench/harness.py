@@ -42,6 +42,19 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime+stime of the running process ``pid`` (its threads included), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def server_cpu_seconds(pid: int | None) -> float:
     """utime+stime of process ``pid`` and its waited-for children, in seconds (0 if unknown)."""
     if pid is None:
@@ -148,6 +161,54 @@ class Context:
         cmd = [sys.executable, str(Path(__file__).with_name("boto3_xfer.py")), self.endpoint, *args]
         return run_procs("boto3", [cmd], self.tool_env, nbytes, self.server_pid)
 
+    def restic(self, *args: str, nbytes: int = 0, cache: Path | None = None) -> Run:
+        """``restic -r s3:<endpoint>/bench/restic ...`` with a fresh cache dir (a cold restore)."""
+        cmd = [restic_binary(), "-r", self.restic_repo, "--cache-dir", str(cache or self.fresh("restic-cache")),
+               "-q", *args]
+        return run_procs("restic", [cmd], self.restic_env, nbytes, self.server_pid)
+
+    @property
+    def restic_repo(self) -> str:
+        return f"s3:{self.endpoint}/{BUCKET}/restic"
+
+    @property
+    def restic_env(self) -> dict[str, str]:
+        return {**self.tool_env, "RESTIC_PASSWORD": "bench"}
+
+    def rclone(self, *args: str, nbytes: int = 0) -> Run:
+        """``rclone`` with its remote ``s3:`` configured through the environment, defaults otherwise."""
+        env = {**self.tool_env, "RCLONE_CONFIG": str(self.work / "no-rclone.conf"),
+               "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "SeaweedFS",
+               "RCLONE_CONFIG_S3_ENDPOINT": self.endpoint,
+               "RCLONE_CONFIG_S3_ACCESS_KEY_ID": self.tool_env["AWS_ACCESS_KEY_ID"],
+               "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": self.tool_env["AWS_SECRET_ACCESS_KEY"]}
+        return run_procs("rclone", [[rclone_binary(), *args]], env, nbytes, self.server_pid)
+
+    def agent_mount(self, volume: str, nbytes: int) -> Run:
+        """The agent path: a fresh ``syncd agent`` (own cache, state, root; started untimed), then
+        one timed mount request over its socket, which hydrates inside the agent. CPU is the
+        agent's during the request, RSS its peak (VmHWM)."""
+        from syncd.sdk.volume import AgentClient
+
+        base = self.fresh("agent")
+        env = {**self.syncd_env, "SYNCD_CACHE_DIR": str(base / "cache"), "SYNCD_STATE_DIR": str(base / "state"),
+               "SYNCD_ROOT": str(base / "root"), "SYNCD_SOCKET": str(base / "agent.sock")}
+        with open(base / "agent.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "syncd", "agent"], env=env, stdout=log, stderr=log)
+        try:
+            client = AgentClient(base / "agent.sock", env["SYNCD_OWNER"], connect_wait=60)
+            client.call("GET", "/v1/status")
+            cpu, server = process_cpu_seconds(proc.pid), server_cpu_seconds(self.server_pid)
+            start = time.perf_counter()
+            client.call("POST", f"/v1/volumes/{volume}/mount")
+            wall = time.perf_counter() - start
+            run = Run("syncd agent", wall, process_cpu_seconds(proc.pid) - cpu, peak_rss_kib(proc.pid),
+                      server_cpu_seconds(self.server_pid) - server, nbytes)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        return run
+
     def admin(self, *args: str) -> None:
         """Untimed housekeeping with s5cmd (uploads of reference data, deletes)."""
         subprocess.run([s5cmd_binary(), "--endpoint-url", self.endpoint, *args], env=self.tool_env,
@@ -161,6 +222,14 @@ class Context:
 
 def s5cmd_binary() -> str:
     return shutil.which("s5cmd") or str(Path(sys.executable).with_name("s5cmd"))
+
+
+def restic_binary() -> str:
+    return shutil.which("restic") or "restic"
+
+
+def rclone_binary() -> str:
+    return shutil.which("rclone") or str(Path(sys.executable).with_name("rclone"))
 
 
 def aws_binary() -> str:

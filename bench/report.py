@@ -49,11 +49,17 @@ def scenario_summary(scenario: Scenario, runs: dict[str, list[Run]]) -> dict[str
     ratios = {}
     if ours:
         for tool, s in tools.items():
-            if tool != "syncd":
+            if not tool.startswith("syncd"):
                 ratios[tool] = round(s["median_s"] / ours["median_s"], 3)
+    agent = tools.get("syncd agent")
+    if agent:  # the agent path against the same competitors (no process start-up)
+        agent_ratios = {tool: round(s["median_s"] / agent["median_s"], 3) for tool, s in tools.items()
+                        if not tool.startswith("syncd")}
     summary: dict[str, Any] = {"title": scenario.title, "baseline": scenario.baseline,
                                "target": scenario.target, "note": scenario.note,
                                "tools": tools, "throughput_ratio_syncd_over": ratios}
+    if agent:
+        summary["throughput_ratio_agent_over"] = agent_ratios
     if scenario.max_chunks is not None and ours and ours.get("uploaded_chunks") is not None:
         summary["target"] = f"<= {scenario.max_chunks} chunks"
         summary["target_met"] = ours["uploaded_chunks"] <= scenario.max_chunks
@@ -102,6 +108,9 @@ def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
         for tool, s in res["tools"].items():
             ratio = res["throughput_ratio_syncd_over"].get(tool)
             target = ""
+            agent = res.get("throughput_ratio_agent_over", {})
+            if tool == "syncd agent" and res["baseline"] in agent:
+                target = f"agent/{res['baseline']} {agent[res['baseline']]:.2f}x"
             if tool == res["baseline"] and res["target"] is not None:
                 ok = res.get("target_met")
                 target = f"{_target(res['target'])} {'ok' if ok else 'MISSED'}"
@@ -151,7 +160,8 @@ def chart(path: Path, meta: dict[str, Any], results: dict[str, Any]) -> bool:
     import matplotlib.pyplot as plt
 
     labels, values, colors = [], [], []
-    palette = {"s5cmd": "#1f77b4", "aws": "#ff7f0e", "boto3": "#2ca02c", "cp -r": "#7f7f7f"}
+    palette = {"s5cmd": "#1f77b4", "aws": "#ff7f0e", "boto3": "#2ca02c", "cp -r": "#7f7f7f",
+               "restic": "#8c564b", "rclone": "#e377c2"}
     targets = []
     for name, res in results.items():
         for tool, ratio in res["throughput_ratio_syncd_over"].items():
@@ -192,6 +202,9 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
         for tool, s in res["tools"].items():
             ratio = res["throughput_ratio_syncd_over"].get(tool)
             target = ""
+            agent = res.get("throughput_ratio_agent_over", {})
+            if tool == "syncd agent" and res["baseline"] in agent:
+                target = f"agent/{res['baseline']} {agent[res['baseline']]:.2f}x"
             if tool == res["baseline"] and res["target"] is not None:
                 target = f"{_target(res['target'])}: {'met' if res.get('target_met') else 'missed'}"
                 if res.get("cpu_ratio_syncd_over_baseline") is not None:

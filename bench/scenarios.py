@@ -7,8 +7,11 @@ load from the other tenants of this machine hits all of them alike.
 
 Scenarios (sizes from ``Context.sizes``)::
 
-    hydrate_large   cold hydrate of one large file: fresh cache, fresh target
-    hydrate_small   cold hydrate of N small files in D directories
+    hydrate_large   cold hydrate of one large file: fresh cache, fresh target; syncd as a
+                    CLI process and inside a running agent ("syncd agent": a mount
+                    request over the socket, no process start-up), vs s5cmd, aws,
+                    boto3, restic restore, rclone copy
+    hydrate_small   cold hydrate of N small files in D directories, the same contenders
     warm_large      re-hydrate into a fresh dir from a warm chunk cache, vs cp -r
     warm_small      same for the small tree
     commit_large    commit of a new large file (new volume each time), vs upload
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import RAW, Context, Run, make_small_tree, run_procs, s5cmd_binary, write_random
+from harness import BUCKET, RAW, Context, Run, make_small_tree, restic_binary, run_procs, s5cmd_binary, write_random
 
 Rep = Callable[[int], Run]
 
@@ -60,7 +63,50 @@ def prepare(ctx: Context) -> dict[str, Path]:
     ctx.admin("cp", str(large), f"{ctx.s3}/{RAW}/large/big.bin")
     ctx.admin("cp", str(fan), f"{ctx.s3}/{RAW}/fan/shared.bin")
     ctx.admin("cp", f"{small}/*", f"{ctx.s3}/{RAW}/small/")
+    if "restic" in ctx.tools:  # a restic repository in the same bucket, one snapshot per data set
+        subprocess.run([restic_binary(), "-r", ctx.restic_repo, "init", "-q"], env=ctx.restic_env, check=True,
+                       stdout=subprocess.DEVNULL)
+        for tag, source in (("large", large.parent), ("small", small)):
+            subprocess.run([restic_binary(), "-r", ctx.restic_repo, "backup", "-q", "--tag", tag, str(source)],
+                           env=ctx.restic_env, check=True, stdout=subprocess.DEVNULL)
     return {"large": large, "small": small, "fan": fan}
+
+
+def _restore(ctx: Context, tag: str, nbytes: int) -> Rep:
+    """``restic restore latest --tag <tag>`` into a fresh dir, with a fresh cache (cold)."""
+    def rep(i: int) -> Run:
+        out = ctx.fresh("out")
+        run = ctx.restic("restore", "latest", "--tag", tag, "--target", str(out), nbytes=nbytes)
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+    return rep
+
+
+def _rclone(ctx: Context, prefix: str, nbytes: int) -> Rep:
+    def rep(i: int) -> Run:
+        out = ctx.fresh("out")
+        run = ctx.rclone("copy", f"s3:{BUCKET}/{RAW}/{prefix}", str(out), nbytes=nbytes)
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+    return rep
+
+
+def _agent(ctx: Context, volume: str, nbytes: int) -> Rep:
+    def rep(i: int) -> Run:
+        run = ctx.agent_mount(volume, nbytes)
+        shutil.rmtree(ctx.work / "agent", ignore_errors=True)
+        return run
+    return rep
+
+
+def _others(ctx: Context, tag: str, nbytes: int) -> dict[str, Rep]:
+    """The agent path (hydrate inside a running agent) and restic / rclone, when asked for."""
+    reps = {"syncd agent": _agent(ctx, tag, nbytes)}
+    if "restic" in ctx.tools:
+        reps["restic"] = _restore(ctx, tag, nbytes)
+    if "rclone" in ctx.tools:
+        reps["rclone"] = _rclone(ctx, tag, nbytes)
+    return reps
 
 
 def _syncd_hydrate(ctx: Context, volume: str, nbytes: int, source: Path, cache: Path | None = None) -> Rep:
@@ -106,6 +152,7 @@ def hydrate_large(ctx: Context, paths: dict[str, Path]) -> Scenario:
 
     reps = {"syncd": _syncd_hydrate(ctx, "large", size, paths["large"].parent)}
     reps.update({t: download(t) for t in ("s5cmd", "aws", "boto3") if t in ctx.tools})
+    reps.update(_others(ctx, "large", size))
     return Scenario("hydrate_large", f"cold hydrate, one {size >> 20} MiB file", reps, "s5cmd", 1.0)
 
 
@@ -124,6 +171,7 @@ def hydrate_small(ctx: Context, paths: dict[str, Path]) -> Scenario:
 
     reps = {"syncd": _syncd_hydrate(ctx, "small", size, paths["small"])}
     reps.update({t: download(t) for t in ("s5cmd", "aws") if t in ctx.tools})
+    reps.update(_others(ctx, "small", size))
     files, dirs = ctx.sizes["small_files"], ctx.sizes["small_dirs"]
     return Scenario("hydrate_small", f"cold hydrate, {files} files of {ctx.sizes['small_size'] >> 10} KiB "
                     f"in {dirs} dirs", reps, "s5cmd", 3.0)

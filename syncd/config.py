@@ -8,6 +8,9 @@ variable                     default             meaning
 ===========================  ==================  =====================================
 SYNCD_S3_ENDPOINT            (AWS)               S3 endpoint URL; unset means AWS
 SYNCD_BUCKET                 syncd               bucket, created if missing
+SYNCD_STORE_BACKEND          obstore             the S3 client: ``obstore`` (Rust
+                                                 object_store; less CPU per byte) or
+                                                 ``aiobotocore`` (store/select.py)
 SYNCD_PREFIX                 volumes             key prefix inside the bucket
 SYNCD_OWNER                  default             owner whose volumes we see
 SYNCD_CACHE_DIR              ~/.cache/syncd      local chunk cache directory
@@ -19,6 +22,9 @@ SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
 SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
 SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
 SYNCD_PACK_SIZE              8 MiB               target size of one pack object
+SYNCD_LARGE_PACK_SIZE        32 MiB              consecutive new chunks of one large file
+                                                 share a pack up to this size (read back
+                                                 with one ranged GET); 0: a chunk each
 SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
 SYNCD_MAX_INFLIGHT_BYTES     64 MiB              chunk bytes held in memory at once
 SYNCD_RETRIES                6                   attempts for a transient failure
@@ -71,6 +77,7 @@ def parse_size(text: str) -> int:
 class Config:
     s3_endpoint: str | None = None
     bucket: str = "syncd"
+    store_backend: str = "obstore"
     prefix: str = "volumes"
     owner: str = "default"
     region: str = "us-east-1"
@@ -81,6 +88,7 @@ class Config:
     chunk_size: int = 8 * MiB
     pack_threshold: int = 1 * MiB
     pack_size: int = 8 * MiB
+    large_pack_size: int = 32 * MiB
     max_connections: int = 32
     max_inflight_bytes: int = 64 * MiB
     retries: int = 6
@@ -103,8 +111,12 @@ class Config:
             raise ConfigError("SYNCD_CHUNK_SIZE must be between 64 KiB and 5 GiB")
         if self.pack_threshold > self.chunk_size:
             raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed SYNCD_CHUNK_SIZE")
+        if self.large_pack_size < 0 or self.large_pack_size > 5 * GiB:
+            raise ConfigError("SYNCD_LARGE_PACK_SIZE must be between 0 and 5 GiB (one PUT)")
         if self.max_inflight_bytes < self.chunk_size:
             raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk")
+        if self.store_backend not in ("obstore", "aiobotocore"):
+            raise ConfigError("SYNCD_STORE_BACKEND must be 'obstore' or 'aiobotocore'")
         if self.cache_large not in ("ref", "copy"):
             raise ConfigError("SYNCD_CACHE_LARGE must be 'ref' or 'copy'")
         if self.max_connections < 1 or self.retries < 1:
@@ -140,6 +152,7 @@ class Config:
         text("SYNCD_BUCKET", "bucket")
         text("SYNCD_OWNER", "owner")
         text("SYNCD_CACHE_LARGE", "cache_large")
+        text("SYNCD_STORE_BACKEND", "store_backend")
         if "SYNCD_PREFIX" in env:
             values["prefix"] = env["SYNCD_PREFIX"].strip("/")
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
@@ -151,6 +164,7 @@ class Config:
                 values[field] = Path(env[name]).expanduser()
         for name, field in (("SYNCD_CACHE_SIZE", "cache_size"), ("SYNCD_CHUNK_SIZE", "chunk_size"),
                             ("SYNCD_PACK_THRESHOLD", "pack_threshold"), ("SYNCD_PACK_SIZE", "pack_size"),
+                            ("SYNCD_LARGE_PACK_SIZE", "large_pack_size"),
                             ("SYNCD_MAX_INFLIGHT_BYTES", "max_inflight_bytes"),
                             ("SYNCD_MULTIPART_THRESHOLD", "multipart_threshold"),
                             ("SYNCD_MULTIPART_PART_SIZE", "multipart_part_size")):

@@ -48,11 +48,14 @@ def bucket() -> str:
 
 @pytest.fixture
 def config(s3_endpoint: str, bucket: str, tmp_path: Path) -> Config:
-    """Small chunks and packs so that small test data still spans many objects."""
+    """Small chunks and packs so that small test data still spans many objects.
+
+    ``large_pack_size=0``: a large file's chunks are each their own object here, as most
+    tests name chunk objects; tests/test_large_packs.py covers the default (packed) layout."""
     return Config(s3_endpoint=s3_endpoint, bucket=bucket, prefix=f"t-{uuid.uuid4().hex[:12]}",
                   owner="alice", cache_dir=tmp_path / "cache", state_dir=tmp_path / "state",
                   chunk_size=1 * MiB, pack_threshold=256 * 1024, pack_size=2 * MiB,
-                  max_inflight_bytes=32 * MiB, multipart_threshold=64 * MiB, retries=4,
+                  large_pack_size=0, max_inflight_bytes=32 * MiB, multipart_threshold=64 * MiB, retries=4,
                   retry_base_delay=0.05, root=tmp_path / "volumes", socket=tmp_path / "syncd.sock")
 
 

@@ -23,6 +23,8 @@ Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks of large files):
   on this worker still reads them locally. A reference is read with ``pread``
   and verified like any entry: if the file was changed or removed since, it is
   a quiet miss (counted as ``stale``) and the chunk is fetched again.
+  ``locate`` hands references to hydrate unread, which copies the range in the
+  kernel and verifies the copy (localcopy.py); ``drop`` forgets the stale ones.
 """
 
 from __future__ import annotations
@@ -164,6 +166,31 @@ class ChunkCache:
         if refs:
             items = {i: (REF, str(path), offset, size) for i, (path, offset, size) in refs.items()}
             await asyncio.to_thread(self._put_many, items)
+
+    def _locate(self, ids: list[str]) -> dict[str, tuple[str, int, int]]:
+        found: dict[str, tuple[str, int, int]] = {}
+        try:
+            for chunk_id in ids:
+                value = self._cache.get(self._key(chunk_id))
+                if isinstance(value, tuple) and len(value) == 4 and value[0] == REF:
+                    found[chunk_id] = (str(value[1]), int(value[2]), int(value[3]))
+        except Exception as exc:
+            self.stats.errors += 1
+            log.warning("chunk cache read failed: %s", exc)
+        return found
+
+    async def locate(self, ids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+        """Reference entries among ``ids``: ``id -> (path, offset, size)``, not yet verified (the
+        caller copies the range and verifies the copy: localcopy.py)."""
+        ids = list(ids)
+        return await asyncio.to_thread(self._locate, ids) if ids else {}
+
+    async def drop(self, ids: Iterable[str]) -> None:
+        """Forget entries found stale by a caller that verified them (counted as ``stale``)."""
+        ids = list(ids)
+        self.stats.stale += len(ids)
+        for chunk_id in ids:
+            await asyncio.to_thread(self._evict, chunk_id)
 
     async def contains(self, ids: Iterable[str]) -> set[str]:
         return await asyncio.to_thread(self._contains, list(ids))

@@ -123,7 +123,8 @@ async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, l
         result.skipped, result.files_read, result.bytes_read = [], 0, 0
         known = {i: r for i, r in _locations(index.entries().values(), head_refs.values()).items()
                  if i not in excluded}
-        uploader = Uploader(engine.store, engine.layout, volume, engine.budget, engine.config.pack_size, known)
+        uploader = Uploader(engine.store, engine.layout, volume, engine.budget, engine.config.pack_size, known,
+                            engine.config.large_pack_size)
         reader = _Reader(engine, source, uploader, result, progress, excluded)
         try:
             ours = await reader.build(index, local)
@@ -291,11 +292,12 @@ class _Reader:
                 if len(data) != length:
                     await self.engine.budget.release(held)
                     return None
-                await self.uploader.add(chunk_id, data, held, small)
+                await self.uploader.add(chunk_id, data, held, small, group=path)
                 refs.append(ChunkRef(chunk_id, length))
                 self.progress.advance(length)
             after = from_stat(await asyncio.to_thread(os.fstat, fd))
         finally:
+            self.uploader.end_group(path)
             os.close(fd)
         if after.fingerprint != before.fingerprint:
             return None

@@ -21,11 +21,16 @@ object is fetched through (and cached on) one gateway, and when that one is
 down the next in the object's own order takes over. Pack ranges go through the
 sources too; every chunk in a range is verified on its own as before.
 
-``stream_from_store`` is the large-file path of a hydrate in ``ref`` cache mode
-(cache.py): the chunk object is streamed (store.open_stream) into the caller's
-writer in ~1 MiB batches, hashed on the way, never held whole in memory; the
-caller checks nothing itself, a mismatch or a body cut short is retried and
-then raised. ``nearby`` asks only the cache and the remote sources, so the
+``stream_run`` is the large-file path of a hydrate in ``ref`` cache mode
+(cache.py): one chunk object, or a run of chunks lying back to back in one
+pack (``coalesce``: a large file's consecutive chunks share a pack, upload.py),
+is streamed (store.open_stream, one GET) into the caller's writer in ~1 MiB
+batches, each chunk hashed on the way up to its boundary, never held whole in
+memory; the caller checks nothing itself, a mismatch or a body cut short is
+retried (the whole run, from position 0) and then raised. Reader rule: refs
+that name the same pack with ``offset + size`` of one equal to the next's
+``offset`` are read with one ranged GET ``[first.offset, last.end)``, at most
+``SYNCD_LARGE_PACK_SIZE`` bytes a GET; every chunk is still verified alone. ``nearby`` asks only the cache and the remote sources, so the
 caller can stream from the store when they have nothing.
 """
 
@@ -99,38 +104,64 @@ class ChunkFetcher:
         return None if data is None else _sized(volume, ref, data)
 
     async def stream_from_store(self, volume: str, ref: ChunkRef, write: Writer) -> None:
-        """Stream a chunk object from the store into ``write(position, pieces)``, verified.
-        Not single-flight and not cached: for hydrate, which writes in place and caches a
-        reference. A retry writes from position 0 again."""
-        key = self.layout.chunk(volume, ref.id)
+        """Stream one chunk from the store into ``write(position, pieces)``, verified."""
+        await self.stream_run(volume, [ref], write)
+
+    async def stream_run(self, volume: str, refs: Sequence[ChunkRef], write: Writer) -> None:
+        """Stream chunks from the store into ``write(position, pieces)`` with one GET, each verified.
+
+        ``refs`` is one chunk, or chunks that lie back to back in one pack (``coalesce``);
+        positions count from the first chunk's first byte. Not single-flight and not cached:
+        for hydrate, which writes in place and caches a reference. A retry writes from
+        position 0 again; a chunk that fails verification twice is an IntegrityError.
+        """
+        first, last = refs[0], refs[-1]
+        if first.pack is None:
+            key, start, end = self.layout.chunk(volume, first.id), None, None
+        else:
+            key, start, end = self.layout.pack(volume, first.pack), first.offset, last.offset + last.size
         bad = 0
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
-                ok = await self._stream_once(volume, key, ref, write)
+                failed = await self._stream_once(volume, key, start, end, refs, write)
             except TransientStoreError as exc:  # the body broke off: read it again
                 if attempt == STREAM_ATTEMPTS:
                     raise
                 self.stream_retries += 1
                 log.info("reading %s again after %s", key, exc)
                 continue
-            if ok:
-                self.bytes_by_source["store"] += ref.size
+            if failed is None:
+                self.bytes_by_source["store"] += sum(r.size for r in refs)
                 return
             bad += 1
-            log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
+            log.warning("chunk %s from %s failed verification (attempt %d)", failed.id, key, attempt)
             if bad == 2:  # as _from_store: a torn read gets one more chance
-                break
-        raise _corrupt(volume, ref, key)
+                raise _corrupt(volume, failed, key)
+        raise AssertionError("unreachable")
 
-    async def _stream_once(self, volume: str, key: str, ref: ChunkRef, write: Writer) -> bool:
-        digest, position, size = hasher(), 0, 0
+    async def _stream_once(self, volume: str, key: str, start: int | None, end: int | None,
+                           refs: Sequence[ChunkRef], write: Writer) -> ChunkRef | None:
+        """One GET; the first chunk whose bytes did not hash to its id, or None."""
+        bounds = _bounds(refs)
+        index, digest, failed = 0, hasher(), None
+        position, done, size = 0, 0, 0
         batch: list[bytes] = []
         try:
-            async with open_stream(self.store, key) as stream:
-                if stream.size != ref.size:  # as _sized: never write past the chunk's place
-                    raise _wrong_size(volume, ref, stream.size)
+            async with open_stream(self.store, key, start, end) as stream:
+                if stream.size != bounds[-1]:  # as _sized: never write past the chunks' place
+                    raise _wrong_size(volume, refs[0], stream.size) if len(refs) == 1 else \
+                        _missing(volume, key, f" (bytes {start}..{end})")
                 async for piece in stream.pieces:
-                    digest.update(piece)
+                    view = memoryview(piece)
+                    while view:  # hash up to each chunk boundary, then check that chunk
+                        take = min(len(view), bounds[index] - done)
+                        digest.update(view[:take])
+                        done += take
+                        view = view[take:]
+                        if done == bounds[index]:
+                            if failed is None and digest.hexdigest() != refs[index].id:
+                                failed = refs[index]
+                            index, digest = index + 1, hasher()
                     batch.append(piece)
                     size += len(piece)
                     if size >= WRITE_BATCH:
@@ -140,7 +171,7 @@ class ChunkFetcher:
                     await write(position, batch)
         except NotFound as exc:
             raise _missing(volume, key) from exc
-        return digest.hexdigest() == ref.id
+        return failed
 
     def _ranked(self, key: str) -> list[ChunkSource]:
         return sorted(self.sources, key=lambda source: source.weight(key), reverse=True)
@@ -238,6 +269,30 @@ class ChunkFetcher:
                 return source.name, data
         blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
         return "store", blob.data
+
+
+def _bounds(refs: Sequence[ChunkRef]) -> list[int]:
+    """Where each chunk of a run ends, counted from the run's first byte."""
+    out, total = [], 0
+    for ref in refs:
+        total += ref.size
+        out.append(total)
+    return out
+
+
+def coalesce(refs: Sequence[ChunkRef], unit: int) -> list[list[ChunkRef]]:
+    """Split ``refs`` (in file order) into runs that one ranged GET can read: chunks that lie
+    back to back in one pack, at most ``unit`` bytes a run; every other chunk is a run alone."""
+    runs: list[list[ChunkRef]] = []
+    for ref in refs:
+        run = runs[-1] if runs else None
+        if run and ref.pack is not None and run[-1].pack == ref.pack \
+                and run[-1].offset + run[-1].size == ref.offset \
+                and sum(r.size for r in run) + ref.size <= unit:
+            run.append(ref)
+        else:
+            runs.append([ref])
+    return runs
 
 
 def _sized(volume: str, ref: ChunkRef, data: bytes) -> bytes:

@@ -21,6 +21,18 @@ chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md);
 those writes go through one writer thread per hydrate (fewer thread wake-ups
 than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md).
 
+Fewer, larger requests: a large file's consecutive chunks share packs
+(upload.py), and chunks that lie back to back in one pack and in the file are
+streamed as one run with one ranged GET of up to ``SYNCD_LARGE_PACK_SIZE``
+(fetch.coalesce / stream_run, every chunk verified alone); up to ``STREAMS``
+runs at once, each holding ``STREAM_HOLD`` of the byte budget (a streamed run
+holds a batch, not its whole size), so peak memory is bounded by configuration
+whatever the file size. Warm hydrates: chunks that a file on this worker holds
+(cache references) are copied in the kernel with ``copy_file_range`` (a reflink
+where the file system shares blocks) and verified over an ``mmap`` of the copy
+before the file is published (localcopy.py); the first copy stays the cache's
+reference. Directories are created, and their times set, in one thread hop each.
+
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again. If the
 process was killed, the index is the old one; files already replaced then look
@@ -36,6 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.engine import localcopy
+from syncd.engine.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
 from syncd.engine.progress import NoProgress, Progress
 from syncd.engine.wiring import Engine
@@ -48,6 +62,8 @@ from syncd.local.index import LocalIndex, Tracked
 from syncd.local.scan import LocalFile, scan
 
 OPEN_FILES = 16
+STREAMS = 4               # pack runs streamed at once (32 MiB each: 4 measured best, BENCHMARKS.md)
+STREAM_HOLD = 4 << 20     # budget a streamed run holds: the batch being written and the next piece
 
 
 @dataclass
@@ -128,6 +144,7 @@ class _Run:
         self.done: dict[str, Tracked] = {}
         self.failed = True
         self._files = asyncio.Semaphore(OPEN_FILES)
+        self._streams = asyncio.Semaphore(STREAMS)
         self._by_ref = engine.config.cache_large == "ref"
         self._uses: Counter[str] = Counter()
         self._writer: ThreadPoolExecutor | None = None  # streamed chunk writes, see _write_files
@@ -139,8 +156,9 @@ class _Run:
         for path in plan.clear:
             await in_thread(localfs.remove_at, self.root, path, True)
         dirs = sorted((e for e in plan.create + plan.meta if e.kind == "dir"), key=lambda e: e.path)
-        for entry in dirs:
-            self._record(entry, await in_thread(localfs.make_dir, self.root, entry.path, entry))
+        made = await in_thread(self._make_dirs, dirs)  # one thread hop for every directory
+        for entry, st in zip(dirs, made):
+            self._record(entry, st)
         for entry in (e for e in plan.meta if e.kind == "file"):
             self._record(entry, await in_thread(localfs.set_meta, self.root, entry.path, entry))
             self.result.adopted += 1
@@ -152,16 +170,22 @@ class _Run:
         for path in plan.delete:
             await in_thread(localfs.remove_at, self.root, path)
             self.result.deleted += 1
-        for entry in reversed(dirs):
-            await in_thread(localfs.set_dir_mtime, self.root, entry.path, entry.mtime_ns)
+        await in_thread(self._set_dir_mtimes, dirs)
         self.failed = False
+
+    def _make_dirs(self, dirs: list[Entry]) -> list[LocalFile]:
+        return [localfs.make_dir(self.root, entry.path, entry) for entry in dirs]
+
+    def _set_dir_mtimes(self, dirs: list[Entry]) -> None:
+        for entry in reversed(dirs):
+            localfs.set_dir_mtime(self.root, entry.path, entry.mtime_ns)
 
     async def _write_files(self, files: list[Entry]) -> None:
         groups: dict[str, list[Entry]] = defaultdict(list)
         large: list[Entry] = []
-        for entry in files:
-            packs = {c.pack for c in entry.chunks}
-            if len(packs) == 1 and None not in packs:
+        small = self.engine.config.pack_threshold
+        for entry in files:  # a large file's chunks may share a pack too: that is the large path
+            if len(entry.chunks) == 1 and entry.chunks[0].pack is not None and entry.size < small:
                 groups[entry.chunks[0].pack or ""].append(entry)
             elif not entry.chunks:
                 groups[""].append(entry)
@@ -201,27 +225,90 @@ class _Run:
                 for e in batch]
 
     async def _write_large(self, entry: Entry) -> None:
+        offsets, offset = [], 0
+        for ref in entry.chunks:
+            offsets.append(offset)
+            offset += ref.size
         async with self._files:
             tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, undo=localfs.abandon_tmp)
             try:
-                offsets = []
-                offset = 0
-                for ref in entry.chunks:
-                    offsets.append(offset)
-                    offset += ref.size
-                await gather_all(self._write_chunk(tmp.fd, tmp.final, ref, off)
-                                 for ref, off in zip(entry.chunks, offsets))
+                copied = await self._copy_local(tmp.fd, entry.chunks, offsets)
+                await gather_all(self._write_piece(tmp.fd, tmp.final, piece)
+                                 for piece in self._pieces(entry.chunks, offsets, copied))
             except BaseException:
                 await in_thread(localfs.abandon_tmp, tmp)
                 raise
             st = await in_thread(localfs.finish_tmp, tmp, entry)
-        if self._by_ref and self.engine.cache is not None:
+        if self._by_ref and self.engine.cache is not None:  # chunks copied locally keep their source
             where = tmp.final.absolute()
             await self.engine.cache.put_refs({ref.id: (where, off, ref.size)
-                                              for ref, off in zip(entry.chunks, offsets)})
+                                              for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
         self._record(entry, st)
         self.result.files_written += 1
         self.result.bytes_written += entry.size
+
+    async def _copy_local(self, fd: int, refs: tuple[ChunkRef, ...], offsets: list[int]) -> set[str]:
+        """Chunks a file on this worker already holds (cache references): copied in the kernel,
+        verified over the copy (localcopy.py). Returns the ids placed."""
+        cache = self.engine.cache
+        if not self._by_ref or cache is None:
+            return set()
+        found = await cache.locate({ref.id for ref in refs})
+        copies = [localcopy.Copy(ref.id, ref.size, *found[ref.id][:2], off)
+                  for ref, off in zip(refs, offsets) if ref.id in found and found[ref.id][2] == ref.size]
+        if not copies:
+            return set()
+        placed, stale = await in_thread(localcopy.place, fd, copies)
+        if stale:
+            await cache.drop(stale)
+        done = sum(ref.size for ref in refs if ref.id in placed)
+        cache.stats.hits += len(placed)
+        self.engine.fetcher.bytes_by_source["cache"] += done
+        self.progress.advance(done)
+        return placed
+
+    def _pieces(self, refs: tuple[ChunkRef, ...], offsets: list[int],
+                copied: set[str]) -> list[tuple[int, list[ChunkRef]]]:
+        """What is left to fetch, as (file offset, chunks): runs of chunks that lie back to back
+        in one pack and in the file are read with one GET (fetch.coalesce), when they are used
+        once and no gateway is asked; every other chunk alone."""
+        out: list[tuple[int, list[ChunkRef]]] = []
+        segment: list[tuple[int, ChunkRef]] = []
+        runs_ok = self._by_ref and not self.engine.fetcher.sources
+        for ref, off in [*zip(refs, offsets), (None, -1)]:
+            if ref is not None and ref.id in copied:
+                continue
+            if ref is not None and runs_ok and self._uses[ref.id] == 1 and \
+                    (not segment or segment[-1][0] + segment[-1][1].size == off):
+                segment.append((off, ref))
+                continue
+            if segment:
+                start = segment[0][0]
+                for run in coalesce([r for _, r in segment], self.engine.config.large_pack_size):
+                    out.append((start, run))
+                    start += sum(r.size for r in run)
+                segment = []
+            if ref is not None:
+                if runs_ok and self._uses[ref.id] == 1:
+                    segment.append((off, ref))
+                else:
+                    out.append((off, [ref]))
+        return out
+
+    async def _write_piece(self, fd: int, final: Path, piece: tuple[int, list[ChunkRef]]) -> None:
+        offset, refs = piece
+        if len(refs) == 1:
+            await self._write_chunk(fd, final, refs[0], offset)
+            return
+        size = sum(r.size for r in refs)
+        async with self._streams:  # a streamed run holds a batch or two, not its whole size
+            held = await self.engine.budget.acquire(min(size, STREAM_HOLD))
+            try:
+                await self.engine.fetcher.stream_run(self.volume, refs, lambda pos, pieces: in_thread(
+                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer))
+            finally:
+                await self.engine.budget.release(held)
+        self.progress.advance(size)
 
     async def _write_chunk(self, fd: int, final: Path, ref: ChunkRef, offset: int) -> None:
         """A chunk used once in this hydrate (ref mode) is streamed from the store into place

@@ -2,7 +2,8 @@
 
 ``open_engine(config)`` builds, from the bottom up::
 
-    S3Store            moves bytes, translates errors
+    ObstoreStore       moves bytes, translates errors (SYNCD_STORE_BACKEND: obstore by
+                       default, or aiobotocore's S3Store; store/select.py)
     LimitingStore      at most SYNCD_MAX_CONNECTIONS requests in flight
     RetryingStore      backoff on TransientStoreError, SYNCD_RETRIES attempts
     CountingStore      per-operation counts and bytes (tests, metrics)
@@ -50,8 +51,8 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
                       sources: Sequence[ChunkSource] = (), use_cache: bool = True) -> AsyncIterator[Engine]:
     layout = Layout(config.prefix, config.owner)   # bad names fail before any connection is opened
     if backend is None:
-        from syncd.store.s3 import S3Store
-        backend = await S3Store.open(config)
+        from syncd.store.select import open_store
+        backend = await open_store(config)
     counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
                                           config.retries, config.retry_base_delay))
     cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None

@@ -1,7 +1,9 @@
 """Object stores: the one seam that moves bytes, and the wrappers stacked on it.
 
     base.py       the ``ObjectStore`` protocol, ``Blob``/``BlobStream``, conditional-put helpers
-    s3.py         ``S3Store`` on aiobotocore: the only module that talks S3
+    obstore.py    ``ObstoreStore`` on obstore (Rust object_store): the default backend
+    s3.py         ``S3Store`` on aiobotocore: the other backend, and what obstore cannot do
+    select.py     ``open_store``: SYNCD_STORE_BACKEND picks one
     wrap.py       retry, limit and counting wrappers, each an ``ObjectStore`` itself
     devserver.py  an embedded SeaweedFS for the demo and the tests
 

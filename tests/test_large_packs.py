@@ -1,0 +1,156 @@
+"""Large files' consecutive new chunks share packs (SYNCD_LARGE_PACK_SIZE), read back with one
+ranged GET per run, every chunk still content-addressed, deduplicated and verified.
+
+Counts requests on the real SeaweedFS: PUTs per pack at commit, GETs per run at hydrate, one
+chunk uploaded for a one-chunk edit; check and prune treat such packs like small-file packs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd.config import Config, KiB, MiB
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import Engine, open_engine
+from syncd.maint.check import check
+from syncd.maint.prune import Retention, prune
+from syncd.store.wrap import RetryingStore
+
+from .checks import tmp_files
+from .conftest import worker_config
+from .faultproxy import FaultProxy, Rule
+from .test_crashes import Zygote, commit_trials, hydrate_trials
+
+
+@pytest.fixture
+def packed(config: Config) -> Config:
+    """1 MiB chunks, large packs of up to 4 MiB."""
+    return config.replace(large_pack_size=4 * MiB)
+
+
+def data_keys(eng: Engine, kind: str) -> int:
+    return sum(n for k, n in eng.counter.keys.items() if f"/{kind}/" in k)
+
+
+async def test_chunks_share_packs_and_a_run_is_one_get(packed: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(10 * MiB + 5)                     # 11 chunks: packs of 4, 4 and 3 chunks
+    (src / "big.bin").write_bytes(big)
+    async with open_engine(packed) as eng:
+        result = await commit(eng, "vol", src)
+        assert result.uploaded_chunks == 11 and result.uploaded_bytes == len(big)
+        keys = [o.key async for o in eng.store.list_objects(eng.layout.volume_prefix("vol"))]
+        assert sum("/packs/" in k for k in keys) == 3 and not any("/chunks/" in k for k in keys)
+        snap = await eng.repo.snapshot("vol", (await eng.repo.head("vol")).snapshot or "")
+        refs = snap.entries["big.bin"].chunks
+        assert len({r.pack for r in refs}) == 3 and all(r.pack for r in refs)
+    async with open_engine(worker_config(packed, tmp_path, "w2")) as eng:
+        await hydrate(eng, "vol", tmp_path / "dst")
+        assert data_keys(eng, "packs") == 3 and data_keys(eng, "chunks") == 0
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == big
+
+
+async def test_a_one_chunk_edit_uploads_one_chunk_and_dedupes_the_rest(packed: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = bytearray(os.urandom(9 * MiB))
+    (src / "big.bin").write_bytes(big)
+    async with open_engine(packed) as eng:
+        await commit(eng, "vol", src)
+        big[5 * MiB + 10:5 * MiB + 20] = b"x" * 10
+        (src / "big.bin").write_bytes(big)
+        result = await commit(eng, "vol", src)
+        assert (result.uploaded_chunks, result.uploaded_bytes, result.reused_chunks) == (1, MiB, 8)
+    w2 = worker_config(packed, tmp_path, "w2")
+    async with open_engine(w2) as eng:
+        await hydrate(eng, "vol", tmp_path / "dst")
+        # runs: chunks 0-3 (pack 1), chunk 4 (pack 2), the new chunk 5 alone, chunks 6-7 (pack 2), 8 (pack 3)
+        assert data_keys(eng, "packs") + data_keys(eng, "chunks") == 5
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == bytes(big)
+
+
+async def test_check_and_prune_handle_large_packs(packed: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    async with open_engine(packed) as eng:
+        (src / "big.bin").write_bytes(os.urandom(6 * MiB))
+        await commit(eng, "vol", src)
+        (src / "big.bin").write_bytes(os.urandom(6 * MiB))   # every chunk new: the old packs die
+        await commit(eng, "vol", src)
+        assert (await check(eng, "vol", read_data=True)).ok
+        result = await prune(eng, "vol", Retention(keep_snapshots=1, grace=0))
+        assert result.deleted_objects == 2 and result.deleted_bytes == 6 * MiB
+        after = await check(eng, "vol", read_data=True)
+        assert after.ok and after.bytes_verified == 6 * MiB
+    async with open_engine(worker_config(packed, tmp_path, "w2")) as eng:
+        await hydrate(eng, "vol", tmp_path / "dst")
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+
+
+async def test_many_large_files_at_once_fit_a_small_budget(packed: Config, tmp_path: Path) -> None:
+    """Open large packs hold budget; with more files than the budget can buffer, groups are
+    flushed early instead of every reader waiting for budget that nobody releases."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.bin": os.urandom(3 * MiB) for i in range(8)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    tight = packed.replace(max_inflight_bytes=4 * MiB, large_pack_size=32 * MiB)
+    async with open_engine(tight) as eng:
+        await asyncio.wait_for(commit(eng, "vol", src), 120)   # a guard against a deadlock only
+    async with open_engine(worker_config(tight, tmp_path, "w2")) as eng:
+        await hydrate(eng, "vol", tmp_path / "dst")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "dst").iterdir()} == files
+
+
+@pytest.mark.parametrize("fault", ["reset", "truncate", "stall_body"])
+async def test_packed_hydrate_through_faults_retries_and_completes(packed: Config, tmp_path: Path,
+                                                                   s3_endpoint: str, fault: str) -> None:
+    """The fault proxy on the GETs of large packs: each fault costs one re-read of the run
+    (counted), and the tree comes out whole; no temporary file is left."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(8 * MiB + 1)
+    (src / "big.bin").write_bytes(big)
+    async with open_engine(packed) as eng:
+        await commit(eng, "vol", src)
+    proxy = await FaultProxy(s3_endpoint).start()
+    try:
+        w2 = worker_config(packed, tmp_path, "w2").replace(
+            s3_endpoint=proxy.endpoint, read_timeout=0.5, connect_timeout=1.0, retry_base_delay=0.01)
+        async with open_engine(w2) as eng:
+            proxy.rules = [Rule(fault, method="GET", path="/packs/", times=2, delay=2.0)]
+            await hydrate(eng, "vol", tmp_path / "dst")
+            inner = eng.counter.inner
+            assert isinstance(inner, RetryingStore)
+            assert proxy.injected[fault] == 2 and inner.retries + eng.fetcher.stream_retries == 2
+    finally:
+        await proxy.close()
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == big and not tmp_files(tmp_path / "dst")
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[Zygote]:
+    z = Zygote(tmp_path / "zygote.log")
+    try:
+        yield z
+    finally:
+        z.close()
+
+
+@pytest.mark.slow
+async def test_killed_commits_and_hydrates_with_large_packs(config: Config, tmp_path: Path, zygote: Zygote) -> None:
+    """test_crashes.py's kill -9 trials with the packed layout (64 KiB chunks, 4 to a pack)."""
+    packed = config.replace(large_pack_size=256 * KiB)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "h").mkdir()
+    print("commit kill -9:", await commit_trials(packed, tmp_path / "c", zygote, trials=30, seed=21))
+    print("hydrate kill -9:", await hydrate_trials(packed.replace(prefix=packed.prefix + "-h"), tmp_path / "h",
+                                                   zygote, trials=30, seed=22))   # a volume of its own
