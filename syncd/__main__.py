@@ -1,3 +1,3 @@
-from syncd.cli.core import main
+from syncd.cli.core import run
 
-raise SystemExit(main())
+run()

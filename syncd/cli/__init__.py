@@ -9,6 +9,6 @@
     progress.py rich progress bars
 """
 
-from syncd.cli.core import main
+from syncd.cli.core import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

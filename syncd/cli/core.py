@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -181,3 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     _print(args, result)
     return 0
+
+
+def run() -> None:
+    """The console script: ``main()``, then leave without interpreter finalisation.
+
+    obstore's Rust runtime keeps threads that can race CPython's shutdown and abort a
+    short-lived process (SIGABRT, seen once in ~270 CLI runs). Everything syncd owns is closed
+    by the time ``main()`` returns (engines are context managers), so after flushing stdio
+    the process exits at once with ``main()``'s code. Tests call ``main()`` directly.
+    """
+    try:
+        code = main()
+    except SystemExit as exc:            # argparse: --help, --version, usage errors
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
