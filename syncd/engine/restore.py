@@ -5,8 +5,9 @@ latest, so the restore itself can be undone the same way. Only the manifest
 changes -- every chunk an old snapshot names is still in the volume, so no
 file data moves. The new tree is the latest one with the subtree at ``path``
 replaced by the old snapshot's subtree (paths the old snapshot lacks are
-deleted), computed with ``manifest.apply`` so parent directories stay valid,
-and published with the same conditional HEAD advance as a commit: if another
+deleted), replayed on the latest trees by ``VolumeRepo.build`` with
+``manifest.apply``'s rules so parent directories stay valid and untouched
+subtrees are shared, and published with the same conditional HEAD advance as a commit: if another
 writer moves HEAD meanwhile, the replacement is re-applied on the new latest.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from syncd.engine.commit import MAX_ATTEMPTS
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, PreconditionFailed, SnapshotNotFound
-from syncd.format.manifest import Changes, Entry, apply, check_path
+from syncd.format.manifest import Changes, Entry, check_path
 
 
 @dataclass
@@ -60,9 +61,10 @@ async def restore(engine: Engine, volume: str, snapshot_id: str, path: str | Non
         head, latest = await engine.repo.latest(volume)
         current = dict(latest.entries) if latest else {}
         changes = restore_changes(current, old.entries, root)
-        entries = apply(current, changes, old.entries)
+        theirs = await engine.repo.header(volume, head.snapshot) if head.snapshot else None
+        built = await engine.repo.build(volume, theirs, changes, old.entries)
         try:
-            head = await engine.repo.publish(head, entries, message)
+            head = await engine.repo.publish_built(head, built, message)
         except PreconditionFailed:
             continue
         return RestoreResult(volume, snapshot_id, root or "/", head.snapshot, head.seq, len(changes))
