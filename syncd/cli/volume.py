@@ -77,7 +77,7 @@ def _log_args(p: argparse.ArgumentParser) -> None:
 async def _log(args: argparse.Namespace, config: Config) -> Any:
     name = volume_arg(args)
     async with open_engine(config) as engine:
-        history = await engine.repo.history(name, limit=args.limit or None)
+        history = await engine.repo.history(name, limit=args.limit or None, entries=False)
     rows = [{"snapshot": sid, "seq": s.seq, "time": _when(s.created), "writer": s.writer,
              "files": s.total_files, "bytes": s.total_bytes,
              "message": s.message} for sid, s in history]

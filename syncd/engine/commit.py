@@ -20,7 +20,8 @@
    both survive, and on the same path ours (the later commit) wins while
    theirs stays reachable as our parent. While prune holds its lease in HEAD
    we wait; if a prune ran since we checked the objects we reuse (HEAD's
-   epoch moved), the whole build is redone, which checks them again.
+   epoch moved), they are checked again, and if one is gone the build is
+   redone, reading and uploading the files that used it.
 4. Where this configuration can produce multipart uploads (a chunk or pack
    above ``multipart_threshold``), a successful commit aborts the volume's
    multipart uploads older than ``stale_upload_age``: the leftovers of writers
@@ -34,7 +35,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,10 +91,10 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
         for _ in range(REUSE_PASSES):
             head = await _wait_for_lease(engine, head)
             theirs = await engine.repo.header(volume, head.snapshot) if head.snapshot else None
-            final, fingerprints = await _build(engine, volume, source, index, local, theirs, result,
-                                               progress or NoProgress())
+            final, fingerprints, recheck = await _build(engine, volume, source, index, local, theirs, result,
+                                                        progress or NoProgress())
             try:
-                head = await _advance(engine, volume, head, index, final, message, result)
+                head = await _advance(engine, volume, head, index, final, message, result, recheck)
                 break
             except _PruneRan as ran:
                 head = ran.head
@@ -122,7 +123,7 @@ async def _abort_stale_uploads(engine: Engine, volume: str) -> None:
 
 async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, local: dict[str, LocalFile],
                  theirs: Snapshot | None, result: CommitResult,
-                 progress: Progress) -> tuple[dict[str, Entry], dict[str, Fingerprint]]:
+                 progress: Progress) -> tuple[dict[str, Entry], dict[str, Fingerprint], Recheck]:
     """Read and upload what changed; our entries, every chunk at its stored location.
 
     A chunk we reuse without uploading it, that the HEAD snapshot we read does
@@ -163,7 +164,15 @@ async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, l
     for path in result.skipped:  # keep what the index had for files we could not read
         if path in index.files:
             final[path] = index.files[path].entry
-    return final, reader.fingerprints
+
+    async def recheck() -> bool:
+        """Are the reused objects all still there? (Asked again after a prune took its lease.)"""
+        return not await _missing_reused(engine, volume, changed, head_refs, uploader)
+
+    return final, reader.fingerprints, recheck
+
+
+Recheck = Callable[[], Awaitable[bool]]
 
 
 async def _missing_reused(engine: Engine, volume: str, changed: list[Entry], head_refs: dict[str, ChunkRef],
@@ -198,7 +207,7 @@ def _locations(*groups: Iterable[Entry | ChunkRef]) -> dict[str, ChunkRef]:
 
 
 class _PruneRan(Exception):
-    """HEAD's epoch moved since our reuse check: a prune may have deleted what we reuse."""
+    """A prune deleted objects this commit reuses: build again (reading those files)."""
 
     def __init__(self, head: Head) -> None:
         super().__init__("a prune ran during the commit")
@@ -233,7 +242,7 @@ def _needs_link_check(changes: Changes, base: Mapping[str, Entry], theirs: Snaps
 
 
 async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, ours: dict[str, Entry],
-                   message: str, result: CommitResult) -> Head:
+                   message: str, result: CommitResult, recheck: Recheck) -> Head:
     base = index.entries()
     changes = diff(base, ours)
     result.changed = len(changes)
@@ -241,8 +250,10 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
     for attempt in range(1, MAX_ATTEMPTS + 1):
         result.attempts = attempt
         head = await _wait_for_lease(engine, head)
-        if head.epoch != checked_epoch:
-            raise _PruneRan(head)
+        if head.epoch != checked_epoch:     # a prune ran since we checked what we reuse: again
+            if not await recheck():
+                raise _PruneRan(head)
+            checked_epoch = head.epoch
         theirs = await engine.repo.header(volume, head.snapshot) if head.snapshot else None
         result.merged = result.merged or head.snapshot != index.snapshot
         if not changes and theirs is not None:

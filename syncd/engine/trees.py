@@ -82,6 +82,11 @@ class TreeStore:
             _, old = self._cache.popitem(last=False)
             self._cached_items -= len(old) + 1
 
+    def forget(self) -> None:
+        """Drop the decoded trees held in memory (the disk cache stays)."""
+        self._cache.clear()
+        self._cached_items = 0
+
     def cached(self, tree_id: str) -> list[TreeItem] | None:
         items = self._cache.get(tree_id)
         if items is not None:

@@ -334,8 +334,12 @@ class VolumeRepo:
         """Abort ``volume``'s unfinished multipart uploads started over ``older_than`` seconds ago."""
         return await self.store.abort_stale_uploads(self.layout.volume_prefix(volume), older_than)
 
-    async def history(self, volume: str, limit: int | None = None) -> list[tuple[str, Snapshot]]:
-        """Snapshots from newest to oldest, following parent links (headers: v2 entries not loaded).
+    async def history(self, volume: str, limit: int | None = None,
+                      entries: bool = True) -> list[tuple[str, Snapshot]]:
+        """Snapshots from newest to oldest, following parent links.
+
+        With ``entries=False`` only the headers are read (v2 entries stay
+        empty; ``total_files``/``total_bytes`` still work): what ``volume log`` needs.
 
         The walk ends at the first snapshot without a parent or whose parent
         is gone (pruned: see prune.py; ``syncd volume check`` tells a pruned
@@ -346,7 +350,7 @@ class VolumeRepo:
         current = head.snapshot
         while current is not None and (limit is None or len(out) < limit):
             try:
-                snap = await self.header(volume, current)
+                snap = await (self.snapshot if entries else self.header)(volume, current)
             except SnapshotNotFound:
                 if not out:
                     raise

@@ -139,6 +139,10 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
         result.horizon = await raise_horizon(store, layout, volume, history.snapshots[keep - 1][1].seq)
     await store.delete([layout.snapshot(volume, s) for s in result.deleted_snapshots])
     repo.forget(result.deleted_snapshots)
+    if not dead:                                     # nothing a writer could be reusing goes: no lease
+        result.aborted_uploads = await repo.abort_stale_uploads(
+            volume, max(policy.grace, engine.config.stale_upload_age))
+        return result
     leased = await _take_lease(engine, volume)
     try:
         late = await _referenced_since(engine, volume, leased.snapshot, head.snapshot, kept)
