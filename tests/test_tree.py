@@ -8,13 +8,13 @@ import zlib
 
 import pytest
 
+from syncd.engine.trees import Builder, TreeStore, upload_packs
 from syncd.errors import ManifestError
 from syncd.format import manifest, tree
 from syncd.format.chunking import content_id
 from syncd.format.layout import Layout
 from syncd.format.manifest import ChunkRef, Entry, Stats, TreeRef
 from syncd.format.tree import TreeItem
-from syncd.engine.trees import Builder, TreeStore, upload_packs
 from syncd.store.base import MemoryStore
 
 ID = "a" * 32
