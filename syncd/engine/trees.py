@@ -132,10 +132,7 @@ class TreeStore:
             if len(blob.data) != end - start:
                 raise ManifestError(f"volume {volume!r}: tree pack {run[0].pack} is shorter than "
                                     f"its references (bytes {start}..{end})")
-            for ref in run:
-                piece = blob.data[ref.offset - start:ref.offset - start + ref.size]
-                data = await asyncio.to_thread(inflate_tree, piece, ref.id)
-                items = await asyncio.to_thread(parse_tree, data, ref.id)
+            for ref, data, items in await asyncio.to_thread(_decode_run, blob.data, start, run):
                 self.remember(ref.id, items)
                 out[ref.id] = items
                 fetched[ref.id] = data
@@ -196,15 +193,26 @@ class TreeStore:
 
 
 def _runs(refs: list[TreeRef]) -> list[list[TreeRef]]:
+    """``refs`` (sorted by offset) grouped into ranged reads: small gaps read over, at most MAX_READ each."""
     runs: list[list[TreeRef]] = []
+    start = end = 0
     for ref in refs:
-        if runs:
-            start, end = runs[-1][0].offset, max(r.offset + r.size for r in runs[-1])
-            if ref.offset - end <= COALESCE_GAP and ref.offset + ref.size - start <= MAX_READ:
-                runs[-1].append(ref)
-                continue
+        if runs and ref.offset - end <= COALESCE_GAP and ref.offset + ref.size - start <= MAX_READ:
+            runs[-1].append(ref)
+            end = max(end, ref.offset + ref.size)
+            continue
         runs.append([ref])
+        start, end = ref.offset, ref.offset + ref.size
     return runs
+
+
+def _decode_run(data: bytes, start: int, run: list[TreeRef]) -> list[tuple[TreeRef, bytes, list[TreeItem]]]:
+    """Inflate, verify and parse every tree of one ranged read (one worker-thread job)."""
+    out = []
+    for ref in run:
+        canonical = inflate_tree(data[ref.offset - start:ref.offset - start + ref.size], ref.id)
+        out.append((ref, canonical, parse_tree(canonical, ref.id)))
+    return out
 
 
 # ---------------------------------------------------------------- building

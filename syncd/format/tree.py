@@ -42,7 +42,7 @@ import binascii
 import itertools
 import json
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import ManifestError
@@ -295,7 +295,8 @@ def parse_tree(data: bytes, expected_id: str) -> list[TreeItem]:
 
 def with_path(item: TreeItem, prefix: str) -> Entry:
     """The item's entry under its full path (``prefix`` is its directory, '' at the root)."""
-    return replace(item.entry, path=f"{prefix}/{item.name}" if prefix else item.name)
+    e = item.entry
+    return Entry(f"{prefix}/{e.path}" if prefix else e.path, e.kind, e.mode, e.mtime_ns, e.size, e.chunks, e.target)
 
 
 # ---------------------------------------------------------------- snapshots
