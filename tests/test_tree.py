@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from syncd.engine.trees import Builder, TreeStore, upload_packs
+from syncd.engine.trees import Builder, TreeStore, diff_trees, upload_packs
 from syncd.errors import ManifestError
 from syncd.format import manifest, tree
 from syncd.format.chunking import content_id
@@ -143,6 +143,13 @@ async def test_one_file_change_rewrites_only_the_trees_on_its_path() -> None:
     expected = manifest.apply(entries, change, entries)
     assert flat.keys() == expected.keys()
     assert all(flat[p].same_content(e) for p, e in expected.items())
+
+    fresh = TreeStore(store, layout)               # the diff reads only where tree ids differ
+    changes = await diff_trees(fresh, "v", built.root, after.root)
+    assert changes.keys() == manifest.diff(entries, flat).keys() == change.keys()
+    assert fresh.reads <= 3 * 2                    # two trees per changed level at most
+    everything = await diff_trees(TreeStore(store, layout), "v", None, after.root)
+    assert everything.keys() == flat.keys()
 
 
 async def test_builder_follows_apply_merge_rules() -> None:

@@ -192,6 +192,37 @@ class TreeStore:
         return [with_path(i, path) for i in await self.get(volume, ref)]
 
 
+async def diff_trees(trees: TreeStore, volume: str, old: TreeRef | None, new: TreeRef | None) -> Changes:
+    """Per-path changes from tree ``old`` to tree ``new`` (None = empty), like ``manifest.diff``.
+
+    Descends only into subtrees whose ids differ, so comparing two snapshots
+    one file apart reads the trees on that file's path and nothing else. A
+    directory whose metadata did not change but whose contents did is not
+    itself a change (as in manifest.diff); everything below a removed
+    directory is listed as removed, everything below an added one as added.
+    """
+    out: Changes = {}
+    level: list[tuple[str, TreeRef | None, TreeRef | None]] = [("", old, new)]
+    while level:
+        trees_read = await trees.get_many(volume, [r for _, a, b in level for r in (a, b) if r is not None])
+        nxt: list[tuple[str, TreeRef | None, TreeRef | None]] = []
+        for prefix, a, b in level:
+            before = {i.name: i for i in trees_read[a.id]} if a is not None else {}
+            after = {i.name: i for i in trees_read[b.id]} if b is not None else {}
+            for name in before.keys() | after.keys():
+                x, y = before.get(name), after.get(name)
+                path = f"{prefix}/{name}" if prefix else name
+                if y is None:
+                    out[path] = None
+                elif x is None or not y.entry.same_content(x.entry):
+                    out[path] = with_path(y, prefix)
+                xt, yt = x.tree if x else None, y.tree if y else None
+                if (xt is not None or yt is not None) and (xt is None or yt is None or xt.id != yt.id):
+                    nxt.append((path, xt, yt))
+        level = nxt
+    return out
+
+
 def _runs(refs: list[TreeRef]) -> list[list[TreeRef]]:
     """``refs`` (sorted by offset) grouped into ranged reads: small gaps read over, at most MAX_READ each."""
     runs: list[list[TreeRef]] = []

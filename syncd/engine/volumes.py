@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from syncd.engine.cache import ChunkCache
-from syncd.engine.trees import Builder, Built, TreeStore, upload_packs
+from syncd.engine.trees import Builder, Built, TreeStore, diff_trees, upload_packs
 from syncd.errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound
 from syncd.format import manifest, tree
 from syncd.format.chunking import is_content_id
@@ -212,6 +212,19 @@ class VolumeRepo:
         prefix = path + "/" if path else ""
         found = [e for p, e in snap.entries.items() if p.startswith(prefix) and "/" not in p[len(prefix):]]
         return sorted(found, key=lambda e: tree.name_bytes(e.path))
+
+    async def diff(self, volume: str, old_id: str | None, new_id: str | None) -> Changes:
+        """Per-path changes from snapshot ``old_id`` to ``new_id`` (None = empty), like manifest.diff.
+
+        Between two v2 snapshots only the subtrees whose ids differ are read.
+        """
+        old = await self.header(volume, old_id) if old_id else None
+        new = await self.header(volume, new_id) if new_id else None
+        if (old is None or old.root is not None) and (new is None or new.root is not None):
+            return await diff_trees(self.trees, volume, old.root if old else None, new.root if new else None)
+        flat_old = (await self.snapshot(volume, old_id)).entries if old_id else {}
+        flat_new = (await self.snapshot(volume, new_id)).entries if new_id else {}
+        return manifest.diff(flat_old, flat_new)
 
     def forget(self, snapshot_ids: list[str]) -> None:
         """Drop snapshots from the in-memory cache (prune deleted them)."""
