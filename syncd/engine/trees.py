@@ -107,8 +107,9 @@ class TreeStore:
             else:
                 missing[ref.id] = ref
         if missing and self.disk is not None:
-            for tree_id, data in (await self.disk.get_many(list(missing))).items():
-                items = await asyncio.to_thread(parse_tree, data, tree_id)
+            found = await self.disk.get_many(list(missing))
+            parsed = await asyncio.to_thread(lambda: [(i, parse_tree(d, i)) for i, d in found.items()])
+            for tree_id, items in parsed:              # one worker-thread job for all of them
                 self.remember(tree_id, items)
                 out[tree_id] = items
                 del missing[tree_id]
