@@ -141,6 +141,7 @@ async def test_corrupt_cache_entries_via_the_api_are_evicted(
         poisoned = [k for k in raw.iterkeys()]
         for key in poisoned:
             raw.set(key, b"poison" if len(poisoned) % 2 else "not even bytes")
+        eng.repo.trees.forget()          # format v2: trees too are read from the disk cache again
         await hydrate(eng, "vol", tmp_path / "second")
         assert eng.cache.stats.corrupt == len(poisoned)
         assert not [k for k in raw.iterkeys() if raw.get(k) in (b"poison", "not even bytes")]

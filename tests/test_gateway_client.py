@@ -14,13 +14,17 @@ from syncd.cli.core import COMMANDS, build_parser
 from syncd.config import Config, MiB
 from syncd.engine.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
 from syncd.engine.hydrate import hydrate
-from syncd.engine.wiring import open_engine
+from syncd.engine.wiring import Engine, open_engine
 from syncd.format.manifest import Snapshot
 from syncd.store.devserver import free_port
 
 from .conftest import worker_config
 from .gatewayutil import commit_tree, gateway_process, metric, serve_gateway, source_bytes, through
 from .treeutil import snapshot_tree
+
+
+def tree_gets(eng: Engine) -> int:
+    return sum(n for k, n in eng.counter.keys.items() if "/trees/" in k)
 
 
 def volume_bytes(snap: Snapshot) -> int:
@@ -33,7 +37,9 @@ async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path
     async with serve_gateway(config, tmp_path) as gw:
         async with open_engine(through(worker_config(config, tmp_path, "w1"), gw.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "dst")
-            assert eng.counter.calls["get"] == 2  # HEAD and the snapshot; no chunk from the store
+            # HEAD, the snapshot and the trees (format v2, one GET per level); no chunk from the store
+            assert not [k for k in eng.counter.keys if "/chunks/" in k or "/packs/" in k]
+            assert eng.counter.calls["get"] == 2 + tree_gets(eng)
             assert source_bytes(eng) == {f"gateway:{gw.url[7:]}": volume_bytes(snap)}
             text = render(eng.fetcher).decode()
     assert metric(text, "syncd_fetch_bytes_total", source=f"gateway:{gw.url[7:]}") == volume_bytes(snap)
@@ -154,7 +160,7 @@ async def test_six_concurrent_hydrates_read_the_volume_about_once(config: Config
         async def worker(i: int) -> int:
             async with open_engine(through(worker_config(config, tmp_path, f"w{i}"), gw.url)) as eng:
                 await hydrate(eng, "vol", tmp_path / f"w{i}" / "dst")
-                assert eng.counter.calls["get"] == 2  # HEAD and the snapshot
+                assert eng.counter.calls["get"] == 2 + tree_gets(eng)  # HEAD, the snapshot, its trees
                 return source_bytes(eng).get("store", 0)
 
         direct = await asyncio.gather(*(worker(i) for i in range(6)))

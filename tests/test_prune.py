@@ -12,6 +12,7 @@ import pytest
 from syncd.config import Config
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
+from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import PreconditionFailed, SnapshotNotFound
 from syncd.format.chunking import content_id
@@ -157,6 +158,55 @@ async def test_commit_reuploads_a_chunk_pruned_from_under_its_index(config: Conf
         await hydrate(eng_c, "vol", tmp_path / "c")
     assert (tmp_path / "c" / "g.bin").read_bytes() == payload
     assert (tmp_path / "c" / "other.txt").read_text() == "b was here"
+
+
+async def test_lease_closes_the_window_between_reuse_check_and_advance(config: Config, tmp_path: Path) -> None:
+    """The interleaving docs/MAINTENANCE.md once left open: A checks that a reused chunk exists,
+    then a whole prune runs and deletes it, then A advances HEAD. The lease prune wrote into
+    HEAD makes A's advance fail; A sees the epoch moved, checks again and uploads the chunk."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    payload = os.urandom(700_000)
+    (a_dir / "f.bin").write_bytes(payload)
+    async with open_engine(config) as eng_a, open_engine(worker_config(config, tmp_path, "wb")) as eng_b:
+        await commit(eng_a, "vol", a_dir)
+        await hydrate(eng_b, "vol", b_dir)
+        (b_dir / "f.bin").unlink()
+        await commit(eng_b, "vol", b_dir)
+        real_advance = eng_a.repo.advance
+        pruned: list[int] = []
+
+        async def advance_after_a_prune(head: Head, snapshot_id: str, seq: int) -> Head:
+            if not pruned:                                # A's reuse check passed; now prune runs
+                pruned.append((await prune(eng_b, "vol", NOW_ONLY)).deleted_objects)
+            return await real_advance(head, snapshot_id, seq)
+
+        eng_a.repo.advance = advance_after_a_prune        # type: ignore[method-assign]
+        (a_dir / "f.bin").rename(a_dir / "g.bin")         # a rename: A reuses the chunk unread
+        out = await commit(eng_a, "vol", a_dir)
+        assert pruned and pruned[0] >= 1                  # the prune did delete f.bin's chunk
+        assert out.files_read == 1 and out.uploaded_chunks == 1     # read again, uploaded again
+        head = await eng_a.repo.head("vol")
+        assert head.epoch == 1 and head.lease is None
+        report = await check(eng_a, "vol", read_data=True)
+        assert report.ok, report.report()
+
+
+async def test_commit_waits_while_prune_holds_the_lease(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.txt").write_text("x")
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+        leased = await eng.repo.take_lease(await eng.repo.head("vol"), "test", 30.0)
+        (src / "y.txt").write_text("y")
+        task = asyncio.ensure_future(commit(eng, "vol", src))
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+        assert not task.done()                            # waiting for the lease, not advancing
+        await eng.repo.release_lease(leased)
+        res = await asyncio.wait_for(task, 30)
+        assert res.seq == 2 and (await eng.repo.head("vol")).epoch == 1
 
 
 class PruneRacingStore:

@@ -53,8 +53,11 @@ async def test_rehydrate_transfers_only_what_changed(config: Config, tmp_path: P
         eng2.counter.reset()
         res = await hydrate(eng2, "vol", dst)
         assert res.files_written == 2
-        # HEAD + snapshot + at most one pack range per changed small file
-        assert eng2.counter.calls["get"] <= 4
+        # HEAD + snapshot + one GET per level of changed trees (format v2: root, data,
+        # data/d1; every other tree comes from the chunk cache) + at most one pack range
+        # per changed small file
+        assert sum(n for k, n in eng2.counter.keys.items() if "/trees/" in k) == 3
+        assert eng2.counter.calls["get"] <= 2 + 3 + 2
         assert eng2.counter.bytes_in < 100_000
     assert snapshot_tree(dst) == snapshot_tree(src)
 
@@ -96,7 +99,7 @@ async def test_commit_detects_deletes_and_renames_without_rereading(config: Conf
         eng.counter.reset()
         res = await commit(eng, "vol", src)
         assert res.files_read == 0 and res.bytes_read == 0
-        assert eng.counter.calls["put"] == 2  # the snapshot and HEAD, no chunk
+        assert eng.counter.calls["put"] == 3  # one tree pack, the snapshot and HEAD, no chunk
     async with open_engine(worker_config(config, tmp_path, "w2")) as eng2:
         await hydrate(eng2, "vol", dst)
     assert snapshot_tree(dst) == snapshot_tree(src)

@@ -1,4 +1,4 @@
-"""Volume commands: ``syncd volume create|ls|rm|info|log``, ``put``, ``get``, ``restore``.
+"""Volume commands: ``syncd volume create|ls|rm|info|log|upgrade``, ``put``, ``get``, ``restore``.
 
 They talk to the bucket directly (no agent needed), as the owner SYNCD_OWNER.
 Each returns a value that cli.py prints as text or, with ``--json``, as one
@@ -55,12 +55,16 @@ async def _ls(args: argparse.Namespace, config: Config) -> Any:
 @command("volume info", "show a volume's latest snapshot: files, bytes, times", _volume)
 async def _info(args: argparse.Namespace, config: Config) -> Any:
     name = volume_arg(args)
-    async with open_engine(config) as engine:
-        head, snap = await engine.repo.latest(name)
+    async with open_engine(config) as engine:   # a v2 snapshot's header has the totals: no tree is read
+        head = await engine.repo.head(name)
+        snap = await engine.repo.header(name, head.snapshot) if head.snapshot else None
     entries = snap.entries.values() if snap else []
+    stats = snap.stats if snap is not None and snap.stats is not None else None
     return {"volume": name, "owner": config.owner, "snapshot": head.snapshot or "(empty)", "seq": head.seq,
-            "files": sum(e.kind == "file" for e in entries), "dirs": sum(e.kind == "dir" for e in entries),
-            "bytes": sum(e.size for e in entries), "created": _when(head.created),
+            "format": snap.format if snap else 2,
+            "files": stats.files if stats else sum(e.kind == "file" for e in entries),
+            "dirs": stats.dirs if stats else sum(e.kind == "dir" for e in entries),
+            "bytes": stats.bytes if stats else sum(e.size for e in entries), "created": _when(head.created),
             "updated": _when(head.updated)}
 
 
@@ -73,9 +77,9 @@ def _log_args(p: argparse.ArgumentParser) -> None:
 async def _log(args: argparse.Namespace, config: Config) -> Any:
     name = volume_arg(args)
     async with open_engine(config) as engine:
-        history = await engine.repo.history(name, limit=args.limit or None)
+        history = await engine.repo.history(name, limit=args.limit or None, entries=False)
     rows = [{"snapshot": sid, "seq": s.seq, "time": _when(s.created), "writer": s.writer,
-             "files": sum(e.kind == "file" for e in s.entries.values()), "bytes": s.total_bytes,
+             "files": s.total_files, "bytes": s.total_bytes,
              "message": s.message} for sid, s in history]
     if args.json:
         return {"volume": name, "snapshots": rows}
@@ -106,6 +110,14 @@ async def _rm(args: argparse.Namespace, config: Config) -> Any:
     async with open_engine(config) as engine:
         removed = await engine.repo.delete(name)
     return {"volume": name, "deleted": True, "objects_removed": removed}
+
+
+@command("volume upgrade", "move a format-1 volume to format 2 (one new snapshot, no data copied)", _volume)
+async def _upgrade(args: argparse.Namespace, config: Config) -> Any:
+    name = volume_arg(args)
+    async with open_engine(config) as engine:
+        head, upgraded = await engine.repo.upgrade(name)
+    return {"volume": name, "upgraded": upgraded, "snapshot": head.snapshot, "seq": head.seq, "format": 2}
 
 
 def _put_args(p: argparse.ArgumentParser) -> None:

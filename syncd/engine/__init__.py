@@ -1,7 +1,8 @@
 """The engine: volumes moved between the store and local directories.
 
     wiring.py       ``Engine`` and ``open_engine``: the one place that stacks store, wrappers, cache, fetcher
-    volumes.py      ``VolumeRepo``: HEAD, snapshots, conditional publish
+    volumes.py      ``VolumeRepo``: HEAD (and prune's lease), snapshots v1/v2, build/publish, list_dir/lookup/diff, upgrade
+    trees.py        format v2 trees: verified cached reads, incremental building, tree diff
     cache.py        the verified, best-effort local chunk cache
     fetch.py        chunk source chain (cache, gateways, store), single-flight, verified
     gatewayclient.py  gateways as chunk sources, rendezvous order, warm-up

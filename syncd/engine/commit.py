@@ -12,11 +12,16 @@
    held as a whole.
 3. Our changes are the per-path diff from the index (what this directory last
    synced) to the scan. They are applied on top of the volume's latest
-   snapshot and the commit point is advanced with ``If-Match``. If another
+   snapshot's trees (VolumeRepo.build: only the directories on changed paths
+   are read and rewritten, every other subtree is shared by id) and the
+   commit point is advanced with ``If-Match``. If another
    writer got there first, the precondition fails, we re-read HEAD, re-apply
    the same changes on the new latest snapshot and try again: disjoint changes
    both survive, and on the same path ours (the later commit) wins while
-   theirs stays reachable as our parent.
+   theirs stays reachable as our parent. While prune holds its lease in HEAD
+   we wait; if a prune ran since we checked the objects we reuse (HEAD's
+   epoch moved), they are checked again, and if one is gone the build is
+   redone, reading and uploading the files that used it.
 4. Where this configuration can produce multipart uploads (a chunk or pack
    above ``multipart_threshold``), a successful commit aborts the volume's
    multipart uploads older than ``stale_upload_age``: the leftovers of writers
@@ -29,7 +34,8 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +46,7 @@ from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, StoreError, VolumeNotFound
 from syncd.format.chunking import content_id, spans
 from syncd.format.layout import object_key
-from syncd.format.manifest import ChunkRef, Entry, Snapshot, apply, diff, escaping_symlinks, symlink_stays_inside
+from syncd.format.manifest import Changes, ChunkRef, Entry, Snapshot, diff, escaping_symlinks, symlink_stays_inside
 from syncd.local.dirfd import open_file
 from syncd.local.index import Fingerprint, LocalIndex, Tracked
 from syncd.local.scan import LocalFile, from_stat, scan
@@ -66,6 +72,8 @@ class CommitResult:
     reused_chunks: int = 0
     merged: bool = False
     attempts: int = 0
+    trees_written: int = 0
+    tree_bytes: int = 0
     skipped: list[str] = field(default_factory=list)
 
 
@@ -80,11 +88,19 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
             head, _ = await engine.repo.create(volume)
         index = await engine.index.load(volume, source)
         local = await scan(source)
-        theirs = await engine.repo.snapshot(volume, head.snapshot) if head.snapshot else None
         result = CommitResult(volume, head.snapshot, head.seq)
-        final, fingerprints = await _build(engine, volume, source, index, local, theirs, result,
-                                           progress or NoProgress())
-        head = await _advance(engine, volume, head, index, final, message, result)
+        for _ in range(REUSE_PASSES):
+            head = await _wait_for_lease(engine, head)
+            theirs = await engine.repo.header(volume, head.snapshot) if head.snapshot else None
+            final, fingerprints, recheck = await _build(engine, volume, source, index, local, theirs, result,
+                                                        progress or NoProgress())
+            try:
+                head = await _advance(engine, volume, head, index, final, message, result, recheck)
+                break
+            except _PruneRan as ran:
+                head = ran.head
+        else:
+            raise CommitConflict(f"volume {volume!r}: prunes kept running during this commit; try again")
         tracked = {p: Tracked(final[p], fingerprints.get(p)) for p in final
                    if p not in result.skipped}
         tracked.update({p: index.files[p] for p in result.skipped if p in index.files})
@@ -108,7 +124,7 @@ async def _abort_stale_uploads(engine: Engine, volume: str) -> None:
 
 async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, local: dict[str, LocalFile],
                  theirs: Snapshot | None, result: CommitResult,
-                 progress: Progress) -> tuple[dict[str, Entry], dict[str, Fingerprint]]:
+                 progress: Progress) -> tuple[dict[str, Entry], dict[str, Fingerprint], Recheck]:
     """Read and upload what changed; our entries, every chunk at its stored location.
 
     A chunk we reuse without uploading it, that the HEAD snapshot we read does
@@ -150,7 +166,15 @@ async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, l
     for path in result.skipped:  # keep what the index had for files we could not read
         if path in index.files:
             final[path] = index.files[path].entry
-    return final, reader.fingerprints
+
+    async def recheck() -> bool:
+        """Are the reused objects all still there? (Asked again after a prune took its lease.)"""
+        return not await _missing_reused(engine, volume, changed, head_refs, uploader)
+
+    return final, reader.fingerprints, recheck
+
+
+Recheck = Callable[[], Awaitable[bool]]
 
 
 async def _missing_reused(engine: Engine, volume: str, changed: list[Entry], head_refs: dict[str, ChunkRef],
@@ -184,26 +208,77 @@ def _locations(*groups: Iterable[Entry | ChunkRef]) -> dict[str, ChunkRef]:
     return known
 
 
+class _PruneRan(Exception):
+    """A prune deleted objects this commit reuses: build again (reading those files)."""
+
+    def __init__(self, head: Head) -> None:
+        super().__init__("a prune ran during the commit")
+        self.head = head
+
+
+LEASE_POLL = 0.25
+
+
+async def _wait_for_lease(engine: Engine, head: Head) -> Head:
+    """Wait while prune holds an unexpired lease in HEAD; returns a HEAD read without one."""
+    delay = LEASE_POLL
+    while head.leased():
+        log.info("volume %r: prune holds the lease until %.0f; waiting", head.volume, head.lease_expires)
+        await asyncio.sleep(min(delay, max(0.0, head.lease_expires - time.time()) + 0.01))
+        delay = min(delay * 2, 5.0)
+        head = await engine.repo.head(head.volume)
+    return head
+
+
+def _needs_link_check(changes: Changes, base: Mapping[str, Entry], theirs: Snapshot | None) -> bool:
+    """Can these changes make some symlink lead out of the volume through other links?"""
+    for path, entry in changes.items():
+        before = base.get(path)
+        if (entry is not None and entry.kind == "symlink") or (before is not None and before.kind == "symlink"):
+            return True
+        if theirs is not None and theirs.stats is not None and theirs.stats.links and (
+                (entry is None and before is not None and before.kind == "dir")
+                or (entry is not None and before is not None and entry.kind != before.kind)):
+            return True
+    return False
+
+
 async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, ours: dict[str, Entry],
-                   message: str, result: CommitResult) -> Head:
+                   message: str, result: CommitResult, recheck: Recheck) -> Head:
     base = index.entries()
     changes = diff(base, ours)
     result.changed = len(changes)
+    checked_epoch = head.epoch
     for attempt in range(1, MAX_ATTEMPTS + 1):
         result.attempts = attempt
-        theirs = (await engine.repo.snapshot(volume, head.snapshot)).entries if head.snapshot else {}
-        merged = apply(theirs, changes, base)
-        for path in escaping_symlinks(merged):   # links that escape only in combination
-            log.warning("volume %r: leaving out symlink %r: it leads out of the volume", volume, path)
-            del merged[path]
-            if path in ours and path not in result.skipped:
-                result.skipped.append(path)
+        head = await _wait_for_lease(engine, head)
+        if head.epoch != checked_epoch:     # a prune ran since we checked what we reuse: again
+            if not await recheck():
+                raise _PruneRan(head)
+            checked_epoch = head.epoch
+        theirs = await engine.repo.header(volume, head.snapshot) if head.snapshot else None
         result.merged = result.merged or head.snapshot != index.snapshot
-        if head.snapshot is not None and _same_tree(merged, theirs):
+        if not changes and theirs is not None:
             result.snapshot, result.seq = head.snapshot, head.seq
             return head
+        attempt_changes = dict(changes)
+        built = await engine.repo.build(volume, theirs, attempt_changes, base)
+        if _needs_link_check(changes, base, theirs):
+            merged = await engine.repo.trees.flat(volume, built.root)
+            escaping = escaping_symlinks(merged)     # links that escape only in combination
+            for path in escaping:
+                log.warning("volume %r: leaving out symlink %r: it leads out of the volume", volume, path)
+                attempt_changes[path] = None
+                if path in ours and path not in result.skipped:
+                    result.skipped.append(path)
+            if escaping:
+                built = await engine.repo.build(volume, theirs, attempt_changes, base)
+        if theirs is not None and theirs.root is not None and built.root.id == theirs.root.id:
+            result.snapshot, result.seq = head.snapshot, head.seq
+            return head
+        result.trees_written, result.tree_bytes = built.trees_written, built.bytes
         try:
-            head = await engine.repo.publish(head, merged, message)
+            head = await engine.repo.publish_built(head, built, message)
         except PreconditionFailed:
             await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
             head = await engine.repo.head(volume)
@@ -212,10 +287,6 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
         return head
     raise CommitConflict(f"volume {volume!r}: the commit point moved {MAX_ATTEMPTS} times while "
                          "we tried to advance it; try again")
-
-
-def _same_tree(a: Mapping[str, Entry], other: Mapping[str, Entry]) -> bool:
-    return a.keys() == other.keys() and all(e.same_content(other[p]) for p, e in a.items())
 
 
 class _Reader:

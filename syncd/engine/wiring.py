@@ -60,7 +60,7 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
         from syncd.engine.gatewayclient import gateway_sources
         sources = gateway_sources(config)
     scope = f"{config.s3_endpoint or 'aws'}|{config.bucket}|{config.prefix}|{config.owner}"
-    engine = Engine(config, counter, counter, layout, VolumeRepo(counter, layout), cache,
+    engine = Engine(config, counter, counter, layout, VolumeRepo(counter, layout, cache=cache), cache,
                     ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope),
                     ByteBudget(config.max_inflight_bytes))
     try:

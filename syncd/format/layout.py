@@ -8,6 +8,7 @@ A volume of owner ``o`` named ``v`` occupies exactly the keys below
     snapshots/<id>                immutable manifests, named by content id
     chunks/<id[:2]>/<id>          one chunk of a large file
     packs/<id>                    small files' contents, concatenated
+    trees/<id>                    format v2: directory trees, compressed and concatenated
 
 Names are validated before any key is built, so no name can reach outside its
 owner's prefix: a name is 1-63 characters of ``A-Z a-z 0-9 . _ -``, starts with
@@ -77,6 +78,9 @@ class Layout:
 
     def pack(self, volume: str, pack_id: str) -> str:
         return self.volume_prefix(volume) + "packs/" + _checked(pack_id)
+
+    def tree_pack(self, volume: str, pack_id: str) -> str:
+        return self.volume_prefix(volume) + "trees/" + _checked(pack_id)
 
 
 def _checked(object_id: str) -> str:

@@ -19,6 +19,7 @@ both sides takes our (the later) version; theirs stays in the history.
 
 from __future__ import annotations
 
+import bisect
 import json
 import posixpath
 import zlib
@@ -72,6 +73,30 @@ class Entry:
         return other.target == self.target
 
 
+@dataclass(frozen=True, slots=True)
+class TreeRef:
+    """Where a tree is stored: ``size`` compressed bytes at ``offset`` of tree pack ``pack``."""
+
+    id: str
+    pack: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What a subtree holds, below its directory: counts, file bytes, symlinks (informational)."""
+
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    links: int = 0
+
+    def __add__(self, other: Stats) -> Stats:
+        return Stats(self.files + other.files, self.dirs + other.dirs, self.bytes + other.bytes,
+                     self.links + other.links)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     volume: str
@@ -82,10 +107,21 @@ class Snapshot:
     writer: str
     entries: Mapping[str, Entry] = field(default_factory=dict)
     message: str = ""
+    format: int = FORMAT_VERSION
+    root: TreeRef | None = None      # v2: the root tree (tree.py); entries are then loaded from trees
+    stats: Stats | None = None       # v2: what the root tree holds
 
     @property
     def total_bytes(self) -> int:
+        if self.stats is not None:
+            return self.stats.bytes
         return sum(e.size for e in self.entries.values())
+
+    @property
+    def total_files(self) -> int:
+        if self.stats is not None:
+            return self.stats.files
+        return sum(e.kind == "file" for e in self.entries.values())
 
 
 # ---------------------------------------------------------------- encoding
@@ -390,18 +426,25 @@ def diff(base: Mapping[str, Entry], ours: Mapping[str, Entry]) -> Changes:
 
 
 def apply(theirs: Mapping[str, Entry], changes: Changes, base: Mapping[str, Entry]) -> dict[str, Entry]:
-    """Replay ``changes`` on ``theirs``; ours win per path, the tree stays valid."""
+    """Replay ``changes`` on ``theirs``; ours win per path, the tree stays valid.
+
+    O((n + c) log n): the paths below a file we wrote are found by bisecting
+    one sorted list of keys, not by scanning every entry per change.
+    """
     result = dict(theirs)
     for path, entry in changes.items():
         if entry is None:
             result.pop(path, None)
         else:
             result[path] = entry
-    upserts = [p for p, e in changes.items() if e is not None]
-    for path in upserts:           # a file we wrote replaces any tree of theirs under it
-        if result[path].kind != "dir":
-            for other in [q for q in result if q.startswith(path + "/")]:
-                del result[other]
+    replaced = [p for p, e in changes.items() if e is not None and e.kind != "dir"]
+    if replaced:                   # a file we wrote replaces any tree of theirs under it
+        keys = sorted(result)
+        for path in replaced:
+            lo = bisect.bisect_left(keys, path + "/")
+            hi = bisect.bisect_left(keys, path + "0")     # '0' is the character after '/'
+            for other in keys[lo:hi]:
+                result.pop(other, None)
     _add_missing_parents(result, [base, theirs])
     return result
 

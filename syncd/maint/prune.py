@@ -27,15 +27,18 @@ Why that is enough:
   or an "already exists" answer from the store vouch for. Those are the one
   case the age rules cannot cover (the chunk is old and unreferenced), so
   commit checks that such objects still exist just before it advances HEAD
-  and uploads them again if prune took them (commit.py, ``_ensure_reused``).
+  and uploads them again if prune took them (commit.py, ``_missing_reused``).
 
 Order of work: list the volume's objects first (anything uploaded after the
 listing is never a candidate), then read HEAD and walk the history, then
 record the new horizon in PRUNED, delete dropped and orphaned snapshots, and
-only then chunks and packs -- so a crash part-way leaves only garbage for the
-next prune, never a snapshot whose data is gone. Just before chunks and packs
-go, HEAD is read once more and whatever snapshots committed meanwhile
-reference is spared.
+only then chunks, packs and tree packs -- so a crash part-way leaves only
+garbage for the next prune, never a snapshot whose data is gone. Before
+chunks and packs go, prune takes the lease in HEAD (a conditional write that
+also bumps HEAD's epoch): writers wait while it holds, and a writer whose
+reuse check predates it checks again. Whatever the snapshots committed up to
+the lease reference is spared. Deleting stops a margin before the lease
+expires; the rest waits for the next prune.
 
 Packs that are still partly referenced are kept whole; repacking would
 rewrite bytes that live snapshots point into, for little gain with packs of
@@ -44,16 +47,25 @@ a few MiB.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
 from syncd.config import Config
+from syncd.engine.volumes import Head, writer_id
 from syncd.engine.wiring import Engine
-from syncd.errors import IntegrityError, SnapshotNotFound
+from syncd.errors import CommitConflict, IntegrityError, PreconditionFailed, SnapshotNotFound
 from syncd.format.manifest import Snapshot
 from syncd.maint.reachability import Listing, list_volume, raise_horizon, read_horizon, references, walk_history
 
 DAY = 86400.0
+LEASE_SECONDS = 300.0      # writers wait at most this long for a prune
+LEASE_MARGIN = 60.0        # stop deleting this long before the lease expires (clock skew, a slow request)
+LEASE_ATTEMPTS = 100
+DELETE_BATCH = 1000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,28 +129,58 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
     cutoff = now - policy.grace
     for sid, info in listing.snapshots.items():      # maybe a commit about to advance HEAD
         if sid not in kept and info.last_modified > cutoff:
-            kept[sid] = await repo.snapshot(volume, sid)
+            kept[sid] = await repo.header(volume, sid)
     result = PruneResult(volume, dry_run, kept_snapshots=len(kept), horizon=horizon)
     result.deleted_snapshots = sorted(s for s in listing.snapshots if s not in kept)
-    dead = _dead_objects(engine, volume, listing, kept, cutoff, result)
+    dead = await _dead_objects(engine, volume, listing, kept, cutoff, result)
     if dry_run:
         return result
     if keep < len(history.snapshots):
         result.horizon = await raise_horizon(store, layout, volume, history.snapshots[keep - 1][1].seq)
     await store.delete([layout.snapshot(volume, s) for s in result.deleted_snapshots])
     repo.forget(result.deleted_snapshots)
-    late = await _referenced_since(engine, volume, head.snapshot, kept)
-    await store.delete([k for k in dead if k not in late])
+    if not dead:                                     # nothing a writer could be reusing goes: no lease
+        result.aborted_uploads = await repo.abort_stale_uploads(
+            volume, max(policy.grace, engine.config.stale_upload_age))
+        return result
+    leased = await _take_lease(engine, volume)
+    try:
+        late = await _referenced_since(engine, volume, leased.snapshot, head.snapshot, kept)
+        doomed = [k for k in dead if k not in late]
+        for start in range(0, len(doomed), DELETE_BATCH):
+            if time.time() > leased.lease_expires - LEASE_MARGIN:   # past it, writers no longer wait
+                log.warning("volume %r: prune lease nearly expired; %d object(s) left for the next prune",
+                            volume, len(doomed) - start)
+                break
+            await store.delete(doomed[start:start + DELETE_BATCH])
+    finally:
+        await repo.release_lease(leased)
     result.aborted_uploads = await repo.abort_stale_uploads(volume, max(policy.grace, engine.config.stale_upload_age))
     return result
 
 
-def _dead_objects(engine: Engine, volume: str, listing: Listing, kept: dict[str, Snapshot], cutoff: float,
-                  result: PruneResult) -> list[str]:
-    """Chunks and packs that no kept snapshot references and that are older than the cutoff."""
+async def _take_lease(engine: Engine, volume: str) -> Head:
+    """Write the lease into HEAD (If-Match); wait out another prune's unexpired lease."""
+    holder = f"prune {writer_id()}"
+    for _ in range(LEASE_ATTEMPTS):
+        head = await engine.repo.head(volume)
+        if head.leased():
+            await asyncio.sleep(min(5.0, max(0.05, head.lease_expires - time.time())))
+            continue
+        try:
+            return await engine.repo.take_lease(head, holder, LEASE_SECONDS)
+        except PreconditionFailed:
+            continue
+    raise CommitConflict(f"volume {volume!r}: HEAD kept moving; prune could not take its lease")
+
+
+async def _dead_objects(engine: Engine, volume: str, listing: Listing, kept: dict[str, Snapshot], cutoff: float,
+                        result: PruneResult) -> list[str]:
+    """Chunks, packs and tree packs no kept snapshot references, older than the cutoff."""
     live: set[str] = set()
+    seen: set[str] = set()
     for snap in kept.values():
-        live.update(references(engine.layout, volume, snap))
+        live.update(await references(engine.repo, volume, snap, seen))
     dead = []
     for key, info in listing.data.items():
         if key in live:
@@ -152,22 +194,23 @@ def _dead_objects(engine: Engine, volume: str, listing: Listing, kept: dict[str,
     return dead
 
 
-async def _referenced_since(engine: Engine, volume: str, old_head: str | None,
+async def _referenced_since(engine: Engine, volume: str, current: str | None, old_head: str | None,
                             kept: dict[str, Snapshot]) -> set[str]:
     """Objects referenced by snapshots that became HEAD while prune was deciding.
 
-    Re-reading HEAD right before deleting shrinks the window in which a commit
-    that reuses an old, unreferenced object (and checked it exists) can
-    advance HEAD and still lose the object to this prune: see docs/MAINTENANCE.md.
+    ``current`` is the snapshot HEAD named when prune took its lease. No
+    writer advances HEAD while the lease holds, and one whose HEAD read is
+    older than the lease re-checks what it reuses (commit.py), so these
+    objects plus the kept ones are everything a live snapshot can need:
+    docs/FORMAT.md, section 9.
     """
-    head = await engine.repo.head(volume)
     out: set[str] = set()
-    current = head.snapshot
+    seen: set[str] = set()
     while current is not None and current != old_head and current not in kept:
         try:
-            snap = await engine.repo.snapshot(volume, current)
+            snap = await engine.repo.header(volume, current)
         except SnapshotNotFound:
             break
-        out.update(references(engine.layout, volume, snap))
+        out.update(await references(engine.repo, volume, snap, seen))
         current = snap.parent
     return out

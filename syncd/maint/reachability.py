@@ -1,11 +1,14 @@
 """What a volume stores and what its snapshots reference: the two sides of prune and check.
 
 A volume's objects (layout.py) are HEAD, PRUNED, ``snapshots/<id>``,
-``chunks/<xx>/<id>`` and ``packs/<id>``. :func:`list_volume` sorts one listing
-of the volume's prefix into those kinds, with each object's size and age.
-:func:`references` turns a snapshot into the object keys it needs, with the
-chunk references that point into each (a pack is needed whole if any of its
-chunks is referenced: packs are never cut).
+``chunks/<xx>/<id>``, ``packs/<id>`` and (format 2) ``trees/<id>``.
+:func:`list_volume` sorts one listing of the volume's prefix into those kinds,
+with each object's size and age. :func:`references` turns a snapshot into the
+object keys it needs, with the references that point into each (a pack is
+needed whole if any of its chunks is referenced: packs are never cut). For a
+v2 snapshot it walks the trees level by level and skips every tree already in
+``seen``: consecutive snapshots share all but a few trees, so walking a whole
+history reads each distinct tree once, not once per snapshot.
 
 History is the chain of parent links from HEAD. Pruning deletes the oldest
 part of that chain, so a walk may meet a missing parent. ``PRUNED`` records
@@ -19,12 +22,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from syncd.engine.volumes import VolumeRepo
 from syncd.errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound
 from syncd.format.layout import Layout, object_key
-from syncd.format.manifest import ChunkRef, Snapshot
+from syncd.format.manifest import ChunkRef, Entry, Snapshot, TreeRef
 from syncd.store.base import ObjectInfo, ObjectStore
 
 PRUNED_FORMAT = 1
@@ -45,7 +49,7 @@ async def list_volume(store: ObjectStore, layout: Layout, volume: str) -> Listin
         rest = info.key[len(prefix):]
         if rest.startswith("snapshots/"):
             out.snapshots[rest[len("snapshots/"):]] = info
-        elif rest.startswith(("chunks/", "packs/")):
+        elif rest.startswith(("chunks/", "packs/", "trees/")):
             out.data[info.key] = info
         elif rest not in ("HEAD", "PRUNED"):
             out.other.append(info)
@@ -53,12 +57,46 @@ async def list_volume(store: ObjectStore, layout: Layout, volume: str) -> Listin
 
 
 
-def references(layout: Layout, volume: str, snap: Snapshot) -> dict[str, list[ChunkRef]]:
-    """Object key -> the chunk references of ``snap`` that read from it."""
+def is_tree_pack(layout: Layout, volume: str, key: str) -> bool:
+    return key.startswith(layout.volume_prefix(volume) + "trees/")
+
+
+async def references(repo: VolumeRepo, volume: str, snap: Snapshot,
+                     seen: set[str] | None = None) -> dict[str, list[ChunkRef]]:
+    """Object key -> the references of ``snap`` that read from it.
+
+    A tree's place in its tree pack is given as a ChunkRef (id = tree id,
+    pack = tree pack id), so range checks treat it like a packed chunk; its
+    bytes hash to its id only after inflating (tree.decode_tree verifies
+    that while the walk reads it). Trees in ``seen`` are skipped, and every
+    tree walked is added to it.
+    """
+    layout = repo.layout
+    seen = set() if seen is None else seen
     out: dict[str, list[ChunkRef]] = defaultdict(list)
-    for entry in snap.entries.values():
-        for ref in entry.chunks:
-            out[object_key(layout, volume, ref)].append(ref)
+
+    def add_entries(entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            for ref in entry.chunks:
+                out[object_key(layout, volume, ref)].append(ref)
+
+    if snap.root is None:
+        add_entries(snap.entries.values())
+        return dict(out)
+    level = [snap.root] if snap.root.id not in seen else []
+    seen.update(r.id for r in level)
+    while level:
+        trees = await repo.trees.get_many(volume, level)
+        nxt: list[TreeRef] = []
+        for ref in level:
+            out[layout.tree_pack(volume, ref.pack)].append(ChunkRef(ref.id, ref.size, ref.pack, ref.offset))
+            items = trees[ref.id]
+            add_entries(i.entry for i in items)
+            for item in items:
+                if item.tree is not None and item.tree.id not in seen:
+                    seen.add(item.tree.id)
+                    nxt.append(item.tree)
+        level = nxt
     return dict(out)
 
 
@@ -115,7 +153,7 @@ async def walk_history(repo: VolumeRepo, volume: str, head_snapshot: str | None,
     current = head_snapshot
     while current is not None:
         try:
-            snap = await repo.snapshot(volume, current)
+            snap = await repo.header(volume, current)
         except SnapshotNotFound:
             below_horizon = bool(out.snapshots) and out.snapshots[-1][1].seq - 1 < horizon
             if not below_horizon:

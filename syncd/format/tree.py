@@ -1,0 +1,338 @@
+"""Format v2 objects: directory trees and snapshots. Pure: no I/O.
+
+A v2 snapshot does not list every path. It names a *root tree*; a tree is one
+directory's entries, sorted by the bytes of their names, and a subdirectory's
+entry names the tree of that subdirectory. A tree's id is the xxh3-128 of its
+canonical bytes (below), so a directory whose content did not change keeps its
+id, and a commit that changes one file writes only the trees on that file's
+path: every other subtree is shared by id. A reader can list one directory by
+reading the trees on its path, and a diff skips every subtree whose id did not
+move.
+
+Trees travel packed: the new trees of one commit are compressed one by one
+(zlib) and concatenated into a *tree pack* ``trees/<pack id>``; a reference to
+a tree is ``[tree id, pack id, offset, size]``. The pack id is chosen at random
+by the writer when it opens the pack (a parent must name its children's pack
+before the pack is complete, so it cannot be the pack's hash); every tree in
+it is verified by its own id, so nothing depends on the pack's name.
+
+Canonical JSON (:func:`canonical`): UTF-8, no whitespace, object keys sorted,
+integers only (no floats, NaN or exponents), strings with only ``"``, ``\\``
+and U+0000-U+001F escaped, the way Python's ``json.dumps(ensure_ascii=False,
+separators=(",", ":"), sort_keys=True)`` writes them. :func:`strict_loads`
+accepts exactly that: it parses and re-encodes, and refuses bytes that differ,
+which rules out duplicate keys, trailing bytes, floats, NaN and lone
+surrogates in one test that a reader in any language can repeat.
+
+Names are bytes on disk. In memory syncd holds them as Python strings with
+undecodable bytes as surrogate escapes (``os.fsdecode``); on the wire a name
+that is valid UTF-8 is ``"name"`` and any other is ``"name_b64"`` (standard
+base64 of the raw bytes), so Go, Rust or JS readers decode every name exactly.
+Symlink targets use ``"target"`` / ``"target_b64"`` the same way.
+
+Validation here is per tree: names, order, required fields, sizes, ids. Rules
+that span trees (a symlink resolved through other symlinks stays inside the
+volume) are checked where the whole tree is assembled (manifest.validate_entries).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.errors import ManifestError
+from syncd.format.chunking import content_id, is_content_id
+from syncd.format.manifest import MAX_CHUNK_SIZE, MAX_FILE_SIZE, MAX_PATH, ChunkRef, Entry, Snapshot, Stats, TreeRef
+
+FORMAT_V2 = 2
+MAX_NAME = 255
+MAX_TREE_ENTRIES = 1_000_000
+MAX_TREE_BYTES = 256 << 20       # one tree, decompressed
+MAX_SNAPSHOT_BYTES = 1 << 20
+MAX_MTIME = 1 << 62
+
+_FILE_KEYS = frozenset({"type", "mode", "mtime_ns", "size", "chunks"})
+_DIR_KEYS = frozenset({"type", "mode", "mtime_ns", "tree", "files", "dirs", "bytes", "links"})
+_LINK_KEYS = frozenset({"type", "mode", "mtime_ns"})
+_SNAPSHOT_KEYS = frozenset({"format", "volume", "owner", "seq", "parent", "created_ns", "writer", "message",
+                            "root", "files", "dirs", "bytes", "links"})
+
+
+@dataclass(frozen=True, slots=True)
+class TreeItem:
+    """One entry of a tree: ``entry.path`` is the bare name; dirs carry their subtree."""
+
+    entry: Entry
+    tree: TreeRef | None = None
+    stats: Stats | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.path
+
+    def own_stats(self) -> Stats:
+        e = self.entry
+        if e.kind == "dir":
+            return (self.stats or Stats()) + Stats(dirs=1)
+        return Stats(files=1, bytes=e.size) if e.kind == "file" else Stats(links=1)
+
+
+def name_bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def sort_key(item: TreeItem) -> bytes:
+    return name_bytes(item.name)
+
+
+# ---------------------------------------------------------------- canonical JSON
+
+def canonical(value: Any) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                          allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as exc:
+        raise ManifestError(f"value has no canonical encoding: {exc}") from exc
+
+
+def _no_float(text: str) -> Any:
+    raise ManifestError(f"non-integer number {text[:40]!r}")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ManifestError("duplicate key in object")
+    return out
+
+
+def strict_loads(data: bytes, what: str) -> Any:
+    """Parse canonical JSON; anything else (another spelling of the same value too) is refused."""
+    try:
+        value = json.loads(data.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float,
+                           object_pairs_hook=_unique)
+    except ManifestError as exc:
+        raise ManifestError(f"{what}: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ManifestError(f"{what} is not JSON: {exc}") from exc
+    if canonical(value) != data:
+        raise ManifestError(f"{what} is not in canonical form")
+    return value
+
+
+# ---------------------------------------------------------------- names on the wire
+
+def _put_bytes(out: dict[str, Any], key: str, text: str) -> None:
+    raw = name_bytes(text)
+    try:
+        out[key] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
+
+
+def _get_bytes(raw: dict[str, Any], key: str, what: str) -> str:
+    plain, b64 = raw.pop(key, None), raw.pop(key + "_b64", None)
+    if (plain is None) == (b64 is None):
+        raise ManifestError(f"{what}: exactly one of {key!r} and {key + '_b64'!r} is required")
+    if plain is not None:
+        if not isinstance(plain, str):
+            raise ManifestError(f"{what}: {key!r} must be a string")
+        return plain
+    if not isinstance(b64, str):
+        raise ManifestError(f"{what}: {key + '_b64'!r} must be a string")
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ManifestError(f"{what}: bad base64 in {key + '_b64'!r}") from exc
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape")
+    raise ManifestError(f"{what}: {key + '_b64'!r} holds valid UTF-8; it must be {key!r}")
+
+
+# ---------------------------------------------------------------- trees
+
+def _int(value: object, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ManifestError(f"{what} must be an integer in [{low}, {high}], not {str(value)[:40]!r}")
+    return value
+
+
+def ref_to_json(ref: TreeRef) -> list[Any]:
+    return [ref.id, ref.pack, ref.offset, ref.size]
+
+
+def ref_from_json(raw: object, what: str) -> TreeRef:
+    if (not isinstance(raw, list) or len(raw) != 4 or not is_content_id(raw[0])
+            or not is_content_id(raw[1])):
+        raise ManifestError(f"{what}: malformed tree reference {str(raw)[:120]}")
+    return TreeRef(raw[0], raw[1], _int(raw[2], f"{what} offset", 0, MAX_FILE_SIZE),
+                   _int(raw[3], f"{what} size", 1, MAX_TREE_BYTES))
+
+
+def _item_to_json(item: TreeItem) -> dict[str, Any]:
+    e = item.entry
+    out: dict[str, Any] = {"type": e.kind, "mode": e.mode, "mtime_ns": e.mtime_ns}
+    _put_bytes(out, "name", e.path)
+    if e.kind == "file":
+        out["size"] = e.size
+        out["chunks"] = [[c.id, c.size] if c.pack is None else [c.id, c.size, c.pack, c.offset]
+                         for c in e.chunks]
+    elif e.kind == "symlink":
+        _put_bytes(out, "target", e.target or "")
+    else:
+        if item.tree is None:
+            raise ManifestError(f"directory {e.path!r} has no tree")
+        stats = item.stats or Stats()
+        out.update(tree=ref_to_json(item.tree), files=stats.files, dirs=stats.dirs, bytes=stats.bytes,
+                   links=stats.links)
+    return out
+
+
+def _chunk_from_json(raw: object, what: str) -> ChunkRef:
+    if not isinstance(raw, list) or len(raw) not in (2, 4) or not is_content_id(raw[0]):
+        raise ManifestError(f"{what}: malformed chunk reference {str(raw)[:120]}")
+    size = _int(raw[1], f"{what} chunk size", 1, MAX_CHUNK_SIZE)
+    if len(raw) == 2:
+        return ChunkRef(raw[0], size)
+    if not is_content_id(raw[2]):
+        raise ManifestError(f"{what}: malformed pack id")
+    return ChunkRef(raw[0], size, raw[2], _int(raw[3], f"{what} pack offset", 0, MAX_FILE_SIZE))
+
+
+def check_name(name: str, what: str) -> str:
+    raw = name_bytes(name)
+    if not raw or len(raw) > MAX_NAME or b"/" in raw or b"\x00" in raw or raw in (b".", b".."):
+        raise ManifestError(f"{what}: unsafe name {name[:80]!r}")
+    return name
+
+
+def _item_from_json(raw: object, what: str) -> TreeItem:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{what}: entry must be an object")
+    raw = dict(raw)
+    name = check_name(_get_bytes(raw, "name", what), what)
+    where = f"{what}/{name[:80]!r}"
+    kind = raw.get("type")
+    target = _get_bytes(raw, "target", where) if kind == "symlink" else None
+    allowed = {"file": _FILE_KEYS, "dir": _DIR_KEYS, "symlink": _LINK_KEYS}.get(kind if isinstance(kind, str) else "")
+    if allowed is None or set(raw) != allowed:
+        raise ManifestError(f"{where}: bad type or fields {sorted(raw)}")
+    mode = _int(raw["mode"], f"{where} mode", 0, 0o7777)
+    mtime = _int(raw["mtime_ns"], f"{where} mtime_ns", -MAX_MTIME, MAX_MTIME)
+    if kind == "symlink":
+        if not target or len(name_bytes(target)) > MAX_PATH or "\x00" in target or target.startswith("/"):
+            raise ManifestError(f"{where}: bad symlink target")
+        return TreeItem(Entry(name, "symlink", mode, mtime, target=target))
+    if kind == "dir":
+        ref = ref_from_json(raw["tree"], where)
+        stats = Stats(*(_int(raw[k], f"{where} {k}", 0, MAX_FILE_SIZE) for k in ("files", "dirs", "bytes", "links")))
+        return TreeItem(Entry(name, "dir", mode, mtime), ref, stats)
+    size = _int(raw["size"], f"{where} size", 0, MAX_FILE_SIZE)
+    if not isinstance(raw["chunks"], list):
+        raise ManifestError(f"{where}: chunks must be a list")
+    chunks = tuple(_chunk_from_json(c, where) for c in raw["chunks"])
+    if sum(c.size for c in chunks) != size:
+        raise ManifestError(f"{where}: chunks add up to {sum(c.size for c in chunks)}, not {size}")
+    return TreeItem(Entry(name, "file", mode, mtime, size, chunks))
+
+
+def encode_tree(items: list[TreeItem]) -> tuple[str, bytes]:
+    """``(tree id, canonical bytes)`` of one directory; ``items`` in any order, names unique."""
+    ordered = sorted(items, key=sort_key)
+    for a, b in itertools.pairwise(ordered):
+        if sort_key(a) == sort_key(b):
+            raise ManifestError(f"duplicate name in tree: {a.name!r}")
+    data = canonical({"format": FORMAT_V2, "entries": [_item_to_json(i) for i in ordered]})
+    return content_id(data), data
+
+
+def pack_tree(data: bytes) -> bytes:
+    """The stored form of a tree's canonical bytes (one zlib stream)."""
+    return zlib.compress(data, 6)
+
+
+def inflate_tree(stored: bytes, expected_id: str) -> bytes:
+    """A stored tree's canonical bytes, checked against ``expected_id``."""
+    try:
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(stored, MAX_TREE_BYTES)
+        if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+            raise ManifestError(f"tree {expected_id}: not one complete zlib stream within the size limit")
+    except zlib.error as exc:
+        raise ManifestError(f"tree {expected_id} is not zlib: {exc}") from exc
+    if content_id(data) != expected_id:
+        raise ManifestError(f"tree {expected_id} does not match its content hash")
+    return data
+
+
+def decode_tree(stored: bytes, expected_id: str) -> list[TreeItem]:
+    """Inflate, verify against ``expected_id`` and validate one stored tree (hostile input)."""
+    return parse_tree(inflate_tree(stored, expected_id), expected_id)
+
+
+def parse_tree(data: bytes, expected_id: str) -> list[TreeItem]:
+    """Validate a tree's canonical bytes (already verified against ``expected_id``)."""
+    doc = strict_loads(data, f"tree {expected_id}")
+    if not isinstance(doc, dict) or set(doc) != {"format", "entries"} or not isinstance(doc["entries"], list):
+        raise ManifestError(f"tree {expected_id}: must be an object with exactly 'format' and 'entries'")
+    if type(doc["format"]) is not int or doc["format"] != FORMAT_V2:
+        raise ManifestError(f"tree {expected_id}: unsupported format {doc['format']!r}")
+    if len(doc["entries"]) > MAX_TREE_ENTRIES:
+        raise ManifestError(f"tree {expected_id}: more than {MAX_TREE_ENTRIES} entries")
+    items = [_item_from_json(raw, f"tree {expected_id}") for raw in doc["entries"]]
+    keys = [sort_key(i) for i in items]
+    if any(a >= b for a, b in itertools.pairwise(keys)):
+        raise ManifestError(f"tree {expected_id}: entries are not sorted by name bytes, or repeat")
+    return items
+
+
+def with_path(item: TreeItem, prefix: str) -> Entry:
+    """The item's entry under its full path (``prefix`` is its directory, '' at the root)."""
+    e = item.entry
+    return Entry(f"{prefix}/{e.path}" if prefix else e.path, e.kind, e.mode, e.mtime_ns, e.size, e.chunks, e.target)
+
+
+# ---------------------------------------------------------------- snapshots
+
+def encode_snapshot(snap: Snapshot) -> tuple[str, bytes]:
+    """``(snapshot id, stored bytes)`` of a v2 snapshot: canonical JSON, id = xxh3 of those bytes."""
+    if snap.root is None:
+        raise ManifestError("a v2 snapshot needs a root tree")
+    stats = snap.stats or Stats()
+    doc = {"format": FORMAT_V2, "volume": snap.volume, "owner": snap.owner, "seq": snap.seq,
+           "parent": snap.parent, "created_ns": int(snap.created * 1e9), "writer": snap.writer,
+           "message": snap.message, "root": ref_to_json(snap.root), "files": stats.files,
+           "dirs": stats.dirs, "bytes": stats.bytes, "links": stats.links}
+    data = canonical(doc)
+    return content_id(data), data
+
+
+def decode_snapshot(data: bytes, expected_id: str | None = None) -> Snapshot:
+    """Verify and validate a stored v2 snapshot; ``entries`` stay empty (the trees hold them)."""
+    if expected_id is not None and content_id(data) != expected_id:
+        raise ManifestError(f"snapshot {expected_id} does not match its content hash")
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise ManifestError("snapshot is larger than the size limit")
+    doc = strict_loads(data, "snapshot")
+    if not isinstance(doc, dict) or set(doc) != _SNAPSHOT_KEYS:
+        raise ManifestError(f"snapshot must have exactly the fields {sorted(_SNAPSHOT_KEYS)}")
+    if type(doc["format"]) is not int or doc["format"] != FORMAT_V2:
+        raise ManifestError(f"unsupported snapshot format {doc['format']!r}")
+    for key in ("volume", "owner", "writer", "message"):
+        if not isinstance(doc[key], str):
+            raise ManifestError(f"snapshot field {key!r} must be a string")
+    parent = doc["parent"]
+    if parent is not None and not is_content_id(parent):
+        raise ManifestError("snapshot parent is not a valid id")
+    stats = Stats(*(_int(doc[k], f"snapshot {k}", 0, MAX_FILE_SIZE) for k in ("files", "dirs", "bytes", "links")))
+    return Snapshot(volume=doc["volume"], owner=doc["owner"], seq=_int(doc["seq"], "seq", 0, MAX_FILE_SIZE),
+                    parent=parent, created=_int(doc["created_ns"], "created_ns", -MAX_MTIME, MAX_MTIME) / 1e9,
+                    writer=doc["writer"], entries={}, message=doc["message"], format=FORMAT_V2,
+                    root=ref_from_json(doc["root"], "snapshot root"), stats=stats)
