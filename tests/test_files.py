@@ -104,7 +104,9 @@ async def test_cp_copies_no_file_data(engine: Engine, config: Config, tmp_path: 
     engine.counter.reset()
     result = await edit.edit(engine, "vol", lambda b: b.copy("big.bin", "again/big.bin"))
     assert result.changed == 2                                        # the file and its new directory
-    assert engine.counter.calls["put"] == 2                           # the snapshot and HEAD: no chunk
+    # format v2: one tree pack (the new and changed directories), the snapshot and HEAD; no chunk, no pack
+    assert engine.counter.calls["put"] == 3
+    assert engine.counter.bytes_out < 16_384                          # 3 MiB of file data was not sent again
     t = await edit.tree(engine, "vol")
     assert t.entries["again/big.bin"].chunks == t.entries["big.bin"].chunks
 
