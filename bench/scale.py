@@ -32,6 +32,7 @@ script measures whatever format the checked-out syncd writes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -238,7 +239,7 @@ def show(results: dict[str, Any]) -> list[str]:
 def growth(results: dict[str, Any]) -> list[str]:
     sizes = list(results["sizes"])
     out = []
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         for tool in results["sizes"][b]:
             x, y = results["sizes"][a].get(tool, {}), results["sizes"][b][tool]
             parts = []
