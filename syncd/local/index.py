@@ -20,12 +20,14 @@ up to ``BUSY_TIMEOUT``). Two tables::
 that are not valid UTF-8 survive, and rows sort in byte order (a subtree is
 one range). ``entry`` is the manifest's JSON form of the entry, without its path.
 
-Rows, not files. ``save`` writes only the rows that differ from what the
-database holds: it keeps, per directory, the rows it last loaded or saved
-together with the volume's ``generation`` (bumped by every write). If the
-generation still matches, the diff is made against that copy in memory; if
-another process wrote since, the rows are read back first. Either way a
-1-file commit of a million-file directory writes one row. ``update`` takes the
+Rows, not files. ``save`` writes only the rows that changed: it keeps, per
+directory, the rows this process last loaded or saved (its base) and writes
+the difference between that base and the index it is given, so a 1-file
+commit of a million-file directory writes one row, and rows that another
+process wrote meanwhile (and this one never saw) are left alone. Without a
+base (nothing loaded here yet) the difference is taken against the stored
+rows. Every write bumps the volume's ``generation``, so a reader can tell
+cheaply whether anything moved. ``update`` takes the
 changed rows explicitly, and ``rows`` reads chosen paths (and subtrees)
 without loading the rest: what the inotify watcher uses.
 
@@ -225,8 +227,7 @@ class IndexStore:
             vol, generation = self._ensure_volume(conn, key, volume, directory)
             with self._known_lock:
                 known = self._known.get(key)
-            old = known.files if known is not None and known.generation == generation else \
-                self._all_rows(conn, vol)
+            old = known.files if known is not None else self._all_rows(conn, vol)
             changes: dict[str, Tracked | None] = {p: t for p, t in index.files.items() if old.get(p) != t}
             changes.update({p: None for p in old if p not in index.files})
             generation = self._apply(conn, vol, index.snapshot, index.seq, changes)
@@ -242,15 +243,13 @@ class IndexStore:
             new_generation = self._apply(conn, vol, snapshot, seq, changes)
         with self._known_lock:
             known = self._known.get(key)
-            if known is not None and known.generation == generation:
+            if known is not None:
                 for path, tracked in changes.items():
                     if tracked is None:
                         known.files.pop(path, None)
                     else:
                         known.files[path] = tracked
-                known.generation = new_generation
-            else:
-                self._known.pop(key, None)
+                known.generation = new_generation if known.generation == generation else -1
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, vol: int, snapshot: str | None, seq: int,
