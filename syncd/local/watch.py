@@ -38,6 +38,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -169,6 +170,7 @@ class InotifyWatch:
         self.subtree_walks = 0           # walks of directories that appeared
         self.events = 0
         self.overflows = 0
+        self.hinted_commits = 0
         self.last_change = 0.0
         self.dirty_since: float | None = None
         self._dirs: dict[int, str] = {}      # watch descriptor -> directory, relative ("" = root)
@@ -209,6 +211,7 @@ class InotifyWatch:
     def describe(self) -> dict[str, Any]:
         return {"mode": "inotify", "scans": self.scans, "subtree_walks": self.subtree_walks,
                 "events": self.events, "overflows": self.overflows, "watches": len(self._dirs),
+                "hinted_commits": self.hinted_commits,
                 "dirty": len(self._dirty)}
 
     # ---------------------------------------------------------------- walking (worker thread)
@@ -375,7 +378,7 @@ class InotifyWatch:
                 await self._wait(min(quiet, due) - now if self._tick != self._verified else due - now)
                 continue
             self._handed = dict(self._dirty)
-            return None if self._walk_next_commit else frozenset(self._dirty)
+            return None if self._walk_next_commit else _with_parents(self._dirty)
 
     async def _verify(self) -> None:
         """Drop the dirty paths that are what the index says."""
@@ -393,10 +396,18 @@ class InotifyWatch:
         for path, tick in self._handed.items():
             if self._dirty.get(path) == tick:
                 del self._dirty[path]
+        self.hinted_commits += not self._walk_next_commit
         self._handed = {}
         self._walk_next_commit = False
         self.pending = bool(self._dirty)
         self.dirty_since = time.monotonic() if self._dirty else None
+
+
+def _with_parents(paths: Iterable[str]) -> frozenset[str]:
+    """The paths and their parent directories (whose mtime a creation or deletion moved)."""
+    out = set(paths)
+    out.update(p.rsplit("/", 1)[0] for p in list(out) if "/" in p)
+    return frozenset(out)
 
 
 async def open_watcher(index_store: IndexStore, volume: str, directory: Path,
