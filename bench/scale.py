@@ -268,14 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n} files, {nbytes / 2**20:.1f} MiB, made in {time.perf_counter() - t0:.1f}s", flush=True)
             entry: dict[str, Any] = {}
             results["sizes"][str(n)] = entry
-            entry["syncd"] = Bench(args, work, server).run_syncd(n, src)
-            print(json.dumps({"syncd": entry["syncd"]}), flush=True)
-            if args.restic:
-                entry["restic"] = Bench(args, work, server).run_restic(n, src)
-                print(json.dumps({"restic": entry["restic"]}), flush=True)
-            for tool in list(entry):
+            tools = [("syncd", Bench.run_syncd)] + ([("restic", Bench.run_restic)] if args.restic else [])
+            for tool, run in tools:
+                entry[tool] = run(Bench(args, work, server), n, src)
                 for step in entry[tool].values():
-                    step.pop("stdout", None)
+                    out = step.pop("stdout", None)
+                    if out is not None:
+                        step["output_lines"] = out.count("\n")
+                print(json.dumps({tool: entry[tool]}), flush=True)
             shutil.rmtree(src, ignore_errors=True)
         results["growth"] = growth(results)
     finally:

@@ -201,7 +201,9 @@ class IndexStore:
 
     def _remember(self, key: str, generation: int, files: Mapping[str, Tracked]) -> None:
         with self._known_lock:
-            self._known[key] = _Known(generation, dict(files))
+            known = self._known.get(key)
+            if known is None or known.generation <= generation:   # a slower, older read never wins
+                self._known[key] = _Known(generation, dict(files))
 
     # ------------------------------------------------------------ sync operations (worker threads)
 
