@@ -13,7 +13,9 @@ child process timed from outside (wall seconds, and the child's peak RSS from
 ``wait4``):
 
     syncd   first commit, a 1-file commit (seconds and bytes uploaded), cold hydrate
-            (fresh cache and state), a 1-file re-hydrate, listing the volume's root
+            (fresh cache and state), a 1-file re-hydrate, listing the volume's root, and
+            an agent: mount the volume, write one file, seconds until the agent noticed
+            it and until it is committed, full walks, the agent's peak RSS
     restic  backup (first), a 1-file backup (bytes added), restore (fresh cache),
             restore of the 1-file change into the restored tree, ``ls`` of the root
 
@@ -75,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dirs", type=int, default=100, help="directories per level, two levels (default 100)")
     p.add_argument("--step-timeout", type=float, default=300.0, help="kill a step after this many seconds")
     p.add_argument("--no-restic", dest="restic", action="store_false", help="measure syncd only")
+    p.add_argument("--no-agent", dest="agent", action="store_false",
+                   help="skip the agent step (mount, write one file, time until it is committed)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="where scale.json goes")
     p.add_argument("--work", type=Path, help="scratch directory (default: a new temp dir; removed unless --keep)")
     p.add_argument("--keep", action="store_true")
@@ -174,7 +178,56 @@ class Bench:
             res["one_file_rehydrate"] = self.step(self.syncd("hydrate", vol, str(dst)), reader)
         listing = self.syncd("ls", vol, "/") if _has_ls() else [sys.executable, "-c", LIST_ROOT, vol]
         res["list_root"] = self.step(listing, reader)
+        if self.args.agent and not res["cold_hydrate"].get("exceeded"):
+            res["agent_write_back"] = self.agent_write_back(n, vol)
         return res
+
+    def agent_write_back(self, n: int, vol: str) -> dict[str, Any]:
+        """Mount the volume in an agent, write one file: seconds until it is committed, full walks, RSS."""
+        from syncd.sdk.volume import AgentClient
+        tag = f"a-{n}"
+        sock = self.work / tag / "agent.sock"
+        env = {**self.syncd_env(tag), "SYNCD_ROOT": str(self.work / tag / "root"), "SYNCD_SOCKET": str(sock)}
+        (self.work / tag).mkdir(parents=True, exist_ok=True)
+        with open(self.work / tag / "agent.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "syncd", "agent", "--debounce", "0.2", "--max-delay", "5"],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = AgentClient(sock, "bench", timeout=self.args.step_timeout, connect_wait=30)
+        try:
+            t0 = time.perf_counter()
+            client.call("POST", f"/v1/volumes/{vol}/mount")
+            mounted = time.perf_counter() - t0
+
+            def mount_status() -> dict[str, Any]:
+                status: dict[str, Any] = client.call("GET", "/v1/status")
+                return next(m for m in status["mounts"] if m["name"] == vol)
+            deadline = time.perf_counter() + self.args.step_timeout
+            while not (mount_status().get("watch") or {}).get("mode") and time.perf_counter() < deadline:
+                time.sleep(0.05)                            # the watcher's start-up walk
+            watcher_ready = time.perf_counter() - t0 - mounted
+            before = mount_status()
+            t1 = time.perf_counter()
+            (self.work / tag / "root" / vol / "written-by-a-task.txt").write_text("hello\n")
+            noticed = None
+            while time.perf_counter() < deadline:
+                m = mount_status()
+                if noticed is None and m["pending"]:
+                    noticed = time.perf_counter() - t1
+                if m["seq"] > before["seq"]:
+                    break
+                time.sleep(0.02)
+            committed = time.perf_counter() - t1
+            rss = _peak_rss_mib(proc.pid)
+            return {"seconds": round(committed, 3), "noticed_s": None if noticed is None else round(noticed, 3),
+                    "mount_s": round(mounted, 2), "watcher_start_s": round(watcher_ready, 2),
+                    "watch": m.get("watch"), "rss_mib": rss, "exceeded": m["seq"] <= before["seq"]}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
     def run_restic(self, n: int, src: Path) -> dict[str, Any]:
         writer, reader = self.restic_env(f"w-{n}"), self.restic_env(f"r-{n}")
@@ -202,6 +255,17 @@ class Bench:
         return res
 
 
+def _peak_rss_mib(pid: int) -> float:
+    """A running process's peak resident set (VmHWM), MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def _has_ls() -> bool:
     """Does this syncd have a top-level ``ls`` command (listing without the engine API)?"""
     import argparse as ap
@@ -211,7 +275,7 @@ def _has_ls() -> bool:
     return any("ls" in a.choices for a in parser._actions if isinstance(a, ap._SubParsersAction))
 
 
-STEPS = ["first_commit", "one_file_commit", "cold_hydrate", "one_file_rehydrate", "list_root"]
+STEPS = ["first_commit", "one_file_commit", "cold_hydrate", "one_file_rehydrate", "list_root", "agent_write_back"]
 
 
 def show(results: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = {"first_commit", "one_file_commit", "cold_hydrate", "one_file_rehydrate", "list_root"}
+STEPS = {"first_commit", "one_file_commit", "cold_hydrate", "one_file_rehydrate", "list_root", "agent_write_back"}
 
 
 def test_scale_bench_runs_on_a_tiny_tree(tmp_path: Path) -> None:
@@ -29,3 +29,5 @@ def test_scale_bench_runs_on_a_tiny_tree(tmp_path: Path) -> None:
     one = tools["syncd"]["one_file_commit"]
     assert one["files_read"] == 1 and 0 < one["uploaded_bytes"] <= 4096
     assert "restic" not in tools
+    agent = tools["syncd"]["agent_write_back"]
+    assert agent["watch"]["mode"] == "inotify" and agent["watch"]["scans"] == 1   # noticed without a walk
