@@ -20,6 +20,13 @@ one object in memory); a request beyond that waits up to ``QUEUE_WAIT``
 seconds for a slot and is then shed with 503, which a worker treats like a
 down gateway: it reads that object from the next gateway or the store.
 
+Request checks any route can reuse: ``denied`` (token -> 401/403, a header
+that is not UTF-8 included), ``resolve_range`` (RFC 9110 byte ranges: one
+range, ``bytes=-0`` and anything else odd is 416), ``none_match``
+(``If-None-Match`` compared as whole entity-tags, only for an object that
+exists) and ``verify_whole`` (HEAD answers only once the body is verified,
+exactly like GET). Connection bounds and timeouts live in guard.py.
+
 Content is immutable and named by its hash, so the ETag is the strong
 ``"<id>"`` and responses may be cached forever. A body is streamed as the
 service produces it; if the object fails verification after the headers went
@@ -32,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,6 +59,7 @@ from syncd.errors import (
 from syncd.format.chunking import is_content_id
 
 from .auth import Decision, Tokens
+from .guard import GUARD, ConnectionGuard, ServerLimits  # noqa: F401 (ServerLimits: for callers of create_app)
 from .service import Body, GatewayService, Kind, ObjectRef
 
 log = logging.getLogger(__name__)
@@ -71,23 +80,67 @@ class Unsatisfiable(ValueError):
     pass
 
 
+_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)-([0-9]*)[ \t]*", re.IGNORECASE)
+_ETAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\U0010ffff]*"'
+_ETAG_LIST = re.compile(rf"[ \t]*(?:{_ETAG})?[ \t]*(?:,[ \t]*(?:{_ETAG})?[ \t]*)*")
+_ETAG_VALUE = re.compile(r'(?:W/)?"([^"]*)"')
+_HUGE = 10 ** 19    # any position with more digits is beyond every object
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) < 19 else _HUGE
+
+
 def resolve_range(request: web.BaseRequest, size: int) -> tuple[int, int] | None:
-    """``(start, end)`` of a Range request against ``size`` bytes, None for the whole body."""
-    if "Range" not in request.headers:
+    """``(start, end)`` of a Range request against ``size`` bytes, None for the whole body.
+
+    RFC 9110 section 14.1.2, for the one range we serve: ``bytes=first-last``
+    (last clamped to the object), ``bytes=first-`` and ``bytes=-suffix``
+    (the last ``suffix`` bytes; ``-0`` asks for none, which cannot be
+    satisfied). Anything else (several ranges, another unit, a reversed or
+    malformed range, a first byte at or past the end) is Unsatisfiable: 416.
+    """
+    header = request.headers.get("Range")
+    if header is None:
         return None
-    try:
-        wanted = request.http_range
-    except ValueError as exc:
-        raise Unsatisfiable(str(exc)) from exc
-    start, stop = wanted.start, wanted.stop
-    if start is None:
-        start = 0
-    if start < 0:
-        start = max(0, size + start)
-    stop = size if stop is None else min(stop, size)
-    if start >= stop:
-        raise Unsatisfiable(f"range {request.headers['Range']} outside {size} bytes")
-    return start, stop
+    match = _RANGE.fullmatch(header)
+    if match is None or match.group(1) == match.group(2) == "":
+        raise Unsatisfiable(f"unsupported range {header[:100]!r}: one 'bytes=first-last' range")
+    first, last = match.groups()
+    if not first:
+        suffix = _position(last)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable(f"range {header[:100]!r} selects no byte of {size}")
+        return max(0, size - suffix), size
+    start = _position(first)
+    if last and _position(last) < start:
+        raise Unsatisfiable(f"range {header[:100]!r} ends before it starts")
+    if start >= size:
+        raise Unsatisfiable(f"range {header[:100]!r} outside {size} bytes")
+    return start, size if not last else min(_position(last) + 1, size)
+
+
+def none_match(header: str | None, object_id: str) -> bool:
+    """True when an ``If-None-Match`` value matches the entity-tag ``"<object_id>"`` (RFC 9110 13.1.2).
+
+    ``*`` or a list of entity-tags compared weakly (``W/"x"`` matches
+    ``"x"``), each as a whole: a header that merely contains the id, or is
+    not a valid list, matches nothing. The caller checks that the object
+    exists first (``*`` means "any current representation").
+    """
+    if header is None:
+        return False
+    if header.strip(" \t") == "*":
+        return True
+    if _ETAG_LIST.fullmatch(header) is None:
+        return False
+    return object_id in _ETAG_VALUE.findall(header)
+
+
+async def verify_whole(body: Body, size: int) -> None:
+    """Wait until ``body`` is known to match its id (raises SyncdError if not): HEAD answers like GET."""
+    async for _ in body.read(0, size):
+        pass
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -136,16 +189,17 @@ async def _serve_object(request: web.Request, kind: Kind) -> web.StreamResponse:
         obj = ObjectRef(owner, volume, kind, object_id)
     except InvalidName as exc:
         return error_response(400, str(exc))
-    etag = f'"{object_id}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes"}
-    if etag in request.headers.get("If-None-Match", "") or request.headers.get("If-None-Match") == "*":
-        return web.Response(status=304, headers=headers)
+    headers = {"ETag": f'"{object_id}"', "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes"}
     service = request.app[SERVICE]
     try:
         body = await service.open(obj)
         size = await body.length()
+        if request.method == "HEAD":
+            await verify_whole(body, size)
     except SyncdError as exc:
         return error_response(status_for(exc), str(exc))
+    if none_match(request.headers.get("If-None-Match"), object_id):
+        return web.Response(status=304, headers=headers)
     try:
         span = resolve_range(request, size)
     except Unsatisfiable as exc:
@@ -215,6 +269,21 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 @web.middleware
+async def guard_connections(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer 503 on a connection beyond the per-client or total bound (see guard.py)."""
+    guard = request.app.get(GUARD)
+    if guard is None:
+        return await handler(request)
+    guard.spoke(request.protocol)
+    if guard.refused(request.protocol):
+        request.app[SERVICE].metrics.requests.labels("connection", "503").inc()
+        response = error_response(503, "gateway busy: too many connections from this client or in all")
+        response.force_close()
+        return response
+    return await handler(request)
+
+
+@web.middleware
 async def limit_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bound object requests in flight; shed what cannot get a slot soon."""
     if not request.path.startswith("/v1/"):
@@ -230,10 +299,13 @@ async def limit_requests(request: web.Request, handler: Handler) -> web.StreamRe
         slots.release()
 
 
-def create_app(service: GatewayService, tokens: Tokens, max_requests: int = MAX_REQUESTS) -> web.Application:
-    app = web.Application(client_max_size=WARM_BODY_LIMIT, middlewares=[limit_requests])
+def create_app(service: GatewayService, tokens: Tokens, max_requests: int = MAX_REQUESTS,
+               guard: ConnectionGuard | None = None) -> web.Application:
+    app = web.Application(client_max_size=WARM_BODY_LIMIT, middlewares=[guard_connections, limit_requests])
     app[SERVICE] = service
     app[TOKENS] = tokens
+    if guard is not None:
+        app[GUARD] = guard
     app[SLOTS] = asyncio.Semaphore(max_requests)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)

@@ -7,7 +7,8 @@ its owner and nothing else::
     no or unknown token            -> 401 (Unauthorized)
     valid token, another owner     -> 403 (Forbidden)
 
-Tokens are compared in constant time. The file is read once at start-up; a
+Tokens are compared in constant time. A header that is not valid UTF-8 is
+an unknown token (401), never an error. The file is read once at start-up; a
 malformed line is a ConfigError rather than a silently ignored grant. Auth can
 be switched off explicitly (``--no-auth``) for a gateway on a trusted network.
 """
@@ -66,10 +67,13 @@ class Tokens:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        token = token.strip()
+        try:   # aiohttp hands non-UTF-8 header bytes over as surrogates: such a token is simply unknown
+            offered = token.strip().encode("utf-8")
+        except UnicodeEncodeError:
+            offered = b""
         found = None
         for known, owner in self._grants.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
+            if hmac.compare_digest(known.encode(), offered) and offered:
                 found = owner
         return found
 

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from syncd.errors import ConfigError, SyncdError
 
 from .app import MAX_REQUESTS, create_app
 from .auth import Tokens
+from .guard import ConnectionGuard, ServerLimits
 from .service import GatewayService
 
 
@@ -43,18 +45,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-size", help="cache size bound, e.g. 200G (default $SYNCD_CACHE_SIZE)")
     p.add_argument("--max-requests", type=int, default=MAX_REQUESTS,
                    help=f"object requests served at once; more wait briefly, then get 503 (default {MAX_REQUESTS})")
+    p.add_argument("--keepalive-timeout", type=float, default=ServerLimits.keepalive_timeout,
+                   help="seconds before an idle keep-alive connection is closed (default %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=ServerLimits.header_timeout,
+                   help="seconds a new connection has to send its request head (default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=ServerLimits.max_connections,
+                   help="connections open at once; beyond, requests get 503 (default %(default)s)")
+    p.add_argument("--max-per-client", type=int, default=ServerLimits.max_per_client,
+                   help="connections open at once from one address; beyond, 503 (default %(default)s)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p.parse_args(argv)
 
 
 @contextlib.asynccontextmanager
 async def running(config: Config, tokens: Tokens, host: str, port: int, cache_dir: Path,
-                  cache_size: int, max_requests: int = MAX_REQUESTS) -> AsyncIterator[tuple[GatewayService, int]]:
-    """A serving gateway; yields the service and the bound port. Used by main() and the tests."""
+                  cache_size: int, max_requests: int = MAX_REQUESTS,
+                  limits: ServerLimits = ServerLimits()) -> AsyncIterator[tuple[GatewayService, int]]:
+    """A serving gateway; yields the service and the bound port. Used by main() and the tests.
+
+    ``limits`` bound idle and slow connections and how many a client may hold (guard.py).
+    """
     async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
         service = GatewayService(engine.store, config.prefix, cache_dir, cache_size)
-        runner = web.AppRunner(create_app(service, tokens, max_requests), shutdown_timeout=2.0, access_log=None)
+        guard = ConnectionGuard(limits)
+        runner = web.AppRunner(create_app(service, tokens, max_requests, guard), shutdown_timeout=2.0,
+                               access_log=None, keepalive_timeout=limits.keepalive_timeout)
         await runner.setup()
+        assert runner.server is not None
+        guard.attach(runner.server)
         try:
             site = web.TCPSite(runner, host, port)
             await site.start()
@@ -78,10 +96,22 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    limits = ServerLimits(args.keepalive_timeout, args.header_timeout, args.max_connections, args.max_per_client)
+    _raise_fd_limit(limits.max_connections)
     async with running(config, tokens, args.host, args.port, cache_dir, cache_size,
-                       args.max_requests) as (_, port):
+                       args.max_requests, limits) as (_, port):
         print(f"syncd-gateway listening on http://{args.host}:{port}", flush=True)
         await stop.wait()
+
+
+def _raise_fd_limit(connections: int) -> None:
+    """Let the descriptor limit, not just the default soft one, hold the connection bound plus headroom."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 def main(argv: list[str] | None = None) -> int:

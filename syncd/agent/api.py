@@ -5,6 +5,7 @@ Routes (JSON in, JSON out)::
     GET    /v1/status                     agent, mounts, store request counters
     GET    /v1/volumes                    the owner's volumes, with a mounted flag
     POST   /v1/volumes/{name}/mount       create-or-refer, hydrate; -> mount status
+                                          (body {"read_only": true, "sub_path": "a/b"}: views.py)
     POST   /v1/volumes/{name}/commit      {"message": ...}; returns when durable
     POST   /v1/volumes/{name}/reload      commit local changes, hydrate the latest
     POST   /v1/volumes/{name}/unmount     flush and stop syncing (files stay)
@@ -37,15 +38,18 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from syncd import errors
 from syncd.agent.service import Agent
+from syncd.agent.views import Views, writable_sub_path
 from syncd.config import Config
 from syncd.engine.wiring import open_engine
 from syncd.errors import SyncdError
+from syncd.format.layout import validate_name
 from syncd.local.watch import WatchSettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 class _Routes:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self.views = Views(agent.engine)
 
     async def status(self, request: web.Request) -> web.Response:
         return _json(self.agent.status())
@@ -111,7 +116,16 @@ class _Routes:
         return _json({"volumes": await self.agent.names()})
 
     async def mount(self, request: web.Request) -> web.Response:
-        return _json((await self.agent.mount(request.match_info["name"])).describe())
+        options = await _body(request)          # {"read_only": bool, "sub_path": "a/b"} (views.py)
+        name, sub_path = request.match_info["name"], str(options.get("sub_path") or "")
+        if options.get("read_only"):
+            self.agent._check_open()
+            return _json(await self.views.read_only(validate_name(name), sub_path))
+        described = (await self.agent.mount(name)).describe()
+        if sub_path:
+            path = await asyncio.to_thread(writable_sub_path, Path(described["path"]), sub_path)
+            described.update(path=str(path), sub_path=sub_path)
+        return _json(described)
 
     async def commit(self, request: web.Request) -> web.Response:
         message = str((await _body(request)).get("message", ""))

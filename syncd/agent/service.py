@@ -52,6 +52,7 @@ from syncd.errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFo
 from syncd.format.layout import validate_name
 from syncd.limits import SingleFlight
 from syncd.local import fs as localfs
+from syncd.local.mountdir import prepare_mount
 from syncd.local.watch import PollWatch, Watcher, WatchSettings, WatchUnavailable, open_watcher
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class Agent:
             await self.engine.repo.head(name)
         mount = Mount(name, self.config.root / name)
         resuming = await self.engine.index.exists(name, mount.path)
-        await asyncio.to_thread(_prepare_dir, mount.path)
+        await asyncio.to_thread(prepare_mount, self.config.root, name)
         await self._sync(mount, commit_first=resuming)
         self.mounts[name] = mount
         await self._save_state()
@@ -338,11 +339,6 @@ def _is_data_key(owner_prefix: str, key: str) -> bool:
     """A pack (``<volume>/packs/<id>``) or chunk (``<volume>/chunks/...``) key, not HEAD or a snapshot."""
     parts = key[len(owner_prefix):].split("/") if key.startswith(owner_prefix) else []
     return len(parts) >= 3 and parts[1] in ("packs", "chunks")
-
-
-def _prepare_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    localfs.cleanup_tmp_files(path)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

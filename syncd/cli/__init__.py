@@ -5,6 +5,7 @@
     agent.py    ``agent``, ``status``
     maint.py    ``volume prune|check``
     gateway.py  ``gateway warm``
+    files.py    ``ls``, ``cat``, ``rm``, ``cp``, ``mv``, ``diff``, ``volume rename`` (no mount needed)
     progress.py rich progress bars
 """
 

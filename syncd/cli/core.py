@@ -41,7 +41,8 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 # Modules that register more commands with @command; imported by build_parser().
-COMMAND_MODULES: list[str] = ["syncd.cli.agent", "syncd.cli.volume", "syncd.cli.maint", "syncd.cli.gateway"]
+COMMAND_MODULES: list[str] = ["syncd.cli.agent", "syncd.cli.volume", "syncd.cli.maint", "syncd.cli.gateway",
+                              "syncd.cli.files"]
 
 
 def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:
@@ -92,14 +93,27 @@ async def _commit(args: argparse.Namespace, config: Config) -> Any:
                             progress=progress_for(args))
 
 
+def _global_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    """``--json``, ``-q``, ``-v``: accepted before and after the subcommand.
+
+    The subcommands get the same flags with SUPPRESS defaults, so a flag given
+    after the subcommand is set there and one given before it is not reset.
+    """
+    flag = default if default is argparse.SUPPRESS else False
+    p.add_argument("--json", action="store_true", default=flag, help="print one JSON object instead of text")
+    p.add_argument("-q", "--quiet", action="store_true", default=flag, help="no progress bars")
+    p.add_argument("-v", "--verbose", action="count", default=default if default is argparse.SUPPRESS else 0,
+                   help="more log output (-vv: debug)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="syncd", description="Persistent volumes kept in object storage.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    _global_flags(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for name in sorted(COMMANDS):
@@ -108,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         target = sub
         if len(words) == 2:
             if words[0] not in groups:
-                group = sub.add_parser(words[0], help=f"{words[0]} commands")
+                group = sub.add_parser(words[0], help=f"{words[0]} commands", parents=[common])
                 groups[words[0]] = group.add_subparsers(dest="subcommand", required=True)
             target = groups[words[0]]
-        p = target.add_parser(words[-1], help=cmd.help)
+        p = target.add_parser(words[-1], help=cmd.help, parents=[common])
         cmd.configure(p)
         p.set_defaults(_command=name)
     return parser
@@ -152,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if isinstance(getattr(args, "volume", None), str):
+            normalize_volume_name(args.volume)   # a bad name is reported before any connection
         config = Config.from_env()
         result: Any = asyncio.run(COMMANDS[args._command].handler(args, config))
     except SyncdError as exc:

@@ -42,6 +42,7 @@ from syncd.format.chunking import content_id, spans
 from syncd.format.layout import object_key
 from syncd.format.manifest import ChunkRef, Entry, Snapshot, apply, diff, escaping_symlinks, symlink_stays_inside
 from syncd.local.changes import overlay
+from syncd.local.dirfd import open_file
 from syncd.local.index import Fingerprint, LocalIndex, Tracked
 from syncd.local.scan import LocalFile, from_stat, scan
 
@@ -277,12 +278,12 @@ class _Reader:
     async def _read_once(self, path: str) -> Entry | None:
         """One read of ``path``; None if it changed while we read it."""
         full = self.root / path
-        try:
-            fd = await asyncio.to_thread(os.open, full, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
+        try:   # every component O_NOFOLLOW from the root's descriptor; None: it moved since the scan
+            fd = await asyncio.to_thread(open_file, self.root, path)
         except OSError as exc:
             raise LocalIOError(f"cannot read {full}: {exc.strerror}") from exc
+        if fd is None:
+            return None
         try:
             before = from_stat(await asyncio.to_thread(os.fstat, fd))
             small = before.size < self.engine.config.pack_threshold

@@ -6,8 +6,9 @@ changes -- every chunk an old snapshot names is still in the volume, so no
 file data moves. The new tree is the latest one with the subtree at ``path``
 replaced by the old snapshot's subtree (paths the old snapshot lacks are
 deleted), computed with ``manifest.apply`` so parent directories stay valid,
-and published with the same conditional HEAD advance as a commit: if another
-writer moves HEAD meanwhile, the replacement is re-applied on the new latest.
+and published as an edit (edit.py: the same conditional HEAD advance as a
+commit): if another writer moves HEAD meanwhile, the replacement is re-applied
+on the new latest.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from syncd.engine.commit import MAX_ATTEMPTS
+from syncd.engine.edit import Batch
+from syncd.engine.edit import inside as _inside
+from syncd.engine.edit import normalize_path as normalize_path  # transfer.py imports it from here
 from syncd.engine.wiring import Engine
-from syncd.errors import CommitConflict, PreconditionFailed, SnapshotNotFound
-from syncd.format.manifest import Changes, Entry, apply, check_path
+from syncd.errors import SnapshotNotFound
+from syncd.format.manifest import Changes, Entry
 
 
 @dataclass
@@ -29,16 +32,6 @@ class RestoreResult:
     snapshot: str | None
     seq: int
     changed: int
-
-
-def normalize_path(path: str | None) -> str:
-    """'' for the whole volume, else a checked relative path ('/a/b/' -> 'a/b')."""
-    text = (path or "").strip("/")
-    return "" if text in ("", ".") else check_path(text)
-
-
-def _inside(path: str, root: str) -> bool:
-    return not root or path == root or path.startswith(root + "/")
 
 
 def restore_changes(latest: Mapping[str, Entry], old: Mapping[str, Entry], path: str) -> Changes:
@@ -56,14 +49,7 @@ async def restore(engine: Engine, volume: str, snapshot_id: str, path: str | Non
     if root and not any(_inside(p, root) for p in old.entries):
         raise SnapshotNotFound(f"snapshot {snapshot_id} of {volume!r} has nothing at {root!r}")
     message = message or f"restore {root or '/'} from {snapshot_id}"
-    for _ in range(MAX_ATTEMPTS):
-        head, latest = await engine.repo.latest(volume)
-        current = dict(latest.entries) if latest else {}
-        changes = restore_changes(current, old.entries, root)
-        entries = apply(current, changes, old.entries)
-        try:
-            head = await engine.repo.publish(head, entries, message)
-        except PreconditionFailed:
-            continue
-        return RestoreResult(volume, snapshot_id, root or "/", head.snapshot, head.seq, len(changes))
-    raise CommitConflict(f"volume {volume!r}: the commit point kept moving during the restore; try again")
+    batch = Batch(engine, volume)      # replayed on the latest if HEAD moves (edit.py)
+    batch.add(lambda current: restore_changes(current, old.entries, root), message, base=old.entries)
+    done = await batch.publish(message)
+    return RestoreResult(volume, snapshot_id, root or "/", done.snapshot, done.seq, done.changed)

@@ -22,7 +22,7 @@ from typing import Protocol
 import xxhash
 
 ID_LENGTH = 32
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def content_id(data: bytes | bytearray | memoryview) -> str:
@@ -43,7 +43,7 @@ def hasher() -> Hasher:
 
 
 def is_content_id(text: object) -> bool:
-    return isinstance(text, str) and _ID.match(text) is not None
+    return isinstance(text, str) and _ID.fullmatch(text) is not None
 
 
 def verify(expected_id: str, data: bytes | bytearray | memoryview) -> bool:

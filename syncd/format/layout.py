@@ -11,7 +11,10 @@ A volume of owner ``o`` named ``v`` occupies exactly the keys below
 
 Names are validated before any key is built, so no name can reach outside its
 owner's prefix: a name is 1-63 characters of ``A-Z a-z 0-9 . _ -``, starts with
-a letter or digit, and is not ``.`` or ``..``.
+a letter or digit, and is not ``.`` or ``..``. Every pattern is applied with
+``re.fullmatch``: ``^...$`` with ``re.match`` also accepts a name followed by
+one ``"\n"`` (``$`` matches before a final newline), which once let
+``avol\n`` become a second volume listed as ``avol``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from syncd.errors import InvalidName
 from syncd.format.chunking import is_content_id
 from syncd.format.manifest import ChunkRef
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")   # always with fullmatch: "$" matches before a final "\n"
 NAME_RULE = "1-63 characters of letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
 def validate_name(name: object, what: str = "volume") -> str:
     """Return ``name`` if it is a valid volume or owner name, else raise InvalidName."""
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None or name in (".", ".."):
         raise InvalidName(f"invalid {what} name {name!r}: use {NAME_RULE}")
     return name
 

@@ -33,7 +33,9 @@ FORMAT_VERSION = 1
 MAX_ENTRIES = 10_000_000
 MAX_FILE_SIZE = 1 << 50          # 1 PiB
 MAX_CHUNK_SIZE = 5 << 30         # S3's single-object PUT limit
-MAX_PATH = 4096
+MAX_PATH = 4096                  # PATH_MAX: a path or link target is shorter (the kernel counts the NUL)
+MAX_NAME = 255                   # NAME_MAX: bytes of one path component
+RESERVED_PREFIX = ".syncd-tmp-"  # hydrate's temporary files; never a snapshot entry
 MAX_MANIFEST_BYTES = 1 << 31     # decompressed
 
 Kind = Literal["file", "dir", "symlink"]
@@ -210,18 +212,33 @@ def _ref_from_json(path: str, raw: object) -> ChunkRef:
 # ---------------------------------------------------------------- validation
 
 def check_path(path: object) -> str:
-    """A relative POSIX path with no empty, '.' or '..' components."""
+    """A relative POSIX path with no empty, '.' or '..' components, storable on Linux.
+
+    Components are at most NAME_MAX (255) bytes and none is a reserved
+    ``.syncd-tmp-*`` name (hydrate's temporary files, which FORMAT.md reserves):
+    both are refused here, before any byte of the snapshot is written, rather
+    than half-way through a hydrate.
+    """
     if (not isinstance(path, str) or not path or len(path) > MAX_PATH or path.startswith("/")
             or "\x00" in path):
         raise ManifestError(f"unsafe path in snapshot: {str(path)[:200]!r}")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise ManifestError(f"unsafe path in snapshot: {path!r}")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise ManifestError(f"unsafe path in snapshot: {path!r}")
+        if part.startswith(RESERVED_PREFIX):
+            raise ManifestError(f"reserved name in snapshot: {path[:200]!r}")
+        try:
+            size = len(part.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError as exc:
+            raise ManifestError(f"path in snapshot is not a file name: {path[:200]!r}") from exc
+        if size > MAX_NAME:
+            raise ManifestError(f"path component of {size} bytes (the limit is {MAX_NAME}): {path[:200]!r}")
     return path
 
 
 def symlink_stays_inside(path: str, target: str) -> bool:
-    """True when a symlink at ``path`` pointing to ``target`` resolves inside the volume."""
-    if not target or target.startswith("/") or "\x00" in target or len(target) > MAX_PATH:
+    """True when a symlink at ``path`` pointing to ``target`` resolves inside the volume (lexically)."""
+    if not target or target.startswith("/") or "\x00" in target or len(target) >= MAX_PATH:
         return False
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     return resolved != ".." and not resolved.startswith("../")
@@ -230,43 +247,116 @@ def symlink_stays_inside(path: str, target: str) -> bool:
 MAX_LINK_FOLLOWS = 40   # the kernel's limit per path lookup (MAXSYMLINKS)
 
 
-def _walk(entries: Mapping[str, Entry], where: list[str], target: str, budget: list[int]) -> list[str] | None:
-    """Resolve ``target`` from directory ``where`` through the snapshot's own symlinks.
+class _Node:
+    """A directory position while resolving: an entry of the snapshot, or ``virtual`` levels below one.
 
-    Returns the resolved components, or None if the walk ever climbs above the
-    volume root. Each link may stay inside on its own and still escape through
-    another (``a -> d/e``, ``d/e -> ..``, ``x -> a/..``), so a lexical check of
-    each target alone is not enough. ``budget`` counts link follows like the
-    kernel does; a walk that needs more (a cycle) is refused as well: the
-    kernel would fail it with ELOOP, so refusing loses nothing real.
+    Components the snapshot does not have (and files, treated like
+    directories to stay on the safe side) cannot hold symlinks, so below them
+    only the depth matters: ``..`` climbs back one level. A node without an
+    entry but with children is a directory the children imply.
     """
-    if target.startswith("/"):
-        return None
-    stack = list(where)
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not stack:
-                return None
-            stack.pop()
-            continue
-        stack.append(part)
-        link = entries.get("/".join(stack))
-        if link is not None and link.kind == "symlink":
-            budget[0] -= 1
-            resolved = None if budget[0] < 0 else _walk(entries, stack[:-1], link.target or "", budget)
-            if resolved is None:
-                return None
-            stack = resolved
-    return stack
+
+    __slots__ = ("children", "entry", "parent")
+
+    def __init__(self, parent: _Node | None, entry: Entry | None) -> None:
+        self.parent, self.entry = parent, entry
+        self.children: dict[str, _Node] = {}
+
+
+_Pos = tuple[_Node, int]                 # (deepest real node, virtual levels below it)
+
+
+class _Resolver:
+    """Resolves every symlink of a snapshot once, in time linear in the total size of paths and targets.
+
+    Each link's resolution is memoised with the number of links it follows
+    (the kernel counts every follow of one lookup against MAXSYMLINKS = 40),
+    so following a link a second time costs one step, not its whole target
+    again: a farm of links that each repeat another (``z -> y/y/y/...``,
+    ``y -> a/a/.../../..``) costs the sum of their sizes, not their product.
+    A link that is being resolved and is reached again is a loop; a
+    resolution that needs more than 40 follows (or nests deeper) is refused
+    like a loop, since the kernel would fail it with ELOOP.
+    """
+
+    def __init__(self, entries: Mapping[str, Entry]) -> None:
+        self.root = _Node(None, None)
+        for path in sorted(entries, key=len):
+            node = self.root
+            for part in path.split("/"):
+                node = node.children.get(part) or node.children.setdefault(part, _Node(node, None))
+            node.entry = entries[path]
+        self._memo: dict[int, tuple[_Pos, int] | None] = {}
+        self._active: set[int] = set()
+
+    def node(self, path: str) -> _Node:
+        node = self.root
+        for part in path.split("/"):
+            node = node.children[part]
+        return node
+
+    def link(self, node: _Node) -> tuple[_Pos, int] | None:
+        """Where the symlink at ``node`` leads and how many follows that took; None if it escapes or loops."""
+        key = id(node)
+        if key in self._memo:
+            return self._memo[key]
+        if key in self._active or len(self._active) > MAX_LINK_FOLLOWS:
+            return None
+        assert node.entry is not None and node.parent is not None
+        target = node.entry.target or ""
+        self._active.add(key)
+        try:
+            found = None if target.startswith("/") else self.walk((node.parent, 0), target)
+        finally:
+            self._active.discard(key)
+        result = None if found is None or found[1] + 1 > MAX_LINK_FOLLOWS else (found[0], found[1] + 1)
+        self._memo[key] = result
+        return result
+
+    def walk(self, pos: _Pos, target: str) -> tuple[_Pos, int] | None:
+        node, virtual = pos
+        follows = 0
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if virtual:
+                    virtual -= 1
+                elif node.parent is None:
+                    return None             # above the volume's root
+                else:
+                    node = node.parent
+                continue
+            child = node.children.get(part) if not virtual else None
+            if child is None or (child.entry is not None and child.entry.kind == "file"):
+                virtual += 1
+            elif child.entry is None or child.entry.kind == "dir":    # None: a parent implied by its children
+                node = child
+            else:
+                resolved = self.link(child)
+                if resolved is None:
+                    return None
+                (node, virtual), used = resolved
+                follows += used
+                if follows > MAX_LINK_FOLLOWS:
+                    return None
+        return (node, virtual), follows
 
 
 def escaping_symlinks(entries: Mapping[str, Entry]) -> list[str]:
-    """Symlinks that lead out of the volume, alone or by way of other symlinks (or loop)."""
-    return [p for p, e in entries.items() if e.kind == "symlink"
-            and (not symlink_stays_inside(p, e.target or "")
-                 or _walk(entries, p.split("/")[:-1], e.target or "", [MAX_LINK_FOLLOWS]) is None)]
+    """Symlinks that lead out of the volume, alone or by way of other symlinks (or loop).
+
+    Each link may stay inside on its own and still escape through another
+    (``a -> d/e``, ``d/e -> ..``, ``x -> a/..``), so a lexical check of each
+    target alone is not enough: targets are resolved through the snapshot's
+    own links (see :class:`_Resolver`; linear time, Linux's limits).
+    """
+    links = [p for p, e in entries.items() if e.kind == "symlink"]
+    if not links:
+        return []
+    resolver = _Resolver(entries)
+    return [p for p in links if not symlink_stays_inside(p, entries[p].target or "")
+            or resolver.link(resolver.node(p)) is None]
 
 
 def validate_entries(entries: Mapping[str, Entry]) -> None:

@@ -30,6 +30,8 @@ import stat
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
+from syncd.errors import LocalIOError
+from syncd.local import dirfd
 from syncd.local.index import LocalIndex, Tracked, unchanged
 from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat, scan_sync
 
@@ -43,18 +45,39 @@ def as_local(tracked: Tracked) -> LocalFile:
 
 
 def lstat_one(root: Path, path: str) -> LocalFile | None:
-    """What a scan would record at ``path``; None if it would record nothing."""
+    """What a scan would record at ``path``; None if it would record nothing.
+
+    Reached through directory descriptors (dirfd.py), never by following a
+    link below ``root``: a path whose parent is no longer a real directory is
+    as absent as it is to a scan."""
     if any(part.startswith(TMP_PREFIX) for part in path.split("/")):
         return None
-    full = root / path
     try:
-        st = os.lstat(full)
-        target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        parent, name = dirfd.open_parent_fd(root, path)
+    except OSError as exc:
+        if exc.errno in dirfd.MOVED:
+            return None
+        raise LocalIOError(f"cannot read {root / path}: {exc.strerror}") from exc
+    with dirfd.closing(parent):
+        try:
+            st = os.lstat(name, dir_fd=parent)
+            target = os.readlink(name, dir_fd=parent) if stat.S_ISLNK(st.st_mode) else None
+        except OSError as exc:
+            if exc.errno in dirfd.MOVED:
+                return None
+            raise LocalIOError(f"cannot read {root / path}: {exc.strerror}") from exc
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         return None
     return from_stat(st, target)
+
+
+def scan_below(root: Path, top: str) -> dict[str, LocalFile]:
+    """``scan_sync`` of the directory ``top`` below ``root``, opened without following links."""
+    parent, name = dirfd.open_parent_fd(root, top)
+    with dirfd.closing(parent):
+        child = os.open(name, dirfd.CHILD_DIR, dir_fd=parent)
+    with dirfd.closing(child):
+        return scan_sync(Path(f"/proc/self/fd/{child}"))   # the very directory we opened
 
 
 def _under(path: str, tops: Collection[str]) -> bool:
@@ -85,9 +108,9 @@ def overlay_sync(root: Path, index: LocalIndex, changed: Collection[str]) -> dic
         if _under(top, gone):
             continue
         try:
-            found = scan_sync(root / top)
-        except OSError:
-            continue                # vanished again while we looked: the next event tells
+            found = scan_below(root, top)
+        except (OSError, LocalIOError):
+            continue                # vanished or swapped while we looked: the next event tells
         local.update({f"{top}/{p}": f for p, f in found.items()})
     return local
 

@@ -19,6 +19,10 @@ Permission bits are applied without setuid, setgid and sticky bits: a volume
 is data, and a hydrate running as root must not plant set-id programs.
 OS errors are translated to LocalIOError naming the path and the reason
 (``ENOSPC``, ``EROFS``, ``EACCES``, ``ELOOP`` ...).
+
+Reading (``open_read``, ``open_file`` for commit) and the cleanup of
+temporary files follow the same rule as writing: every component is reached
+from a directory descriptor with ``O_NOFOLLOW`` (dirfd.py).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from pathlib import Path
 
 from syncd.errors import LocalIOError
 from syncd.format.manifest import Entry
-from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat
+from syncd.local import dirfd
+from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat, scan_sync
 
 SAFE_MODE_BITS = 0o777
 IOV_MAX = 1024  # buffers per pwritev call (the Linux limit)
@@ -267,20 +272,30 @@ def set_dir_mtime(root: Path, rel: str, mtime_ns: int) -> None:
 
 
 def open_read(root: Path, rel: str) -> int:
-    """A read descriptor for the regular file at ``rel``, reached without following links."""
+    """A read descriptor for the regular file at ``rel``, reached without following links.
+
+    Opened ``O_NONBLOCK`` and checked with ``fstat``: a FIFO or socket a task
+    put there is refused instead of blocking the agent.
+    """
     with parent(root, rel) as (dir_fd, name):
         try:
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = dirfd.open_file_at(dir_fd, name)
         except OSError as exc:
             raise local_error(root / rel, exc, "read") from exc
+        if fd is None:
+            raise LocalIOError(f"cannot read {root / rel}: it is not a regular file (or it just moved)")
+        return fd
 
 
 def cleanup_tmp_files(root: Path) -> int:
-    """Remove temporary files a crashed hydrate left behind."""
-    removed = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if name.startswith(TMP_PREFIX):
-                Path(dirpath, name).unlink(missing_ok=True)
-                removed += 1
-    return removed
+    """Remove temporary files a crashed hydrate left behind, without following any link.
+
+    They are found by the same descriptor-relative walk as a scan and each is
+    unlinked relative to its parent's descriptor (``remove_at``), so a
+    directory swapped for a symlink meanwhile never leads the unlink outside.
+    """
+    leftovers: list[str] = []
+    scan_sync(root, leftovers)
+    for rel in leftovers:
+        remove_at(root, rel)
+    return len(leftovers)

@@ -6,19 +6,34 @@ nodes are skipped (they cannot be stored), and so are syncd's own in-progress
 temporary files (``.syncd-tmp-*``), which a crashed hydrate may leave behind;
 a caller that passes ``leftovers`` gets their paths, so hydrate can remove them.
 It runs in a worker thread: os.scandir is blocking.
+
+The directory is shared with tasks that may swap any part of it for a symlink
+at any moment (see dirfd.py), so the walk never names a path below the root:
+each directory is opened relative to its parent's descriptor with
+``O_NOFOLLOW | O_DIRECTORY`` and listed through its own descriptor, and a
+directory's record is the ``fstat`` of the descriptor that was listed. An
+entry that changes kind while we look at it (a link that is a directory by
+the time it is read: ``EINVAL``; a directory that is a link by the time it is
+opened: ``ELOOP``) is looked at again; one that keeps changing is left out of
+this scan, like a file created a moment later. At most one descriptor per
+directory level is open at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.errors import LocalIOError
+from syncd.format.manifest import RESERVED_PREFIX
+from syncd.local import dirfd
 
-TMP_PREFIX = ".syncd-tmp-"
+TMP_PREFIX = RESERVED_PREFIX
+RETRIES = 3   # looks at an entry that changes kind under our hands
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,36 +64,82 @@ def from_stat(st: os.stat_result, target: str | None = None) -> LocalFile:
 
 
 def scan_sync(root: Path, leftovers: list[str] | None = None) -> dict[str, LocalFile]:
+    """Walk ``root`` depth first through directory descriptors (see dirfd.py); one descriptor per level."""
     out: dict[str, LocalFile] = {}
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            with os.scandir(root / rel if rel else root) as it:
-                entries = list(it)
-        except FileNotFoundError:
-            if rel:
-                continue  # removed while we walked
+    try:
+        root_fd = dirfd.open_root(root)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
             raise
-        except OSError as exc:
-            raise LocalIOError(f"cannot read directory {root / rel}: {exc.strerror}") from exc
-        for de in entries:
-            path = f"{rel}/{de.name}" if rel else de.name
-            if de.name.startswith(TMP_PREFIX):
+        raise LocalIOError(f"cannot read directory {root}: {exc.strerror}") from exc
+    stack: list[tuple[int, str, list[str]]] = []
+    try:
+        stack.append((root_fd, "", _list(root_fd, root)))
+        while stack:
+            fd, rel, pending = stack[-1]
+            if not pending:
+                os.close(fd)
+                stack.pop()
+                continue
+            name = pending.pop()
+            path = f"{rel}/{name}" if rel else name
+            if name.startswith(TMP_PREFIX):
                 if leftovers is not None:
                     leftovers.append(path)
                 continue
-            try:
-                st = de.stat(follow_symlinks=False)
-                target = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else None
-            except FileNotFoundError:
+            found = _entry(fd, name, root, path)
+            if found is None:
                 continue
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                continue
-            out[path] = from_stat(st, target)
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(path)
+            out[path], child = found
+            if child is not None:
+                try:
+                    names = _list(child, root / path)
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append((child, path, names))
+    except BaseException:
+        for fd, _, _ in stack:
+            os.close(fd)
+        raise
     return out
+
+
+def _list(fd: int, where: Path) -> list[str]:
+    try:
+        return dirfd.list_names(fd)
+    except OSError as exc:
+        raise LocalIOError(f"cannot read directory {where}: {exc.strerror}") from exc
+
+
+def _entry(dir_fd: int, name: str, root: Path, path: str) -> tuple[LocalFile, int | None] | None:
+    """What ``name`` in ``dir_fd`` is now, and a descriptor of it if it is a directory.
+
+    Looked at again when it changes under our hands (a link that is a
+    directory by the time it is read, a directory that is a link by the time
+    it is opened); None if it is gone, is no kind syncd stores, or keeps
+    changing (the next scan sees it).
+    """
+    for _ in range(RETRIES):
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+            if stat.S_ISLNK(st.st_mode):
+                return from_stat(st, os.readlink(name, dir_fd=dir_fd)), None
+            if stat.S_ISDIR(st.st_mode):
+                child = os.open(name, dirfd.CHILD_DIR, dir_fd=dir_fd)
+                try:
+                    return from_stat(os.fstat(child)), child     # what we opened is what we record
+                except BaseException:
+                    os.close(child)
+                    raise
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            if exc.errno in dirfd.MOVED:
+                continue
+            raise LocalIOError(f"cannot read {root / path}: {exc.strerror}") from exc
+        return (from_stat(st), None) if stat.S_ISREG(st.st_mode) else None
+    return None
 
 
 async def scan(root: Path, leftovers: list[str] | None = None) -> dict[str, LocalFile]:

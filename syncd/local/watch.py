@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from syncd.errors import LocalIOError
+from syncd.local import dirfd
 from syncd.local.changes import differing_sync
 from syncd.local.index import IndexStore, LocalIndex, unchanged
 from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat, scan
@@ -154,8 +155,10 @@ class PollWatch:
         return {"mode": "poll", "scans": self.scans, "interval": self.interval}
 
 
+# no DONT_FOLLOW: watches are added through /proc/self/fd/N, a link that must be followed
+# (to the directory we opened without following anything)
 MASK_NAMES = ("MODIFY", "ATTRIB", "CLOSE_WRITE", "MOVED_FROM", "MOVED_TO", "CREATE", "DELETE",
-              "DELETE_SELF", "MOVE_SELF", "ONLYDIR", "DONT_FOLLOW", "EXCL_UNLINK")
+              "DELETE_SELF", "MOVE_SELF", "ONLYDIR", "EXCL_UNLINK")
 TREE_EVENTS = ("CREATE", "DELETE", "MOVED_FROM", "MOVED_TO")   # these also move the parent's mtime
 
 
@@ -182,7 +185,8 @@ class InotifyWatch:
         self._overflowed = False
         self._unavailable: WatchUnavailable | None = None
         self._woken = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._new_dirs: set[str] = set()        # directories that appeared and are not walked yet
+        self._walker: asyncio.Task[None] | None = None
         self._inotify: Any = None
         self._mask: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -201,7 +205,7 @@ class InotifyWatch:
         self._reader = asyncio.create_task(self._read(), name=f"inotify-{self.volume}")
 
     def close(self) -> None:
-        for task in [self._reader, *self._tasks]:
+        for task in (self._reader, self._walker):
             if task is not None:
                 task.cancel()
         if self._inotify is not None:
@@ -216,13 +220,13 @@ class InotifyWatch:
 
     # ---------------------------------------------------------------- walking (worker thread)
 
-    def _add_watch(self, rel: str) -> bool:
+    def _add_watch(self, rel: str, fd: int) -> bool:
         if self.max_watches and len(self._dirs) >= self.max_watches:
             raise WatchUnavailable(f"more than {self.max_watches} directories to watch (max_watches)")
-        try:
-            watch = self._inotify.add_watch(self.directory / rel if rel else self.directory, self._mask)
+        try:   # through the descriptor we opened: the very directory, whatever was swapped meanwhile
+            watch = self._inotify.add_watch(f"/proc/self/fd/{fd}", self._mask)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            if exc.errno in dirfd.MOVED:
                 return False                      # gone (or replaced) meanwhile
             if exc.errno == errno.ENOSPC:
                 raise WatchUnavailable("the inotify watch limit (fs.inotify.max_user_watches) "
@@ -232,34 +236,52 @@ class InotifyWatch:
         return True
 
     def _walk(self, top: str) -> dict[str, LocalFile]:
-        """Watch, then list, every directory from ``top`` down; what a scan of it would find."""
+        """Watch, then list, every directory from ``top`` down; what a scan of it would find.
+
+        Like scan.py, every directory is reached through descriptors opened O_NOFOLLOW from
+        the root (dirfd.py), so a task swapping a directory for a symlink cannot make us
+        watch or list anything outside the volume."""
         out: dict[str, LocalFile] = {}
-        stack = [top]
-        while stack:
-            rel = stack.pop()
-            if not self._add_watch(rel):
-                continue
-            try:
-                with os.scandir(self.directory / rel if rel else self.directory) as it:
-                    entries = list(it)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                raise LocalIOError(f"cannot read directory {self.directory / rel}: {exc.strerror}") from exc
-            for de in entries:
-                if de.name.startswith(TMP_PREFIX):
-                    continue
-                path = f"{rel}/{de.name}" if rel else de.name
+        root_fd = dirfd.open_root(self.directory)
+        try:
+            stack = [top]
+            while stack:
+                rel = stack.pop()
                 try:
-                    st = de.stat(follow_symlinks=False)
-                    target = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else None
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    out[path] = from_stat(st, target)
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(path)
+                    fd = dirfd.walk(root_fd, rel.split("/") if rel else [])
+                except OSError as exc:
+                    if exc.errno in dirfd.MOVED:
+                        continue
+                    raise LocalIOError(f"cannot read directory {self.directory / rel}: {exc.strerror}") from exc
+                with dirfd.closing(fd):
+                    if self._add_watch(rel, fd):
+                        self._list_into(out, stack, fd, rel)
+        finally:
+            os.close(root_fd)
         return out
+
+    def _list_into(self, out: dict[str, LocalFile], stack: list[str], fd: int, rel: str) -> None:
+        try:
+            entries = list(os.scandir(fd))
+        except OSError as exc:
+            if exc.errno in dirfd.MOVED:
+                return
+            raise LocalIOError(f"cannot read directory {self.directory / rel}: {exc.strerror}") from exc
+        for de in entries:
+            if de.name.startswith(TMP_PREFIX):
+                continue
+            path = f"{rel}/{de.name}" if rel else de.name
+            try:
+                st = os.lstat(de.name, dir_fd=fd)
+                target = os.readlink(de.name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+            except OSError as exc:
+                if exc.errno in dirfd.MOVED:
+                    continue
+                raise LocalIOError(f"cannot read {self.directory / path}: {exc.strerror}") from exc
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                out[path] = from_stat(st, target)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(path)
 
     async def _full_rescan(self) -> None:
         self.scans += 1
@@ -274,6 +296,12 @@ class InotifyWatch:
         for path in index.files:
             if path not in local:
                 self._touch(path)
+
+    async def _walk_new_dirs(self) -> None:
+        while self._new_dirs:
+            top = min(self._new_dirs, key=len)
+            self._new_dirs = {d for d in self._new_dirs if d != top and not d.startswith(top + "/")}
+            await self._walk_new(top)
 
     async def _walk_new(self, top: str) -> None:
         self.subtree_walks += 1
@@ -338,9 +366,9 @@ class InotifyWatch:
                 if d == path or d.startswith(path + "/"):
                     del self._dirs[wd_]
         if "ISDIR" in names and names & {"CREATE", "MOVED_TO"}:
-            task = asyncio.create_task(self._walk_new(path))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._new_dirs.add(path)           # walked by one task, each directory once per burst
+            if self._walker is None or self._walker.done():
+                self._walker = asyncio.create_task(self._walk_new_dirs())
 
     # ---------------------------------------------------------------- debounce
 

@@ -2,7 +2,9 @@
 
     volume.py    ``Volume`` (a path under the volume root), ``volume()``, ``AgentClient``
     workflow.py  ``with_volume`` / ``attached``: mount before a task, commit after it
-    covalent.py  Covalent ``call_before``/``call_after`` hooks (optional extra)
+    covalent.py  Covalent: ``dispatch(workflow, volume=v)``, hooks, ``volume_electron`` (optional extra)
+    direct.py    a blocking engine for the file methods and fsspec (no agent needed)
+    fsspec.py    ``syncd://VOLUME/PATH`` for fsspec, pandas, pyarrow (optional extra)
 """
 
 from syncd.sdk.volume import AgentClient, Volume, list_volumes, volume

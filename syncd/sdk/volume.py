@@ -15,6 +15,14 @@ SDK does not own, so the client is synchronous: stdlib ``http.client`` over the
 agent's Unix socket, one short-lived connection per call. Agent errors arrive
 as ``{"error": <class name>}`` and are raised as the same ``SyncdError`` class.
 
+File methods that need no agent and no mount -- ``listdir``, ``read_file``
+(streamed), ``put_file``, ``remove_file`` -- read and edit the volume's
+snapshots in the bucket directly (engine/edit.py via sdk/direct.py), with the
+engine the usual ``SYNCD_*`` configuration describes: they work in a notebook
+or on a worker without an agent. Each edit is one new snapshot through the
+conditional commit. They see the bucket, not this worker's local copy: a file
+written under ``v.path`` is visible to them once committed.
+
 A ``Volume`` pickles as its name only. Unpickled on another worker (a task
 shipped there by a workflow engine) it mounts through *that* worker's agent on
 first use, so the same object works everywhere, as ``/volumes/<name>`` does.
@@ -22,17 +30,26 @@ first use, so the same object works everywhere, as ``/volumes/<name>`` does.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import http.client
+import io
 import json
 import os
 import socket
 import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from syncd import errors
 from syncd.errors import AgentUnavailable, SyncdError
 from syncd.format.layout import normalize_volume_name, validate_name
+
+if TYPE_CHECKING:
+    from syncd.engine.edit import EditResult
+    from syncd.sdk.direct import Direct
 
 DEFAULT_SOCKET = "/run/syncd.sock"
 DEFAULT_CONNECT_WAIT = 10.0
@@ -144,27 +161,57 @@ def _error_from(doc: Any, status: int) -> SyncdError:
     return cls(message)
 
 
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of ``Volume.listdir()``: ``type`` is "file", "dir" or "symlink"."""
+
+    path: str
+    type: str
+    size: int
+    mtime: float
+    mode: int
+
+
+PUT_PIECE = 8 << 20   # bytes read from a local file at once by put_file
+# The client a workflow hook mounted a volume with (sdk/covalent.py), by name: a Volume
+# unpickled later in the same task process talks to the same agent.
+_clients: dict[str, AgentClient] = {}
+
+
+def remember_client(name: str, client: AgentClient) -> None:
+    _clients[normalize_volume_name(name)] = client
+
+
 class Volume(os.PathLike[str]):
     """A mounted volume; path-like. Mounts lazily when built from a name alone (e.g. unpickled)."""
 
     def __init__(self, name: str, path: str | os.PathLike[str] | None = None,
-                 client: AgentClient | None = None) -> None:
+                 client: AgentClient | None = None, read_only: bool = False, sub_path: str = "") -> None:
         self.name = normalize_volume_name(name)
         self._path = Path(path) if path is not None else None
         self._client = client
+        self.read_only, self.sub_path = bool(read_only), (sub_path or "").strip("/")
 
     @property
     def client(self) -> AgentClient:
         if self._client is None:
-            self._client = AgentClient()
+            self._client = _clients.get(self.name) or AgentClient()
         return self._client
 
     def _url(self, action: str = "") -> str:
         return f"/v1/volumes/{self.name}" + (f"/{action}" if action else "")
 
     def mount(self) -> Volume:
-        """(Re)mount: create-or-refer, and pull commits made elsewhere since the last sync."""
-        self._path = Path(self._call("POST", "mount")["path"])
+        """(Re)mount: create-or-refer, and pull commits made elsewhere since the last sync.
+
+        Read-only: a view of the latest snapshot that is never committed (the volume must exist).
+        """
+        options: dict[str, Any] = {}
+        if self.read_only:
+            options["read_only"] = True
+        if self.sub_path:
+            options["sub_path"] = self.sub_path
+        self._path = Path(self._call("POST", "mount", options or None)["path"])
         return self
 
     @property
@@ -184,7 +231,8 @@ class Volume(os.PathLike[str]):
         return str(self.path)
 
     def __repr__(self) -> str:
-        return f"Volume({self.name!r}, path={str(self._path) if self._path else None!r})"
+        extra = (", read_only=True" if self.read_only else "") + (f", sub_path={self.sub_path!r}" if self.sub_path else "")
+        return f"Volume({self.name!r}, path={str(self._path) if self._path else None!r}{extra})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Volume) and other.name == self.name
@@ -192,19 +240,27 @@ class Volume(os.PathLike[str]):
     def __hash__(self) -> int:
         return hash(("syncd.Volume", self.name))
 
-    def __reduce__(self) -> tuple[type[Volume], tuple[str]]:
-        return (Volume, (self.name,))
+    def __reduce__(self) -> tuple[type[Volume], tuple[str, None, None, bool, str]]:
+        return (Volume, (self.name, None, None, self.read_only, self.sub_path))
 
     def _call(self, method: str, action: str = "", body: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.client.call(method, self._url(action), body)
         return result
 
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise PermissionError(errno.EROFS, f"volume {self.name!r} is attached read-only: cannot {what}")
+
     def commit(self, message: str = "") -> dict[str, Any]:
         """Write local changes back now; when this returns they are in the bucket."""
+        if self.read_only:
+            return {"volume": self.name, "read_only": True, "changed": 0}   # nothing to write back
         return self._call("POST", "commit", {"message": message})
 
     def reload(self) -> dict[str, Any]:
         """Commit local changes, then bring the local copy to the latest snapshot."""
+        if self.read_only:
+            return {"volume": self.name, "read_only": True, "path": str(self.mount().path)}  # a newer view
         return self._call("POST", "reload")
 
     def status(self) -> dict[str, Any]:
@@ -219,11 +275,76 @@ class Volume(os.PathLike[str]):
         self._path = None
         return result
 
+    # ------------------------------------------------ without an agent (the bucket directly)
 
-def volume(name: str, *, socket_path: str | os.PathLike[str] | None = None,
-           owner: str | None = None) -> Volume:
-    """Create the volume if missing (or refer to it), mount it on this worker, return it."""
-    vol = Volume(name, client=AgentClient(socket_path, owner))  # validates before any request
+    def _direct(self) -> Direct:
+        from syncd.config import Config
+        from syncd.sdk.direct import direct
+        owner = self._client.owner if self._client is not None else None
+        return direct(Config.from_env(owner=owner) if owner else Config.from_env())
+
+    def listdir(self, path: str = "/", recursive: bool = False) -> list[FileEntry]:
+        """The entries of directory ``path`` of the latest snapshot (everything below it if recursive)."""
+        from syncd.engine.edit import listdir
+        path = self._in_volume(path)
+        entries = self._direct().run(lambda engine: listdir(engine, self.name, path, recursive))
+        return [FileEntry(e.path, e.kind, e.size, e.mtime_ns / 1e9, e.mode) for e in entries]
+
+    def read_file(self, path: str) -> Iterator[bytes]:
+        """The bytes of file ``path``, streamed chunk by chunk (each verified against its hash)."""
+        from syncd.engine.edit import read, stat
+        path = self._in_volume(path)
+        direct = self._direct()
+        entry = direct.run(lambda engine: stat(engine, self.name, path))
+        return direct.iterate(lambda engine: read(engine, self.name, entry))
+
+    def _in_volume(self, path: str) -> str:
+        """A path of the SDK's view (under ``sub_path``) as a path of the volume."""
+        path = path.strip("/")
+        return "/".join(p for p in (self.sub_path, path) if p)
+
+    def put_file(self, source: str | os.PathLike[str] | IO[bytes] | bytes, path: str,
+                 message: str = "") -> EditResult:
+        """Store a local file, a binary file object or bytes at ``path``: one new snapshot."""
+        from syncd.engine.edit import write_file
+        self._writable(f"write {path!r}")
+        path = self._in_volume(path)
+        if isinstance(source, bytes):
+            handle: IO[bytes] = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            handle = open(os.fspath(source), "rb")
+        else:
+            handle = source
+
+        async def pieces() -> AsyncIterator[bytes]:
+            while piece := await asyncio.to_thread(handle.read, PUT_PIECE):
+                yield piece
+        try:
+            return self._direct().run(lambda engine: write_file(engine, self.name, path, pieces(), message))
+        finally:
+            if handle is not source:
+                handle.close()
+
+    def remove_file(self, path: str, recursive: bool = False) -> EditResult:
+        """Remove ``path`` (a directory only with ``recursive=True``): one new snapshot."""
+        from syncd.engine.edit import edit
+        self._writable(f"remove {path!r}")
+        path = self._in_volume(path)
+        return self._direct().run(lambda engine: edit(engine, self.name,
+                                                      lambda batch: batch.remove(path, recursive)))
+
+
+def volume(name: str, *, read_only: bool = False, sub_path: str = "",
+           socket_path: str | os.PathLike[str] | None = None, owner: str | None = None) -> Volume:
+    """Create the volume if missing (or refer to it), mount it on this worker, return it.
+
+    ``read_only=True``: a view of the latest snapshot whose files cannot be written (0444,
+    so writes fail with PermissionError; ``put_file``/``remove_file`` raise PermissionError
+    with EROFS); it is never committed, and the volume must exist. ``sub_path="a/b"``: the task's path is that directory of the
+    volume (created if missing, unless read-only).
+    """
+    vol = Volume(name, client=AgentClient(socket_path, owner), read_only=read_only,
+                 sub_path=sub_path)  # validates before any request
     return vol.mount()
 
 

@@ -147,7 +147,15 @@ class S3Store:
         self._client = await self._stack.enter_async_context(session.create_client(
             "s3", endpoint_url=config.s3_endpoint, region_name=config.region, config=aio_config))
         if create_bucket:
-            await self.ensure_bucket()
+            try:
+                await self.ensure_bucket()
+            except BaseException as exc:
+                await self._stack.aclose()   # else aiohttp logs "Unclosed client session" at exit
+                if isinstance(exc, TransientStoreError):
+                    where = config.s3_endpoint or "AWS S3"
+                    raise TransientStoreError(f"cannot reach the object store at {where} "
+                                              f"(bucket {self.bucket!r}): {exc}") from exc
+                raise
         return self
 
     async def ensure_bucket(self) -> None:

@@ -1,0 +1,112 @@
+"""Mount options: read-only views and sub-paths of a volume.
+
+``volume(name, sub_path="a/b")`` mounts the volume as usual (one shared,
+writable, synced copy per worker) and hands the task ``<root>/<name>/a/b``,
+created if missing.
+
+``volume(name, read_only=True)`` must never commit, whoever writes: so it is
+not the shared copy at all, but a view of one snapshot, made with the engine's
+``get`` (the same verified transfer as a hydrate) into
+``<root>/.readonly/<name>/<snapshot>[-<sub-path hash>]`` -- a name no volume
+can have, since names start with a letter or digit. The view is built in a
+temp directory and renamed into place, then every file is made 0444 and every
+directory 0555, so writes by the task fail with ``PermissionError`` (EACCES;
+root ignores modes, so a task running as root can still write to its view --
+but nothing reads a view back, so nothing is committed either way). Views of
+one snapshot are shared by every read-only task on the worker; a mount after
+another worker committed makes a view of the new snapshot, and views of older
+snapshots of the volume beyond the newest ``KEEP`` are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from syncd.engine.edit import normalize_path
+from syncd.engine.transfer import get
+from syncd.engine.wiring import Engine
+from syncd.errors import ConfigError, ManifestError, SnapshotNotFound
+from syncd.limits import SingleFlight
+
+KEEP = 2   # views kept per volume (a task may still be reading the previous one)
+
+
+def checked_sub_path(sub_path: str) -> str:
+    try:
+        return normalize_path(sub_path)
+    except ManifestError as exc:
+        raise ConfigError(f"sub_path {sub_path!r} must be a relative path inside the volume") from exc
+
+
+def _freeze(top: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & 0o555)
+        os.chmod(dirpath, 0o555)
+
+
+def _thaw_and_remove(path: Path) -> None:
+    for dirpath, _, _ in os.walk(path):
+        os.chmod(dirpath, 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _prune(parent: Path, keep: Path) -> None:
+    views = sorted((p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [v for v in views if v != keep][KEEP - 1:]:
+        _thaw_and_remove(old)
+
+
+class Views:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.root = engine.config.root / ".readonly"
+        self._flights: SingleFlight[Path, Path] = SingleFlight()
+
+    async def read_only(self, name: str, sub_path: str = "") -> dict[str, object]:
+        """A read-only view of the latest snapshot of ``name`` (at ``sub_path``); VolumeNotFound if missing."""
+        sub = checked_sub_path(sub_path)
+        head = await self.engine.repo.head(name)
+        label = (head.snapshot or "empty") + (f"-{hashlib.sha1(sub.encode()).hexdigest()[:10]}" if sub else "")
+        target = self.root / name / label
+        path = await self._flights.do(target, lambda: self._make(name, head.snapshot, sub, target))
+        return {"name": name, "path": str(path), "snapshot": head.snapshot, "seq": head.seq,
+                "read_only": True, "sub_path": sub}
+
+    async def _make(self, name: str, snapshot: str | None, sub: str, target: Path) -> Path:
+        if await asyncio.to_thread(target.is_dir):
+            return target
+        tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+        await asyncio.to_thread(_thaw_and_remove, tmp)
+        await asyncio.to_thread(tmp.mkdir, parents=True)
+        try:
+            if snapshot is not None:
+                try:
+                    await get(self.engine, name, sub or "/", tmp, snapshot)
+                except SnapshotNotFound:
+                    if not sub:
+                        raise
+                    # an empty view of a sub-path the volume does not have yet
+            await asyncio.to_thread(_freeze, tmp)
+            await asyncio.to_thread(os.rename, tmp, target)
+        except BaseException:
+            await asyncio.to_thread(_thaw_and_remove, tmp)
+            raise
+        await asyncio.to_thread(_prune, target.parent, target)
+        return target
+
+
+def writable_sub_path(mount_path: Path, sub_path: str) -> Path:
+    """``mount_path/sub_path``, created if missing (a plain directory of the synced copy)."""
+    sub = checked_sub_path(sub_path)
+    path = mount_path / sub if sub else mount_path
+    path.mkdir(parents=True, exist_ok=True)
+    return path

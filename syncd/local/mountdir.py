@@ -1,0 +1,89 @@
+"""The agent's directories: ``SYNCD_ROOT`` and one mount directory per volume in it.
+
+Scans and hydrates name a mount directory by its path (``SYNCD_ROOT/<name>``)
+and work below it through directory descriptors (dirfd.py). Naming it by path
+is safe only if nobody but the agent can replace it, so before a volume is
+mounted the agent checks, and creates where missing:
+
+* ``SYNCD_ROOT`` is a real directory (opened ``O_NOFOLLOW``, not a symlink),
+  belongs to the agent's uid and is not writable by group or others
+  (otherwise ConfigError: a task could swap a mount directory for a link);
+* ``SYNCD_ROOT/<name>`` is opened ``O_NOFOLLOW | O_DIRECTORY`` relative to
+  it: a symlink planted there (``vol -> /etc``) is a LocalConflict, never
+  followed, and so is a directory of another uid.
+
+Directories the agent creates get mode 0755 explicitly: under a umask of 0,
+``mkdir`` once made SYNCD_ROOT 0777. A mount directory that already exists
+keeps its mode (an operator may open it to tasks of other uids). Stale
+``.syncd-tmp-*`` files of a crashed hydrate are removed (fs.cleanup_tmp_files).
+All of it is blocking: call it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from syncd.errors import ConfigError, LocalConflict
+from syncd.local import dirfd
+from syncd.local import fs as localfs
+
+PRIVATE_DIR = 0o755   # what the agent gives SYNCD_ROOT and mount directories it creates, whatever its umask
+
+
+def prepare_mount(root: Path, name: str) -> None:
+    """Create or check ``SYNCD_ROOT`` and ``SYNCD_ROOT/<name>`` (see above); drop stale temp files."""
+    root_fd = open_syncd_root(root)
+    try:
+        try:
+            os.mkdir(name, PRIVATE_DIR, dir_fd=root_fd)
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError as exc:
+            raise localfs.local_error(root / name, exc, "create") from exc
+        try:
+            fd = os.open(name, dirfd.CHILD_DIR, dir_fd=root_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise LocalConflict(f"mount directory {root / name} is a symlink or not a directory; the agent "
+                                    "does not follow it (move it away and mount again)", [name]) from exc
+            raise localfs.local_error(root / name, exc, "open") from exc
+        with dirfd.closing(fd):
+            if created:
+                os.fchmod(fd, PRIVATE_DIR)
+            elif (owner := os.fstat(fd).st_uid) != os.geteuid():
+                raise LocalConflict(f"mount directory {root / name} belongs to uid {owner}, not to the "
+                                    f"agent's uid {os.geteuid()}", [name])
+    finally:
+        os.close(root_fd)
+    localfs.cleanup_tmp_files(root / name)
+
+
+def open_syncd_root(root: Path) -> int:
+    """A descriptor of SYNCD_ROOT, created (with missing parents) 0755 if needed; ConfigError unless private."""
+    missing = [p for p in (root, *root.parents) if not os.path.lexists(p)]
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, PRIVATE_DIR)
+            os.chmod(path, PRIVATE_DIR)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise localfs.local_error(path, exc, "create") from exc
+    try:
+        fd = os.open(root, dirfd.CHILD_DIR)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ConfigError(f"SYNCD_ROOT {root} is a symlink or not a directory: point it at the real "
+                              "directory") from exc
+        raise localfs.local_error(root, exc, "open") from exc
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise ConfigError(f"SYNCD_ROOT {root} (mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid}) must belong to "
+                          f"the agent's uid {os.geteuid()} and not be writable by group or others, or a task "
+                          "could replace a mount directory in it")
+    return fd
