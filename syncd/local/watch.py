@@ -21,7 +21,7 @@ hint (commit.py then lstat's those instead of walking). ``IN_Q_OVERFLOW``
 (the kernel dropped events) means we no longer know what changed: one full
 rescan, and the next commit walks. Each full walk is counted in ``scans``.
 
-PollWatch (the fallback: ``--watch poll``, no inotify on this file system or
+PollWatch (poll.py; the fallback: ``--watch poll``, no inotify on this file system or
 Python, the per-user watch or instance limit reached, ``max_watches``
 exceeded). Every ``poll`` seconds it walks the tree (scan.py) and reduces the
 differences from the index to a signature (0 = clean); it debounces on the
@@ -39,18 +39,18 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from syncd.errors import LocalIOError
 from syncd.local import dirfd
 from syncd.local.changes import differing_sync
-from syncd.local.index import IndexStore, LocalIndex, unchanged
-from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat, scan
+from syncd.local.index import IndexStore, unchanged
+from syncd.local.poll import PollWatch, signature
+from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat
 
 log = logging.getLogger(__name__)
-SCAN_SHARE = 10     # poll interval >= SCAN_SHARE x the last scan's duration
 VERIFY_AFTER = 0.2  # seconds without events before dirty paths are checked against the index
 
 
@@ -61,6 +61,9 @@ class WatchSettings:
     max_delay: float = 10.0    # commit anyway once dirty this long
     mode: str = "auto"         # "auto" (inotify, else polling) or "poll"
     max_watches: int = 0       # fall back to polling beyond this many watched directories (0: kernel limit)
+
+
+__all__ = ["InotifyWatch", "PollWatch", "WatchSettings", "WatchUnavailable", "Watcher", "open_watcher", "signature"]
 
 
 class WatchUnavailable(Exception):
@@ -76,83 +79,6 @@ class Watcher(Protocol):
     def committed(self) -> None: ...
     def close(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
-
-
-def signature(index: LocalIndex, local: dict[str, LocalFile]) -> int:
-    """0 if ``local`` is exactly what ``index`` describes; else a hash of what differs."""
-    changed: list[tuple[object, ...]] = []
-    for path, loc in local.items():
-        tracked = index.files.get(path)
-        if tracked is None or not unchanged(tracked, loc) or tracked.entry.mode != loc.mode:
-            changed.append((path, loc.fingerprint, loc.mode, loc.target))
-    changed += [(path,) for path in index.files if path not in local]
-    if not changed:
-        return 0
-    return hash(tuple(sorted(changed, key=str))) or 1
-
-
-@dataclass
-class PollWatch:
-    """Walk every ``interval`` seconds; debounce on what differs from the index."""
-
-    index_store: IndexStore
-    volume: str
-    directory: Path
-    interval: float = 0.5
-    pending: bool = False
-    dirty_since: float | None = None
-    last_change: float = 0.0
-    signature: int = 0
-    scans: int = 0
-    _index_gen: int | None = field(default=None, repr=False)
-    _index: LocalIndex = field(default_factory=LocalIndex, repr=False)
-
-    async def start(self) -> None:
-        return None
-
-    async def _load_index(self) -> LocalIndex:
-        gen = await self.index_store.generation(self.volume, self.directory)
-        if gen != self._index_gen or gen is None:
-            self._index = await self.index_store.load(self.volume, self.directory)
-            self._index_gen = gen
-        return self._index
-
-    async def due(self, settings: WatchSettings) -> bool:
-        """Scan once; True if a background commit should run now."""
-        started = time.monotonic()
-        index = await self._load_index()
-        try:
-            local = await scan(self.directory)
-        except LocalIOError:
-            local = None  # the directory vanished (a deleted volume): nothing to write back
-        self.scans += 1
-        now = time.monotonic()
-        self.interval = max(settings.poll, SCAN_SHARE * (now - started))
-        sig = signature(index, local) if local is not None else 0
-        self.pending = sig != 0
-        if not self.pending:
-            self.dirty_since = None
-            return False
-        if sig != self.signature:
-            self.signature, self.last_change = sig, now
-        if self.dirty_since is None:
-            self.dirty_since = now
-        return now - self.last_change >= settings.debounce or now - self.dirty_since >= settings.max_delay
-
-    async def next_due(self, settings: WatchSettings) -> frozenset[str] | None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if await self.due(settings):
-                return None   # no hint: the commit walks
-
-    def committed(self) -> None:
-        self.dirty_since = None
-
-    def close(self) -> None:
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        return {"mode": "poll", "scans": self.scans, "interval": self.interval}
 
 
 # no DONT_FOLLOW: watches are added through /proc/self/fd/N, a link that must be followed
