@@ -59,9 +59,11 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
     if not sources and config.gateways:
         from syncd.engine.gatewayclient import gateway_sources
         sources = gateway_sources(config)
-    scope = f"{config.s3_endpoint or 'aws'}|{config.bucket}|{config.prefix}|{config.owner}"
+    # the index is keyed by what names the volumes, not by how the endpoint is spelled
+    scope = f"{config.bucket}|{config.prefix}|{config.owner}"
+    legacy_scope = f"{config.s3_endpoint or 'aws'}|{scope}"   # JSON-era index files, migrated on use
     engine = Engine(config, counter, counter, layout, VolumeRepo(counter, layout, cache=cache), cache,
-                    ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope),
+                    ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope, legacy_scope),
                     ByteBudget(config.max_inflight_bytes))
     try:
         yield engine
