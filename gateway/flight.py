@@ -74,6 +74,9 @@ class Flight:
     def done(self) -> bool:
         return self.verified or self.error is not None
 
+    def close(self) -> None:
+        """Readers are done with it (nothing to release: the leader owns the flight)."""
+
     def body(self) -> bytes:
         return b"".join(self.pieces)
 

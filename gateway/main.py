@@ -19,7 +19,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -30,7 +31,7 @@ from syncd.errors import ConfigError, SyncdError
 
 from .app import MAX_REQUESTS, create_app
 from .auth import Tokens
-from .service import GatewayService
+from .service import WHOLE_LIMIT, GatewayService
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,16 +44,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-size", help="cache size bound, e.g. 200G (default $SYNCD_CACHE_SIZE)")
     p.add_argument("--max-requests", type=int, default=MAX_REQUESTS,
                    help=f"object requests served at once; more wait briefly, then get 503 (default {MAX_REQUESTS})")
+    p.add_argument("--head-ttl", type=float, help="seconds a volume's HEAD is served before it is fetched "
+                   "again (default $SYNCD_GATEWAY_HEAD_TTL, 1)")
+    p.add_argument("--whole-limit", type=parse_size, default=WHOLE_LIMIT,
+                   help="a ranged miss on an object up to this size fetches it whole (default 64M)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p.parse_args(argv)
 
 
 @contextlib.asynccontextmanager
 async def running(config: Config, tokens: Tokens, host: str, port: int, cache_dir: Path,
-                  cache_size: int, max_requests: int = MAX_REQUESTS) -> AsyncIterator[tuple[GatewayService, int]]:
+                  cache_size: int, max_requests: int = MAX_REQUESTS, *, head_ttl: float | None = None,
+                  whole_limit: int = WHOLE_LIMIT,
+                  clock: Callable[[], float] = time.monotonic) -> AsyncIterator[tuple[GatewayService, int]]:
     """A serving gateway; yields the service and the bound port. Used by main() and the tests."""
     async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
-        service = GatewayService(engine.store, config.prefix, cache_dir, cache_size)
+        service = GatewayService(engine.store, config.prefix, cache_dir, cache_size,
+                                 head_ttl=config.gateway_head_ttl if head_ttl is None else head_ttl,
+                                 whole_limit=whole_limit, clock=clock)
         runner = web.AppRunner(create_app(service, tokens, max_requests), shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         try:
@@ -78,8 +87,8 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(config, tokens, args.host, args.port, cache_dir, cache_size,
-                       args.max_requests) as (_, port):
+    async with running(config, tokens, args.host, args.port, cache_dir, cache_size, args.max_requests,
+                       head_ttl=args.head_ttl, whole_limit=args.whole_limit) as (_, port):
         print(f"syncd-gateway listening on http://{args.host}:{port}", flush=True)
         await stop.wait()
 

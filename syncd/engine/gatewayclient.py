@@ -41,6 +41,16 @@ from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef
 
+# Immutable key families under a volume's prefix that gateways serve, each named by the content id
+# of its bytes: family -> key below ``<prefix>/<owner>/<volume>/``. A new family is one line here
+# (the gateway routes and caches it, workers read it through the pool).
+FAMILIES: dict[str, Callable[[str], str]] = {
+    "chunks": lambda i: f"chunks/{i[:2]}/{i}",
+    "packs": lambda i: f"packs/{i}",
+    "snapshots": lambda i: f"snapshots/{i}",
+    "trees": lambda i: f"trees/{i}",  # format v2 directory objects
+}
+
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 10.0
 BACKOFF_FIRST = 1.0
