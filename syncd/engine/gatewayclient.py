@@ -1,4 +1,4 @@
-"""Fetching chunks through caching gateways (see gateway/ and docs/GATEWAY.md).
+"""Fetching through caching gateways (see gateway/ and docs/GATEWAY.md).
 
 ``gateway_sources(config)`` turns ``SYNCD_GATEWAY`` (comma-separated URLs)
 into one :class:`GatewaySource` per gateway, which ``ChunkFetcher`` tries
@@ -24,6 +24,11 @@ failure: the fetcher then asks the next source.
 
 Gateway failures raise :class:`GatewayUnavailable` (a TransientStoreError),
 which the fetcher logs and skips.
+
+Besides chunks and pack ranges (``fetch``, ``fetch_range``: the ChunkFetcher's
+seam) a source reads whole immutable objects of any key family
+(``fetch_object``: snapshots, v2 trees) and HEAD (``fetch_head``); those are
+what engine/gatewaystore.py routes through the pool.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from syncd.engine.fetch import ChunkSource
 from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef
+from syncd.store.base import Blob
 
 # Immutable key families under a volume's prefix that gateways serve, each named by the content id
 # of its bytes: family -> key below ``<prefix>/<owner>/<volume>/``. A new family is one line here
@@ -156,12 +162,22 @@ class GatewaySource:
     async def fetch(self, volume: str, ref: ChunkRef) -> bytes | None:
         if ref.pack is not None:
             return await self.fetch_range(volume, ref.pack, ref.offset, ref.offset + ref.size)
-        return await self._get(f"/v1/{self.owner}/{volume}/chunks/{ref.id}", None)
+        return await self.fetch_object(volume, "chunks", ref.id)
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None:
-        return await self._get(f"/v1/{self.owner}/{volume}/packs/{pack}", (start, end))
+        blob = await self._get(f"/v1/{self.owner}/{volume}/packs/{pack}", (start, end))
+        return None if blob is None else blob.data
 
-    async def _get(self, path: str, span: tuple[int, int] | None) -> bytes | None:
+    async def fetch_object(self, volume: str, family: str, object_id: str) -> bytes | None:
+        """A whole immutable object (a FAMILIES key), not verified here; None if the gateway passes."""
+        blob = await self._get(f"/v1/{self.owner}/{volume}/{family}/{object_id}", None)
+        return None if blob is None else blob.data
+
+    async def fetch_head(self, volume: str) -> Blob | None:
+        """The volume's HEAD and the store's ETag for it, at most the gateway's HEAD TTL old."""
+        return await self._get(f"/v1/{self.owner}/{volume}/HEAD", None)
+
+    async def _get(self, path: str, span: tuple[int, int] | None) -> Blob | None:
         if not self.breaker.allows():
             self.skipped += 1
             return None
@@ -176,6 +192,7 @@ class GatewaySource:
                 if resp.status not in (200, 206):
                     raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
                 data = await resp.read()
+                etag = resp.headers.get("ETag", "")
         except GatewayUnavailable:
             self._failed()
             raise
@@ -185,7 +202,7 @@ class GatewaySource:
         self.breaker.succeeded()
         if span is not None and resp.status == 200:
             data = data[span[0]:span[1]]
-        return data
+        return Blob(data, etag)
 
     def _failed(self) -> None:
         self.failures += 1

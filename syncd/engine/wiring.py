@@ -6,6 +6,8 @@
     LimitingStore      at most SYNCD_MAX_CONNECTIONS requests in flight
     RetryingStore      backoff on TransientStoreError, SYNCD_RETRIES attempts
     CountingStore      per-operation counts and bytes (tests, metrics)
+    GatewayStore       (with SYNCD_GATEWAY, under the VolumeRepo only) HEAD, snapshots
+                       and trees through the gateway pool, then the store
     VolumeRepo         HEAD and snapshots
     ChunkCache         diskcache, verified, best-effort
     ChunkFetcher       cache -> gateways -> store, single-flight
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.engine.cache import ChunkCache
@@ -30,6 +33,9 @@ from syncd.limits import ByteBudget
 from syncd.local.index import IndexStore
 from syncd.store.base import ObjectStore
 from syncd.store.wrap import CountingStore, LimitingStore, RetryingStore
+
+if TYPE_CHECKING:  # imported when gateways are configured: aiohttp is not loaded otherwise
+    from syncd.engine.gatewaystore import GatewayStore
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Engine:
     fetcher: ChunkFetcher
     index: IndexStore
     budget: ByteBudget
+    pooled: GatewayStore | None = None  # the VolumeRepo's reads through the gateways, if any
 
 
 @contextlib.asynccontextmanager
@@ -59,9 +66,14 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
         from syncd.engine.gatewayclient import gateway_sources
         sources = gateway_sources(config)
     scope = f"{config.s3_endpoint or 'aws'}|{config.bucket}|{config.prefix}|{config.owner}"
-    engine = Engine(config, counter, counter, layout, VolumeRepo(counter, layout), cache,
+    pooled = None
+    if sources:
+        from syncd.engine.gatewaystore import GatewayStore, ObjectSource
+        pool = [s for s in sources if isinstance(s, ObjectSource)]
+        pooled = GatewayStore(counter, layout, pool, config.gateway_head_ttl) if pool else None
+    engine = Engine(config, counter, counter, layout, VolumeRepo(pooled or counter, layout), cache,
                     ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope),
-                    ByteBudget(config.max_inflight_bytes))
+                    ByteBudget(config.max_inflight_bytes), pooled)
     try:
         yield engine
     finally:
