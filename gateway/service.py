@@ -27,7 +27,9 @@ packs are 8 MiB) is fetched whole, once, and the range is cut from it (the
 end of the range is released when the whole object has verified; the next
 worker's range is a cache hit). A larger object is not fetched whole for a
 range: the leader learns the size from the store's first answer, gives up
-(:class:`RangeOnly`) and the request is relayed as a ranged GET
+(:class:`RangeOnly`; that first GET is closed after its headers, and the
+size is remembered, so later ranges of it go straight to a ranged GET)
+and the request is relayed as a ranged GET
 (:class:`RangeBody`), uncached and marked ``X-Syncd-Verified: client``; the
 worker verifies every chunk it cuts from it, as it always does.
 
@@ -47,6 +49,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +74,7 @@ WARM_CONCURRENCY = 8
 RESUMES = 3                   # times a body cut off part-way is resumed from where it stopped
 WHOLE_LIMIT = 64 * 1024 * 1024  # a ranged miss on an object up to this size fetches it whole
 HEAD_TTL = 1.0
+LARGE_KEPT = 100_000           # sizes of objects above whole_limit remembered (LRU)
 READ_PIECE = 1 << 20          # file reads when sendfile is not available
 
 
@@ -186,6 +190,7 @@ class GatewayService:
         self._cache: ObjectCache | None = None
         self._repos: dict[str, VolumeRepo] = {}
         self._flights: dict[tuple[str, str, str, str], Flight] = {}
+        self._large: OrderedDict[tuple[str, str], int] = OrderedDict()  # (owner, id) -> size > whole_limit
         self._leaders: set[asyncio.Task[None]] = set()
 
     def layout(self, owner: str) -> Layout:
@@ -215,6 +220,9 @@ class GatewayService:
             if cached is not None:
                 return cached
             flight = self._flights.get(obj.flight_key)  # another request may have started one
+        large = self._large.get((obj.owner, obj.id))
+        if ranged and flight is None and large is not None:
+            return self.relay(obj, large)  # known to be too large to fetch whole for a range
         if flight is not None:
             self.metrics.joins.labels(obj.kind).inc()
             return flight
@@ -270,6 +278,7 @@ class GatewayService:
                     opened = True
                     if flight.size is None:
                         if ranged and stream.size > self.whole_limit:
+                            self._remember_large(obj, stream.size)
                             raise RangeOnly(stream.size)  # closes the body after its headers
                         flight.start(stream.size)
                     async for piece in stream.pieces:
@@ -280,6 +289,11 @@ class GatewayService:
                 if not opened or resume == RESUMES:  # opening was already retried by the store stack
                     raise
                 log.info("resuming %s at byte %d after %s", obj.id, flight.received, exc)
+
+    def _remember_large(self, obj: ObjectRef, size: int) -> None:
+        self._large[(obj.owner, obj.id)] = size
+        while len(self._large) > LARGE_KEPT:
+            self._large.popitem(last=False)
 
     async def warm(self, owner: str, volume: str, snapshot: str | None = None,
                    chunks: Iterable[str] | None = None, packs: Iterable[str] | None = None) -> WarmResult:
