@@ -25,10 +25,10 @@ Each worker has its own engine (own fetcher, budget, gateway sessions and
 breakers, no local cache), the workers of one process share one S3 client.
 
 Modes, alternated in each repetition: ``pool`` (all gateways up) and
-``pool-kill`` (one gateway SIGKILLed once it has served a third of its
-share, restarted ``--down`` seconds later on the same port and cache). The
-killed incarnation's origin counters are its last scrape (every 20 ms) before
-the kill, so they may miss up to 20 ms of its reads.
+``pool-kill`` (once the pool has served a third of the fleet's bytes, the
+gateway that served most is SIGKILLed, and restarted ``--down`` seconds later
+on the same port and cache). The killed incarnation's origin counters are
+scraped just before the kill, so they may miss the last milliseconds of its reads.
 
     python bench/fleet.py --quick            # 24 workers, small volume: ~1 min
     python bench/fleet.py --out fleet.json   # 100 workers, 3 gateways
@@ -43,10 +43,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import resource
 import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -177,9 +179,26 @@ async def read_like_hydrate(eng: Any, latencies: list[float]) -> tuple[int, int]
     return totals[0], totals[1]
 
 
+class _Failures(logging.Handler):
+    """Collects what the fetch path logs about gateways that failed (fallbacks are otherwise silent)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: dict[str, int] = defaultdict(int)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "failed" in record.msg or "bad bytes" in record.msg:
+            text = record.getMessage()
+            self.seen[text.split(": ", 2)[-1][:160]] += 1
+
+
 async def worker_proc(count: int) -> None:
     from syncd.engine.wiring import open_engine
     from syncd.store.s3 import S3Store
+    failures = _Failures()
+    for name in ("syncd.engine.fetch", "syncd.engine.gatewaystore"):
+        logging.getLogger(name).addHandler(failures)
+        logging.getLogger(name).setLevel(logging.INFO)
     config = Config.from_env()
     backend = await S3Store.open(config.replace(max_connections=4 * config.max_connections), create_bucket=False)
     async with contextlib.AsyncExitStack() as stack:
@@ -196,14 +215,18 @@ async def worker_proc(count: int) -> None:
                 error = None
             except Exception as exc:
                 got, wrong, error = 0, 0, f"{type(exc).__name__}: {exc}"
+            sources = [s for s in eng.fetcher.sources]
             return {"seconds": time.monotonic() - started, "bytes": got, "wrong": wrong, "error": error,
+                    "gw_failures": sum(getattr(s, "failures", 0) for s in sources),
+                    "gw_skipped": sum(getattr(s, "skipped", 0) for s in sources),
                     "store_gets": eng.counter.calls["get"], "store_bytes": eng.counter.bytes_in,
                     "latencies": latencies}
 
         results = await asyncio.gather(*(one(e) for e in engines))
     await backend.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"workers": results, "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
+    print(json.dumps({"workers": results, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "gateway_failures": dict(failures.seen)}), flush=True)
 
 
 # -- the parent: gateways, worker processes, the kill ------------------------------------------
@@ -243,6 +266,8 @@ class Gateway:
                 base = name.split("{", 1)[0]
                 if base.endswith("_total"):
                     out[base.removeprefix("syncd_gateway_").removesuffix("_total")] += float(value)
+                if base == "syncd_gateway_requests_total":
+                    out["answered_" + name.split('code="', 1)[1].split('"', 1)[0]] += float(value)
         out["cpu_s"] = self.cpu()
         return dict(out)
 
@@ -263,26 +288,57 @@ class Gateway:
 
 
 class Killer(threading.Thread):
-    """Kills ``gw`` once it has served ``threshold`` bytes, restarts it ``down`` seconds later."""
+    """Once the pool has served ``threshold`` bytes, SIGKILLs the gateway that served most
+    (the one whose loss hurts most) and restarts it ``down`` seconds later."""
 
-    def __init__(self, gw: Gateway, threshold: float, down: float) -> None:
+    def __init__(self, gateways: list[Gateway], threshold: float, down: float) -> None:
         super().__init__(daemon=True)
-        self.gw, self.threshold, self.down = gw, threshold, down
+        self.gateways, self.threshold, self.down = gateways, threshold, down
         self.stop = threading.Event()
-        self.killed_at: float | None = None
+        self.victim: int | None = None
 
     def run(self) -> None:
-        last: dict[str, float] = {}
         while not self.stop.is_set():
+            last: list[dict[str, float]] = []
             with contextlib.suppress(OSError):
-                last = self.gw.metrics()
-            if last.get("served_bytes", 0) >= self.threshold:
-                self.gw.kill(last)
-                self.killed_at = time.monotonic()
+                last = [gw.metrics() for gw in self.gateways]
+            if last and sum(m.get("served_bytes", 0) for m in last) >= self.threshold:
+                self.victim = max(range(len(last)), key=lambda i: last[i].get("served_bytes", 0))
+                gw = self.gateways[self.victim]
+                gw.kill(gw.metrics() if gw.proc and gw.proc.poll() is None else last[self.victim])
                 time.sleep(self.down)
-                self.gw.start()
+                gw.start()
                 return
             time.sleep(0.02)
+
+
+def profile(gw: Gateway, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (collapsed stacks, idle frames dropped) on a gateway until SIGINT."""
+    assert gw.proc is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "--pid", str(gw.proc.pid), "--format", "raw", "--rate", "250",
+                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Where a gateway's CPU went: self samples by function, and by the layer that called it."""
+    own: dict[str, int] = defaultdict(int)
+    layer: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        mine = next((f for f in reversed(frames) if "/gateway/" in f or "/syncd/" in f), "(outside syncd)")
+        layer[mine.rsplit(":", 1)[0] + ")" if mine.endswith(")") else mine] += n  # without the line
+    lines = [f"{total} samples of {path.name} (py-spy, 250 Hz, on-CPU only)", "", "self time by function:"]
+    lines += [f"{100 * n / total:6.1f}%  {name}" for name, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    lines += ["", "by the innermost syncd/gateway function on the stack:"]
+    lines += [f"{100 * n / total:6.1f}%  {name}" for name, n in sorted(layer.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines) + "\n"
 
 
 def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: str,
@@ -305,10 +361,11 @@ def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: s
             if p.stdout.readline().strip() != b"ready":
                 raise RuntimeError("a worker process did not start")
         cpu0 = [gw.cpu() for gw in gateways]
+        spies = [profile(gw, args.profile / f"{mode}-gw{i}.txt") for i, gw in enumerate(gateways)
+                 if args.profile and mode == "pool"]
         killer = None
         if mode == "pool-kill":
-            share = args.workers * volume["volume_bytes"] / len(gateways)
-            killer = Killer(gateways[1 % len(gateways)], share / 3, args.down)
+            killer = Killer(gateways, args.workers * volume["volume_bytes"] / 3, args.down)
             killer.start()
         started = time.monotonic()
         for p in procs:
@@ -321,6 +378,9 @@ def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: s
             killer.stop.set()
             killer.join()
         final = [gw.metrics() for gw in gateways]
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -353,6 +413,10 @@ def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: s
         "origin_bytes_per_worker": int(origin_bytes / n), "origin_requests_per_worker": round(origin_reqs / n, 3),
         "worker_store_bytes": sum(w["store_bytes"] for w in workers),
         "worker_store_gets": sum(w["store_gets"] for w in workers),
+        "worker_gateway_failures": sum(w["gw_failures"] for w in workers),
+        "worker_gateway_skips": sum(w["gw_skipped"] for w in workers),
+        "gateway_failure_kinds": sorted({k for o in outputs for k in o["gateway_failures"]})[:8],
+        "gateway_answers": [{k[9:]: int(v) for k, v in g.items() if k.startswith("answered_")} for g in gw_totals],
         "requests": len(latencies),
         "latency_ms_p50": round(1000 * latencies[len(latencies) // 2], 2),
         "latency_ms_p99": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
@@ -361,7 +425,7 @@ def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: s
         "gateway_served_bytes": [int(g.get("served_bytes", 0)) for g in gw_totals],
         "gateway_sendfile_bytes": [int(g.get("sendfile_bytes", 0)) for g in gw_totals],
         "gateway_origin_bytes": [int(g.get("origin_bytes", 0)) for g in gw_totals],
-        "killed": bool(any(gw.past for gw in gateways)),
+        "killed": [i for i, gw in enumerate(gateways) if gw.past],
         "uptime_before": load_before, "uptime_after": uptime(),
     }
 
@@ -401,6 +465,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="24 workers in 2 processes, 32 MiB + 1000 small files")
     p.add_argument("--out", type=Path)
+    p.add_argument("--profile", type=Path, help="py-spy the gateways of the pool runs; collapsed stacks and "
+                   "a summary go into this directory")
     p.add_argument("--worker-proc", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker_proc:
@@ -422,6 +488,9 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
+    if args.profile:
+        for raw in sorted(args.profile.glob("pool-gw*.txt")):
+            raw.with_suffix(".summary").write_text(summarize_profile(raw))
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

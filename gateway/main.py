@@ -33,6 +33,10 @@ from .app import MAX_REQUESTS, create_app
 from .auth import Tokens
 from .service import WHOLE_LIMIT, GatewayService
 
+# A fleet connects all at once: with the default backlog (128) SYNs beyond it are dropped and
+# retried a second later, which a worker's connect timeout counted as a dead gateway.
+LISTEN_BACKLOG = 4096
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="syncd-gateway", description="Caching gateway for syncd volumes.")
@@ -65,7 +69,7 @@ async def running(config: Config, tokens: Tokens, host: str, port: int, cache_di
         runner = web.AppRunner(create_app(service, tokens, max_requests), shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
             await site.start()
             yield service, int(runner.addresses[0][1])
         finally:

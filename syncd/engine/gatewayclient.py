@@ -13,7 +13,8 @@ cached on, one gateway and the pool's caches add up; removing a gateway only
 moves the objects that ranked it first.
 
 Failure handling is built so that a bad gateway costs about one timeout, not
-one per chunk: requests use a short connect timeout (1 s) and a read timeout
+one per chunk: requests use a short connect timeout (3 s: a refused connection fails at
+once, and one SYN lost in a fleet's connection burst is retried after 1 s) and a read timeout
 between bytes (10 s: long enough for a busy gateway queueing a burst of
 misses, short enough that a hung one is noticed), and any failure (refused, reset, timed out, 5xx, token
 refused) opens that gateway's :class:`Breaker` for a while (1 s, doubling to
@@ -57,7 +58,7 @@ FAMILIES: dict[str, Callable[[str], str]] = {
     "trees": lambda i: f"trees/{i}",  # format v2 directory objects
 }
 
-CONNECT_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 3.0  # > one lost SYN (retransmitted after 1 s) under a fleet's connection burst
 READ_TIMEOUT = 10.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -151,7 +152,8 @@ class GatewaySource:
         self.public_url = urlunsplit(parts._replace(netloc=host))
         self.name = f"gateway:{host or self.url}"
         self.session = session or _Session()
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+        # connect=None: waiting for a pooled connection is not the gateway's fault (sock_read bounds a hung one)
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=None,
                                              sock_connect=connect_timeout, sock_read=read_timeout)
         self.breaker = breaker or Breaker()
         self.requests = self.failures = self.skipped = 0
