@@ -61,10 +61,10 @@ async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_
         assert a.origin.keys and b.origin.keys and not set(a.origin.keys) & set(b.origin.keys)
         assert max(a.origin.keys.values()) == max(b.origin.keys.values()) == 1
         # a second worker (listing the gateways in the other order) hits those caches
-        gets = a.origin.calls["get"] + b.origin.calls["get"]
+        gets = object_gets(a) + object_gets(b)
         async with open_engine(through(worker_config(config, tmp_path, "w2"), b.url, a.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "w2" / "dst")
-        assert a.origin.calls["get"] + b.origin.calls["get"] == gets
+        assert object_gets(a) + object_gets(b) == gets  # (HEAD may be refetched: its TTL is real time here)
     assert snapshot_tree(tmp_path / "w2" / "dst") == snapshot_tree(tmp_path / "src")
 
 
