@@ -321,23 +321,43 @@ def profile(gw: Gateway, out: Path) -> subprocess.Popen[bytes]:
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarize_profile(path: Path, top: int = 25) -> str:
-    """Where a gateway's CPU went: self samples by function, and by the layer that called it."""
+# Leaves where a thread only waits (py-spy's idle detection misses these blocking waits).
+IDLE = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select", "wait (threading.py")
+# What the CPU was doing, by the first frame from the leaf up that matches (name, substring).
+CATEGORIES = (
+    ("sendfile of cache hits", "_sock_sendfile"),
+    ("hashing (xxh3: hits via mmap, flights)", "chunking.py"),
+    ("socket writes of streamed misses (flights)", "_SelectorSocketTransport.write"),
+    ("diskcache (SQLite index, files)", "diskcache/"),
+    ("store reads (aiobotocore)", "botocore/"),
+    ("metrics", "prometheus_client/"),
+    ("HTTP server (aiohttp)", "aiohttp/"),
+    ("gateway code", "gateway/"),
+    ("event loop, threads", "asyncio/"),
+)
+
+
+def summarize_profile(path: Path, top: int = 15) -> str:
+    """Where a gateway's busy CPU went: by category, and self samples by function (idle waits left out)."""
     own: dict[str, int] = defaultdict(int)
-    layer: dict[str, int] = defaultdict(int)
-    total = 0
+    kinds: dict[str, int] = defaultdict(int)
+    total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
         n = int(count)
         total += n
+        if any(frames[-1].startswith(i) for i in IDLE):
+            idle += n
+            continue
         own[frames[-1]] += n
-        mine = next((f for f in reversed(frames) if "/gateway/" in f or "/syncd/" in f), "(outside syncd)")
-        layer[mine.rsplit(":", 1)[0] + ")" if mine.endswith(")") else mine] += n  # without the line
-    lines = [f"{total} samples of {path.name} (py-spy, 250 Hz, on-CPU only)", "", "self time by function:"]
-    lines += [f"{100 * n / total:6.1f}%  {name}" for name, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
-    lines += ["", "by the innermost syncd/gateway function on the stack:"]
-    lines += [f"{100 * n / total:6.1f}%  {name}" for name, n in sorted(layer.items(), key=lambda x: -x[1])[:top]]
+        kinds[next((name for name, key in CATEGORIES for f in reversed(frames) if key in f), "other")] += n
+    busy = max(1, total - idle)
+    lines = [f"{path.name}: {total} samples (py-spy, 250 Hz), {idle} of them threads waiting; "
+             f"percentages of the {busy} busy ones", "", "by category:"]
+    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(kinds.items(), key=lambda x: -x[1])]
+    lines += ["", "self time by function:"]
+    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
     return "\n".join(lines) + "\n"
 
 
