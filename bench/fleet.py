@@ -236,11 +236,13 @@ class Gateway:
         self.env, self.port, self.cache = env, port, cache
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pool = ""  # --pool for peer fill (gateway/peers.py), "" for none
         self.past: list[dict[str, float]] = []  # metrics and CPU of killed incarnations
 
     def start(self) -> None:
+        pool = ["--pool", self.pool, "--self-url", self.url] if self.pool else []
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--no-auth", "--port", str(self.port),
-                                      "--cache-dir", str(self.cache)], cwd=ROOT, env=self.env,
+                                      "--cache-dir", str(self.cache), *pool], cwd=ROOT, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         line, deadline = b"", time.monotonic() + 60
@@ -369,6 +371,7 @@ def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: s
     load_before = uptime()
     gateways = [Gateway(env, free_port(), work / f"gw{i}") for i in range(args.gateways)]
     for gw in gateways:
+        gw.pool = "" if args.no_peers else ",".join(g.url for g in gateways)
         gw.start()
     wenv = {**env, "SYNCD_GATEWAY": ",".join(gw.url for gw in gateways),
             "SYNCD_MAX_INFLIGHT_BYTES": str(args.inflight), "SYNCD_STATE_DIR": str(work / "state")}
@@ -445,6 +448,8 @@ def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: s
         "gateway_served_bytes": [int(g.get("served_bytes", 0)) for g in gw_totals],
         "gateway_sendfile_bytes": [int(g.get("sendfile_bytes", 0)) for g in gw_totals],
         "gateway_origin_bytes": [int(g.get("origin_bytes", 0)) for g in gw_totals],
+        "gateway_peer_fills": [int(g.get("peer_fills", 0)) for g in gw_totals],
+        "peers": not args.no_peers,
         "killed": [i for i, gw in enumerate(gateways) if gw.past],
         "uptime_before": load_before, "uptime_after": uptime(),
     }
@@ -483,6 +488,7 @@ def main() -> None:
     p.add_argument("--inflight", type=parse_size, default=parse_size("16M"), help="SYNCD_MAX_INFLIGHT_BYTES per worker")
     p.add_argument("--down", type=float, default=1.0, help="seconds the killed gateway stays down")
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--no-peers", action="store_true", help="gateways without --pool (no peer fill)")
     p.add_argument("--quick", action="store_true", help="24 workers in 2 processes, 32 MiB + 1000 small files")
     p.add_argument("--out", type=Path)
     p.add_argument("--profile", type=Path, help="py-spy the gateways of the pool runs; collapsed stacks and "

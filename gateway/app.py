@@ -53,6 +53,7 @@ from syncd.errors import (
 from syncd.format.chunking import is_content_id
 
 from .auth import Decision, Tokens
+from .peers import PEER_HEADER
 from .send import send_body
 from .service import Body, GatewayService, ObjectRef, RangeOnly
 
@@ -145,7 +146,7 @@ async def _serve_object(request: web.Request, kind: str) -> web.StreamResponse:
         return web.Response(status=304, headers=headers)
     service = request.app[SERVICE]
     try:
-        body, size = await _open(service, obj, "Range" in request.headers)
+        body, size = await _open(service, obj, "Range" in request.headers, request)
     except SyncdError as exc:
         return error_response(status_for(exc), str(exc))
     try:
@@ -154,9 +155,12 @@ async def _serve_object(request: web.Request, kind: str) -> web.StreamResponse:
         body.close()
 
 
-async def _open(service: GatewayService, obj: ObjectRef, ranged: bool) -> tuple[Body, int]:
-    """The body and size of ``obj``; a large object's ranged miss becomes a relayed range."""
-    body = await service.open(obj, ranged)
+async def _open(service: GatewayService, obj: ObjectRef, ranged: bool,
+                request: web.Request) -> tuple[Body, int]:
+    """The body and size of ``obj``; a large object's ranged miss becomes a relayed range.
+    A peer gateway's request (``X-Syncd-Peer``) is answered from cache or a flight only (peers.py)."""
+    body = await service.open(obj, ranged, cache_only=PEER_HEADER in request.headers,
+                              authorization=request.headers.get("Authorization"))
     try:
         return body, await body.length()
     except RangeOnly as exc:

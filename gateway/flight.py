@@ -37,6 +37,7 @@ class Flight:
         self.received = 0
         self.error: BaseException | None = None
         self.verified = False
+        self.from_store = False  # the leader reads the store (not a peer): peers may follow it
         self._hash = hasher()
         self._wake = asyncio.Event()
 

@@ -31,6 +31,7 @@ from syncd.errors import ConfigError, SyncdError
 
 from .app import MAX_REQUESTS, create_app
 from .auth import Tokens
+from .peers import Peers
 from .service import WHOLE_LIMIT, GatewayService
 
 # A fleet connects all at once: with the default backlog (128) SYNs beyond it are dropped and
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "again (default $SYNCD_GATEWAY_HEAD_TTL, 1)")
     p.add_argument("--whole-limit", type=parse_size, default=WHOLE_LIMIT,
                    help="a ranged miss on an object up to this size fetches it whole (default 64M)")
+    p.add_argument("--pool", help="the gateway pool, as the workers' SYNCD_GATEWAY lists it: a miss asks the "
+                   "other gateways' caches before the store (default $SYNCD_GATEWAY)")
+    p.add_argument("--self-url", help="this gateway's URL in --pool (default http://HOST:PORT)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p.parse_args(argv)
 
@@ -59,13 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @contextlib.asynccontextmanager
 async def running(config: Config, tokens: Tokens, host: str, port: int, cache_dir: Path,
                   cache_size: int, max_requests: int = MAX_REQUESTS, *, head_ttl: float | None = None,
-                  whole_limit: int = WHOLE_LIMIT,
-                  clock: Callable[[], float] = time.monotonic) -> AsyncIterator[tuple[GatewayService, int]]:
+                  whole_limit: int = WHOLE_LIMIT, clock: Callable[[], float] = time.monotonic,
+                  peers: Peers | None = None) -> AsyncIterator[tuple[GatewayService, int]]:
     """A serving gateway; yields the service and the bound port. Used by main() and the tests."""
     async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
         service = GatewayService(engine.store, config.prefix, cache_dir, cache_size,
                                  head_ttl=config.gateway_head_ttl if head_ttl is None else head_ttl,
-                                 whole_limit=whole_limit, clock=clock)
+                                 whole_limit=whole_limit, clock=clock, peers=peers)
         runner = web.AppRunner(create_app(service, tokens, max_requests), shutdown_timeout=2.0, access_log=None)
         await runner.setup()
         try:
@@ -91,8 +95,10 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    pool = [u.strip() for u in args.pool.split(",") if u.strip()] if args.pool else list(config.gateways)
+    peers = Peers(pool, args.self_url or f"http://{args.host}:{args.port}") if pool else None
     async with running(config, tokens, args.host, args.port, cache_dir, cache_size, args.max_requests,
-                       head_ttl=args.head_ttl, whole_limit=args.whole_limit) as (_, port):
+                       head_ttl=args.head_ttl, whole_limit=args.whole_limit, peers=peers) as (_, port):
         print(f"syncd-gateway listening on http://{args.host}:{port}", flush=True)
         await stop.wait()
 

@@ -17,6 +17,9 @@ syncd_gateway_origin_bytes_total                    bytes received from the obje
 syncd_gateway_served_bytes_total         kind       body bytes sent to clients
 syncd_gateway_sendfile_bytes_total                  of those, bytes sent from cache files by sendfile
 syncd_gateway_relayed_ranges_total                  ranges of large objects relayed from the store
+syncd_gateway_peer_fills_total                      misses filled from another gateway's cache
+syncd_gateway_peer_bytes_total                      bytes received from other gateways
+syncd_gateway_peer_served_total                     objects served to other gateways (cache-only)
 syncd_gateway_inflight_fetches                      origin fetches in progress
 syncd_gateway_request_seconds            kind       time to answer an object request
 =======================================  =========  ==========================================
@@ -53,6 +56,11 @@ class GatewayMetrics:
                                       registry=r)
         self.relayed = Counter("syncd_gateway_relayed_ranges", "Ranges of large objects relayed from the store",
                                registry=r)
+        self.peer_fills = Counter("syncd_gateway_peer_fills", "Misses filled from another gateway's cache",
+                                  registry=r)
+        self.peer_bytes = Counter("syncd_gateway_peer_bytes", "Bytes received from other gateways", registry=r)
+        self.peer_served = Counter("syncd_gateway_peer_served", "Objects served to other gateways",
+                                   registry=r)
         self.inflight = Gauge("syncd_gateway_inflight_fetches", "Origin fetches in progress", registry=r)
         self.latency = Histogram("syncd_gateway_request_seconds", "Time to answer an object request",
                                  ["kind"], buckets=LATENCY_BUCKETS, registry=r)

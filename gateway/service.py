@@ -33,7 +33,8 @@ and the request is relayed as a ranged GET
 (:class:`RangeBody`), uncached and marked ``X-Syncd-Verified: client``; the
 worker verifies every chunk it cuts from it, as it always does.
 
-HEAD (the commit point, mutable) has its own rule: gateway/heads.py.
+HEAD (the commit point, mutable) has its own rule: gateway/heads.py. With a
+``--pool``, a miss first asks the other gateways' caches (gateway/peers.py).
 
 The leader is its own task: a client that disconnects does not cancel the
 fetch that other clients (and the cache) are waiting for. The store below is
@@ -57,7 +58,7 @@ from typing import BinaryIO, Protocol
 
 from syncd.engine.gatewayclient import FAMILIES
 from syncd.engine.volumes import VolumeRepo
-from syncd.errors import InvalidName, TransientStoreError
+from syncd.errors import InvalidName, NotFound, TransientStoreError
 from syncd.format.chunking import is_content_id
 from syncd.format.layout import Layout, validate_name
 from syncd.limits import in_thread
@@ -67,6 +68,7 @@ from .flight import Flight
 from .heads import HeadCache, HeadCopy
 from .metrics import GatewayMetrics
 from .objcache import Hit, ObjectCache
+from .peers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +184,9 @@ class WarmResult:
 class GatewayService:
     def __init__(self, store: ObjectStore, prefix: str, cache_dir: Path, cache_size: int,
                  metrics: GatewayMetrics | None = None, *, head_ttl: float = HEAD_TTL,
-                 whole_limit: int = WHOLE_LIMIT, clock: Callable[[], float] = time.monotonic) -> None:
-        self.store, self.prefix = store, prefix
+                 whole_limit: int = WHOLE_LIMIT, clock: Callable[[], float] = time.monotonic,
+                 peers: Peers | None = None) -> None:
+        self.store, self.prefix, self.peers = store, prefix, peers
         self.cache_dir, self.cache_size, self.whole_limit = cache_dir, cache_size, whole_limit
         self.metrics = metrics or GatewayMetrics()
         self.heads = HeadCache(store, prefix, head_ttl, self.metrics, clock)
@@ -211,9 +214,14 @@ class GatewayService:
         validate_name(volume)
         return await self.heads.get(owner, volume)
 
-    async def open(self, obj: ObjectRef, ranged: bool = False) -> Body:
+    async def open(self, obj: ObjectRef, ranged: bool = False, *, cache_only: bool = False,
+                   authorization: str | None = None) -> Body:
         """A body for ``obj``: a fetch in flight, a verified cache entry, or a new fetch.
-        ``ranged``: the request wants a part (a large object is then relayed, see RangeOnly)."""
+        ``ranged``: the request wants a part (a large object is then relayed, see RangeOnly).
+        ``cache_only``: a peer asks (peers.py): NotFound rather than a fetch. ``authorization``
+        is forwarded to peers a miss asks first."""
+        if cache_only:
+            return await self._local(obj)
         flight = self._flights.get(obj.flight_key)
         if flight is None:
             cached = await self._cached(obj)
@@ -229,10 +237,21 @@ class GatewayService:
         self.metrics.misses.labels(obj.kind).inc()
         flight = Flight(obj.id)
         self._flights[obj.flight_key] = flight
-        task = asyncio.create_task(self._lead(obj, flight, ranged))
+        task = asyncio.create_task(self._lead(obj, flight, ranged, authorization))
         self._leaders.add(task)
         task.add_done_callback(self._leaders.discard)
         return flight
+
+    async def _local(self, obj: ObjectRef) -> Body:
+        """A peer's request: a flight fed by the store, the verified cached copy, or NotFound.
+        Never a flight fed by a peer: two gateways whose misses asked each other would each
+        wait for the other's bytes; a store-fed flight waits on nobody."""
+        flight = self._flights.get(obj.flight_key)
+        body: Body | None = flight if flight is not None and flight.from_store else await self._cached(obj)
+        if body is None:
+            raise NotFound(f"{obj.kind}/{obj.id} is not cached here")
+        self.metrics.peer_served.inc()
+        return body
 
     def relay(self, obj: ObjectRef, size: int) -> RangeBody:
         self.metrics.relayed.inc()
@@ -248,11 +267,13 @@ class GatewayService:
         self.metrics.hits.labels(obj.kind).inc()
         return CachedBody(hit)
 
-    async def _lead(self, obj: ObjectRef, flight: Flight, ranged: bool) -> None:
-        """Stream ``obj`` from the store into ``flight``; cache it once verified."""
+    async def _lead(self, obj: ObjectRef, flight: Flight, ranged: bool, authorization: str | None) -> None:
+        """Stream ``obj`` from a peer's cache or the store into ``flight``; cache it once verified."""
         self.metrics.inflight.inc()
         try:
-            await self._pull(obj, flight, ranged)
+            if not (self.peers and await self._from_peers(obj, flight, ranged, authorization)):
+                flight.from_store = True  # from now on peers may follow this flight (see _local)
+                await self._pull(obj, flight, ranged)
             flight.finish()
             await self.cache.put(obj.owner, obj.id, flight.body())
         except RangeOnly as exc:
@@ -267,6 +288,30 @@ class GatewayService:
             self.metrics.inflight.dec()
             if self._flights.get(obj.flight_key) is flight:
                 del self._flights[obj.flight_key]
+
+    async def _from_peers(self, obj: ObjectRef, flight: Flight, ranged: bool, authorization: str | None) -> bool:
+        """True when a peer delivered the whole body into ``flight`` (not yet verified)."""
+        assert self.peers is not None
+        path = f"/v1/{obj.owner}/{obj.volume}/{obj.kind}/{obj.id}"
+        for url in self.peers.order(obj.id):
+            try:
+                async with self.peers.open(url, path, authorization) as stream:
+                    if ranged and stream.size > self.whole_limit:
+                        return False  # the store's ranged GET is cheaper than the whole object
+                    flight.start(stream.size)
+                    async for piece in stream.pieces:
+                        flight.add(piece)
+                        self.metrics.peer_bytes.inc(len(piece))
+            except NotFound:
+                continue
+            except TransientStoreError as exc:
+                log.info("peer %s failed for %s: %s", url, obj.id, exc)
+                if flight.received:
+                    return False  # the store resumes from the first missing byte
+                continue
+            self.metrics.peer_fills.inc()
+            return True
+        return False
 
     async def _pull(self, obj: ObjectRef, flight: Flight, ranged: bool) -> None:
         """The body into ``flight``; a body cut off part-way resumes where it stopped (ranged GET)."""
@@ -343,6 +388,8 @@ class GatewayService:
         for task in list(self._leaders):
             task.cancel()
         await asyncio.gather(*self._leaders, return_exceptions=True)
+        if self.peers is not None:
+            await self.peers.close()
         if self._cache is not None:
             self._cache.close()
             self._cache = None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.peers import Peers
 from syncd.config import Config, MiB
 from syncd.engine.commit import commit
 from syncd.engine.gatewayclient import FAMILIES, rendezvous_order
@@ -235,3 +236,34 @@ def test_families_are_the_layouts_keys_and_only_metadata_is_routed_by_the_store_
     assert store.route(layout.head("vol")) is None
     clock.now += 1.0  # ... for the TTL
     assert store.route(layout.head("vol")) == ("vol", "HEAD", None)
+
+
+async def test_a_miss_asks_the_pool_before_the_store(config: Config, tmp_path: Path) -> None:
+    """Peer fill: the fallback gateway takes the object from its owner's cache; a peer never
+    fetches for another, so a cold object still costs exactly one store GET."""
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=5, large_size=4 * MiB)
+    urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    ids = [r.id for e in snap.entries.values() for r in e.chunks if r.pack is None]
+    layout = Layout(config.prefix, "alice")
+    async with serve_gateway(config, tmp_path, "a", port=int(urls[0].rsplit(":", 1)[1]),
+                             peers=Peers(urls, urls[0])) as a, \
+            serve_gateway(config, tmp_path, "b", port=int(urls[1].rsplit(":", 1)[1]),
+                          peers=Peers(urls, urls[1])) as b, aiohttp.ClientSession() as http:
+        async def get(gw_url: str, object_id: str) -> bytes:
+            async with http.get(f"{gw_url}/v1/alice/vol/chunks/{object_id}") as resp:
+                assert resp.status == 200
+                return await resp.read()
+
+        warm, cold = ids[0], ids[1]
+        assert content_id(await get(a.url, warm)) == warm  # a has it (one store GET) ...
+        await a.service.settled()
+        assert content_id(await get(b.url, warm)) == warm  # ... b, asked as a fallback, takes a's copy
+        assert content_id(await get(b.url, cold)) == cold   # a has no copy of this one: b reads the store
+        await b.service.settled()
+        assert a.origin.keys[layout.chunk("vol", warm)] == 1 and b.origin.keys[layout.chunk("vol", warm)] == 0
+        assert a.origin.keys[layout.chunk("vol", cold)] == 0 and b.origin.keys[layout.chunk("vol", cold)] == 1
+        text = await (await http.get(f"{b.url}/metrics")).text()
+        assert metric(text, "syncd_gateway_peer_fills_total") == 1
+        async with http.get(f"{a.url}/v1/alice/vol/chunks/{ids[2]}", headers={"X-Syncd-Peer": "cache-only"}) as resp:
+            assert resp.status == 404  # a peer's request never starts a fetch
+        assert a.origin.keys[layout.chunk("vol", ids[2])] == 0
