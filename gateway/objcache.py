@@ -1,9 +1,11 @@
 """The gateway's disk cache: verified objects, handed out as open files.
 
 One diskcache ``Cache`` (SQLite index, LRU, size-bounded) holds every owner's
-immutable objects under keys ``<owner>:<content id>``; the owner in the key
-keeps one owner from planting bytes another owner's workers would be served
-(ids are xxh3: they detect corruption, they are not collision-resistant).
+immutable objects under keys ``<owner>:<family>:<content id>``; the owner in
+the key keeps one owner from planting bytes another owner's workers would be
+served (ids are xxh3: they detect corruption, they are not collision-resistant),
+and the family keeps a ``snapshots/<id>`` request from being answered with a
+chunk that happens to be cached under that id.
 
 Why files: diskcache keeps a value of 32 KiB or more as a file of its own,
 and ``get(key, read=True)`` opens that file instead of reading it. A hit is
@@ -82,11 +84,11 @@ class ObjectCache:
                                       eviction_policy="least-recently-used", cull_limit=64, sqlite_timeout=60)
 
     @staticmethod
-    def _key(owner: str, object_id: str) -> str:
-        return f"{owner}:{object_id}"
+    def _key(owner: str, family: str, object_id: str) -> str:
+        return f"{owner}:{family}:{object_id}"
 
-    def _open(self, owner: str, object_id: str) -> Hit | None:
-        key = self._key(owner, object_id)
+    def _open(self, owner: str, family: str, object_id: str) -> Hit | None:
+        key = self._key(owner, family, object_id)
         try:
             value = self._cache.get(key, read=True)
         except Exception as exc:
@@ -121,28 +123,28 @@ class ObjectCache:
         except Exception as exc:
             log.warning("could not evict %s from the gateway cache: %s", key, exc)
 
-    def _put(self, owner: str, object_id: str, data: bytes) -> None:
+    def _put(self, owner: str, family: str, object_id: str, data: bytes) -> None:
         try:
-            self._cache.set(self._key(owner, object_id), data)
+            self._cache.set(self._key(owner, family, object_id), data)
         except Exception as exc:
             self.counts.errors += 1
             log.warning("gateway cache write failed for %s: %s", object_id, exc)
 
-    def _contains(self, owner: str, ids: list[str]) -> set[str]:
+    def _contains(self, owner: str, family: str, ids: list[str]) -> set[str]:
         try:
-            return {i for i in ids if self._key(owner, i) in self._cache}
+            return {i for i in ids if self._key(owner, family, i) in self._cache}
         except Exception:
             return set()
 
-    async def open(self, owner: str, object_id: str) -> Hit | None:
+    async def open(self, owner: str, family: str, object_id: str) -> Hit | None:
         """A verified hit (the caller closes it), or None."""
-        return await asyncio.to_thread(self._open, owner, object_id)
+        return await asyncio.to_thread(self._open, owner, family, object_id)
 
-    async def put(self, owner: str, object_id: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, owner, object_id, data)
+    async def put(self, owner: str, family: str, object_id: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put, owner, family, object_id, data)
 
-    async def contains(self, owner: str, ids: list[str]) -> set[str]:
-        return await asyncio.to_thread(self._contains, owner, ids)
+    async def contains(self, owner: str, family: str, ids: list[str]) -> set[str]:
+        return await asyncio.to_thread(self._contains, owner, family, ids)
 
     def close(self) -> None:
         self._cache.close()

@@ -201,7 +201,7 @@ class GatewayService:
 
     @property
     def cache(self) -> ObjectCache:
-        """The one disk cache of every owner (opened on first use; keys ``<owner>:<id>``)."""
+        """The one disk cache of every owner (opened on first use; keys ``<owner>:<family>:<id>``)."""
         if self._cache is None:
             self._cache = ObjectCache(self.cache_dir, self.cache_size)
         return self._cache
@@ -259,7 +259,7 @@ class GatewayService:
 
     async def _cached(self, obj: ObjectRef) -> CachedBody | None:
         corrupt = self.cache.counts.corrupt
-        hit = await self.cache.open(obj.owner, obj.id)
+        hit = await self.cache.open(obj.owner, obj.kind, obj.id)
         if self.cache.counts.corrupt > corrupt:
             self.metrics.corrupt.inc(self.cache.counts.corrupt - corrupt)
         if hit is None:
@@ -275,7 +275,7 @@ class GatewayService:
                 flight.from_store = True  # from now on peers may follow this flight (see _local)
                 await self._pull(obj, flight, ranged)
             flight.finish()
-            await self.cache.put(obj.owner, obj.id, flight.body())
+            await self.cache.put(obj.owner, obj.kind, obj.id, flight.body())
         except RangeOnly as exc:
             flight.fail(exc)
         except Exception as exc:
@@ -348,7 +348,8 @@ class GatewayService:
         objs = [ObjectRef(owner, volume, "chunks", i) for i in sorted(set(chunks or ()))]
         objs += [ObjectRef(owner, volume, "packs", i) for i in sorted(set(packs or ()))]
         result = WarmResult(volume, snapshot, objects=len(objs))
-        present = await self.cache.contains(owner, [o.id for o in objs])
+        present = (await self.cache.contains(owner, "chunks", [o.id for o in objs if o.kind == "chunks"])
+                   | await self.cache.contains(owner, "packs", [o.id for o in objs if o.kind == "packs"]))
         result.cached = sum(1 for o in objs if o.id in present)
         slots = asyncio.Semaphore(WARM_CONCURRENCY)
 

@@ -291,9 +291,14 @@ async def test_a_token_reads_only_its_owners_volumes(config: Config, tmp_path: P
             assert resp.status == 200 and (await resp.json())["fetched"] == 1
         async with http.get(f"{gw.url}/v1/bob/vol/chunks/{chunk.id}", headers=ALICE) as resp:
             assert resp.status == 403                   # cached or not, the answer is the same
-        # a token has no write, list, HEAD or snapshot route
+        # HEAD and snapshots are read routes under the same token check (issue 14)
+        for path, token, status in [("/v1/bob/vol/HEAD", ALICE, 403), (f"/v1/bob/vol/snapshots/{sid}", ALICE, 403),
+                                    ("/v1/bob/vol/HEAD", bob_token, 200)]:
+            async with http.get(gw.url + path, headers=token) as resp:
+                assert resp.status == status, path
+        # a token has no write or list route
         for method, path in [("PUT", f"/v1/bob/vol/chunks/{chunk.id}"), ("DELETE", f"/v1/bob/vol/chunks/{chunk.id}"),
-                             ("GET", "/v1/bob"), ("GET", "/v1/bob/vol"), ("GET", "/v1/bob/vol/HEAD"),
+                             ("GET", "/v1/bob"), ("GET", "/v1/bob/vol"), ("PUT", "/v1/bob/vol/HEAD"),
                              ("GET", f"/v1/bob/vol/snapshots/{chunk.id}"), ("GET", "/v1/bob/vol/warm")]:
             async with http.request(method, gw.url + path, headers=bob_token) as resp:
                 assert resp.status in (404, 405), (method, path)

@@ -198,7 +198,8 @@ class GatewaySource:
         except GatewayUnavailable:
             self._failed()
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: aiohttp refuses the request itself (e.g. credentials in the URL and a token)
             self._failed()
             raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         self.breaker.succeeded()
