@@ -471,7 +471,8 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
             runs[mode].append(run)
             print(f"rep {rep + 1} {mode}: wall {run['wall_s']} s, origin {run['origin_x_volume']}x bytes, "
                   f"{run['origin_requests_x_objects']}x requests, failed {run['failed_workers']}, "
-                  f"p50/p99 {run['latency_ms_p50']}/{run['latency_ms_p99']} ms, gw cpu {run['gateway_cpu_s']}",
+                  f"p50/p99 {run['latency_ms_p50']}/{run['latency_ms_p99']} ms, gw cpu {run['gateway_cpu_s']}, "
+                  f"killed {run['killed']}",
                   file=sys.stderr)
     return {"workers": args.workers, "procs": args.procs, "gateways": args.gateways, "reps": args.reps,
             "chunk_size": config.chunk_size, "pack_size": config.pack_size, **volume, "runs": runs}
