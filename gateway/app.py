@@ -197,13 +197,16 @@ async def _serve_object(request: web.Request, kind: str) -> web.StreamResponse:
     service = request.app[SERVICE]
     try:
         body, size = await _open(service, obj, "Range" in request.headers, request)
-        if request.method == "HEAD":
-            await verify_whole(body, size)     # HEAD answers like GET: never 200 for a corrupt object
     except SyncdError as exc:
         return error_response(status_for(exc), str(exc))
-    if none_match(request.headers.get("If-None-Match"), object_id):
-        return web.Response(status=304, headers=headers)
-    try:
+    try:                                       # every way out closes the body (a cache hit is an open file)
+        if request.method == "HEAD":
+            try:
+                await verify_whole(body, size)  # HEAD answers like GET: never 200 for a corrupt object
+            except SyncdError as exc:
+                return error_response(status_for(exc), str(exc))
+        if none_match(request.headers.get("If-None-Match"), object_id):
+            return web.Response(status=304, headers=headers)
         return await _respond(request, body, size, obj, headers)
     finally:
         body.close()
