@@ -98,8 +98,12 @@ async def test_engine_reads_and_one_file_edits_touch_depth_trees(config: Config,
         assert count.take() == 2 and done.changed == 1
         assert done.trees_written == 2                               # root and dir7, one tree pack
         assert eng.counter.calls["put"] == 4                         # small-file pack, tree pack, snapshot, HEAD
+        eng.counter.reset()
+        again = await edit.write_file(eng, "vol", "dir7/new.txt", _pieces(b"new\n"))
+        assert again.changed == 1 and eng.counter.calls["put"] == 3  # same bytes: no pack uploaded again
 
         _cold(eng)
+        count.take()
         removed = await edit.edit(eng, "vol", lambda b: b.remove("dir3/f1.txt"))
         assert count.take() == 2 and removed.trees_written == 2
         assert eng.counter.calls["put"] == 3                         # tree pack, snapshot, HEAD
@@ -119,7 +123,7 @@ async def test_engine_reads_and_one_file_edits_touch_depth_trees(config: Config,
         assert count.take() == DIRS - 1          # recursive: every dir but the three trees the mv just wrote
         _cold(eng)
         from syncd.engine.diff import snapshot_diff
-        _, _, changes = await snapshot_diff(eng, "vol", done.snapshot, removed.snapshot)
+        _, _, changes = await snapshot_diff(eng, "vol", again.snapshot, removed.snapshot)
         assert [(c.status, c.path) for c in changes] == [("removed", "dir3/f1.txt")]
         assert count.take() == 4                                     # root and dir3 of each side
 

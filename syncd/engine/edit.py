@@ -31,7 +31,9 @@ snapshot; a single CLI or SDK call is a batch of one.
 New file bytes go through the commit path's :class:`Uploader` (small files
 packed, large ones chunked, the byte budget bounding memory) before anything
 is published; the chunks of the file being replaced are known to it, so
-writing a file again uploads nothing. ``cp`` and ``mv`` only copy entries: the
+writing a file again uploads nothing (if a prune takes the lease before the
+publish, those reused chunks are checked again, as commit.py does, and the
+publish waits while prune holds the lease). ``cp`` and ``mv`` only copy entries: the
 chunks are shared, no file data moves.
 """
 
@@ -205,18 +207,21 @@ class Batch:
     ops: list[Op] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     _uploader: Uploader | None = None
+    _seen: Head | None = None           # the HEAD the uploader's known chunks come from
+    _reused: set[str] = field(default_factory=set)   # known chunks our files use without a PUT
 
     async def _upload(self, path: str) -> Uploader:
         """The batch's uploader; it knows the chunks of the file now at ``path`` (no re-upload)."""
-        try:
-            head = await self.engine.repo.head(self.volume)
-        except VolumeNotFound:
-            if not self.create:
-                raise
-            head, _ = await self.engine.repo.create(self.volume)
-        if self._uploader is None:
+        if self._uploader is None or self._seen is None:
+            try:
+                self._seen = await self.engine.repo.head(self.volume)
+            except VolumeNotFound:
+                if not self.create:
+                    raise
+                self._seen, _ = await self.engine.repo.create(self.volume)
             self._uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
                                       self.engine.config.pack_size, {})
+        head = self._seen
         current = await self.engine.repo.lookup(self.volume, head.snapshot, path) if head.snapshot else None
         for ref in current.chunks if current is not None else ():
             self._uploader.known.setdefault(ref.id, ref)
@@ -265,6 +270,9 @@ class Batch:
                     raise
                 await self.engine.repo.create(self.volume)
                 continue
+            if self._uploader is not None and self._seen is not None and head.epoch != self._seen.epoch:
+                await self._check_known(self._uploader)     # a prune ran since we chose what to reuse
+                self._seen = head
             view = View(self.engine, self.volume, head.snapshot)
             for op in self.ops:
                 await op(view)
@@ -286,7 +294,14 @@ class Batch:
 
     async def _check_existing(self, uploader: Uploader) -> None:
         """Chunks whose PUT found them already stored may be ones a prune is deleting (see commit.py)."""
-        for chunk_id in uploader.existed:
+        await self._check(uploader, uploader.existed)
+
+    async def _check_known(self, uploader: Uploader) -> None:
+        """The chunks reused from the files we replace, after a prune took the lease (HEAD's epoch moved)."""
+        await self._check(uploader, self._reused - set(uploader.new))
+
+    async def _check(self, uploader: Uploader, chunk_ids: set[str]) -> None:
+        for chunk_id in chunk_ids:
             try:
                 await self.engine.store.head(object_key(self.engine.layout, self.volume, uploader.location(chunk_id)))
             except NotFound as exc:
@@ -323,6 +338,8 @@ class FileWriter:
         uploader = await self._get_uploader()
         held = await self.batch.engine.budget.acquire(len(piece))
         chunk_id = await asyncio.to_thread(content_id, piece) if len(piece) > 1 << 20 else content_id(piece)
+        if chunk_id in uploader.known:
+            self.batch._reused.add(chunk_id)
         await uploader.add(chunk_id, piece, held, small)
         self._refs.append(ChunkRef(chunk_id, len(piece)))
         self.size += len(piece)
