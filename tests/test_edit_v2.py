@@ -127,6 +127,11 @@ async def test_engine_reads_and_one_file_edits_touch_depth_trees(config: Config,
         assert [(c.status, c.path) for c in changes] == [("removed", "dir3/f1.txt")]
         assert count.take() == 4                                     # root and dir3 of each side
 
+        from syncd.engine.restore import restore
+        back = await restore(eng, "vol", removed.snapshot or "", "dir5")   # from before the mv
+        assert back.changed == 1 + FILES
+        assert len(await edit.listdir(eng, "vol", "dir5")) == len(await edit.listdir(eng, "vol", "moved/dir5"))
+
 
 def test_cli_sdk_and_fsspec_read_the_trees_on_the_path(env: Config, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
