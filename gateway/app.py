@@ -2,8 +2,9 @@
 
 Routes::
 
-    GET|HEAD /v1/{owner}/{volume}/chunks/{id}   a chunk, Range supported
-    GET|HEAD /v1/{owner}/{volume}/packs/{id}    a pack, Range supported
+    GET|HEAD /v1/{owner}/{volume}/{family}/{id} an immutable object (chunks, packs, snapshots:
+                                                engine/gatewayclient.FAMILIES), Range supported
+    GET|HEAD /v1/{owner}/{volume}/HEAD          the commit point, at most --head-ttl old (heads.py)
     POST     /v1/{owner}/{volume}/warm          prefetch into the cache (JSON body, optional:
                                                 {"snapshot": id} or {"chunks": [...], "packs": [...]})
     GET      /healthz                           "ok", no token
@@ -46,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from syncd.engine.gatewayclient import FAMILIES
 from syncd.errors import (
     IntegrityError,
     InvalidName,
@@ -60,7 +62,9 @@ from syncd.format.chunking import is_content_id
 
 from .auth import Decision, Tokens
 from .guard import GUARD, ConnectionGuard, ServerLimits  # noqa: F401 (ServerLimits: for callers of create_app)
-from .service import Body, GatewayService, Kind, ObjectRef
+from .peers import PEER_HEADER
+from .send import send_body
+from .service import Body, GatewayService, ObjectRef, RangeOnly
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +175,7 @@ def denied(request: web.Request, owner: str) -> web.Response | None:
 
 
 async def object_handler(request: web.Request) -> web.StreamResponse:
-    kind: Kind = "chunks" if request.match_info["kind"] == "chunks" else "packs"
+    kind = request.match_info["kind"]
     started = time.monotonic()
     metrics = request.app[SERVICE].metrics
     response = await _serve_object(request, kind)
@@ -180,7 +184,7 @@ async def object_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _serve_object(request: web.Request, kind: Kind) -> web.StreamResponse:
+async def _serve_object(request: web.Request, kind: str) -> web.StreamResponse:
     owner, volume, object_id = (request.match_info[k] for k in ("owner", "volume", "id"))
     refusal = denied(request, owner)
     if refusal is not None:
@@ -192,14 +196,36 @@ async def _serve_object(request: web.Request, kind: Kind) -> web.StreamResponse:
     headers = {"ETag": f'"{object_id}"', "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes"}
     service = request.app[SERVICE]
     try:
-        body = await service.open(obj)
-        size = await body.length()
+        body, size = await _open(service, obj, "Range" in request.headers, request)
         if request.method == "HEAD":
-            await verify_whole(body, size)
+            await verify_whole(body, size)     # HEAD answers like GET: never 200 for a corrupt object
     except SyncdError as exc:
         return error_response(status_for(exc), str(exc))
     if none_match(request.headers.get("If-None-Match"), object_id):
         return web.Response(status=304, headers=headers)
+    try:
+        return await _respond(request, body, size, obj, headers)
+    finally:
+        body.close()
+
+
+async def _open(service: GatewayService, obj: ObjectRef, ranged: bool,
+                request: web.Request) -> tuple[Body, int]:
+    """The body and size of ``obj``; a large object's ranged miss becomes a relayed range.
+    A peer gateway's request (``X-Syncd-Peer``) is answered from cache or a flight only (peers.py)."""
+    body = await service.open(obj, ranged, cache_only=PEER_HEADER in request.headers,
+                              authorization=request.headers.get("Authorization"))
+    try:
+        return body, await body.length()
+    except RangeOnly as exc:
+        if ranged:
+            return service.relay(obj, exc.size), exc.size
+        body = await service.open(obj)  # a whole request that joined a ranged miss: fetch it whole
+        return body, await body.length()
+
+
+async def _respond(request: web.Request, body: Body, size: int, obj: ObjectRef,
+                   headers: dict[str, str]) -> web.StreamResponse:
     try:
         span = resolve_range(request, size)
     except Unsatisfiable as exc:
@@ -208,31 +234,42 @@ async def _serve_object(request: web.Request, kind: Kind) -> web.StreamResponse:
     start, end = span if span is not None else (0, size)
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["X-Syncd-Verified"] = getattr(body, "verified_by", "gateway")
     response = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
     response.content_type = "application/octet-stream"
     response.content_length = end - start
+    what = f"{obj.owner}/{obj.volume} {obj.kind}/{obj.id}"
     try:
         await response.prepare(request)
         if request.method != "HEAD":
-            await _send(request, response, body, obj, start, end)
+            await send_body(request, response, body, what, obj.kind, start, end, request.app[SERVICE].metrics)
     except ConnectionResetError:  # the client went away (gave up, or fell back to the store)
-        log.info("client left before %s/%s %s was sent", obj.owner, obj.volume, obj.id)
+        log.info("client left before %s was sent", what)
     return response
 
 
-async def _send(request: web.Request, response: web.StreamResponse, body: Body, obj: ObjectRef,
-                start: int, end: int) -> None:
-    served = request.app[SERVICE].metrics.served_bytes.labels(obj.kind)
-    try:
-        async for piece in body.read(start, end):
-            await response.write(piece)
-            served.inc(len(piece))
-    except SyncdError as exc:
-        log.warning("aborting response for %s/%s %s: %s", obj.owner, obj.volume, obj.id, exc)
-        if request.transport is not None:
-            request.transport.close()  # short of Content-Length: the client sees a broken body
-        return
-    await response.write_eof()
+async def head_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/<owner>/<volume>/HEAD``: the commit point, at most the HEAD TTL old (heads.py).
+
+    The store's ETag goes along (``ETag``), so a worker can advance HEAD with
+    ``If-Match`` from what it read here; ``Age`` says how old the copy is."""
+    started = time.monotonic()
+    service = request.app[SERVICE]
+    owner, volume = request.match_info["owner"], request.match_info["volume"]
+    response: web.StreamResponse | None = denied(request, owner)
+    if response is None:
+        try:
+            copy = await service.head(owner, volume)
+        except SyncdError as exc:
+            response = error_response(status_for(exc), str(exc))
+        else:
+            age = max(0.0, service.heads.clock() - copy.fetched)
+            response = web.Response(body=copy.data, content_type="application/json", headers={
+                "ETag": copy.etag, "Cache-Control": "no-cache", "Age": str(int(age))})
+            service.metrics.served_bytes.labels("HEAD").inc(len(copy.data))
+    service.metrics.requests.labels("HEAD", str(response.status)).inc()
+    service.metrics.latency.labels("HEAD").observe(time.monotonic() - started)
+    return response
 
 
 async def warm_handler(request: web.Request) -> web.Response:
@@ -309,6 +346,7 @@ def create_app(service: GatewayService, tokens: Tokens, max_requests: int = MAX_
     app[SLOTS] = asyncio.Semaphore(max_requests)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get(r"/v1/{owner}/{volume}/{kind:chunks|packs}/{id}", object_handler)
+    app.router.add_get(r"/v1/{owner}/{volume}/HEAD", head_handler)
+    app.router.add_get("/v1/{owner}/{volume}/{kind:" + "|".join(FAMILIES) + "}/{id}", object_handler)
     app.router.add_post("/v1/{owner}/{volume}/warm", warm_handler)
     return app

@@ -37,6 +37,7 @@ class Flight:
         self.received = 0
         self.error: BaseException | None = None
         self.verified = False
+        self.from_store = False  # the leader reads the store (not a peer): peers may follow it
         self._hash = hasher()
         self._wake = asyncio.Event()
 
@@ -73,6 +74,9 @@ class Flight:
     @property
     def done(self) -> bool:
         return self.verified or self.error is not None
+
+    def close(self) -> None:
+        """Readers are done with it (nothing to release: the leader owns the flight)."""
 
     def body(self) -> bytes:
         return b"".join(self.pieces)

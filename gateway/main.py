@@ -20,7 +20,8 @@ import logging
 import resource
 import signal
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -32,7 +33,12 @@ from syncd.errors import ConfigError, SyncdError
 from .app import MAX_REQUESTS, create_app
 from .auth import Tokens
 from .guard import ConnectionGuard, ServerLimits
-from .service import GatewayService
+from .peers import Peers
+from .service import WHOLE_LIMIT, GatewayService
+
+# A fleet connects all at once: with the default backlog (128) SYNs beyond it are dropped and
+# retried a second later, which a worker's connect timeout counted as a dead gateway.
+LISTEN_BACKLOG = 4096
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,20 +59,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="connections open at once; beyond, requests get 503 (default %(default)s)")
     p.add_argument("--max-per-client", type=int, default=ServerLimits.max_per_client,
                    help="connections open at once from one address; beyond, 503 (default %(default)s)")
+    p.add_argument("--head-ttl", type=float, help="seconds a volume's HEAD is served before it is fetched "
+                   "again (default $SYNCD_GATEWAY_HEAD_TTL, 1)")
+    p.add_argument("--whole-limit", type=parse_size, default=WHOLE_LIMIT,
+                   help="a ranged miss on an object up to this size fetches it whole (default 64M)")
+    p.add_argument("--pool", help="the gateway pool, as the workers' SYNCD_GATEWAY lists it: a miss asks the "
+                   "other gateways' caches before the store (default $SYNCD_GATEWAY)")
+    p.add_argument("--self-url", help="this gateway's URL in --pool (default http://HOST:PORT)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p.parse_args(argv)
 
 
 @contextlib.asynccontextmanager
 async def running(config: Config, tokens: Tokens, host: str, port: int, cache_dir: Path,
-                  cache_size: int, max_requests: int = MAX_REQUESTS,
-                  limits: ServerLimits = ServerLimits()) -> AsyncIterator[tuple[GatewayService, int]]:
+                  cache_size: int, max_requests: int = MAX_REQUESTS, limits: ServerLimits = ServerLimits(),
+                  *, head_ttl: float | None = None, whole_limit: int = WHOLE_LIMIT,
+                  clock: Callable[[], float] = time.monotonic,
+                  peers: Peers | None = None) -> AsyncIterator[tuple[GatewayService, int]]:
     """A serving gateway; yields the service and the bound port. Used by main() and the tests.
 
     ``limits`` bound idle and slow connections and how many a client may hold (guard.py).
     """
     async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
-        service = GatewayService(engine.store, config.prefix, cache_dir, cache_size)
+        service = GatewayService(engine.store, config.prefix, cache_dir, cache_size,
+                                 head_ttl=config.gateway_head_ttl if head_ttl is None else head_ttl,
+                                 whole_limit=whole_limit, clock=clock, peers=peers)
         guard = ConnectionGuard(limits)
         runner = web.AppRunner(create_app(service, tokens, max_requests, guard), shutdown_timeout=2.0,
                                access_log=None, keepalive_timeout=limits.keepalive_timeout)
@@ -74,7 +91,7 @@ async def running(config: Config, tokens: Tokens, host: str, port: int, cache_di
         assert runner.server is not None
         guard.attach(runner.server)
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
             await site.start()
             yield service, int(runner.addresses[0][1])
         finally:
@@ -98,8 +115,10 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     limits = ServerLimits(args.keepalive_timeout, args.header_timeout, args.max_connections, args.max_per_client)
     _raise_fd_limit(limits.max_connections)
-    async with running(config, tokens, args.host, args.port, cache_dir, cache_size,
-                       args.max_requests, limits) as (_, port):
+    pool = [u.strip() for u in args.pool.split(",") if u.strip()] if args.pool else list(config.gateways)
+    peers = Peers(pool, args.self_url or f"http://{args.host}:{args.port}") if pool else None
+    async with running(config, tokens, args.host, args.port, cache_dir, cache_size, args.max_requests, limits,
+                       head_ttl=args.head_ttl, whole_limit=args.whole_limit, peers=peers) as (_, port):
         print(f"syncd-gateway listening on http://{args.host}:{port}", flush=True)
         await stop.wait()
 

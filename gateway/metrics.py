@@ -7,7 +7,7 @@ one), so several gateways can live in one process (tests) without clashing.
 =======================================  =========  ==========================================
 metric                                   labels     meaning
 =======================================  =========  ==========================================
-syncd_gateway_requests_total             kind,code  object requests answered, by status code
+syncd_gateway_requests_total             kind,code  object and HEAD requests answered, by status code
 syncd_gateway_cache_hits_total           kind       objects served from the disk cache
 syncd_gateway_cache_misses_total         kind       objects that started an origin fetch
 syncd_gateway_singleflight_joins_total   kind       requests that joined a fetch in flight
@@ -15,6 +15,11 @@ syncd_gateway_cache_corrupt_total                   cached objects that failed v
 syncd_gateway_origin_requests_total                 GETs sent to the object store
 syncd_gateway_origin_bytes_total                    bytes received from the object store
 syncd_gateway_served_bytes_total         kind       body bytes sent to clients
+syncd_gateway_sendfile_bytes_total                  of those, bytes sent from cache files by sendfile
+syncd_gateway_relayed_ranges_total                  ranges of large objects relayed from the store
+syncd_gateway_peer_fills_total                      misses filled from another gateway's cache
+syncd_gateway_peer_bytes_total                      bytes received from other gateways
+syncd_gateway_peer_served_total                     objects served to other gateways (cache-only)
 syncd_gateway_inflight_fetches                      origin fetches in progress
 syncd_gateway_request_seconds            kind       time to answer an object request
 =======================================  =========  ==========================================
@@ -47,6 +52,15 @@ class GatewayMetrics:
                                     registry=r)
         self.served_bytes = Counter("syncd_gateway_served_bytes", "Body bytes sent to clients",
                                     ["kind"], registry=r)
+        self.sendfile_bytes = Counter("syncd_gateway_sendfile_bytes", "Bytes sent from cache files by sendfile",
+                                      registry=r)
+        self.relayed = Counter("syncd_gateway_relayed_ranges", "Ranges of large objects relayed from the store",
+                               registry=r)
+        self.peer_fills = Counter("syncd_gateway_peer_fills", "Misses filled from another gateway's cache",
+                                  registry=r)
+        self.peer_bytes = Counter("syncd_gateway_peer_bytes", "Bytes received from other gateways", registry=r)
+        self.peer_served = Counter("syncd_gateway_peer_served", "Objects served to other gateways",
+                                   registry=r)
         self.inflight = Gauge("syncd_gateway_inflight_fetches", "Origin fetches in progress", registry=r)
         self.latency = Histogram("syncd_gateway_request_seconds", "Time to answer an object request",
                                  ["kind"], buckets=LATENCY_BUCKETS, registry=r)

@@ -1,16 +1,17 @@
 """The gateway's core: a verified disk cache in front of the store, single-flight.
 
-``GatewayService.open(obj)`` answers one request for a chunk or pack object
-of a volume (``ObjectRef``: owner, volume, kind, content id) with a body to
-stream, in this order:
+``GatewayService.open(obj)`` answers one request for an immutable object of
+a volume (``ObjectRef``: owner, volume, key family, content id; the families
+are ``syncd.engine.gatewayclient.FAMILIES``: chunks, packs, snapshots,
+each named by the xxh3 of its bytes) with a body to stream, in this
+order:
 
 1. a fetch of the same object of the same volume already in flight: join
    it (no new GET);
-2. the disk cache: one ``syncd.engine.cache.ChunkCache`` (one diskcache handle,
-   whatever the number of owners), seen per owner through ``for_owner``, so
-   the size bound (LRU) covers every owner together while keys stay
-   owner-scoped. Every cached read is re-hashed; a corrupt
-   entry is evicted and counted, and the request continues as a miss;
+2. the disk cache (gateway/objcache.py): one diskcache for every owner, keys
+   owner-scoped. A hit is an open file, verified whole before it is handed
+   out and then sent with ``sendfile`` (gateway/send.py); a corrupt entry is
+   evicted and counted, and the request continues as a miss;
 3. a miss: start a :class:`~gateway.flight.Flight` and a leader task that
    streams the object from the store (``store.open_stream``, one GET) into
    it. Readers follow the flight as bytes arrive. Once the whole object has
@@ -19,13 +20,25 @@ stream, in this order:
    A body that breaks off part-way (a transient store error) is resumed with
    a ranged GET from the first missing byte, so readers never notice.
 
-Packs are fetched and cached whole even when a request asks for a range: a
-pack's id is the hash of the whole pack, so only a whole pack can be verified,
-and the next worker's range of the same pack is then a cache hit.
+Ranges. An object's id is the hash of the whole object, so only a whole
+object can be verified. The rule for a ranged miss: an object of at most
+``whole_limit`` bytes (``--whole-limit``, default 64 MiB; syncd's chunks and
+packs are 8 MiB) is fetched whole, once, and the range is cut from it (the
+end of the range is released when the whole object has verified; the next
+worker's range is a cache hit). A larger object is not fetched whole for a
+range: the leader learns the size from the store's first answer, gives up
+(:class:`RangeOnly`; that first GET is closed after its headers, and the
+size is remembered, so later ranges of it go straight to a ranged GET)
+and the request is relayed as a ranged GET
+(:class:`RangeBody`), uncached and marked ``X-Syncd-Verified: client``; the
+worker verifies every chunk it cuts from it, as it always does.
+
+HEAD (the commit point, mutable) has its own rule: gateway/heads.py. With a
+``--pool``, a miss first asks the other gateways' caches (gateway/peers.py).
 
 The leader is its own task: a client that disconnects does not cancel the
 fetch that other clients (and the cache) are waiting for. The store below is
-syncd's usual stack (engine.py): retries, a connection limit and counting.
+syncd's usual stack (wiring.py): retries, a connection limit and counting.
 
 ``warm`` prefetches a volume's objects (a snapshot, or explicit ids) into the
 cache, a bounded number at a time.
@@ -35,48 +48,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import BinaryIO, Protocol
 
-from syncd.engine.cache import ChunkCache
+from syncd.engine.gatewayclient import FAMILIES
 from syncd.engine.volumes import VolumeRepo
-from syncd.errors import InvalidName, TransientStoreError
+from syncd.errors import InvalidName, NotFound, TransientStoreError
 from syncd.format.chunking import is_content_id
 from syncd.format.layout import Layout, validate_name
+from syncd.limits import in_thread
 from syncd.store.base import ObjectStore, open_stream
 
 from .flight import Flight
+from .heads import HeadCache, HeadCopy
 from .metrics import GatewayMetrics
+from .objcache import Hit, ObjectCache
+from .peers import Peers
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["chunks", "packs"]
-KINDS: tuple[Kind, ...] = ("chunks", "packs")
 WARM_CONCURRENCY = 8
-RESUMES = 3  # times a body cut off part-way is resumed from where it stopped
+RESUMES = 3                   # times a body cut off part-way is resumed from where it stopped
+WHOLE_LIMIT = 64 * 1024 * 1024  # a ranged miss on an object up to this size fetches it whole
+HEAD_TTL = 1.0
+LARGE_KEPT = 100_000           # sizes of objects above whole_limit remembered (LRU)
+READ_PIECE = 1 << 20          # file reads when sendfile is not available
 
 
 @dataclass(frozen=True)
 class ObjectRef:
     owner: str
     volume: str
-    kind: Kind
+    kind: str  # a key family of FAMILIES
     id: str
 
     def __post_init__(self) -> None:
         validate_name(self.owner, "owner")
         validate_name(self.volume)
-        if self.kind not in KINDS:
+        if self.kind not in FAMILIES:
             raise InvalidName(f"unknown object kind {self.kind!r}")
         if not is_content_id(self.id):
             raise InvalidName(f"invalid object id {self.id!r}")
 
     @property
-    def flight_key(self) -> tuple[str, str, str]:
+    def flight_key(self) -> tuple[str, str, str, str]:
         """Fetches are per volume (a missing object in one volume must not fail another's)."""
-        return self.owner, self.volume, self.id
+        return self.owner, self.volume, self.kind, self.id
 
 
 class Body(Protocol):
@@ -84,18 +106,68 @@ class Body(Protocol):
 
     def read(self, start: int, end: int) -> AsyncIterator[bytes | memoryview]: ...
 
+    def close(self) -> None: ...
+
+
+class RangeOnly(Exception):
+    """A ranged miss on an object above ``whole_limit``: relay the range instead (RangeBody)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"object of {size} bytes is too large to fetch whole for a range")
+        self.size = size
+
 
 class CachedBody:
-    """An object read (and verified) from the disk cache."""
+    """A verified cache hit: bytes (small objects) or an open file (sent with sendfile)."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, hit: Hit) -> None:
+        self.hit = hit
+
+    @property
+    def file(self) -> BinaryIO | None:
+        """The verified file (for sendfile), or None for an in-memory hit."""
+        return self.hit.file
 
     async def length(self) -> int:
-        return len(self.data)
+        return self.hit.size
 
     async def read(self, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
-        yield memoryview(self.data)[start:end]
+        if self.hit.data is not None:
+            yield memoryview(self.hit.data)[start:end]
+            return
+        assert self.hit.file is not None
+        fd = self.hit.file.fileno()
+        while start < end:
+            piece = await in_thread(os.pread, fd, min(READ_PIECE, end - start), start)
+            if not piece:
+                raise TransientStoreError("cached file ended early")
+            yield piece
+            start += len(piece)
+
+    def close(self) -> None:
+        self.hit.close()
+
+
+class RangeBody:
+    """A range relayed from the store (objects above ``whole_limit``): not cached, not verified here."""
+
+    verified_by = "client"
+
+    def __init__(self, store: ObjectStore, key: str, size: int, metrics: GatewayMetrics) -> None:
+        self.store, self.key, self.size, self.metrics = store, key, size, metrics
+
+    async def length(self) -> int:
+        return self.size
+
+    async def read(self, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
+        self.metrics.origin_requests.inc()
+        async with open_stream(self.store, self.key, start, end) as stream:
+            async for piece in stream.pieces:
+                self.metrics.origin_bytes.inc(len(piece))
+                yield piece
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass
@@ -111,65 +183,101 @@ class WarmResult:
 
 class GatewayService:
     def __init__(self, store: ObjectStore, prefix: str, cache_dir: Path, cache_size: int,
-                 metrics: GatewayMetrics | None = None) -> None:
-        self.store, self.prefix = store, prefix
-        self.cache_dir, self.cache_size = cache_dir, cache_size
+                 metrics: GatewayMetrics | None = None, *, head_ttl: float = HEAD_TTL,
+                 whole_limit: int = WHOLE_LIMIT, clock: Callable[[], float] = time.monotonic,
+                 peers: Peers | None = None) -> None:
+        self.store, self.prefix, self.peers = store, prefix, peers
+        self.cache_dir, self.cache_size, self.whole_limit = cache_dir, cache_size, whole_limit
         self.metrics = metrics or GatewayMetrics()
-        self._cache: ChunkCache | None = None
+        self.heads = HeadCache(store, prefix, head_ttl, self.metrics, clock)
+        self._cache: ObjectCache | None = None
         self._repos: dict[str, VolumeRepo] = {}
-        self._flights: dict[tuple[str, str, str], Flight] = {}  # (owner, volume, id)
+        self._flights: dict[tuple[str, str, str, str], Flight] = {}
+        self._large: OrderedDict[tuple[str, str], int] = OrderedDict()  # (owner, id) -> size > whole_limit
         self._leaders: set[asyncio.Task[None]] = set()
 
     def layout(self, owner: str) -> Layout:
         return Layout(self.prefix, owner)
 
-    def cache(self, owner: str) -> ChunkCache:
-        """``owner``'s view of the one disk cache (keys ``<owner>:<id>``; no handle per owner)."""
+    @property
+    def cache(self) -> ObjectCache:
+        """The one disk cache of every owner (opened on first use; keys ``<owner>:<family>:<id>``)."""
         if self._cache is None:
-            self._cache = ChunkCache(self.cache_dir, self.cache_size, owner)
-        return self._cache.for_owner(owner)
+            self._cache = ObjectCache(self.cache_dir, self.cache_size)
+        return self._cache
 
     def key(self, obj: ObjectRef) -> str:
-        layout = self.layout(obj.owner)
-        return layout.chunk(obj.volume, obj.id) if obj.kind == "chunks" else layout.pack(obj.volume, obj.id)
+        return self.layout(obj.owner).volume_prefix(obj.volume) + FAMILIES[obj.kind](obj.id)
 
-    async def open(self, obj: ObjectRef) -> Body:
-        """A body for ``obj``: a fetch in flight, a verified cache entry, or a new fetch."""
+    async def head(self, owner: str, volume: str) -> HeadCopy:
+        validate_name(owner, "owner")
+        validate_name(volume)
+        return await self.heads.get(owner, volume)
+
+    async def open(self, obj: ObjectRef, ranged: bool = False, *, cache_only: bool = False,
+                   authorization: str | None = None) -> Body:
+        """A body for ``obj``: a fetch in flight, a verified cache entry, or a new fetch.
+        ``ranged``: the request wants a part (a large object is then relayed, see RangeOnly).
+        ``cache_only``: a peer asks (peers.py): NotFound rather than a fetch. ``authorization``
+        is forwarded to peers a miss asks first."""
+        if cache_only:
+            return await self._local(obj)
         flight = self._flights.get(obj.flight_key)
         if flight is None:
             cached = await self._cached(obj)
             if cached is not None:
                 return cached
             flight = self._flights.get(obj.flight_key)  # another request may have started one
+        large = self._large.get((obj.owner, obj.id))
+        if ranged and flight is None and large is not None:
+            return self.relay(obj, large)  # known to be too large to fetch whole for a range
         if flight is not None:
             self.metrics.joins.labels(obj.kind).inc()
             return flight
         self.metrics.misses.labels(obj.kind).inc()
         flight = Flight(obj.id)
         self._flights[obj.flight_key] = flight
-        task = asyncio.create_task(self._lead(obj, flight))
+        task = asyncio.create_task(self._lead(obj, flight, ranged, authorization))
         self._leaders.add(task)
         task.add_done_callback(self._leaders.discard)
         return flight
 
+    async def _local(self, obj: ObjectRef) -> Body:
+        """A peer's request: a flight fed by the store, the verified cached copy, or NotFound.
+        Never a flight fed by a peer: two gateways whose misses asked each other would each
+        wait for the other's bytes; a store-fed flight waits on nobody."""
+        flight = self._flights.get(obj.flight_key)
+        body: Body | None = flight if flight is not None and flight.from_store else await self._cached(obj)
+        if body is None:
+            raise NotFound(f"{obj.kind}/{obj.id} is not cached here")
+        self.metrics.peer_served.inc()
+        return body
+
+    def relay(self, obj: ObjectRef, size: int) -> RangeBody:
+        self.metrics.relayed.inc()
+        return RangeBody(self.store, self.key(obj), size, self.metrics)
+
     async def _cached(self, obj: ObjectRef) -> CachedBody | None:
-        cache = self.cache(obj.owner)
-        corrupt = cache.stats.corrupt
-        data = await cache.get(obj.id)
-        if cache.stats.corrupt > corrupt:
-            self.metrics.corrupt.inc(cache.stats.corrupt - corrupt)
-        if data is None:
+        corrupt = self.cache.counts.corrupt
+        hit = await self.cache.open(obj.owner, obj.kind, obj.id)
+        if self.cache.counts.corrupt > corrupt:
+            self.metrics.corrupt.inc(self.cache.counts.corrupt - corrupt)
+        if hit is None:
             return None
         self.metrics.hits.labels(obj.kind).inc()
-        return CachedBody(data)
+        return CachedBody(hit)
 
-    async def _lead(self, obj: ObjectRef, flight: Flight) -> None:
-        """Stream ``obj`` from the store into ``flight``; cache it once verified."""
+    async def _lead(self, obj: ObjectRef, flight: Flight, ranged: bool, authorization: str | None) -> None:
+        """Stream ``obj`` from a peer's cache or the store into ``flight``; cache it once verified."""
         self.metrics.inflight.inc()
         try:
-            await self._pull(obj, flight)
+            if not (self.peers and await self._from_peers(obj, flight, ranged, authorization)):
+                flight.from_store = True  # from now on peers may follow this flight (see _local)
+                await self._pull(obj, flight, ranged)
             flight.finish()
-            await self.cache(obj.owner).put(obj.id, flight.body())
+            await self.cache.put(obj.owner, obj.kind, obj.id, flight.body())
+        except RangeOnly as exc:
+            flight.fail(exc)
         except Exception as exc:
             flight.fail(exc)
             log.warning("origin fetch of %s/%s %s failed: %s", obj.owner, obj.volume, obj.id, exc)
@@ -181,7 +289,31 @@ class GatewayService:
             if self._flights.get(obj.flight_key) is flight:
                 del self._flights[obj.flight_key]
 
-    async def _pull(self, obj: ObjectRef, flight: Flight) -> None:
+    async def _from_peers(self, obj: ObjectRef, flight: Flight, ranged: bool, authorization: str | None) -> bool:
+        """True when a peer delivered the whole body into ``flight`` (not yet verified)."""
+        assert self.peers is not None
+        path = f"/v1/{obj.owner}/{obj.volume}/{obj.kind}/{obj.id}"
+        for url in self.peers.order(obj.id):
+            try:
+                async with self.peers.open(url, path, authorization) as stream:
+                    if ranged and stream.size > self.whole_limit:
+                        return False  # the store's ranged GET is cheaper than the whole object
+                    flight.start(stream.size)
+                    async for piece in stream.pieces:
+                        flight.add(piece)
+                        self.metrics.peer_bytes.inc(len(piece))
+            except NotFound:
+                continue
+            except TransientStoreError as exc:
+                log.info("peer %s failed for %s: %s", url, obj.id, exc)
+                if flight.received:
+                    return False  # the store resumes from the first missing byte
+                continue
+            self.metrics.peer_fills.inc()
+            return True
+        return False
+
+    async def _pull(self, obj: ObjectRef, flight: Flight, ranged: bool) -> None:
         """The body into ``flight``; a body cut off part-way resumes where it stopped (ranged GET)."""
         for resume in range(RESUMES + 1):
             opened = False
@@ -190,6 +322,9 @@ class GatewayService:
                 async with open_stream(self.store, self.key(obj), flight.received or None) as stream:
                     opened = True
                     if flight.size is None:
+                        if ranged and stream.size > self.whole_limit:
+                            self._remember_large(obj, stream.size)
+                            raise RangeOnly(stream.size)  # closes the body after its headers
                         flight.start(stream.size)
                     async for piece in stream.pieces:
                         flight.add(piece)
@@ -200,6 +335,11 @@ class GatewayService:
                     raise
                 log.info("resuming %s at byte %d after %s", obj.id, flight.received, exc)
 
+    def _remember_large(self, obj: ObjectRef, size: int) -> None:
+        self._large[(obj.owner, obj.id)] = size
+        while len(self._large) > LARGE_KEPT:
+            self._large.popitem(last=False)
+
     async def warm(self, owner: str, volume: str, snapshot: str | None = None,
                    chunks: Iterable[str] | None = None, packs: Iterable[str] | None = None) -> WarmResult:
         """Fetch a volume's objects into the cache: the given ids, else all of a snapshot."""
@@ -208,7 +348,8 @@ class GatewayService:
         objs = [ObjectRef(owner, volume, "chunks", i) for i in sorted(set(chunks or ()))]
         objs += [ObjectRef(owner, volume, "packs", i) for i in sorted(set(packs or ()))]
         result = WarmResult(volume, snapshot, objects=len(objs))
-        present = await self.cache(owner).contains(o.id for o in objs)
+        present = (await self.cache.contains(owner, "chunks", [o.id for o in objs if o.kind == "chunks"])
+                   | await self.cache.contains(owner, "packs", [o.id for o in objs if o.kind == "packs"]))
         result.cached = sum(1 for o in objs if o.id in present)
         slots = asyncio.Semaphore(WARM_CONCURRENCY)
 
@@ -222,6 +363,8 @@ class GatewayService:
                         result.bytes_fetched += body.received
                 except Exception as exc:
                     result.failed.append(f"{obj.kind}/{obj.id}: {exc}")
+                finally:
+                    body.close()
 
         await asyncio.gather(*(one(o) for o in objs if o.id not in present))
         await self.settled()  # every fetched object is in the cache before we answer
@@ -246,6 +389,8 @@ class GatewayService:
         for task in list(self._leaders):
             task.cancel()
         await asyncio.gather(*self._leaders, return_exceptions=True)
+        if self.peers is not None:
+            await self.peers.close()
         if self._cache is not None:
             self._cache.close()
             self._cache = None

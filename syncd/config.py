@@ -37,6 +37,9 @@ SYNCD_STALE_UPLOAD_AGE       86400               seconds after which an unfinish
                                                  multipart upload counts as abandoned
 SYNCD_GATEWAY                (none)              comma-separated gateway URLs
 SYNCD_GATEWAY_TOKEN          (none)              bearer token for the gateways
+SYNCD_GATEWAY_HEAD_TTL       1                   seconds a gateway serves a HEAD before
+                                                 refetching it; workers read a HEAD they
+                                                 wrote from the store for this long
 SYNCD_ROOT                   /volumes            where the agent mounts volumes
 SYNCD_SOCKET                 /run/syncd.sock     the agent's Unix socket
 SYNCD_KEEP_SNAPSHOTS         (all)               prune: keep the newest N snapshots
@@ -100,6 +103,7 @@ class Config:
     stale_upload_age: float = 86400.0
     gateways: tuple[str, ...] = ()
     gateway_token: str | None = None
+    gateway_head_ttl: float = 1.0
     root: Path = Path("/volumes")
     socket: Path = Path("/run/syncd.sock")
     keep_snapshots: int | None = None
@@ -178,6 +182,7 @@ class Config:
         number("SYNCD_KEEP_SNAPSHOTS", "keep_snapshots", int)
         number("SYNCD_KEEP_DAYS", "keep_days", float)
         number("SYNCD_PRUNE_GRACE", "prune_grace", float)
+        number("SYNCD_GATEWAY_HEAD_TTL", "gateway_head_ttl", float)
         if env.get("SYNCD_GATEWAY"):
             values["gateways"] = tuple(u.strip().rstrip("/") for u in env["SYNCD_GATEWAY"].split(",") if u.strip())
         text("SYNCD_GATEWAY_TOKEN", "gateway_token")

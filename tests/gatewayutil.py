@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.auth import Tokens
 from gateway.main import running
@@ -49,21 +50,23 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def serve_gateway(config: Config, tmp_path: Path, name: str = "gw",
-                        tokens: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
-    """A gateway on a free loopback port in this process (auth off unless ``tokens``)."""
-    async with running(config, Tokens(tokens), "127.0.0.1", 0, tmp_path / name / "cache",
-                       256 * MiB) as (service, port):
+                        tokens: dict[str, str] | None = None, port: int = 0,
+                        **options: Any) -> AsyncIterator[Gateway]:
+    """A gateway on a free loopback port in this process (auth off unless ``tokens``);
+    ``options`` go to ``gateway.main.running`` (head_ttl, whole_limit, clock)."""
+    async with running(config, Tokens(tokens), "127.0.0.1", port, tmp_path / name / "cache",
+                       256 * MiB, **options) as (service, port):
         yield Gateway(f"http://127.0.0.1:{port}", service)
 
 
 @contextlib.contextmanager
-def gateway_process(config: Config, tmp_path: Path, timeout: float = 30.0) -> Iterator[
-        tuple[subprocess.Popen[bytes], str]]:
-    """``syncd-gateway --no-auth --port 0`` as a child process; killed on exit."""
+def gateway_process(config: Config, tmp_path: Path, timeout: float = 30.0, port: int = 0,
+                    cache: str = "gwproc-cache") -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``syncd-gateway --no-auth --port PORT`` as a child process; killed on exit."""
     env = {**os.environ, "SYNCD_S3_ENDPOINT": config.s3_endpoint or "", "SYNCD_BUCKET": config.bucket,
            "SYNCD_PREFIX": config.prefix}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--no-auth", "--port", "0",
-                             "--cache-dir", str(tmp_path / "gwproc-cache")],
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--no-auth", "--port", str(port),
+                             "--cache-dir", str(tmp_path / cache)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
     try:
         assert proc.stdout is not None

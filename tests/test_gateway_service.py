@@ -183,7 +183,7 @@ async def test_auth_names_and_not_found(config: Config, tmp_path: Path) -> None:
         assert await status(f"/v1/alice/.hidden/chunks/{ref.id}", ALICE) == 400
         assert await status(f"/v1/alice/vol/chunks/{ref.id.upper()}", ALICE) == 400
         assert await status("/v1/alice/vol/chunks/HEAD", ALICE) == 400
-        assert await status("/v1/alice/vol/snapshots/" + ref.id, ALICE) == 404  # no such route
+        assert await status("/v1/alice/vol/HEADS/" + ref.id, ALICE) == 404  # no such key family
         # a valid id the volume does not hold, or another volume of the owner
         assert await status(f"/v1/alice/vol/chunks/{'0' * 32}", ALICE) == 404
         assert await status(f"/v1/alice/other/chunks/{'1' * 32}", ALICE) == 404

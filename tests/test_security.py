@@ -291,9 +291,14 @@ async def test_a_token_reads_only_its_owners_volumes(config: Config, tmp_path: P
             assert resp.status == 200 and (await resp.json())["fetched"] == 1
         async with http.get(f"{gw.url}/v1/bob/vol/chunks/{chunk.id}", headers=ALICE) as resp:
             assert resp.status == 403                   # cached or not, the answer is the same
-        # a token has no write, list, HEAD or snapshot route
+        # HEAD and snapshots are read routes under the same token check (issue 14)
+        for path, token, status in [("/v1/bob/vol/HEAD", ALICE, 403), (f"/v1/bob/vol/snapshots/{sid}", ALICE, 403),
+                                    ("/v1/bob/vol/HEAD", bob_token, 200)]:
+            async with http.get(gw.url + path, headers=token) as resp:
+                assert resp.status == status, path
+        # a token has no write or list route
         for method, path in [("PUT", f"/v1/bob/vol/chunks/{chunk.id}"), ("DELETE", f"/v1/bob/vol/chunks/{chunk.id}"),
-                             ("GET", "/v1/bob"), ("GET", "/v1/bob/vol"), ("GET", "/v1/bob/vol/HEAD"),
+                             ("GET", "/v1/bob"), ("GET", "/v1/bob/vol"), ("PUT", "/v1/bob/vol/HEAD"),
                              ("GET", f"/v1/bob/vol/snapshots/{chunk.id}"), ("GET", "/v1/bob/vol/warm")]:
             async with http.request(method, gw.url + path, headers=bob_token) as resp:
                 assert resp.status in (404, 405), (method, path)
@@ -321,7 +326,7 @@ async def test_only_chunks_and_packs_of_the_named_volume_are_reachable(config: C
     sid, snap = await commit_tree(config, tmp_path / "src", small_files=4, large_size=1_500_000)
     cid = next(r for e in snap.entries.values() for r in e.chunks if r.pack is None).id
     attempts = [
-        "/v1/alice/vol/HEAD", f"/v1/alice/vol/snapshots/{sid}", "/v1/alice/vol/chunks/../HEAD",
+        "/v1/alice/vol/chunks/../HEAD",
         "/v1/alice/vol/chunks/..%2FHEAD", f"/v1/alice/vol%2Fchunks/{cid}", f"/v1/alice/..%2Fbob/chunks/{cid}",
         f"/v1/alice/%2E%2E/chunks/{cid}", f"/v1/alice/vol/chunks/{cid}%2F..%2F..%2FHEAD",
         f"/v1/alice/vol/chunks/{cid.upper()}", f"/v1/alice/vol/chunks/{cid}0", f"/v1/alice/vol/chunks/{cid * 500}",
@@ -336,8 +341,11 @@ async def test_only_chunks_and_packs_of_the_named_volume_are_reachable(config: C
             assert status in (400, 404, 405, 414, 431), (path[:200], status, body[:200])
         status, _ = await raw_http(gw.url, f"/v1/alice/../bob/vol/chunks/{cid}", ALICE)
         assert status in (403, 404)         # normalised to bob's path: not alice's to read
+        for path in ("/v1/alice/vol/HEAD", f"/v1/alice/vol/snapshots/{sid}"):  # served since issue 14
+            assert (await raw_http(gw.url, path, ALICE))[0] == 200
         keys = set(gw.origin.keys)
-        assert keys == {f"{config.prefix}/alice/vol/packs/{sid}", f"{config.prefix}/alice/vol/chunks/{sid[:2]}/{sid}"}
+        assert keys == {f"{config.prefix}/alice/vol/packs/{sid}", f"{config.prefix}/alice/vol/chunks/{sid[:2]}/{sid}",
+                        f"{config.prefix}/alice/vol/HEAD", f"{config.prefix}/alice/vol/snapshots/{sid}"}
     async with serve_gateway(config, tmp_path, name="open") as gw:   # --no-auth: the owner is not pinned
         for path in [f"/v1/%2E%2E/vol/chunks/{cid}", f"/v1/alice%2Fvol/x/chunks/{cid}", f"/v1/-x/vol/chunks/{cid}",
                      f"/v1/%2E%2E%2F%2E%2E/vol/chunks/{cid}"]:

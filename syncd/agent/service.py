@@ -13,15 +13,19 @@ number of concurrent requests cause one hydrate.
 Sync = commit local changes, then hydrate the latest snapshot. Committing
 first means a reload never loses a local write and never conflicts with one.
 
-Write-back. A watcher per mount (watch.py) polls the directory (an lstat walk)
-and compares it with the local index, which records exactly what was last
-committed or hydrated there. Comparing with the index, not with the previous
-scan, means a write that lands while a commit runs is still seen as pending
-afterwards. Once the tree stopped changing for ``debounce`` seconds (or has
-been dirty for ``max_delay``) the watcher commits. Commits of one mount are
-serialised by its lock and coalesced: a request that arrives while another is
-still waiting for the lock joins it, since that commit has not scanned yet and
-will include the caller's writes.
+Write-back. A watcher per mount (watch.py) learns of writes from inotify
+(one full walk when it starts, then only events; polling by lstat walks is
+the fallback) and compares the touched paths with the local index, which
+records exactly what was last committed or hydrated there. Comparing with
+the index, not with the previous look, means a write that lands while a
+commit runs is still seen as pending afterwards. Once the tree stopped
+changing for ``debounce`` seconds (or has been dirty for ``max_delay``) the
+watcher commits, handing the commit the touched paths so that it lstat's
+those instead of walking. Commits of one mount are serialised by its lock and
+coalesced: a request that arrives while another full commit is still waiting
+for the lock joins it, since that commit has not scanned yet and will include
+the caller's writes (a hinted write-back commit is never joined: it looks only
+at the paths its watcher knew of).
 
 Durability. The state file (``SYNCD_STATE_DIR/agent/<owner>.json``, temp file
 plus rename) lists the mounted volumes. On start the agent resumes each of
@@ -49,7 +53,7 @@ from syncd.format.layout import validate_name
 from syncd.limits import SingleFlight
 from syncd.local import fs as localfs
 from syncd.local.mountdir import prepare_mount
-from syncd.local.watch import Watch, WatchSettings
+from syncd.local.watch import PollWatch, Watcher, WatchSettings, WatchUnavailable, open_watcher
 from syncd.mount.spawn import LazyMount, LazyMounts, check_mode, default_mode
 
 log = logging.getLogger(__name__)
@@ -68,12 +72,13 @@ class Mount:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queued: asyncio.Future[CommitResult] | None = None
     watcher: asyncio.Task[None] | None = None
-    watch: Watch | None = None
+    watch: Watcher | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "snapshot": self.snapshot, "seq": self.seq,
                 "hydrates": self.hydrates, "commits": self.commits,
-                "pending": bool(self.watch and self.watch.pending), "last_error": self.last_error}
+                "pending": bool(self.watch and self.watch.pending), "last_error": self.last_error,
+                "watch": self.watch.describe() if self.watch else None}
 
 
 class Agent:
@@ -131,7 +136,7 @@ class Agent:
         else:
             await self.engine.repo.head(name)
         mount = Mount(name, self.config.root / name)
-        resuming = await asyncio.to_thread(self.engine.index.path(name, mount.path).exists)
+        resuming = await self.engine.index.exists(name, mount.path)
         await asyncio.to_thread(prepare_mount, self.config.root, name)
         await self._sync(mount, commit_first=resuming)
         self.mounts[name] = mount
@@ -225,19 +230,24 @@ class Agent:
             return await self.lazy.commit(name, message)
         return await self.commit(await self._mounted(name), message)
 
-    async def commit(self, mount: Mount, message: str = "") -> CommitResult:
-        """Commit now; joins a commit that is queued but has not scanned yet."""
+    async def commit(self, mount: Mount, message: str = "", changed: frozenset[str] | None = None) -> CommitResult:
+        """Commit now; joins a full commit that is queued but has not scanned yet.
+
+        ``changed``: the only paths that may differ from the index (the watcher's hint)."""
         if mount.queued is not None and not mount.queued.done():
             return await asyncio.shield(mount.queued)
-        future = asyncio.ensure_future(self._commit_when_free(mount, message))
-        mount.queued = future
+        future = asyncio.ensure_future(self._commit_when_free(mount, message, changed))
+        if changed is None:
+            mount.queued = future
         return await asyncio.shield(future)
 
-    async def _commit_when_free(self, mount: Mount, message: str) -> CommitResult:
+    async def _commit_when_free(self, mount: Mount, message: str, changed: frozenset[str] | None) -> CommitResult:
         async with mount.lock:
-            mount.queued = None  # requests from now on may have writes this scan misses
+            if changed is None:
+                mount.queued = None  # requests from now on may have writes this scan misses
             try:
-                result = await commit(self.engine, mount.name, mount.path, message=message, create=False)
+                result = await commit(self.engine, mount.name, mount.path, message=message, create=False,
+                                      changed=changed)
             except SyncdError as exc:
                 mount.last_error = f"{type(exc).__name__}: {exc}"
                 raise
@@ -255,24 +265,33 @@ class Agent:
     # ---------------------------------------------------------------- write-back
 
     async def _watch(self, mount: Mount) -> None:
-        watch = mount.watch = Watch(self.engine.index, mount.name, mount.path, self.watch.poll)
-        while True:
-            await asyncio.sleep(watch.interval)
-            try:
-                if await watch.due(self.watch):
-                    await self.commit(mount, "write-back")
+        watch = mount.watch = await open_watcher(self.engine.index, mount.name, mount.path, self.watch)
+        try:
+            while True:
+                try:
+                    changed = await watch.next_due(self.watch)
+                    await self.commit(mount, "write-back", changed)
                     watch.committed()
-            except asyncio.CancelledError:
-                raise
-            except VolumeNotFound:
-                mount.watcher = None            # this task ends here; _forget must not cancel it
-                await self._forget(mount)
-                return
-            except SyncdError as exc:
-                mount.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("write-back of %s: %s", mount.name, exc)
-            except Exception:
-                log.exception("write-back of %s failed", mount.name)
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except WatchUnavailable as exc:
+                    log.warning("write-back of %s: %s; polling instead", mount.name, exc)
+                    watch.close()
+                    watch = mount.watch = PollWatch(self.engine.index, mount.name, mount.path, self.watch.poll)
+                    continue
+                except VolumeNotFound:
+                    mount.watcher = None            # this task ends here; _forget must not cancel it
+                    await self._forget(mount)
+                    return
+                except SyncdError as exc:
+                    mount.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("write-back of %s: %s", mount.name, exc)
+                except Exception:
+                    log.exception("write-back of %s failed", mount.name)
+                await asyncio.sleep(max(self.watch.poll, self.watch.debounce))   # then try again
+        finally:
+            watch.close()
 
     async def _stop_watcher(self, mount: Mount) -> None:
         task, mount.watcher = mount.watcher, None

@@ -6,6 +6,7 @@
     maint.py    ``volume prune|check``
     gateway.py  ``gateway warm``
     files.py    ``ls``, ``cat``, ``rm``, ``cp``, ``mv``, ``diff``, ``volume rename`` (no mount needed)
+    mount.py    ``mount VOLUME DIR``: a lazy FUSE mount
     progress.py rich progress bars
 """
 

@@ -20,6 +20,10 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
                    help="commit once the tree was quiet this long (seconds)")
     p.add_argument("--max-delay", type=float, default=defaults.max_delay,
                    help="commit a tree that keeps changing at least this often (seconds)")
+    p.add_argument("--watch", choices=("auto", "poll"), default=defaults.mode,
+                   help="change detection: inotify, else polling (auto), or always poll (see docs/AGENT.md)")
+    p.add_argument("--max-watches", type=int, default=defaults.max_watches,
+                   help="poll instead of inotify for a mount with more directories than this (0: kernel limit)")
 
 
 @command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args)
@@ -31,7 +35,7 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
         print(f"syncd agent: owner {config.owner}, root {config.root}, socket {config.socket}",
               file=sys.stderr, flush=True)
 
-    failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay), ready)
+    failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay, args.watch, args.max_watches), ready)
     if failed:
         from syncd.errors import LocalIOError
         raise LocalIOError("could not flush: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))

@@ -35,7 +35,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from syncd.errors import CommitConflict, LocalIOError, NotFound, PreconditionFai
 from syncd.format.chunking import content_id, spans
 from syncd.format.layout import object_key
 from syncd.format.manifest import Changes, ChunkRef, Entry, Snapshot, diff, escaping_symlinks, symlink_stays_inside
+from syncd.local.changes import overlay
 from syncd.local.dirfd import open_file
 from syncd.local.index import Fingerprint, LocalIndex, Tracked
 from syncd.local.scan import LocalFile, from_stat, scan
@@ -78,7 +79,9 @@ class CommitResult:
 
 
 async def commit(engine: Engine, volume: str, source: Path, *, message: str = "", create: bool = True,
-                 progress: Progress | None = None) -> CommitResult:
+                 progress: Progress | None = None, changed: Collection[str] | None = None) -> CommitResult:
+    """``changed``: if given, the only paths that may differ from the local index (a watcher's
+    hint); they are lstat'ed instead of walking ``source`` (local/changes.py)."""
     async with engine.index.locked(volume, source):
         try:
             head = await engine.repo.head(volume)
@@ -87,7 +90,7 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
                 raise
             head, _ = await engine.repo.create(volume)
         index = await engine.index.load(volume, source)
-        local = await scan(source)
+        local = await scan(source) if changed is None else await overlay(source, index, changed)
         result = CommitResult(volume, head.snapshot, head.seq)
         for _ in range(REUSE_PASSES):
             head = await _wait_for_lease(engine, head)

@@ -1,4 +1,4 @@
-"""Fetching chunks through caching gateways (see gateway/ and docs/GATEWAY.md).
+"""Fetching through caching gateways (see gateway/ and docs/GATEWAY.md).
 
 ``gateway_sources(config)`` turns ``SYNCD_GATEWAY`` (comma-separated URLs)
 into one :class:`GatewaySource` per gateway, which ``ChunkFetcher`` tries
@@ -13,7 +13,8 @@ cached on, one gateway and the pool's caches add up; removing a gateway only
 moves the objects that ranked it first.
 
 Failure handling is built so that a bad gateway costs about one timeout, not
-one per chunk: requests use a short connect timeout (1 s) and a read timeout
+one per chunk: requests use a short connect timeout (3 s: a refused connection fails at
+once, and one SYN lost in a fleet's connection burst is retried after 1 s) and a read timeout
 between bytes (10 s: long enough for a busy gateway queueing a burst of
 misses, short enough that a hung one is noticed), and any failure (refused, reset, timed out, 5xx, token
 refused) opens that gateway's :class:`Breaker` for a while (1 s, doubling to
@@ -24,6 +25,11 @@ failure: the fetcher then asks the next source.
 
 Gateway failures raise :class:`GatewayUnavailable` (a TransientStoreError),
 which the fetcher logs and skips.
+
+Besides chunks and pack ranges (``fetch``, ``fetch_range``: the ChunkFetcher's
+seam) a source reads whole immutable objects of any key family
+(``fetch_object``: snapshots, v2 trees) and HEAD (``fetch_head``); those are
+what engine/gatewaystore.py routes through the pool.
 """
 
 from __future__ import annotations
@@ -40,8 +46,21 @@ from syncd.engine.fetch import ChunkSource
 from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef
+from syncd.store.base import Blob
 
-CONNECT_TIMEOUT = 1.0
+# Immutable key families under a volume's prefix that gateways serve, each named by the content id
+# of its bytes: family -> key below ``<prefix>/<owner>/<volume>/``. A new family is one line here
+# (the gateway routes and caches it, workers read it through the pool).
+FAMILIES: dict[str, Callable[[str], str]] = {
+    "chunks": lambda i: f"chunks/{i[:2]}/{i}",
+    "packs": lambda i: f"packs/{i}",
+    "snapshots": lambda i: f"snapshots/{i}",
+}
+# Not format v2's tree packs (trees/<id>): their ids are drawn at random (FORMAT.md section 5), so a
+# gateway cannot verify a pack by its name; the engine reads them with ranged GETs from the store
+# and verifies each tree by its own id. Serving them needs per-tree verification at the gateway.
+
+CONNECT_TIMEOUT = 3.0  # > one lost SYN (retransmitted after 1 s) under a fleet's connection burst
 READ_TIMEOUT = 10.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -135,7 +154,8 @@ class GatewaySource:
         self.public_url = urlunsplit(parts._replace(netloc=host))
         self.name = f"gateway:{host or self.url}"
         self.session = session or _Session()
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+        # connect=None: waiting for a pooled connection is not the gateway's fault (sock_read bounds a hung one)
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=None,
                                              sock_connect=connect_timeout, sock_read=read_timeout)
         self.breaker = breaker or Breaker()
         self.requests = self.failures = self.skipped = 0
@@ -146,12 +166,22 @@ class GatewaySource:
     async def fetch(self, volume: str, ref: ChunkRef) -> bytes | None:
         if ref.pack is not None:
             return await self.fetch_range(volume, ref.pack, ref.offset, ref.offset + ref.size)
-        return await self._get(f"/v1/{self.owner}/{volume}/chunks/{ref.id}", None)
+        return await self.fetch_object(volume, "chunks", ref.id)
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None:
-        return await self._get(f"/v1/{self.owner}/{volume}/packs/{pack}", (start, end))
+        blob = await self._get(f"/v1/{self.owner}/{volume}/packs/{pack}", (start, end))
+        return None if blob is None else blob.data
 
-    async def _get(self, path: str, span: tuple[int, int] | None) -> bytes | None:
+    async def fetch_object(self, volume: str, family: str, object_id: str) -> bytes | None:
+        """A whole immutable object (a FAMILIES key), not verified here; None if the gateway passes."""
+        blob = await self._get(f"/v1/{self.owner}/{volume}/{family}/{object_id}", None)
+        return None if blob is None else blob.data
+
+    async def fetch_head(self, volume: str) -> Blob | None:
+        """The volume's HEAD and the store's ETag for it, at most the gateway's HEAD TTL old."""
+        return await self._get(f"/v1/{self.owner}/{volume}/HEAD", None)
+
+    async def _get(self, path: str, span: tuple[int, int] | None) -> Blob | None:
         if not self.breaker.allows():
             self.skipped += 1
             return None
@@ -166,16 +196,18 @@ class GatewaySource:
                 if resp.status not in (200, 206):
                     raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
                 data = await resp.read()
+                etag = resp.headers.get("ETag", "")
         except GatewayUnavailable:
             self._failed()
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: aiohttp refuses the request itself (e.g. credentials in the URL and a token)
             self._failed()
             raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         self.breaker.succeeded()
         if span is not None and resp.status == 200:
             data = data[span[0]:span[1]]
-        return data
+        return Blob(data, etag)
 
     def _failed(self) -> None:
         self.failures += 1

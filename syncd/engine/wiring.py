@@ -7,6 +7,8 @@
     LimitingStore      at most SYNCD_MAX_CONNECTIONS requests in flight
     RetryingStore      backoff on TransientStoreError, SYNCD_RETRIES attempts
     CountingStore      per-operation counts and bytes (tests, metrics)
+    GatewayStore       (with SYNCD_GATEWAY, under the VolumeRepo only) HEAD, snapshots
+                       and trees through the gateway pool, then the store
     VolumeRepo         HEAD and snapshots
     ChunkCache         diskcache, verified, best-effort
     ChunkFetcher       cache -> gateways -> store, single-flight
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.engine.cache import ChunkCache
@@ -31,6 +34,9 @@ from syncd.limits import ByteBudget
 from syncd.local.index import IndexStore
 from syncd.store.base import ObjectStore
 from syncd.store.wrap import CountingStore, LimitingStore, RetryingStore
+
+if TYPE_CHECKING:  # imported when gateways are configured: aiohttp is not loaded otherwise
+    from syncd.engine.gatewaystore import GatewayStore
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Engine:
     fetcher: ChunkFetcher
     index: IndexStore
     budget: ByteBudget
+    pooled: GatewayStore | None = None  # the VolumeRepo's reads through the gateways, if any
 
 
 @contextlib.asynccontextmanager
@@ -59,10 +66,17 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
     if not sources and config.gateways:
         from syncd.engine.gatewayclient import gateway_sources
         sources = gateway_sources(config)
-    scope = f"{config.s3_endpoint or 'aws'}|{config.bucket}|{config.prefix}|{config.owner}"
-    engine = Engine(config, counter, counter, layout, VolumeRepo(counter, layout, cache=cache), cache,
-                    ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope),
-                    ByteBudget(config.max_inflight_bytes))
+    # the index is keyed by what names the volumes, not by how the endpoint is spelled
+    scope = f"{config.bucket}|{config.prefix}|{config.owner}"
+    legacy_scope = f"{config.s3_endpoint or 'aws'}|{scope}"   # JSON-era index files, migrated on use
+    pooled = None
+    if sources:
+        from syncd.engine.gatewaystore import GatewayStore, ObjectSource
+        pool = [s for s in sources if isinstance(s, ObjectSource)]
+        pooled = GatewayStore(counter, layout, pool, config.gateway_head_ttl) if pool else None
+    engine = Engine(config, counter, counter, layout, VolumeRepo(pooled or counter, layout, cache=cache), cache,
+                    ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope, legacy_scope),
+                    ByteBudget(config.max_inflight_bytes), pooled)
     try:
         yield engine
     finally:

@@ -1,16 +1,49 @@
-"""What syncd knows about a local directory, kept outside it.
+"""What syncd knows about a local directory, kept outside it, in one SQLite database.
 
-For each (store, owner, volume, directory) the index records the snapshot the
-directory was last synced with and, per path, the entry it was synced to plus
-the stat fingerprint (inode, size, mtime, ctime) the file had right after. A
-commit re-reads only files whose fingerprint changed, and recognises a rename
-by inode, size and mtime; a hydrate knows which local files it owns (and may
-replace) and which are the user's own or locally modified.
+For each (store namespace, volume, directory) the index records the snapshot
+the directory was last synced with and, per path, the entry it was synced to
+plus the stat fingerprint (inode, size, mtime, ctime) the file had right
+after. A commit re-reads only files whose fingerprint changed, and recognises
+a rename by inode, size and mtime; a hydrate knows which local files it owns
+(and may replace) and which are the user's own or locally modified.
 
-Indexes live in ``SYNCD_STATE_DIR/index/<key>.json`` (never inside the volume
-directory), written to a temporary file and renamed. A per-directory
-``fcntl`` lock serialises hydrates and commits of one directory across
-processes.
+Storage. ``SYNCD_STATE_DIR/index/index.sqlite3`` (never inside the volume
+directory), stdlib ``sqlite3`` in WAL mode: readers never block the writer,
+and the agent and any number of CLI processes share the file safely (every
+write is one ``BEGIN IMMEDIATE`` transaction; a busy database is waited for,
+up to ``BUSY_TIMEOUT``). Two tables::
+
+    volumes(id, key UNIQUE, scope, volume, directory, snapshot, seq, generation)
+    files(vol, path BLOB, entry TEXT, ino, size, mtime_ns, ctime_ns)  PK (vol, path)
+
+``path`` is the UTF-8 encoding of the path with ``surrogateescape``, so names
+that are not valid UTF-8 survive, and rows sort in byte order (a subtree is
+one range). ``entry`` is the manifest's JSON form of the entry, without its path;
+rows are decoded without the manifest's validation (they are ours, and that
+validation was 70% of a load), by a decoder that checks at import time that it
+still reads what ``entry_to_json`` writes, and otherwise steps aside.
+
+Rows, not files. ``save`` writes only the rows that changed: it keeps, per
+directory, the rows this process last loaded or saved (its base) and writes
+the difference between that base and the index it is given, so a 1-file
+commit of a million-file directory writes one row, and rows that another
+process wrote meanwhile (and this one never saw) are left alone. Without a
+base (nothing loaded here yet) the difference is taken against the stored
+rows. Every write bumps the volume's ``generation``, so a reader can tell
+cheaply whether anything moved. ``update`` takes the
+changed rows explicitly, and ``rows`` reads chosen paths (and subtrees)
+without loading the rest: what the inotify watcher uses.
+
+Key. The namespace (``scope``) is bucket, prefix and owner: what identifies the
+volumes, not the endpoint's spelling, so reaching the same bucket through
+another ``SYNCD_S3_ENDPOINT`` (a proxy, a DNS alias) finds the same index.
+Indexes of the JSON era (``<key>.json``, keyed with the endpoint) are imported
+on first use and renamed ``*.json.migrated``.
+
+All SQLite calls run in worker threads (a connection per call: cheap, and no
+connection is ever shared between threads). A per-directory ``fcntl`` lock
+(``<key>.lock`` beside the database) serialises hydrates and commits of one
+directory across processes.
 """
 
 from __future__ import annotations
@@ -20,16 +53,22 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import AsyncIterator
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from syncd.errors import LocalIOError, ManifestError
 from syncd.format.chunking import content_id
-from syncd.format.manifest import Entry, entry_from_json, entry_to_json
+from syncd.format.manifest import ChunkRef, Entry, entry_from_json, entry_to_json
 from syncd.local.scan import LocalFile
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 1          # the JSON files this module migrates from
+SCHEMA = 2
+DB_NAME = "index.sqlite3"
+BUSY_TIMEOUT = 60.0       # seconds a writer waits for another process's transaction
 Fingerprint = tuple[int, int, int, int]
 
 
@@ -53,60 +92,312 @@ def index_key(scope: str, volume: str, directory: Path) -> str:
     return content_id(f"{scope}\x00{volume}\x00{directory.resolve()}".encode())
 
 
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS volumes (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, scope TEXT NOT NULL, volume TEXT NOT NULL,
+    directory TEXT NOT NULL, snapshot TEXT, seq INTEGER NOT NULL DEFAULT 0,
+    generation INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS files (
+    vol INTEGER NOT NULL REFERENCES volumes(id) ON DELETE CASCADE, path BLOB NOT NULL,
+    entry TEXT NOT NULL, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+    PRIMARY KEY (vol, path)) WITHOUT ROWID;
+"""
+
+
+def _enc(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _dec(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _row(path: str, tracked: Tracked) -> tuple[bytes, str, int | None, int | None, int | None, int | None]:
+    raw = entry_to_json(tracked.entry)
+    raw.pop("path", None)
+    fp = tracked.fingerprint
+    return (_enc(path), json.dumps(raw, separators=(",", ":")), *(fp if fp else (None, None, None, None)))
+
+
+def _tracked(path: str, entry: str, fp: tuple[int | None, ...]) -> Tracked:
+    raw = json.loads(entry)
+    raw["path"] = path
+    ino, size, mtime, ctime = fp
+    fingerprint = None if ino is None else (int(ino), int(size or 0), int(mtime or 0), int(ctime or 0))
+    return Tracked(_decode(raw), fingerprint)
+
+
+def _trusted(raw: dict[str, Any]) -> Entry:
+    """Rows we wrote ourselves, decoded without the manifest's validation (70% of a load)."""
+    kind = raw["type"]
+    if kind == "file":
+        refs = raw["chunks"]
+        if not all(type(r) is list and len(r) in (2, 4) for r in refs):
+            raise TypeError("unexpected chunk reference shape")
+        return Entry(raw["path"], "file", raw["mode"], raw["mtime_ns"], raw["size"],
+                     tuple(ChunkRef(*r) for r in refs))
+    if kind == "symlink":
+        return Entry(raw["path"], "symlink", raw["mode"], raw["mtime_ns"], target=raw["target"])
+    if kind == "dir":
+        return Entry(raw["path"], "dir", raw["mode"], raw["mtime_ns"])
+    raise TypeError(f"unknown kind {kind!r}")
+
+
+def _trusted_matches_manifest() -> bool:
+    """Does the fast decoder still read what entry_to_json writes? (Guards against format drift.)"""
+    samples = [Entry("a/b", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7))),
+               Entry("l", "symlink", 0o777, 3, target="a/b"), Entry("a", "dir", 0o755, 2)]
+    try:
+        return all(_trusted(entry_to_json(e)) == entry_from_json(entry_to_json(e)) == e for e in samples)
+    except (TypeError, KeyError, ValueError, ManifestError):
+        return False
+
+
+_FAST = _trusted_matches_manifest()
+
+
+def _decode(raw: dict[str, Any]) -> Entry:
+    if _FAST:
+        with contextlib.suppress(TypeError, KeyError):
+            return _trusted(raw)
+    return entry_from_json(raw)
+
+
+@dataclass
+class _Known:
+    """The rows of one directory as this process last loaded or saved them."""
+    generation: int
+    files: dict[str, Tracked]
+
+
 class IndexStore:
-    def __init__(self, state_dir: Path, scope: str) -> None:
+    def __init__(self, state_dir: Path, scope: str, legacy_scope: str | None = None) -> None:
         self.dir = state_dir / "index"
-        self.scope = scope
+        self.db_path = self.dir / DB_NAME
+        self.scope = scope                      # bucket|prefix|owner: no endpoint in it
+        self.legacy_scope = legacy_scope        # how JSON-era index files were keyed
+        self._known: dict[str, _Known] = {}
+        self._known_lock = threading.Lock()
 
-    def path(self, volume: str, directory: Path) -> Path:
-        return self.dir / f"{index_key(self.scope, volume, directory)}.json"
+    def key(self, volume: str, directory: Path) -> str:
+        return index_key(self.scope, volume, directory)
 
-    def _load(self, path: Path) -> LocalIndex:
+    # ------------------------------------------------------------ connections
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            doc = json.loads(path.read_bytes())
-            if doc.get("format") != INDEX_FORMAT:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise LocalIOError(f"cannot open the sync index {self.db_path}: {exc}") from exc
+        try:
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA journal_mode=WAL")      # persistent; a no-op once set
+            conn.execute("PRAGMA synchronous=NORMAL")    # WAL: durable across process crashes
+            conn.executescript(_SCHEMA_SQL)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
+            yield conn
+        except sqlite3.Error as exc:
+            raise LocalIOError(f"sync index {self.db_path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _volume_row(self, conn: sqlite3.Connection, key: str) -> tuple[int, str | None, int, int] | None:
+        row = conn.execute("SELECT id, snapshot, seq, generation FROM volumes WHERE key=?", (key,)).fetchone()
+        return None if row is None else (int(row[0]), row[1], int(row[2]), int(row[3]))
+
+    def _ensure_volume(self, conn: sqlite3.Connection, key: str, volume: str, directory: Path) -> tuple[int, int]:
+        row = self._volume_row(conn, key)
+        if row is not None:
+            return row[0], row[3]
+        cur = conn.execute("INSERT INTO volumes (key, scope, volume, directory) VALUES (?, ?, ?, ?)",
+                           (key, self.scope, volume, str(directory.resolve())))
+        return int(cur.lastrowid or 0), 0
+
+    @staticmethod
+    def _all_rows(conn: sqlite3.Connection, vol: int) -> dict[str, Tracked]:
+        files: dict[str, Tracked] = {}
+        for raw, entry, *fp in conn.execute(
+                "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE vol=?", (vol,)):
+            path = _dec(raw)
+            try:
+                files[path] = _tracked(path, entry, tuple(fp))
+            except (ValueError, KeyError, TypeError, ManifestError):
+                continue  # a damaged row only costs re-reading that file
+        return files
+
+    def _remember(self, key: str, generation: int, files: Mapping[str, Tracked]) -> None:
+        with self._known_lock:
+            known = self._known.get(key)
+            if known is None or known.generation <= generation:   # a slower, older read never wins
+                self._known[key] = _Known(generation, dict(files))
+
+    # ------------------------------------------------------------ sync operations (worker threads)
+
+    def _load(self, volume: str, directory: Path) -> LocalIndex:
+        key = self.key(volume, directory)
+        self._migrate(volume, directory, key)
+        with self._connect() as conn:
+            conn.execute("BEGIN")   # one read snapshot for the volume row and its files
+            row = self._volume_row(conn, key)
+            if row is None:
+                conn.execute("COMMIT")
                 return LocalIndex()
-            files = {}
-            for p, raw in doc["files"].items():
-                fp = raw.pop("fp", None)
-                files[p] = Tracked(entry_from_json(raw), tuple(fp) if fp else None)
-            return LocalIndex(doc.get("snapshot"), int(doc.get("seq", 0)), files)
-        except FileNotFoundError:
-            return LocalIndex()
-        except (ValueError, KeyError, TypeError, AttributeError, ManifestError):
-            return LocalIndex()  # a damaged index only costs re-reading files
+            vol, snapshot, seq, generation = row
+            files = self._all_rows(conn, vol)
+            conn.execute("COMMIT")
+        self._remember(key, generation, files)
+        return LocalIndex(snapshot, seq, files)
 
-    def _save(self, path: Path, index: LocalIndex) -> None:
-        files = {}
-        for p, t in index.files.items():
-            raw = entry_to_json(t.entry)
-            if t.fingerprint is not None:
-                raw["fp"] = list(t.fingerprint)
-            files[p] = raw
-        doc = {"format": INDEX_FORMAT, "snapshot": index.snapshot, "seq": index.seq, "files": files}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise LocalIOError(f"cannot save the sync index {path}: {exc.strerror}") from exc
+    def _save(self, volume: str, directory: Path, index: LocalIndex) -> int:
+        """Write the rows that differ from the stored ones; returns how many were written."""
+        key = self.key(volume, directory)
+        with self._write() as conn:
+            vol, generation = self._ensure_volume(conn, key, volume, directory)
+            with self._known_lock:
+                known = self._known.get(key)
+            old = known.files if known is not None else self._all_rows(conn, vol)
+            changes: dict[str, Tracked | None] = {p: t for p, t in index.files.items() if old.get(p) != t}
+            changes.update({p: None for p in old if p not in index.files})
+            generation = self._apply(conn, vol, index.snapshot, index.seq, changes)
+        self._remember(key, generation, index.files)
+        return len(changes)
+
+    def _update(self, volume: str, directory: Path, snapshot: str | None, seq: int,
+                changes: Mapping[str, Tracked | None]) -> None:
+        key = self.key(volume, directory)
+        self._migrate(volume, directory, key)
+        with self._write() as conn:
+            vol, generation = self._ensure_volume(conn, key, volume, directory)
+            new_generation = self._apply(conn, vol, snapshot, seq, changes)
+        with self._known_lock:
+            known = self._known.get(key)
+            if known is not None:
+                for path, tracked in changes.items():
+                    if tracked is None:
+                        known.files.pop(path, None)
+                    else:
+                        known.files[path] = tracked
+                known.generation = new_generation if known.generation == generation else -1
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, vol: int, snapshot: str | None, seq: int,
+               changes: Mapping[str, Tracked | None]) -> int:
+        conn.executemany("DELETE FROM files WHERE vol=? AND path=?",
+                         ((vol, _enc(p)) for p, t in changes.items() if t is None))
+        conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         ((vol, *_row(p, t)) for p, t in changes.items() if t is not None))
+        conn.execute("UPDATE volumes SET snapshot=?, seq=?, generation=generation+1 WHERE id=?",
+                     (snapshot, seq, vol))
+        row = conn.execute("SELECT generation FROM volumes WHERE id=?", (vol,)).fetchone()
+        return int(row[0])
+
+    def _rows(self, volume: str, directory: Path, paths: Collection[str],
+              subtrees: Collection[str]) -> dict[str, Tracked]:
+        key = self.key(volume, directory)
+        self._migrate(volume, directory, key)
+        out: dict[str, Tracked] = {}
+        with self._connect() as conn:
+            row = self._volume_row(conn, key)
+            if row is None:
+                return out
+            query = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE vol=? AND "
+            found = [r for p in paths for r in conn.execute(query + "path=?", (row[0], _enc(p)))]
+            for top in subtrees:
+                low = _enc(top) + b"/"
+                found += conn.execute(query + "path>? AND path<?", (row[0], low, low[:-1] + b"0")).fetchall()
+            for raw, entry, *fp in found:
+                path = _dec(raw)
+                with contextlib.suppress(ValueError, KeyError, TypeError, ManifestError):
+                    out[path] = _tracked(path, entry, tuple(fp))
+        return out
+
+    def _generation(self, volume: str, directory: Path) -> int | None:
+        key = self.key(volume, directory)
+        self._migrate(volume, directory, key)
+        with self._connect() as conn:
+            row = self._volume_row(conn, key)
+        return None if row is None else row[3]
+
+    def _forget(self, volume: str, directory: Path) -> None:
+        key = self.key(volume, directory)
+        with self._write() as conn:
+            conn.execute("DELETE FROM volumes WHERE key=?", (key,))
+        with self._known_lock:
+            self._known.pop(key, None)
+        if self.legacy_scope is not None:
+            self._legacy_path(volume, directory).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ JSON-era migration
+
+    def _legacy_path(self, volume: str, directory: Path) -> Path:
+        assert self.legacy_scope is not None
+        return self.dir / f"{index_key(self.legacy_scope, volume, directory)}.json"
+
+    def _migrate(self, volume: str, directory: Path, key: str) -> None:
+        """Import ``<legacy key>.json`` if it exists and the database has no such volume."""
+        if self.legacy_scope is None:
+            return
+        legacy = self._legacy_path(volume, directory)
+        if not legacy.exists():
+            return
+        old = _read_json_index(legacy)
+        with self._write() as conn:
+            if self._volume_row(conn, key) is None:
+                vol, _ = self._ensure_volume(conn, key, volume, directory)
+                self._apply(conn, vol, old.snapshot, old.seq, old.files)
+        with self._known_lock:
+            self._known.pop(key, None)
+        with contextlib.suppress(OSError):
+            os.replace(legacy, legacy.with_name(legacy.name + ".migrated"))
+
+    # ------------------------------------------------------------ the async API
 
     async def load(self, volume: str, directory: Path) -> LocalIndex:
-        return await asyncio.to_thread(self._load, self.path(volume, directory))
+        return await asyncio.to_thread(self._load, volume, directory)
 
-    async def save(self, volume: str, directory: Path, index: LocalIndex) -> None:
-        await asyncio.to_thread(self._save, self.path(volume, directory), index)
+    async def save(self, volume: str, directory: Path, index: LocalIndex) -> int:
+        """Make the stored index equal ``index``, writing only the rows that differ."""
+        return await asyncio.to_thread(self._save, volume, directory, index)
+
+    async def update(self, volume: str, directory: Path, snapshot: str | None, seq: int,
+                     changes: Mapping[str, Tracked | None]) -> None:
+        """Write exactly these rows (None deletes one) and the synced snapshot."""
+        await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes))
+
+    async def rows(self, volume: str, directory: Path, paths: Collection[str],
+                   subtrees: Collection[str] = ()) -> dict[str, Tracked]:
+        """The stored rows of ``paths`` and of every path below each of ``subtrees``."""
+        return await asyncio.to_thread(self._rows, volume, directory, list(paths), list(subtrees))
+
+    async def generation(self, volume: str, directory: Path) -> int | None:
+        """A number that changes with every write of this directory's index; None if it has none."""
+        return await asyncio.to_thread(self._generation, volume, directory)
+
+    async def exists(self, volume: str, directory: Path) -> bool:
+        return await self.generation(volume, directory) is not None
 
     async def forget(self, volume: str, directory: Path) -> None:
-        await asyncio.to_thread(self.path(volume, directory).unlink, True)
+        await asyncio.to_thread(self._forget, volume, directory)
 
     @contextlib.asynccontextmanager
     async def locked(self, volume: str, directory: Path) -> AsyncIterator[None]:
         """Hold the directory's lock (exclusive across processes) for the block."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path(volume, directory).with_suffix(".lock")
+        await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
+        lock_path = self.dir / f"{self.key(volume, directory)}.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             while True:  # poll, so a cancelled waiter never leaves a thread holding the lock
@@ -121,6 +412,22 @@ class IndexStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+
+def _read_json_index(path: Path) -> LocalIndex:
+    """A JSON-era index file; a damaged one reads as empty (that only costs re-reading files)."""
+    try:
+        doc = json.loads(path.read_bytes())
+        if doc.get("format") != INDEX_FORMAT:
+            return LocalIndex()
+        files = {}
+        for p, raw in doc["files"].items():
+            fp = raw.pop("fp", None)
+            files[p] = Tracked(entry_from_json(raw), tuple(fp) if fp else None)
+        return LocalIndex(doc.get("snapshot"), int(doc.get("seq", 0)), files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ManifestError):
+        return LocalIndex()
+
+
 def unchanged(tracked: Tracked, local: LocalFile) -> bool:
     """Is the local path still exactly what syncd last left there?"""
     entry = tracked.entry
@@ -131,4 +438,3 @@ def unchanged(tracked: Tracked, local: LocalFile) -> bool:
     if entry.kind == "symlink":
         return local.target == entry.target
     return True
-

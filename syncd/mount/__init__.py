@@ -6,5 +6,6 @@ data.py     file bytes: lower chunks through the engine's fetcher, upper-layer c
 publish.py  commit: new entries from lower snapshot + upper layer, published like a commit
 fs.py       the pyfuse3 Operations over tree and data (the only module importing pyfuse3)
 control.py  the mount process's control socket (commit, reload, status)
-process.py  running one mount process; stale mount points; the agent's lazy mode
+process.py  running one mount process; stale mount points
+spawn.py    the agent's lazy mode: one mount process per lazy volume, resumed after a restart
 """

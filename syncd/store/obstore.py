@@ -173,7 +173,15 @@ class ObstoreStore:
     async def open(cls, config: Config, *, create_bucket: bool = True) -> ObstoreStore:
         self = cls(config)
         if create_bucket:
-            await self.ensure_bucket()
+            try:
+                await self.ensure_bucket()
+            except BaseException as exc:
+                await self.close()
+                if isinstance(exc, TransientStoreError):   # one line a newcomer can act on, as S3Store says it
+                    where = config.s3_endpoint or "AWS S3"
+                    raise TransientStoreError(f"cannot reach the object store at {where} "
+                                              f"(bucket {config.bucket!r}): {exc}") from exc
+                raise
         return self
 
     async def _s3(self) -> S3Store:

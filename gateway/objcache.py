@@ -1,0 +1,150 @@
+"""The gateway's disk cache: verified objects, handed out as open files.
+
+One diskcache ``Cache`` (SQLite index, LRU, size-bounded) holds every owner's
+immutable objects under keys ``<owner>:<family>:<content id>``; the owner in
+the key keeps one owner from planting bytes another owner's workers would be
+served (ids are xxh3: they detect corruption, they are not collision-resistant),
+and the family keeps a ``snapshots/<id>`` request from being answered with a
+chunk that happens to be cached under that id.
+
+Why files: diskcache keeps a value of 32 KiB or more as a file of its own,
+and ``get(key, read=True)`` opens that file instead of reading it. A hit is
+then served from the open file with ``sendfile`` (gateway/send.py): the bytes
+go from the page cache to the socket and never through a Python buffer. That
+is the difference between a gateway slower than going to the store directly
+and one faster than it (docs/GATEWAY.md, bench/fanout.py).
+
+Never serve what was not verified: before an open file is handed out it is
+hashed whole through ``mmap`` (xxh3 of a file in the page cache runs at
+memory speed, ~1 ms per 8 MiB, and copies nothing) and compared with its id;
+the same file descriptor is then the one ``sendfile`` reads, so what goes out
+is what was hashed even if the entry is evicted meanwhile (an unlinked file
+stays readable through its descriptor). A mismatch evicts the entry, counts it
+and is a miss: the object is fetched again. Small objects (below diskcache's
+file threshold: HEAD-sized snapshots, tiny packs) live in SQLite and come back
+as verified bytes.
+
+Best-effort like every syncd cache: a diskcache or disk error is a logged
+miss on read and a logged no-op on write. Every call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import diskcache
+
+from syncd.format.chunking import verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheCounts:
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    errors: int = 0
+
+
+@dataclass
+class Hit:
+    """A verified cache entry: an open file (served with sendfile) or, for small ones, bytes."""
+
+    size: int
+    file: BinaryIO | None = None
+    data: bytes | None = None
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _file_matches(object_id: str, file: BinaryIO) -> tuple[bool, int]:
+    size = os.fstat(file.fileno()).st_size
+    if size == 0:
+        return verify(object_id, b""), 0
+    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+        return verify(object_id, view), size
+
+
+class ObjectCache:
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.counts = CacheCounts()
+        self._cache = diskcache.Cache(str(directory), size_limit=size_limit,
+                                      eviction_policy="least-recently-used", cull_limit=64, sqlite_timeout=60)
+
+    @staticmethod
+    def _key(owner: str, family: str, object_id: str) -> str:
+        return f"{owner}:{family}:{object_id}"
+
+    def _open(self, owner: str, family: str, object_id: str) -> Hit | None:
+        key = self._key(owner, family, object_id)
+        try:
+            value = self._cache.get(key, read=True)
+        except Exception as exc:
+            self.counts.errors += 1
+            log.warning("gateway cache read failed for %s: %s", key, exc)
+            return None
+        if value is None:
+            self.counts.misses += 1
+            return None
+        hit: Hit | None = None
+        try:
+            if isinstance(value, bytes):
+                hit = Hit(len(value), data=value) if verify(object_id, value) else None
+            elif hasattr(value, "fileno"):
+                ok, size = _file_matches(object_id, value)
+                hit = Hit(size, file=value) if ok else None
+        except (OSError, ValueError) as exc:
+            log.warning("gateway cache entry %s unreadable: %s", key, exc)
+        if hit is None:
+            if hasattr(value, "close"):
+                value.close()
+            self.counts.corrupt += 1
+            log.warning("gateway cache entry %s failed verification; evicting it", key)
+            self._evict(key)
+            return None
+        self.counts.hits += 1
+        return hit
+
+    def _evict(self, key: str) -> None:
+        try:
+            self._cache.delete(key)
+        except Exception as exc:
+            log.warning("could not evict %s from the gateway cache: %s", key, exc)
+
+    def _put(self, owner: str, family: str, object_id: str, data: bytes) -> None:
+        try:
+            self._cache.set(self._key(owner, family, object_id), data)
+        except Exception as exc:
+            self.counts.errors += 1
+            log.warning("gateway cache write failed for %s: %s", object_id, exc)
+
+    def _contains(self, owner: str, family: str, ids: list[str]) -> set[str]:
+        try:
+            return {i for i in ids if self._key(owner, family, i) in self._cache}
+        except Exception:
+            return set()
+
+    async def open(self, owner: str, family: str, object_id: str) -> Hit | None:
+        """A verified hit (the caller closes it), or None."""
+        return await asyncio.to_thread(self._open, owner, family, object_id)
+
+    async def put(self, owner: str, family: str, object_id: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put, owner, family, object_id, data)
+
+    async def contains(self, owner: str, family: str, ids: list[str]) -> set[str]:
+        return await asyncio.to_thread(self._contains, owner, family, ids)
+
+    def close(self) -> None:
+        self._cache.close()

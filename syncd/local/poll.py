@@ -1,0 +1,105 @@
+"""The polling fallback of change detection: walk, compare with the index, debounce.
+
+Every ``poll`` seconds the tree is walked (scan.py) and its differences from
+the local index are reduced to a signature (0 = clean); a commit is due once
+the signature has stayed the same for ``debounce`` seconds (or the tree has
+been dirty for ``max_delay``). The interval grows to ``SCAN_SHARE`` times the
+time a walk took, so a huge tree costs at most ~10% of a core. Its commits
+walk too (no hint). See watch.py for when it is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from syncd.errors import LocalIOError
+from syncd.local.index import IndexStore, LocalIndex, unchanged
+from syncd.local.scan import LocalFile, scan
+
+if TYPE_CHECKING:
+    from syncd.local.watch import WatchSettings
+
+SCAN_SHARE = 10     # poll interval >= SCAN_SHARE x the last scan's duration
+
+
+def signature(index: LocalIndex, local: dict[str, LocalFile]) -> int:
+    """0 if ``local`` is exactly what ``index`` describes; else a hash of what differs."""
+    changed: list[tuple[object, ...]] = []
+    for path, loc in local.items():
+        tracked = index.files.get(path)
+        if tracked is None or not unchanged(tracked, loc) or tracked.entry.mode != loc.mode:
+            changed.append((path, loc.fingerprint, loc.mode, loc.target))
+    changed += [(path,) for path in index.files if path not in local]
+    if not changed:
+        return 0
+    return hash(tuple(sorted(changed, key=str))) or 1
+
+
+@dataclass
+class PollWatch:
+    """Walk every ``interval`` seconds; debounce on what differs from the index."""
+
+    index_store: IndexStore
+    volume: str
+    directory: Path
+    interval: float = 0.5
+    pending: bool = False
+    dirty_since: float | None = None
+    last_change: float = 0.0
+    signature: int = 0
+    scans: int = 0
+    _index_gen: int | None = field(default=None, repr=False)
+    _index: LocalIndex = field(default_factory=LocalIndex, repr=False)
+
+    async def start(self) -> None:
+        return None
+
+    async def _load_index(self) -> LocalIndex:
+        gen = await self.index_store.generation(self.volume, self.directory)
+        if gen != self._index_gen or gen is None:
+            self._index = await self.index_store.load(self.volume, self.directory)
+            self._index_gen = gen
+        return self._index
+
+    async def due(self, settings: WatchSettings) -> bool:
+        """Scan once; True if a background commit should run now."""
+        started = time.monotonic()
+        index = await self._load_index()
+        try:
+            local = await scan(self.directory)
+        except LocalIOError:
+            local = None  # the directory vanished (a deleted volume): nothing to write back
+        self.scans += 1
+        now = time.monotonic()
+        self.interval = max(settings.poll, SCAN_SHARE * (now - started))
+        sig = signature(index, local) if local is not None else 0
+        self.pending = sig != 0
+        if not self.pending:
+            self.dirty_since = None
+            return False
+        if sig != self.signature:
+            self.signature, self.last_change = sig, now
+        if self.dirty_since is None:
+            self.dirty_since = now
+        return now - self.last_change >= settings.debounce or now - self.dirty_since >= settings.max_delay
+
+    async def next_due(self, settings: WatchSettings) -> frozenset[str] | None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if await self.due(settings):
+                return None   # no hint: the commit walks
+
+    def committed(self) -> None:
+        self.dirty_since = None
+
+    def close(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "poll", "scans": self.scans, "interval": self.interval}
+
+
