@@ -104,11 +104,12 @@ async def test_cp_copies_no_file_data(engine: Engine, config: Config, tmp_path: 
     engine.counter.reset()
     result = await edit.edit(engine, "vol", lambda b: b.copy("big.bin", "again/big.bin"))
     assert result.changed == 2                                        # the file and its new directory
+    assert result.trees_written == 2                                  # the root and again/
     # format v2: one tree pack (the new and changed directories), the snapshot and HEAD; no chunk, no pack
     assert engine.counter.calls["put"] == 3
     assert engine.counter.bytes_out < 16_384                          # 3 MiB of file data was not sent again
-    t = await edit.tree(engine, "vol")
-    assert t.entries["again/big.bin"].chunks == t.entries["big.bin"].chunks
+    copied, source = await edit.stat(engine, "vol", "again/big.bin"), await edit.stat(engine, "vol", "big.bin")
+    assert copied.chunks == source.chunks
 
 
 async def test_concurrent_edits_both_survive(engine: Engine, config: Config,
@@ -120,18 +121,18 @@ async def test_concurrent_edits_both_survive(engine: Engine, config: Config,
     slow.remove("base.txt")
     real, raced = edit._publish, []
 
-    async def racing(eng: Engine, head: Any, entries: Any, message: str) -> Any:
+    async def racing(eng: Engine, head: Any, built: Any, message: str) -> Any:
         if not raced:
             raced.append(True)
             async with open_engine(config) as other:                  # lands first
                 await edit.write_file(other, "vol", "fast.txt", _pieces(b"fast"))
-        return await real(eng, head, entries, message)
+        return await real(eng, head, built, message)
     monkeypatch.setattr(edit, "_publish", racing)
     result = await slow.publish()
     assert result.attempts == 2                                       # If-Match failed once
-    t = await edit.tree(engine, "vol")
-    assert {p for p, e in t.entries.items() if e.kind == "file"} == {"slow.txt", "fast.txt"}
-    assert await edit.read_bytes(engine, "vol", t.entries["slow.txt"]) == b"slow"
+    listed = await edit.listdir(engine, "vol", recursive=True)
+    assert {e.path for e in listed if e.kind == "file"} == {"slow.txt", "fast.txt"}
+    assert await edit.read_bytes(engine, "vol", await edit.stat(engine, "vol", "slow.txt")) == b"slow"
 
 
 async def test_reading_a_footer_fetches_only_its_chunk(engine: Engine, config: Config) -> None:

@@ -43,12 +43,10 @@ def _ls_args(p: argparse.ArgumentParser) -> None:
 
 @command("ls", "list a directory of a volume (no mount needed)", _ls_args)
 async def _ls(args: argparse.Namespace, config: Config) -> Any:
-    from syncd.engine.edit import listdir, lookup, normalize_path, tree
+    from syncd.engine.edit import listing, normalize_path
     name, root = volume_arg(args), normalize_path(args.path)
     async with open_engine(config, use_cache=False) as engine:
-        t = await tree(engine, name, args.snapshot)
-        top = lookup(t, root)
-        entries = await listdir(engine, name, root, args.recursive, args.snapshot) if top.kind == "dir" else [top]
+        t, top, entries = await listing(engine, name, root, args.recursive, args.snapshot)
     base = root if top.kind == "dir" else posixpath.dirname(root)
     rows = [_row(e, base) for e in entries]
     if args.json:
@@ -112,12 +110,11 @@ def _cp_args(p: argparse.ArgumentParser) -> None:
 
 
 async def _copy(args: argparse.Namespace, config: Config, move: bool) -> Any:
-    from syncd.engine.edit import Batch, entry_at, normalize_path, tree
+    from syncd.engine.edit import Batch, entry, normalize_path
     name = volume_arg(args)
     src, dst = normalize_path(args.src), normalize_path(args.dst)
     async with open_engine(config, use_cache=False) as engine:
-        t = await tree(engine, name)
-        target = entry_at(t, dst)
+        target = await entry(engine, name, dst)
         if not dst or args.dst.endswith("/") or (target is not None and target.kind == "dir"):
             dst = posixpath.join(dst, posixpath.basename(src)) if dst else posixpath.basename(src)
         batch = Batch(engine, name)

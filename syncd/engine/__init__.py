@@ -14,6 +14,7 @@
     commit.py       local directory -> new snapshot, with conflict retry
     restore.py, transfer.py  restore an old snapshot; ``put``/``get`` of single paths
     edit.py         server-side reads and edits of a snapshot: ls, read by range, rm/cp/mv/write batches
+    editview.py     the View a batch edits (snapshot trees + changes so far) and the edit operations
     diff.py         ``syncd diff``: added/removed/modified paths between two snapshots
     rename.py       ``volume rename``: copy the latest content to a new name, delete the old
     progress.py     the progress protocol the CLI implements

@@ -1,53 +1,61 @@
 """Server-side edits: read and change a volume's files without a local copy.
 
-Reading. ``tree`` reads one snapshot's entries (the latest, or a named one);
-``listdir``/``stat`` answer from it. ``read`` streams a file's bytes chunk by
-chunk through ``engine.fetcher`` -- the cache, then the gateways, then the
-store, every chunk re-hashed against its id -- and fetches only the chunks
-that overlap the byte range asked for, so reading the footer of a 10 GiB file
-costs one or two chunk GETs.
+Reading (format v2: docs/FORMAT.md). A snapshot is a tree of content-addressed
+directory objects, and every read here touches only the trees it needs:
+``stat``/``entry`` walk the trees on one path (``VolumeRepo.lookup``),
+``listdir`` reads those plus the directory's own tree (``VolumeRepo.list_dir``),
+and a recursive listing loads the subtree below the path and nothing above or
+beside it. So answering ``syncd ls VOL dir7`` costs depth + 1 tree reads in a
+volume of any size (and the TreeStore's cache makes a second look free).
+``read`` streams a file's bytes chunk by chunk through ``engine.fetcher`` --
+the cache, then the gateways, then the store, every chunk re-hashed against
+its id -- and fetches only the chunks that overlap the byte range asked for,
+so reading the footer of a 10 GiB file costs one or two chunk GETs.
 
 Writing. An edit is a list of operations (write a file, mkdir, rm, cp, mv).
-:class:`Batch` collects them; ``publish`` replays them on the volume's latest
-snapshot, one after the other, and advances HEAD with ``If-Match`` through
-``VolumeRepo.publish``. If another writer moved HEAD meanwhile, the same
-operations are replayed on the new latest snapshot (each operation is a
-per-path change applied with ``manifest.apply``, exactly as a commit's changes
-are), so concurrent edits of different paths both survive and nothing is lost.
-A batch of any number of operations is one snapshot; a single CLI or SDK call
-is a batch of one.
+:class:`Batch` collects them; ``publish`` runs them, one after the other, on a
+:class:`View` of the latest snapshot: the snapshot's trees plus the changes
+the earlier operations made. An operation looks up only the paths it touches
+(a recursive rm/cp/mv lists the one subtree it moves), and its changes are
+explicit per path (removing or overwriting a directory lists everything below
+it as removed; writing below a missing directory creates it), so the batch's
+net changes are a ``Changes`` map like a commit's. ``VolumeRepo.build``
+replays them on the snapshot's trees -- only the trees on changed paths are
+read and rewritten -- and ``publish_built`` advances HEAD with ``If-Match``.
+If another writer moved HEAD meanwhile, the operations run again on a view of
+the new latest snapshot and the build is redone there, so concurrent edits of
+different paths both survive and nothing is lost. A batch whose net changes
+are empty makes no snapshot. A batch of any number of operations is one
+snapshot; a single CLI or SDK call is a batch of one.
 
-New file bytes go through the commit path's :class:`Uploader` (dedup against
-the latest snapshot's chunks, small files packed, large ones chunked, the
-byte budget bounding memory) before anything is published. ``cp`` and ``mv``
-only copy entries: the chunks are shared, no file data moves.
-
-Only the small functions marked *snapshot access* below (``tree``,
-``_children``, ``parent_of``, ``_publish``) and ``Tree.entries`` (a path ->
-Entry mapping; callers outside this module use ``entry_at``/``lookup``/
-``children``) know how a snapshot is stored, so a new snapshot format changes
-them and nothing else.
+New file bytes go through the commit path's :class:`Uploader` (small files
+packed, large ones chunked, the byte budget bounding memory) before anything
+is published; the chunks of the file being replaced are known to it, so
+writing a file again uploads nothing (if a prune takes the lease before the
+publish, those reused chunks are checked again, as commit.py does, and the
+publish waits while prune holds the lease). ``cp`` and ``mv`` only copy entries: the
+chunks are shared, no file data moves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from syncd.engine.commit import MAX_ATTEMPTS
+from syncd.engine.commit import MAX_ATTEMPTS, _wait_for_lease
+from syncd.engine.editview import ROOT, Op, View, op_copy, op_mkdir, op_remove, subtree
+from syncd.engine.trees import Built
 from syncd.engine.upload import Uploader
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, ConfigError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound
 from syncd.format.chunking import content_id
 from syncd.format.layout import object_key
-from syncd.format.manifest import Changes, ChunkRef, Entry, apply, check_path, diff
+from syncd.format.manifest import ChunkRef, Entry, check_path
 
-ROOT = Entry("", "dir", 0o755, 0)   # the volume root, which a snapshot does not list
 PREFETCH = 2                        # chunks fetched ahead of a streaming reader
 
 
@@ -57,16 +65,17 @@ def normalize_path(path: str | None) -> str:
     return "" if text in ("", ".") else check_path(text)
 
 
-def inside(path: str, root: str) -> bool:
-    return not root or path == root or path.startswith(root + "/")
+def _by_path(entries: dict[str, Entry]) -> list[Entry]:
+    return [entries[p] for p in sorted(entries)]
 
 
 @dataclass(frozen=True)
 class Tree:
+    """One snapshot of a volume (the latest, or a named one); nothing of its trees is read yet."""
+
     volume: str
     head: Head
     snapshot: str | None
-    entries: Mapping[str, Entry]
 
 
 @dataclass
@@ -77,67 +86,79 @@ class EditResult:
     changed: int
     attempts: int
     message: str
+    trees_written: int = 0
 
 
 # ---------------------------------------------------------------- snapshot access
 
 async def tree(engine: Engine, volume: str, snapshot_id: str | None = None) -> Tree:
-    """The entries of ``snapshot_id`` (default: the latest snapshot) of ``volume``."""
+    """``snapshot_id`` (default: the latest snapshot) of ``volume``: HEAD and the header only."""
     head = await engine.repo.head(volume)
     sid = snapshot_id or head.snapshot
-    snap = await engine.repo.snapshot(volume, sid) if sid else None
-    return Tree(volume, head, sid, snap.entries if snap else {})
-
-
-def _children(entries: Mapping[str, Entry], path: str, recursive: bool) -> list[Entry]:
-    prefix = path + "/" if path else ""
-    return sorted((e for p, e in entries.items() if p.startswith(prefix)
-                   and (recursive or "/" not in p[len(prefix):])), key=lambda e: e.path)
+    if sid:
+        await engine.repo.header(volume, sid)     # SnapshotNotFound if there is no such snapshot
+    return Tree(volume, head, sid)
 
 
 async def parent_of(engine: Engine, volume: str, snapshot_id: str | None) -> str | None:
-    return (await engine.repo.snapshot(volume, snapshot_id)).parent if snapshot_id else None
+    return (await engine.repo.header(volume, snapshot_id)).parent if snapshot_id else None
 
 
-async def _publish(engine: Engine, head: Head, entries: Mapping[str, Entry], message: str) -> Head:
-    return await engine.repo.publish(head, entries, message)
+async def _publish(engine: Engine, head: Head, built: Built, message: str) -> Head:
+    return await engine.repo.publish_built(head, built, message)
 
 
 # ---------------------------------------------------------------- reading
 
-def entry_at(t: Tree, path: str) -> Entry | None:
-    """The entry at ``path`` (the root for ''), or None."""
-    path = normalize_path(path)
-    return ROOT if not path else t.entries.get(path)
-
-
-def lookup(t: Tree, path: str) -> Entry:
+async def entry_at(engine: Engine, t: Tree, path: str) -> Entry | None:
+    """The entry at ``path`` (the root for ''), or None; reads the trees on ``path`` only."""
     path = normalize_path(path)
     if not path:
         return ROOT
-    entry = t.entries.get(path)
-    if entry is None:
-        raise SnapshotNotFound(f"volume {t.volume!r} has nothing at {path!r}"
+    return await engine.repo.lookup(t.volume, t.snapshot, path) if t.snapshot else None
+
+
+async def lookup(engine: Engine, t: Tree, path: str) -> Entry:
+    found = await entry_at(engine, t, path)
+    if found is None:
+        raise SnapshotNotFound(f"volume {t.volume!r} has nothing at {normalize_path(path)!r}"
                                + (f" in snapshot {t.snapshot}" if t.snapshot != t.head.snapshot else ""))
-    return entry
+    return found
+
+
+async def entry(engine: Engine, volume: str, path: str, snapshot_id: str | None = None) -> Entry | None:
+    return await entry_at(engine, await tree(engine, volume, snapshot_id), path)
 
 
 async def stat(engine: Engine, volume: str, path: str, snapshot_id: str | None = None) -> Entry:
-    return lookup(await tree(engine, volume, snapshot_id), path)
+    return await lookup(engine, await tree(engine, volume, snapshot_id), path)
 
 
-def children(t: Tree, path: str, recursive: bool = False) -> list[Entry]:
-    """The entries below directory ``path``; a file's listing is the file itself."""
-    entry = lookup(t, path)
-    if entry.kind != "dir":
-        return [entry]
-    return _children(t.entries, normalize_path(path), recursive)
+async def children(engine: Engine, t: Tree, path: str, recursive: bool = False) -> list[Entry]:
+    """The entries below directory ``path`` sorted by path; a file's listing is the file itself."""
+    top = await lookup(engine, t, path)
+    if top.kind != "dir":
+        return [top]
+    if t.snapshot is None:
+        return []
+    path = normalize_path(path)
+    if recursive:
+        return _by_path(await subtree(engine, t.volume, t.snapshot, path))
+    listed = await engine.repo.list_dir(t.volume, t.snapshot, path) or []
+    return sorted(listed, key=lambda e: e.path)
+
+
+async def listing(engine: Engine, volume: str, path: str = "", recursive: bool = False,
+                  snapshot_id: str | None = None) -> tuple[Tree, Entry, list[Entry]]:
+    """The snapshot, the entry at ``path`` and its listing (SnapshotNotFound if nothing is there)."""
+    t = await tree(engine, volume, snapshot_id)
+    top = await lookup(engine, t, path)
+    return t, top, await children(engine, t, path, recursive) if top.kind == "dir" else [top]
 
 
 async def listdir(engine: Engine, volume: str, path: str = "", recursive: bool = False,
                   snapshot_id: str | None = None) -> list[Entry]:
-    return children(await tree(engine, volume, snapshot_id), path, recursive)
-
+    return (await listing(engine, volume, path, recursive, snapshot_id))[2]
 
 def _file(volume: str, entry: Entry) -> Entry:
     if entry.kind != "file":
@@ -174,68 +195,6 @@ async def read_bytes(engine: Engine, volume: str, entry: Entry, start: int = 0, 
     return b"".join([piece async for piece in read(engine, volume, entry, start, end)])
 
 
-# ---------------------------------------------------------------- operations (pure)
-
-Op = Callable[[Mapping[str, Entry]], Changes]
-
-
-def _missing(path: str) -> SnapshotNotFound:
-    return SnapshotNotFound(f"nothing at {path!r}")
-
-
-def op_write(path: str, entry: Entry) -> Op:
-    return lambda entries: {path: dataclasses.replace(entry, path=path)}
-
-
-def op_mkdir(path: str) -> Op:
-    def run(entries: Mapping[str, Entry]) -> Changes:
-        existing = entries.get(path)
-        if existing is not None and existing.kind == "dir":
-            return {}
-        return {path: Entry(path, "dir", 0o755, time.time_ns())}
-    return run
-
-
-def op_remove(path: str, recursive: bool = False, missing_ok: bool = False) -> Op:
-    def run(entries: Mapping[str, Entry]) -> Changes:
-        if path and path not in entries:
-            if missing_ok:
-                return {}
-            raise _missing(path)
-        below = [p for p in entries if inside(p, path)]
-        if not recursive and any(p != path for p in below):
-            raise ConfigError(f"{path or '/'!r} is a directory that is not empty (use -r / recursive)")
-        return {p: None for p in below}
-    return run
-
-
-def op_copy(src: str, dst: str, remove_source: bool = False) -> Op:
-    """``dst`` becomes what ``src`` is (a file or a whole tree); the chunks are shared."""
-    if not dst or inside(dst, src):
-        raise ConfigError(f"cannot copy {src or '/'!r} into itself ({dst or '/'!r})")
-
-    def run(entries: Mapping[str, Entry]) -> Changes:
-        if src and src not in entries:
-            raise _missing(src)
-        changes: Changes = {p: None for p in entries if inside(p, dst)}
-        for p, e in entries.items():
-            if inside(p, src) and p != "":
-                target = dst + p[len(src):] if src else f"{dst}/{p}"
-                changes[target] = dataclasses.replace(e, path=target)
-        if remove_source:
-            changes.update({p: None for p in entries if inside(p, src)})
-        return changes
-    return run
-
-
-def replay(entries: Mapping[str, Entry], ops: list[tuple[Op, Mapping[str, Entry] | None]]) -> dict[str, Entry]:
-    """Apply each operation's per-path changes in turn (``base``: where parent dirs come from)."""
-    current = dict(entries)
-    for op, base in ops:
-        current = apply(current, op(current), base if base is not None else current)
-    return current
-
-
 # ---------------------------------------------------------------- batches
 
 @dataclass
@@ -245,22 +204,27 @@ class Batch:
     engine: Engine
     volume: str
     create: bool = False
-    ops: list[tuple[Op, Mapping[str, Entry] | None]] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     _uploader: Uploader | None = None
+    _seen: Head | None = None           # the HEAD the uploader's known chunks come from
+    _reused: set[str] = field(default_factory=set)   # known chunks our files use without a PUT
 
-    async def _upload(self) -> Uploader:
-        if self._uploader is None:
+    async def _upload(self, path: str) -> Uploader:
+        """The batch's uploader; it knows the chunks of the file now at ``path`` (no re-upload)."""
+        if self._uploader is None or self._seen is None:
             try:
-                t = await tree(self.engine, self.volume)
+                self._seen = await self.engine.repo.head(self.volume)
             except VolumeNotFound:
                 if not self.create:
                     raise
-                await self.engine.repo.create(self.volume)
-                t = await tree(self.engine, self.volume)
-            known = {r.id: r for e in t.entries.values() for r in e.chunks}
+                self._seen, _ = await self.engine.repo.create(self.volume)
             self._uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
-                                      self.engine.config.pack_size, known)
+                                      self.engine.config.pack_size, {})
+        head = self._seen
+        current = await self.engine.repo.lookup(self.volume, head.snapshot, path) if head.snapshot else None
+        for ref in current.chunks if current is not None else ():
+            self._uploader.known.setdefault(ref.id, ref)
         return self._uploader
 
     def writer(self, path: str, mode: int = 0o644) -> FileWriter:
@@ -271,8 +235,8 @@ class Batch:
         await w.write(data)
         await w.close()
 
-    def add(self, op: Op, words: str, base: Mapping[str, Entry] | None = None) -> None:
-        self.ops.append((op, base))
+    def add(self, op: Op, words: str) -> None:
+        self.ops.append(op)
         self.words.append(words)
 
     def mkdir(self, path: str) -> None:
@@ -293,34 +257,51 @@ class Batch:
         self.ops, self.words = [], []
 
     async def publish(self, message: str = "") -> EditResult:
-        """One snapshot with every operation, replayed on the latest until HEAD advances."""
+        """One snapshot with every operation, run again on the latest until HEAD advances."""
         message = message or "; ".join(self.words)[:500]
         if self._uploader is not None:
             await self._uploader.finish()
             await self._check_existing(self._uploader)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                t = await tree(self.engine, self.volume)
+                head = await _wait_for_lease(self.engine, await self.engine.repo.head(self.volume))
             except VolumeNotFound:
                 if not self.create:
                     raise
                 await self.engine.repo.create(self.volume)
                 continue
-            result = replay(t.entries, self.ops)
-            changed = len(diff(t.entries, result))
-            if not changed and t.snapshot is not None:
-                return EditResult(self.volume, t.snapshot, t.head.seq, 0, attempt, message)
+            if self._uploader is not None and self._seen is not None and head.epoch != self._seen.epoch:
+                await self._check_known(self._uploader)     # a prune ran since we chose what to reuse
+                self._seen = head
+            view = View(self.engine, self.volume, head.snapshot)
+            for op in self.ops:
+                await op(view)
+            changes = await view.net()
+            theirs = await self.engine.repo.header(self.volume, head.snapshot) if head.snapshot else None
+            if not changes and theirs is not None:
+                return EditResult(self.volume, head.snapshot, head.seq, 0, attempt, message)
+            built = await self.engine.repo.build(self.volume, theirs, changes, {})
+            if theirs is not None and theirs.root is not None and built.root.id == theirs.root.id:
+                return EditResult(self.volume, head.snapshot, head.seq, 0, attempt, message)
             try:
-                head = await _publish(self.engine, t.head, result, message)
+                head = await _publish(self.engine, head, built, message)
             except PreconditionFailed:
                 await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
                 continue
-            return EditResult(self.volume, head.snapshot, head.seq, changed, attempt, message)
+            return EditResult(self.volume, head.snapshot, head.seq, len(changes), attempt, message,
+                              built.trees_written)
         raise CommitConflict(f"volume {self.volume!r}: the commit point kept moving; try again")
 
     async def _check_existing(self, uploader: Uploader) -> None:
         """Chunks whose PUT found them already stored may be ones a prune is deleting (see commit.py)."""
-        for chunk_id in uploader.existed:
+        await self._check(uploader, uploader.existed)
+
+    async def _check_known(self, uploader: Uploader) -> None:
+        """The chunks reused from the files we replace, after a prune took the lease (HEAD's epoch moved)."""
+        await self._check(uploader, self._reused - set(uploader.new))
+
+    async def _check(self, uploader: Uploader, chunk_ids: set[str]) -> None:
+        for chunk_id in chunk_ids:
             try:
                 await self.engine.store.head(object_key(self.engine.layout, self.volume, uploader.location(chunk_id)))
             except NotFound as exc:
@@ -339,6 +320,12 @@ class FileWriter:
         self._buffer = bytearray()
         self._refs: list[ChunkRef] = []
         self._chunk = batch.engine.config.chunk_size
+        self._uploader: Uploader | None = None
+
+    async def _get_uploader(self) -> Uploader:
+        if self._uploader is None:
+            self._uploader = await self.batch._upload(self.path)
+        return self._uploader
 
     async def write(self, data: bytes) -> None:
         self._buffer += data
@@ -348,9 +335,11 @@ class FileWriter:
             await self._add(piece, small=False)
 
     async def _add(self, piece: bytes, small: bool) -> None:
-        uploader = await self.batch._upload()
+        uploader = await self._get_uploader()
         held = await self.batch.engine.budget.acquire(len(piece))
         chunk_id = await asyncio.to_thread(content_id, piece) if len(piece) > 1 << 20 else content_id(piece)
+        if chunk_id in uploader.known:
+            self.batch._reused.add(chunk_id)
         await uploader.add(chunk_id, piece, held, small)
         self._refs.append(ChunkRef(chunk_id, len(piece)))
         self.size += len(piece)
@@ -361,14 +350,13 @@ class FileWriter:
             small = not self._refs and len(self._buffer) < self.batch.engine.config.pack_threshold
             await self._add(bytes(self._buffer), small)
             self._buffer.clear()
-        else:
-            await self.batch._upload()
-        batch, refs = self.batch, self._refs
+        uploader = await self._get_uploader()
+        refs, path, mode, size = self._refs, self.path, self.mode, self.size
 
-        def run(entries: Mapping[str, Entry]) -> Changes:
-            located = tuple(batch._uploader.location(r.id) for r in refs) if batch._uploader else ()
-            return op_write(self.path, Entry(self.path, "file", self.mode, time.time_ns(), self.size, located))(entries)
-        batch.add(run, f"put {self.path}")
+        async def run(view: View) -> None:
+            located = tuple(uploader.location(r.id) for r in refs)
+            await view.set(path, Entry(path, "file", mode, time.time_ns(), size, located))
+        self.batch.add(run, f"put {self.path}")
 
 
 # ---------------------------------------------------------------- one-shot helpers

@@ -27,11 +27,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from syncd.engine.edit import tree
+from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, ConfigError, IntegrityError, PreconditionFailed
 from syncd.format.chunking import content_id
 from syncd.format.layout import validate_name
+from syncd.format.manifest import Entry
 from syncd.store.base import put_immutable
 
 COPIERS = 8
@@ -56,12 +57,25 @@ async def _copy_object(engine: Engine, old_key: str, new_key: str, object_id: st
         await put_immutable(engine.store, new_key, blob.data)
 
 
+@dataclass(frozen=True)
+class _Latest:
+    head: Head
+    snapshot: str | None
+    entries: dict[str, Entry]
+
+
+async def _latest(engine: Engine, volume: str) -> _Latest:
+    """Every entry of the latest snapshot: a rename copies the whole volume, so it reads all of it."""
+    head, snap = await engine.repo.latest(volume)
+    return _Latest(head, head.snapshot, dict(snap.entries) if snap else {})
+
+
 async def rename(engine: Engine, old: str, new: str, keep_old: bool = False) -> RenameResult:
     validate_name(new)
     if new == old:
         raise ConfigError(f"volume {old!r} already has that name")
     layout = engine.layout
-    t = await tree(engine, old)
+    t = await _latest(engine, old)
     try:
         head, _ = await engine.repo.create(new, exist_ok=False)
     except PreconditionFailed as exc:
@@ -83,7 +97,7 @@ async def rename(engine: Engine, old: str, new: str, keep_old: bool = False) -> 
         if t.snapshot is not None:
             head = await engine.repo.publish(head, t.entries, f"rename from {old} (seq {t.head.seq}, "
                                                               f"snapshot {t.snapshot})")
-        latest = await tree(engine, old)
+        latest = await _latest(engine, old)
         if latest.head.etag == t.head.etag:
             break
         t = latest

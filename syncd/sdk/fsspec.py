@@ -123,8 +123,19 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
         except SyncdError as exc:
             raise ValueError(str(exc)) from exc
 
-    def _tree(self, volume: str) -> edit.Tree:
-        return self._run(lambda engine: edit.tree(engine, volume))  # type: ignore[no-any-return]
+    def _entry(self, volume: str, sub: str) -> Entry | None:
+        """The entry at ``sub`` of the latest snapshot (the trees on that path only), or None."""
+        return self._run(lambda engine: edit.entry(engine, volume, sub))  # type: ignore[no-any-return]
+
+    def _listing(self, volume: str, sub: str, recursive: bool = False) -> tuple[Entry, list[Entry]] | None:
+        """The entry at ``sub`` and its listing (the subtree below it only), or None if nothing is there."""
+        async def run(engine: Engine) -> tuple[Entry, list[Entry]] | None:
+            try:
+                _, top, entries = await edit.listing(engine, volume, sub, recursive)
+            except SnapshotNotFound:
+                return None
+            return top, entries
+        return self._run(run)  # type: ignore[no-any-return]
 
     def _pending(self) -> dict[str, edit.Batch] | None:
         """The batches edits join: the transaction's, else this thread's ``_one_snapshot``'s."""
@@ -183,12 +194,12 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
             rows = [_directory(n) for n in sorted(names)]
         else:
             volume, sub = self._split(path)
-            t = self._tree(volume)
-            top = edit.entry_at(t, sub)
-            if top is None:
+            found = self._listing(volume, sub)
+            if found is None:
                 raise FileNotFoundError(path)
+            top, entries = found
             if top.kind == "dir":
-                rows = [_info(f"{volume}/{e.path}", e) for e in edit.children(t, sub)]
+                rows = [_info(f"{volume}/{e.path}", e) for e in entries]
             else:
                 rows = [_info(path, top)]
         return rows if detail else [r["name"] for r in rows]
@@ -198,10 +209,9 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if not path:
             return _directory("")
         volume, sub = self._split(path)
-        t = self._tree(volume)
+        entry = self._entry(volume, sub)          # FileNotFoundError if the volume does not exist
         if not sub:
             return _directory(volume)
-        entry = edit.entry_at(t, sub)
         if entry is None:
             raise FileNotFoundError(path)
         return _info(path, entry)
@@ -213,17 +223,16 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
             return super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
         volume, sub = self._split(path)
         try:
-            t = self._tree(volume)
+            found = self._listing(volume, sub, recursive=True)
         except FileNotFoundError:
             return {} if detail else []
-        top = edit.entry_at(t, sub)
         out: dict[str, dict[str, Any]] = {}
-        if top is not None and top.kind != "dir":
-            out[path] = _info(path, top)
-        elif top is not None:
+        if found is not None and found[0].kind != "dir":
+            out[path] = _info(path, found[0])
+        elif found is not None:
             if withdirs and sub:
-                out[path] = _info(path, top)
-            for e in edit.children(t, sub, recursive=True):
+                out[path] = _info(path, found[0])
+            for e in found[1]:
                 if withdirs or e.kind != "dir":
                     out[f"{volume}/{e.path}"] = _info(f"{volume}/{e.path}", e)
         names = sorted(out)
@@ -240,7 +249,7 @@ class SyncdFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return self._run(lambda engine: edit.read_bytes(engine, volume, entry, lo, hi))  # type: ignore[no-any-return]
 
     def _file_entry(self, volume: str, sub: str, path: str) -> Entry:
-        entry = edit.entry_at(self._tree(volume), sub)
+        entry = self._entry(volume, sub)
         if entry is None:
             raise FileNotFoundError(path)
         if entry.kind == "dir":
