@@ -134,7 +134,11 @@ async def commit_trials(config: Config, tmp_path: Path, zygote: Zygote, trials: 
             works.append((await zygote.run(job))["work"])
         calibration = 1.2 * statistics.median(works[1:])
         started = time.monotonic()
-        for trial in range(trials):
+        done = 0
+        # A loaded machine can stretch the calibrated window so that too few kills land before HEAD
+        # moves: then more seeded trials run (at most twice as many), never a weaker assertion.
+        while done < trials or (outcomes["killed before HEAD moved"] < trials // 6 and done < 2 * trials):
+            trial, done = done, done + 1
             old = await eng.repo.head("vol")
             mutate(src, rng, trial)
             want = local_ids(src, cfg.chunk_size)
@@ -149,7 +153,7 @@ async def commit_trials(config: Config, tmp_path: Path, zygote: Zygote, trials: 
             again = await commit(eng, "vol", src)     # the restarted worker commits what was pending
             assert snapshot_ids(await eng.repo.snapshot("vol", again.snapshot or "")) == want
         elapsed = time.monotonic() - started
-    figures = {"trials": trials, "seconds": elapsed, "kill_window_seconds": calibration, **outcomes}
+    figures = {"trials": done, "seconds": elapsed, "kill_window_seconds": calibration, **outcomes}
     assert outcomes["unexpected"] == 0
     assert outcomes["killed before HEAD moved"] >= trials // 6 and outcomes["finished"] >= 1, figures
     return figures
@@ -177,7 +181,10 @@ async def hydrate_trials(config: Config, tmp_path: Path, zygote: Zygote, trials:
             works.append((await zygote.run(job))["work"])
         calibration = 1.1 * statistics.median(works)
         started = time.monotonic()
-        for trial in range(trials):
+        done = 0
+        # as in commit_trials: more seeded trials (at most twice as many) if too few kills landed mid-write
+        while done < trials or (outcomes["killed, mixed tree"] < trials // 6 and done < 2 * trials):
+            trial, done = done, done + 1
             await hydrate(eng2, "vol", dst, snapshot_id=v1)        # back to the old version
             assert snapshot_tree(dst) == old
             result = await zygote.run({**job, "kill_after": rng.uniform(0, calibration)})
@@ -190,7 +197,7 @@ async def hydrate_trials(config: Config, tmp_path: Path, zygote: Zygote, trials:
             await hydrate(eng2, "vol", dst)                       # the restarted worker finishes it
             assert snapshot_tree(dst) == new, f"trial {trial}: the re-run hydrate did not converge"
         elapsed = time.monotonic() - started
-    figures = {"trials": trials, "seconds": elapsed, "kill_window_seconds": calibration, **outcomes}
+    figures = {"trials": done, "seconds": elapsed, "kill_window_seconds": calibration, **outcomes}
     assert outcomes["killed, mixed tree"] >= trials // 6, figures     # the kills did land mid-write
     return figures
 
