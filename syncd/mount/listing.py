@@ -17,6 +17,15 @@ with its header, so there the entries are indexed by directory once, in
 memory (:class:`SnapshotListing`): ``list_dir`` on v1 scans every entry per
 call, which would make listing every directory quadratic.
 
+Listing a directory also starts reading its subdirectories' trees in the
+background, in one coalesced read (``TreeStore.get_many``: the trees of one
+commit sit side by side in one tree pack), up to ``PREFETCH_BYTES`` of
+stored trees per directory. A later listing of one of them waits for that
+read instead of issuing its own GET, so ``find`` costs about one GET per
+directory that has subdirectories, and ``stat`` of one file still costs one
+GET per level (each level's read was already under way). A failed prefetch
+is only logged: the listing that needs the tree reads it itself.
+
 ``siblings(path)`` answers from the directory listings already made (the
 last ``REMEMBERED`` directories): the entries beside ``path``, or nothing if
 its directory was not listed lately. It never reads a tree.
@@ -24,15 +33,21 @@ its directory was not listed lately. It never reads a tree.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import posixpath
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Protocol
 
 from syncd.engine.volumes import VolumeRepo
-from syncd.format.manifest import Entry
+from syncd.errors import SyncdError
+from syncd.format.manifest import Entry, TreeRef
+from syncd.format.tree import with_path
 
+log = logging.getLogger(__name__)
 REMEMBERED = 64
+PREFETCH_BYTES = 4 << 20
 
 
 class Listing(Protocol):
@@ -69,9 +84,11 @@ class TreeListing:
     """One snapshot of one volume, listed as the kernel asks. Build it with :meth:`open`."""
 
     def __init__(self, repo: VolumeRepo, volume: str, snapshot_id: str | None,
-                 flat: SnapshotListing | None = None) -> None:
+                 flat: SnapshotListing | None = None, root: TreeRef | None = None) -> None:
         self.repo, self.volume, self.snapshot_id = repo, volume, snapshot_id
         self._flat = flat                   # format 1: the whole snapshot, indexed once
+        self._refs: dict[str, TreeRef] = {} if root is None else {"": root}   # dir path -> its tree
+        self._reading: dict[str, asyncio.Task[None]] = {}                    # tree id -> prefetch
         self._recent: OrderedDict[str, list[Entry]] = OrderedDict()
         self.dirs_listed = 0                # list_dir calls answered from trees (tests, status)
 
@@ -81,21 +98,55 @@ class TreeListing:
         if snapshot_id is None:
             return cls(repo, volume, None)
         snap = await repo.header(volume, snapshot_id)
-        return cls(repo, volume, snapshot_id, SnapshotListing(snap.entries) if snap.root is None else None)
+        if snap.root is None:
+            return cls(repo, volume, snapshot_id, SnapshotListing(snap.entries))
+        return cls(repo, volume, snapshot_id, root=snap.root)
 
     async def list_dir(self, path: str) -> list[Entry]:
         if self._flat is not None:
             return await self._flat.list_dir(path)
-        if self.snapshot_id is None:
+        path = path.strip("/")
+        ref = self._refs.get(path)
+        if ref is None and path and "" in self._refs:   # not seen in a listing: the trees on its path
+            item = await self.repo.trees.lookup(self.volume, self._refs[""], path)
+            ref = item.tree if item is not None else None
+        if ref is None:
             return []
-        found = await self.repo.list_dir(self.volume, self.snapshot_id, path)
+        reading = self._reading.get(ref.id)
+        if reading is not None:
+            await asyncio.shield(reading)
+        items = await self.repo.trees.get(self.volume, ref)
         self.dirs_listed += 1
-        entries = found or []
+        self._prefetch(path, [(with_path(i, path).path, i.tree) for i in items if i.tree is not None])
+        entries = [with_path(i, path) for i in items]
         self._recent[path] = entries
         self._recent.move_to_end(path)
         while len(self._recent) > REMEMBERED:
             self._recent.popitem(last=False)
         return list(entries)
+
+    def _prefetch(self, path: str, subdirs: list[tuple[str, TreeRef]]) -> None:
+        """Start one background read of the subdirectories' trees not in memory yet."""
+        wanted: list[TreeRef] = []
+        budget = PREFETCH_BYTES
+        for sub, ref in subdirs:
+            self._refs[sub] = ref
+            if budget >= ref.size and ref.id not in self._reading and self.repo.trees.cached(ref.id) is None:
+                wanted.append(ref)
+                budget -= ref.size
+        if not wanted:
+            return
+
+        async def read() -> None:
+            try:
+                await self.repo.trees.get_many(self.volume, wanted)
+            except SyncdError as exc:       # the listing that needs one of them reads it again
+                log.debug("prefetch of the trees below %r failed: %s", path, exc)
+
+        task = asyncio.ensure_future(read())
+        for ref in wanted:
+            self._reading[ref.id] = task
+        task.add_done_callback(lambda _: [self._reading.pop(r.id, None) for r in wanted])
 
     async def lookup(self, path: str) -> Entry | None:
         if self._flat is not None:
@@ -108,3 +159,4 @@ class TreeListing:
         if self._flat is not None:
             return self._flat.siblings(path)
         return self._recent.get(posixpath.dirname(path), [])
+
