@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -131,4 +132,28 @@ async def test_a_format_1_volume_still_mounts_and_commits(config: Config, tmp_pa
         assert (await eng.repo.header("old", head.snapshot or "")).format == 2
         await hydrate(eng, "old", tmp_path / "out")
     assert tree_of(tmp_path / "out") == tree_of(source)
+    assert m.stop() == 0
+
+
+async def test_a_commit_from_the_mount_waits_for_prunes_lease(engine: Engine, config: Config, tmp_path: Path,
+                                                             mounts: list[MountProcess]) -> None:  # noqa: F811
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "x.txt").write_text("x")
+    await commit(engine, "vol", source)
+    m = start(mounts, config, "vol", tmp_path / "mnt")
+    leased = await engine.repo.take_lease(await engine.repo.head("vol"), "test", 30.0)
+    (m.path / "y.txt").write_text("y")
+    replies: list[dict[str, object]] = []
+    worker = threading.Thread(target=lambda: replies.append(m.call("commit")))
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive() and (await engine.repo.head("vol")).lease == "test"   # waiting, not advancing
+    await engine.repo.release_lease(leased)
+    worker.join(30)
+    head = await engine.repo.head("vol")
+    assert replies and replies[0]["seq"] == 2 and head.seq == 2 and head.epoch == 1
+    out = tmp_path / "out"
+    await hydrate(engine, "vol", out)
+    assert (out / "y.txt").read_text() == "y"
     assert m.stop() == 0

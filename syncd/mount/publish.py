@@ -37,6 +37,13 @@ same path the later commit wins. Symlinks that would lead out of the volume
 are left out, as in an eager commit (the whole new tree is read for that
 check only when a change involves a symlink, as engine/commit.py does).
 
+Prune. While prune holds its lease in HEAD the commit waits, as an eager
+commit does (docs/FORMAT.md, section 9); if a prune ran after the commit first
+read HEAD (the epoch moved), the objects it reuses without uploading them are
+checked again and the commit fails with CommitConflict if one is gone (an
+eager commit re-reads the files using it instead; a mount can do that only
+for written files, whose bytes are in the upper layer).
+
 HEAD moves in one conditional PUT after the snapshot object is stored, so a
 mount process killed at any point leaves either the old or the new snapshot,
 never half a commit. Writes not yet committed live in the upper layer of the
@@ -49,14 +56,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from syncd.engine.upload import Uploader
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
-from syncd.errors import CommitConflict, PreconditionFailed
+from syncd.errors import CommitConflict, NotFound, PreconditionFailed
 from syncd.format.chunking import content_id, spans
+from syncd.format.layout import object_key
 from syncd.format.manifest import Changes, ChunkRef, Entry, Snapshot, diff, escaping_symlinks
 from syncd.mount.data import Data
 from syncd.mount.listing import TreeListing
@@ -98,8 +107,9 @@ class Publisher:
         async with self.lock:
             return await self._commit(message)
 
-    async def _walk(self) -> tuple[list[tuple[str, Node]], dict[str, Entry], set[str]]:
-        """The walked nodes, the base of their paths, and the paths of directories not entered."""
+    async def _walk(self) -> tuple[list[tuple[str, Node]], dict[str, Entry], set[str], list[tuple[Node, Entry]]]:
+        """The walked nodes, the base of their paths, the paths of directories not entered,
+        and the listed nodes taken into that base (given back if the commit fails)."""
         skipped: set[str] = set()
 
         def descend(node: Node, path: str) -> bool:
@@ -112,18 +122,32 @@ class Publisher:
         walked = {id(node) for _, node in nodes}
         fresh, self.tree.fresh = self.tree.fresh, []
         base = dict(self.base)
+        used: list[tuple[Node, Entry]] = []
         later: list[tuple[Node, Entry]] = []
         for node, entry in fresh:
             if id(node) in walked or not node.attached:
                 base.setdefault(entry.path, entry)
+                used.append((node, entry))
             else:
                 later.append((node, entry))
         self.tree.fresh[:0] = later
-        return nodes, base, skipped
+        return nodes, base, skipped, used
 
     async def _commit(self, message: str) -> MountCommit:
         mark = self.tree.changes
-        nodes, base, skipped = await self._walk()
+        nodes, base, skipped, used = await self._walk()
+        try:
+            result, ours = await self._publish(nodes, base, skipped, message)
+        except BaseException:
+            self.tree.fresh[:0] = used          # still unsynced: the next commit's base needs them
+            raise
+        self.base = ours
+        self.clean_at = mark
+        self.commits += 1
+        return result
+
+    async def _publish(self, nodes: list[tuple[str, Node]], base: dict[str, Entry], skipped: set[str],
+                       message: str) -> tuple[MountCommit, dict[str, Entry]]:
         read = [(p, n) for p, n in nodes if n.kind == "file" and n.upper
                 and not (n.committed is not None and n.committed[0] == n.version)]
         known = _locations([n.chunks for _, n in read], [base[p].chunks for p, _ in read if p in base])
@@ -140,23 +164,27 @@ class Publisher:
             entry = ours[path]
             ours[path] = Entry(path, "file", entry.mode, entry.mtime_ns, entry.size,
                                tuple(uploader.location(c.id) for c in entry.chunks))
-            node.committed = (version, ours[path])
         result.uploaded_bytes = uploader.uploaded_bytes
         changes = {p: e for p, e in diff(base, ours).items() if e is not None or not _inside(p, skipped)}
         result.changed = len(changes)
         if changes:
-            await self._advance(changes, base, message, result)
-        self.base = ours
-        self.clean_at = mark
-        self.commits += 1
-        return result
+            uploaded = set(uploader.new) - uploader.existed
+            await self._advance(changes, base, message, result, uploaded)
+        for path, (node, version) in pending.items():
+            node.committed = (version, ours[path])     # only once HEAD holds it: else read again
+        return result, ours
 
     async def _advance(self, changes: Changes, base: Mapping[str, Entry], message: str,
-                       result: MountCommit) -> None:
+                       result: MountCommit, uploaded: set[str]) -> None:
         repo = self.engine.repo
         head = await repo.head(self.volume)
+        checked_epoch = head.epoch
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
+            head = await _wait_for_lease(self.engine, head)
+            if head.epoch != checked_epoch:      # a prune ran: is what we reuse still there?
+                await self._check_reused(changes, uploaded)
+                checked_epoch = head.epoch
             theirs = await repo.header(self.volume, head.snapshot) if head.snapshot else None
             attempt_changes = dict(changes)
             built = await repo.build(self.volume, theirs, attempt_changes, base)
@@ -185,6 +213,23 @@ class Publisher:
             return
         raise CommitConflict(f"volume {self.volume!r}: the commit point moved {MAX_ATTEMPTS} times "
                              "while the mount tried to advance it; try again")
+
+    async def _check_reused(self, changes: Changes, uploaded: set[str]) -> None:
+        keys = {object_key(self.engine.layout, self.volume, ref)
+                for entry in changes.values() if entry is not None for ref in entry.chunks
+                if ref.id not in uploaded}
+
+        async def gone(key: str) -> bool:
+            try:
+                await self.engine.store.head(key)
+            except NotFound:
+                return True
+            return False
+
+        flags = await asyncio.gather(*(gone(k) for k in keys))
+        if any(flags):
+            raise CommitConflict(f"volume {self.volume!r}: a prune deleted objects this commit reuses "
+                                 f"({sum(flags)}); try again")
 
     async def _entries(self, nodes: list[tuple[str, Node]], base: Mapping[str, Entry], uploader: Uploader,
                        result: MountCommit) -> tuple[dict[str, Entry], dict[str, tuple[Node, int]]]:
@@ -292,3 +337,17 @@ def _needs_link_check(changes: Changes, base: Mapping[str, Entry], theirs: Snaps
                 or (entry is not None and before is not None and entry.kind != before.kind)):
             return True
     return False
+
+
+LEASE_POLL = 0.25
+
+
+async def _wait_for_lease(engine: Engine, head: Head) -> Head:
+    """Wait while prune holds an unexpired lease in HEAD (engine/commit.py's rule)."""
+    delay = LEASE_POLL
+    while head.leased():
+        log.info("volume %r: prune holds the lease until %.0f; waiting", head.volume, head.lease_expires)
+        await asyncio.sleep(min(delay, max(0.0, head.lease_expires - time.time()) + 0.01))
+        delay = min(delay * 2, 2.0)
+        head = await engine.repo.head(head.volume)
+    return head
