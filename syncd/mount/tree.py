@@ -6,7 +6,11 @@ the first time anyone looks inside it (``children is None`` until then), and
 from then on live only here, so ``stat``/``readdir`` never touch the network
 and a directory nobody opens costs nothing. A renamed directory that was never
 listed keeps ``lower_path``, the place in the snapshot its children come from,
-so renaming a large unlisted tree is one dict operation.
+so renaming a large unlisted tree is one dict operation. A directory is
+listed once however many requests ask at once (one in-flight load per
+directory), and every node made from a listing is noted in ``fresh`` with the
+entry it came from: publish.py's base for the next commit (what the snapshot
+had there).
 
 File nodes carry their content as ``chunks`` (the snapshot's references) plus,
 once written, an upper-layer file (data.py decides which byte comes from
@@ -140,7 +144,10 @@ class Tree:
             child = self._reused(entry) or self.from_entry(entry)
             child.name, child.parent = posixpath.basename(entry.path), node
             loaded[child.name] = child
-            self.fresh.append((child, entry))
+            if node.attached:
+                self.fresh.append((child, entry))
+            else:                           # listed after it left the namespace (a rebase)
+                child.attached = False
         node.children = loaded
         return loaded
 
@@ -213,8 +220,9 @@ class Tree:
             return None
         if entry.kind == "file":
             if node.upper and node.committed is not None and node.committed[0] != node.version:
-                pass     # written since the commit before the reload: the local version stays
-            elif node.upper:
+                del self._reuse[entry.path]
+                return node      # written during the reload, after the commit before it: it stays
+            if node.upper:
                 if node.committed is None or node.committed[0] != node.version \
                         or not node.committed[1].same_content(entry):
                     return None
