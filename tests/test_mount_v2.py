@@ -12,9 +12,11 @@ operations holds. A format-1 volume still mounts.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
 
 from .conftest import worker_config
+from .faultproxy import FaultProxy, Rule
 from .mountutil import MountProcess, fuse_missing
 from .test_mount import mounts, tree_of  # noqa: F401  (the fixture)
 from .test_v2 import write_v1
@@ -157,3 +160,43 @@ async def test_a_commit_from_the_mount_waits_for_prunes_lease(engine: Engine, co
     await hydrate(engine, "vol", out)
     assert (out / "y.txt").read_text() == "y"
     assert m.stop() == 0
+
+
+@pytest.fixture
+async def proxy(s3_endpoint: str) -> AsyncIterator[FaultProxy]:
+    p = await FaultProxy(s3_endpoint).start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def test_a_failed_commit_loses_no_deletion_or_rename(engine: Engine, config: Config, tmp_path: Path,
+                                                           proxy: FaultProxy,
+                                                           mounts: list[MountProcess]) -> None:  # noqa: F811
+    """The base of a commit is what the walk took from the listing; a failed commit gives it back."""
+    source = tmp_path / "source"
+    (source / "d").mkdir(parents=True)
+    for name in ("f1", "f2", "f3"):
+        (source / "d" / name).write_text(name)
+    await commit(engine, "vol", source)
+    faulty = config.replace(s3_endpoint=proxy.endpoint, retries=1, retry_base_delay=0.01)
+    m = MountProcess(faulty, "vol", tmp_path / "mnt")   # the proxy runs on this loop: the mount
+    mounts.append(m)                                    # is driven from a thread
+    await asyncio.to_thread(m.start)
+
+    def change(root: Path) -> None:
+        (root / "d" / "f1").unlink()
+        (root / "d" / "f2").rename(root / "d" / "g2")
+
+    change(source)
+    proxy.rules = [Rule("slowdown", "PUT", "/snapshots/")]
+    await asyncio.to_thread(change, m.path)
+    with pytest.raises(Exception, match="SlowDown|503|[Ss]tore"):
+        await asyncio.to_thread(m.call, "commit")
+    proxy.rules = []
+    await asyncio.to_thread(m.call, "commit")
+    out = tmp_path / "out"
+    await hydrate(engine, "vol", out)
+    assert tree_of(out) == tree_of(source)
+    assert await asyncio.to_thread(m.stop) == 0
