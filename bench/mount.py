@@ -19,6 +19,7 @@ as skipped. Modes alternate in one process; results are JSON.
 
     python bench/mount.py --quick            # 256 MiB file, 10k entries
     python bench/mount.py --size 2G --entries 100000
+    python bench/mount.py --find-only --entries 100000   # the find part alone (tree GETs counted)
 
 It starts its own SeaweedFS unless SYNCD_S3_ENDPOINT is set.
 """
@@ -171,12 +172,32 @@ def run_fio(config: Config, scratch: Path) -> dict[str, Any]:
     return out
 
 
+def find_many(config: Config, scratch: Path) -> dict[str, Any]:
+    """``find`` over the many-entry volume on a fresh mount (cold cache): seconds, data and tree GETs."""
+    m, startup = mount(fresh(config, scratch, "find"), "many", scratch / "mnt-many")
+    try:
+        at_mount = m.call("status")["tree_reads"]
+        t = time.perf_counter()
+        found = subprocess.run(["find", str(m.path)], capture_output=True, check=True).stdout.count(b"\n")
+        seconds = time.perf_counter() - t
+        status = m.call("status")
+        return {"entries_listed": found, "seconds": round(seconds, 3), "mount_startup_s": round(startup, 3),
+                "data_gets": m.data_gets(), "tree_gets_at_mount": at_mount, "tree_gets": status["tree_reads"],
+                "dirs_listed": status["dirs_listed"]}
+    finally:
+        m.stop()
+
+
 def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
     size = parse_size(args.size)
     config = Config(s3_endpoint=endpoint, bucket="syncd-bench", prefix=f"mount-{uuid.uuid4().hex[:8]}",
                     owner="bench", cache_dir=scratch / "seed-cache", state_dir=scratch / "seed-state")
-    asyncio.run(seed(config, scratch, size, args.entries))
+    asyncio.run(seed(config, scratch, 0 if args.find_only else size, args.entries))
     result: dict[str, Any] = {"size_bytes": size, "entries": args.entries}
+    if args.find_only:
+        result["find"] = find_many(config, scratch)
+        result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        return result
     mib = size / MiB
 
     # time to first byte + sequential cold read, lazy then eager, alternating
@@ -213,15 +234,7 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
         result["sequential_cold_mib_s"]["lazy_over_rclone"] = round(
             result["sequential_cold_mib_s"]["lazy"] / result["rclone"]["sequential_cold_mib_s"], 2)
 
-    # find over many entries on a fresh mount
-    m, _ = mount(fresh(config, scratch, "find"), "many", scratch / "mnt-many")
-    try:
-        t = time.perf_counter()
-        found = subprocess.run(["find", str(m.path)], capture_output=True, check=True).stdout.count(b"\n")
-        result["find"] = {"entries_listed": found, "seconds": round(time.perf_counter() - t, 3),
-                          "data_gets": m.data_gets()}
-    finally:
-        m.stop()
+    result["find"] = find_many(config, scratch)
 
     # random 4 KiB reads, cold then warm
     rng = random.Random(7)
@@ -249,6 +262,7 @@ def main() -> None:
     p.add_argument("--entries", type=int, default=100_000)
     p.add_argument("--random-reads", type=int, default=300)
     p.add_argument("--quick", action="store_true", help="256 MiB, 10k entries, 100 random reads")
+    p.add_argument("--find-only", action="store_true", help="only the find over --entries entries")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.quick:

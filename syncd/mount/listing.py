@@ -2,20 +2,52 @@
 
 The inode table (tree.py) never walks a snapshot itself: it asks a
 ``Listing`` for the children of one directory when the kernel first looks
-inside it, and for one entry by path. Today's snapshots (format v1) are one
-object, so :class:`SnapshotListing` indexes the whole entry map by parent
-directory once, in memory (a dict per directory, built in one pass). A v2
-listing that fetches one tree object per directory fits the same two calls,
-so nothing above this module changes when snapshots stop being one object.
+inside it (tree.py loads each directory once, single-flight), and for one
+entry by path.
+
+:class:`TreeListing` is the listing a mount uses. On a format-2 snapshot it
+asks ``VolumeRepo.list_dir`` for one directory, which reads only the trees on
+that directory's path (docs/FORMAT.md); the trees go through the engine's
+``TreeStore``, so a tree read once (or found in the disk cache) is not read
+again, and listing ``a/b`` after ``a`` costs one tree GET. Mounting a volume
+of any size therefore reads the snapshot header and nothing else until the
+kernel looks into the root; ``stat`` of one file reads depth + 1 trees, and
+``find`` reads each tree once. A format-1 snapshot is one object that comes
+with its header, so there the entries are indexed by directory once, in
+memory (:class:`SnapshotListing`): ``list_dir`` on v1 scans every entry per
+call, which would make listing every directory quadratic.
+
+Listing a directory also starts reading its subdirectories' trees in the
+background, in one coalesced read (``TreeStore.get_many``: the trees of one
+commit sit side by side in one tree pack), up to ``PREFETCH_BYTES`` of
+stored trees per directory. A later listing of one of them waits for that
+read instead of issuing its own GET, so ``find`` costs about one GET per
+directory that has subdirectories, and ``stat`` of one file still costs one
+GET per level (each level's read was already under way). A failed prefetch
+is only logged: the listing that needs the tree reads it itself.
+
+``siblings(path)`` answers from the directory listings already made (the
+last ``REMEMBERED`` directories): the entries beside ``path``, or nothing if
+its directory was not listed lately. It never reads a tree.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import posixpath
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Protocol
 
-from syncd.format.manifest import Entry
+from syncd.engine.volumes import VolumeRepo
+from syncd.errors import SyncdError
+from syncd.format.manifest import Entry, TreeRef
+from syncd.format.tree import with_path
+
+log = logging.getLogger(__name__)
+REMEMBERED = 64
+PREFETCH_BYTES = 4 << 20
 
 
 class Listing(Protocol):
@@ -24,6 +56,8 @@ class Listing(Protocol):
         ...
 
     async def lookup(self, path: str) -> Entry | None: ...
+
+    def siblings(self, path: str) -> list[Entry]: ...
 
 
 class SnapshotListing:
@@ -44,3 +78,85 @@ class SnapshotListing:
     def siblings(self, path: str) -> list[Entry]:
         """Entries of the directory that holds ``path`` (for fetching a pack's small files together)."""
         return self._dirs.get(posixpath.dirname(path), [])
+
+
+class TreeListing:
+    """One snapshot of one volume, listed as the kernel asks. Build it with :meth:`open`."""
+
+    def __init__(self, repo: VolumeRepo, volume: str, snapshot_id: str | None,
+                 flat: SnapshotListing | None = None, root: TreeRef | None = None) -> None:
+        self.repo, self.volume, self.snapshot_id = repo, volume, snapshot_id
+        self._flat = flat                   # format 1: the whole snapshot, indexed once
+        self._refs: dict[str, TreeRef] = {} if root is None else {"": root}   # dir path -> its tree
+        self._reading: dict[str, asyncio.Task[None]] = {}                    # tree id -> prefetch
+        self._recent: OrderedDict[str, list[Entry]] = OrderedDict()
+        self.dirs_listed = 0                # list_dir calls answered from trees (tests, status)
+
+    @classmethod
+    async def open(cls, repo: VolumeRepo, volume: str, snapshot_id: str | None) -> TreeListing:
+        """Read the snapshot's header (no tree); a v1 snapshot is indexed here."""
+        if snapshot_id is None:
+            return cls(repo, volume, None)
+        snap = await repo.header(volume, snapshot_id)
+        if snap.root is None:
+            return cls(repo, volume, snapshot_id, SnapshotListing(snap.entries))
+        return cls(repo, volume, snapshot_id, root=snap.root)
+
+    async def list_dir(self, path: str) -> list[Entry]:
+        if self._flat is not None:
+            return await self._flat.list_dir(path)
+        path = path.strip("/")
+        ref = self._refs.get(path)
+        if ref is None and path and "" in self._refs:   # not seen in a listing: the trees on its path
+            item = await self.repo.trees.lookup(self.volume, self._refs[""], path)
+            ref = item.tree if item is not None else None
+        if ref is None:
+            return []
+        reading = self._reading.get(ref.id)
+        if reading is not None:
+            await asyncio.shield(reading)
+        items = await self.repo.trees.get(self.volume, ref)
+        self.dirs_listed += 1
+        self._prefetch(path, [(with_path(i, path).path, i.tree) for i in items if i.tree is not None])
+        entries = [with_path(i, path) for i in items]
+        self._recent[path] = entries
+        self._recent.move_to_end(path)
+        while len(self._recent) > REMEMBERED:
+            self._recent.popitem(last=False)
+        return list(entries)
+
+    def _prefetch(self, path: str, subdirs: list[tuple[str, TreeRef]]) -> None:
+        """Start one background read of the subdirectories' trees not in memory yet."""
+        wanted: list[TreeRef] = []
+        budget = PREFETCH_BYTES
+        for sub, ref in subdirs:
+            self._refs[sub] = ref
+            if budget >= ref.size and ref.id not in self._reading and self.repo.trees.cached(ref.id) is None:
+                wanted.append(ref)
+                budget -= ref.size
+        if not wanted:
+            return
+
+        async def read() -> None:
+            try:
+                await self.repo.trees.get_many(self.volume, wanted)
+            except SyncdError as exc:       # the listing that needs one of them reads it again
+                log.debug("prefetch of the trees below %r failed: %s", path, exc)
+
+        task = asyncio.ensure_future(read())
+        for ref in wanted:
+            self._reading[ref.id] = task
+        task.add_done_callback(lambda _: [self._reading.pop(r.id, None) for r in wanted])
+
+    async def lookup(self, path: str) -> Entry | None:
+        if self._flat is not None:
+            return await self._flat.lookup(path)
+        if self.snapshot_id is None or not path.strip("/"):
+            return None
+        return await self.repo.lookup(self.volume, self.snapshot_id, path)
+
+    def siblings(self, path: str) -> list[Entry]:
+        if self._flat is not None:
+            return self._flat.siblings(path)
+        return self._recent.get(posixpath.dirname(path), [])
+

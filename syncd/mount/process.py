@@ -1,8 +1,9 @@
 """One mount process: ``syncd mount VOLUME DIR`` and the agent's lazy mounts.
 
 Start-up: reclaim a dead mount at DIR (spawn.py), refuse one still served,
-open the engine, read HEAD and the snapshot (or the one ``--snapshot`` names,
-which is always read-only), start with an empty upper layer in the mount's
+open the engine, read HEAD and the snapshot's header (or the one ``--snapshot``
+names, which is always read-only; directories are listed as the kernel asks,
+listing.py), start with an empty upper layer in the mount's
 work directory, then ``pyfuse3.init`` and serve until SIGTERM/SIGINT or a
 ``stop`` on the control socket.
 
@@ -39,7 +40,7 @@ from syncd.limits import ByteBudget
 from syncd.mount import control
 from syncd.mount.data import Data
 from syncd.mount.fs import MountOps
-from syncd.mount.listing import SnapshotListing
+from syncd.mount.listing import TreeListing
 from syncd.mount.publish import Publisher
 from syncd.mount.spawn import config_from_json, control_path, mounted_at, reclaim, work_dir
 from syncd.mount.tree import Tree
@@ -75,14 +76,13 @@ async def serve(config: Config, opts: MountOptions) -> int:
         head = await engine.repo.head(opts.volume)
         read_only = opts.read_only or opts.snapshot is not None
         snap_id = opts.snapshot or head.snapshot
-        snap = await engine.repo.snapshot(opts.volume, snap_id) if snap_id else None
-        entries = dict(snap.entries) if snap else {}
-        tree = Tree(SnapshotListing(entries))
+        listing = await TreeListing.open(engine.repo, opts.volume, snap_id)   # the header only
+        tree = Tree(listing)
         data = Data(engine.fetcher, opts.volume, upper, memory=max(engine.budget.limit, config.chunk_size * 2),
                     limit=opts.upper_limit)
         # commits get their own budget: the reader's LRU is bounded by the engine's separately
         engine.budget = ByteBudget(engine.budget.limit)
-        publisher = Publisher(engine, opts.volume, tree, data, head, entries)
+        publisher = Publisher(engine, opts.volume, tree, data, head)
         ops = MountOps(tree, data, publisher, read_only, opts.timeout)
         stop = asyncio.Event()
 
@@ -113,7 +113,9 @@ async def serve(config: Config, opts: MountOptions) -> int:
                     "upper_bytes": data.used, "read_errors": data.errors,
                     "store": {"calls": dict(counter.calls), "keys": dict(counter.keys),
                               "bytes_in": counter.bytes_in},
-                    "bytes_by_source": dict(engine.fetcher.bytes_by_source)}
+                    "bytes_by_source": dict(engine.fetcher.bytes_by_source),
+                    "tree_reads": engine.repo.trees.reads,
+                    "dirs_listed": getattr(tree.listing, "dirs_listed", 0)}
 
         pyfuse3.asyncio.enable()
         options = set(pyfuse3.default_options) | {f"fsname=syncd:{opts.volume}", "subtype=syncd"}

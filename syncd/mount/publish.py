@@ -1,7 +1,11 @@
-"""Commit from the mount: new entries from the lower snapshot plus the upper layer.
+"""Commit from the mount: the upper layer and the inode table turned into per-path changes.
 
-A commit walks the inode table (tree.py) and turns every node into a snapshot
-entry at its current path:
+What changed. A commit walks the part of the inode table (tree.py) the
+kernel has seen. A directory that was never listed and still sits where the
+snapshot has it holds exactly what the snapshot holds there, so the walk does
+not enter it (nothing is read for it); a never-listed directory that was
+renamed is listed (and walked) so its entries move. Each walked node becomes
+an entry at its current path:
 
 * a file never written keeps its snapshot chunk list (a rename is free);
 * a written file whose ``version`` has not moved since the last commit reuses
@@ -10,18 +14,35 @@ entry at its current path:
   exactly as engine/commit.py reads a local file: a span that is still a whole
   untouched lower chunk is reused without reading it, the rest is hashed and
   handed to the engine's ``Uploader`` (packs for small files, only chunks the
-  volume lacks are PUT, memory bounded by the byte budget). If the file's
-  version moved while it was read, it is read again (three times), then left
-  at its last committed version -- a snapshot never holds bytes a file never
-  held as a whole.
+  volume lacks are PUT, memory bounded by the byte budget). The uploader knows
+  the chunks of the files being committed (their lower and last committed
+  versions), not the whole volume's. If the file's version moved while it was
+  read, it is read again (three times), then left at its last committed
+  version -- a snapshot never holds bytes a file never held as a whole.
 
-Our changes are ``diff(base, ours)`` where ``base`` is what this mount last
-synced (the snapshot it loaded, then each commit it made). They are replayed
-on the latest snapshot with ``manifest.apply`` and HEAD is advanced with
-``VolumeRepo.publish`` (``If-Match``); on a lost race HEAD is re-read and the
-same changes applied again, as engine/commit.py does: disjoint changes of two
-writers both survive, on the same path the later commit wins. Symlinks that
-would lead out of the volume are left out, as in an eager commit.
+Our changes are ``diff(base, ours)`` over the walked territory only. ``base``
+is what this mount last synced there: the entries of the last commit's walk,
+plus the snapshot entries of every node listed since (tree.py's ``fresh``:
+a directory listed after the last commit was not entered by it, so it held
+the snapshot's content then). A node listed during a commit that the walk did
+not reach (the kernel listed a directory the walk had skipped) waits for the
+next commit. No map of the whole volume is ever built.
+
+Publishing. The changes are applied to the trees of the snapshot HEAD names
+(``VolumeRepo.build``: only the trees on changed paths are read and written)
+and HEAD is advanced with ``publish_built`` (``If-Match``); on a lost race
+HEAD is re-read and the same changes rebuilt on the new latest, as
+engine/commit.py does: disjoint changes of two writers both survive, on the
+same path the later commit wins. Symlinks that would lead out of the volume
+are left out, as in an eager commit (the whole new tree is read for that
+check only when a change involves a symlink, as engine/commit.py does).
+
+Prune. While prune holds its lease in HEAD the commit waits, as an eager
+commit does (docs/FORMAT.md, section 9); if a prune ran after the commit first
+read HEAD (the epoch moved), the objects it reuses without uploading them are
+checked again and the commit fails with CommitConflict if one is gone (an
+eager commit re-reads the files using it instead; a mount can do that only
+for written files, whose bytes are in the upper layer).
 
 HEAD moves in one conditional PUT after the snapshot object is stored, so a
 mount process killed at any point leaves either the old or the new snapshot,
@@ -35,17 +56,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from syncd.engine.upload import Uploader
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
-from syncd.errors import CommitConflict, PreconditionFailed
+from syncd.errors import CommitConflict, NotFound, PreconditionFailed
 from syncd.format.chunking import content_id, spans
-from syncd.format.manifest import ChunkRef, Entry, apply, diff, escaping_symlinks
+from syncd.format.layout import object_key
+from syncd.format.manifest import Changes, ChunkRef, Entry, Snapshot, diff, escaping_symlinks
 from syncd.mount.data import Data
-from syncd.mount.listing import SnapshotListing
+from syncd.mount.listing import TreeListing
 from syncd.mount.tree import Node, Tree
 
 log = logging.getLogger(__name__)
@@ -66,10 +89,10 @@ class MountCommit:
 
 
 class Publisher:
-    def __init__(self, engine: Engine, volume: str, tree: Tree, data: Data, head: Head,
-                 base: dict[str, Entry]) -> None:
+    def __init__(self, engine: Engine, volume: str, tree: Tree, data: Data, head: Head) -> None:
         self.engine, self.volume, self.tree, self.data = engine, volume, tree, data
-        self.head, self.base = head, base
+        self.head = head
+        self.base: dict[str, Entry] = {}    # the last commit's walk (see the module docstring)
         self.synced = head.snapshot   # the snapshot the namespace shows
         self.lock = asyncio.Lock()
         self.clean_at = tree.changes
@@ -84,13 +107,55 @@ class Publisher:
         async with self.lock:
             return await self._commit(message)
 
+    async def _walk(self) -> tuple[list[tuple[str, Node]], dict[str, Entry], set[str], list[tuple[Node, Entry]]]:
+        """The walked nodes, the base of their paths, the paths of directories not entered,
+        and the listed nodes taken into that base (given back if the commit fails)."""
+        skipped: set[str] = set()
+
+        def descend(node: Node, path: str) -> bool:
+            if node.children is None and node.lower_path == path:
+                skipped.add(path)
+                return False
+            return True
+
+        nodes = [(path, node) async for path, node in self.tree.walk(descend=descend)]
+        walked = {id(node) for _, node in nodes}
+        fresh, self.tree.fresh = self.tree.fresh, []
+        base = dict(self.base)
+        used: list[tuple[Node, Entry]] = []
+        later: list[tuple[Node, Entry]] = []
+        for node, entry in fresh:
+            if id(node) in walked or not node.attached:
+                base.setdefault(entry.path, entry)
+                used.append((node, entry))
+            else:
+                later.append((node, entry))
+        self.tree.fresh[:0] = later
+        return nodes, base, skipped, used
+
     async def _commit(self, message: str) -> MountCommit:
         mark = self.tree.changes
+        nodes, base, skipped, used = await self._walk()
+        try:
+            result, ours = await self._publish(nodes, base, skipped, message)
+        except BaseException:
+            self.tree.fresh[:0] = used          # still unsynced: the next commit's base needs them
+            raise
+        self.base = ours
+        self.clean_at = mark
+        self.commits += 1
+        return result
+
+    async def _publish(self, nodes: list[tuple[str, Node]], base: dict[str, Entry], skipped: set[str],
+                       message: str) -> tuple[MountCommit, dict[str, Entry]]:
+        read = [(p, n) for p, n in nodes if n.kind == "file" and n.upper
+                and not (n.committed is not None and n.committed[0] == n.version)]
+        known = _locations([n.chunks for _, n in read], [base[p].chunks for p, _ in read if p in base])
         uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
-                            self.engine.config.pack_size, _locations(self.base.values()))
+                            self.engine.config.pack_size, known)
         result = MountCommit(self.volume, self.head.snapshot, self.head.seq)
         try:
-            ours, pending = await self._entries(uploader, result)
+            ours, pending = await self._entries(nodes, base, uploader, result)
             await uploader.finish()
         except BaseException:
             await uploader.abort()
@@ -99,32 +164,47 @@ class Publisher:
             entry = ours[path]
             ours[path] = Entry(path, "file", entry.mode, entry.mtime_ns, entry.size,
                                tuple(uploader.location(c.id) for c in entry.chunks))
-            node.committed = (version, ours[path])
         result.uploaded_bytes = uploader.uploaded_bytes
-        changes = diff(self.base, ours)
+        changes = {p: e for p, e in diff(base, ours).items() if e is not None or not _inside(p, skipped)}
         result.changed = len(changes)
         if changes:
-            await self._advance(changes, message, result)
-        self.base = ours
-        self.clean_at = mark
-        self.commits += 1
-        return result
+            uploaded = set(uploader.new) - uploader.existed
+            await self._advance(changes, base, message, result, uploaded)
+        for path, (node, version) in pending.items():
+            node.committed = (version, ours[path])     # only once HEAD holds it: else read again
+        return result, ours
 
-    async def _advance(self, changes: dict[str, Entry | None], message: str, result: MountCommit) -> None:
-        head = await self.engine.repo.head(self.volume)
+    async def _advance(self, changes: Changes, base: Mapping[str, Entry], message: str,
+                       result: MountCommit, uploaded: set[str]) -> None:
+        repo = self.engine.repo
+        head = await repo.head(self.volume)
+        checked_epoch = head.epoch
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
-            theirs = (await self.engine.repo.snapshot(self.volume, head.snapshot)).entries if head.snapshot else {}
-            merged = apply(theirs, changes, self.base)
-            for path in escaping_symlinks(merged):
-                log.warning("volume %r: leaving out symlink %r: it leads out of the volume", self.volume, path)
-                del merged[path]
+            head = await _wait_for_lease(self.engine, head)
+            if head.epoch != checked_epoch:      # a prune ran: is what we reuse still there?
+                await self._check_reused(changes, uploaded)
+                checked_epoch = head.epoch
+            theirs = await repo.header(self.volume, head.snapshot) if head.snapshot else None
+            attempt_changes = dict(changes)
+            built = await repo.build(self.volume, theirs, attempt_changes, base)
+            if _needs_link_check(attempt_changes, base, theirs):
+                escaping = escaping_symlinks(await repo.trees.flat(self.volume, built.root))
+                for path in escaping:
+                    log.warning("volume %r: leaving out symlink %r: it leads out of the volume", self.volume, path)
+                    attempt_changes[path] = None
+                if escaping:
+                    built = await repo.build(self.volume, theirs, attempt_changes, base)
             based_on = head.snapshot
+            if theirs is not None and theirs.root is not None and built.root.id == theirs.root.id:
+                self.head = head                 # nothing left to change: HEAD already holds ours
+                result.snapshot, result.seq = head.snapshot, head.seq
+                return
             try:
-                head = await self.engine.repo.publish(head, merged, message)
+                head = await repo.publish_built(head, built, message)
             except PreconditionFailed:
                 await asyncio.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
-                head = await self.engine.repo.head(self.volume)
+                head = await repo.head(self.volume)
                 continue
             if based_on == self.synced:
                 self.synced = head.snapshot   # else others' changes are in HEAD but not in our tree
@@ -134,11 +214,28 @@ class Publisher:
         raise CommitConflict(f"volume {self.volume!r}: the commit point moved {MAX_ATTEMPTS} times "
                              "while the mount tried to advance it; try again")
 
-    async def _entries(self, uploader: Uploader,
+    async def _check_reused(self, changes: Changes, uploaded: set[str]) -> None:
+        keys = {object_key(self.engine.layout, self.volume, ref)
+                for entry in changes.values() if entry is not None for ref in entry.chunks
+                if ref.id not in uploaded}
+
+        async def gone(key: str) -> bool:
+            try:
+                await self.engine.store.head(key)
+            except NotFound:
+                return True
+            return False
+
+        flags = await asyncio.gather(*(gone(k) for k in keys))
+        if any(flags):
+            raise CommitConflict(f"volume {self.volume!r}: a prune deleted objects this commit reuses "
+                                 f"({sum(flags)}); try again")
+
+    async def _entries(self, nodes: list[tuple[str, Node]], base: Mapping[str, Entry], uploader: Uploader,
                        result: MountCommit) -> tuple[dict[str, Entry], dict[str, tuple[Node, int]]]:
         ours: dict[str, Entry] = {}
         pending: dict[str, tuple[Node, int]] = {}
-        async for path, node in self.tree.walk():
+        for path, node in nodes:
             if node.kind == "dir":
                 ours[path] = Entry(path, "dir", node.mode, node.mtime_ns)
             elif node.kind == "symlink":
@@ -152,8 +249,8 @@ class Publisher:
                 read = await self._read_file(node, uploader, result)
                 if read is None:
                     result.skipped += 1
-                    if path in self.base:
-                        ours[path] = self.base[path]
+                    if path in base:
+                        ours[path] = base[path]
                     continue
                 refs, version = read
                 ours[path] = Entry(path, "file", node.mode, node.mtime_ns, sum(r.size for r in refs), refs)
@@ -195,23 +292,62 @@ class Publisher:
             for _ in range(MAX_ATTEMPTS):
                 if self.dirty:
                     await self._commit("mount: before reload")
-                head, snap = await self.engine.repo.latest(self.volume)
+                head = await self.engine.repo.head(self.volume)
+                listing = (await TreeListing.open(self.engine.repo, self.volume, head.snapshot)
+                           if head.snapshot != self.synced else None)
                 if not self.dirty:
-                    break     # from here to the rebase nothing yields to the loop (v1 listing)
+                    break     # from here the rebase's first walk does no I/O: nothing slips in
             else:
                 raise CommitConflict(f"volume {self.volume!r}: writes kept arriving during the reload")
-            if head.snapshot == self.synced:
+            if listing is None:
                 return []
-            entries = dict(snap.entries) if snap else {}
-            gone = await self.tree.rebase(SnapshotListing(entries))
-            self.head, self.base, self.synced = head, entries, head.snapshot
-            self.clean_at = self.tree.changes
+            mark = self.tree.changes
+            gone = await self.tree.rebase(listing)
+            self.head, self.base, self.synced = head, {}, head.snapshot
+            self.clean_at = mark + 1       # changes made while the rebase listed: still to commit
             return gone
 
 
-def _locations(entries: Iterable[Entry]) -> dict[str, ChunkRef]:
+def _locations(*groups: Iterable[Iterable[ChunkRef]]) -> dict[str, ChunkRef]:
     known: dict[str, ChunkRef] = {}
-    for entry in entries:
-        for ref in entry.chunks:
-            known.setdefault(ref.id, ref)
+    for group in groups:
+        for refs in group:
+            for ref in refs:
+                known.setdefault(ref.id, ref)
     return known
+
+
+def _inside(path: str, dirs: set[str]) -> bool:
+    """Is ``path`` below one of ``dirs`` (directories the walk did not enter)?"""
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        if path in dirs:
+            return True
+    return "" in dirs
+
+
+def _needs_link_check(changes: Changes, base: Mapping[str, Entry], theirs: Snapshot | None) -> bool:
+    """Can these changes make some symlink lead out of the volume? (engine/commit.py's rule)"""
+    for path, entry in changes.items():
+        before = base.get(path)
+        if (entry is not None and entry.kind == "symlink") or (before is not None and before.kind == "symlink"):
+            return True
+        if theirs is not None and (theirs.stats is None or theirs.stats.links) and (
+                (entry is None and before is not None and before.kind == "dir")
+                or (entry is not None and before is not None and entry.kind != before.kind)):
+            return True
+    return False
+
+
+LEASE_POLL = 0.25
+
+
+async def _wait_for_lease(engine: Engine, head: Head) -> Head:
+    """Wait while prune holds an unexpired lease in HEAD (engine/commit.py's rule)."""
+    delay = LEASE_POLL
+    while head.leased():
+        log.info("volume %r: prune holds the lease until %.0f; waiting", head.volume, head.lease_expires)
+        await asyncio.sleep(min(delay, max(0.0, head.lease_expires - time.time()) + 0.01))
+        delay = min(delay * 2, 2.0)
+        head = await engine.repo.head(head.volume)
+    return head

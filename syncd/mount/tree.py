@@ -6,7 +6,11 @@ the first time anyone looks inside it (``children is None`` until then), and
 from then on live only here, so ``stat``/``readdir`` never touch the network
 and a directory nobody opens costs nothing. A renamed directory that was never
 listed keeps ``lower_path``, the place in the snapshot its children come from,
-so renaming a large unlisted tree is one dict operation.
+so renaming a large unlisted tree is one dict operation. A directory is
+listed once however many requests ask at once (one in-flight load per
+directory), and every node made from a listing is noted in ``fresh`` with the
+entry it came from: publish.py's base for the next commit (what the snapshot
+had there).
 
 File nodes carry their content as ``chunks`` (the snapshot's references) plus,
 once written, an upper-layer file (data.py decides which byte comes from
@@ -22,11 +26,12 @@ them, so an open file keeps its content until it is closed.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import posixpath
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from syncd.format.manifest import ChunkRef, Entry, Kind
@@ -81,6 +86,9 @@ class Tree:
         self.changes = 0   # bumped by every mutation: the write-back's "dirty" signal
         self.released: list[Node] = []      # forgotten nodes with upper files for data.py to free
         self._reuse: dict[str, Node] = {}   # during rebase: the old nodes by path
+        self._loading: dict[int, asyncio.Future[dict[str, Node]]] = {}
+        # nodes loaded from the listing since publish.py last looked, with the entry they came from
+        self.fresh: list[tuple[Node, Entry]] = []
 
     def _new(self, kind: Kind, mode: int, mtime_ns: int, **kw: object) -> Node:
         node = Node(self._next, kind, mode, mtime_ns, ctime_ns=mtime_ns, **kw)  # type: ignore[arg-type]
@@ -114,18 +122,34 @@ class Tree:
     async def children(self, node: Node) -> dict[str, Node]:
         if node.kind != "dir":
             raise FsError(errno.ENOTDIR)
-        if node.children is None:
-            loaded: dict[str, Node] = {}
-            for entry in await self.listing.list_dir(node.lower_path or ""):
-                child = self._reused(entry) or self.from_entry(entry)
-                child.name, child.parent = posixpath.basename(entry.path), node
-                loaded[child.name] = child
-            if node.children is None:       # another request may have loaded it meanwhile
-                node.children = loaded
-            else:
-                for child in loaded.values():
-                    self.inodes.pop(child.ino, None)
-        return node.children
+        if node.children is not None:
+            return node.children
+        task = self._loading.get(node.ino)
+        if task is None:                    # one listing per directory, however many ask at once
+            task = asyncio.ensure_future(self._load(node))
+            self._loading[node.ino] = task
+            task.add_done_callback(lambda _: self._loading.pop(node.ino, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, node: Node) -> dict[str, Node]:
+        while True:
+            listing = self.listing
+            entries = await listing.list_dir(node.lower_path or "")
+            if node.children is not None:
+                return node.children
+            if listing is self.listing:     # else a rebase moved to another snapshot meanwhile
+                break
+        loaded: dict[str, Node] = {}
+        for entry in entries:
+            child = self._reused(entry) or self.from_entry(entry)
+            child.name, child.parent = posixpath.basename(entry.path), node
+            loaded[child.name] = child
+            if node.attached:
+                self.fresh.append((child, entry))
+            else:                           # listed after it left the namespace (a rebase)
+                child.attached = False
+        node.children = loaded
+        return loaded
 
     async def lookup(self, parent: Node, name: str) -> Node:
         child = (await self.children(parent)).get(name)
@@ -168,14 +192,19 @@ class Tree:
         """Move to another snapshot's listing. A path whose content is the same keeps its
         node (inode, kernel caches, upper file); the others leave the namespace and are
         returned. Open files hold their node, so they keep reading what they opened.
-        v1 listings are in memory, so this walks both trees; a v2 listing would rebase
-        one directory at a time as it is listed again."""
-        old = {path: node async for path, node in self.walk()}
+        Only what the kernel has seen is compared: the directories listed so far are
+        listed again in the new snapshot (v2: unchanged trees come from the cache), the
+        others stay unlisted and are read when someone looks inside."""
+        old = {path: node async for path, node in self.walk(descend=_listed)}   # no I/O: never yields
+        relist = {path for path, node in old.items() if node.kind == "dir" and node.children is not None}
+        if self.root.children is not None:
+            relist.add("")
         self.listing = listing
         self._reuse = dict(old)
+        self.fresh = []
         self.root.children, self.root.lower_path = None, ""
         try:
-            async for _ in self.walk():
+            async for _ in self.walk(descend=lambda _node, path: path in relist):
                 pass
         finally:
             left, self._reuse = self._reuse, {}
@@ -190,6 +219,9 @@ class Tree:
         if node is None or node.kind != entry.kind:
             return None
         if entry.kind == "file":
+            if node.upper and node.committed is not None and node.committed[0] != node.version:
+                del self._reuse[entry.path]
+                return node      # written during the reload, after the commit before it: it stays
             if node.upper:
                 if node.committed is None or node.committed[0] != node.version \
                         or not node.committed[1].same_content(entry):
@@ -255,13 +287,19 @@ class Tree:
         self.changes += 1
         return replaced
 
-    async def walk(self, node: Node | None = None) -> AsyncIterator[tuple[str, Node]]:
-        """Every node under ``node`` (default the root) with its path, parents first."""
+    async def walk(self, node: Node | None = None,
+                   descend: Callable[[Node, str], bool] | None = None) -> AsyncIterator[tuple[str, Node]]:
+        """Every node under ``node`` (default the root) with its path, parents first.
+        ``descend(dir, path)`` False: the directory's children are neither listed nor walked."""
         stack = [(node or self.root, self.path(node or self.root))]
         while stack:
             current, path = stack.pop()
             if current is not self.root or path:
                 yield path, current
-            if current.kind == "dir":
+            if current.kind == "dir" and (descend is None or descend(current, path)):
                 for name, child in sorted((await self.children(current)).items(), reverse=True):
                     stack.append((child, f"{path}/{name}" if path else name))
+
+
+def _listed(node: Node, _path: str) -> bool:
+    return node.children is not None
