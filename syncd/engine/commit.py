@@ -93,7 +93,7 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
         local = await scan(source) if changed is None else await overlay(source, index, changed)
         result = CommitResult(volume, head.snapshot, head.seq)
         for _ in range(REUSE_PASSES):
-            head = await _wait_for_lease(engine, head)
+            head = await wait_for_lease(engine, head)
             theirs = await engine.repo.header(volume, head.snapshot) if head.snapshot else None
             final, fingerprints, recheck = await _build(engine, volume, source, index, local, theirs, result,
                                                         progress or NoProgress())
@@ -222,7 +222,7 @@ class _PruneRan(Exception):
 LEASE_POLL = 0.25
 
 
-async def _wait_for_lease(engine: Engine, head: Head) -> Head:
+async def wait_for_lease(engine: Engine, head: Head) -> Head:
     """Wait while prune holds an unexpired lease in HEAD; returns a HEAD read without one."""
     delay = LEASE_POLL
     while head.leased():
@@ -233,13 +233,16 @@ async def _wait_for_lease(engine: Engine, head: Head) -> Head:
     return head
 
 
-def _needs_link_check(changes: Changes, base: Mapping[str, Entry], theirs: Snapshot | None) -> bool:
-    """Can these changes make some symlink lead out of the volume through other links?"""
+def needs_link_check(changes: Changes, base: Mapping[str, Entry], theirs: Snapshot | None) -> bool:
+    """Can these changes make some symlink lead out of the volume through other links?
+
+    Used by every writer that publishes (commit, the lazy mount). A parent whose stats are
+    unknown (a format-1 snapshot) may hold links, so replacing a directory there is checked."""
     for path, entry in changes.items():
         before = base.get(path)
         if (entry is not None and entry.kind == "symlink") or (before is not None and before.kind == "symlink"):
             return True
-        if theirs is not None and theirs.stats is not None and theirs.stats.links and (
+        if theirs is not None and (theirs.stats is None or theirs.stats.links) and (
                 (entry is None and before is not None and before.kind == "dir")
                 or (entry is not None and before is not None and entry.kind != before.kind)):
             return True
@@ -254,7 +257,7 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
     checked_epoch = head.epoch
     for attempt in range(1, MAX_ATTEMPTS + 1):
         result.attempts = attempt
-        head = await _wait_for_lease(engine, head)
+        head = await wait_for_lease(engine, head)
         if head.epoch != checked_epoch:     # a prune ran since we checked what we reuse: again
             if not await recheck():
                 raise _PruneRan(head)
@@ -266,7 +269,7 @@ async def _advance(engine: Engine, volume: str, head: Head, index: LocalIndex, o
             return head
         attempt_changes = dict(changes)
         built = await engine.repo.build(volume, theirs, attempt_changes, base)
-        if _needs_link_check(changes, base, theirs):
+        if needs_link_check(changes, base, theirs):
             merged = await engine.repo.trees.flat(volume, built.root)
             escaping = escaping_symlinks(merged)     # links that escape only in combination
             for path in escaping:

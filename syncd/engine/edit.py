@@ -45,7 +45,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from syncd.engine.commit import MAX_ATTEMPTS, _wait_for_lease
+from syncd.engine.commit import MAX_ATTEMPTS, wait_for_lease
 from syncd.engine.editview import ROOT, Op, View, op_copy, op_mkdir, op_remove, subtree
 from syncd.engine.trees import Built
 from syncd.engine.upload import Uploader
@@ -264,7 +264,7 @@ class Batch:
             await self._check_existing(self._uploader)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                head = await _wait_for_lease(self.engine, await self.engine.repo.head(self.volume))
+                head = await wait_for_lease(self.engine, await self.engine.repo.head(self.volume))
             except VolumeNotFound:
                 if not self.create:
                     raise

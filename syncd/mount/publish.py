@@ -56,17 +56,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from syncd.engine.commit import needs_link_check, wait_for_lease
 from syncd.engine.upload import Uploader
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, NotFound, PreconditionFailed
 from syncd.format.chunking import content_id, spans
 from syncd.format.layout import object_key
-from syncd.format.manifest import Changes, ChunkRef, Entry, Snapshot, diff, escaping_symlinks
+from syncd.format.manifest import Changes, ChunkRef, Entry, diff, escaping_symlinks
 from syncd.mount.data import Data
 from syncd.mount.listing import TreeListing
 from syncd.mount.tree import Node, Tree
@@ -181,14 +181,14 @@ class Publisher:
         checked_epoch = head.epoch
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
-            head = await _wait_for_lease(self.engine, head)
+            head = await wait_for_lease(self.engine, head)
             if head.epoch != checked_epoch:      # a prune ran: is what we reuse still there?
                 await self._check_reused(changes, uploaded)
                 checked_epoch = head.epoch
             theirs = await repo.header(self.volume, head.snapshot) if head.snapshot else None
             attempt_changes = dict(changes)
             built = await repo.build(self.volume, theirs, attempt_changes, base)
-            if _needs_link_check(attempt_changes, base, theirs):
+            if needs_link_check(attempt_changes, base, theirs):
                 escaping = escaping_symlinks(await repo.trees.flat(self.volume, built.root))
                 for path in escaping:
                     log.warning("volume %r: leaving out symlink %r: it leads out of the volume", self.volume, path)
@@ -324,30 +324,3 @@ def _inside(path: str, dirs: set[str]) -> bool:
         if path in dirs:
             return True
     return "" in dirs
-
-
-def _needs_link_check(changes: Changes, base: Mapping[str, Entry], theirs: Snapshot | None) -> bool:
-    """Can these changes make some symlink lead out of the volume? (engine/commit.py's rule)"""
-    for path, entry in changes.items():
-        before = base.get(path)
-        if (entry is not None and entry.kind == "symlink") or (before is not None and before.kind == "symlink"):
-            return True
-        if theirs is not None and (theirs.stats is None or theirs.stats.links) and (
-                (entry is None and before is not None and before.kind == "dir")
-                or (entry is not None and before is not None and entry.kind != before.kind)):
-            return True
-    return False
-
-
-LEASE_POLL = 0.25
-
-
-async def _wait_for_lease(engine: Engine, head: Head) -> Head:
-    """Wait while prune holds an unexpired lease in HEAD (engine/commit.py's rule)."""
-    delay = LEASE_POLL
-    while head.leased():
-        log.info("volume %r: prune holds the lease until %.0f; waiting", head.volume, head.lease_expires)
-        await asyncio.sleep(min(delay, max(0.0, head.lease_expires - time.time()) + 0.01))
-        delay = min(delay * 2, 2.0)
-        head = await engine.repo.head(head.volume)
-    return head
