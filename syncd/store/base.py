@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from syncd.errors import NotFound, PreconditionFailed
+from syncd.errors import NotFound, PreconditionFailed, TransientStoreError
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +196,8 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+def unreachable(endpoint: str | None, bucket: str, exc: TransientStoreError) -> TransientStoreError:
+    """The one line a backend gives when its first request (the bucket check) cannot get through."""
+    return TransientStoreError(f"cannot reach the object store at {endpoint or 'AWS S3'} (bucket {bucket!r}): {exc}")

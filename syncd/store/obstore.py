@@ -65,7 +65,7 @@ from obstore.store import S3Store as _ObS3
 
 from syncd.config import Config
 from syncd.errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
-from syncd.store.base import Blob, BlobStream, ObjectInfo
+from syncd.store.base import Blob, BlobStream, ObjectInfo, unreachable
 
 if TYPE_CHECKING:
     from syncd.store.s3 import S3Store
@@ -177,10 +177,8 @@ class ObstoreStore:
                 await self.ensure_bucket()
             except BaseException as exc:
                 await self.close()
-                if isinstance(exc, TransientStoreError):   # one line a newcomer can act on, as S3Store says it
-                    where = config.s3_endpoint or "AWS S3"
-                    raise TransientStoreError(f"cannot reach the object store at {where} "
-                                              f"(bucket {config.bucket!r}): {exc}") from exc
+                if isinstance(exc, TransientStoreError):   # one line a newcomer can act on
+                    raise unreachable(config.s3_endpoint, config.bucket, exc) from exc
                 raise
         return self
 

@@ -58,7 +58,7 @@ from aiobotocore.session import get_session
 
 from syncd.config import Config
 from syncd.errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
-from syncd.store.base import Blob, BlobStream, ObjectInfo
+from syncd.store.base import Blob, BlobStream, ObjectInfo, unreachable
 
 STREAM_PIECE = 256 * 1024
 
@@ -152,9 +152,7 @@ class S3Store:
             except BaseException as exc:
                 await self._stack.aclose()   # else aiohttp logs "Unclosed client session" at exit
                 if isinstance(exc, TransientStoreError):
-                    where = config.s3_endpoint or "AWS S3"
-                    raise TransientStoreError(f"cannot reach the object store at {where} "
-                                              f"(bucket {self.bucket!r}): {exc}") from exc
+                    raise unreachable(config.s3_endpoint, self.bucket, exc) from exc
                 raise
         return self
 
