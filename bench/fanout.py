@@ -260,18 +260,9 @@ def main() -> None:
         args.size, args.small_files, args.reps = parse_size("64M"), 200, 1
     with tempfile.TemporaryDirectory(prefix="syncd-fanout-") as tmp:
         scratch = Path(tmp)
-        endpoint = os.environ.get("SYNCD_S3_ENDPOINT")
-        server = None
-        if not endpoint:
-            from syncd.store.devserver import CREDENTIALS, SeaweedServer
-            os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
-            server = SeaweedServer(scratch / "seaweedfs").start()
-            endpoint = server.endpoint
-        try:
+        from syncd.store.devserver import endpoint_or_embedded
+        with endpoint_or_embedded(scratch / "seaweedfs") as endpoint:
             result = bench(args, endpoint, scratch)
-        finally:
-            if server is not None:
-                server.stop()
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

@@ -503,18 +503,9 @@ def main() -> None:
         args.workers, args.procs, args.large, args.small_files = 24, 2, 32 * MiB, 1000
     with tempfile.TemporaryDirectory(prefix="syncd-fleet-") as tmp:
         scratch = Path(tmp)
-        endpoint = os.environ.get("SYNCD_S3_ENDPOINT")
-        server = None
-        if not endpoint:
-            from syncd.store.devserver import CREDENTIALS, SeaweedServer
-            os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
-            server = SeaweedServer(scratch / "seaweedfs").start()
-            endpoint = server.endpoint
-        try:
+        from syncd.store.devserver import endpoint_or_embedded
+        with endpoint_or_embedded(scratch / "seaweedfs") as endpoint:
             result = bench(args, endpoint, scratch)
-        finally:
-            if server is not None:
-                server.stop()
     if args.profile:
         for raw in sorted(args.profile.glob("pool-gw*.txt")):
             raw.with_suffix(".summary").write_text(summarize_profile(raw))

@@ -267,20 +267,11 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.size, args.entries, args.random_reads = "256M", 10_000, 100
-    endpoint = os.environ.get("SYNCD_S3_ENDPOINT", "")
     with tempfile.TemporaryDirectory(prefix="syncd-mount-bench-") as tmp:
         scratch = Path(tmp)
-        server = None
-        if not endpoint:
-            from syncd.store.devserver import CREDENTIALS, SeaweedServer
-            os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
-            server = SeaweedServer(scratch / "seaweedfs").start()
-            endpoint = server.endpoint
-        try:
+        from syncd.store.devserver import endpoint_or_embedded
+        with endpoint_or_embedded(scratch / "seaweedfs") as endpoint:
             result = bench(args, endpoint, scratch)
-        finally:
-            if server is not None:
-                server.stop()
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

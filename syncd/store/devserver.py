@@ -23,6 +23,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -131,3 +133,19 @@ class SeaweedServer:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def endpoint_or_embedded(data_dir: Path) -> Iterator[str]:
+    """``SYNCD_S3_ENDPOINT`` if set; else an embedded SeaweedFS in ``data_dir`` for the block.
+
+    With the embedded server, ``CREDENTIALS`` fill in whatever AWS keys the environment lacks,
+    so every client started from here on reaches it. Used by the benchmarks.
+    """
+    endpoint = os.environ.get("SYNCD_S3_ENDPOINT")
+    if endpoint:
+        yield endpoint
+        return
+    os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
+    with SeaweedServer(data_dir) as server:
+        yield server.endpoint
