@@ -5,6 +5,8 @@ Routes::
     GET|HEAD /v1/{owner}/{volume}/{family}/{id} an immutable object (chunks, packs, snapshots:
                                                 engine/gatewayclient.FAMILIES), Range supported
     GET|HEAD /v1/{owner}/{volume}/HEAD          the commit point, at most --head-ttl old (heads.py)
+    POST     /v1/{owner}/{volume}/trees/{pack}  format v2 trees named in the JSON body, each verified
+                                                by its id, canonical bytes framed (trees.py)
     POST     /v1/{owner}/{volume}/warm          prefetch into the cache (JSON body, optional:
                                                 {"snapshot": id} or {"chunks": [...], "packs": [...]})
     GET      /healthz                           "ok", no token
@@ -47,7 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
-from syncd.engine.gatewayclient import FAMILIES
+from syncd.engine.gatewayclient import FAMILIES, frame
 from syncd.errors import (
     IntegrityError,
     InvalidName,
@@ -65,6 +67,7 @@ from .guard import GUARD, ConnectionGuard, ServerLimits  # noqa: F401 (ServerLim
 from .peers import PEER_HEADER
 from .send import send_body
 from .service import Body, GatewayService, ObjectRef, RangeOnly
+from .trees import parse_request
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +278,37 @@ async def head_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
+TREE_BODY_LIMIT = 1 << 20  # 4096 references of ~55 bytes fit with room to spare
+
+
+async def trees_handler(request: web.Request) -> web.Response:
+    """``POST /v1/<owner>/<volume>/trees/<pack>``: the named trees of one tree pack, verified (trees.py)."""
+    started = time.monotonic()
+    service = request.app[SERVICE]
+    owner, volume, pack = (request.match_info[k] for k in ("owner", "volume", "pack"))
+    response = denied(request, owner) or await _serve_trees(request, service, owner, volume, pack)
+    service.metrics.requests.labels("trees", str(response.status)).inc()
+    service.metrics.latency.labels("trees").observe(time.monotonic() - started)
+    return response
+
+
+async def _serve_trees(request: web.Request, service: GatewayService, owner: str, volume: str,
+                       pack: str) -> web.Response:
+    if request.content_length is None or request.content_length > TREE_BODY_LIMIT:
+        return error_response(413, f"a tree request body has a length of at most {TREE_BODY_LIMIT} bytes")
+    try:
+        doc = json.loads(await request.read())
+    except ValueError:
+        return error_response(400, "body is not JSON")
+    try:
+        body = frame(await service.trees.read(owner, volume, pack, parse_request(pack, doc)))
+    except SyncdError as exc:
+        return error_response(status_for(exc), str(exc))
+    service.metrics.served_bytes.labels("trees").inc(len(body))
+    return web.Response(body=body, content_type="application/octet-stream",
+                        headers={"X-Syncd-Verified": "gateway", "Cache-Control": "no-store"})
+
+
 async def warm_handler(request: web.Request) -> web.Response:
     owner, volume = request.match_info["owner"], request.match_info["volume"]
     refusal = denied(request, owner)
@@ -352,4 +386,5 @@ def create_app(service: GatewayService, tokens: Tokens, max_requests: int = MAX_
     app.router.add_get(r"/v1/{owner}/{volume}/HEAD", head_handler)
     app.router.add_get("/v1/{owner}/{volume}/{kind:" + "|".join(FAMILIES) + "}/{id}", object_handler)
     app.router.add_post("/v1/{owner}/{volume}/warm", warm_handler)
+    app.router.add_post("/v1/{owner}/{volume}/trees/{pack}", trees_handler)
     return app

@@ -146,5 +146,9 @@ class ObjectCache:
     async def contains(self, owner: str, family: str, ids: list[str]) -> set[str]:
         return await asyncio.to_thread(self._contains, owner, family, ids)
 
+    def open_now(self, owner: str, family: str, object_id: str) -> Hit | None:
+        """:meth:`open` for a caller already in a worker thread (gateway/trees.py batches lookups)."""
+        return self._open(owner, family, object_id)
+
     def close(self) -> None:
         self._cache.close()

@@ -69,6 +69,7 @@ from .heads import HeadCache, HeadCopy
 from .metrics import GatewayMetrics
 from .objcache import Hit, ObjectCache
 from .peers import Peers
+from .trees import TreeServer
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class GatewayService:
         self._flights: dict[tuple[str, str, str, str], Flight] = {}
         self._large: OrderedDict[tuple[str, str], int] = OrderedDict()  # (owner, id) -> size > whole_limit
         self._leaders: set[asyncio.Task[None]] = set()
+        self.trees = TreeServer(store, prefix, lambda: self.cache, self.metrics)  # format v2 trees (trees.py)
 
     def layout(self, owner: str) -> Layout:
         return Layout(self.prefix, owner)
@@ -386,6 +388,7 @@ class GatewayService:
             await asyncio.gather(*self._leaders, return_exceptions=True)
 
     async def close(self) -> None:
+        await self.trees.close()
         for task in list(self._leaders):
             task.cancel()
         await asyncio.gather(*self._leaders, return_exceptions=True)

@@ -28,14 +28,16 @@ which the fetcher logs and skips.
 
 Besides chunks and pack ranges (``fetch``, ``fetch_range``: the ChunkFetcher's
 seam) a source reads whole immutable objects of any key family
-(``fetch_object``: snapshots, v2 trees) and HEAD (``fetch_head``); those are
-what engine/gatewaystore.py routes through the pool.
+(``fetch_object``: snapshots), format v2 trees by reference (``fetch_trees``)
+and HEAD (``fetch_head``); those are what engine/gatewaystore.py routes
+through the pool.
 """
 
 from __future__ import annotations
 
+import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,7 +47,7 @@ from syncd.config import Config
 from syncd.engine.fetch import ChunkSource
 from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
-from syncd.format.manifest import ChunkRef
+from syncd.format.manifest import ChunkRef, TreeRef
 from syncd.store.base import Blob
 
 # Immutable key families under a volume's prefix that gateways serve, each named by the content id
@@ -57,8 +59,33 @@ FAMILIES: dict[str, Callable[[str], str]] = {
     "snapshots": lambda i: f"snapshots/{i}",
 }
 # Not format v2's tree packs (trees/<id>): their ids are drawn at random (FORMAT.md section 5), so a
-# gateway cannot verify a pack by its name; the engine reads them with ranged GETs from the store
-# and verifies each tree by its own id. Serving them needs per-tree verification at the gateway.
+# gateway cannot verify a pack by its name. Gateways serve the trees in them instead, each verified
+# by its own id (``fetch_trees``, gateway/trees.py).
+
+TREE_FRAME = struct.Struct(">Q")  # a tree in a gateway's tree response: its length, then its bytes
+
+
+def frame(trees: Sequence[bytes]) -> bytes:
+    """A tree response body (gateway/trees.py): each tree's canonical bytes after an 8-byte length."""
+    return b"".join(TREE_FRAME.pack(len(t)) + t for t in trees)
+
+
+def unframe(body: bytes, count: int) -> list[bytes]:
+    """The inverse of :func:`frame`; ValueError unless ``body`` is exactly ``count`` frames."""
+    out, pos, view = [], 0, memoryview(body)
+    for _ in range(count):
+        if pos + TREE_FRAME.size > len(body):
+            raise ValueError("tree response ends early")
+        (size,) = TREE_FRAME.unpack_from(body, pos)
+        pos += TREE_FRAME.size
+        if pos + size > len(body):
+            raise ValueError("tree response ends early")
+        out.append(bytes(view[pos:pos + size]))
+        pos += size
+    if pos != len(body):
+        raise ValueError("tree response has trailing bytes")
+    return out
+
 
 CONNECT_TIMEOUT = 3.0  # > one lost SYN (retransmitted after 1 s) under a fleet's connection burst
 READ_TIMEOUT = 10.0
@@ -215,6 +242,34 @@ class GatewaySource:
 
     async def close(self) -> None:
         await self.session.close()
+
+    async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> list[bytes] | None:
+        """The canonical bytes of format v2 trees of one tree pack, in order (gateway/trees.py), not
+        verified here; None if the gateway passes (breaker open, or it has no such pack)."""
+        if not self.breaker.allows():
+            self.skipped += 1
+            return None
+        self.requests += 1
+        path = f"/v1/{self.owner}/{volume}/trees/{pack}"
+        body = {"trees": [[r.id, r.offset, r.size] for r in refs]}
+        try:
+            async with self.session.get().post(self.url + path, json=body, headers=_headers(self.token),
+                                               timeout=self.timeout) as resp:
+                if resp.status == 404:
+                    self.breaker.succeeded()
+                    return None
+                if resp.status != 200:
+                    raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
+                data = await resp.read()
+            trees = unframe(data, len(refs))
+        except GatewayUnavailable:
+            self._failed()
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        self.breaker.succeeded()
+        return trees
 
 
 def gateway_sources(config: Config, **options: Any) -> list[ChunkSource]:

@@ -11,6 +11,10 @@ store/wrap.py, stacked by wiring.py under the VolumeRepo only: a GET of
 * a whole object of a key family in ``FAMILIES`` other than chunks and packs
   (snapshots, any family added there later) goes to the gateways
   (``GET /v1/<owner>/<volume>/<family>/<id>``);
+* format v2 trees are not a GET of this wrapper: the TreeStore asks
+  :meth:`GatewayStore.fetch_trees` for the trees of one tree pack by
+  reference (``POST /v1/<owner>/<volume>/trees/<pack>``, gateway/trees.py),
+  and reads the store itself only when no gateway delivers;
 
 in rendezvous order (the object's id, or the HEAD's key, ranks the gateways
 exactly as gatewayclient.py does for chunks), falling through to the next
@@ -48,6 +52,7 @@ from syncd.engine.gatewayclient import FAMILIES
 from syncd.errors import SyncdError
 from syncd.format.chunking import is_content_id, verify
 from syncd.format.layout import Layout
+from syncd.format.manifest import TreeRef
 from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,8 @@ class ObjectSource(Protocol):
     async def fetch_object(self, volume: str, family: str, object_id: str) -> bytes | None: ...
 
     async def fetch_head(self, volume: str) -> Blob | None: ...
+
+    async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> list[bytes] | None: ...
 
 
 class GatewayStore:
@@ -126,6 +133,27 @@ class GatewayStore:
                 continue
             self.bytes_by_source[source.name] += len(blob.data)
             return blob
+        return None
+
+    async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> dict[str, bytes] | None:
+        """Format v2 trees of one tree pack through the pool (engine/trees.py's TreePool): their
+        canonical bytes by id, each verified against its id, or None when no gateway delivered
+        (the TreeStore then reads the store). Ranked by the pack id, so a pack's trees are cached
+        together on one gateway and a fleet's identical requests meet there."""
+        for source in sorted(self.sources, key=lambda s: s.weight(pack), reverse=True):
+            try:
+                trees = await source.fetch_trees(volume, pack, refs)
+            except SyncdError as exc:
+                log.info("gateway %s failed for trees of pack %s: %s", source.name, pack, exc)
+                continue
+            if trees is None:
+                continue
+            if len(trees) != len(refs) or not all(verify(r.id, t) for r, t in zip(refs, trees, strict=True)):
+                self.rejected += 1
+                log.warning("gateway %s returned bad trees of pack %s; skipping it", source.name, pack)
+                continue
+            self.bytes_by_source[source.name] += sum(map(len, trees))
+            return {r.id: t for r, t in zip(refs, trees, strict=True)}
         return None
 
     def _wrote(self, keys: Sequence[str]) -> None:

@@ -1,7 +1,8 @@
 """Reading and building v2 trees (format/tree.py) against the store.
 
-Reading. :class:`TreeStore` fetches trees by reference, verifies each against
-its id and keeps decoded trees in a bounded LRU (trees are immutable, so a
+Reading. :class:`TreeStore` fetches trees by reference (from its
+:class:`TreePool`, the gateways, when there is one, else from the store),
+verifies each against its id and keeps decoded trees in a bounded LRU (trees are immutable, so a
 cached tree is never stale). Loading a whole snapshot (:meth:`TreeStore.flat`)
 goes level by level: the trees one level down are grouped by tree pack, and
 references close together in one pack are read with one ranged GET (gaps
@@ -33,9 +34,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from syncd.errors import ManifestError, NotFound
 from syncd.format.layout import Layout
@@ -53,6 +54,14 @@ PACK_SIZE = 8 << 20
 READERS = 8
 
 
+class TreePool(Protocol):
+    """Where trees come from before the store: the gateway pool (engine/gatewaystore.py)."""
+
+    async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> dict[str, bytes] | None:
+        """Canonical bytes by tree id, each already verified against its id; None: read the store."""
+        ...
+
+
 class TreeStore:
     """Verified, cached reads of one owner's trees; ``reads`` counts tree GETs (tests, metrics).
 
@@ -65,8 +74,8 @@ class TreeStore:
     """
 
     def __init__(self, store: ObjectStore, layout: Layout, cache_items: int = CACHE_ITEMS,
-                 disk: ChunkCache | None = None) -> None:
-        self.store, self.layout, self.disk = store, layout, disk
+                 disk: ChunkCache | None = None, pool: TreePool | None = None) -> None:
+        self.store, self.layout, self.disk, self.pool = store, layout, disk, pool
         self._cache: OrderedDict[str, list[TreeItem]] = OrderedDict()
         self._cached_items = 0
         self._limit = cache_items
@@ -123,6 +132,15 @@ class TreeStore:
 
         async def read(run: list[TreeRef]) -> None:
             start, end = run[0].offset, max(r.offset + r.size for r in run)
+            async with limit:
+                pooled = None if self.pool is None else await self.pool.fetch_trees(volume, run[0].pack, run)
+            if pooled is not None:  # verified canonical bytes: parse only
+                for ref, items in await asyncio.to_thread(lambda: [(r, parse_tree(pooled[r.id], r.id))
+                                                                   for r in run]):
+                    self.remember(ref.id, items)
+                    out[ref.id] = items
+                    fetched[ref.id] = pooled[ref.id]
+                return
             async with limit:
                 key = self.layout.tree_pack(volume, run[0].pack)
                 try:

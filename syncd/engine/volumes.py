@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from syncd.engine.cache import ChunkCache
-from syncd.engine.trees import Builder, Built, TreeStore, diff_trees, upload_packs
+from syncd.engine.trees import Builder, Built, TreePool, TreeStore, diff_trees, upload_packs
 from syncd.errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound
 from syncd.format import manifest, tree
 from syncd.format.chunking import is_content_id
@@ -117,9 +117,9 @@ def decode_head(volume: str, data: bytes, etag: str) -> Head:
 
 class VolumeRepo:
     def __init__(self, store: ObjectStore, layout: Layout, snapshot_cache: int = 16,
-                 cache: ChunkCache | None = None) -> None:
+                 cache: ChunkCache | None = None, tree_pool: TreePool | None = None) -> None:
         self.store, self.layout = store, layout
-        self.trees = TreeStore(store, layout, disk=cache)
+        self.trees = TreeStore(store, layout, disk=cache, pool=tree_pool)
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._snapshot_cache = snapshot_cache
 

@@ -74,7 +74,8 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
         from syncd.engine.gatewaystore import GatewayStore, ObjectSource
         pool = [s for s in sources if isinstance(s, ObjectSource)]
         pooled = GatewayStore(counter, layout, pool, config.gateway_head_ttl) if pool else None
-    engine = Engine(config, counter, counter, layout, VolumeRepo(pooled or counter, layout, cache=cache), cache,
+    repo = VolumeRepo(pooled or counter, layout, cache=cache, tree_pool=pooled)
+    engine = Engine(config, counter, counter, layout, repo, cache,
                     ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope, legacy_scope),
                     ByteBudget(config.max_inflight_bytes), pooled)
     try:
