@@ -16,6 +16,7 @@ import asyncio
 import os
 import subprocess
 import threading
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from syncd.engine.wiring import Engine, open_engine
 
 from .conftest import worker_config
 from .faultproxy import FaultProxy, Rule
+from .gatewayutil import gateway_process, metric, through
 from .mountutil import MountProcess, fuse_missing
 from .test_mount import mounts, tree_of  # noqa: F401  (the fixture)
 from .test_v2 import write_v1
@@ -200,3 +202,21 @@ async def test_a_failed_commit_loses_no_deletion_or_rename(engine: Engine, confi
     await hydrate(engine, "vol", out)
     assert tree_of(out) == tree_of(source)
     assert await asyncio.to_thread(m.stop) == 0
+
+
+async def test_a_mount_through_a_gateway_reads_nothing_from_the_store(engine: Engine, config: Config,
+                                                                       tmp_path: Path,
+                                                                       mounts: list[MountProcess]) -> None:  # noqa: F811
+    """Issue 14: every read a lazy mount makes (HEAD, snapshot, trees, packs) comes through the pool."""
+    source = tmp_path / "source"
+    make_wide(source)
+    await commit(engine, "wide", source)
+    with gateway_process(config, tmp_path) as (_, url):
+        m = start(mounts, through(worker_config(config, tmp_path, "w2"), url), "wide", tmp_path / "mnt")
+        assert await asyncio.to_thread(tree_of, m.path) == tree_of(source)  # every tree and file, read
+        status = m.call("status")
+        assert status["dirs_listed"] == TREES and status["store"]["keys"] == {}
+        with urllib.request.urlopen(f"{url}/metrics") as resp:
+            text = resp.read().decode()
+        assert metric(text, "syncd_gateway_cache_misses_total", kind="trees") == TREES
+        assert m.stop() == 0
