@@ -8,6 +8,7 @@ import posixpath
 import random
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -27,6 +28,7 @@ from syncd.sdk.fsspec import SyncdFileSystem
 from syncd.store.base import MemoryStore
 
 from .agentutil import env_for
+from .gatewayutil import gateway_process
 
 
 @pytest.fixture
@@ -218,3 +220,22 @@ def test_parquet_footer_fetches_only_the_chunks_it_touches(syncd_fs: SyncdFileSy
         assert _chunk_gets(counter) == 1                 # of 8 or 9 chunks: the last one
     finally:
         release(cold)
+
+
+def test_reads_through_a_gateway_touch_nothing_in_the_store(syncd_fs: SyncdFileSystem, config: Config,
+                                                             tmp_path: Path) -> None:
+    """Issue 14: an fsspec listing and read (HEAD, snapshot, trees, chunks) come through the pool."""
+    data = random.Random(4).randbytes(3 << 20)
+    syncd_fs.pipe_file("vol/deep/er/big.bin", data)
+    syncd_fs.pipe_file("vol/deep/small.txt", b"small\n")
+    with gateway_process(config, tmp_path) as (_, url):
+        cold = config.replace(cache_dir=tmp_path / "gw-cold-cache", gateways=(url,))
+        fs = SyncdFileSystem(config=cold, skip_instance_cache=True)
+        try:
+            counter = direct(cold).run(_counter)
+            assert fs.find("vol") == ["vol/deep/er/big.bin", "vol/deep/small.txt"]
+            assert fs.cat_file("vol/deep/er/big.bin") == data
+            assert fs.cat_file("vol/deep/small.txt") == b"small\n"
+            assert counter.calls["get"] == 0 and counter.bytes_in == 0
+        finally:
+            release(cold)
