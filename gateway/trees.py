@@ -43,9 +43,11 @@ correct worker's request of that tree fail. The leader is its own task, so a
 client that goes away does not cancel what others wait for.
 
 Bounds on what one request can cause: at most ``MAX_TREES`` trees, each
-``size`` at most ``MAX_SPAN``, and a span of missing trees of at most
-``MAX_SPAN`` bytes (the engine's largest read); each stream inflates to at
-most the format's 256 MiB per tree (format/tree.py).
+``size`` at most 256 MiB, and a span of missing trees of at most
+``MAX_SPAN`` bytes (the engine's largest read) unless the request names a
+single tree; each stream inflates to at most the format's 256 MiB per tree
+(format/tree.py). The answer is built in memory: the canonical bytes of at
+most one span.
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from syncd.engine.gatewayclient import TREES_PER_REQUEST
+from syncd.engine.trees import MAX_READ
 from syncd.errors import IntegrityError, InvalidName, ManifestError, NotFound
 from syncd.format.chunking import is_content_id, verify
 from syncd.format.layout import Layout, validate_name
-from syncd.format.tree import inflate_tree
+from syncd.format.tree import MAX_TREE_BYTES, inflate_tree
 from syncd.store.base import ObjectStore
 
 from .metrics import GatewayMetrics
@@ -68,8 +72,9 @@ from .objcache import ObjectCache
 
 log = logging.getLogger(__name__)
 
-MAX_TREES = 4096
-MAX_SPAN = 32 << 20
+MAX_TREES = TREES_PER_REQUEST
+MAX_SPAN = MAX_READ          # the engine's largest tree read (engine/trees.py)
+MAX_STREAM = MAX_TREE_BYTES  # one tree's stream: a 256 MiB tree does not compress below nothing
 FAMILY = "trees"
 
 
@@ -95,7 +100,7 @@ def parse_request(pack: str, doc: object) -> list[TreeAt]:
     for item in items:
         if (not isinstance(item, list) or len(item) != 3 or not is_content_id(item[0])
                 or type(item[1]) is not int or type(item[2]) is not int
-                or item[1] < 0 or not 0 < item[2] <= MAX_SPAN):
+                or item[1] < 0 or not 0 < item[2] <= MAX_STREAM):
             raise InvalidName(f"invalid tree reference {str(item)[:120]}: [tree id, offset >= 0, size > 0]")
         out.append(TreeAt(item[0], item[1], item[2]))
     return out
@@ -166,7 +171,7 @@ class TreeServer:
         try:
             start = min(t.offset for t in missing.values())
             end = max(t.offset + t.size for t in missing.values())
-            if end - start > MAX_SPAN:
+            if end - start > MAX_SPAN and len(missing) > 1:  # one large tree may exceed it; nothing else
                 raise InvalidName(f"the missing trees span {end - start} bytes of the pack (at most {MAX_SPAN})")
             key = Layout(self.prefix, owner).tree_pack(volume, pack)
             self.metrics.origin_requests.inc()

@@ -11,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from syncd.config import Config
-from syncd.engine.gatewayclient import frame, unframe
+from syncd.engine.gatewayclient import TREES_PER_REQUEST, frame, unframe
+from syncd.engine.gatewaystore import GatewayStore
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
-from syncd.format.chunking import verify
+from syncd.format.chunking import content_id, verify
+from syncd.format.layout import Layout
 from syncd.format.manifest import TreeRef
+from syncd.store.base import MemoryStore
 from syncd.store.devserver import free_port
 
 from .conftest import worker_config
@@ -151,7 +155,10 @@ async def test_tree_requests_are_checked_and_a_wrong_one_fails_alone(config: Con
         assert (await post({"trees": [[root.id, -1, 5]]}))[0] == 400
         assert (await post({"trees": [[root.id, 0, 5]] * 4097}))[0] == 400
         assert (await post({"trees": [["x" * 32, 0, 5]]}))[0] == 400
-        assert (await post({"trees": [[root.id, 0, 40 << 20]]}))[0] == 400
+        assert (await post({"trees": [[root.id, 0, 300 << 20]]}))[0] == 400      # above the format's bound
+        gets = gw.origin.calls["get"]
+        far = [["ab" * 16, 0, 10], ["cd" * 16, 40 << 20, 10]]                  # a span above 32 MiB
+        assert (await post({"trees": far}))[0] == 400 and gw.origin.calls["get"] == gets
         assert (await post({"trees": [[root.id, 0, 5]], "extra": 1}))[0] == 400
         assert (await post(b"[" + b" " * (2 << 20) + b"]"))[0] == 413
         assert (await post({"trees": [[root.id, 0, 5]]}, f"{gw.url}/v1/alice/vol/trees/{'Z' * 32}"))[0] == 400
@@ -178,3 +185,25 @@ async def test_tree_requests_need_the_owners_token(config: Config, tmp_path: Pat
                 statuses.append(resp.status)
         assert statuses == [401, 403, 200]
         assert tree_gets(gw.origin.keys) == 1  # refused requests read nothing
+
+
+async def test_a_wide_level_is_asked_for_in_requests_the_gateway_accepts() -> None:
+    """More references than one request may name: several requests, all verified (pure logic)."""
+    trees = {content_id(b"%d" % i): b"%d" % i for i in range(5000)}
+    refs = [TreeRef(i, "ab" * 16, n * 10, 10) for n, i in enumerate(trees)]
+
+    class Source:
+        name = "fake"
+        sizes: list[int] = []
+
+        def weight(self, key: str) -> int:
+            return 1
+
+        async def fetch_trees(self, volume: str, pack: str, asked: Sequence[TreeRef]) -> list[bytes] | None:
+            self.sizes.append(len(asked))
+            return [trees[r.id] for r in asked]
+
+    source = Source()
+    pool = GatewayStore(MemoryStore(), Layout("p", "alice"), [source])  # type: ignore[list-item]
+    assert await pool.fetch_trees("vol", "ab" * 16, refs) == trees
+    assert source.sizes == [TREES_PER_REQUEST, 5000 - TREES_PER_REQUEST]

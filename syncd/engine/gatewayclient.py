@@ -62,7 +62,8 @@ FAMILIES: dict[str, Callable[[str], str]] = {
 # gateway cannot verify a pack by its name. Gateways serve the trees in them instead, each verified
 # by its own id (``fetch_trees``, gateway/trees.py).
 
-TREE_FRAME = struct.Struct(">Q")  # a tree in a gateway's tree response: its length, then its bytes
+TREE_FRAME = struct.Struct(">Q")
+TREES_PER_REQUEST = 4096  # references in one tree request (gateway/trees.py refuses more)  # a tree in a gateway's tree response: its length, then its bytes
 
 
 def frame(trees: Sequence[bytes]) -> bytes:

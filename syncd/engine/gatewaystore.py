@@ -48,7 +48,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from syncd.engine.gatewayclient import FAMILIES
+from syncd.engine.gatewayclient import FAMILIES, TREES_PER_REQUEST
 from syncd.errors import SyncdError
 from syncd.format.chunking import is_content_id, verify
 from syncd.format.layout import Layout
@@ -140,6 +140,14 @@ class GatewayStore:
         canonical bytes by id, each verified against its id, or None when no gateway delivered
         (the TreeStore then reads the store). Ranked by the pack id, so a pack's trees are cached
         together on one gateway and a fleet's identical requests meet there."""
+        if len(refs) > TREES_PER_REQUEST:  # a wide level of one pack: several requests, all or nothing
+            out: dict[str, bytes] = {}
+            for i in range(0, len(refs), TREES_PER_REQUEST):
+                part = await self.fetch_trees(volume, pack, refs[i:i + TREES_PER_REQUEST])
+                if part is None:
+                    return None
+                out.update(part)
+            return out
         for source in sorted(self.sources, key=lambda s: s.weight(pack), reverse=True):
             try:
                 trees = await source.fetch_trees(volume, pack, refs)
