@@ -66,6 +66,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.guard import ServerLimits  # noqa: E402
 from syncd.config import Config, MiB, parse_size  # noqa: E402
 from syncd.format.chunking import content_id  # noqa: E402
 
@@ -250,8 +251,11 @@ class Gateway:
 
     def start(self) -> None:
         pool = ["--pool", self.pool, "--self-url", self.url] if self.pool else []
+        # the simulated workers all connect from 127.0.0.1: the per-address bound (meant for one
+        # real worker) is lifted to the total, as if each worker had its own address
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--no-auth", "--port", str(self.port),
-                                      "--cache-dir", str(self.cache), *pool], cwd=ROOT, env=self.env,
+                                      "--cache-dir", str(self.cache), "--max-per-client",
+                                      str(ServerLimits.max_connections), *pool], cwd=ROOT, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         line, deadline = b"", time.monotonic() + 60
@@ -279,6 +283,8 @@ class Gateway:
                     out[base.removeprefix("syncd_gateway_").removesuffix("_total")] += float(value)
                 if base == "syncd_gateway_requests_total":
                     out["answered_" + name.split('code="', 1)[1].split('"', 1)[0]] += float(value)
+                    if 'kind="connection"' in name:  # shed by the connection guard, not the request limit
+                        out["answered_503_connections"] += float(value)
         out["cpu_s"] = self.cpu()
         return dict(out)
 
