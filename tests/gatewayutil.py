@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from gateway.auth import Tokens
 from gateway.main import running
 from gateway.service import GatewayService
@@ -20,6 +22,7 @@ from syncd.config import Config, MiB
 from syncd.engine.commit import commit
 from syncd.engine.wiring import Engine, open_engine
 from syncd.format.manifest import Snapshot
+from syncd.store.devserver import free_port
 from syncd.store.wrap import CountingStore
 
 from .treeutil import make_tree
@@ -57,6 +60,19 @@ async def serve_gateway(config: Config, tmp_path: Path, name: str = "gw",
     async with running(config, Tokens(tokens), "127.0.0.1", port, tmp_path / name / "cache",
                        256 * MiB, **options) as (service, port):
         yield Gateway(f"http://127.0.0.1:{port}", service)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """A stand-in gateway (any aiohttp app) on a free loopback port: its URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from syncd.format.manifest import Snapshot
 from syncd.store.devserver import free_port
 
 from .conftest import worker_config
-from .gatewayutil import Gateway, commit_tree, gateway_process, metric, serve_gateway, source_bytes, through
+from .gatewayutil import Gateway, commit_tree, gateway_process, metric, serve_app, serve_gateway, source_bytes, through
 from .treeutil import snapshot_tree
 
 
@@ -143,16 +143,9 @@ async def test_bad_bytes_from_a_gateway_are_caught_on_the_worker(config: Config,
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", liar)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with open_engine(through(worker_config(config, tmp_path, "w1"), f"http://127.0.0.1:{port}")) as eng:
-            await hydrate(eng, "vol", tmp_path / "dst")
-            assert set(source_bytes(eng)) == {"store"}
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url, open_engine(through(worker_config(config, tmp_path, "w1"), url)) as eng:
+        await hydrate(eng, "vol", tmp_path / "dst")
+        assert set(source_bytes(eng)) == {"store"}
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 

@@ -26,10 +26,9 @@ from syncd.format.chunking import content_id, verify
 from syncd.format.layout import Layout
 from syncd.format.manifest import TreeRef
 from syncd.store.base import MemoryStore
-from syncd.store.devserver import free_port
 
 from .conftest import worker_config
-from .gatewayutil import commit_tree, metric, serve_gateway, through
+from .gatewayutil import commit_tree, metric, serve_app, serve_gateway, through
 from .treeutil import snapshot_tree
 
 
@@ -113,17 +112,10 @@ async def test_a_gateway_serving_wrong_trees_is_skipped(config: Config, tmp_path
     app = web.Application()
     app.router.add_post("/v1/{owner}/{volume}/trees/{pack}", lying)
     app.router.add_route("*", "/{tail:.*}", absent)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with open_engine(through(worker_config(config, tmp_path, "w"), f"http://127.0.0.1:{port}")) as eng:
-            await hydrate(eng, "vol", tmp_path / "w" / "dst")
-            assert eng.pooled is not None and eng.pooled.rejected == 3  # one per level
-            assert tree_gets(eng.counter.keys) == 3
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url, open_engine(through(worker_config(config, tmp_path, "w"), url)) as eng:
+        await hydrate(eng, "vol", tmp_path / "w" / "dst")
+        assert eng.pooled is not None and eng.pooled.rejected == 3  # one per level
+        assert tree_gets(eng.counter.keys) == 3
     assert snapshot_tree(tmp_path / "w" / "dst") == snapshot_tree(tmp_path / "src")
 
 
