@@ -26,11 +26,16 @@ store), without writing files: 100 copies on this disk would measure the disk.
 Each worker has its own engine (own fetcher, budget, gateway sessions and
 breakers, no local cache), the workers of one process share one S3 client.
 
-Modes, alternated in each repetition: ``pool`` (all gateways up) and
+Modes, alternated in each repetition: ``pool`` (all gateways up),
 ``pool-kill`` (once the pool has served a third of the fleet's bytes, the
 gateway that served most is SIGKILLed, and restarted ``--down`` seconds later
-on the same port and cache). The killed incarnation's origin counters are
-scraped just before the kill, so they may miss the last milliseconds of its reads.
+on the same port and cache; the killed incarnation's origin counters are
+scraped just before the kill, so they may miss the last milliseconds of its
+reads), and ``six-direct`` / ``six-gateway``: six worker processes of one
+simulated worker each, reading straight from the store or through one cold
+gateway (the issue's "six workers direct vs through one gateway"; the
+hydrate-with-files version of it is bench/fanout.py). ``medians`` has the
+medians per mode and ``six_gateway_wall_x_direct``.
 
     python bench/fleet.py --quick            # 24 workers, small volume: ~1 min
     python bench/fleet.py --out fleet.json   # 100 workers, 3 gateways
@@ -480,18 +485,28 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
     volume = asyncio.run(commit_volume(config, scratch / "src"))
     shutil.rmtree(scratch / "src", ignore_errors=True)
     print(f"volume: {volume}", file=sys.stderr)
-    runs: dict[str, list[dict[str, Any]]] = {"pool": [], "pool-kill": []}
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
+    six = {"six-direct": 0, "six-gateway": 1}  # six worker processes, straight from the store or via one gateway
     for rep in range(args.reps):
         for mode in runs:
-            run = run_fleet(args, env, scratch / "work", mode, volume)
+            sub = args if mode not in six else argparse.Namespace(
+                **{**vars(args), "workers": 6, "procs": 6, "gateways": six[mode]})
+            run = run_fleet(sub, env, scratch / "work", mode, volume)
             runs[mode].append(run)
             print(f"rep {rep + 1} {mode}: wall {run['wall_s']} s, origin {run['origin_x_volume']}x bytes, "
                   f"{run['origin_requests_x_objects']}x requests, failed {run['failed_workers']}, "
                   f"p50/p99 {run['latency_ms_p50']}/{run['latency_ms_p99']} ms, gw cpu {run['gateway_cpu_s']}, "
                   f"killed {run['killed']}",
                   file=sys.stderr)
+    medians = {mode: {k: round(statistics.median(r[k] for r in rs), 4)
+                      for k in ("wall_s", "origin_x_volume", "origin_requests_x_objects")}
+               for mode, rs in runs.items() if rs}
+    if "six-direct" in medians and "six-gateway" in medians:
+        medians["six_gateway_wall_x_direct"] = {
+            "ratio": round(medians["six-gateway"]["wall_s"] / medians["six-direct"]["wall_s"], 3)}
     return {"workers": args.workers, "procs": args.procs, "gateways": args.gateways, "reps": args.reps,
-            "chunk_size": config.chunk_size, "pack_size": config.pack_size, **volume, "runs": runs}
+            "chunk_size": config.chunk_size, "pack_size": config.pack_size, **volume, "medians": medians,
+            "runs": runs}
 
 
 def main() -> None:
@@ -505,6 +520,9 @@ def main() -> None:
     p.add_argument("--inflight", type=parse_size, default=parse_size("16M"), help="SYNCD_MAX_INFLIGHT_BYTES per worker")
     p.add_argument("--down", type=float, default=1.0, help="seconds the killed gateway stays down")
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--modes", type=lambda t: t.split(","), default=["pool", "pool-kill", "six-direct", "six-gateway"],
+                   help="comma-separated, alternated in each repetition: pool, pool-kill (one gateway killed and "
+                   "restarted), six-direct and six-gateway (6 worker processes, no gateway or one)")
     p.add_argument("--no-peers", action="store_true", help="gateways without --pool (no peer fill)")
     p.add_argument("--quick", action="store_true", help="24 workers in 2 processes, 32 MiB + 1000 small files")
     p.add_argument("--out", type=Path)
