@@ -74,7 +74,8 @@ log = logging.getLogger(__name__)
 
 MAX_TREES = TREES_PER_REQUEST
 MAX_SPAN = MAX_READ          # the engine's largest tree read (engine/trees.py)
-MAX_STREAM = MAX_TREE_BYTES  # one tree's stream: a 256 MiB tree does not compress below nothing
+MAX_STREAM = MAX_TREE_BYTES + MAX_TREE_BYTES // 8192 + 64  # a zlib stream of the largest tree, stored
+                                                           # blocks' 5 bytes per 64 KiB and framing included
 FAMILY = "trees"
 
 
