@@ -19,8 +19,9 @@ finish with an identical tree (the rest comes from S3 directly); its origin
 bytes count the gateway's reads up to its last scrape before the kill. Medians over ``--reps`` runs are printed as JSON.
 
 CPU: each run also reports the workers' CPU seconds (user + system, summed
-over the six processes) and, through a gateway, the gateway's, so "is the
-gateway slow, or are the workers slower reading from it" has an answer.
+over the six processes), through a gateway the gateway's, and the embedded
+SeaweedFS's, so "is the gateway slow, or are the workers slower reading from
+it" has an answer (on a 2-core machine the sum is what bounds the wall time).
 ``--profile DIR`` records py-spy (250 Hz, raw collapsed stacks) on the gateway
 and on worker 0 of each mode in the first repetition, and writes a summary by
 category next to each (``*.summary``).
@@ -113,6 +114,9 @@ def summarize_profile(path: Path, top: int = 15) -> str:
     lines += ["", "self time by function:"]
     lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
     return "\n".join(lines) + "\n"
+
+
+STORE_MARKER = "/nonexistent"  # main() sets it: the embedded SeaweedFS's data directory
 
 
 def uptime() -> str:
@@ -231,6 +235,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def store_cpu(marker: str) -> float | None:
+    """CPU so far of the embedded SeaweedFS (processes whose command line names ``marker``)."""
+    total, found = 0.0, False
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    total, found = total + cpu_seconds(int(entry.name)), True
+            except OSError:
+                continue
+    return total if found else None
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -284,6 +301,7 @@ def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
     work.mkdir(parents=True)
     gw_origin, killed, gw_cpu = 0.0, None, None
     worker_spy = profile / f"{mode}-worker0.txt" if profile else None
+    store0 = store_cpu(STORE_MARKER)
     if mode == "direct":
         wall, cpu, results = run_workers(env, work, workers, worker_spy)
     else:
@@ -303,6 +321,7 @@ def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
                 gw_origin = gateway_bytes(url)[0]
             if gw_spy is not None:
                 stop_spy(gw_spy)
+    store1 = store_cpu(STORE_MARKER)
     identical = all(tree_digest(work / f"w{i}" / "dst") == want for i in range(workers))
     shutil.rmtree(work, ignore_errors=True)
     run = {"wall_s": round(wall, 3), "hydrate_makespan_s": round(max(r["seconds"] for r in results), 3),
@@ -313,6 +332,8 @@ def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
            "identical": identical}
     if gw_cpu is not None:
         run["gateway_cpu_s"] = gw_cpu
+    if store0 is not None and store1 is not None:
+        run["store_cpu_s"] = round(store1 - store0, 2)
     if killed is not None:
         run["gateway_killed_mid_run"] = killed
     return run
@@ -323,8 +344,8 @@ def summarize(runs: list[dict[str, Any]], volume: int) -> dict[str, Any]:
     return {"wall_s_median": round(statistics.median(r["wall_s"] for r in runs), 3),
             "hydrate_makespan_s_median": round(statistics.median(r["hydrate_makespan_s"] for r in runs), 3),
             "workers_cpu_s_median": round(statistics.median(r["workers_cpu_s"] for r in runs), 2),
-            **({"gateway_cpu_s_median": round(statistics.median(r["gateway_cpu_s"] for r in runs), 2)}
-               if all("gateway_cpu_s" in r for r in runs) else {}),
+            **{f"{k}_median": round(statistics.median(r[k] for r in runs), 2)
+               for k in ("gateway_cpu_s", "store_cpu_s") if all(k in r for r in runs)},
             "origin_bytes_median": int(origin), "origin_ratio_median": round(origin / volume, 3),
             "all_identical": all(r["identical"] for r in runs), "runs": runs}
 
@@ -347,6 +368,7 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
                   f"{modes[mode][-1]['hydrate_makespan_s']} s slowest hydrate, "
                   f"{modes[mode][-1]['workers_cpu_s']} s workers' CPU, "
                   f"{modes[mode][-1].get('gateway_cpu_s', '-')} s gateway CPU, "
+                  f"{modes[mode][-1].get('store_cpu_s', '-')} s SeaweedFS CPU, "
                   f"{modes[mode][-1]['origin_bytes'] / volume:.3f}x origin; {uptime()}", file=sys.stderr)
     result = {m: summarize(runs, volume) for m, runs in modes.items()}
     if "direct" in result and "gateway" in result:  # the ratios the issue's targets are about
@@ -380,6 +402,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="syncd-fanout-") as tmp:
         scratch = Path(tmp)
         from syncd.store.devserver import endpoint_or_embedded
+        global STORE_MARKER
+        STORE_MARKER = str(scratch / "seaweedfs")
         with endpoint_or_embedded(scratch / "seaweedfs") as endpoint:
             result = bench(args, endpoint, scratch)
     if args.profile:
