@@ -13,12 +13,22 @@ together and measures:
 * whether every worker's tree is byte-identical to the source.
 
 The gateway is restarted with an empty cache for every repetition, so every
-run is a cold fan-out. A third mode, ``gateway-killed``, SIGKILLs the gateway
+run is a cold fan-out (``gateway-warm`` measures a second fan-out through a
+gateway that already served one: every object a hit, sent by sendfile).
+A further mode, ``gateway-killed``, SIGKILLs the gateway
 once it has served the workers half of what they need: every worker must still
 finish with an identical tree (the rest comes from S3 directly); its origin
 bytes count the gateway's reads up to its last scrape before the kill. Medians over ``--reps`` runs are printed as JSON.
 
-    python bench/fanout.py --size 256M --workers 6 --reps 3 [--out result.json]
+CPU: each run also reports the workers' CPU seconds (user + system, summed
+over the six processes), through a gateway the gateway's, and the embedded
+SeaweedFS's, so "is the gateway slow, or are the workers slower reading from
+it" has an answer (on a 2-core machine the sum is what bounds the wall time).
+``--profile DIR`` records py-spy (250 Hz, raw collapsed stacks) on the gateway
+and on worker 0 of each mode in the first repetition, and writes a summary by
+category next to each (``*.summary``).
+
+    python bench/fanout.py --size 256M --workers 6 --reps 3 [--out result.json] [--profile DIR]
 
 It starts its own SeaweedFS unless SYNCD_S3_ENDPOINT is set.
 """
@@ -30,8 +40,10 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +61,64 @@ sys.path.insert(0, str(ROOT))
 
 from syncd.config import Config, MiB, parse_size  # noqa: E402
 from syncd.format.chunking import content_id  # noqa: E402
+
+# Where a gateway's or a worker's CPU went: a stack counts for the frame nearest its leaf that
+# contains one of these substrings (the first of them, in this order, that it contains).
+CATEGORIES = (
+    ("sendfile (cache files, spooled flights)", "_sock_sendfile"),
+    ("hashing (xxh3)", "chunking.py"),
+    ("socket writes of streamed flight pieces", "_SelectorSocketTransport.write"),
+    ("diskcache (SQLite index, files)", "diskcache/"),
+    ("store reads (obstore)", "obstore"),
+    ("store reads (aiobotocore)", "botocore/"),
+    ("metrics", "prometheus_client/"),
+    ("HTTP client (aiohttp, workers)", "aiohttp/client"),
+    ("HTTP (aiohttp)", "aiohttp/"),
+    ("hydrate: writing files", "hydrate.py"),
+    ("chunk cache", "engine/cache.py"),
+    ("gateway code", "gateway/"),
+    ("syncd code", "syncd/"),
+    ("event loop, threads", "asyncio/"),
+    ("imports (start-up)", "<frozen importlib"),
+)
+
+
+# Leaves where a thread only waits (py-spy's idle detection misses these blocking waits).
+IDLE = ("_worker (concurrent/futures/thread.py", "EpollSelector.select (selectors.py", "wait (threading.py")
+
+
+def category(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, key in CATEGORIES:
+            if key in frame:
+                return name
+    return "other"
+
+
+def summarize_profile(path: Path, top: int = 15) -> str:
+    """Busy samples of a py-spy raw profile, by category and by leaf function (waiting threads left out)."""
+    kinds: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames, n = stack.split(";"), int(count)
+        total += n
+        if any(frames[-1].startswith(i) for i in IDLE):
+            idle += n
+            continue
+        kinds[category(frames)] = kinds.get(category(frames), 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    busy = max(1, total - idle)
+    lines = [f"{path.name}: {total} samples (py-spy, 250 Hz), {idle} of them threads waiting; "
+             f"percentages of the {busy} busy ones ({busy / 250:.1f} s)", "", "by category:"]
+    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(kinds.items(), key=lambda x: -x[1])]
+    lines += ["", "self time by function:"]
+    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines) + "\n"
+
+
+STORE_MARKER = "/nonexistent"  # main() sets it: the embedded SeaweedFS's data directory
 
 
 def uptime() -> str:
@@ -161,47 +231,116 @@ class Killer(threading.Thread):
             time.sleep(0.02)
 
 
-def run_workers(env: dict[str, str], work: Path, workers: int) -> tuple[float, list[dict[str, Any]]]:
-    procs = []
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def store_cpu(marker: str) -> float | None:
+    """CPU so far of the embedded SeaweedFS (processes whose command line names ``marker``)."""
+    total, found = 0.0, False
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    total, found = total + cpu_seconds(int(entry.name)), True
+            except OSError:
+                continue
+    return total if found else None
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy on ``pid`` (raw collapsed stacks, 250 Hz) until the process exits or is SIGINTed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_spy(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_workers(env: dict[str, str], work: Path, workers: int,
+                profile: Path | None = None) -> tuple[float, float, list[dict[str, Any]]]:
+    """Wall time, the workers' CPU seconds (all of them), and each worker's report."""
+    procs, spies = [], []
+    cpu0 = children_cpu()
     started = time.monotonic()
     for i in range(workers):
         wenv = {**env, "SYNCD_CACHE_DIR": str(work / f"w{i}" / "cache"),
                 "SYNCD_STATE_DIR": str(work / f"w{i}" / "state")}
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker", str(work / f"w{i}" / "dst")],
                                       cwd=ROOT, env=wenv, stdout=subprocess.PIPE))
+    if profile is not None:
+        spies.append(spy(procs[0].pid, profile))
     outputs = [p.communicate()[0] for p in procs]
     wall = time.monotonic() - started
+    cpu = children_cpu() - cpu0
+    for s in spies:
+        stop_spy(s)
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a worker failed: {[p.returncode for p in procs]}")
-    return wall, [json.loads(o.decode().strip().splitlines()[-1]) for o in outputs]
+    return wall, cpu, [json.loads(o.decode().strip().splitlines()[-1]) for o in outputs]
 
 
 def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
-            volume: int) -> dict[str, Any]:
+            volume: int, profile: Path | None = None) -> dict[str, Any]:
+    """One cold fan-out; ``profile``: py-spy the gateway and worker 0 into that directory."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    gw_origin, killed = 0.0, None
+    gw_origin, killed, gw_cpu = 0.0, None, None
+    worker_spy = profile / f"{mode}-worker0.txt" if profile else None
+    store0 = store_cpu(STORE_MARKER)
     if mode == "direct":
-        wall, results = run_workers(env, work, workers)
+        wall, cpu, results = run_workers(env, work, workers, worker_spy)
     else:
         with gateway(env, work / "gateway-cache") as (url, proc):
             killer = Killer(url, proc, workers * volume / 2) if mode == "gateway-killed" else None
             if killer is not None:
                 killer.start()
-            wall, results = run_workers({**env, "SYNCD_GATEWAY": url}, work, workers)
+            warmed = 0.0
+            if mode == "gateway-warm":  # one unmeasured fan-out first: the measured one is all hits
+                run_workers({**env, "SYNCD_GATEWAY": url}, work / "warm-up", workers)
+                shutil.rmtree(work / "warm-up", ignore_errors=True)
+                warmed, store0 = gateway_bytes(url)[0], store_cpu(STORE_MARKER)
+            gw_spy = spy(proc.pid, profile / f"{mode}-gateway.txt") if profile else None
+            cpu0 = cpu_seconds(proc.pid)
+            wall, cpu, results = run_workers({**env, "SYNCD_GATEWAY": url}, work, workers, worker_spy)
             if killer is not None:
                 killer.stop.set()
                 killer.join()
                 gw_origin, killed = killer.origin, killer.killed
             else:
-                gw_origin = gateway_bytes(url)[0]
+                gw_cpu = round(cpu_seconds(proc.pid) - cpu0, 2)
+                gw_origin = gateway_bytes(url)[0] - warmed
+            if gw_spy is not None:
+                stop_spy(gw_spy)
+    store1 = store_cpu(STORE_MARKER)
     identical = all(tree_digest(work / f"w{i}" / "dst") == want for i in range(workers))
     shutil.rmtree(work, ignore_errors=True)
     run = {"wall_s": round(wall, 3), "hydrate_makespan_s": round(max(r["seconds"] for r in results), 3),
            "origin_bytes": int(gw_origin + sum(r["store_bytes"] for r in results)),
            "via_gateway_bytes": sum(n for r in results for k, n in r["by_source"].items()
                                     if k.startswith("gateway:")),
-           "worker_s": [round(r["seconds"], 3) for r in results], "identical": identical}
+           "worker_s": [round(r["seconds"], 3) for r in results], "workers_cpu_s": round(cpu, 2),
+           "identical": identical}
+    if gw_cpu is not None:
+        run["gateway_cpu_s"] = gw_cpu
+    if store0 is not None and store1 is not None:
+        run["store_cpu_s"] = round(store1 - store0, 2)
     if killed is not None:
         run["gateway_killed_mid_run"] = killed
     return run
@@ -211,6 +350,9 @@ def summarize(runs: list[dict[str, Any]], volume: int) -> dict[str, Any]:
     origin = statistics.median(r["origin_bytes"] for r in runs)
     return {"wall_s_median": round(statistics.median(r["wall_s"] for r in runs), 3),
             "hydrate_makespan_s_median": round(statistics.median(r["hydrate_makespan_s"] for r in runs), 3),
+            "workers_cpu_s_median": round(statistics.median(r["workers_cpu_s"] for r in runs), 2),
+            **{f"{k}_median": round(statistics.median(r[k] for r in runs), 2)
+               for k in ("gateway_cpu_s", "store_cpu_s") if all(k in r for r in runs)},
             "origin_bytes_median": int(origin), "origin_ratio_median": round(origin / volume, 3),
             "all_identical": all(r["identical"] for r in runs), "runs": runs}
 
@@ -227,15 +369,20 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
     modes: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes.split(",")}
     for rep in range(args.reps):
         for mode in modes:
-            modes[mode].append(one_run(mode, env, scratch / "work", args.workers, want, volume))
+            profile = args.profile if rep == 0 else None
+            modes[mode].append(one_run(mode, env, scratch / "work", args.workers, want, volume, profile))
             print(f"rep {rep + 1} {mode}: {modes[mode][-1]['wall_s']} s wall, "
                   f"{modes[mode][-1]['hydrate_makespan_s']} s slowest hydrate, "
+                  f"{modes[mode][-1]['workers_cpu_s']} s workers' CPU, "
+                  f"{modes[mode][-1].get('gateway_cpu_s', '-')} s gateway CPU, "
+                  f"{modes[mode][-1].get('store_cpu_s', '-')} s SeaweedFS CPU, "
                   f"{modes[mode][-1]['origin_bytes'] / volume:.3f}x origin; {uptime()}", file=sys.stderr)
     result = {m: summarize(runs, volume) for m, runs in modes.items()}
-    if "direct" in result and "gateway" in result:  # the ratios the issue's targets are about
-        for key in ("wall_s_median", "hydrate_makespan_s_median"):
-            result["gateway"][key.replace("_median", "_x_direct")] = round(
-                result["gateway"][key] / result["direct"][key], 3)
+    for mode in ("gateway", "gateway-warm"):  # the ratios the issue's targets are about
+        if "direct" in result and mode in result:
+            for key in ("wall_s_median", "hydrate_makespan_s_median"):
+                result[mode][key.replace("_median", "_x_direct")] = round(
+                    result[mode][key] / result["direct"][key], 3)
     return {"workers": args.workers, "volume_bytes": volume, "reps": args.reps, "uptime": uptime(),
             "chunk_size": config.chunk_size, "small_files": args.small_files,
             "modes": result}
@@ -248,9 +395,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=6)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--modes", default="direct,gateway,gateway-killed",
-                   help="comma-separated subset of direct,gateway,gateway-killed (run alternately)")
+                   help="comma-separated subset of direct,gateway,gateway-warm,gateway-killed "
+                   "(run alternately)")
     p.add_argument("--quick", action="store_true", help="64 MiB, 200 small files, one repetition")
     p.add_argument("--out", type=Path)
+    p.add_argument("--profile", type=Path, help="py-spy the gateway and worker 0 of each mode in the first "
+                   "repetition into this directory (raw collapsed stacks, and a .summary of each)")
     p.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -261,8 +411,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="syncd-fanout-") as tmp:
         scratch = Path(tmp)
         from syncd.store.devserver import endpoint_or_embedded
+        global STORE_MARKER
+        STORE_MARKER = str(scratch / "seaweedfs")
         with endpoint_or_embedded(scratch / "seaweedfs") as endpoint:
             result = bench(args, endpoint, scratch)
+    if args.profile:
+        for raw in sorted(args.profile.glob("*.txt")):
+            raw.with_suffix(".summary").write_text(summarize_profile(raw))
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

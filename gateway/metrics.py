@@ -15,7 +15,7 @@ syncd_gateway_cache_corrupt_total                   cached objects that failed v
 syncd_gateway_origin_requests_total                 GETs sent to the object store
 syncd_gateway_origin_bytes_total                    bytes received from the object store
 syncd_gateway_served_bytes_total         kind       body bytes sent to clients
-syncd_gateway_sendfile_bytes_total                  of those, bytes sent from cache files by sendfile
+syncd_gateway_sendfile_bytes_total                  of those, sent by sendfile (cache files, spooled flights)
 syncd_gateway_relayed_ranges_total                  ranges of large objects relayed from the store
 syncd_gateway_peer_fills_total                      misses filled from another gateway's cache
 syncd_gateway_peer_bytes_total                      bytes received from other gateways
@@ -52,7 +52,8 @@ class GatewayMetrics:
                                     registry=r)
         self.served_bytes = Counter("syncd_gateway_served_bytes", "Body bytes sent to clients",
                                     ["kind"], registry=r)
-        self.sendfile_bytes = Counter("syncd_gateway_sendfile_bytes", "Bytes sent from cache files by sendfile",
+        self.sendfile_bytes = Counter("syncd_gateway_sendfile_bytes",
+                                      "Bytes sent by sendfile (cache files, spooled flights)",
                                       registry=r)
         self.relayed = Counter("syncd_gateway_relayed_ranges", "Ranges of large objects relayed from the store",
                                registry=r)

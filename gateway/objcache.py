@@ -24,6 +24,13 @@ and is a miss: the object is fetched again. Small objects (below diskcache's
 file threshold: HEAD-sized snapshots, tiny packs) live in SQLite and come back
 as verified bytes.
 
+Misses are spooled (gateway/flight.py): the leader writes the arriving object
+to a file under ``<cache dir>/spool/``, and once it has verified, ``put_file``
+*moves* that file into diskcache (a ``Disk`` whose ``store`` renames a
+:class:`Spooled` value into place instead of copying it), so an object is
+written to disk once on its way in. Spool files left by a gateway that died
+are removed when the cache is opened.
+
 Best-effort like every syncd cache: a diskcache or disk error is a logged
 miss on read and a logged no-op on write. Every call runs in a worker thread.
 """
@@ -34,6 +41,7 @@ import asyncio
 import logging
 import mmap
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -67,6 +75,27 @@ class Hit:
             self.file = None
 
 
+@dataclass(frozen=True)
+class Spooled:
+    """A verified object already in a file on the cache's file system: moved in, not copied."""
+
+    path: Path
+    size: int
+
+
+class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hints
+    """diskcache's Disk, plus: a :class:`Spooled` value is renamed into the cache's files."""
+
+    def store(self, value: object, read: bool, key: object = diskcache.core.UNKNOWN) -> tuple[object, ...]:
+        if isinstance(value, Spooled):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.rename(value.path, full_path)
+            return value.size, diskcache.core.MODE_BINARY, filename, None
+        stored: tuple[object, ...] = super().store(value, read, key)
+        return stored
+
+
 def _file_matches(object_id: str, file: BinaryIO) -> tuple[bool, int]:
     size = os.fstat(file.fileno()).st_size
     if size == 0:
@@ -79,8 +108,10 @@ class ObjectCache:
     def __init__(self, directory: Path, size_limit: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.spool_dir = directory / "spool"  # flights in progress (not a diskcache folder: those are hex)
+        shutil.rmtree(self.spool_dir, ignore_errors=True)  # left by a gateway that died mid-flight
         self.counts = CacheCounts()
-        self._cache = diskcache.Cache(str(directory), size_limit=size_limit,
+        self._cache = diskcache.Cache(str(directory), size_limit=size_limit, disk=_Disk,
                                       eviction_policy="least-recently-used", cull_limit=64, sqlite_timeout=60)
 
     @staticmethod
@@ -130,6 +161,15 @@ class ObjectCache:
             self.counts.errors += 1
             log.warning("gateway cache write failed for %s: %s", object_id, exc)
 
+    def _put_file(self, owner: str, family: str, object_id: str, spooled: Spooled) -> bool:
+        try:
+            self._cache.set(self._key(owner, family, object_id), spooled)
+        except Exception as exc:
+            self.counts.errors += 1
+            log.warning("gateway cache write failed for %s: %s", object_id, exc)
+            return False
+        return True
+
     def _contains(self, owner: str, family: str, ids: list[str]) -> set[str]:
         try:
             return {i for i in ids if self._key(owner, family, i) in self._cache}
@@ -142,6 +182,10 @@ class ObjectCache:
 
     async def put(self, owner: str, family: str, object_id: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, owner, family, object_id, data)
+
+    async def put_file(self, owner: str, family: str, object_id: str, path: Path, size: int) -> bool:
+        """Move a verified object's file into the cache; False (the file left where it was) on error."""
+        return await asyncio.to_thread(self._put_file, owner, family, object_id, Spooled(path, size))
 
     async def contains(self, owner: str, family: str, ids: list[str]) -> set[str]:
         return await asyncio.to_thread(self._contains, owner, family, ids)

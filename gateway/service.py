@@ -14,9 +14,12 @@ order:
    evicted and counted, and the request continues as a miss;
 3. a miss: start a :class:`~gateway.flight.Flight` and a leader task that
    streams the object from the store (``store.open_stream``, one GET) into
-   it. Readers follow the flight as bytes arrive. Once the whole object has
-   arrived and hashed to its id, the leader puts it into the cache and only
-   then drops the flight, so a later request always finds one or the other.
+   it; an object of 32 KiB or more is spooled to a file in the cache
+   directory as it arrives. Readers follow the flight as bytes arrive (from
+   the spool file with ``sendfile``). Once the whole object has arrived and
+   hashed to its id, the leader moves the spool file into the cache (or puts
+   a small object's bytes) and only then drops the flight, so a later
+   request always finds one or the other.
    A body that breaks off part-way (a transient store error) is resumed with
    a ranged GET from the first missing byte, so readers never notice.
 
@@ -235,21 +238,21 @@ class GatewayService:
             return self.relay(obj, large)  # known to be too large to fetch whole for a range
         if flight is not None:
             self.metrics.joins.labels(obj.kind).inc()
-            return flight
+            return flight.join()
         self.metrics.misses.labels(obj.kind).inc()
-        flight = Flight(obj.id)
+        flight = Flight(obj.id, self.cache.spool_dir)
         self._flights[obj.flight_key] = flight
         task = asyncio.create_task(self._lead(obj, flight, ranged, authorization))
         self._leaders.add(task)
         task.add_done_callback(self._leaders.discard)
-        return flight
+        return flight.join()
 
     async def _local(self, obj: ObjectRef) -> Body:
         """A peer's request: a flight fed by the store, the verified cached copy, or NotFound.
         Never a flight fed by a peer: two gateways whose misses asked each other would each
         wait for the other's bytes; a store-fed flight waits on nobody."""
         flight = self._flights.get(obj.flight_key)
-        body: Body | None = flight if flight is not None and flight.from_store else await self._cached(obj)
+        body: Body | None = flight.join() if flight is not None and flight.from_store else await self._cached(obj)
         if body is None:
             raise NotFound(f"{obj.kind}/{obj.id} is not cached here")
         self.metrics.peer_served.inc()
@@ -277,7 +280,7 @@ class GatewayService:
                 flight.from_store = True  # from now on peers may follow this flight (see _local)
                 await self._pull(obj, flight, ranged)
             flight.finish()
-            await self.cache.put(obj.owner, obj.kind, obj.id, flight.body())
+            await self._keep(obj, flight)
         except RangeOnly as exc:
             flight.fail(exc)
         except Exception as exc:
@@ -290,20 +293,29 @@ class GatewayService:
             self.metrics.inflight.dec()
             if self._flights.get(obj.flight_key) is flight:
                 del self._flights[obj.flight_key]
+            flight.release()
+
+    async def _keep(self, obj: ObjectRef, flight: Flight) -> None:
+        """A verified flight into the cache: its spool file moved in, or a small body's bytes."""
+        if flight.spool_path is None:
+            await self.cache.put(obj.owner, obj.kind, obj.id, flight.body())
+        elif await self.cache.put_file(obj.owner, obj.kind, obj.id, flight.spool_path, flight.received):
+            flight.handed_over()
 
     async def _from_peers(self, obj: ObjectRef, flight: Flight, ranged: bool, authorization: str | None) -> bool:
         """True when a peer delivered the whole body into ``flight`` (not yet verified)."""
         assert self.peers is not None
         path = f"/v1/{obj.owner}/{obj.volume}/{obj.kind}/{obj.id}"
+        peer_bytes = self.metrics.peer_bytes
         for url in self.peers.order(obj.id):
             try:
                 async with self.peers.open(url, path, authorization) as stream:
                     if ranged and stream.size > self.whole_limit:
                         return False  # the store's ranged GET is cheaper than the whole object
-                    flight.start(stream.size)
+                    await flight.start(stream.size)
                     async for piece in stream.pieces:
-                        flight.add(piece)
-                        self.metrics.peer_bytes.inc(len(piece))
+                        await flight.add(piece)
+                        peer_bytes.inc(len(piece))
             except NotFound:
                 continue
             except TransientStoreError as exc:
@@ -317,6 +329,7 @@ class GatewayService:
 
     async def _pull(self, obj: ObjectRef, flight: Flight, ranged: bool) -> None:
         """The body into ``flight``; a body cut off part-way resumes where it stopped (ranged GET)."""
+        origin_bytes = self.metrics.origin_bytes
         for resume in range(RESUMES + 1):
             opened = False
             self.metrics.origin_requests.inc()
@@ -327,10 +340,10 @@ class GatewayService:
                         if ranged and stream.size > self.whole_limit:
                             self._remember_large(obj, stream.size)
                             raise RangeOnly(stream.size)  # closes the body after its headers
-                        flight.start(stream.size)
+                        await flight.start(stream.size)
                     async for piece in stream.pieces:
-                        flight.add(piece)
-                        self.metrics.origin_bytes.inc(len(piece))
+                        await flight.add(piece)
+                        origin_bytes.inc(len(piece))
                 return
             except TransientStoreError as exc:
                 if not opened or resume == RESUMES:  # opening was already retried by the store stack

@@ -107,6 +107,8 @@ async def test_followers_stream_before_the_object_is_complete(config: Config, tm
         gated.gate.set()
         assert await asyncio.wait_for(tail, 5) == (await _collect(leader, 0, ref.size))[-10:]
         assert content_id(await _collect(leader, 0, ref.size)) == ref.id
+        leader.close()
+        follower.close()
 
 
 async def test_bad_bytes_from_the_store_never_complete_a_response(config: Config, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@
     cache.py        the verified, best-effort local chunk cache
     fetch.py        chunk source chain (cache, gateways, store), single-flight, verified
     gatewayclient.py  gateways as chunk sources, rendezvous order, warm-up
+    httpget.py      the small stdlib HTTP/1.1 GET client the gateway sources read with
     gatewaystore.py   HEAD and snapshots through the gateway pool (a store wrapper under the VolumeRepo)
     localcopy.py    warm hydrates: copy_file_range from a copy this worker holds, verified over mmap
     hydrateplan.py  what a hydrate must do (pure planning over snapshot, index and scan)

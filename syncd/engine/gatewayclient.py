@@ -26,6 +26,12 @@ failure: the fetcher then asks the next source.
 Gateway failures raise :class:`GatewayUnavailable` (a TransientStoreError),
 which the fetcher logs and skips.
 
+The reads go through engine/httpget.py (standard library only: kept-alive
+connections, a body received into one buffer) rather than aiohttp, whose
+import alone cost each worker process ~0.2 s of CPU (docs/GATEWAY.md, the
+six-worker fan-out). aiohttp is still what ``warm`` (the CLI's
+``gateway warm``) uses, imported there.
+
 Besides chunks and pack ranges (``fetch``, ``fetch_range``: the ChunkFetcher's
 seam) a source reads whole immutable objects of any key family
 (``fetch_object``: snapshots), format v2 trees by reference (``fetch_trees``)
@@ -41,10 +47,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-
 from syncd.config import Config
 from syncd.engine.fetch import ChunkSource
+from syncd.engine.httpget import Connections
 from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef, TreeRef
@@ -147,20 +152,20 @@ class Breaker:
 
 
 class _Session:
-    """One aiohttp session shared by the sources of one engine, opened on first use."""
+    """The connections shared by the sources of one engine (engine/httpget.py)."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._connections: Connections | None = None
 
-    def get(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(raise_for_status=False)
-        return self._session
+    def get(self) -> Connections:
+        if self._connections is None:
+            self._connections = Connections()
+        return self._connections
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._connections is not None:
+            self._connections.close()
+            self._connections = None
 
 
 def _headers(token: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -182,9 +187,8 @@ class GatewaySource:
         self.public_url = urlunsplit(parts._replace(netloc=host))
         self.name = f"gateway:{host or self.url}"
         self.session = session or _Session()
-        # connect=None: waiting for a pooled connection is not the gateway's fault (sock_read bounds a hung one)
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=None,
-                                             sock_connect=connect_timeout, sock_read=read_timeout)
+        # waiting for a pooled connection is not the gateway's fault (read_timeout bounds a hung one)
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.breaker = breaker or Breaker()
         self.requests = self.failures = self.skipped = 0
 
@@ -216,26 +220,23 @@ class GatewaySource:
         self.requests += 1
         extra = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else None
         try:
-            async with self.session.get().get(self.url + path, headers=_headers(self.token, extra),
-                                              timeout=self.timeout) as resp:
-                if resp.status == 404:
-                    self.breaker.succeeded()
-                    return None
-                if resp.status not in (200, 206):
-                    raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
-                data = await resp.read()
-                etag = resp.headers.get("ETag", "")
-        except GatewayUnavailable:
-            self._failed()
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            # ValueError: aiohttp refuses the request itself (e.g. credentials in the URL and a token)
+            resp = await self.session.get().get(self.url + path, _headers(self.token, extra),
+                                                self.connect_timeout, self.read_timeout)
+        except (TimeoutError, OSError, ValueError) as exc:
+            # ValueError: a malformed answer, or the request itself refused (credentials in the URL and a token)
             self._failed()
             raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        if resp.status == 404:
+            self.breaker.succeeded()
+            return None
+        if resp.status not in (200, 206):
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
         self.breaker.succeeded()
+        data = resp.body
         if span is not None and resp.status == 200:
             data = data[span[0]:span[1]]
-        return Blob(data, etag)
+        return Blob(data, resp.headers.get("etag", ""))
 
     def _failed(self) -> None:
         self.failures += 1
@@ -283,6 +284,8 @@ def gateway_sources(config: Config, **options: Any) -> list[ChunkSource]:
 async def warm(url: str, token: str | None, owner: str, volume: str, payload: Mapping[str, Any],
                connect_timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
     """Ask one gateway to prefetch objects of ``volume`` (POST .../warm); returns its JSON answer."""
+    import aiohttp  # only here: the CLI's 'gateway warm' (workers read through httpget.py)
+
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
