@@ -126,3 +126,24 @@ async def test_credentials_in_the_url_are_basic_auth_and_never_sent_with_a_token
         assert "Authorization: Basic YWxAaWNlOnMzY3JldA==" in seen[0]
         with pytest.raises(ProtocolError):
             await Connections().get(authed + "/x", {"Authorization": "Bearer t"}, 1.0, 1.0)
+
+
+async def test_a_post_carries_its_body_and_keeps_the_connection() -> None:
+    """The gateway's tree route is a POST that only reads: body sent with its length, answer read whole."""
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            lines = await _request(reader)
+            length = int(next(v for k, _, v in (x.partition(": ") for x in lines) if k == "Content-Length"))
+            body = await reader.readexactly(length)
+            answer = lines[0].encode() + b"|" + body
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer) + answer)
+            await writer.drain()
+
+    pool = Connections()
+    async with server(echo) as (url, accepted):
+        first = await pool.request("POST", url + "/t", {}, 1.0, 1.0, b'{"trees": []}')
+        second = await pool.request("POST", url + "/t", {}, 1.0, 1.0, b"x" * 100_000)
+    pool.close()
+    assert first.status == 200 and first.body == b'POST /t HTTP/1.1|{"trees": []}'
+    assert second.body == b"POST /t HTTP/1.1|" + b"x" * 100_000
+    assert len(accepted) == 1

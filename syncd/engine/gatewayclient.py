@@ -41,6 +41,7 @@ through the pool.
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from syncd.config import Config
 from syncd.engine.fetch import ChunkSource
-from syncd.engine.httpget import Connections
+from syncd.engine.httpget import Connections, Response
 from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef, TreeRef
@@ -214,14 +215,26 @@ class GatewaySource:
         return await self._get(f"/v1/{self.owner}/{volume}/HEAD", None)
 
     async def _get(self, path: str, span: tuple[int, int] | None) -> Blob | None:
+        extra = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else None
+        resp = await self._call("GET", path, extra, b"", (200, 206))
+        if resp is None:
+            return None
+        data = resp.body
+        if span is not None and resp.status == 200:
+            data = data[span[0]:span[1]]
+        return Blob(data, resp.headers.get("etag", ""))
+
+    async def _call(self, method: str, path: str, extra: Mapping[str, str] | None, body: bytes,
+                    ok: tuple[int, ...]) -> Response | None:
+        """One request through the breaker: the answer, None (breaker open, or 404: the gateway
+        passes), or GatewayUnavailable (down, slow, refused, any other status)."""
         if not self.breaker.allows():
             self.skipped += 1
             return None
         self.requests += 1
-        extra = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else None
         try:
-            resp = await self.session.get().get(self.url + path, _headers(self.token, extra),
-                                                self.connect_timeout, self.read_timeout)
+            resp = await self.session.get().request(method, self.url + path, _headers(self.token, extra),
+                                                    self.connect_timeout, self.read_timeout, body)
         except (TimeoutError, OSError, ValueError) as exc:
             # ValueError: a malformed answer, or the request itself refused (credentials in the URL and a token)
             self._failed()
@@ -229,14 +242,11 @@ class GatewaySource:
         if resp.status == 404:
             self.breaker.succeeded()
             return None
-        if resp.status not in (200, 206):
+        if resp.status not in ok:
             self._failed()
             raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
         self.breaker.succeeded()
-        data = resp.body
-        if span is not None and resp.status == 200:
-            data = data[span[0]:span[1]]
-        return Blob(data, resp.headers.get("etag", ""))
+        return resp
 
     def _failed(self) -> None:
         self.failures += 1
@@ -248,30 +258,16 @@ class GatewaySource:
     async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> list[bytes] | None:
         """The canonical bytes of format v2 trees of one tree pack, in order (gateway/trees.py), not
         verified here; None if the gateway passes (breaker open, or it has no such pack)."""
-        if not self.breaker.allows():
-            self.skipped += 1
+        body = json.dumps({"trees": [[r.id, r.offset, r.size] for r in refs]}).encode()
+        resp = await self._call("POST", f"/v1/{self.owner}/{volume}/trees/{pack}",
+                                {"Content-Type": "application/json"}, body, (200,))
+        if resp is None:
             return None
-        self.requests += 1
-        path = f"/v1/{self.owner}/{volume}/trees/{pack}"
-        body = {"trees": [[r.id, r.offset, r.size] for r in refs]}
         try:
-            async with self.session.get().post(self.url + path, json=body, headers=_headers(self.token),
-                                               timeout=self.timeout) as resp:
-                if resp.status == 404:
-                    self.breaker.succeeded()
-                    return None
-                if resp.status != 200:
-                    raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
-                data = await resp.read()
-            trees = unframe(data, len(refs))
-        except GatewayUnavailable:
+            return unframe(resp.body, len(refs))
+        except ValueError as exc:  # well-formed HTTP, garbled frames: this gateway failing
             self._failed()
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            self._failed()
-            raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-        self.breaker.succeeded()
-        return trees
+            raise GatewayUnavailable(f"{self.name}: {exc} for trees of pack {pack}") from exc
 
 
 def gateway_sources(config: Config, **options: Any) -> list[ChunkSource]:

@@ -9,7 +9,8 @@ a body as a list of pieces joined at the end. In the six-worker fan-out
 the import alone was a third of what reading through the gateway cost the
 workers over reading the store. This client imports only the standard library.
 
-What it speaks: ``GET`` with headers; an answer with a status line, headers
+What it speaks: ``GET`` with headers (and a ``POST`` with a body, for the
+gateway's tree route, which only reads); an answer with a status line, headers
 and a body of ``Content-Length`` bytes (or, without one, up to the close of
 the connection). A chunked answer is refused (``ProtocolError``): the gateway
 never sends one, and the caller falls through to the next source. The body
@@ -166,6 +167,12 @@ class Connections:
 
     async def get(self, url: str, headers: Mapping[str, str], connect_timeout: float,
                   read_timeout: float) -> Response:
+        return await self.request("GET", url, headers, connect_timeout, read_timeout)
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str], connect_timeout: float,
+                      read_timeout: float, body: bytes = b"") -> Response:
+        """One exchange. Only safe methods go here (a gateway's GETs, and its tree POST, which only
+        reads): a kept connection found closed is retried once, as for GET."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ProtocolError(f"not an http(s) URL: {parts.scheme}://{parts.hostname}")
@@ -178,9 +185,11 @@ class Connections:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             fields["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
+        if body or method != "GET":
+            lines.append(f"Content-Length: {len(body)}")
         lines += [f"{k}: {v}" for k, v in fields.items()]
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         async with self._slots:
             for attempt in (1, 2):
                 conn, reused = await self._take(key, connect_timeout)
