@@ -43,7 +43,6 @@ import os
 import resource
 import select
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -59,64 +58,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import pyspy  # noqa: E402  (bench/pyspy.py, beside this file)
+
 from syncd.config import Config, MiB, parse_size  # noqa: E402
 from syncd.format.chunking import content_id  # noqa: E402
-
-# Where a gateway's or a worker's CPU went: a stack counts for the frame nearest its leaf that
-# contains one of these substrings (the first of them, in this order, that it contains).
-CATEGORIES = (
-    ("sendfile (cache files, spooled flights)", "_sock_sendfile"),
-    ("hashing (xxh3)", "chunking.py"),
-    ("socket writes of streamed flight pieces", "_SelectorSocketTransport.write"),
-    ("diskcache (SQLite index, files)", "diskcache/"),
-    ("store reads (obstore)", "obstore"),
-    ("store reads (aiobotocore)", "botocore/"),
-    ("metrics", "prometheus_client/"),
-    ("HTTP client (aiohttp, workers)", "aiohttp/client"),
-    ("HTTP (aiohttp)", "aiohttp/"),
-    ("hydrate: writing files", "hydrate.py"),
-    ("chunk cache", "engine/cache.py"),
-    ("gateway code", "gateway/"),
-    ("syncd code", "syncd/"),
-    ("event loop, threads", "asyncio/"),
-    ("imports (start-up)", "<frozen importlib"),
-)
-
-
-# Leaves where a thread only waits (py-spy's idle detection misses these blocking waits).
-IDLE = ("_worker (concurrent/futures/thread.py", "EpollSelector.select (selectors.py", "wait (threading.py")
-
-
-def category(frames: list[str]) -> str:
-    for frame in reversed(frames):
-        for name, key in CATEGORIES:
-            if key in frame:
-                return name
-    return "other"
-
-
-def summarize_profile(path: Path, top: int = 15) -> str:
-    """Busy samples of a py-spy raw profile, by category and by leaf function (waiting threads left out)."""
-    kinds: dict[str, int] = {}
-    own: dict[str, int] = {}
-    total = idle = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames, n = stack.split(";"), int(count)
-        total += n
-        if any(frames[-1].startswith(i) for i in IDLE):
-            idle += n
-            continue
-        kinds[category(frames)] = kinds.get(category(frames), 0) + n
-        own[frames[-1]] = own.get(frames[-1], 0) + n
-    busy = max(1, total - idle)
-    lines = [f"{path.name}: {total} samples (py-spy, 250 Hz), {idle} of them threads waiting; "
-             f"percentages of the {busy} busy ones ({busy / 250:.1f} s)", "", "by category:"]
-    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(kinds.items(), key=lambda x: -x[1])]
-    lines += ["", "self time by function:"]
-    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
-    return "\n".join(lines) + "\n"
-
 
 STORE_MARKER = "/nonexistent"  # main() sets it: the embedded SeaweedFS's data directory
 
@@ -255,24 +200,6 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy on ``pid`` (raw collapsed stacks, 250 Hz) until the process exits or is SIGINTed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def stop_spy(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run_workers(env: dict[str, str], work: Path, workers: int,
                 profile: Path | None = None) -> tuple[float, float, list[dict[str, Any]]]:
     """Wall time, the workers' CPU seconds (all of them), and each worker's report."""
@@ -285,12 +212,12 @@ def run_workers(env: dict[str, str], work: Path, workers: int,
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker", str(work / f"w{i}" / "dst")],
                                       cwd=ROOT, env=wenv, stdout=subprocess.PIPE))
     if profile is not None:
-        spies.append(spy(procs[0].pid, profile))
+        spies.append(pyspy.record(procs[0].pid, profile))
     outputs = [p.communicate()[0] for p in procs]
     wall = time.monotonic() - started
     cpu = children_cpu() - cpu0
     for s in spies:
-        stop_spy(s)
+        pyspy.stop(s)
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a worker failed: {[p.returncode for p in procs]}")
     return wall, cpu, [json.loads(o.decode().strip().splitlines()[-1]) for o in outputs]
@@ -316,7 +243,7 @@ def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
                 run_workers({**env, "SYNCD_GATEWAY": url}, work / "warm-up", workers)
                 shutil.rmtree(work / "warm-up", ignore_errors=True)
                 warmed, store0 = gateway_bytes(url)[0], store_cpu(STORE_MARKER)
-            gw_spy = spy(proc.pid, profile / f"{mode}-gateway.txt") if profile else None
+            gw_spy = pyspy.record(proc.pid, profile / f"{mode}-gateway.txt") if profile else None
             cpu0 = cpu_seconds(proc.pid)
             wall, cpu, results = run_workers({**env, "SYNCD_GATEWAY": url}, work, workers, worker_spy)
             if killer is not None:
@@ -327,7 +254,7 @@ def one_run(mode: str, env: dict[str, str], work: Path, workers: int, want: str,
                 gw_cpu = round(cpu_seconds(proc.pid) - cpu0, 2)
                 gw_origin = gateway_bytes(url)[0] - warmed
             if gw_spy is not None:
-                stop_spy(gw_spy)
+                pyspy.stop(gw_spy)
     store1 = store_cpu(STORE_MARKER)
     identical = all(tree_digest(work / f"w{i}" / "dst") == want for i in range(workers))
     shutil.rmtree(work, ignore_errors=True)
@@ -417,7 +344,7 @@ def main() -> None:
             result = bench(args, endpoint, scratch)
     if args.profile:
         for raw in sorted(args.profile.glob("*.txt")):
-            raw.with_suffix(".summary").write_text(summarize_profile(raw))
+            raw.with_suffix(".summary").write_text(pyspy.summarize(raw))
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

@@ -71,6 +71,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import pyspy  # noqa: E402  (bench/pyspy.py, beside this file)
+
 from gateway.guard import ServerLimits  # noqa: E402
 from syncd.config import Config, MiB, parse_size  # noqa: E402
 from syncd.format.chunking import content_id  # noqa: E402
@@ -335,52 +337,9 @@ class Killer(threading.Thread):
 
 
 def profile(gw: Gateway, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy (collapsed stacks, idle frames dropped) on a gateway until SIGINT."""
+    """py-spy on a gateway until SIGINT (bench/pyspy.py)."""
     assert gw.proc is not None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen([spy, "record", "--pid", str(gw.proc.pid), "--format", "raw", "--rate", "250",
-                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-# Leaves where a thread only waits (py-spy's idle detection misses these blocking waits).
-IDLE = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select", "wait (threading.py")
-# What the CPU was doing, by the first frame from the leaf up that matches (name, substring).
-CATEGORIES = (
-    ("sendfile of cache hits", "_sock_sendfile"),
-    ("hashing (xxh3: hits via mmap, flights)", "chunking.py"),
-    ("socket writes of streamed misses (flights)", "_SelectorSocketTransport.write"),
-    ("diskcache (SQLite index, files)", "diskcache/"),
-    ("store reads (aiobotocore)", "botocore/"),
-    ("metrics", "prometheus_client/"),
-    ("HTTP server (aiohttp)", "aiohttp/"),
-    ("gateway code", "gateway/"),
-    ("event loop, threads", "asyncio/"),
-)
-
-
-def summarize_profile(path: Path, top: int = 15) -> str:
-    """Where a gateway's busy CPU went: by category, and self samples by function (idle waits left out)."""
-    own: dict[str, int] = defaultdict(int)
-    kinds: dict[str, int] = defaultdict(int)
-    total = idle = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        n = int(count)
-        total += n
-        if any(frames[-1].startswith(i) for i in IDLE):
-            idle += n
-            continue
-        own[frames[-1]] += n
-        kinds[next((name for name, key in CATEGORIES for f in reversed(frames) if key in f), "other")] += n
-    busy = max(1, total - idle)
-    lines = [f"{path.name}: {total} samples (py-spy, 250 Hz), {idle} of them threads waiting; "
-             f"percentages of the {busy} busy ones", "", "by category:"]
-    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(kinds.items(), key=lambda x: -x[1])]
-    lines += ["", "self time by function:"]
-    lines += [f"{100 * n / busy:6.1f}%  {name}" for name, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
-    return "\n".join(lines) + "\n"
+    return pyspy.record(gw.proc.pid, out)
 
 
 def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: str,
@@ -542,7 +501,7 @@ def main() -> None:
             result = bench(args, endpoint, scratch)
     if args.profile:
         for raw in sorted(args.profile.glob("pool-gw*.txt")):
-            raw.with_suffix(".summary").write_text(summarize_profile(raw))
+            raw.with_suffix(".summary").write_text(pyspy.summarize(raw))
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
