@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway import flight as flight_module
 from gateway.flight import Flight
 from gateway.service import ObjectRef
 from syncd.config import Config, MiB
@@ -119,8 +120,10 @@ async def test_a_corrupt_object_completes_no_response_and_leaves_no_file(config:
 
 
 @pytest.mark.parametrize("spool", [True, False])
-async def test_a_flight_reads_the_same_bytes_spooled_or_not(tmp_path: Path, spool: bool) -> None:
+async def test_a_flight_reads_the_same_bytes_spooled_or_not(tmp_path: Path, spool: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Pure logic: ranges of a flight, from its spool file or its pieces; a range's end waits."""
+    monkeypatch.setattr(flight_module, "SPOOL_BATCH", 1)  # every piece written at once (batches: below)
     data = os.urandom(100_000)
     flight = Flight(content_id(data), tmp_path / "spool" if spool else None)
     await flight.start(len(data))
@@ -142,3 +145,20 @@ async def test_a_flight_reads_the_same_bytes_spooled_or_not(tmp_path: Path, spoo
     flight.release()
     assert flight.spool is None
     assert not (tmp_path / "spool").exists() or list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_spooled_pieces_are_written_in_batches(tmp_path: Path) -> None:
+    """Pieces reach the spool file (and readers) in batches of SPOOL_BATCH or a quarter of the object,
+    whichever is less, and all of it with the last piece."""
+    piece = 256 * 1024
+    data = os.urandom(5 * piece)
+    flight = Flight(content_id(data), tmp_path / "spool")
+    await flight.start(len(data))
+    seen = []
+    for i in range(0, len(data), piece):
+        await flight.add(data[i:i + piece])
+        seen.append(flight.available)
+    assert seen == [0, 2 * piece, 2 * piece, 4 * piece, 5 * piece]  # batches of >= 1.25 MiB / 4
+    flight.finish()
+    assert flight.spool is not None and os.pread(flight.spool.fileno(), len(data), 0) == data
+    flight.release()
