@@ -194,20 +194,15 @@ class TreeServer:
             for future in futures.values():
                 if not future.done():
                     future.set_exception(exc)
-        except BaseException as exc:
+        except BaseException:  # cancelled (the gateway is closing): so are the requests waiting
             for future in futures.values():
-                if not future.done():
-                    future.set_exception(exc)
+                future.cancel()
             raise
         finally:
             self.metrics.inflight.dec()
             for k, future in futures.items():
                 if self._flights.get(k) is future:
                     del self._flights[k]
-
-    async def settled(self) -> None:
-        while self._leaders:
-            await asyncio.gather(*self._leaders, return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._leaders):
