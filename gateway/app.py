@@ -18,8 +18,9 @@ outside the volume's prefix is reachable), 401 no or unknown token, 403 token
 of another owner, 404 no such object in that volume, 416 unsatisfiable range,
 502 the store returned bad bytes or refused, 503 the store is unavailable.
 
-At most ``max_requests`` object requests are served at once (each may hold
-one object in memory); a request beyond that waits up to ``QUEUE_WAIT``
+At most ``max_requests`` object requests are served at once (each holds an
+open file, or in memory a small object or one tree answer: flights of 32 KiB
+and more are spooled to disk); a request beyond that waits up to ``QUEUE_WAIT``
 seconds for a slot and is then shed with 503, which a worker treats like a
 down gateway: it reads that object from the next gateway or the store.
 
@@ -75,7 +76,7 @@ SERVICE: web.AppKey[GatewayService] = web.AppKey("service", GatewayService)
 TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
 IMMUTABLE = "public, max-age=31536000, immutable"
 WARM_BODY_LIMIT = 64 * 1024 * 1024  # a warm request may list ~1.8 million ids
-MAX_REQUESTS = 256                   # object requests served at once: bounds memory
+MAX_REQUESTS = 256                   # object requests served at once: bounds memory and open files
 QUEUE_WAIT = 2.0                     # seconds a request may wait for a slot before a 503
 SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
 
