@@ -363,7 +363,8 @@ def run_fleet(args: argparse.Namespace, env: dict[str, str], work: Path, mode: s
             if p.stdout.readline().strip() != b"ready":
                 raise RuntimeError("a worker process did not start")
         cpu0 = [gw.cpu() for gw in gateways]
-        spies = [profile(gw, args.profile / f"{mode}-gw{i}.txt") for i, gw in enumerate(gateways)
+        spies = [profile(gw, args.profile / f"{mode}-gw{i}-rep{getattr(args, 'rep', 0) + 1}.txt")
+                 for i, gw in enumerate(gateways)
                  if args.profile and mode == "pool"]
         killer = None
         if mode == "pool-kill":
@@ -450,6 +451,7 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
         for mode in runs:
             sub = args if mode not in six else argparse.Namespace(
                 **{**vars(args), "workers": 6, "procs": 6, "gateways": six[mode]})
+            sub.rep = rep  # profile files per repetition
             run = run_fleet(sub, env, scratch / "work", mode, volume)
             runs[mode].append(run)
             print(f"rep {rep + 1} {mode}: wall {run['wall_s']} s, origin {run['origin_x_volume']}x bytes, "
