@@ -23,6 +23,8 @@ from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
 if TYPE_CHECKING:
     from .agentutil import Agents
+    from .faultproxy import FaultProxy
+    from .mountutil import MountProcess
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +82,39 @@ def agents(tmp_path: Path) -> Iterator[Agents]:
         yield found
     finally:
         found.kill_all()
+
+
+@pytest.fixture
+def no_agent_env(config: Config, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
+    """A task's environment for ``config`` with no agent listening: the SDK and fsspec go direct."""
+    from syncd.sdk.direct import release
+
+    from .agentutil import env_for
+    for key, value in env_for(config).items():
+        if key.startswith(("SYNCD_", "AWS_")):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SYNCD_SOCKET", str(config.socket) + ".nobody-listens")
+    try:
+        yield config
+    finally:
+        release(Config.from_env())
+
+
+@pytest.fixture
+async def proxy(s3_endpoint: str) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the S3 server (tests/faultproxy.py)."""
+    from .faultproxy import FaultProxy
+    p = await FaultProxy(s3_endpoint).start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+def mounts() -> Iterator[list[MountProcess]]:
+    """Lazy mounts a test started (tests/mountutil.py); each is cleaned up at teardown."""
+    started: list[MountProcess] = []
+    yield started
+    for m in started:
+        m.cleanup()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,9 @@ from syncd.config import Config
 from syncd.engine import edit, trees
 from syncd.engine.commit import commit
 from syncd.engine.wiring import Engine, open_engine
-from syncd.sdk.direct import direct, release
+from syncd.sdk.direct import direct
 from syncd.sdk.fsspec import SyncdFileSystem
 
-from .agentutil import env_for
 from .conftest import worker_config
 
 DIRS, FILES = 40, 50          # 2,000 files, depth 1 below the root
@@ -53,16 +52,6 @@ class TreeCount:
         return n
 
 
-@pytest.fixture
-def env(config: Config, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
-    for key, value in env_for(config).items():
-        if key.startswith(("SYNCD_", "AWS_")):
-            monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SYNCD_SOCKET", str(config.socket) + ".nobody-listens")
-    try:
-        yield config
-    finally:
-        release(Config.from_env())
 
 
 async def _seed(config: Config, tmp_path: Path) -> None:
@@ -133,11 +122,11 @@ async def test_engine_reads_and_one_file_edits_touch_depth_trees(config: Config,
         assert len(await edit.listdir(eng, "vol", "dir5")) == len(await edit.listdir(eng, "vol", "moved/dir5"))
 
 
-def test_cli_sdk_and_fsspec_read_the_trees_on_the_path(env: Config, tmp_path: Path,
+def test_cli_sdk_and_fsspec_read_the_trees_on_the_path(no_agent_env: Config, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     import asyncio
-    asyncio.run(_seed(env, tmp_path))
+    asyncio.run(_seed(no_agent_env, tmp_path))
     count = TreeCount(monkeypatch)
     real_open = cli_files.open_engine
 

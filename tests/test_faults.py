@@ -30,15 +30,6 @@ from .treeutil import make_tree, snapshot_tree
 
 
 @pytest.fixture
-async def proxy(s3_endpoint: str) -> AsyncIterator[FaultProxy]:
-    p = await FaultProxy(s3_endpoint).start()
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
 def faulty(config: Config, proxy: FaultProxy) -> Config:
     """The test's config, but through the proxy, with a short read timeout."""
     return config.replace(s3_endpoint=proxy.endpoint, read_timeout=0.5, connect_timeout=1.0,

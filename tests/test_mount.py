@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,12 +57,6 @@ def make_tree(root: Path) -> None:
     (root / "deep" / "a" / "b" / "leaf").write_text("leaf\n")
 
 
-@pytest.fixture
-def mounts() -> Iterator[list[MountProcess]]:
-    started: list[MountProcess] = []
-    yield started
-    for m in started:
-        m.cleanup()
 
 
 async def seeded(engine: Engine, tmp_path: Path, volume: str = "lazy") -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,8 @@ from .mountutil import MountProcess, fuse_missing
 pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=fuse_missing() or "")
 
 
-@pytest.fixture
-def mounts() -> Iterator[list[MountProcess]]:
-    started: list[MountProcess] = []
-    yield started
-    for m in started:
-        m.cleanup()
 
 
-@pytest.fixture
-async def proxy(s3_endpoint: str) -> AsyncIterator[FaultProxy]:
-    p = await FaultProxy(s3_endpoint).start()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def read(path: Path) -> bytes:

@@ -17,7 +17,6 @@ import os
 import subprocess
 import threading
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,9 @@ from .conftest import worker_config
 from .faultproxy import FaultProxy, Rule
 from .gatewayutil import gateway_process, metric, through
 from .mountutil import MountProcess, fuse_missing
-from .test_mount import mounts, tree_of  # noqa: F401  (the fixture)
+from .test_mount import tree_of
 from .test_v2 import write_v1
+from .treeutil import make_wide
 
 pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=fuse_missing() or "")
 
@@ -40,29 +40,20 @@ TOP, MID, LEAF = 4, 10, 50           # 2,000 files in 40 leaf directories, depth
 TREES = 1 + TOP + TOP * MID
 
 
-def make_wide(root: Path) -> None:
-    for a in range(TOP):
-        for b in range(MID):
-            d = root / f"a{a}" / f"b{b}"
-            d.mkdir(parents=True)
-            for c in range(LEAF):
-                (d / f"f{c}.txt").write_bytes(f"{a}/{b}/{c}\n".encode())
-
-
 def tree_gets(m: MountProcess) -> int:
     return sum(n for key, n in m.call("status")["store"]["keys"].items() if "/trees/" in key)
 
 
-def start(mounts: list[MountProcess], config: Config, volume: str, path: Path) -> MountProcess:  # noqa: F811
+def start(mounts: list[MountProcess], config: Config, volume: str, path: Path) -> MountProcess:
     m = MountProcess(config, volume, path)
     mounts.append(m)
     return m.start()
 
 
 async def test_mounting_reads_the_trees_the_kernel_asks_for(engine: Engine, config: Config, tmp_path: Path,
-                                                             mounts: list[MountProcess]) -> None:  # noqa: F811
+                                                             mounts: list[MountProcess]) -> None:
     source = tmp_path / "source"
-    make_wide(source)
+    make_wide(source, TOP, MID, LEAF)
     await commit(engine, "wide", source)
     m = start(mounts, worker_config(config, tmp_path, "w2"), "wide", tmp_path / "mnt")
     assert tree_gets(m) == 0                       # the header only
@@ -83,9 +74,9 @@ async def test_mounting_reads_the_trees_the_kernel_asks_for(engine: Engine, conf
 
 async def test_commit_from_the_mount_touches_the_changed_paths_only(engine: Engine, config: Config,
                                                                      tmp_path: Path,
-                                                                     mounts: list[MountProcess]) -> None:  # noqa: F811
+                                                                     mounts: list[MountProcess]) -> None:
     source = tmp_path / "source"
-    make_wide(source)
+    make_wide(source, TOP, MID, LEAF)
     await commit(engine, "wide", source)
     w2 = worker_config(config, tmp_path, "w2")
     m = start(mounts, w2, "wide", tmp_path / "mnt")
@@ -120,7 +111,7 @@ async def test_commit_from_the_mount_touches_the_changed_paths_only(engine: Engi
 
 
 async def test_a_format_1_volume_still_mounts_and_commits(config: Config, tmp_path: Path,
-                                                          mounts: list[MountProcess]) -> None:  # noqa: F811
+                                                          mounts: list[MountProcess]) -> None:
     source = tmp_path / "source"
     (source / "data").mkdir(parents=True)
     (source / "data" / "a.txt").write_text("a\n")
@@ -141,7 +132,7 @@ async def test_a_format_1_volume_still_mounts_and_commits(config: Config, tmp_pa
 
 
 async def test_a_commit_from_the_mount_waits_for_prunes_lease(engine: Engine, config: Config, tmp_path: Path,
-                                                             mounts: list[MountProcess]) -> None:  # noqa: F811
+                                                             mounts: list[MountProcess]) -> None:
     source = tmp_path / "source"
     source.mkdir()
     (source / "x.txt").write_text("x")
@@ -164,18 +155,11 @@ async def test_a_commit_from_the_mount_waits_for_prunes_lease(engine: Engine, co
     assert m.stop() == 0
 
 
-@pytest.fixture
-async def proxy(s3_endpoint: str) -> AsyncIterator[FaultProxy]:
-    p = await FaultProxy(s3_endpoint).start()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def test_a_failed_commit_loses_no_deletion_or_rename(engine: Engine, config: Config, tmp_path: Path,
                                                            proxy: FaultProxy,
-                                                           mounts: list[MountProcess]) -> None:  # noqa: F811
+                                                           mounts: list[MountProcess]) -> None:
     """The base of a commit is what the walk took from the listing; a failed commit gives it back."""
     source = tmp_path / "source"
     (source / "d").mkdir(parents=True)
@@ -206,10 +190,10 @@ async def test_a_failed_commit_loses_no_deletion_or_rename(engine: Engine, confi
 
 async def test_a_mount_through_a_gateway_reads_nothing_from_the_store(engine: Engine, config: Config,
                                                                        tmp_path: Path,
-                                                                       mounts: list[MountProcess]) -> None:  # noqa: F811
+                                                                       mounts: list[MountProcess]) -> None:
     """Issue 14: every read a lazy mount makes (HEAD, snapshot, trees, packs) comes through the pool."""
     source = tmp_path / "source"
-    make_wide(source)
+    make_wide(source, TOP, MID, LEAF)
     await commit(engine, "wide", source)
     with gateway_process(config, tmp_path) as (_, url):
         m = start(mounts, through(worker_config(config, tmp_path, "w2"), url), "wide", tmp_path / "mnt")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,28 +11,13 @@ import pytest
 from syncd import Volume
 from syncd.config import Config
 from syncd.errors import SnapshotNotFound, VolumeNotFound
-from syncd.sdk.direct import release
-
-from .agentutil import env_for
 
 
-@pytest.fixture
-def env(config: Config, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
-    for key, value in env_for(config).items():
-        if key.startswith(("SYNCD_", "AWS_")):
-            monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SYNCD_SOCKET", str(config.socket) + ".nobody-listens")
-    try:
-        yield config
-    finally:
-        release(Config.from_env())
-
-
-def test_file_methods_without_an_agent(env: Config, tmp_path: Path) -> None:
+def test_file_methods_without_an_agent(no_agent_env: Config, tmp_path: Path) -> None:
     v = Volume("/my_volume")
     with pytest.raises(VolumeNotFound):
         v.listdir()
-    data = random.Random(1).randbytes(3 * env.chunk_size + 5)
+    data = random.Random(1).randbytes(3 * no_agent_env.chunk_size + 5)
     local = tmp_path / "big.bin"
     local.write_bytes(data)
     v.put_file(local, "models/big.bin")                          # creates the volume

@@ -27,18 +27,9 @@ from syncd.maint.prune import Retention, prune
 from syncd.store.base import put_immutable
 
 from .conftest import worker_config
-from .treeutil import make_tree, snapshot_tree
+from .treeutil import make_tree, make_wide, snapshot_tree
 
 TOP, MID, LEAF = 10, 10, 50          # 5,000 files, depth 3
-
-
-def make_wide(root: Path) -> None:
-    for a in range(TOP):
-        for b in range(MID):
-            d = root / f"a{a}" / f"b{b}"
-            d.mkdir(parents=True)
-            for c in range(LEAF):
-                (d / f"f{c}.txt").write_bytes(f"{a}/{b}/{c}\n".encode())
 
 
 def tree_gets(eng: Engine) -> int:
@@ -47,7 +38,7 @@ def tree_gets(eng: Engine) -> int:
 
 async def test_one_file_change_in_5000_files_costs_depth_not_size(config: Config, tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
-    make_wide(src)
+    make_wide(src, TOP, MID, LEAF)
     w2 = worker_config(config, tmp_path, "w2")
     async with open_engine(config) as eng:
         first = await commit(eng, "vol", src)

@@ -24,6 +24,16 @@ def make_tree(root: Path, *, small_files: int = 50, large_size: int = 3 * 1024 *
     (root / "data" / "up").symlink_to("../models")
 
 
+def make_wide(root: Path, top: int, mid: int, leaf: int) -> None:
+    """``top`` x ``mid`` directories of ``leaf`` small files each (a<i>/b<j>/f<k>.txt holds "i/j/k")."""
+    for a in range(top):
+        for b in range(mid):
+            d = root / f"a{a}" / f"b{b}"
+            d.mkdir(parents=True)
+            for c in range(leaf):
+                (d / f"f{c}.txt").write_bytes(f"{a}/{b}/{c}\n".encode())
+
+
 def snapshot_tree(root: Path) -> dict[str, tuple[str, int, bytes | str | None]]:
     """path -> (kind, permission bits, content or link target), excluding nothing."""
     out: dict[str, tuple[str, int, bytes | str | None]] = {}
