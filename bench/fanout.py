@@ -343,8 +343,7 @@ def main() -> None:
         with endpoint_or_embedded(scratch / "seaweedfs") as endpoint:
             result = bench(args, endpoint, scratch)
     if args.profile:
-        for raw in sorted(args.profile.glob("*.txt")):
-            raw.with_suffix(".summary").write_text(pyspy.summarize(raw))
+        pyspy.summarize_dir(args.profile)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

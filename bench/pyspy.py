@@ -91,3 +91,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def summarize_dir(directory: Path, pattern: str = "*.txt") -> None:
+    """A ``.summary`` beside every raw profile in ``directory`` matching ``pattern``."""
+    for raw in sorted(directory.glob(pattern)):
+        raw.with_suffix(".summary").write_text(summarize(raw))
