@@ -48,11 +48,10 @@ from dataclasses import dataclass, field
 from syncd.engine.commit import MAX_ATTEMPTS, wait_for_lease
 from syncd.engine.editview import ROOT, Op, View, op_copy, op_mkdir, op_remove, subtree
 from syncd.engine.trees import Built
-from syncd.engine.upload import Uploader
+from syncd.engine.upload import Uploader, content_id_of
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, ConfigError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound
-from syncd.format.chunking import content_id
 from syncd.format.layout import object_key
 from syncd.format.manifest import ChunkRef, Entry, check_path
 
@@ -337,7 +336,7 @@ class FileWriter:
     async def _add(self, piece: bytes, small: bool) -> None:
         uploader = await self._get_uploader()
         held = await self.batch.engine.budget.acquire(len(piece))
-        chunk_id = await asyncio.to_thread(content_id, piece) if len(piece) > 1 << 20 else content_id(piece)
+        chunk_id = await content_id_of(piece)
         if chunk_id in uploader.known:
             self.batch._reused.add(chunk_id)
         await uploader.add(chunk_id, piece, held, small)

@@ -59,12 +59,12 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from syncd.engine.commit import needs_link_check, wait_for_lease
-from syncd.engine.upload import Uploader
+from syncd.engine.commit import UNSTABLE_RETRIES, needs_link_check, wait_for_lease
+from syncd.engine.upload import Uploader, content_id_of
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, NotFound, PreconditionFailed
-from syncd.format.chunking import content_id, spans
+from syncd.format.chunking import spans
 from syncd.format.layout import object_key
 from syncd.format.manifest import Changes, ChunkRef, Entry, diff, escaping_symlinks
 from syncd.mount.data import Data
@@ -73,7 +73,6 @@ from syncd.mount.tree import Node, Tree
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 30
-UNSTABLE_RETRIES = 3
 
 
 @dataclass
@@ -274,7 +273,7 @@ class Publisher:
                 held = await self.engine.budget.acquire(length)
                 try:
                     data = await self.data.read(node, offset, length)
-                    chunk_id = await asyncio.to_thread(content_id, data) if length > 1 << 20 else content_id(data)
+                    chunk_id = await content_id_of(data)
                 except BaseException:
                     await self.engine.budget.release(held)
                     raise
