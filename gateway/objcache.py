@@ -42,6 +42,7 @@ import logging
 import mmap
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -105,8 +106,9 @@ def _file_matches(object_id: str, file: BinaryIO) -> tuple[bool, int]:
 
 
 class ObjectCache:
-    def __init__(self, directory: Path, size_limit: int) -> None:
+    def __init__(self, directory: Path, size_limit: int, on_corrupt: Callable[[], object] = lambda: None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self._on_corrupt = on_corrupt  # called (in the worker thread) for each entry that failed verification
         self.directory = directory
         self.spool_dir = directory / "spool"  # flights in progress (not a diskcache folder: those are hex)
         shutil.rmtree(self.spool_dir, ignore_errors=True)  # left by a gateway that died mid-flight
@@ -142,6 +144,7 @@ class ObjectCache:
             if hasattr(value, "close"):
                 value.close()
             self.counts.corrupt += 1
+            self._on_corrupt()
             log.warning("gateway cache entry %s failed verification; evicting it", key)
             self._evict(key)
             return None

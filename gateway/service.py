@@ -208,7 +208,7 @@ class GatewayService:
     def cache(self) -> ObjectCache:
         """The one disk cache of every owner (opened on first use; keys ``<owner>:<family>:<id>``)."""
         if self._cache is None:
-            self._cache = ObjectCache(self.cache_dir, self.cache_size)
+            self._cache = ObjectCache(self.cache_dir, self.cache_size, self.metrics.corrupt.inc)
         return self._cache
 
     def key(self, obj: ObjectRef) -> str:
@@ -263,10 +263,7 @@ class GatewayService:
         return RangeBody(self.store, self.key(obj), size, self.metrics)
 
     async def _cached(self, obj: ObjectRef) -> CachedBody | None:
-        corrupt = self.cache.counts.corrupt
         hit = await self.cache.open(obj.owner, obj.kind, obj.id)
-        if self.cache.counts.corrupt > corrupt:
-            self.metrics.corrupt.inc(self.cache.counts.corrupt - corrupt)
         if hit is None:
             return None
         self.metrics.hits.labels(obj.kind).inc()

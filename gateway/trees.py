@@ -157,11 +157,7 @@ class TreeServer:
 
     async def _cached(self, owner: str, tree_ids: list[str]) -> dict[str, bytes]:
         """The verified cached trees among ``tree_ids`` (one worker-thread job for all of them)."""
-        cache = self._cache()
-        corrupt = cache.counts.corrupt
-        hits = await asyncio.to_thread(_cached_trees, cache, owner, tree_ids)
-        if cache.counts.corrupt > corrupt:
-            self.metrics.corrupt.inc(cache.counts.corrupt - corrupt)
+        hits = await asyncio.to_thread(_cached_trees, self._cache(), owner, tree_ids)
         if hits:
             self.metrics.hits.labels(FAMILY).inc(len(hits))
         return hits
