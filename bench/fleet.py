@@ -213,7 +213,7 @@ async def worker_proc(count: int) -> None:
     from syncd.engine.wiring import open_engine
     from syncd.store.s3 import S3Store
     failures = _Failures()
-    for name in ("syncd.engine.fetch", "syncd.engine.gatewaystore"):
+    for name in ("syncd.data.fetch", "syncd.data.gatewaystore"):
         logging.getLogger(name).addHandler(failures)
         logging.getLogger(name).setLevel(logging.INFO)
     config = Config.from_env()

@@ -32,7 +32,7 @@ CATEGORIES = (
     ("HTTP client (aiohttp, workers)", "aiohttp/client"),
     ("HTTP (aiohttp)", "aiohttp/"),
     ("hydrate: writing files", "hydrate.py"),
-    ("chunk cache", "engine/cache.py"),
+    ("chunk cache", "data/cache.py"),
     ("gateway code", "gateway/"),
     ("syncd code", "syncd/"),
     ("event loop, threads", "asyncio/"),

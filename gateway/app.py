@@ -50,7 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
-from syncd.engine.gatewayclient import FAMILIES, frame
+from syncd.data.gatewayclient import FAMILIES, frame
 from syncd.errors import (
     IntegrityError,
     InvalidName,

@@ -17,7 +17,7 @@ later is seen at once. Only a bounded number of volumes' HEADs are kept (LRU).
 
 Workers keep their own writes consistent: after a worker writes or fails to
 write a HEAD it reads that HEAD from the store directly for a while
-(engine/gatewaystore.py), so a commit retry never loops on a stale copy.
+(data/gatewaystore.py), so a commit retry never loops on a stale copy.
 The clock is injectable so tests count GETs instead of sleeping.
 """
 

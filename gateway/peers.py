@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from syncd.engine.gatewayclient import Breaker, rendezvous_order
+from syncd.data.gatewayclient import Breaker, rendezvous_order
 from syncd.errors import NotFound, TransientStoreError
 from syncd.store.base import BlobStream
 

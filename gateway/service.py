@@ -2,7 +2,7 @@
 
 ``GatewayService.open(obj)`` answers one request for an immutable object of
 a volume (``ObjectRef``: owner, volume, key family, content id; the families
-are ``syncd.engine.gatewayclient.FAMILIES``: chunks, packs, snapshots,
+are ``syncd.data.gatewayclient.FAMILIES``: chunks, packs, snapshots,
 each named by the xxh3 of its bytes) with a body to stream, in this
 order:
 
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from syncd.engine.gatewayclient import FAMILIES
+from syncd.data.gatewayclient import FAMILIES
 from syncd.engine.volumes import VolumeRepo
 from syncd.errors import InvalidName, NotFound, TransientStoreError
 from syncd.format.chunking import is_content_id

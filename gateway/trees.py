@@ -59,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from syncd.engine.gatewayclient import TREES_PER_REQUEST
+from syncd.data.gatewayclient import TREES_PER_REQUEST
 from syncd.engine.trees import MAX_READ
 from syncd.errors import IntegrityError, InvalidName, ManifestError, NotFound
 from syncd.format.chunking import is_content_id, verify

@@ -12,7 +12,7 @@ from aiohttp import web
 from syncd.agent.metrics import render
 from syncd.cli.core import COMMANDS, build_parser
 from syncd.config import Config, MiB
-from syncd.engine.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
+from syncd.data.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
 from syncd.format.manifest import Snapshot

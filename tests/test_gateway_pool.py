@@ -16,9 +16,9 @@ import aiohttp
 
 from gateway.peers import Peers
 from syncd.config import Config, MiB
+from syncd.data.gatewayclient import FAMILIES, rendezvous_order
+from syncd.data.gatewaystore import GatewayStore
 from syncd.engine.commit import commit
-from syncd.engine.gatewayclient import FAMILIES, rendezvous_order
-from syncd.engine.gatewaystore import GatewayStore
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
 from syncd.format.chunking import content_id

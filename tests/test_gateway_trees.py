@@ -18,8 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from syncd.config import Config
-from syncd.engine.gatewayclient import TREES_PER_REQUEST, frame, unframe
-from syncd.engine.gatewaystore import GatewayStore
+from syncd.data.gatewayclient import TREES_PER_REQUEST, frame, unframe
+from syncd.data.gatewaystore import GatewayStore
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
 from syncd.format.chunking import content_id, verify

@@ -1,4 +1,4 @@
-"""engine/httpget.py, the workers' GET client for gateways, against small servers on loopback.
+"""data/httpget.py, the workers' GET client for gateways, against small servers on loopback.
 
 Counts connections instead of timing: answers on one kept-alive connection,
 a kept connection the server closed is retried once on a new one, and every
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from syncd.engine.httpget import Connections, ProtocolError
+from syncd.data.httpget import Connections, ProtocolError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from syncd.engine.fetch import ChunkFetcher
-from syncd.engine.gatewayclient import GatewaySource
+from syncd.data.fetch import ChunkFetcher
+from syncd.data.gatewayclient import GatewaySource
 
 
 class FetchCollector(Collector):

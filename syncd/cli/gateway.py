@@ -29,7 +29,7 @@ def _warm_args(p: argparse.ArgumentParser) -> None:
 
 def plan_warm(gateways: tuple[str, ...], chunks: set[str], packs: set[str]) -> dict[str, dict[str, list[str]]]:
     """For each gateway, the chunk and pack ids it ranks first for. Pure."""
-    from syncd.engine.gatewayclient import rendezvous_order
+    from syncd.data.gatewayclient import rendezvous_order
     plan: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"chunks": [], "packs": []})
     for kind, ids in (("chunks", chunks), ("packs", packs)):
         for object_id in sorted(ids):
@@ -40,7 +40,7 @@ def plan_warm(gateways: tuple[str, ...], chunks: set[str], packs: set[str]) -> d
 @command("gateway warm", "prefetch a volume snapshot into the gateways (SYNCD_GATEWAY)", _warm_args)
 async def _warm(args: argparse.Namespace, config: Config) -> Any:
     # imported here: gatewayclient pulls in aiohttp, ~0.25 s that every other command would pay at start-up
-    from syncd.engine.gatewayclient import GatewayUnavailable, warm
+    from syncd.data.gatewayclient import GatewayUnavailable, warm
     if not config.gateways:
         raise ConfigError("SYNCD_GATEWAY is not set: no gateways to warm")
     volume = volume_arg(args)

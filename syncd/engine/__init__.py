@@ -1,17 +1,14 @@
 """The engine: volumes moved between the store and local directories.
 
+The volume operations (commit, hydrate, edit, restore, rename) over the byte path in
+``syncd.data`` (fetch, cache, upload, local copies, the gateway client), which imports
+nothing of the engine.
+
     wiring.py       ``Engine`` and ``open_engine``: the one place that stacks store, wrappers, cache, fetcher
     volumes.py      ``VolumeRepo``: HEAD (and prune's lease), snapshots v1/v2, build/publish, list_dir/lookup/diff, upgrade
     trees.py        format v2 trees: verified cached reads, incremental building, tree diff
-    cache.py        the verified, best-effort local chunk cache
-    fetch.py        chunk source chain (cache, gateways, store), single-flight, verified
-    gatewayclient.py  gateways as chunk sources, rendezvous order, warm-up
-    httpget.py      the small stdlib HTTP/1.1 GET client the gateway sources read with
-    gatewaystore.py   HEAD and snapshots through the gateway pool (a store wrapper under the VolumeRepo)
-    localcopy.py    warm hydrates: copy_file_range from a copy this worker holds, verified over mmap
     hydrateplan.py  what a hydrate must do (pure planning over snapshot, index and scan)
     hydrate.py      snapshot -> local directory
-    upload.py       new chunks and packs -> store
     commit.py       local directory -> new snapshot, with conflict retry
     restore.py, transfer.py  restore an old snapshot; ``put``/``get`` of single paths
     edit.py         server-side reads and edits of a snapshot: ls, read by range, rm/cp/mv/write batches

@@ -39,8 +39,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.data.upload import Uploader
 from syncd.engine.progress import NoProgress, Progress
-from syncd.engine.upload import Uploader
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, StoreError, VolumeNotFound

@@ -45,10 +45,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from syncd.data.upload import Uploader, content_id_of
 from syncd.engine.commit import MAX_ATTEMPTS, wait_for_lease
 from syncd.engine.editview import ROOT, Op, View, op_copy, op_mkdir, op_remove, subtree
 from syncd.engine.trees import Built
-from syncd.engine.upload import Uploader, content_id_of
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, ConfigError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound

@@ -48,8 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.engine import localcopy
-from syncd.engine.fetch import coalesce
+from syncd.data import localcopy
+from syncd.data.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
 from syncd.engine.progress import NoProgress, Progress
 from syncd.engine.wiring import Engine

@@ -45,7 +45,7 @@ from syncd.format.tree import TreeItem, encode_tree, inflate_tree, pack_tree, pa
 from syncd.store.base import ObjectStore, put_immutable
 
 if TYPE_CHECKING:
-    from syncd.engine.cache import ChunkCache
+    from syncd.data.cache import ChunkCache
 
 COALESCE_GAP = 1 << 20
 MAX_READ = 32 << 20
@@ -55,7 +55,7 @@ READERS = 8
 
 
 class TreePool(Protocol):
-    """Where trees come from before the store: the gateway pool (engine/gatewaystore.py)."""
+    """Where trees come from before the store: the gateway pool (data/gatewaystore.py)."""
 
     async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> dict[str, bytes] | None:
         """Canonical bytes by tree id, each already verified against its id; None: read the store."""

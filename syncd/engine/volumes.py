@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from syncd.engine.cache import ChunkCache
+from syncd.data.cache import ChunkCache
 from syncd.engine.trees import Builder, Built, TreePool, TreeStore, diff_trees, upload_packs
 from syncd.errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound
 from syncd.format import manifest, tree

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncd.config import Config
-from syncd.engine.cache import ChunkCache
-from syncd.engine.fetch import ChunkFetcher, ChunkSource
+from syncd.data.cache import ChunkCache
+from syncd.data.fetch import ChunkFetcher, ChunkSource
 from syncd.engine.volumes import VolumeRepo
 from syncd.format.layout import Layout
 from syncd.limits import ByteBudget
@@ -36,7 +36,7 @@ from syncd.store.base import ObjectStore
 from syncd.store.wrap import CountingStore, LimitingStore, RetryingStore
 
 if TYPE_CHECKING:  # imported when gateways are configured: aiohttp is not loaded otherwise
-    from syncd.engine.gatewaystore import GatewayStore
+    from syncd.data.gatewaystore import GatewayStore
 
 
 @dataclass
@@ -64,14 +64,14 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
                                           config.retries, config.retry_base_delay))
     cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
     if not sources and config.gateways:
-        from syncd.engine.gatewayclient import gateway_sources
+        from syncd.data.gatewayclient import gateway_sources
         sources = gateway_sources(config)
     # the index is keyed by what names the volumes, not by how the endpoint is spelled
     scope = f"{config.bucket}|{config.prefix}|{config.owner}"
     legacy_scope = f"{config.s3_endpoint or 'aws'}|{scope}"   # JSON-era index files, migrated on use
     pooled = None
     if sources:
-        from syncd.engine.gatewaystore import GatewayStore, ObjectSource
+        from syncd.data.gatewaystore import GatewayStore, ObjectSource
         pool = [s for s in sources if isinstance(s, ObjectSource)]
         pooled = GatewayStore(counter, layout, pool, config.gateway_head_ttl) if pool else None
     repo = VolumeRepo(pooled or counter, layout, cache=cache, tree_pool=pooled)

@@ -21,7 +21,7 @@ from syncd.local.index import IndexStore, LocalIndex, unchanged
 from syncd.local.scan import LocalFile, scan
 
 if TYPE_CHECKING:
-    from syncd.local.watch import WatchSettings
+    from syncd.local.watchsettings import WatchSettings
 
 SCAN_SHARE = 10     # poll interval >= SCAN_SHARE x the last scan's duration
 

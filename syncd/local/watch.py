@@ -39,7 +39,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,18 +48,10 @@ from syncd.local.changes import differing_sync
 from syncd.local.index import IndexStore, unchanged
 from syncd.local.poll import PollWatch, signature
 from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat
+from syncd.local.watchsettings import WatchSettings
 
 log = logging.getLogger(__name__)
 VERIFY_AFTER = 0.2  # seconds without events before dirty paths are checked against the index
-
-
-@dataclass(frozen=True)
-class WatchSettings:
-    poll: float = 0.5          # seconds between scans (polling) (at least)
-    debounce: float = 1.0      # quiet time before a background commit
-    max_delay: float = 10.0    # commit anyway once dirty this long
-    mode: str = "auto"         # "auto" (inotify, else polling) or "poll"
-    max_watches: int = 0       # fall back to polling beyond this many watched directories (0: kernel limit)
 
 
 __all__ = ["InotifyWatch", "PollWatch", "WatchSettings", "WatchUnavailable", "Watcher", "open_watcher", "signature"]

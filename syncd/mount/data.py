@@ -42,7 +42,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd.engine.fetch import ChunkFetcher
+from syncd.data.fetch import ChunkFetcher
 from syncd.errors import SyncdError
 from syncd.format.manifest import ChunkRef
 from syncd.mount.tree import FsError, Node

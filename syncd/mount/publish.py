@@ -59,8 +59,8 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from syncd.data.upload import Uploader, content_id_of
 from syncd.engine.commit import UNSTABLE_RETRIES, needs_link_check, wait_for_lease
-from syncd.engine.upload import Uploader, content_id_of
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, NotFound, PreconditionFailed

@@ -48,7 +48,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from syncd.engine.gatewayclient import FAMILIES, TREES_PER_REQUEST
+from syncd.data.gatewayclient import FAMILIES, TREES_PER_REQUEST
 from syncd.errors import SyncdError
 from syncd.format.chunking import is_content_id, verify
 from syncd.format.layout import Layout

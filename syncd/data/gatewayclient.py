@@ -26,7 +26,7 @@ failure: the fetcher then asks the next source.
 Gateway failures raise :class:`GatewayUnavailable` (a TransientStoreError),
 which the fetcher logs and skips.
 
-The reads go through engine/httpget.py (standard library only: kept-alive
+The reads go through data/httpget.py (standard library only: kept-alive
 connections, a body received into one buffer) rather than aiohttp, whose
 import alone cost each worker process ~0.2 s of CPU (docs/GATEWAY.md, the
 six-worker fan-out). aiohttp is still what ``warm`` (the CLI's
@@ -35,7 +35,7 @@ six-worker fan-out). aiohttp is still what ``warm`` (the CLI's
 Besides chunks and pack ranges (``fetch``, ``fetch_range``: the ChunkFetcher's
 seam) a source reads whole immutable objects of any key family
 (``fetch_object``: snapshots), format v2 trees by reference (``fetch_trees``)
-and HEAD (``fetch_head``); those are what engine/gatewaystore.py routes
+and HEAD (``fetch_head``); those are what data/gatewaystore.py routes
 through the pool.
 """
 
@@ -49,8 +49,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from syncd.config import Config
-from syncd.engine.fetch import ChunkSource
-from syncd.engine.httpget import Connections, Response
+from syncd.data.fetch import ChunkSource
+from syncd.data.httpget import Connections, Response
 from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef, TreeRef
@@ -153,7 +153,7 @@ class Breaker:
 
 
 class _Session:
-    """The connections shared by the sources of one engine (engine/httpget.py)."""
+    """The connections shared by the sources of one engine (data/httpget.py)."""
 
     def __init__(self) -> None:
         self._connections: Connections | None = None

@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
-from syncd.engine.cache import ChunkCache
+from syncd.data.cache import ChunkCache
 from syncd.errors import IntegrityError, NotFound, SyncdError, TransientStoreError
 from syncd.format.chunking import hasher, verify
 from syncd.format.layout import Layout
