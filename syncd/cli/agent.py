@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from typing import Any
 
+from syncd.agent.rootlock import RootLock
 from syncd.agent.service import Agent
 from syncd.cli.core import command
 from syncd.config import Config
@@ -35,7 +37,12 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
         print(f"syncd agent: owner {config.owner}, root {config.root}, socket {config.socket}",
               file=sys.stderr, flush=True)
 
-    failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay, args.watch, args.max_watches), ready)
+    lock = await asyncio.to_thread(RootLock.acquire, config.root)   # before anything is served or hydrated
+    try:
+        failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay, args.watch,
+                                                   args.max_watches), ready)
+    finally:
+        lock.release()
     if failed:
         from syncd.errors import LocalIOError
         raise LocalIOError("could not flush: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
@@ -44,8 +51,6 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
 
 @command("status", "show this worker's agent: mounted volumes, pending writes, errors")
 async def _status(args: argparse.Namespace, config: Config) -> Any:
-    import asyncio
-
     from syncd.sdk.volume import AgentClient
     status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket, connect_wait=0).call,
                                                      "GET", "/v1/status")
