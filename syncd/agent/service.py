@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd.agent.orphans import set_aside
+from syncd.agent.views import Views
 from syncd.engine.commit import CommitResult, commit
 from syncd.engine.hydrate import HydrateResult, hydrate
 from syncd.engine.wiring import Engine
@@ -92,6 +93,7 @@ class Agent:
         self._flights: SingleFlight[str, Mount] = SingleFlight()
         self._state_path = self.config.state_dir / "agent" / f"{self.config.owner}.json"
         self.lazy = LazyMounts(self.config)   # mode "lazy": FUSE mount processes (syncd/mount)
+        self.views = Views(engine)            # read_only=True: snapshot views (views.py)
 
     # ---------------------------------------------------------------- mounts
 
@@ -338,6 +340,7 @@ class Agent:
         """Flush: stop watching, commit every mount; returns errors by volume."""
         self.closing = True
         errors: dict[str, str] = await self.lazy.shutdown()
+        await asyncio.to_thread(self.views.close)
         for mount in list(self.mounts.values()):
             await self._stop_watcher(mount)
         for mount in list(self.mounts.values()):
