@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 import uuid
 from pathlib import Path
@@ -26,8 +27,10 @@ from pathlib import Path
 import aiohttp
 import xxhash
 
+from gateway.treefiles import Copy, Span, discard, inflate_trees
 from syncd.config import Config, MiB
 from syncd.engine.wiring import open_engine
+from syncd.errors import IntegrityError
 from syncd.format.layout import Layout
 from syncd.format.manifest import Entry
 from syncd.format.tree import TreeItem, encode_tree, pack_tree
@@ -112,3 +115,31 @@ async def test_one_owner_cannot_exhaust_the_gateways_memory_through_the_tree_rou
     assert accepted and all(accepted), results           # every accepted request got the right bytes
     assert len(accepted) == 2 * CLIENTS                  # and none had to be shed: nothing is held per request
     assert peak - idle < GROWTH_BOUND, f"peak RSS {peak / MiB:.0f} MiB, idle {idle / MiB:.0f} MiB"
+
+
+def test_a_tree_is_inflated_piece_by_piece_and_checked_like_inflate_tree(tmp_path: Path) -> None:
+    """inflate_trees (gateway/treefiles.py) keeps inflate_tree's checks: one complete stream of
+    exactly the stored size, hashing to its id; a large tree lands in a spool file, a small one
+    stays bytes; a failing tree fails alone."""
+    big_id, big = encode_tree([TreeItem(Entry(f"f{i:06d}", "file")) for i in range(5_000)])
+    small_id, small = encode_tree([TreeItem(Entry("one", "file"))])
+    packed_big, packed_small = pack_tree(big), pack_tree(small)
+    blob = packed_big + packed_small + packed_small + b"junk"
+    spool = tmp_path / "span"
+    spool.write_bytes(blob)
+    at_small = len(packed_big)
+    spans = [Span(big_id, 0, len(packed_big)),                                  # in a file
+             Span(small_id, at_small, len(packed_small)),                        # bytes
+             Span(small_id, at_small, len(packed_small) + 4),                    # trailing bytes
+             Span(small_id, at_small, len(packed_small) - 1),                    # cut short
+             Span(big_id, at_small, len(packed_small)),                          # another tree's bytes
+             Span(small_id, len(blob) - 2, 10)]                                  # past the pack's end
+    with open(spool, "rb") as src:
+        results = inflate_trees(src.fileno(), spans, tmp_path)
+    first, second, *bad = results
+    assert isinstance(first, Copy) and first.path is not None and first.data is None
+    assert first.file is not None and os.pread(first.file.fileno(), first.size + 1, 0) == big
+    discard(first)
+    assert isinstance(second, Copy) and second.data == small and second.path is None
+    assert all(isinstance(r, IntegrityError) for r in bad), bad
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["span"]               # no spool file left
