@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from syncd.agent.service import Agent
 from syncd.cli.core import command
 from syncd.config import Config
-from syncd.local.watch import WatchSettings
+from syncd.local.watchsettings import WatchSettings
+
+if TYPE_CHECKING:
+    from syncd.agent.service import Agent
 
 
 def _agent_args(p: argparse.ArgumentParser) -> None:
