@@ -11,6 +11,7 @@ Routes::
                                                 {"snapshot": id} or {"chunks": [...], "packs": [...]})
     GET      /healthz                           "ok", no token
     GET      /metrics                           Prometheus text, no token
+    GET      /status, /status.json              the status page (HTML, or JSON), no token (status.py)
 
 Status codes: 200/206 body, 304 for a matching ``If-None-Match``, 400 invalid
 owner, volume or id (names are validated before any key is built, so nothing
@@ -63,6 +64,7 @@ from syncd.errors import (
 )
 from syncd.format.chunking import is_content_id
 
+from . import status
 from .auth import Decision, Tokens
 from .guard import GUARD, ConnectionGuard, ServerLimits  # noqa: F401 (ServerLimits: for callers of create_app)
 from .peers import PEER_HEADER
@@ -168,13 +170,17 @@ def status_for(exc: SyncdError) -> int:
 
 
 def denied(request: web.Request, owner: str) -> web.Response | None:
-    """A 401 or 403 response unless the request's token grants ``owner``."""
+    """A 401 or 403 response unless the request's token grants ``owner`` (counted either way)."""
     decision = request.app[TOKENS].decide(request.headers.get("Authorization"), owner)
+    metrics = request.app[SERVICE].metrics
     if decision is Decision.UNAUTHENTICATED:
+        metrics.refusals.labels("401").inc()
         return web.json_response({"error": "a valid bearer token is required"}, status=401,
                                  headers={"WWW-Authenticate": 'Bearer realm="syncd-gateway"'})
     if decision is Decision.FORBIDDEN:
+        metrics.refusals.labels("403").inc()
         return error_response(403, f"this token does not grant owner {owner!r}")
+    metrics.owner(owner)
     return None
 
 
@@ -347,8 +353,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    metrics = request.app[SERVICE].metrics
-    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+    service = request.app[SERVICE]
+    await status.report(service)   # sets the cache and peer gauges
+    return web.Response(body=service.metrics.render(), headers={"Content-Type": service.metrics.content_type})
+
+
+async def status_handler(request: web.Request) -> web.Response:
+    doc = await status.report(request.app[SERVICE])
+    if request.path.endswith(".json"):
+        return web.json_response(doc, headers={"Cache-Control": "no-store"})
+    return web.Response(text=status.render_html(doc), content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 @web.middleware
@@ -360,6 +374,7 @@ async def guard_connections(request: web.Request, handler: Handler) -> web.Strea
     guard.spoke(request.protocol)
     if guard.refused(request.protocol):
         request.app[SERVICE].metrics.requests.labels("connection", "503").inc()
+        request.app[SERVICE].metrics.refusals.labels("503").inc()
         response = error_response(503, "gateway busy: too many connections from this client or in all")
         response.force_close()
         return response
@@ -375,6 +390,7 @@ async def limit_requests(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         await asyncio.wait_for(slots.acquire(), QUEUE_WAIT)
     except TimeoutError:
+        request.app[SERVICE].metrics.refusals.labels("503").inc()
         return error_response(503, "gateway busy: too many requests in flight")
     try:
         return await handler(request)
@@ -392,6 +408,8 @@ def create_app(service: GatewayService, tokens: Tokens, max_requests: int = MAX_
     app[SLOTS] = asyncio.Semaphore(max_requests)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/status", status_handler)
+    app.router.add_get("/status.json", status_handler)
     app.router.add_get(r"/v1/{owner}/{volume}/HEAD", head_handler)
     app.router.add_get("/v1/{owner}/{volume}/{kind:" + "|".join(FAMILIES) + "}/{id}", object_handler)
     app.router.add_post("/v1/{owner}/{volume}/warm", warm_handler)

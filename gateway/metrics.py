@@ -22,13 +22,26 @@ syncd_gateway_peer_bytes_total                      bytes received from other ga
 syncd_gateway_peer_served_total                     objects served to other gateways (cache-only)
 syncd_gateway_inflight_fetches                      origin fetches in progress
 syncd_gateway_request_seconds            kind       time to answer an object request
+syncd_gateway_owner_requests_total       owner      requests a token let through, by owner (bounded)
+syncd_gateway_refusals_total             code       requests refused: 401 no token, 403 other owner, 503 busy
+syncd_gateway_cache_bytes                           bytes of the disk cache (read when scraped)
+syncd_gateway_cache_entries                         objects in the disk cache (read when scraped)
+syncd_gateway_peer_up                    peer       1 while a peer's breaker is closed (--pool)
+syncd_gateway_uptime_seconds                        seconds since the gateway started
 =======================================  =========  ==========================================
+
+``owner`` takes at most ``MAX_OWNERS`` values, the first owners seen; the
+rest count as ``(other)``: with ``--no-auth`` a client names any owner it
+likes, and a label per name would grow without bound.
 """
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+MAX_OWNERS = 256
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -65,6 +78,28 @@ class GatewayMetrics:
         self.inflight = Gauge("syncd_gateway_inflight_fetches", "Origin fetches in progress", registry=r)
         self.latency = Histogram("syncd_gateway_request_seconds", "Time to answer an object request",
                                  ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.owner_requests = Counter("syncd_gateway_owner_requests", "Requests a token let through, by owner",
+                                      ["owner"], registry=r)
+        self.refusals = Counter("syncd_gateway_refusals", "Requests refused (401, 403, 503)", ["code"],
+                                registry=r)
+        self.cache_bytes = Gauge("syncd_gateway_cache_bytes", "Bytes of the disk cache", registry=r)
+        self.cache_entries = Gauge("syncd_gateway_cache_entries", "Objects in the disk cache", registry=r)
+        self.peer_up = Gauge("syncd_gateway_peer_up", "1 while a peer's breaker is closed", ["peer"], registry=r)
+        self.started = time.time()
+        Gauge("syncd_gateway_uptime_seconds", "Seconds since the gateway started",
+              registry=r).set_function(lambda: time.time() - self.started)
+        self._owners: set[str] = set()
+
+    def owner(self, owner: str) -> None:
+        """Count one request let through for ``owner`` (bounded: see the module docstring)."""
+        if owner not in self._owners and len(self._owners) < MAX_OWNERS:
+            self._owners.add(owner)
+        self.owner_requests.labels(owner if owner in self._owners else "(other)").inc()
+
+    def values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample now, keyed by (name, sorted labels): what /status reads."""
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in self.registry.collect() for sample in family.samples}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,6 +49,7 @@ from typing import BinaryIO
 
 import diskcache
 
+from syncd.data.cache import usage
 from syncd.format.chunking import hasher, verify
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,10 @@ class ObjectCache:
     def open_now(self, owner: str, family: str, object_id: str) -> Hit | None:
         """:meth:`open` for a caller already in a worker thread (gateway/trees.py batches lookups)."""
         return self._open(owner, family, object_id)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes on disk, entries), for /status and /metrics (blocking: call it in a thread)."""
+        return usage(self._cache)
 
     def close(self) -> None:
         self._cache.close()

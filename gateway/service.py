@@ -393,6 +393,11 @@ class GatewayService:
         refs = [ref for entry in snap.entries.values() for ref in entry.chunks]
         return (sid, {r.id for r in refs if r.pack is None}, {r.pack for r in refs if r.pack is not None})
 
+    async def usage(self) -> tuple[int, int]:
+        """(bytes, entries) of the disk cache, read in a thread; (0, 0) before it is first opened."""
+        cache = self._cache
+        return (0, 0) if cache is None else await asyncio.to_thread(cache.usage)
+
     async def settled(self) -> None:
         """Wait until every origin fetch in flight has finished (and been cached)."""
         while self._leaders:

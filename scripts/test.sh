@@ -14,6 +14,8 @@ fi
 # The lazy mount's FUSE pieces (Debian fuse3/libfuse3-dev, the 'mount' extra); best-effort:
 # where they cannot be installed the mount tests skip and say why.
 bash scripts/setup-fuse.sh "$VENV"
+# Headless Chromium for the status pages test (best-effort, like FUSE).
+bash scripts/setup-chromium.sh
 "$VENV/bin/python" -m mypy
 "$VENV/bin/ruff" check syncd gateway tests bench examples
 "$VENV/bin/lint-imports" --no-cache | tail -n 3

@@ -10,8 +10,8 @@ Routes (JSON in, JSON out)::
     POST   /v1/volumes/{name}/reload      commit local changes, hydrate the latest
     POST   /v1/volumes/{name}/unmount     flush and stop syncing (files stay)
     GET    /v1/volumes/{name}             mount status
-    GET    /metrics                       Prometheus text: chunk bytes by source
-                                          (cache, each gateway, store), gateway client counts
+    GET    /metrics                       Prometheus text: chunk bytes by source (cache, each
+                                          gateway, store), cache, commits, write-back lag (metrics.py)
     DELETE /v1/volumes/{name}             delete the volume and the local copy
 
 Errors come back as ``{"error": <SyncdError class name>, "message": ...}``
@@ -25,7 +25,9 @@ tasks can never reach another owner's volumes through a shared worker.
 umask 0177, so no other uid can connect even for a moment; a directory the
 agent has to create for it is made 0700; a stale socket file is replaced, a
 live agent on it is an error), resumes the mounts of the state file and runs
-until SIGTERM or SIGINT, then stops the API and flushes every mount.
+until SIGTERM or SIGINT, then stops the API and flushes every mount. With
+``--status-addr`` it also serves ``make_status_app`` on TCP: the status page,
+``/status.json``, ``/metrics`` and ``/healthz``, none of which changes anything.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from aiohttp import web
 
 from syncd import errors
 from syncd.agent.service import Agent
+from syncd.agent.status import render_html
 from syncd.agent.views import writable_sub_path
 from syncd.config import Config
 from syncd.engine.wiring import open_engine
@@ -110,6 +113,7 @@ class _Routes:
         self.views = agent.views
 
     async def status(self, request: web.Request) -> web.Response:
+        await self.agent.refresh()
         return _json(self.agent.status())
 
     async def volumes(self, request: web.Request) -> web.Response:
@@ -145,9 +149,18 @@ class _Routes:
         return _json(await self.agent.delete(request.match_info["name"]))
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from syncd.agent.metrics import render
-        return web.Response(body=render(self.agent.engine.fetcher),
-                            content_type="text/plain", charset="utf-8")
+        await self.agent.refresh()
+        return web.Response(body=self.agent.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def page(self, request: web.Request) -> web.Response:
+        await self.agent.refresh()
+        return web.Response(text=render_html(self.agent.status()), content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        if self.agent.closing:
+            return web.Response(status=503, text="shutting down\n")
+        return web.Response(text="ok\n")
 
 
 def make_app(agent: Agent) -> web.Application:
@@ -162,6 +175,31 @@ def make_app(agent: Agent) -> web.Application:
         web.get("/metrics", r.metrics),
     ])
     return app
+
+
+def make_status_app(agent: Agent) -> web.Application:
+    """The ``--status-addr`` listener: read-only routes only, no volume operation (status.py)."""
+    app = web.Application(middlewares=[_errors])
+    app["agent"] = agent
+    r = _Routes(agent)
+    app.router.add_routes([web.get("/status", r.page), web.get("/status.json", r.status),
+                           web.get("/metrics", r.metrics), web.get("/healthz", r.healthz)])
+    return app
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT`` (the last two on loopback, 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise errors.ConfigError(f"status address {text!r} is not HOST:PORT (a port 0-65535)")
+    return host or "127.0.0.1", number
 
 
 def _claim_socket(path: os.PathLike[str]) -> None:
@@ -181,9 +219,25 @@ def _claim_socket(path: os.PathLike[str]) -> None:
     raise errors.ConfigError(f"another agent is already listening on {os.fspath(path)}")
 
 
+async def _start_status(agent: Agent, addr: tuple[str, int]) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(make_status_app(agent), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, addr[0], addr[1]).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise errors.ConfigError(f"cannot serve the status page on {addr[0]}:{addr[1]}: {exc.strerror}") from exc
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 async def serve(config: Config, watch: WatchSettings = WatchSettings(),
-                ready: Callable[[Agent], None] | None = None) -> dict[str, str]:
-    """Run the agent until SIGTERM/SIGINT; returns flush errors by volume (empty: nothing lost)."""
+                ready: Callable[[Agent], None] | None = None,
+                status_addr: tuple[str, int] | None = None) -> dict[str, str]:
+    """Run the agent until SIGTERM/SIGINT; returns flush errors by volume (empty: nothing lost).
+
+    ``status_addr``: also serve the status page, /metrics and /healthz there (status.py);
+    ``agent.status_url`` says where, once ``ready`` is called."""
     await asyncio.to_thread(_claim_socket, config.socket)
     async with open_engine(config) as engine:
         agent = Agent(engine, watch)
@@ -196,12 +250,15 @@ async def serve(config: Config, watch: WatchSettings = WatchSettings(),
         finally:
             os.umask(umask)
         os.chmod(config.socket, 0o600)
+        status_runner = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         resuming = asyncio.create_task(agent.resume(), name="resume")
         try:
+            if status_addr is not None:   # kept up while flushing: /healthz says 503 then
+                status_runner, agent.status_url = await _start_status(agent, status_addr)
             if ready is not None:
                 ready(agent)
             await stop.wait()
@@ -215,6 +272,12 @@ async def serve(config: Config, watch: WatchSettings = WatchSettings(),
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if not resuming.done():            # the status listener could not start
+                resuming.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await resuming
             await runner.cleanup()
+            if status_runner is not None:
+                await status_runner.cleanup()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(config.socket)

@@ -41,10 +41,12 @@ import contextlib
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syncd.agent.metrics import AgentMetrics, MountRow, Snapshot
 from syncd.agent.orphans import set_aside
 from syncd.agent.views import Views
 from syncd.engine.commit import CommitResult, commit
@@ -70,15 +72,22 @@ class Mount:
     hydrates: int = 0
     commits: int = 0
     last_error: str | None = None
+    last_commit_at: float | None = None    # wall-clock time of this agent's last commit that changed it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queued: asyncio.Future[CommitResult] | None = None
     watcher: asyncio.Task[None] | None = None
     watch: Watcher | None = None
 
+    def lag(self) -> float | None:
+        """Seconds the oldest write not committed yet has waited; None when clean."""
+        since = self.watch.dirty_since if self.watch is not None and self.watch.pending else None
+        return None if since is None else max(0.0, time.monotonic() - since)
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "snapshot": self.snapshot, "seq": self.seq,
-                "hydrates": self.hydrates, "commits": self.commits,
+        return {"name": self.name, "path": str(self.path), "mode": "eager", "snapshot": self.snapshot,
+                "seq": self.seq, "hydrates": self.hydrates, "commits": self.commits,
                 "pending": bool(self.watch and self.watch.pending), "last_error": self.last_error,
+                "last_commit_at": self.last_commit_at, "write_back_lag": self.lag(),
                 "watch": self.watch.describe() if self.watch else None}
 
 
@@ -93,7 +102,11 @@ class Agent:
         self._flights: SingleFlight[str, Mount] = SingleFlight()
         self._state_path = self.config.state_dir / "agent" / f"{self.config.owner}.json"
         self.lazy = LazyMounts(self.config)   # mode "lazy": FUSE mount processes (syncd/mount)
-        self.views = Views(engine)            # read_only=True: snapshot views (views.py)
+        self.views = Views(engine)            # read-only snapshot views (views.py)
+        self.started = time.time()
+        self.status_url: str | None = None    # where --status-addr serves the status page (api.py)
+        self.cache_usage = (0, 0)             # (bytes, entries), refreshed off the loop before it is shown
+        self.metrics = AgentMetrics(engine.fetcher, self._metric_facts, self.started)
 
     # ---------------------------------------------------------------- mounts
 
@@ -258,14 +271,19 @@ class Agent:
         async with mount.lock:
             if changed is None:
                 mount.queued = None  # requests from now on may have writes this scan misses
+            started = time.monotonic()
             try:
                 result = await commit(self.engine, mount.name, mount.path, message=message, create=False,
                                       changed=changed)
             except SyncdError as exc:
+                self.metrics.committed(time.monotonic() - started, ok=False)
                 mount.last_error = f"{type(exc).__name__}: {exc}"
                 raise
+            self.metrics.committed(time.monotonic() - started, ok=True)
             mount.commits += 1
             mount.last_error = None
+            if result.changed:
+                mount.last_commit_at = time.time()
             if result.changed:
                 log.info("committed %s as seq %d (%d path(s) changed, %d byte(s) uploaded)", mount.name,
                          result.seq, result.changed, result.uploaded_bytes)
@@ -354,12 +372,49 @@ class Agent:
     def status(self) -> dict[str, Any]:
         counter = self.engine.counter
         data_gets = sum(n for key, n in counter.keys.items() if _is_data_key(self.engine.layout.owner_prefix, key))
+        cache = self.engine.cache
+        stats = asdict(cache.stats) if cache is not None else {}
         return {"owner": self.config.owner, "root": str(self.config.root), "pid": os.getpid(),
+                "started_at": self.started, "now": time.time(),
                 "mounts": [m.describe() for m in self.mounts.values()]
                 + [m.describe() for m in list(self.lazy.mounts.values())],
+                "views": self.views.made(),
+                "cache": {"enabled": cache is not None, "bytes": self.cache_usage[0],
+                          "entries": self.cache_usage[1], **stats},
+                "sources": self._sources(),
+                "gateways": list(self.config.gateways),
                 "store": {"calls": dict(counter.calls), "data_gets": data_gets,
                           "bytes_in": counter.bytes_in, "bytes_out": counter.bytes_out},
                 "watch": asdict(self.watch)}
+
+    def _sources(self) -> dict[str, int]:
+        """Verified chunk bytes by source, this process's and its lazy mount processes' together."""
+        total: dict[str, int] = dict(self.engine.fetcher.bytes_by_source)
+        for lazy in list(self.lazy.mounts.values()):
+            theirs = lazy.info.get("bytes_by_source")
+            for source, n in (theirs.items() if isinstance(theirs, dict) else ()):
+                total[str(source)] = total.get(str(source), 0) + int(n)
+        return total
+
+    def mount_rows(self) -> list[MountRow]:
+        """Every mount of this worker, eager, lazy and read-only views, for metrics and status."""
+        rows = [MountRow(m.name, "eager", bool(m.watch and m.watch.pending), m.lag()) for m in self.mounts.values()]
+        for lazy in list(self.lazy.mounts.values()):
+            lag = lazy.info.get("write_back_lag")
+            rows.append(MountRow(lazy.name, "lazy", bool(lazy.info.get("pending")),
+                                 float(lag) if isinstance(lag, (int, float)) else None))
+        rows += [MountRow(v["name"], "read-only", False, None) for v in self.views.made()]
+        return rows
+
+    def _metric_facts(self) -> Snapshot:
+        cache = self.engine.cache
+        return Snapshot(cache.stats if cache is not None else None, self.cache_usage, self.mount_rows())
+
+    async def refresh(self) -> None:
+        """Read what is not kept current for free: the lazy mounts' state, the cache's size."""
+        await self.lazy.refresh()
+        if self.engine.cache is not None:
+            self.cache_usage = await asyncio.to_thread(self.engine.cache.usage)
 
     def _load_state(self) -> list[str]:
         try:

@@ -30,7 +30,10 @@ import logging
 import os
 import shutil
 import stat
+import time
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from syncd.engine.edit import normalize_path
 from syncd.engine.transfer import get
@@ -42,6 +45,7 @@ from syncd.local import robind
 log = logging.getLogger(__name__)
 
 KEEP = 2   # views kept per volume (a task may still be reading the previous one)
+SHOWN = 256  # views remembered for the status page (sub-paths are the tasks' to choose: bounded)
 
 
 def checked_sub_path(sub_path: str) -> str:
@@ -80,6 +84,7 @@ class Views:
         self.root = engine.config.root / ".readonly"
         self._flights: SingleFlight[Path, Path] = SingleFlight()
         self._unsealable = False
+        self._made: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()  # (name, sub) -> last view
 
     async def _seal(self, target: Path) -> None:
         if self._unsealable:
@@ -98,6 +103,10 @@ class Views:
                 for view in volume.iterdir():
                     robind.unseal(view)
 
+    def made(self) -> list[dict[str, Any]]:
+        """The latest view handed out per volume and sub-path (the newest ``SHOWN``), for status."""
+        return list(self._made.values())
+
     async def read_only(self, name: str, sub_path: str = "") -> dict[str, object]:
         """A read-only view of the latest snapshot of ``name`` (at ``sub_path``); VolumeNotFound if missing."""
         sub = checked_sub_path(sub_path)
@@ -105,8 +114,13 @@ class Views:
         label = (head.snapshot or "empty") + (f"-{hashlib.sha1(sub.encode()).hexdigest()[:10]}" if sub else "")
         target = self.root / name / label
         path = await self._flights.do(target, lambda: self._make(name, head.snapshot, sub, target))
-        return {"name": name, "path": str(path), "snapshot": head.snapshot, "seq": head.seq,
+        view: dict[str, object] = {"name": name, "path": str(path), "snapshot": head.snapshot, "seq": head.seq,
                 "read_only": True, "sub_path": sub}
+        self._made.pop((name, sub), None)
+        self._made[(name, sub)] = {**view, "mode": "read-only", "made_at": time.time()}
+        while len(self._made) > SHOWN:
+            self._made.popitem(last=False)
+        return view
 
     async def _make(self, name: str, snapshot: str | None, sub: str, target: Path) -> Path:
         if await asyncio.to_thread(target.is_dir):

@@ -27,6 +27,18 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
                    help="change detection: inotify, else polling (auto), or always poll (see docs/AGENT.md)")
     p.add_argument("--max-watches", type=int, default=defaults.max_watches,
                    help="poll instead of inotify for a mount with more directories than this (0: kernel limit)")
+    p.add_argument("--status-addr", type=_status_addr, metavar="HOST:PORT",
+                   help="serve the status page (GET /status), /metrics and /healthz over HTTP here; "
+                        "PORT alone binds loopback (default: off)")
+
+
+def _status_addr(text: str) -> tuple[str, int]:
+    from syncd.agent.api import parse_addr
+    from syncd.errors import ConfigError
+    try:
+        return parse_addr(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 @command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args)
@@ -36,13 +48,14 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
     logging.getLogger("syncd").setLevel(min(logging.getLogger().level, logging.INFO))
 
     def ready(agent: Agent) -> None:
-        print(f"syncd agent: owner {config.owner}, root {config.root}, socket {config.socket}",
+        where = f", status {agent.status_url}/status" if agent.status_url else ""
+        print(f"syncd agent: owner {config.owner}, root {config.root}, socket {config.socket}{where}",
               file=sys.stderr, flush=True)
 
     lock = await asyncio.to_thread(RootLock.acquire, config.root)   # before anything is served or hydrated
     try:
-        failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay, args.watch,
-                                                   args.max_watches), ready)
+        settings = WatchSettings(args.poll, args.debounce, args.max_delay, args.watch, args.max_watches)
+        failed = await serve(config, settings, ready, status_addr=args.status_addr)
     finally:
         lock.release()
     if failed:
@@ -51,16 +64,36 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
     return None
 
 
-@command("status", "show this worker's agent: mounted volumes, pending writes, errors")
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", metavar="URL", help="show this gateway's status (its /status.json) instead")
+
+
+async def _gateway_status(url: str, as_json: bool) -> Any:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from gateway.status import render_text
+    from syncd.errors import StoreError
+
+    def fetch() -> Any:
+        with urllib.request.urlopen(url.rstrip("/") + "/status.json", timeout=30) as resp:
+            return json.loads(resp.read())
+    try:
+        doc = await asyncio.to_thread(fetch)
+    except (OSError, ValueError) as exc:   # URLError and HTTPError are OSErrors
+        raise StoreError(f"cannot read the status of the gateway at {url}: {exc}") from exc
+    return doc if as_json else render_text(doc)
+
+
+@command("status", "show this worker's agent: volumes and their mode, pending writes, last commit, "
+         "write-back lag, errors, the cache and where bytes came from (--gateway URL: a gateway's)",
+         _status_args)
 async def _status(args: argparse.Namespace, config: Config) -> Any:
+    if args.gateway:
+        return await _gateway_status(args.gateway, args.json)
+    from syncd.agent.status import render_text
     from syncd.sdk.volume import AgentClient
     status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket, connect_wait=0).call,
                                                      "GET", "/v1/status")
-    if args.json:
-        return status
-    lines = [f"agent pid {status['pid']}, owner {status['owner']}, root {status['root']}"]
-    for m in status["mounts"]:
-        state = "pending writes" if m["pending"] else "clean"
-        lines.append(f"  {m['name']:<24} seq {m['seq']:<6} {state}"
-                     + (f"  last error: {m['last_error']}" if m["last_error"] else ""))
-    return lines
+    return status if args.json else render_text(status)

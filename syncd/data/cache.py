@@ -93,6 +93,16 @@ def _as_ref(value: object) -> Located | None:
     return Located(str(value[1]), int(value[2]), int(value[3]), fingerprint)  # type: ignore[arg-type]
 
 
+def usage(cache: diskcache.Cache) -> tuple[int, int]:
+    """(bytes on disk, entries) of a diskcache: O(1), from its own counters, but blocking SQLite
+    reads (call it in a thread); (0, 0) when it cannot tell (a status page must not fail on it)."""
+    try:
+        return int(cache.volume()), len(cache)
+    except Exception as exc:
+        log.warning("cannot read the size of the cache in %s: %s", cache.directory, exc)
+        return 0, 0
+
+
 class ChunkCache:
     def __init__(self, directory: Path, size_limit: int, owner: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -285,6 +295,10 @@ class ChunkCache:
 
     async def contains(self, ids: Iterable[str]) -> set[str]:
         return await asyncio.to_thread(self._contains, list(ids))
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes on disk, entries) of the whole cache, every owner's (blocking: call it in a thread)."""
+        return usage(self._cache)
 
     def close(self) -> None:
         self._cache.close()

@@ -64,6 +64,7 @@ class WatchUnavailable(Exception):
 class Watcher(Protocol):
     pending: bool
     scans: int
+    dirty_since: float | None     # time.monotonic() of the oldest change not committed yet
 
     async def start(self) -> None: ...
     async def next_due(self, settings: WatchSettings) -> frozenset[str] | None: ...

@@ -110,6 +110,9 @@ async def serve(config: Config, opts: MountOptions) -> int:
                     "snapshot": publisher.head.snapshot if opts.snapshot is None else opts.snapshot,
                     "seq": publisher.head.seq, "commits": publisher.commits, "pending": publisher.dirty,
                     "last_error": publisher.last_error, "read_only": read_only,
+                    "last_commit_at": publisher.last_commit_at,
+                    "write_back_lag": None if publisher.dirty_since is None or not publisher.dirty
+                    else max(0.0, time.monotonic() - publisher.dirty_since),
                     "upper_bytes": data.used, "read_errors": data.errors,
                     "store": {"calls": dict(counter.calls), "keys": dict(counter.keys),
                               "bytes_in": counter.bytes_in},
@@ -167,16 +170,16 @@ async def _write_back(publisher: Publisher, tree: Tree, opts: MountOptions) -> N
         await asyncio.sleep(opts.poll)
         now = time.monotonic()
         if not publisher.dirty:
-            dirty_since = None
+            dirty_since = publisher.dirty_since = None
             continue
         if tree.changes != seen:
             seen, quiet_since = tree.changes, now
-        dirty_since = dirty_since or now
+        dirty_since = publisher.dirty_since = dirty_since or now
         if now - quiet_since >= opts.debounce or now - dirty_since >= opts.max_delay:
             try:
                 await publisher.commit("write-back")
                 publisher.last_error = None
-                dirty_since = None
+                dirty_since = publisher.dirty_since = None
             except SyncdError as exc:
                 publisher.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("write-back of %s: %s", opts.volume, exc)

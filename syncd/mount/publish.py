@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -97,6 +98,8 @@ class Publisher:
         self.clean_at = tree.changes
         self.commits = 0
         self.last_error: str | None = None
+        self.last_commit_at: float | None = None   # wall-clock time of the last commit that changed it
+        self.dirty_since: float | None = None      # monotonic; kept by the write-back loop (process.py)
 
     @property
     def dirty(self) -> bool:
@@ -104,7 +107,10 @@ class Publisher:
 
     async def commit(self, message: str = "") -> MountCommit:
         async with self.lock:
-            return await self._commit(message)
+            result = await self._commit(message)
+        if result.changed:
+            self.last_commit_at = time.time()
+        return result
 
     async def _walk(self) -> tuple[list[tuple[str, Node]], dict[str, Entry], set[str], list[tuple[Node, Entry]]]:
         """The walked nodes, the base of their paths, the paths of directories not entered,

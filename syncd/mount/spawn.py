@@ -44,6 +44,7 @@ from syncd.mount import control
 log = logging.getLogger(__name__)
 MODES = ("eager", "lazy")
 START_TIMEOUT = 60.0
+STATUS_WAIT = 2.0     # seconds a mount process has to answer a status request of the agent's status page
 
 
 def default_mode() -> str:
@@ -124,7 +125,8 @@ class LazyMount:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "mode": "lazy", "pid": self.process.pid,
-                **{k: self.info.get(k) for k in ("snapshot", "seq", "commits", "pending", "last_error")}}
+                **{k: self.info.get(k) for k in ("snapshot", "seq", "commits", "pending", "last_error",
+                                                 "last_commit_at", "write_back_lag", "bytes_by_source")}}
 
 
 class LazyMounts:
@@ -148,6 +150,16 @@ class LazyMounts:
             except SyncdError as exc:
                 log.error("cannot resume the lazy mount of %s: %s", name, exc)
         return resumed
+
+    async def refresh(self) -> None:
+        """Ask each mount process for its state now (status pages); one that does not answer in
+        ``STATUS_WAIT`` seconds keeps what it said last."""
+        async def one(mount: LazyMount) -> None:
+            try:
+                mount.info = await asyncio.wait_for(control.call(mount.control, "status"), STATUS_WAIT)
+            except (SyncdError, TimeoutError) as exc:
+                log.info("lazy mount %s did not report its status: %s", mount.name, exc)
+        await asyncio.gather(*(one(m) for m in list(self.mounts.values())))
 
     async def _save(self) -> None:
         await asyncio.to_thread(_write_json, self.state_path, sorted(self.mounts))
