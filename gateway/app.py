@@ -42,6 +42,7 @@ broken response, never a complete wrong one.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -358,8 +359,15 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=service.metrics.render(), headers={"Content-Type": service.metrics.content_type})
 
 
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False   # a Unix socket or an unknown peer: not shown names
+
+
 async def status_handler(request: web.Request) -> web.Response:
-    doc = await status.report(request.app[SERVICE])
+    doc = await status.report(request.app[SERVICE], names=_loopback(request.remote))
     if request.path.endswith(".json"):
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
     return web.Response(text=status.render_html(doc), content_type="text/html", headers={"Cache-Control": "no-store"})

@@ -22,7 +22,6 @@ syncd_gateway_peer_bytes_total                      bytes received from other ga
 syncd_gateway_peer_served_total                     objects served to other gateways (cache-only)
 syncd_gateway_inflight_fetches                      origin fetches in progress
 syncd_gateway_request_seconds            kind       time to answer an object request
-syncd_gateway_owner_requests_total       owner      requests a token let through, by owner (bounded)
 syncd_gateway_refusals_total             code       requests refused: 401 no token, 403 other owner, 503 busy
 syncd_gateway_cache_bytes                           bytes of the disk cache (read when scraped)
 syncd_gateway_cache_entries                         objects in the disk cache (read when scraped)
@@ -30,9 +29,12 @@ syncd_gateway_peer_up                    peer       1 while a peer's breaker is 
 syncd_gateway_uptime_seconds                        seconds since the gateway started
 =======================================  =========  ==========================================
 
-``owner`` takes at most ``MAX_OWNERS`` values, the first owners seen; the
-rest count as ``(other)``: with ``--no-auth`` a client names any owner it
-likes, and a label per name would grow without bound.
+No metric carries an owner or volume name: ``/metrics`` needs no token
+(docs/SECURITY.md). Requests per owner are counted in ``owner_requests``, a
+plain dict outside the registry, shown only by ``/status`` to a loopback
+client (status.py); it names at most ``MAX_OWNERS`` owners, the first seen,
+and counts the rest as ``(other)``: with ``--no-auth`` a client names any
+owner it likes, and an entry per name would grow without bound.
 """
 
 from __future__ import annotations
@@ -78,8 +80,7 @@ class GatewayMetrics:
         self.inflight = Gauge("syncd_gateway_inflight_fetches", "Origin fetches in progress", registry=r)
         self.latency = Histogram("syncd_gateway_request_seconds", "Time to answer an object request",
                                  ["kind"], buckets=LATENCY_BUCKETS, registry=r)
-        self.owner_requests = Counter("syncd_gateway_owner_requests", "Requests a token let through, by owner",
-                                      ["owner"], registry=r)
+        self.owner_requests: dict[str, int] = {}   # not exported: see the module docstring
         self.refusals = Counter("syncd_gateway_refusals", "Requests refused (401, 403, 503)", ["code"],
                                 registry=r)
         self.cache_bytes = Gauge("syncd_gateway_cache_bytes", "Bytes of the disk cache", registry=r)
@@ -88,13 +89,12 @@ class GatewayMetrics:
         self.started = time.time()
         Gauge("syncd_gateway_uptime_seconds", "Seconds since the gateway started",
               registry=r).set_function(lambda: time.time() - self.started)
-        self._owners: set[str] = set()
 
     def owner(self, owner: str) -> None:
         """Count one request let through for ``owner`` (bounded: see the module docstring)."""
-        if owner not in self._owners and len(self._owners) < MAX_OWNERS:
-            self._owners.add(owner)
-        self.owner_requests.labels(owner if owner in self._owners else "(other)").inc()
+        named = owner in self.owner_requests or len(self.owner_requests) < MAX_OWNERS
+        key = owner if named else "(other)"
+        self.owner_requests[key] = self.owner_requests.get(key, 0) + 1
 
     def values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample now, keyed by (name, sorted labels): what /status reads."""

@@ -7,8 +7,11 @@ requests, bytes served and origin bytes per byte served, requests per owner,
 peers and their health, refusals (401 no token, 403 another owner's token,
 503 busy), uptime. ``/status`` renders it as HTML (no JavaScript, refreshed by
 the browser; syncd/webpage.py), ``/status.json`` as JSON and ``syncd status
---gateway URL`` as text. Like ``/metrics`` and ``/healthz`` these need no token:
-they show counts and owner names, never an object.
+--gateway URL`` as text. Like ``/metrics`` and ``/healthz`` these need no token
+and show no object; unlike them they name owners, so only to a client on
+loopback (the gateway's own host, or ``kubectl port-forward``): anyone else
+sees the per-owner requests as one total, withheld, as docs/SECURITY.md asks
+of every token-less route. No metric names an owner (metrics.py).
 """
 
 from __future__ import annotations
@@ -55,8 +58,12 @@ def refresh_peers(metrics: GatewayMetrics, peers: list[dict[str, Any]]) -> None:
         metrics.peer_up.labels(peer["url"]).set(1 if peer["state"] == "up" else 0)
 
 
-async def report(service: GatewayService) -> dict[str, Any]:
-    """The facts of the page; also sets the cache and peer gauges, so /metrics agrees."""
+WITHHELD = "(names withheld: not a loopback client)"
+
+
+async def report(service: GatewayService, names: bool = True) -> dict[str, Any]:
+    """The facts of the page; also sets the cache and peer gauges, so /metrics agrees.
+    ``names`` False: the per-owner requests as one total under ``WITHHELD``."""
     metrics = service.metrics
     size, entries = await service.usage()
     metrics.cache_bytes.set(size)
@@ -77,7 +84,8 @@ async def report(service: GatewayService) -> dict[str, Any]:
                        "peer_bytes": _total(v, "syncd_gateway_peer_bytes_total")},
             "served": {"bytes": _total(v, "syncd_gateway_served_bytes_total"),
                        "by_kind": _by(v, "syncd_gateway_served_bytes_total", "kind")},
-            "owners": _by(v, "syncd_gateway_owner_requests_total", "owner"),
+            "owners": dict(metrics.owner_requests) if names or not metrics.owner_requests
+            else {WITHHELD: sum(metrics.owner_requests.values())},
             "peers": peers,
             "refusals": {code: refusals.get(code, 0.0) for code in REFUSED}}
 

@@ -176,3 +176,9 @@ def test_status_addr_is_loopback_unless_told_and_rejects_a_bad_address() -> None
     for bad in ("", "host:", "host:99999", "x"):
         with pytest.raises(ConfigError, match="HOST:PORT"):
             parse_addr(bad)
+
+
+def test_the_gateway_page_names_owners_only_to_a_loopback_client() -> None:
+    from gateway.app import _loopback
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("127.8.0.2")
+    assert not any(_loopback(r) for r in ("10.0.0.7", "192.168.1.2", "2001:db8::1", "", None, "unix"))

@@ -49,6 +49,7 @@ from typing import Any
 from syncd.agent.metrics import AgentMetrics, MountRow, Snapshot
 from syncd.agent.orphans import set_aside
 from syncd.agent.views import Views
+from syncd.data.gatewayclient import GatewaySource
 from syncd.engine.commit import CommitResult, commit
 from syncd.engine.hydrate import HydrateResult, hydrate
 from syncd.engine.wiring import Engine
@@ -382,7 +383,7 @@ class Agent:
                 "cache": {"enabled": cache is not None, "bytes": self.cache_usage[0],
                           "entries": self.cache_usage[1], **stats},
                 "sources": self._sources(),
-                "gateways": list(self.config.gateways),
+                "gateways": [g.public_url for g in self.engine.fetcher.sources if isinstance(g, GatewaySource)],
                 "store": {"calls": dict(counter.calls), "data_gets": data_gets,
                           "bytes_in": counter.bytes_in, "bytes_out": counter.bytes_out},
                 "watch": asdict(self.watch)}
