@@ -108,19 +108,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         for path in leftovers:
             await in_thread(localfs.remove_at, target, path)
         plan = plan_hydrate(desired, index, local, overwrite)
-        if plan.verify:
-            equal, different = await in_thread(_verify_local, target, plan.verify)
-            plan.meta += equal
-            if overwrite:
-                plan.create += different
-            else:
-                plan.conflicts += [e.path for e in different]
-        if plan.conflicts:
-            shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
-            raise LocalConflict(f"{len(plan.conflicts)} local path(s) in {target} differ from volume "
-                                f"{volume!r} and would be overwritten: {shown} "
-                                "(commit them first, move them away, or hydrate with --overwrite)",
-                                plan.conflicts)
+        await settle(plan, target, volume, overwrite, "commit them first, move them away, or hydrate with --overwrite")
         result = HydrateResult(volume, sid, snap.seq if snap else 0, unchanged=len(plan.keep),
                                kept_local=plan.kept_local)
         run = _Run(engine, volume, target, progress or NoProgress(), result)
@@ -133,6 +121,23 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
                 sid if complete else index.snapshot, result.seq if complete else index.seq,
                 run.done if complete else {**index.files, **run.done}))
         return result
+
+
+async def settle(plan: Plan, target: Path, volume: str, overwrite: bool, advice: str) -> None:
+    """Hash the same-size local files the plan must verify; refuse (LocalConflict) before any
+    byte is written if a local path differs and ``overwrite`` is off. Shared by hydrate and get."""
+    if plan.verify:
+        equal, different = await in_thread(_verify_local, target, plan.verify)
+        plan.meta += equal
+        if overwrite:
+            plan.create += different
+        else:
+            plan.conflicts += [e.path for e in different]
+        plan.verify = []
+    if plan.conflicts:
+        shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
+        raise LocalConflict(f"{len(plan.conflicts)} local path(s) in {target} differ from volume "
+                            f"{volume!r} and would be overwritten: {shown} ({advice})", plan.conflicts)
 
 
 def _verify_local(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
