@@ -11,6 +11,7 @@ skips with a message elsewhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from syncd.engine.wiring import open_engine
 from syncd.errors import SyncdError
 
 from .checks import tmp_files
+from .mountutil import MountProcess, fuse_missing
 from .treeutil import snapshot_tree
 
 
@@ -120,3 +122,43 @@ async def test_a_full_state_directory_during_a_commit(config: Config, tmp_path: 
         async with open_engine(config.replace(cache_dir=tmp_path / "rc", state_dir=tmp_path / "rs")) as eng:
             await hydrate(eng, "vol", dst)
         assert snapshot_tree(dst) == snapshot_tree(src)
+
+
+@pytest.mark.slow  # 63 s on the loaded machine (the mount's start and final commit)
+async def test_a_full_state_directory_under_a_mount_write(config: Config, tmp_path: Path,
+                                                          mounts: list[MountProcess]) -> None:
+    """A lazy mount keeps its writes in an upper layer under the state directory: when that file
+    system fills, the writer gets ENOSPC, what was fsynced before is intact, and once the failed file
+    is removed (space freed) the mount commits and the volume holds exactly the writes that fit."""
+    missing = fuse_missing()
+    if missing:
+        pytest.skip(missing)
+    src = tmp_path / "src"
+    make_data(src, files=2, size=1000)
+    async with open_engine(config) as eng:
+        assert (await commit(eng, "vol", src)).snapshot
+    with tiny_fs(tmp_path / "small", "8m") as small:
+        mconfig = config.replace(state_dir=small / "state")
+        m = MountProcess(mconfig, "vol", tmp_path / "mnt")
+        mounts.append(m)
+        m.start()
+        kept = os.urandom(2 * 1024 * 1024)
+        with open(m.path / "fits.bin", "wb") as f:
+            f.write(kept)
+            os.fsync(f.fileno())
+        with pytest.raises(OSError) as info, open(m.path / "too-big.bin", "wb") as f:
+            for _ in range(16):
+                f.write(os.urandom(1024 * 1024))
+                f.flush()
+                os.fsync(f.fileno())
+        assert info.value.errno == errno.ENOSPC
+        assert (m.path / "fits.bin").read_bytes() == kept
+        (m.path / "too-big.bin").unlink()                  # space freed
+        m.call("commit")
+        assert m.stop() == 0
+    dst = tmp_path / "dst"
+    async with open_engine(config.replace(cache_dir=tmp_path / "rc", state_dir=tmp_path / "rs")) as eng:
+        await hydrate(eng, "vol", dst)
+    assert (dst / "fits.bin").read_bytes() == kept
+    assert not (dst / "too-big.bin").exists()
+    assert sorted(p.name for p in dst.iterdir()) == ["f00.bin", "f01.bin", "fits.bin"]
