@@ -126,6 +126,9 @@ class Agents:
         return agent.start()
 
     def kill_all(self) -> None:
+        from syncd.local import robind
         for agent in self.started:
             agent.kill()
+            for view in agent.config.root.glob(".readonly/*/*"):   # a killed agent's read-only binds
+                robind.unseal(view)
 

@@ -45,7 +45,7 @@ from aiohttp import web
 
 from syncd import errors
 from syncd.agent.service import Agent
-from syncd.agent.views import Views, writable_sub_path
+from syncd.agent.views import writable_sub_path
 from syncd.config import Config
 from syncd.engine.wiring import open_engine
 from syncd.errors import SyncdError
@@ -107,7 +107,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 class _Routes:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.views = Views(agent.engine)
+        self.views = agent.views
 
     async def status(self, request: web.Request) -> web.Response:
         return _json(self.agent.status())

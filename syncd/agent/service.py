@@ -45,13 +45,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syncd.agent.orphans import set_aside
+from syncd.agent.views import Views
 from syncd.engine.commit import CommitResult, commit
 from syncd.engine.hydrate import HydrateResult, hydrate
 from syncd.engine.wiring import Engine
 from syncd.errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
 from syncd.format.layout import validate_name
 from syncd.limits import SingleFlight
-from syncd.local import fs as localfs
 from syncd.local.mountdir import prepare_mount
 from syncd.local.watch import PollWatch, Watcher, WatchSettings, WatchUnavailable, open_watcher
 from syncd.mount.spawn import LazyMount, LazyMounts, check_mode, default_mode
@@ -92,6 +93,7 @@ class Agent:
         self._flights: SingleFlight[str, Mount] = SingleFlight()
         self._state_path = self.config.state_dir / "agent" / f"{self.config.owner}.json"
         self.lazy = LazyMounts(self.config)   # mode "lazy": FUSE mount processes (syncd/mount)
+        self.views = Views(engine)            # read_only=True: snapshot views (views.py)
 
     # ---------------------------------------------------------------- mounts
 
@@ -194,15 +196,26 @@ class Agent:
 
     async def _forget(self, mount: Mount) -> None:
         """The volume is gone from the bucket: drop the mount, its index and its local copy
-        (so a new volume of the same name can never inherit the old one's files)."""
-        log.info("volume %s no longer exists; removing its local copy %s", mount.name, mount.path)
+        (so a new volume of the same name can never inherit the old one's files), but set
+        aside whatever was never committed (orphans.py) instead of deleting it."""
         await self._stop_watcher(mount)
         if self.mounts.get(mount.name) is mount:
             del self.mounts[mount.name]
             await self._save_state()
         async with mount.lock:
-            await asyncio.to_thread(localfs.remove, mount.path, True)
+            index = await self.engine.index.load(mount.name, mount.path)
+            kept = await asyncio.to_thread(set_aside, self.config.root, mount.name, index)
             await self.engine.index.forget(mount.name, mount.path)
+        if kept is None:
+            log.info("volume %s no longer exists; removed its local copy %s (everything in it was committed)",
+                     mount.name, mount.path)
+            return
+        where, paths = kept
+        shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+        log.warning("volume %s no longer exists (deleted or renamed elsewhere), but its local copy held "
+                    "%d uncommitted path(s): %s. They are kept in %s; commit them to a volume with "
+                    "'syncd put VOLUME %s/PATH PATH' or move them into a mount.",
+                    mount.name, len(paths), shown, where, where)
 
     async def names(self) -> list[dict[str, Any]]:
         return [{"name": n, "mounted": n in self.mounts} for n in sorted(await self.engine.repo.names())]
@@ -327,6 +340,7 @@ class Agent:
         """Flush: stop watching, commit every mount; returns errors by volume."""
         self.closing = True
         errors: dict[str, str] = await self.lazy.shutdown()
+        await asyncio.to_thread(self.views.close)
         for mount in list(self.mounts.values()):
             await self._stop_watcher(mount)
         for mount in list(self.mounts.values()):

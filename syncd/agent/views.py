@@ -10,18 +10,23 @@ not the shared copy at all, but a view of one snapshot, made with the engine's
 ``<root>/.readonly/<name>/<snapshot>[-<sub-path hash>]`` -- a name no volume
 can have, since names start with a letter or digit. The view is built in a
 temp directory and renamed into place, then every file is made 0444 and every
-directory 0555, so writes by the task fail with ``PermissionError`` (EACCES;
-root ignores modes, so a task running as root can still write to its view --
-but nothing reads a view back, so nothing is committed either way). Views of
-one snapshot are shared by every read-only task on the worker; a mount after
-another worker committed makes a view of the new snapshot, and views of older
-snapshots of the volume beyond the newest ``KEEP`` are removed.
+directory 0555, so writes by the task fail with ``PermissionError`` (EACCES).
+Root ignores modes, so the view is then bind-mounted read-only onto itself
+(local/robind.py): a write as root fails with EROFS, and since views of one
+snapshot are shared by every read-only task on the worker, no task can change
+what another reads. Where the agent may not mount (no CAP_SYS_ADMIN) the modes
+alone remain, logged once; nothing reads a view back, so nothing is committed
+either way. A mount after another worker committed makes a view of the new
+snapshot, and views of older snapshots of the volume beyond the newest
+``KEEP`` are unmounted and removed; the agent unmounts its views when it stops
+(the directories stay, and the next agent seals them again on first use).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -32,6 +37,9 @@ from syncd.engine.transfer import get
 from syncd.engine.wiring import Engine
 from syncd.errors import ConfigError, ManifestError, SnapshotNotFound
 from syncd.limits import SingleFlight
+from syncd.local import robind
+
+log = logging.getLogger(__name__)
 
 KEEP = 2   # views kept per volume (a task may still be reading the previous one)
 
@@ -53,6 +61,7 @@ def _freeze(top: Path) -> None:
 
 
 def _thaw_and_remove(path: Path) -> None:
+    robind.unseal(path)
     for dirpath, _, _ in os.walk(path):
         os.chmod(dirpath, 0o755)
     shutil.rmtree(path, ignore_errors=True)
@@ -70,6 +79,24 @@ class Views:
         self.engine = engine
         self.root = engine.config.root / ".readonly"
         self._flights: SingleFlight[Path, Path] = SingleFlight()
+        self._unsealable = False
+
+    async def _seal(self, target: Path) -> None:
+        if self._unsealable:
+            return
+        if not await asyncio.to_thread(robind.seal, target):
+            self._unsealable = True
+            log.warning("cannot bind-mount read-only views (no CAP_SYS_ADMIN?): a task running as root "
+                        "can write to its view (nothing is committed from it)")
+
+    def close(self) -> None:
+        """Unmount every view's read-only bind (the directories stay)."""
+        if not self.root.is_dir():
+            return
+        for volume in self.root.iterdir():
+            if volume.is_dir() and not volume.is_symlink():
+                for view in volume.iterdir():
+                    robind.unseal(view)
 
     async def read_only(self, name: str, sub_path: str = "") -> dict[str, object]:
         """A read-only view of the latest snapshot of ``name`` (at ``sub_path``); VolumeNotFound if missing."""
@@ -83,6 +110,7 @@ class Views:
 
     async def _make(self, name: str, snapshot: str | None, sub: str, target: Path) -> Path:
         if await asyncio.to_thread(target.is_dir):
+            await self._seal(target)      # made by an earlier agent, unmounted when it stopped
             return target
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
         await asyncio.to_thread(_thaw_and_remove, tmp)
@@ -100,6 +128,7 @@ class Views:
         except BaseException:
             await asyncio.to_thread(_thaw_and_remove, tmp)
             raise
+        await self._seal(target)
         await asyncio.to_thread(_prune, target.parent, target)
         return target
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from syncd.agent.service import Agent
 from syncd.cli.core import command
 from syncd.config import Config
-from syncd.local.watch import WatchSettings
+from syncd.local.watchsettings import WatchSettings
+
+if TYPE_CHECKING:
+    from syncd.agent.service import Agent
 
 
 def _agent_args(p: argparse.ArgumentParser) -> None:
@@ -29,13 +32,19 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
 @command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args)
 async def _agent(args: argparse.Namespace, config: Config) -> Any:
     from syncd.agent.api import serve
+    from syncd.agent.rootlock import RootLock
     logging.getLogger("syncd").setLevel(min(logging.getLogger().level, logging.INFO))
 
     def ready(agent: Agent) -> None:
         print(f"syncd agent: owner {config.owner}, root {config.root}, socket {config.socket}",
               file=sys.stderr, flush=True)
 
-    failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay, args.watch, args.max_watches), ready)
+    lock = await asyncio.to_thread(RootLock.acquire, config.root)   # before anything is served or hydrated
+    try:
+        failed = await serve(config, WatchSettings(args.poll, args.debounce, args.max_delay, args.watch,
+                                                   args.max_watches), ready)
+    finally:
+        lock.release()
     if failed:
         from syncd.errors import LocalIOError
         raise LocalIOError("could not flush: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
@@ -44,8 +53,6 @@ async def _agent(args: argparse.Namespace, config: Config) -> Any:
 
 @command("status", "show this worker's agent: mounted volumes, pending writes, errors")
 async def _status(args: argparse.Namespace, config: Config) -> Any:
-    import asyncio
-
     from syncd.sdk.volume import AgentClient
     status: dict[str, Any] = await asyncio.to_thread(AgentClient(config.socket, connect_wait=0).call,
                                                      "GET", "/v1/status")

@@ -138,14 +138,15 @@ def _get_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a file or directory in the volume ('/' for everything)")
     p.add_argument("local", help="local destination")
     p.add_argument("--snapshot", help="a snapshot id instead of the latest")
+    p.add_argument("--overwrite", action="store_true", help="replace local files that differ (default: refuse)")
 
 
-@command("get", "copy a file or directory out of a volume", _get_args)
+@command("get", "copy a file or directory out of a volume (refuses to replace differing local files)", _get_args)
 async def _get(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.transfer import get
     async with open_engine(config) as engine:
         return await get(engine, volume_arg(args), args.path, Path(args.local), args.snapshot,
-                         progress=progress_for(args))
+                         progress=progress_for(args), overwrite=args.overwrite)
 
 
 def _restore_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,14 @@ that neither the cache nor a gateway holds is then streamed from the store
 straight into its place in the file, hashed on the way (fetch.py): no
 chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md);
 those writes go through one writer thread per hydrate (fewer thread wake-ups
-than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md).
+than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md). With the
+obstore backend the store's reading thread itself receives, hashes and
+``pwrite``s each 256 KiB buffer instead (store/rangeread.py: no per-piece
+buffers, no hand-offs; the profile in BENCHMARKS.md).
+
+Processes share: a large file is looked up in the cache and downloaded under a lock file
+per file in the cache directory (data/flight.py), so of several hydrates of one volume on
+one worker, in one process or many, the first downloads and the others copy its file.
 
 Fewer, larger requests: a large file's consecutive chunks share packs
 (upload.py), and chunks that lie back to back in one pack and in the file are
@@ -29,9 +36,11 @@ runs at once, each holding ``STREAM_HOLD`` of the byte budget (a streamed run
 holds a batch, not its whole size), so peak memory is bounded by configuration
 whatever the file size. Warm hydrates: chunks that a file on this worker holds
 (cache references) are copied in the kernel with ``copy_file_range`` (a reflink
-where the file system shares blocks) and verified over an ``mmap`` of the copy
-before the file is published (localcopy.py); the first copy stays the cache's
-reference. Directories are created, and their times set, in one thread hop each.
+where the file system shares blocks); a copy from a file whose stat
+fingerprint still matches the one recorded when it was published is taken as
+it is, any other is verified over an ``mmap`` of the copy before the file is
+published (localcopy.py, the trust model in data/stamp.py); the first copy
+stays the cache's reference. Directories are created, and their times set, in one thread hop each.
 
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again. If the
@@ -42,13 +51,16 @@ locally changed, and the plan recognises them by hashing (see hydrateplan.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.data import localcopy
+from syncd.data import flight as flight_lock
+from syncd.data import localcopy, stamp
+from syncd.data.cache import Located
 from syncd.data.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
 from syncd.engine.progress import NoProgress, Progress
@@ -96,19 +108,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         for path in leftovers:
             await in_thread(localfs.remove_at, target, path)
         plan = plan_hydrate(desired, index, local, overwrite)
-        if plan.verify:
-            equal, different = await in_thread(_verify_local, target, plan.verify)
-            plan.meta += equal
-            if overwrite:
-                plan.create += different
-            else:
-                plan.conflicts += [e.path for e in different]
-        if plan.conflicts:
-            shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
-            raise LocalConflict(f"{len(plan.conflicts)} local path(s) in {target} differ from volume "
-                                f"{volume!r} and would be overwritten: {shown} "
-                                "(commit them first, move them away, or hydrate with --overwrite)",
-                                plan.conflicts)
+        await settle(plan, target, volume, overwrite, "commit them first, move them away, or hydrate with --overwrite")
         result = HydrateResult(volume, sid, snap.seq if snap else 0, unchanged=len(plan.keep),
                                kept_local=plan.kept_local)
         run = _Run(engine, volume, target, progress or NoProgress(), result)
@@ -121,6 +121,23 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
                 sid if complete else index.snapshot, result.seq if complete else index.seq,
                 run.done if complete else {**index.files, **run.done}))
         return result
+
+
+async def settle(plan: Plan, target: Path, volume: str, overwrite: bool, advice: str) -> None:
+    """Hash the same-size local files the plan must verify; refuse (LocalConflict) before any
+    byte is written if a local path differs and ``overwrite`` is off. Shared by hydrate and get."""
+    if plan.verify:
+        equal, different = await in_thread(_verify_local, target, plan.verify)
+        plan.meta += equal
+        if overwrite:
+            plan.create += different
+        else:
+            plan.conflicts += [e.path for e in different]
+        plan.verify = []
+    if plan.conflicts:
+        shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
+        raise LocalConflict(f"{len(plan.conflicts)} local path(s) in {target} differ from volume "
+                            f"{volume!r} and would be overwritten: {shown} ({advice})", plan.conflicts)
 
 
 def _verify_local(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
@@ -229,40 +246,58 @@ class _Run:
         for ref in entry.chunks:
             offsets.append(offset)
             offset += ref.size
-        async with self._files:
+        async with self._files, contextlib.AsyncExitStack() as flight:
+            found = await self._locate(entry, flight)
             tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, undo=localfs.abandon_tmp)
             try:
-                copied = await self._copy_local(tmp.fd, entry.chunks, offsets)
+                copied = await self._copy_local(tmp.fd, entry.chunks, offsets, found)
                 await gather_all(self._write_piece(tmp.fd, tmp.final, piece)
                                  for piece in self._pieces(entry.chunks, offsets, copied))
             except BaseException:
                 await in_thread(localfs.abandon_tmp, tmp)
                 raise
             st = await in_thread(localfs.finish_tmp, tmp, entry)
-        if self._by_ref and self.engine.cache is not None:  # chunks copied locally keep their source
-            where = tmp.final.absolute()
-            await self.engine.cache.put_refs({ref.id: (where, off, ref.size)
-                                              for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
+            if self._by_ref and self.engine.cache is not None:  # chunks copied locally keep their source
+                fingerprint = stamp.pinned(tmp.stat, entry.size, entry.mtime_ns) if tmp.stat else None
+                await self.engine.cache.put_refs(tmp.final.absolute(), fingerprint, {
+                    ref.id: (off, ref.size) for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
         self._record(entry, st)
         self.result.files_written += 1
         self.result.bytes_written += entry.size
 
-    async def _copy_local(self, fd: int, refs: tuple[ChunkRef, ...], offsets: list[int]) -> set[str]:
+    async def _locate(self, entry: Entry, flight: contextlib.AsyncExitStack) -> dict[str, Located]:
+        """The cache references of the file's chunks, looked up under the file's cross-process
+        lock (data/flight.py): if some are missing, ``flight`` keeps the lock while this hydrate
+        downloads them and until the cache references its copy; if none are, it lets go at once."""
+        cache = self.engine.cache
+        if not self._by_ref or cache is None:
+            return {}
+        await flight.enter_async_context(flight_lock.exclusive(cache.directory,
+                                                               flight_lock.key(r.id for r in entry.chunks)))
+        found = await cache.locate({ref.id for ref in entry.chunks})
+        if all(ref.id in found for ref in entry.chunks):
+            await flight.aclose()   # another hydrate holds the bytes: copy them side by side
+        return found
+
+    async def _copy_local(self, fd: int, refs: tuple[ChunkRef, ...], offsets: list[int],
+                          found: dict[str, Located]) -> set[str]:
         """Chunks a file on this worker already holds (cache references): copied in the kernel,
-        verified over the copy (localcopy.py). Returns the ids placed."""
+        trusted on the source's fingerprint or verified over the copy (localcopy.py). Returns
+        the ids placed."""
         cache = self.engine.cache
         if not self._by_ref or cache is None:
             return set()
-        found = await cache.locate({ref.id for ref in refs})
-        copies = [localcopy.Copy(ref.id, ref.size, *found[ref.id][:2], off)
-                  for ref, off in zip(refs, offsets) if ref.id in found and found[ref.id][2] == ref.size]
+        copies = [localcopy.Copy(ref.id, ref.size, at.path, at.offset, off, at.fingerprint)
+                  for ref, off in zip(refs, offsets) if (at := found.get(ref.id)) and at.size == ref.size]
         if not copies:
             return set()
-        placed, stale = await in_thread(localcopy.place, fd, copies)
-        if stale:
-            await cache.drop(stale)
+        result = await in_thread(localcopy.place, fd, copies)
+        placed = result.ids
+        if result.stale:
+            await cache.drop(result.stale)
         done = sum(ref.size for ref in refs if ref.id in placed)
         cache.stats.hits += len(placed)
+        cache.stats.trusted += result.trusted
         self.engine.fetcher.bytes_by_source["cache"] += done
         self.progress.advance(done)
         return placed
@@ -305,7 +340,8 @@ class _Run:
             held = await self.engine.budget.acquire(min(size, STREAM_HOLD))
             try:
                 await self.engine.fetcher.stream_run(self.volume, refs, lambda pos, pieces: in_thread(
-                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer))
+                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer),
+                    lambda pos, view: localfs.pwrite_all(fd, view, offset + pos, final))
             finally:
                 await self.engine.budget.release(held)
         self.progress.advance(size)
@@ -322,7 +358,8 @@ class _Run:
                           fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
             if data is None:
                 await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
-                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer))
+                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer),
+                    lambda pos, view: localfs.pwrite_all(fd, view, offset + pos, final))
             else:
                 await in_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:

@@ -13,13 +13,18 @@ every snapshot under a new id. So a rename is defined as:
 3. publish one snapshot on ``new`` with the same entries (the same chunk
    locations are valid, since the objects were copied whole), message
    ``rename from <old> (seq N, snapshot X)``;
-4. if the old HEAD moved meanwhile (a writer committed), repeat 2-3 for the
-   newer snapshot; else delete the old volume (unless ``keep_old``, which makes
-   this a copy of the volume).
+4. take the lease in the old HEAD (prune's, volumes.py) with ``If-Match`` on
+   the HEAD that was copied; if that fails, a writer committed meanwhile:
+   repeat 2-3 for the newer snapshot. Once the lease is held, every writer
+   waits for it (commit.wait_for_lease), so no commit can land between the
+   copy and the delete and be lost with the old volume; then delete the old
+   volume, and the waiting writers find it gone (VolumeNotFound: the agent
+   sets their local writes aside, agent/orphans.py). With ``keep_old`` (a copy
+   of the volume) there is no lease: the copy holds the state as of the last
+   round, and the old volume keeps what came after.
 
 The history stays with the old volume until it is deleted; ``syncd volume log
-new`` starts at the rename. Writers should be stopped first: a commit that
-lands on the old volume between the last check and its deletion is lost with it.
+new`` starts at the rename.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from syncd.format.manifest import Entry
 from syncd.store.base import put_immutable
 
 COPIERS = 8
+RENAME_LEASE = 300.0   # seconds writers of the old volume wait for the delete (if the rename dies)
 MAX_ROUNDS = 5
 
 
@@ -97,6 +103,12 @@ async def rename(engine: Engine, old: str, new: str, keep_old: bool = False) -> 
         if t.snapshot is not None:
             head = await engine.repo.publish(head, t.entries, f"rename from {old} (seq {t.head.seq}, "
                                                               f"snapshot {t.snapshot})")
+        if not keep_old:
+            try:   # writers wait while the lease is held, so none can land before the delete
+                await engine.repo.take_lease(t.head, f"rename to {new}", RENAME_LEASE)
+                break
+            except PreconditionFailed:
+                pass
         latest = await _latest(engine, old)
         if latest.head.etag == t.head.etag:
             break

@@ -12,7 +12,10 @@ path alone, with the usual chunk dedup and conditional HEAD advance.
 get selects the entries at and under a volume path from a snapshot and writes
 them with hydrate's transfer machinery (packs fetched with one ranged GET,
 large files in parallel chunks, temp file plus rename), re-rooted at the
-local destination. No local index is kept: the result is a plain copy.
+local destination. No local index is kept: the result is a plain copy. What
+already exists at the selected paths is looked at first (lstat of those paths
+only), planned as a hydrate with an empty index would be: equal files are kept,
+a differing one stops the get before any byte is written unless it overwrites.
 """
 
 from __future__ import annotations
@@ -22,16 +25,21 @@ import dataclasses
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from syncd.engine.commit import CommitResult, commit
-from syncd.engine.hydrate import HydrateResult, _Run
-from syncd.engine.hydrateplan import Plan
+from syncd.engine.hydrate import HydrateResult, _Run, settle
+from syncd.engine.hydrateplan import plan_hydrate
 from syncd.engine.progress import NoProgress, Progress
 from syncd.engine.restore import normalize_path
 from syncd.engine.wiring import Engine
 from syncd.errors import LocalIOError, SnapshotNotFound
+from syncd.limits import in_thread
+from syncd.local import dirfd
+from syncd.local.index import LocalIndex
+from syncd.local.scan import LocalFile, from_stat
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -70,8 +78,11 @@ async def put(engine: Engine, volume: str, local: Path, dest: str | None = None,
 
 
 async def get(engine: Engine, volume: str, path: str, local: Path, snapshot_id: str | None = None,
-              progress: Progress | None = None) -> HydrateResult:
-    """Copy the file or tree at ``path`` (of the latest snapshot, or ``snapshot_id``) to ``local``."""
+              progress: Progress | None = None, overwrite: bool = False) -> HydrateResult:
+    """Copy the file or tree at ``path`` (of the latest snapshot, or ``snapshot_id``) to ``local``.
+
+    Like hydrate, it refuses (LocalConflict, before any byte is written) to replace a local
+    file whose bytes differ from the volume's, unless ``overwrite``; equal files are kept."""
     root = normalize_path(path)
     head = await engine.repo.head(volume)
     sid = snapshot_id or head.snapshot
@@ -91,8 +102,29 @@ async def get(engine: Engine, volume: str, path: str, local: Path, snapshot_id: 
         selected = {p[len(prefix):]: dataclasses.replace(e, path=p[len(prefix):])
                     for p, e in entries.items() if p.startswith(prefix)}
     await asyncio.to_thread(base.mkdir, parents=True, exist_ok=True)
-    result = HydrateResult(volume, sid, snap.seq if snap else 0)
-    await _Run(engine, volume, base, progress or NoProgress(), result).execute(
-        Plan(create=sorted(selected.values(), key=lambda e: e.path)))
+    # what is already there at the selected paths (only those: the destination may be large)
+    plan = plan_hydrate(selected, LocalIndex(), await in_thread(_present, base, list(selected)), overwrite)
+    await settle(plan, base, volume, overwrite, "move them away, or get with --overwrite")
+    result = HydrateResult(volume, sid, snap.seq if snap else 0, unchanged=len(plan.keep))
+    await _Run(engine, volume, base, progress or NoProgress(), result).execute(plan)
     return result
+
+
+def _present(base: Path, paths: list[str]) -> dict[str, LocalFile]:
+    """lstat each of ``paths`` below ``base``, reached without following links (dirfd.py)."""
+    found: dict[str, LocalFile] = {}
+    for path in paths:
+        try:
+            fd, name = dirfd.open_parent_fd(base, path)
+        except OSError:
+            continue                       # a parent is missing (created later) or not a directory
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        found[path] = from_stat(st, target)
+    return found
 

@@ -6,7 +6,11 @@ operation the caller asked for, a retry re-enters the limiter (a backing-off
 request holds no connection slot while it sleeps), and the backend only moves
 bytes. Each wrapper also passes ``get_stream`` through (see store.py): the
 limiter holds its slot until the stream is closed, the retrier retries opening
-it (not a body that fails half-way), the counter counts it as one GET.
+it (not a body that fails half-way), the counter counts it as one GET. So
+does ``read_into`` (base.py): the limiter holds a slot for the read, the
+retrier retries it while no byte of the body reached the sink (a body
+half-written is the caller's to repeat), the counter counts one GET and its
+body's bytes.
 
 Retry policy, decided by exception class alone: ``TransientStoreError`` is
 retried with full-jitter exponential backoff up to ``attempts`` times, then
@@ -27,7 +31,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from syncd.errors import TransientStoreError
-from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream
+from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream, read_into
+from syncd.store.rangeread import Sink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +66,23 @@ class RetryingStore:
         async with contextlib.AsyncExitStack() as stack:
             yield await self._call(f"GET {key}", lambda: stack.enter_async_context(
                 open_stream(self.inner, key, start, end)))
+
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        """Retried while no byte reached ``sink`` (as a stream's opening); after that, final."""
+        watched = _CountedSink(sink)
+
+        async def attempt() -> bool:
+            try:
+                return await read_into(self.inner, key, start, end, watched)
+            except TransientStoreError as exc:
+                if watched.began:
+                    raise _HalfWay(exc) from exc
+                raise
+
+        try:
+            return await self._call(f"GET {key}", attempt)
+        except _HalfWay as half:
+            raise half.error from half.error.__cause__
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -108,6 +130,10 @@ class LimitingStore:
                          end: int | None = None) -> AsyncIterator[BlobStream]:
         async with self._sem, open_stream(self.inner, key, start, end) as stream:
             yield stream
+
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        async with self._sem:
+            return await read_into(self.inner, key, start, end, sink)
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -170,6 +196,20 @@ class CountingStore:
         async with open_stream(self.inner, key, start, end) as stream:
             yield BlobStream(stream.size, stream.etag, self._counted(stream.pieces))
 
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        counted = _CountedSink(sink)
+        try:
+            done = await read_into(self.inner, key, start, end, counted)
+        except BaseException:
+            done = True   # the GET was made, whatever became of it
+            raise
+        finally:
+            self.bytes_in += counted.size
+            if done:
+                self.calls["get"] += 1
+                self.keys[key] += 1
+        return done
+
     async def _counted(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for piece in pieces:
             self.bytes_in += len(piece)
@@ -204,3 +244,26 @@ class CountingStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class _CountedSink:
+    """A sink that remembers whether a body began and its size (read from the loop afterwards)."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner, self.size, self.began = inner, 0, False
+
+    def begin(self, size: int) -> None:
+        self.began = True
+        self.inner.begin(size)
+        self.size = size
+
+    def write(self, view: memoryview) -> None:
+        self.inner.write(view)
+
+
+class _HalfWay(Exception):
+    """A transient failure after the body began: not the retrier's to repeat."""
+
+    def __init__(self, error: TransientStoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
