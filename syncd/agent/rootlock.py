@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from syncd.errors import ConfigError, LocalIOError
+from syncd.local.mountdir import open_syncd_root
 
 LOCK_NAME = ".agent.lock"
 
@@ -34,11 +35,7 @@ class RootLock:
 
     @classmethod
     def acquire(cls, root: Path) -> RootLock:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise LocalIOError(f"cannot open SYNCD_ROOT {root}: {exc.strerror}") from exc
+        root_fd = open_syncd_root(root)   # created 0755 if missing; refused unless private (mountdir.py)
         try:
             fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root_fd)
         except OSError as exc:
