@@ -14,7 +14,7 @@ from datetime import datetime
 import covalent as ct
 
 from syncd import volume
-from syncd.sdk.covalent import dispatch, get_result
+from syncd.covalent import dispatch, get_result
 
 my_volume = volume("/my_volume")  # creates the volume if it doesn't exist
 

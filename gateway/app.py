@@ -19,7 +19,7 @@ of another owner, 404 no such object in that volume, 416 unsatisfiable range,
 502 the store returned bad bytes or refused, 503 the store is unavailable.
 
 At most ``max_requests`` object requests are served at once (each holds an
-open file, or in memory a small object or one tree answer: flights of 32 KiB
+open file, or in memory a small object or one small tree: flights of 32 KiB
 and more are spooled to disk); a request beyond that waits up to ``QUEUE_WAIT``
 seconds for a slot and is then shed with 503, which a worker treats like a
 down gateway: it reads that object from the next gateway or the store.
@@ -50,7 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
-from syncd.data.gatewayclient import FAMILIES, frame
+from syncd.data.gatewayclient import FAMILIES, TREE_FRAME
 from syncd.errors import (
     IntegrityError,
     InvalidName,
@@ -66,7 +66,7 @@ from syncd.format.chunking import is_content_id
 from .auth import Decision, Tokens
 from .guard import GUARD, ConnectionGuard, ServerLimits  # noqa: F401 (ServerLimits: for callers of create_app)
 from .peers import PEER_HEADER
-from .send import send_body
+from .send import send_body, send_trees
 from .service import Body, GatewayService, ObjectRef, RangeOnly
 from .trees import parse_request
 
@@ -282,7 +282,7 @@ async def head_handler(request: web.Request) -> web.StreamResponse:
 TREE_BODY_LIMIT = 1 << 20  # 4096 references of ~55 bytes fit with room to spare
 
 
-async def trees_handler(request: web.Request) -> web.Response:
+async def trees_handler(request: web.Request) -> web.StreamResponse:
     """``POST /v1/<owner>/<volume>/trees/<pack>``: the named trees of one tree pack, verified (trees.py)."""
     started = time.monotonic()
     service = request.app[SERVICE]
@@ -294,7 +294,7 @@ async def trees_handler(request: web.Request) -> web.Response:
 
 
 async def _serve_trees(request: web.Request, service: GatewayService, owner: str, volume: str,
-                       pack: str) -> web.Response:
+                       pack: str) -> web.StreamResponse:
     if request.content_length is None or request.content_length > TREE_BODY_LIMIT:
         return error_response(413, f"a tree request body has a length of at most {TREE_BODY_LIMIT} bytes")
     try:
@@ -302,12 +302,20 @@ async def _serve_trees(request: web.Request, service: GatewayService, owner: str
     except ValueError:
         return error_response(400, "body is not JSON")
     try:
-        body = frame(await service.trees.read(owner, volume, pack, parse_request(pack, doc)))
+        trees = parse_request(pack, doc)
+        sizes = await service.trees.sizes(owner, volume, pack, trees)  # each verified and cached
     except SyncdError as exc:
         return error_response(status_for(exc), str(exc))
-    service.metrics.served_bytes.labels("trees").inc(len(body))
-    return web.Response(body=body, content_type="application/octet-stream",
-                        headers={"X-Syncd-Verified": "gateway", "Cache-Control": "no-store"})
+    response = web.StreamResponse(headers={"X-Syncd-Verified": "gateway", "Cache-Control": "no-store"})
+    response.content_type = "application/octet-stream"
+    response.content_length = sum(TREE_FRAME.size + size for size in sizes)
+    try:
+        await response.prepare(request)
+        await send_trees(request, response, service.trees, owner,
+                         [(t.id, size) for t, size in zip(trees, sizes, strict=True)], service.metrics)
+    except ConnectionResetError:  # the client went away
+        log.info("client left before the trees of %s/%s pack %s were sent", owner, volume, pack)
+    return response
 
 
 async def warm_handler(request: web.Request) -> web.Response:

@@ -35,6 +35,7 @@ from .auth import Tokens
 from .guard import ConnectionGuard, ServerLimits
 from .peers import Peers
 from .service import WHOLE_LIMIT, GatewayService
+from .trees import TREE_LEADERS
 
 # A fleet connects all at once: with the default backlog (128) SYNs beyond it are dropped and
 # retried a second later, which a worker's connect timeout counted as a dead gateway.
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "again (default $SYNCD_GATEWAY_HEAD_TTL, 1)")
     p.add_argument("--whole-limit", type=parse_size, default=WHOLE_LIMIT,
                    help="a ranged miss on an object up to this size fetches it whole (default 64M)")
+    p.add_argument("--tree-leaders", type=int, default=TREE_LEADERS,
+                   help="tree misses read and inflated at once, each in a few MiB; the others wait "
+                   "(default %(default)s)")
     p.add_argument("--pool", help="the gateway pool, as the workers' SYNCD_GATEWAY lists it: a miss asks the "
                    "other gateways' caches before the store (default $SYNCD_GATEWAY)")
     p.add_argument("--self-url", help="this gateway's URL in --pool (default http://HOST:PORT)")
@@ -75,7 +79,8 @@ async def running(config: Config, tokens: Tokens, host: str, port: int, cache_di
                   cache_size: int, max_requests: int = MAX_REQUESTS, limits: ServerLimits = ServerLimits(),
                   *, head_ttl: float | None = None, whole_limit: int = WHOLE_LIMIT,
                   clock: Callable[[], float] = time.monotonic,
-                  peers: Peers | None = None) -> AsyncIterator[tuple[GatewayService, int]]:
+                  peers: Peers | None = None,
+                  tree_leaders: int = TREE_LEADERS) -> AsyncIterator[tuple[GatewayService, int]]:
     """A serving gateway; yields the service and the bound port. Used by main() and the tests.
 
     ``limits`` bound idle and slow connections and how many a client may hold (guard.py).
@@ -83,7 +88,7 @@ async def running(config: Config, tokens: Tokens, host: str, port: int, cache_di
     async with open_engine(config.replace(gateways=()), use_cache=False) as engine:
         service = GatewayService(engine.store, config.prefix, cache_dir, cache_size,
                                  head_ttl=config.gateway_head_ttl if head_ttl is None else head_ttl,
-                                 whole_limit=whole_limit, clock=clock, peers=peers)
+                                 whole_limit=whole_limit, clock=clock, peers=peers, tree_leaders=tree_leaders)
         guard = ConnectionGuard(limits)
         runner = web.AppRunner(create_app(service, tokens, max_requests, guard), shutdown_timeout=2.0,
                                access_log=None, keepalive_timeout=limits.keepalive_timeout)
@@ -118,7 +123,8 @@ async def serve(args: argparse.Namespace) -> None:
     pool = [u.strip() for u in args.pool.split(",") if u.strip()] if args.pool else list(config.gateways)
     peers = Peers(pool, args.self_url or f"http://{args.host}:{args.port}") if pool else None
     async with running(config, tokens, args.host, args.port, cache_dir, cache_size, args.max_requests, limits,
-                       head_ttl=args.head_ttl, whole_limit=args.whole_limit, peers=peers) as (_, port):
+                       head_ttl=args.head_ttl, whole_limit=args.whole_limit, peers=peers,
+                       tree_leaders=args.tree_leaders) as (_, port):
         print(f"syncd-gateway listening on http://{args.host}:{port}", flush=True)
         await stop.wait()
 

@@ -49,7 +49,7 @@ from typing import BinaryIO
 
 import diskcache
 
-from syncd.format.chunking import verify
+from syncd.format.chunking import hasher, verify
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,25 @@ class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hint
         return stored
 
 
+HASH_WINDOW = 8 << 20  # a cached file is hashed through mmap windows of this size
+
+
 def _file_matches(object_id: str, file: BinaryIO) -> tuple[bool, int]:
+    """Hash a cached file through mmap windows: no copy, and at most HASH_WINDOW of it mapped
+    at a time (a whole mapping of a 256 MiB tree would count 256 MiB against the gateway's RSS)."""
     size = os.fstat(file.fileno()).st_size
-    if size == 0:
-        return verify(object_id, b""), 0
-    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
-        return verify(object_id, view), size
+    if size <= HASH_WINDOW:
+        if size == 0:
+            return verify(object_id, b""), 0
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+            return verify(object_id, view), size
+    digest = hasher()
+    for offset in range(0, size, HASH_WINDOW):
+        length = min(HASH_WINDOW, size - offset)
+        with (mmap.mmap(file.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as mapped,
+              memoryview(mapped) as view):
+            digest.update(view)
+    return digest.hexdigest() == object_id, size
 
 
 class ObjectCache:
@@ -157,12 +170,14 @@ class ObjectCache:
         except Exception as exc:
             log.warning("could not evict %s from the gateway cache: %s", key, exc)
 
-    def _put(self, owner: str, family: str, object_id: str, data: bytes) -> None:
+    def _put(self, owner: str, family: str, object_id: str, data: bytes) -> bool:
         try:
             self._cache.set(self._key(owner, family, object_id), data)
         except Exception as exc:
             self.counts.errors += 1
             log.warning("gateway cache write failed for %s: %s", object_id, exc)
+            return False
+        return True
 
     def _put_file(self, owner: str, family: str, object_id: str, spooled: Spooled) -> bool:
         try:
@@ -183,8 +198,9 @@ class ObjectCache:
         """A verified hit (the caller closes it), or None."""
         return await asyncio.to_thread(self._open, owner, family, object_id)
 
-    async def put(self, owner: str, family: str, object_id: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, owner, family, object_id, data)
+    async def put(self, owner: str, family: str, object_id: str, data: bytes) -> bool:
+        """Keep a verified object's bytes; False (logged, counted) when the cache could not."""
+        return await asyncio.to_thread(self._put, owner, family, object_id, data)
 
     async def put_file(self, owner: str, family: str, object_id: str, path: Path, size: int) -> bool:
         """Move a verified object's file into the cache; False (the file left where it was) on error."""

@@ -27,15 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from aiohttp import web
 from prometheus_client import Counter
 
+from syncd.data.gatewayclient import TREE_FRAME
 from syncd.errors import SyncdError, TransientStoreError
 
 from .flight import Flight
 from .metrics import GatewayMetrics
 from .service import Body, CachedBody
+from .treefiles import Copy
+from .trees import TreeServer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,49 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bo
             transport.close()  # short of Content-Length: the client sees a broken body
         return
     await response.write_eof()
+
+
+async def send_trees(request: web.Request, response: web.StreamResponse, trees: TreeServer, owner: str,
+                     wanted: list[tuple[str, int]], metrics: GatewayMetrics) -> None:
+    """A tree answer after its prepared headers: for each ``(tree id, size)`` its 8-byte length and
+    its verified bytes, one tree at a time (one shared copy each: gateway/treefiles.py), then EOF."""
+    served = metrics.served_bytes.labels("trees")
+    try:
+        for tree_id, size in wanted:
+            await response.write(TREE_FRAME.pack(size))
+            copy = await trees.acquire(owner, tree_id)
+            if copy is None or copy.size != size:
+                raise TransientStoreError(f"tree {tree_id} left the gateway's cache while it was answered")
+            try:
+                await _send_copy(request, response, copy)
+            finally:
+                trees.release(copy)
+            served.inc(size)
+    except SyncdError as exc:
+        log.warning("aborting a tree answer for %s: %s", owner, exc)
+        if request.transport is not None:
+            request.transport.close()  # short of Content-Length: the client sees a broken body
+        return
+    await response.write_eof()
+
+
+async def _send_copy(request: web.Request, response: web.StreamResponse, copy: Copy) -> None:
+    if copy.data is not None:
+        await response.write(copy.data)
+        return
+    assert copy.file is not None  # held: our reference keeps it open
+    transport, pos = request.transport, 0
+    if transport is not None:
+        try:
+            pos = await asyncio.get_running_loop().sendfile(transport, copy.file, 0, copy.size, fallback=False)
+        except (NotImplementedError, RuntimeError):  # no native sendfile here: nothing was sent
+            pos = 0
+    while pos < copy.size:  # the same bytes, piece by piece (shared descriptor: positional reads)
+        piece = await asyncio.to_thread(os.pread, copy.file.fileno(), min(1 << 20, copy.size - pos), pos)
+        if not piece:
+            raise TransientStoreError(f"cached tree file ended at byte {pos} of {copy.size}")
+        await response.write(piece)
+        pos += len(piece)
 
 
 async def _sendfile_flight(transport: asyncio.WriteTransport, flight: Flight, pos: int, end: int,

@@ -72,7 +72,7 @@ from .heads import HeadCache, HeadCopy
 from .metrics import GatewayMetrics
 from .objcache import Hit, ObjectCache
 from .peers import Peers
-from .trees import TreeServer
+from .trees import TREE_LEADERS, TreeServer
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class GatewayService:
     def __init__(self, store: ObjectStore, prefix: str, cache_dir: Path, cache_size: int,
                  metrics: GatewayMetrics | None = None, *, head_ttl: float = HEAD_TTL,
                  whole_limit: int = WHOLE_LIMIT, clock: Callable[[], float] = time.monotonic,
-                 peers: Peers | None = None) -> None:
+                 peers: Peers | None = None, tree_leaders: int = TREE_LEADERS) -> None:
         self.store, self.prefix, self.peers = store, prefix, peers
         self.cache_dir, self.cache_size, self.whole_limit = cache_dir, cache_size, whole_limit
         self.metrics = metrics or GatewayMetrics()
@@ -199,7 +199,8 @@ class GatewayService:
         self._flights: dict[tuple[str, str, str, str], Flight] = {}
         self._large: OrderedDict[tuple[str, str], int] = OrderedDict()  # (owner, id) -> size > whole_limit
         self._leaders: set[asyncio.Task[None]] = set()
-        self.trees = TreeServer(store, prefix, lambda: self.cache, self.metrics)  # format v2 trees (trees.py)
+        self.trees = TreeServer(store, prefix, lambda: self.cache, self.metrics,  # format v2 trees (trees.py)
+                                tree_leaders)
 
     def layout(self, owner: str) -> Layout:
         return Layout(self.prefix, owner)

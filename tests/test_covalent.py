@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def test_hooks_fail_at_once_without_an_agent(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(AgentUnavailable):
         commit_hook("my_volume", "create_new_files", str(tmp_path / "no.sock"))
     assert time.monotonic() - started < 5
+
+
+def test_syncd_covalent_is_the_sdk_implementation_and_needs_no_covalent_to_import() -> None:
+    # the name users type (issue 23, item 5); a fresh interpreter, so nothing imported covalent before
+    code = ("import sys; from syncd.covalent import dispatch, get_result, volume_electron; "
+            "import syncd.sdk.covalent as impl; "
+            "assert (dispatch, get_result, volume_electron) == (impl.dispatch, impl.get_result, impl.volume_electron); "
+            "print('covalent' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def _free_port() -> int:
@@ -91,7 +103,7 @@ OWN_HOOKS = """
 import json, os
 import covalent as ct
 from syncd import Volume
-from syncd.sdk.covalent import dispatch, get_result
+from syncd.covalent import dispatch, get_result
 
 def own_hook():
     vol = Volume("my_volume")

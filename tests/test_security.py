@@ -23,7 +23,6 @@ import pytest
 
 from gateway.auth import Tokens
 from gateway.main import parse_args
-from syncd.agent.rootlock import LOCK_NAME
 from syncd.config import Config
 from syncd.errors import LocalIOError
 from syncd.format.manifest import Entry
@@ -132,12 +131,13 @@ def test_agent_refuses_other_owners_and_bad_names(config: Config, agents: Agents
     for path in ["/v1/volumes/../../x/mount", "/v1/volumes/a/b/mount", "/v1/volumes//mount"]:
         assert raw(sock, "POST", path, owner="alice")[0] in (400, 404)
     assert not outside.exists()
-    assert not config.root.exists() or os.listdir(config.root) == [LOCK_NAME]   # the agent's own lock
+    # nothing but the agent's own lock on its root (tests/test_agent_rootlock.py)
+    assert not config.root.exists() or os.listdir(config.root) == [".agent.lock"]
     assert agent.status()["mounts"] == []
     # a valid name is mounted at SYNCD_ROOT/<name>, and nowhere a request chooses
     status, body = raw(sock, "POST", "/v1/volumes/good/mount", owner="alice")
     assert status == 200 and json.loads(body)["path"] == str(config.root / "good")
-    assert sorted(os.listdir(config.root)) == [LOCK_NAME, "good"]
+    assert sorted(os.listdir(config.root)) == [".agent.lock", "good"]
 
 
 def test_nothing_on_the_socket_reveals_credentials(config: Config, agents: Agents, tmp_path: Path) -> None:

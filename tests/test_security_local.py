@@ -30,7 +30,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from syncd.agent.rootlock import LOCK_NAME
 from syncd.config import Config
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
@@ -289,7 +288,7 @@ def test_the_agent_api_refuses_names_ending_in_a_newline(config: Config, agents:
         assert (status, json.loads(body)["error"]) == (400, "InvalidName"), (path, body)
     status, body = raw(config.socket, "GET", "/v1/volumes", owner="alice")
     assert status == 200 and json.loads(body)["volumes"] == []
-    assert not config.root.exists() or os.listdir(config.root) == [LOCK_NAME]   # the agent's own lock
+    assert not config.root.exists() or os.listdir(config.root) == [".agent.lock"]   # the agent's own lock only
 
 
 # ---------------------------------------------------------------- manifests: reserved names, long components

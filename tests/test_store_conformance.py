@@ -24,7 +24,7 @@ import pytest
 from syncd.config import Config, MiB
 from syncd.engine.wiring import open_engine
 from syncd.errors import NotFound, PreconditionFailed, TransientStoreError
-from syncd.store.base import Blob, ObjectStore, open_stream, put_immutable
+from syncd.store.base import Blob, ObjectStore, open_stream, put_immutable, read_into
 from syncd.store.devserver import CREDENTIALS
 from syncd.store.obstore import ObstoreStore
 from syncd.store.select import BACKENDS, open_store
@@ -85,6 +85,77 @@ async def test_whole_ranged_and_streamed_reads(store: ObjectStore, cfg: Config) 
             await missing
     with pytest.raises(NotFound):
         await read_stream(store, key(cfg, "nope"))
+
+
+class Collect:
+    """A read_into sink that keeps what it was given (and can refuse a size)."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.data = bytearray()
+        self.refuse = refuse
+
+    def begin(self, size: int) -> None:
+        if size == self.refuse:
+            raise ValueError("refused")
+        self.sizes.append(size)
+
+    def write(self, view: memoryview) -> None:
+        self.data += view
+
+
+async def read_sink(store: ObjectStore, k: str, start: int | None = None, end: int | None = None) -> bytes | None:
+    sink = Collect()
+    if not await read_into(store, k, start, end, sink):
+        return None
+    assert sink.sizes == [len(sink.data)]
+    return bytes(sink.data)
+
+
+async def test_reads_into_a_sink(store: ObjectStore, cfg: Config) -> None:
+    data = os.urandom(3 * MiB + 123)
+    k = key(cfg, "sink")
+    await store.put(k, data)
+    if cfg.store_backend != "obstore":   # a backend that cannot says so, and the caller streams
+        assert await read_sink(store, k) is None
+        return
+    assert await read_sink(store, k) == data
+    assert await read_sink(store, k, MiB + 7, 3 * MiB) == data[MiB + 7:3 * MiB]
+    for _ in range(20):                  # kept-alive connections are reused, answers stay whole
+        assert await read_sink(store, k, 5, 6) == data[5:6]
+    with pytest.raises(ValueError, match="refused"):   # refused before a byte was written
+        await read_into(store, k, 0, 10, Collect(refuse=10))
+    assert await read_sink(store, k, 0, 10) == data[:10]
+    with pytest.raises(NotFound):
+        await read_sink(store, key(cfg, "nope"))
+    with pytest.raises(NotFound):
+        await read_sink(store, k, len(data) + 10, len(data) + 20)
+
+
+async def test_a_cancelled_read_into_stops_writing(store: ObjectStore, cfg: Config) -> None:
+    if cfg.store_backend != "obstore":
+        pytest.skip("only obstore reads into sinks")
+    k = key(cfg, "slow")
+    await store.put(k, os.urandom(8 * MiB))
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    class Slow(Collect):
+        def write(self, view: memoryview) -> None:
+            loop.call_soon_threadsafe(started.set)
+            super().write(view)
+            import time
+            time.sleep(0.05)   # a slow disk: the read is still going when it is cancelled
+
+    sink = Slow()
+    task = asyncio.ensure_future(read_into(store, k, None, None, sink))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    written = len(sink.data)
+    await asyncio.sleep(0.2)
+    assert len(sink.data) == written < 8 * MiB   # the thread had stopped when the cancel returned
 
 
 async def test_if_none_match_race_has_exactly_one_winner(store: ObjectStore, cfg: Config) -> None:
@@ -159,6 +230,8 @@ async def test_get_faults_are_transient_and_the_next_request_works(
         await s.put(k, data)
         reads = [(lambda: whole(s.get(k)), data), (lambda: read_stream(s, k), data),
                  (lambda: whole(s.get(k, 100, MiB)), data[100:MiB])]
+        if cfg.store_backend == "obstore":
+            reads.append((lambda: read_sink(s, k, 100, 2 * MiB), data[100:2 * MiB]))
         for n, (read, expected) in enumerate(reads, 1):
             proxy.rules = [Rule(fault, method="GET", times=1, delay=GET_FAULTS[fault])]
             with pytest.raises(TransientStoreError):

@@ -9,7 +9,8 @@ The kernel drops the lock when the process dies, ``kill -9`` included, so a
 restarted agent never finds a stale lock; the file only says who held it last
 (its pid) for the error message.
 
-The root is shared with task code, so the file is opened relative to the
+The root is created as the agent creates it (private, whatever the umask) and
+shared with task code, so the file is opened relative to the
 root's descriptor with ``O_NOFOLLOW`` (a planted symlink is refused, not
 followed) and created 0600.
 """
@@ -35,7 +36,7 @@ class RootLock:
 
     @classmethod
     def acquire(cls, root: Path) -> RootLock:
-        root_fd = open_syncd_root(root)   # created 0755 if missing; refused unless private (mountdir.py)
+        root_fd = open_syncd_root(root)   # created private (0755 whatever the umask), or refused if it is not
         try:
             fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=root_fd)
         except OSError as exc:

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from syncd.agent.rootlock import RootLock
-from syncd.agent.service import Agent
 from syncd.cli.core import command
 from syncd.config import Config
-from syncd.local.watch import WatchSettings
+from syncd.local.watchsettings import WatchSettings
+
+if TYPE_CHECKING:
+    from syncd.agent.service import Agent
 
 
 def _agent_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
          creates=True)
 async def _agent(args: argparse.Namespace, config: Config) -> Any:
     from syncd.agent.api import serve
+    from syncd.agent.rootlock import RootLock
     logging.getLogger("syncd").setLevel(min(logging.getLogger().level, logging.INFO))
 
     def ready(agent: Agent) -> None:

@@ -46,7 +46,18 @@ COMMANDS: dict[str, Command] = {}
 PARSERS: dict[str, argparse.ArgumentParser] = {}   # each command's own parser, filled by build_parser()
 # Modules that register more commands with @command; imported by build_parser().
 COMMAND_MODULES: list[str] = ["syncd.cli.agent", "syncd.cli.volume", "syncd.cli.maint", "syncd.cli.gateway",
-                              "syncd.cli.files", "syncd.cli.mount"]
+                              "syncd.cli.files", "syncd.cli.mount", "syncd.cli.cache"]
+# The first word of each command -> the modules that register commands under it, so a run imports
+# only what its command needs (start-up: docs/BENCHMARKS.md); tests/test_cli_startup.py keeps this
+# in step with the registrations. A word not here (``--help``, a typo) imports them all.
+COMMAND_WORDS: dict[str, tuple[str, ...]] = {
+    "hydrate": (), "commit": (),
+    "agent": ("syncd.cli.agent",), "status": ("syncd.cli.agent",),
+    "volume": ("syncd.cli.volume", "syncd.cli.maint", "syncd.cli.files"),
+    "put": ("syncd.cli.volume",), "get": ("syncd.cli.volume",), "restore": ("syncd.cli.volume",),
+    "gateway": ("syncd.cli.gateway",), "mount": ("syncd.cli.mount",), "cache": ("syncd.cli.cache",),
+    **{w: ("syncd.cli.files",) for w in ("ls", "cat", "rm", "cp", "mv", "diff")},
+}
 
 
 def command(name: str, help: str, configure: Configure | None = None,
@@ -124,8 +135,19 @@ def _global_flags(p: argparse.ArgumentParser, default: Any) -> None:
                    help="more log output (-vv: debug)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    for module in COMMAND_MODULES:
+def _command_word(argv: list[str]) -> str | None:
+    """The first argument that is not a global flag (None if there is none)."""
+    for arg in argv:
+        if arg in ("--json", "-q", "--quiet", "--verbose") or (arg.startswith("-v") and set(arg[1:]) <= {"v"}):
+            continue
+        return arg
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with every command (``argv`` None), or with those ``argv``'s command word needs."""
+    word = _command_word(argv) if argv is not None else None
+    for module in COMMAND_WORDS.get(word or "", COMMAND_MODULES) if argv is not None else COMMAND_MODULES:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="syncd", description="Persistent volumes kept in object storage.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
@@ -150,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def parse(argv: list[str]) -> argparse.Namespace:
     """Parse like argparse, but an optional positional may also follow the options.
 
     argparse fills positionals greedily in one pass: in ``restore VOL --snapshot ID PATH``
     it gives PATH its default while reading ``VOL`` and then calls ``PATH`` unrecognized
     (``parse_intermixed_args`` refuses subcommands). So unrecognized words that do not
     look like options fill the command's still-empty optional positionals, in order."""
-    parser = build_parser()
+    parser = build_parser(argv)
     args, extras = parser.parse_known_args(argv)
     if extras:
         for action in PARSERS[args._command]._get_positional_actions():
@@ -200,7 +222,7 @@ def _print(args: argparse.Namespace, value: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
     try:

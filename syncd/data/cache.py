@@ -16,15 +16,21 @@ Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks of large files):
 
 * bytes: the chunk itself (small files' chunks always; large files' with
   ``copy``). Writes of many entries share one SQLite transaction.
-* references (``ref``, the default for large files): ``(path, offset, size)`` of
-  the chunk inside a file a hydrate published. A cold hydrate of a large file
+* references (``ref``, the default for large files): ``(path, offset, size,
+  fingerprint)`` of the chunk inside a file a hydrate published. A cold hydrate of a large file
   then writes its bytes to disk once, not twice (the measured cost of the copy
   was about as much as the download; docs/BENCHMARKS.md), and the next hydrate
   on this worker still reads them locally. A reference is read with ``pread``
   and verified like any entry: if the file was changed or removed since, it is
-  a quiet miss (counted as ``stale``) and the chunk is fetched again.
+  a quiet miss (counted as ``stale``) and the chunk is fetched again. The
+  fingerprint is the file's stat when its bytes were verified (stamp.py): while
+  ``fstat`` still shows it, before and after the read, the bytes are served
+  without hashing them again (counted as ``trusted``); a reference without one
+  (racy, or written by an older syncd) is hashed on every use.
   ``locate`` hands references to hydrate unread, which copies the range in the
-  kernel and verifies the copy (localcopy.py); ``drop`` forgets the stale ones.
+  kernel and checks the copy the same way (localcopy.py); ``drop`` forgets the
+  stale ones. ``scrub`` hashes every entry again, fingerprints or not: the
+  check for damage below the file system (``syncd cache check``).
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ import copy
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diskcache
 
+from syncd.data import stamp
+from syncd.data.stamp import Fingerprint
 from syncd.format.chunking import verify
 
 log = logging.getLogger(__name__)
@@ -51,10 +59,38 @@ class CacheStats:
     corrupt: int = 0
     errors: int = 0
     stale: int = 0
+    trusted: int = 0      # references served on their fingerprint, without hashing
     bytes_read: int = 0
 
 
-REF = "syncd-ref"  # marker of a reference entry: (REF, path, offset, size)
+REF = "syncd-ref"  # marker of a reference entry: (REF, path, offset, size[, fingerprint])
+READ_REF = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO put there cannot block us
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """Where a chunk sits in a published file, and that file's fingerprint when it was verified."""
+
+    path: str
+    offset: int
+    size: int
+    fingerprint: Fingerprint | None
+
+
+@dataclass
+class ScrubResult:
+    checked: int = 0
+    references: int = 0
+    bytes: int = 0
+    bad: list[str] = field(default_factory=list)   # ids whose entry did not hash to them (forgotten)
+
+
+def _as_ref(value: object) -> Located | None:
+    if not (isinstance(value, tuple) and len(value) in (4, 5) and value[0] == REF):
+        return None
+    fp = value[4] if len(value) == 5 else None
+    fingerprint = tuple(int(x) for x in fp) if isinstance(fp, (tuple, list)) and len(fp) == 5 else None
+    return Located(str(value[1]), int(value[2]), int(value[3]), fingerprint)  # type: ignore[arg-type]
 
 
 class ChunkCache:
@@ -90,8 +126,9 @@ class ChunkCache:
         if value is None:
             self.stats.misses += 1
             return None
-        if isinstance(value, tuple) and len(value) == 4 and value[0] == REF:
-            value = self._read_ref(chunk_id, value)
+        ref = _as_ref(value)
+        if ref is not None:
+            value = self._read_ref(chunk_id, ref)
             if value is None:
                 return None
         elif not isinstance(value, bytes) or not verify(chunk_id, value):
@@ -103,14 +140,25 @@ class ChunkCache:
         self.stats.bytes_read += len(value)
         return value
 
-    def _read_ref(self, chunk_id: str, ref: tuple[str, str, int, int]) -> bytes | None:
-        _, path, offset, size = ref
+    def _read_ref(self, chunk_id: str, ref: Located, trust: bool = True) -> bytes | None:
+        data, trusted = b"", False
         try:
-            with open(path, "rb", buffering=0) as f:
-                data = os.pread(f.fileno(), size, offset)
+            fd = os.open(ref.path, READ_REF)
         except OSError:
-            data = b""
-        if len(data) == size and verify(chunk_id, data):
+            fd = -1
+        if fd >= 0:
+            try:
+                trusted = trust and stamp.holds(fd, ref.fingerprint)
+                data = os.pread(fd, ref.size, ref.offset)
+                trusted = trusted and stamp.holds(fd, ref.fingerprint)   # unchanged while we read
+            except OSError:
+                data = b""
+            finally:
+                os.close(fd)
+        if len(data) == ref.size and trusted:
+            self.stats.trusted += 1
+            return data
+        if len(data) == ref.size and verify(chunk_id, data):
             return data
         self.stats.stale += 1
         self.stats.misses += 1
@@ -123,7 +171,7 @@ class ChunkCache:
         except Exception as exc:
             log.warning("could not evict %s from the chunk cache: %s", chunk_id, exc)
 
-    def _put_many(self, items: Mapping[str, bytes | tuple[str, str, int, int]]) -> None:
+    def _put_many(self, items: Mapping[str, bytes | tuple[object, ...]]) -> None:
         try:
             with self._cache.transact():  # one SQLite transaction, not one per chunk
                 for chunk_id, value in items.items():
@@ -171,27 +219,29 @@ class ChunkCache:
         if items:
             await asyncio.to_thread(self._put_many, items)
 
-    async def put_refs(self, refs: Mapping[str, tuple[Path, int, int]]) -> None:
-        """Record where verified chunks sit in published files: ``id -> (path, offset, size)``."""
+    async def put_refs(self, path: Path, fingerprint: Fingerprint | None,
+                       refs: Mapping[str, tuple[int, int]]) -> None:
+        """Record where verified chunks sit in the published file ``path``: ``id -> (offset, size)``,
+        with the file's fingerprint taken when it was published (None: hash on every use)."""
         if refs:
-            items = {i: (REF, str(path), offset, size) for i, (path, offset, size) in refs.items()}
+            items = {i: (REF, str(path), offset, size, fingerprint) for i, (offset, size) in refs.items()}
             await asyncio.to_thread(self._put_many, items)
 
-    def _locate(self, ids: list[str]) -> dict[str, tuple[str, int, int]]:
-        found: dict[str, tuple[str, int, int]] = {}
+    def _locate(self, ids: list[str]) -> dict[str, Located]:
+        found: dict[str, Located] = {}
         try:
             for chunk_id in ids:
-                value = self._cache.get(self._key(chunk_id))
-                if isinstance(value, tuple) and len(value) == 4 and value[0] == REF:
-                    found[chunk_id] = (str(value[1]), int(value[2]), int(value[3]))
+                ref = _as_ref(self._cache.get(self._key(chunk_id)))
+                if ref is not None:
+                    found[chunk_id] = ref
         except Exception as exc:
             self.stats.errors += 1
             log.warning("chunk cache read failed: %s", exc)
         return found
 
-    async def locate(self, ids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
-        """Reference entries among ``ids``: ``id -> (path, offset, size)``, not yet verified (the
-        caller copies the range and verifies the copy: localcopy.py)."""
+    async def locate(self, ids: Iterable[str]) -> dict[str, Located]:
+        """Reference entries among ``ids``, not yet read (the caller copies the range and checks
+        the copy against the fingerprint, or hashes it: localcopy.py)."""
         ids = list(ids)
         return await asyncio.to_thread(self._locate, ids) if ids else {}
 
@@ -201,6 +251,37 @@ class ChunkCache:
         self.stats.stale += len(ids)
         for chunk_id in ids:
             await asyncio.to_thread(self._evict, chunk_id)
+
+    def _scrub(self) -> ScrubResult:
+        result = ScrubResult()
+        prefix = f"{self.owner}:"
+        keys = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
+        for key in keys:   # one entry in memory at a time
+            chunk_id = key[len(prefix):]
+            try:
+                value = self._cache.get(key)
+            except Exception as exc:
+                log.warning("chunk cache read failed for %s: %s", chunk_id, exc)
+                continue
+            if value is None:
+                continue   # evicted meanwhile
+            ref = _as_ref(value)
+            if ref is not None:
+                result.references += 1
+                good = self._read_ref(chunk_id, ref, trust=False) is not None   # evicts a bad one
+            else:
+                good = isinstance(value, bytes) and verify(chunk_id, value)
+                if not good:
+                    self._evict(chunk_id)
+            result.checked += 1
+            result.bytes += ref.size if ref is not None else len(value) if isinstance(value, bytes) else 0
+            if not good:
+                result.bad.append(chunk_id)
+        return result
+
+    async def scrub(self) -> ScrubResult:
+        """Hash every entry of this owner again, trusting no fingerprint; forget the bad ones."""
+        return await asyncio.to_thread(self._scrub)
 
     async def contains(self, ids: Iterable[str]) -> set[str]:
         return await asyncio.to_thread(self._contains, list(ids))

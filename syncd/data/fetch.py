@@ -26,7 +26,8 @@ sources too; every chunk in a range is verified on its own as before.
 pack (``coalesce``: a large file's consecutive chunks share a pack, upload.py),
 is streamed (store.open_stream, one GET) into the caller's writer in ~1 MiB
 batches, each chunk hashed on the way up to its boundary, never held whole in
-memory; the caller checks nothing itself, a mismatch or a body cut short is
+memory (or, from a store that reads into sinks, received, hashed and written
+buffer by buffer in one worker thread: ``store.read_into``, ``_Verifier``); the caller checks nothing itself, a mismatch or a body cut short is
 retried (the whole run, from position 0) and then raised. Reader rule: refs
 that name the same pack with ``offset + size`` of one equal to the next's
 ``offset`` are read with one ranged GET ``[first.offset, last.end)``, at most
@@ -47,10 +48,12 @@ from syncd.format.chunking import hasher, verify
 from syncd.format.layout import Layout
 from syncd.format.manifest import ChunkRef
 from syncd.limits import SingleFlight
-from syncd.store.base import Blob, ObjectStore, open_stream
+from syncd.store.base import Blob, ObjectStore, open_stream, read_into
+from syncd.store.rangeread import Unsupported
 
 log = logging.getLogger(__name__)
 Writer = Callable[[int, list[bytes]], Awaitable[None]]  # (position in the chunk, pieces)
+SyncWriter = Callable[[int, memoryview], None]          # the same, blocking, for a reading thread
 WRITE_BATCH = 1 << 20     # bytes handed to a Writer at once (measured: docs/BENCHMARKS.md)
 STREAM_ATTEMPTS = 3       # a body cut short is read again this many times in all
 
@@ -103,17 +106,22 @@ class ChunkFetcher:
             data = await self._remote(volume, ref)
         return None if data is None else _sized(volume, ref, data)
 
-    async def stream_from_store(self, volume: str, ref: ChunkRef, write: Writer) -> None:
+    async def stream_from_store(self, volume: str, ref: ChunkRef, write: Writer,
+                                write_sync: SyncWriter | None = None) -> None:
         """Stream one chunk from the store into ``write(position, pieces)``, verified."""
-        await self.stream_run(volume, [ref], write)
+        await self.stream_run(volume, [ref], write, write_sync)
 
-    async def stream_run(self, volume: str, refs: Sequence[ChunkRef], write: Writer) -> None:
+    async def stream_run(self, volume: str, refs: Sequence[ChunkRef], write: Writer,
+                         write_sync: SyncWriter | None = None) -> None:
         """Stream chunks from the store into ``write(position, pieces)`` with one GET, each verified.
 
         ``refs`` is one chunk, or chunks that lie back to back in one pack (``coalesce``);
         positions count from the first chunk's first byte. Not single-flight and not cached:
         for hydrate, which writes in place and caches a reference. A retry writes from
         position 0 again; a chunk that fails verification twice is an IntegrityError.
+        With ``write_sync`` (the same writer, blocking) a store that reads into sinks
+        (``read_into``: obstore) receives, hashes and writes each buffer in one worker
+        thread, with no per-piece copies; other stores stream into ``write``.
         """
         first, last = refs[0], refs[-1]
         if first.pack is None:
@@ -123,7 +131,7 @@ class ChunkFetcher:
         bad = 0
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
-                failed = await self._stream_once(volume, key, start, end, refs, write)
+                failed = await self._stream_once(volume, key, start, end, refs, write, write_sync)
             except TransientStoreError as exc:  # the body broke off: read it again
                 if attempt == STREAM_ATTEMPTS:
                     raise
@@ -140,28 +148,25 @@ class ChunkFetcher:
         raise AssertionError("unreachable")
 
     async def _stream_once(self, volume: str, key: str, start: int | None, end: int | None,
-                           refs: Sequence[ChunkRef], write: Writer) -> ChunkRef | None:
+                           refs: Sequence[ChunkRef], write: Writer,
+                           write_sync: SyncWriter | None) -> ChunkRef | None:
         """One GET; the first chunk whose bytes did not hash to its id, or None."""
-        bounds = _bounds(refs)
-        index, digest, failed = 0, hasher(), None
-        position, done, size = 0, 0, 0
-        batch: list[bytes] = []
+        check = _Verifier(volume, key, start, end, refs)
         try:
+            if write_sync is not None:
+                check.write_sync = write_sync
+                try:
+                    if await read_into(self.store, key, start, end, check):
+                        return check.failed
+                except Unsupported as exc:
+                    log.info("reading %s as a stream: %s", key, exc)
+                check = _Verifier(volume, key, start, end, refs)
+            position, size = 0, 0
+            batch: list[bytes] = []
             async with open_stream(self.store, key, start, end) as stream:
-                if stream.size != bounds[-1]:  # as _sized: never write past the chunks' place
-                    raise _wrong_size(volume, refs[0], stream.size) if len(refs) == 1 else \
-                        _missing(volume, key, f" (bytes {start}..{end})")
+                check.begin(stream.size)
                 async for piece in stream.pieces:
-                    view = memoryview(piece)
-                    while view:  # hash up to each chunk boundary, then check that chunk
-                        take = min(len(view), bounds[index] - done)
-                        digest.update(view[:take])
-                        done += take
-                        view = view[take:]
-                        if done == bounds[index]:
-                            if failed is None and digest.hexdigest() != refs[index].id:
-                                failed = refs[index]
-                            index, digest = index + 1, hasher()
+                    check.feed(memoryview(piece))
                     batch.append(piece)
                     size += len(piece)
                     if size >= WRITE_BATCH:
@@ -171,7 +176,7 @@ class ChunkFetcher:
                     await write(position, batch)
         except NotFound as exc:
             raise _missing(volume, key) from exc
-        return failed
+        return check.failed
 
     def _ranked(self, key: str) -> list[ChunkSource]:
         return sorted(self.sources, key=lambda source: source.weight(key), reverse=True)
@@ -269,6 +274,47 @@ class ChunkFetcher:
                 return source.name, data
         blob = await self._get(volume, self.layout.pack(volume, pack), start, end)
         return "store", blob.data
+
+
+class _Verifier:
+    """Hashes a run's bytes as they pass, up to each chunk's boundary, and checks each chunk.
+
+    The sink of a direct read (``store.read_into``): ``begin`` refuses a body of
+    the wrong size before any byte is written, ``write`` hashes a buffer and then
+    hands it to the caller's blocking writer, in the reading thread, while the
+    bytes are still in the CPU cache.
+    """
+
+    def __init__(self, volume: str, key: str, start: int | None, end: int | None,
+                 refs: Sequence[ChunkRef]) -> None:
+        self.volume, self.key, self.start, self.end, self.refs = volume, key, start, end, refs
+        self.bounds = _bounds(refs)
+        self.index, self.done, self.position = 0, 0, 0
+        self.digest = hasher()
+        self.failed: ChunkRef | None = None
+        self.write_sync: SyncWriter | None = None
+
+    def begin(self, size: int) -> None:
+        if size != self.bounds[-1]:  # as _sized: never write past the chunks' place
+            raise _wrong_size(self.volume, self.refs[0], size) if len(self.refs) == 1 else \
+                _missing(self.volume, self.key, f" (bytes {self.start}..{self.end})")
+
+    def feed(self, view: memoryview) -> None:
+        while view:  # hash up to each chunk boundary, then check that chunk
+            take = min(len(view), self.bounds[self.index] - self.done)
+            self.digest.update(view[:take])
+            self.done += take
+            view = view[take:]
+            if self.done == self.bounds[self.index]:
+                if self.failed is None and self.digest.hexdigest() != self.refs[self.index].id:
+                    self.failed = self.refs[self.index]
+                self.index, self.digest = self.index + 1, hasher()
+
+    def write(self, view: memoryview) -> None:
+        assert self.write_sync is not None
+        self.feed(view)
+        self.write_sync(self.position, view)
+        self.position += len(view)
 
 
 def _bounds(refs: Sequence[ChunkRef]) -> list[int]:

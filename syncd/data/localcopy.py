@@ -6,12 +6,18 @@ into Python and writing them out again costs two user-space copies per byte;
 ``cp`` costs none, because ``copy_file_range`` lets the kernel copy page-cache
 pages (and on XFS, btrfs or NFS 4.2 the same call shares the blocks: a reflink).
 So :func:`place` copies each located chunk with ``copy_file_range`` from its
-source file into the hydrate's private temporary file, and only then verifies
-it, by hashing the *destination* through a read-only ``mmap`` (no copy into
-Python): hashing the source first and copying after would let an edit of the
-source between the two slip into the new file unverified. A chunk whose copy
-does not hash to its id (the source was changed or truncated since) is left
-for the caller to fetch, and reported so that the stale cache entry is dropped.
+source file into the hydrate's private temporary file. When the source's
+``fstat`` equals the fingerprint recorded when its bytes were verified, both
+before and after the copy (stamp.py: the trust model), the copy is taken as
+it is: no byte passes through user space, as with ``cp``. Otherwise the copy
+is verified by hashing the *destination* through a read-only ``mmap`` (no copy
+into Python): hashing the source first and copying after would let an edit of
+the source between the two slip into the new file unverified. A chunk whose
+copy does not hash to its id (the source was changed or truncated since) is
+left for the caller to fetch, and reported so that the stale cache entry is
+dropped. Sources are opened ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO put in their
+place cannot block us); a path that leads elsewhere leads to another inode,
+which no fingerprint matches, so its bytes are hashed like any other.
 
 Everything here blocks; hydrate runs it in a worker thread, one call per file.
 """
@@ -23,9 +29,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from syncd.data import stamp
+from syncd.data.stamp import Fingerprint
 from syncd.format.chunking import hasher
 
 _PAGE = mmap.ALLOCATIONGRANULARITY
+_SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,39 +46,58 @@ class Copy:
     source: str
     src_offset: int
     dst_offset: int
+    fingerprint: Fingerprint | None = None   # the source's stat when its bytes were verified
 
 
-def place(dst_fd: int, copies: Sequence[Copy]) -> tuple[set[str], set[str]]:
-    """Copy and verify each chunk into ``dst_fd``: (ids placed, ids whose source is stale)."""
-    placed: set[str] = set()
-    stale: set[str] = set()
-    reader = os.open(f"/proc/self/fd/{dst_fd}", os.O_RDONLY | os.O_CLOEXEC)
+@dataclass
+class Placed:
+    ids: set[str]       # chunks now in place
+    stale: set[str]     # chunks whose source no longer holds them (drop the cache entry)
+    trusted: int = 0    # of ``ids``, copies taken on the source's fingerprint, not hashed
+
+
+def place(dst_fd: int, copies: Sequence[Copy]) -> Placed:
+    """Copy each chunk into ``dst_fd``, trusted by fingerprint or verified by hashing the copy."""
+    out = Placed(set(), set())
+    reader = -1
     try:
         for item in copies:
-            if _copy(item, dst_fd) and _hash_range(reader, item.dst_offset, item.size) == item.id:
-                placed.add(item.id)
-            else:
-                stale.add(item.id)
+            copied = _copy(item, dst_fd)
+            if copied == "trusted":
+                out.ids.add(item.id)
+                out.trusted += 1
+                continue
+            if copied == "copied":
+                if reader < 0:
+                    reader = os.open(f"/proc/self/fd/{dst_fd}", os.O_RDONLY | os.O_CLOEXEC)
+                if _hash_range(reader, item.dst_offset, item.size) == item.id:
+                    out.ids.add(item.id)
+                    continue
+            out.stale.add(item.id)
     finally:
-        os.close(reader)
-    return placed, stale
+        if reader >= 0:
+            os.close(reader)
+    return out
 
 
-def _copy(item: Copy, dst_fd: int) -> bool:
+def _copy(item: Copy, dst_fd: int) -> str:
+    """``"trusted"`` (copied, the source's fingerprint held throughout), ``"copied"`` (to be
+    verified) or ``"failed"``."""
     try:
-        src = os.open(item.source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        src = os.open(item.source, _SOURCE)
     except OSError:
-        return False
+        return "failed"
     try:
+        before = stamp.holds(src, item.fingerprint)
         done = 0
         while done < item.size:
             n = _copy_some(src, dst_fd, item.src_offset + done, item.dst_offset + done, item.size - done)
             if n <= 0:
-                return False   # the source is shorter than the chunk: it changed
+                return "failed"   # the source is shorter than the chunk: it changed
             done += n
-        return True
+        return "trusted" if before and stamp.holds(src, item.fingerprint) else "copied"
     except OSError:
-        return False
+        return "failed"
     finally:
         os.close(src)
 

@@ -19,7 +19,10 @@ that neither the cache nor a gateway holds is then streamed from the store
 straight into its place in the file, hashed on the way (fetch.py): no
 chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md);
 those writes go through one writer thread per hydrate (fewer thread wake-ups
-than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md).
+than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md). With the
+obstore backend the store's reading thread itself receives, hashes and
+``pwrite``s each 256 KiB buffer instead (store/rangeread.py: no per-piece
+buffers, no hand-offs; the profile in BENCHMARKS.md).
 
 Fewer, larger requests: a large file's consecutive chunks share packs
 (upload.py), and chunks that lie back to back in one pack and in the file are
@@ -29,9 +32,11 @@ runs at once, each holding ``STREAM_HOLD`` of the byte budget (a streamed run
 holds a batch, not its whole size), so peak memory is bounded by configuration
 whatever the file size. Warm hydrates: chunks that a file on this worker holds
 (cache references) are copied in the kernel with ``copy_file_range`` (a reflink
-where the file system shares blocks) and verified over an ``mmap`` of the copy
-before the file is published (localcopy.py); the first copy stays the cache's
-reference. Directories are created, and their times set, in one thread hop each.
+where the file system shares blocks); a copy from a file whose stat
+fingerprint still matches the one recorded when it was published is taken as
+it is, any other is verified over an ``mmap`` of the copy before the file is
+published (localcopy.py, the trust model in data/stamp.py); the first copy
+stays the cache's reference. Directories are created, and their times set, in one thread hop each.
 
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again. If the
@@ -48,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.data import localcopy
+from syncd.data import localcopy, stamp
 from syncd.data.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
 from syncd.engine.progress import NoProgress, Progress
@@ -245,9 +250,9 @@ class _Run:
                 raise
             st = await in_thread(localfs.finish_tmp, tmp, entry)
         if self._by_ref and self.engine.cache is not None:  # chunks copied locally keep their source
-            where = tmp.final.absolute()
-            await self.engine.cache.put_refs({ref.id: (where, off, ref.size)
-                                              for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
+            fingerprint = stamp.pinned(tmp.stat, entry.size, entry.mtime_ns) if tmp.stat else None
+            await self.engine.cache.put_refs(tmp.final.absolute(), fingerprint, {
+                ref.id: (off, ref.size) for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
         self._record(entry, st)
         self.result.files_written += 1
         self.result.bytes_written += entry.size
@@ -259,15 +264,17 @@ class _Run:
         if not self._by_ref or cache is None:
             return set()
         found = await cache.locate({ref.id for ref in refs})
-        copies = [localcopy.Copy(ref.id, ref.size, *found[ref.id][:2], off)
-                  for ref, off in zip(refs, offsets) if ref.id in found and found[ref.id][2] == ref.size]
+        copies = [localcopy.Copy(ref.id, ref.size, at.path, at.offset, off, at.fingerprint)
+                  for ref, off in zip(refs, offsets) if (at := found.get(ref.id)) and at.size == ref.size]
         if not copies:
             return set()
-        placed, stale = await in_thread(localcopy.place, fd, copies)
-        if stale:
-            await cache.drop(stale)
+        result = await in_thread(localcopy.place, fd, copies)
+        placed = result.ids
+        if result.stale:
+            await cache.drop(result.stale)
         done = sum(ref.size for ref in refs if ref.id in placed)
         cache.stats.hits += len(placed)
+        cache.stats.trusted += result.trusted
         self.engine.fetcher.bytes_by_source["cache"] += done
         self.progress.advance(done)
         return placed
@@ -310,7 +317,8 @@ class _Run:
             held = await self.engine.budget.acquire(min(size, STREAM_HOLD))
             try:
                 await self.engine.fetcher.stream_run(self.volume, refs, lambda pos, pieces: in_thread(
-                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer))
+                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer),
+                    lambda pos, view: localfs.pwrite_all(fd, view, offset + pos, final))
             finally:
                 await self.engine.budget.release(held)
         self.progress.advance(size)
@@ -327,7 +335,8 @@ class _Run:
                           fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
             if data is None:
                 await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
-                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer))
+                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer),
+                    lambda pos, view: localfs.pwrite_all(fd, view, offset + pos, final))
             else:
                 await in_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:

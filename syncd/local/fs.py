@@ -96,6 +96,7 @@ class TmpFile:
     name: str        # the final name, in dir_fd
     tmp: str         # the temporary name, in dir_fd
     final: Path      # for messages only
+    stat: os.stat_result | None = None   # of the published file, by fstat (finish_tmp)
 
     def close(self) -> None:
         for fd in (self.fd, self.dir_fd):
@@ -127,7 +128,7 @@ def open_tmp(root: Path, rel: str, size: int) -> TmpFile:
     return out
 
 
-def pwrite_all(fd: int, data: bytes, offset: int, final: Path) -> None:
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int, final: Path) -> None:
     view = memoryview(data)
     try:
         while view:
@@ -154,14 +155,21 @@ def pwritev_all(fd: int, pieces: list[bytes], offset: int, final: Path) -> None:
 
 
 def finish_tmp(tmp: TmpFile, entry: Entry) -> LocalFile:
-    """Set mode and mtime, close and publish; returns the published file's stat."""
+    """Set mtime and mode, publish and close; returns the published file's stat.
+
+    The stat is ``fstat`` of our own descriptor after the rename (which moves
+    ctime), so it describes the inode we wrote even if a task put another file
+    under the name meanwhile; it is kept in ``tmp.stat`` for the cache's
+    fingerprint (data/stamp.py). The mode is set after the mtime: the file is
+    private (0600) until then, and a writer that opens it after the chmod
+    moves mtime away from the snapshot's.
+    """
     try:
-        os.fchmod(tmp.fd, entry.mode & SAFE_MODE_BITS)
         os.utime(tmp.fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        os.close(tmp.fd)
-        tmp.fd = -1
+        os.fchmod(tmp.fd, entry.mode & SAFE_MODE_BITS)
         os.replace(tmp.tmp, tmp.name, src_dir_fd=tmp.dir_fd, dst_dir_fd=tmp.dir_fd)
-        return from_stat(os.lstat(tmp.name, dir_fd=tmp.dir_fd))
+        tmp.stat = os.fstat(tmp.fd)
+        return from_stat(tmp.stat)
     except OSError as exc:
         tmp.unlink_tmp()
         raise local_error(tmp.final, exc) from exc

@@ -3,7 +3,7 @@
 Attach once, at dispatch, as on the product page::
 
     import covalent as ct
-    from syncd.sdk.covalent import dispatch, get_result
+    from syncd.covalent import dispatch, get_result   # the public name; this module implements it
 
     dispatch_id = dispatch(workflow, volume=my_volume)("model-1a-small", "model-3c-small")
     result = get_result(dispatch_id, wait=True)   # ct.get_result, with each failed task's reason

@@ -20,6 +20,13 @@ yielding a :class:`BlobStream` whose pieces arrive as the body does (the
 gateway relays bytes to waiting readers before the object is complete).
 :func:`open_stream` uses it when present and falls back to one whole-body
 ``get`` otherwise, so every ObjectStore can be read as a stream.
+
+Reads into a sink are the other optional extra: ``read_into(key, start, end,
+sink) -> bool`` receives the body in a worker thread and hands it to
+``sink.begin(size)`` / ``sink.write(view)`` (store/rangeread.py), with no
+buffer per piece; a store that cannot answers False (or lacks the method:
+:func:`read_into` says so) and the caller streams instead. One attempt, no
+retry inside: a failure half-way is the caller's to repeat from the start.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Protocol, runtime_checkable
 
 from syncd.config import Config
 from syncd.errors import ConfigError, NotFound, PreconditionFailed
+from syncd.store.rangeread import Sink
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +123,15 @@ async def put_immutable(store: ObjectStore, key: str, data: bytes) -> bool:
     log.warning("%s: the stored object is damaged (a writer died mid-upload?); rewriting it", key)
     await store.put(key, data)
     return True
+
+
+async def read_into(store: ObjectStore, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+    """``store.read_into`` if the store has it; False when the body must be read another way."""
+    reader = getattr(store, "read_into", None)
+    if reader is None:
+        return False
+    done: bool = await reader(key, start, end, sink)
+    return done
 
 
 def open_stream(store: ObjectStore, key: str, start: int | None = None,

@@ -37,6 +37,12 @@ large ``If-None-Match`` PUTs of new chunks and packs without it (SHA-256 over
 every uploaded byte would cost more CPU than the chunk's own id; a damaged new
 object is repaired by ``put_immutable``, see base.py).
 
+Large reads skip obstore's body stream: :meth:`ObstoreStore.read_into` signs
+the GET with obstore (a pre-signed URL, so credentials and signing stay
+object_store's) and receives the body on a blocking socket in a worker thread
+straight into the caller's sink (rangeread.py: no per-piece buffers, the CPU
+a cold hydrate spent on them).
+
 What object_store has no API for, and stays on aiobotocore (``S3Store``, opened
 only when needed, so a hydrate never imports botocore): creating the bucket
 (checked with one LIST at open, created if that says NoSuchBucket) and listing
@@ -52,11 +58,15 @@ metadata), asked again whenever the credentials it returned expire.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import os
 import re
+import socket
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import obstore as obs
@@ -66,12 +76,14 @@ from obstore.store import S3Store as _ObS3
 from syncd.config import Config
 from syncd.errors import AccessDenied, ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
 from syncd.store.base import Blob, BlobStream, ObjectInfo
+from syncd.store.rangeread import Reader, Sink
 from syncd.store.reach import explain
 
 if TYPE_CHECKING:
     from syncd.store.s3 import S3Store
 
 STREAM_PIECE = 256 * 1024  # pieces of at least this much, as s3.STREAM_PIECE (the gateway relays each)
+SIGNED_FOR = datetime.timedelta(minutes=15)  # a pre-signed GET is used at once; this is slack for clocks
 GUARD_BELOW = 1 << 20      # If-None-Match PUTs up to this size carry the checksum too (as s3.MD5_ALWAYS_BELOW)
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>(\w+)</Code>")
@@ -171,6 +183,8 @@ class ObstoreStore:
         self._data = _handle(config, creds, checksum=False)
         self._guarded = _handle(config, creds, checksum=True)
         self._control: S3Store | None = None
+        self._reader = Reader(config.connect_timeout, config.read_timeout)
+        self._threads: ThreadPoolExecutor | None = None
 
     @classmethod
     async def open(cls, config: Config, *, check_bucket: bool = True) -> ObstoreStore:
@@ -207,8 +221,44 @@ class ObstoreStore:
 
     async def close(self) -> None:
         control, self._control = self._control, None
+        self._reader.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+            self._threads = None
         if control is not None:
             await control.close()
+
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        """GET ``key`` (bytes [start, end) when given) into ``sink`` from a worker thread (rangeread.py).
+
+        Raises as :meth:`get` does, and ``rangeread.Unsupported`` for an answer the direct reader
+        does not take. Cancelled, it stops the read and returns once the thread has."""
+        try:
+            url = await obs.sign_async(self._data, "GET", key, SIGNED_FOR)
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max(1, self.config.max_connections),
+                                               thread_name_prefix="syncd-read")
+        abort = threading.Event()
+        current: list[socket.socket | None] = [None]
+
+        def track(sock: socket.socket | None) -> None:
+            current[0] = sock
+
+        task = asyncio.get_running_loop().run_in_executor(
+            self._threads, self._reader.read, url, start, end, sink, abort, track)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            abort.set()
+            sock = current[0]
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)   # wakes a blocked recv
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        return True
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
         try:

@@ -6,7 +6,10 @@ operation the caller asked for, a retry re-enters the limiter (a backing-off
 request holds no connection slot while it sleeps), and the backend only moves
 bytes. Each wrapper also passes ``get_stream`` through (see store.py): the
 limiter holds its slot until the stream is closed, the retrier retries opening
-it (not a body that fails half-way), the counter counts it as one GET.
+it (not a body that fails half-way), the counter counts it as one GET. So
+does ``read_into`` (base.py): the limiter holds a slot for the read, the
+retrier passes it through untried (a body half-written is the caller's to
+repeat), the counter counts one GET and its body's bytes.
 
 Retry policy, decided by exception class alone: ``TransientStoreError`` is
 retried with full-jitter exponential backoff up to ``attempts`` times, then
@@ -27,7 +30,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from syncd.errors import TransientStoreError
-from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream
+from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream, read_into
+from syncd.store.rangeread import Sink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +65,9 @@ class RetryingStore:
         async with contextlib.AsyncExitStack() as stack:
             yield await self._call(f"GET {key}", lambda: stack.enter_async_context(
                 open_stream(self.inner, key, start, end)))
+
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        return await read_into(self.inner, key, start, end, sink)
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -108,6 +115,10 @@ class LimitingStore:
                          end: int | None = None) -> AsyncIterator[BlobStream]:
         async with self._sem, open_stream(self.inner, key, start, end) as stream:
             yield stream
+
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        async with self._sem:
+            return await read_into(self.inner, key, start, end, sink)
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -170,6 +181,20 @@ class CountingStore:
         async with open_stream(self.inner, key, start, end) as stream:
             yield BlobStream(stream.size, stream.etag, self._counted(stream.pieces))
 
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        counted = _CountedSink(sink)
+        try:
+            done = await read_into(self.inner, key, start, end, counted)
+        except BaseException:
+            done = True   # the GET was made, whatever became of it
+            raise
+        finally:
+            self.bytes_in += counted.size
+            if done:
+                self.calls["get"] += 1
+                self.keys[key] += 1
+        return done
+
     async def _counted(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for piece in pieces:
             self.bytes_in += len(piece)
@@ -204,3 +229,17 @@ class CountingStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class _CountedSink:
+    """A sink that remembers the size of the body it was given (read from the loop afterwards)."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner, self.size = inner, 0
+
+    def begin(self, size: int) -> None:
+        self.inner.begin(size)
+        self.size = size
+
+    def write(self, view: memoryview) -> None:
+        self.inner.write(view)
