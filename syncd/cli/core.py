@@ -46,7 +46,7 @@ COMMANDS: dict[str, Command] = {}
 PARSERS: dict[str, argparse.ArgumentParser] = {}   # each command's own parser, filled by build_parser()
 # Modules that register more commands with @command; imported by build_parser().
 COMMAND_MODULES: list[str] = ["syncd.cli.agent", "syncd.cli.volume", "syncd.cli.maint", "syncd.cli.gateway",
-                              "syncd.cli.files", "syncd.cli.mount", "syncd.cli.cache"]
+                              "syncd.cli.files", "syncd.cli.mount", "syncd.cli.cache", "syncd.cli.devs3"]
 # The first word of each command -> the modules that register commands under it, so a run imports
 # only what its command needs (start-up: docs/BENCHMARKS.md); tests/test_cli_startup.py keeps this
 # in step with the registrations. A word not here (``--help``, a typo) imports them all.
@@ -56,6 +56,7 @@ COMMAND_WORDS: dict[str, tuple[str, ...]] = {
     "volume": ("syncd.cli.volume", "syncd.cli.maint", "syncd.cli.files"),
     "put": ("syncd.cli.volume",), "get": ("syncd.cli.volume",), "restore": ("syncd.cli.volume",),
     "gateway": ("syncd.cli.gateway",), "mount": ("syncd.cli.mount",), "cache": ("syncd.cli.cache",),
+    "dev-s3": ("syncd.cli.devs3",),
     **{w: ("syncd.cli.files",) for w in ("ls", "cat", "rm", "cp", "mv", "diff")},
 }
 
