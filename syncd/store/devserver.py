@@ -121,6 +121,21 @@ class SeaweedServer:
         self.stop()
         raise RuntimeError(f"SeaweedFS did not become ready in {timeout:.0f}s; see {self.log_path}")
 
+    def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` if it is missing (``syncd dev-s3`` makes the default one)."""
+        import botocore.exceptions
+        import botocore.session
+
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.endpoint, region_name=CREDENTIALS["AWS_REGION"],
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        try:
+            client.create_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
     def stop(self, grace: float = 2.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
