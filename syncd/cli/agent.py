@@ -41,7 +41,8 @@ def _status_addr(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-@command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args)
+@command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args,
+         creates=True)
 async def _agent(args: argparse.Namespace, config: Config) -> Any:
     from syncd.agent.api import serve
     from syncd.agent.rootlock import RootLock

@@ -24,6 +24,10 @@ obstore backend the store's reading thread itself receives, hashes and
 ``pwrite``s each 256 KiB buffer instead (store/rangeread.py: no per-piece
 buffers, no hand-offs; the profile in BENCHMARKS.md).
 
+Processes share: a large file is looked up in the cache and downloaded under a lock file
+per file in the cache directory (data/flight.py), so of several hydrates of one volume on
+one worker, in one process or many, the first downloads and the others copy its file.
+
 Fewer, larger requests: a large file's consecutive chunks share packs
 (upload.py), and chunks that lie back to back in one pack and in the file are
 streamed as one run with one ranged GET of up to ``SYNCD_LARGE_PACK_SIZE``
@@ -47,13 +51,16 @@ locally changed, and the plan recognises them by hashing (see hydrateplan.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.data import flight as flight_lock
 from syncd.data import localcopy, stamp
+from syncd.data.cache import Located
 from syncd.data.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
 from syncd.engine.progress import NoProgress, Progress
@@ -239,31 +246,47 @@ class _Run:
         for ref in entry.chunks:
             offsets.append(offset)
             offset += ref.size
-        async with self._files:
+        async with self._files, contextlib.AsyncExitStack() as flight:
+            found = await self._locate(entry, flight)
             tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, undo=localfs.abandon_tmp)
             try:
-                copied = await self._copy_local(tmp.fd, entry.chunks, offsets)
+                copied = await self._copy_local(tmp.fd, entry.chunks, offsets, found)
                 await gather_all(self._write_piece(tmp.fd, tmp.final, piece)
                                  for piece in self._pieces(entry.chunks, offsets, copied))
             except BaseException:
                 await in_thread(localfs.abandon_tmp, tmp)
                 raise
             st = await in_thread(localfs.finish_tmp, tmp, entry)
-        if self._by_ref and self.engine.cache is not None:  # chunks copied locally keep their source
-            fingerprint = stamp.pinned(tmp.stat, entry.size, entry.mtime_ns) if tmp.stat else None
-            await self.engine.cache.put_refs(tmp.final.absolute(), fingerprint, {
-                ref.id: (off, ref.size) for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
+            if self._by_ref and self.engine.cache is not None:  # chunks copied locally keep their source
+                fingerprint = stamp.pinned(tmp.stat, entry.size, entry.mtime_ns) if tmp.stat else None
+                await self.engine.cache.put_refs(tmp.final.absolute(), fingerprint, {
+                    ref.id: (off, ref.size) for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
         self._record(entry, st)
         self.result.files_written += 1
         self.result.bytes_written += entry.size
 
-    async def _copy_local(self, fd: int, refs: tuple[ChunkRef, ...], offsets: list[int]) -> set[str]:
+    async def _locate(self, entry: Entry, flight: contextlib.AsyncExitStack) -> dict[str, Located]:
+        """The cache references of the file's chunks, looked up under the file's cross-process
+        lock (data/flight.py): if some are missing, ``flight`` keeps the lock while this hydrate
+        downloads them and until the cache references its copy; if none are, it lets go at once."""
+        cache = self.engine.cache
+        if not self._by_ref or cache is None:
+            return {}
+        await flight.enter_async_context(flight_lock.exclusive(cache.directory,
+                                                               flight_lock.key(r.id for r in entry.chunks)))
+        found = await cache.locate({ref.id for ref in entry.chunks})
+        if all(ref.id in found for ref in entry.chunks):
+            await flight.aclose()   # another hydrate holds the bytes: copy them side by side
+        return found
+
+    async def _copy_local(self, fd: int, refs: tuple[ChunkRef, ...], offsets: list[int],
+                          found: dict[str, Located]) -> set[str]:
         """Chunks a file on this worker already holds (cache references): copied in the kernel,
-        verified over the copy (localcopy.py). Returns the ids placed."""
+        trusted on the source's fingerprint or verified over the copy (localcopy.py). Returns
+        the ids placed."""
         cache = self.engine.cache
         if not self._by_ref or cache is None:
             return set()
-        found = await cache.locate({ref.id for ref in refs})
         copies = [localcopy.Copy(ref.id, ref.size, at.path, at.offset, off, at.fingerprint)
                   for ref, off in zip(refs, offsets) if (at := found.get(ref.id)) and at.size == ref.size]
         if not copies:

@@ -200,7 +200,7 @@ class IndexStore:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
             yield conn
         except sqlite3.Error as exc:
-            raise LocalIOError(f"sync index {self.db_path}: {exc}") from exc
+            raise LocalIOError(f"sync index {self.db_path}: {exc}{full_note(self.dir)}") from exc
         finally:
             conn.close()
 
@@ -438,3 +438,18 @@ def unchanged(tracked: Tracked, local: LocalFile) -> bool:
     if entry.kind == "symlink":
         return local.target == entry.target
     return True
+
+
+FULL_MARGIN = 1 << 20  # free bytes below which a failing state directory is reported as full
+
+
+def full_note(directory: Path) -> str:
+    """A note for an error in ``directory`` whose file system is full: SQLite says only
+    'disk I/O error' (or 'database or disk is full') when a write finds no space left."""
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return ""
+    if fs.f_bavail * fs.f_frsize >= FULL_MARGIN:
+        return ""
+    return f" (the state directory's file system is full: no space left on device in {directory})"

@@ -8,8 +8,9 @@ bytes. Each wrapper also passes ``get_stream`` through (see store.py): the
 limiter holds its slot until the stream is closed, the retrier retries opening
 it (not a body that fails half-way), the counter counts it as one GET. So
 does ``read_into`` (base.py): the limiter holds a slot for the read, the
-retrier passes it through untried (a body half-written is the caller's to
-repeat), the counter counts one GET and its body's bytes.
+retrier retries it while no byte of the body reached the sink (a body
+half-written is the caller's to repeat), the counter counts one GET and its
+body's bytes.
 
 Retry policy, decided by exception class alone: ``TransientStoreError`` is
 retried with full-jitter exponential backoff up to ``attempts`` times, then
@@ -67,7 +68,21 @@ class RetryingStore:
                 open_stream(self.inner, key, start, end)))
 
     async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
-        return await read_into(self.inner, key, start, end, sink)
+        """Retried while no byte reached ``sink`` (as a stream's opening); after that, final."""
+        watched = _CountedSink(sink)
+
+        async def attempt() -> bool:
+            try:
+                return await read_into(self.inner, key, start, end, watched)
+            except TransientStoreError as exc:
+                if watched.began:
+                    raise _HalfWay(exc) from exc
+                raise
+
+        try:
+            return await self._call(f"GET {key}", attempt)
+        except _HalfWay as half:
+            raise half.error from half.error.__cause__
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
@@ -232,14 +247,23 @@ class CountingStore:
 
 
 class _CountedSink:
-    """A sink that remembers the size of the body it was given (read from the loop afterwards)."""
+    """A sink that remembers whether a body began and its size (read from the loop afterwards)."""
 
     def __init__(self, inner: Sink) -> None:
-        self.inner, self.size = inner, 0
+        self.inner, self.size, self.began = inner, 0, False
 
     def begin(self, size: int) -> None:
+        self.began = True
         self.inner.begin(size)
         self.size = size
 
     def write(self, view: memoryview) -> None:
         self.inner.write(view)
+
+
+class _HalfWay(Exception):
+    """A transient failure after the body began: not the retrier's to repeat."""
+
+    def __init__(self, error: TransientStoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
