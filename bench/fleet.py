@@ -217,7 +217,7 @@ async def worker_proc(count: int) -> None:
         logging.getLogger(name).addHandler(failures)
         logging.getLogger(name).setLevel(logging.INFO)
     config = Config.from_env()
-    backend = await S3Store.open(config.replace(max_connections=4 * config.max_connections), create_bucket=False)
+    backend = await S3Store.open(config.replace(max_connections=4 * config.max_connections), check_bucket=False)
     async with contextlib.AsyncExitStack() as stack:
         engines = [await stack.enter_async_context(open_engine(config, backend=_Shared(backend), use_cache=False))
                    for _ in range(count)]

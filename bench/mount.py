@@ -20,6 +20,7 @@ as skipped. Modes alternate in one process; results are JSON.
     python bench/mount.py --quick            # 256 MiB file, 10k entries
     python bench/mount.py --size 2G --entries 100000
     python bench/mount.py --find-only --entries 100000   # the find part alone (tree GETs counted)
+    python bench/mount.py --find-only --repeat 3 --profile find.txt   # cold and warm, medians, py-spy
 
 It starts its own SeaweedFS unless SYNCD_S3_ENDPOINT is set.
 """
@@ -32,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pyspy
 
 from syncd.config import Config, MiB, parse_size
 from syncd.engine.commit import commit
@@ -172,20 +176,39 @@ def run_fio(config: Config, scratch: Path) -> dict[str, Any]:
     return out
 
 
-def find_many(config: Config, scratch: Path) -> dict[str, Any]:
-    """``find`` over the many-entry volume on a fresh mount (cold cache): seconds, data and tree GETs."""
-    m, startup = mount(fresh(config, scratch, "find"), "many", scratch / "mnt-many")
-    try:
-        at_mount = m.call("status")["tree_reads"]
-        t = time.perf_counter()
-        found = subprocess.run(["find", str(m.path)], capture_output=True, check=True).stdout.count(b"\n")
-        seconds = time.perf_counter() - t
-        status = m.call("status")
-        return {"entries_listed": found, "seconds": round(seconds, 3), "mount_startup_s": round(startup, 3),
-                "data_gets": m.data_gets(), "tree_gets_at_mount": at_mount, "tree_gets": status["tree_reads"],
-                "dirs_listed": status["dirs_listed"]}
-    finally:
-        m.stop()
+def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | None = None) -> dict[str, Any]:
+    """``find`` over the many-entry volume: on a fresh mount (cold cache), then again on the same mount
+    (warm: every tree decoded, every node made). ``repeat`` fresh mounts; medians, and each run's figures.
+    ``profile``: py-spy on the mount process during the first cold ``find`` (and the warm one after it)."""
+    runs = []
+    for i in range(repeat):
+        m, startup = mount(fresh(config, scratch, "find"), "many", scratch / "mnt-many")
+        spy = None
+        try:
+            at_mount = m.call("status")["tree_reads"]
+            if profile is not None and i == 0 and m.proc is not None:
+                spy = pyspy.record(m.proc.pid, profile)
+            t = time.perf_counter()
+            found = subprocess.run(["find", str(m.path)], capture_output=True, check=True).stdout.count(b"\n")
+            cold = time.perf_counter() - t
+            status = m.call("status")
+            t = time.perf_counter()
+            subprocess.run(["find", str(m.path)], capture_output=True, check=True)
+            warm = time.perf_counter() - t
+            runs.append({"entries_listed": found, "cold_s": round(cold, 3), "warm_s": round(warm, 3),
+                         "mount_startup_s": round(startup, 3), "data_gets": m.data_gets(),
+                         "tree_gets_at_mount": at_mount, "tree_gets": status["tree_reads"],
+                         "dirs_listed": status["dirs_listed"]})
+        finally:
+            if spy is not None:
+                pyspy.stop(spy)
+            m.stop()
+    out: dict[str, Any] = {"cold_s_median": statistics.median(r["cold_s"] for r in runs),
+                           "warm_s_median": statistics.median(r["warm_s"] for r in runs), "runs": runs}
+    if profile is not None and profile.exists():
+        out["profile"] = str(profile)
+        print(pyspy.summarize(profile), file=sys.stderr)
+    return out
 
 
 def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
@@ -195,7 +218,7 @@ def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, A
     asyncio.run(seed(config, scratch, 0 if args.find_only else size, args.entries))
     result: dict[str, Any] = {"size_bytes": size, "entries": args.entries}
     if args.find_only:
-        result["find"] = find_many(config, scratch)
+        result["find"] = find_many(config, scratch, args.repeat, Path(args.profile) if args.profile else None)
         result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         return result
     mib = size / MiB
@@ -263,6 +286,8 @@ def main() -> None:
     p.add_argument("--random-reads", type=int, default=300)
     p.add_argument("--quick", action="store_true", help="256 MiB, 10k entries, 100 random reads")
     p.add_argument("--find-only", action="store_true", help="only the find over --entries entries")
+    p.add_argument("--repeat", type=int, default=1, help="find: this many fresh mounts (medians)")
+    p.add_argument("--profile", default=None, help="find: py-spy raw profile of the first cold find here")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.quick:

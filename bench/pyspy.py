@@ -6,7 +6,7 @@ reads such a file and gives the busy samples by category (the frame nearest
 the leaf that matches one of ``CATEGORIES``) and by leaf function. Threads
 that only wait (a worker thread parked on its queue, the selector's epoll)
 are left out: py-spy's own idle detection misses those blocking waits.
-Used by bench/fanout.py and bench/fleet.py.
+Used by bench/fanout.py, bench/fleet.py and bench/mount.py.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ CATEGORIES = (
     ("hydrate: writing files", "hydrate.py"),
     ("chunk cache", "data/cache.py"),
     ("gateway code", "gateway/"),
+    ("tree codec (format/tree*.py, msgspec)", "syncd/format/tree"),
+    ("lazy mount (FUSE requests, inode table)", "syncd/mount/"),
     ("syncd code", "syncd/"),
     ("event loop, threads", "asyncio/"),
     ("imports (start-up)", "<frozen importlib"),

@@ -6,8 +6,12 @@ worker runs under can be read in one place:
 ===========================  ==================  =====================================
 variable                     default             meaning
 ===========================  ==================  =====================================
-SYNCD_S3_ENDPOINT            (AWS)               S3 endpoint URL; unset means AWS
-SYNCD_BUCKET                 syncd               bucket, created if missing
+SYNCD_S3_ENDPOINT            (AWS)               S3 endpoint URL (``http://`` or ``https://``
+                                                 host[:port]); unset means AWS
+SYNCD_BUCKET                 syncd               bucket (3-63 characters: lowercase letters,
+                                                 digits, dots, hyphens); created if missing
+                                                 only by what creates volumes (the agent,
+                                                 ``volume create``, ``put``, ``commit``)
 SYNCD_STORE_BACKEND          obstore             the S3 client: ``obstore`` (Rust
                                                  object_store; less CPU per byte) or
                                                  ``aiobotocore`` (store/select.py)
@@ -47,7 +51,10 @@ SYNCD_KEEP_DAYS              (all)               prune: keep snapshots younger t
 SYNCD_PRUNE_GRACE            3600                prune: never delete objects younger than this (s)
 ===========================  ==================  =====================================
 
-Sizes accept plain bytes or a suffix (``512K``, ``8M``, ``10G``).
+Sizes accept plain bytes or a suffix (``512K``, ``8M``, ``10G``). The endpoint
+and the bucket name are checked here, before any request: a mistyped one is
+named with the rule it breaks instead of surfacing as a client library's panic
+or the server's ``InvalidBucketName``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from syncd.errors import ConfigError
 
@@ -66,6 +74,34 @@ GiB = 1024 * MiB
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+BUCKET_RULE = ("3-63 characters: lowercase letters, digits, dots and hyphens, starting and ending "
+               "with a letter or digit")
+
+
+def check_bucket_name(name: str) -> str:
+    """S3's bucket naming rules, so a bad name fails before any request, with the rule."""
+    if not _BUCKET.match(name) or ".." in name or ".-" in name or "-." in name or _IPV4.match(name):
+        raise ConfigError(f"SYNCD_BUCKET {name!r} is not a valid bucket name ({BUCKET_RULE}; "
+                          "not an IP address, no '..')")
+    return name
+
+
+def check_endpoint(url: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host and, if any, a numeric port."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        hint = f"; did you mean http://{url}?" if "://" not in url else ""
+        raise ConfigError(f"SYNCD_S3_ENDPOINT {url!r} must start with http:// or https://{hint}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"SYNCD_S3_ENDPOINT {url!r} has a port that is not a number from 0 to 65535") from exc
+    if not parts.hostname or parts.query or parts.fragment or port == 0:
+        raise ConfigError(f"SYNCD_S3_ENDPOINT {url!r} must be http(s)://HOST[:PORT], "
+                          "for example http://127.0.0.1:8333")
+    return url
 
 
 def parse_size(text: str) -> int:
@@ -109,8 +145,12 @@ class Config:
     keep_snapshots: int | None = None
     keep_days: float | None = None
     prune_grace: float = 3600.0
+    create_bucket: bool = True          # False: a missing bucket is an error (the CLI's read commands)
 
     def __post_init__(self) -> None:
+        if self.s3_endpoint is not None:
+            check_endpoint(self.s3_endpoint)
+        check_bucket_name(self.bucket)
         if self.chunk_size < 64 * KiB or self.chunk_size > 5 * GiB:
             raise ConfigError("SYNCD_CHUNK_SIZE must be between 64 KiB and 5 GiB")
         if self.pack_threshold > self.chunk_size:

@@ -18,6 +18,7 @@ never on message text::
     ├── PermissionDenied       a request for another owner's volumes
     ├── AgentUnavailable       no agent answers on SYNCD_SOCKET, or it is shutting down
     └── StoreError             the object store refused (permanent)
+        ├── AccessDenied       401/403: the credentials, or their rights
         ├── NotFound           no such key
         ├── PreconditionFailed a conditional write lost the race
         └── TransientStoreError  throttling, 5xx, dropped or truncated transfers:
@@ -85,6 +86,14 @@ class AgentUnavailable(SyncdError):
 
 class StoreError(SyncdError):
     exit_code = 8
+
+
+class AccessDenied(StoreError):
+    """The store refused the credentials or their rights (HTTP 401/403); ``code`` is S3's error code."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NotFound(StoreError):

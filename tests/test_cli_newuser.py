@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +63,129 @@ def test_get_refuses_to_overwrite_local_edits(cli: Any, tmp_path: Path) -> None:
     assert (dest / "notes.txt").read_text() == "the volume's notes\n"
     assert (dest / "sub" / "deep.txt").read_text() == "deep\n"
     assert cli("get", "vol", "/", str(dest))[0] == 0          # already equal: nothing to refuse
+
+
+def _bucket_exists(config: Config, bucket: str) -> bool:
+    import botocore.exceptions
+    import botocore.session
+    client = botocore.session.get_session().create_client("s3", endpoint_url=config.s3_endpoint,
+                                                          region_name=config.region)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError:
+        return False
+    return True
+
+
+def test_a_mistyped_bucket_is_named_not_created(cli: Any, config: Config, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Item 6: only commands that create volumes create a bucket, and they say so."""
+    missing = f"nobucket-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SYNCD_BUCKET", missing)
+    for argv in (("volume", "ls"), ("ls", "vol"), ("volume", "info", "vol"), ("diff", "vol")):
+        code, out, err = cli(*argv)
+        assert code == 2 and out == "" and f"bucket {missing!r} does not exist" in err, (argv, err)
+    assert not _bucket_exists(config, missing)
+    code, _, err = cli("volume", "create", "vol")
+    assert code == 0 and f"created bucket {missing!r}" in caplog.text     # a warning on stderr
+    assert _bucket_exists(config, missing)
+    assert cli("volume", "ls")[:2] == (0, "vol\n")
+
+
+def test_a_bad_endpoint_or_bucket_name_is_named_before_any_request(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 7 and issue 23: no Rust panic, no InvalidBucketName from the server."""
+    monkeypatch.setenv("SYNCD_S3_ENDPOINT", "127.0.0.1:38217")
+    code, _, err = cli("volume", "ls")
+    assert code == 2 and "http://127.0.0.1:38217" in err and "panicked" not in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("SYNCD_S3_ENDPOINT", "http://127.0.0.1:1")   # unreachable: a request would say so
+    monkeypatch.setenv("SYNCD_BUCKET", "lm")
+    code, _, err = cli("volume", "ls")
+    assert code == 2 and "'lm'" in err and "3-63 characters" in err and "reach" not in err
+    monkeypatch.setenv("SYNCD_BUCKET", "Upper_Case")
+    assert cli("volume", "ls")[0] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_endpoint_is_said_in_our_words(cli: Any, config: Config, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 23: connection refused, DNS failure, TLS error, timeout; the library's text only with -v."""
+    monkeypatch.setenv("SYNCD_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("SYNCD_READ_TIMEOUT", "1")
+    monkeypatch.setenv("SYNCD_S3_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    code, _, err = cli("volume", "ls")
+    assert code == 8 and "connection refused" in err and "Generic S3 error" not in err and len(err.splitlines()) == 1
+    with caplog.at_level(logging.INFO, logger="syncd"):
+        code, _, err = cli("-v", "volume", "ls")
+    assert code == 8 and "connection refused" in err and "the object store client said" in caplog.text
+    monkeypatch.setenv("SYNCD_S3_ENDPOINT", "http://no-such-host.invalid:8333")
+    code, _, err = cli("volume", "ls")
+    assert code == 8 and "DNS lookup of 'no-such-host.invalid' failed" in err
+    assert config.s3_endpoint and config.s3_endpoint.startswith("http://")
+    monkeypatch.setenv("SYNCD_S3_ENDPOINT", "https://" + config.s3_endpoint[len("http://"):])  # plain http server
+    code, _, err = cli("volume", "ls")
+    assert code == 8 and "TLS error" in err
+    with socket.socket() as silent:                              # accepts (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("SYNCD_S3_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        code, _, err = cli("volume", "ls")
+    assert code == 8 and "timeout" in err and "no answer" in err
+
+
+def test_a_wrong_secret_says_check_the_credentials(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 10: not 'syncd: error: syncd: 403 SignatureDoesNotMatch'."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    monkeypatch.setenv("SYNCD_BUCKET", "syncd")
+    for backend in ("obstore", "aiobotocore"):
+        monkeypatch.setenv("SYNCD_STORE_BACKEND", backend)
+        code, _, err = cli("volume", "ls")
+        assert code == 8 and "check the credentials" in err and "error: syncd:" not in err, (backend, err)
+
+
+def _log_seqs(cli: Any) -> dict[int, str]:
+    code, out, _ = cli("--json", "volume", "log", "vol")
+    return {row["seq"]: row["snapshot"] for row in json.loads(out)["snapshots"]}
+
+
+def test_snapshots_by_seq_or_prefix_and_restore_in_either_order(cli: Any, tmp_path: Path) -> None:
+    """Items 8 and 9: 'syncd diff vol 1 3', prefixes, and 'restore VOL --snapshot ID PATH'."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / "a.txt").write_text(f"version {i}\n")
+        (src / f"f{i}.txt").write_text("x\n")
+        assert cli("commit", "vol", str(src))[0] == 0
+    seqs = _log_seqs(cli)
+    code, out, err = cli("diff", "vol", "1", "3")
+    assert code == 0, err
+    assert out.split("\n")[:3] == ["M a.txt", "+ f1.txt", "+ f2.txt"]
+    code, out2, _ = cli("diff", "vol", seqs[1][:8], seqs[3][:10])
+    assert code == 0 and out2 == out
+    code, _, err = cli("diff", "vol", "9", "3")
+    assert code == 3 and "seq 9" in err
+    code, _, err = cli("diff", "vol", "zz-top")
+    assert code == 2 and "seq number" in err
+
+    code, out, err = cli("restore", "vol", "--snapshot", "1", "a.txt")     # the documented order
+    assert code == 0, err
+    assert cli("cat", "vol", "a.txt")[1] == "version 0\n"
+    code, _, err = cli("restore", "vol", "a.txt", "--snapshot", seqs[2][:6])   # and the other one
+    assert code == 0, err
+    assert cli("cat", "vol", "a.txt")[1] == "version 1\n"
+    assert cli("cat", "vol", "a.txt", "--snapshot", "3")[1] == "version 2\n"
+    with pytest.raises(SystemExit) as exit_info:                           # a word too many is still refused
+        cli("restore", "vol", "--snapshot", "1", "a.txt", "extra")
+    assert exit_info.value.code == 2
+
+
+def test_the_sdk_names_syncd_agent_wait_when_it_gives_up(tmp_path: Path) -> None:
+    """Item 10: the 10-second wait for an agent says what it waited for and how to change it."""
+    from syncd.errors import AgentUnavailable
+    from syncd.sdk.volume import AgentClient
+    with pytest.raises(AgentUnavailable, match="SYNCD_AGENT_WAIT"):
+        AgentClient(tmp_path / "nobody.sock", connect_wait=0.2).call("GET", "/v1/status")

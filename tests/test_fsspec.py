@@ -56,7 +56,7 @@ def shared_fs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     depends on S3 itself is tested on the real server below.
     """
     tmp = tmp_path_factory.mktemp("fsspec")
-    config = Config(s3_endpoint="memory", bucket="syncd-test", prefix=f"t-{uuid.uuid4().hex[:12]}", owner="alice",
+    config = Config(s3_endpoint="http://memory.invalid", bucket="syncd-test", prefix=f"t-{uuid.uuid4().hex[:12]}", owner="alice",
                     cache_dir=tmp / "cache", state_dir=tmp / "state", chunk_size=1 * MiB,
                     pack_threshold=256 * 1024, pack_size=2 * MiB)
     if request.param == "memory":

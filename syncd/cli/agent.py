@@ -29,7 +29,8 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
                    help="poll instead of inotify for a mount with more directories than this (0: kernel limit)")
 
 
-@command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args)
+@command("agent", "run the worker sidecar: mount volumes under SYNCD_ROOT, serve SYNCD_SOCKET", _agent_args,
+         creates=True)
 async def _agent(args: argparse.Namespace, config: Config) -> Any:
     from syncd.agent.api import serve
     from syncd.agent.rootlock import RootLock

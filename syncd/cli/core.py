@@ -38,12 +38,15 @@ class Command:
     help: str
     configure: Configure
     handler: Handler
+    creates: bool = False  # it may create a volume, so it may create a missing bucket too
 
 
+SNAPSHOT_HELP = "a snapshot instead of the latest: its id, a unique id prefix or its seq ('volume log')"
 COMMANDS: dict[str, Command] = {}
+PARSERS: dict[str, argparse.ArgumentParser] = {}   # each command's own parser, filled by build_parser()
 # Modules that register more commands with @command; imported by build_parser().
 COMMAND_MODULES: list[str] = ["syncd.cli.agent", "syncd.cli.volume", "syncd.cli.maint", "syncd.cli.gateway",
-                              "syncd.cli.files", "syncd.cli.mount", "syncd.cli.cache"]
+                              "syncd.cli.files", "syncd.cli.mount", "syncd.cli.cache", "syncd.cli.devs3"]
 # The first word of each command -> the modules that register commands under it, so a run imports
 # only what its command needs (start-up: docs/BENCHMARKS.md); tests/test_cli_startup.py keeps this
 # in step with the registrations. A word not here (``--help``, a typo) imports them all.
@@ -53,14 +56,17 @@ COMMAND_WORDS: dict[str, tuple[str, ...]] = {
     "volume": ("syncd.cli.volume", "syncd.cli.maint", "syncd.cli.files"),
     "put": ("syncd.cli.volume",), "get": ("syncd.cli.volume",), "restore": ("syncd.cli.volume",),
     "gateway": ("syncd.cli.gateway",), "mount": ("syncd.cli.mount",), "cache": ("syncd.cli.cache",),
+    "dev-s3": ("syncd.cli.devs3",),
     **{w: ("syncd.cli.files",) for w in ("ls", "cat", "rm", "cp", "mv", "diff")},
 }
 
 
-def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:
-    """Register ``handler`` as ``syncd <name>``; ``configure`` adds its arguments."""
+def command(name: str, help: str, configure: Configure | None = None,
+            creates: bool = False) -> Callable[[Handler], Handler]:
+    """Register ``handler`` as ``syncd <name>``; ``configure`` adds its arguments. Only a command
+    that ``creates`` volumes may create a missing bucket (with a warning); the others say it is missing."""
     def register(fn: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, configure or (lambda p: None), fn)
+        COMMANDS[name] = Command(name, help, configure or (lambda p: None), fn, creates)
         return fn
     return register
 
@@ -69,25 +75,37 @@ def volume_arg(args: argparse.Namespace) -> str:
     return normalize_volume_name(args.volume)
 
 
+_BARS: list[Any] = []   # progress bars of this run, stopped before anything is printed
+
+
 def progress_for(args: argparse.Namespace) -> Any:
     if args.json or args.quiet or not sys.stderr.isatty():
         return None
     from syncd.cli.progress import RichProgress
-    return RichProgress()
+    bar = RichProgress()
+    _BARS.append(bar)
+    return bar
+
+
+def stop_bars() -> None:
+    while _BARS:
+        _BARS.pop().close()
 
 
 def _hydrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("volume")
     p.add_argument("dir")
-    p.add_argument("--snapshot", help="a snapshot id instead of the latest")
+    p.add_argument("--snapshot", help=SNAPSHOT_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace conflicting local files")
 
 
 @command("hydrate", "make DIR match the volume's latest snapshot", _hydrate_args)
 async def _hydrate(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.hydrate import hydrate
+    from syncd.engine.refs import resolve
+    name = volume_arg(args)
     async with open_engine(config) as engine:
-        return await hydrate(engine, volume_arg(args), Path(args.dir), snapshot_id=args.snapshot,
+        return await hydrate(engine, name, Path(args.dir), snapshot_id=await resolve(engine, name, args.snapshot),
                              overwrite=args.overwrite, progress=progress_for(args))
 
 
@@ -97,7 +115,7 @@ def _commit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--message", default="")
 
 
-@command("commit", "write DIR's changes back as a new snapshot", _commit_args)
+@command("commit", "write DIR's changes back as a new snapshot", _commit_args, creates=True)
 async def _commit(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.commit import commit
     async with open_engine(config) as engine:
@@ -151,7 +169,27 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         p = target.add_parser(words[-1], help=cmd.help, parents=[common])
         cmd.configure(p)
         p.set_defaults(_command=name)
+        PARSERS[name] = p
     return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse like argparse, but an optional positional may also follow the options.
+
+    argparse fills positionals greedily in one pass: in ``restore VOL --snapshot ID PATH``
+    it gives PATH its default while reading ``VOL`` and then calls ``PATH`` unrecognized
+    (``parse_intermixed_args`` refuses subcommands). So unrecognized words that do not
+    look like options fill the command's still-empty optional positionals, in order."""
+    parser = build_parser(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        for action in PARSERS[args._command]._get_positional_actions():
+            if action.nargs == "?" and getattr(args, action.dest) == action.default \
+                    and extras and not extras[0].startswith("-"):
+                setattr(args, action.dest, extras.pop(0))
+    if extras:
+        PARSERS[args._command].error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def _jsonable(value: Any) -> Any:
@@ -185,24 +223,27 @@ def _print(args: argparse.Namespace, value: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if isinstance(getattr(args, "volume", None), str):
             normalize_volume_name(args.volume)   # a bad name is reported before any connection
-        config = Config.from_env()
-        result: Any = asyncio.run(COMMANDS[args._command].handler(args, config))
+        cmd = COMMANDS[args._command]
+        config = Config.from_env(create_bucket=cmd.creates)
+        result: Any = asyncio.run(cmd.handler(args, config))
     except SyncdError as exc:
+        stop_bars()
         if args.json:
             print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
         else:
             print(f"syncd: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        stop_bars()                  # else the bar's refresh thread draws it once more below the message
         print("syncd: interrupted", file=sys.stderr)
         return 130
+    stop_bars()
     _print(args, result)
     return 0
 

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from syncd.cli.core import command, volume_arg
+from syncd.cli.core import SNAPSHOT_HELP, command, volume_arg
 from syncd.config import Config
 from syncd.engine.wiring import open_engine
 
@@ -38,15 +38,16 @@ def _ls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", nargs="?", default="", help="a directory or file in the volume (default: /)")
     p.add_argument("-l", "--long", action="store_true", help="type, mode, size, modification time")
     p.add_argument("-R", "--recursive", action="store_true", help="everything below PATH")
-    p.add_argument("--snapshot", help="a snapshot id instead of the latest")
+    p.add_argument("--snapshot", help=SNAPSHOT_HELP)
 
 
 @command("ls", "list a directory of a volume (no mount needed)", _ls_args)
 async def _ls(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.edit import listing, normalize_path
+    from syncd.engine.refs import resolve
     name, root = volume_arg(args), normalize_path(args.path)
     async with open_engine(config, use_cache=False) as engine:
-        t, top, entries = await listing(engine, name, root, args.recursive, args.snapshot)
+        t, top, entries = await listing(engine, name, root, args.recursive, await resolve(engine, name, args.snapshot))
     base = root if top.kind == "dir" else posixpath.dirname(root)
     rows = [_row(e, base) for e in entries]
     if args.json:
@@ -61,16 +62,17 @@ async def _ls(args: argparse.Namespace, config: Config) -> Any:
 def _cat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("volume")
     p.add_argument("path")
-    p.add_argument("--snapshot", help="a snapshot id instead of the latest")
+    p.add_argument("--snapshot", help=SNAPSHOT_HELP)
 
 
 @command("cat", "write a file of a volume to stdout, streamed and verified", _cat_args)
 async def _cat(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.edit import read, stat
+    from syncd.engine.refs import resolve
     name = volume_arg(args)
     out = sys.stdout.buffer
     async with open_engine(config) as engine:
-        entry = await stat(engine, name, args.path, args.snapshot)
+        entry = await stat(engine, name, args.path, await resolve(engine, name, args.snapshot))
         try:
             async for piece in read(engine, name, entry):
                 out.write(piece)
@@ -134,16 +136,18 @@ async def _mv(args: argparse.Namespace, config: Config) -> Any:
 
 def _diff_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("volume")
-    p.add_argument("old", nargs="?", help="snapshot id (default: the parent of NEW)")
-    p.add_argument("new", nargs="?", help="snapshot id (default: the latest)")
+    p.add_argument("old", nargs="?", help="snapshot id, id prefix or seq (default: the parent of NEW)")
+    p.add_argument("new", nargs="?", help="snapshot id, id prefix or seq (default: the latest)")
 
 
 @command("diff", "what changed between two snapshots (default: the latest commit)", _diff_args)
 async def _diff(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.diff import snapshot_diff
+    from syncd.engine.refs import resolve
     name = volume_arg(args)
     async with open_engine(config, use_cache=False) as engine:
-        old, new, changes = await snapshot_diff(engine, name, args.old, args.new)
+        old, new, changes = await snapshot_diff(engine, name, await resolve(engine, name, args.old),
+                                                await resolve(engine, name, args.new))
     if args.json:
         return {"volume": name, "old": old, "new": new, "changes": changes}
     marks = {"added": "+", "removed": "-", "modified": "M"}

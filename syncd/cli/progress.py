@@ -23,5 +23,10 @@ class RichProgress:
             self._progress.advance(self._task, nbytes)  # type: ignore[arg-type]
             task = self._progress.tasks[0]
             if task.finished:
-                self._progress.stop()
-                self._progress = None
+                self.close()
+
+    def close(self) -> None:
+        """Stop the bar (and its refresh thread) now: after an error or Ctrl-C nothing redraws it."""
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.stop()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from syncd.cli.core import command, progress_for, volume_arg
+from syncd.cli.core import SNAPSHOT_HELP, command, progress_for, volume_arg
 from syncd.config import Config
 from syncd.engine.wiring import open_engine
 from syncd.errors import ConfigError
@@ -33,7 +33,7 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exist-ok", action="store_true", help="succeed if it already exists")
 
 
-@command("volume create", "create an empty volume", _create_args)
+@command("volume create", "create an empty volume", _create_args, creates=True)
 async def _create(args: argparse.Namespace, config: Config) -> Any:
     from syncd.errors import PreconditionFailed
     name = volume_arg(args)
@@ -126,7 +126,7 @@ def _put_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", nargs="?", help="where in the volume (default: the local name)")
 
 
-@command("put", "copy a local file or directory into a volume (creates the volume)", _put_args)
+@command("put", "copy a local file or directory into a volume (creates the volume)", _put_args, creates=True)
 async def _put(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.transfer import put
     async with open_engine(config) as engine:
@@ -137,27 +137,34 @@ def _get_args(p: argparse.ArgumentParser) -> None:
     _volume(p)
     p.add_argument("path", help="a file or directory in the volume ('/' for everything)")
     p.add_argument("local", help="local destination")
-    p.add_argument("--snapshot", help="a snapshot id instead of the latest")
+    p.add_argument("--snapshot", help=SNAPSHOT_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace local files that differ (default: refuse)")
 
 
 @command("get", "copy a file or directory out of a volume (refuses to replace differing local files)", _get_args)
 async def _get(args: argparse.Namespace, config: Config) -> Any:
+    from syncd.engine.refs import resolve
     from syncd.engine.transfer import get
+    name = volume_arg(args)
     async with open_engine(config) as engine:
-        return await get(engine, volume_arg(args), args.path, Path(args.local), args.snapshot,
+        return await get(engine, name, args.path, Path(args.local), await resolve(engine, name, args.snapshot),
                          progress=progress_for(args), overwrite=args.overwrite)
 
 
 def _restore_args(p: argparse.ArgumentParser) -> None:
     _volume(p)
     p.add_argument("path", nargs="?", help="restore only this file or directory (default: everything)")
-    p.add_argument("--snapshot", required=True, help="the snapshot id to restore from (see 'volume log')")
+    p.add_argument("--snapshot", required=True,
+                   help="the snapshot to restore from: its id, a unique id prefix or its seq ('volume log')")
     p.add_argument("-m", "--message", default="")
 
 
 @command("restore", "commit a new snapshot whose content (at PATH) equals an old snapshot's", _restore_args)
 async def _restore(args: argparse.Namespace, config: Config) -> Any:
+    from syncd.engine.refs import resolve
     from syncd.engine.restore import restore
+    name = volume_arg(args)
     async with open_engine(config) as engine:
-        return await restore(engine, volume_arg(args), args.snapshot, args.path, args.message)
+        snapshot = await resolve(engine, name, args.snapshot)
+        assert snapshot is not None                      # --snapshot is required
+        return await restore(engine, name, snapshot, args.path, args.message)

@@ -22,7 +22,10 @@ and U+0000-U+001F escaped, the way Python's ``json.dumps(ensure_ascii=False,
 separators=(",", ":"), sort_keys=True)`` writes them. :func:`strict_loads`
 accepts exactly that: it parses and re-encodes, and refuses bytes that differ,
 which rules out duplicate keys, trailing bytes, floats, NaN and lone
-surrogates in one test that a reader in any language can repeat.
+surrogates in one test that a reader in any language can repeat. Snapshots
+(one small object per commit) go through it; trees, read and written by the
+thousand, go through treewire.py, which makes the same test with msgspec's
+typed decoder and encoder (in C) and writes the same bytes.
 
 Names are bytes on disk. In memory syncd holds them as Python strings with
 undecodable bytes as surrogate escapes (``os.fsdecode``); on the wire a name
@@ -37,53 +40,37 @@ volume) are checked where the whole tree is assembled (manifest.validate_entries
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import json
 import zlib
-from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from syncd.errors import ManifestError
 from syncd.format.chunking import content_id, is_content_id
-from syncd.format.manifest import MAX_CHUNK_SIZE, MAX_FILE_SIZE, MAX_PATH, ChunkRef, Entry, Snapshot, Stats, TreeRef
+from syncd.format.manifest import MAX_FILE_SIZE, Entry, Snapshot, Stats, TreeRef
+from syncd.format.treewire import (
+    MAX_MTIME,
+    MAX_NAME,
+    MAX_TREE_BYTES,
+    MAX_TREE_ENTRIES,
+    TreeItem,
+    check_name,
+    decode_items,
+    encode_items,
+    name_bytes,
+)
+
+__all__ = ["FORMAT_V2", "MAX_MTIME", "MAX_NAME", "MAX_SNAPSHOT_BYTES", "MAX_TREE_BYTES", "MAX_TREE_ENTRIES",
+           "TreeItem", "canonical", "check_name", "decode_snapshot", "decode_tree", "encode_snapshot",
+           "encode_tree", "inflate_tree", "name_bytes", "pack_tree", "parse_tree", "ref_from_json",
+           "ref_to_json", "sort_key", "strict_loads", "with_path"]
 
 FORMAT_V2 = 2
-MAX_NAME = 255
-MAX_TREE_ENTRIES = 1_000_000
-MAX_TREE_BYTES = 256 << 20       # one tree, decompressed
 MAX_SNAPSHOT_BYTES = 1 << 20
-MAX_MTIME = 1 << 62
 
-_FILE_KEYS = frozenset({"type", "mode", "mtime_ns", "size", "chunks"})
-_DIR_KEYS = frozenset({"type", "mode", "mtime_ns", "tree", "files", "dirs", "bytes", "links"})
-_LINK_KEYS = frozenset({"type", "mode", "mtime_ns"})
 _SNAPSHOT_KEYS = frozenset({"format", "volume", "owner", "seq", "parent", "created_ns", "writer", "message",
                             "root", "files", "dirs", "bytes", "links"})
-
-
-@dataclass(frozen=True, slots=True)
-class TreeItem:
-    """One entry of a tree: ``entry.path`` is the bare name; dirs carry their subtree."""
-
-    entry: Entry
-    tree: TreeRef | None = None
-    stats: Stats | None = None
-
-    @property
-    def name(self) -> str:
-        return self.entry.path
-
-    def own_stats(self) -> Stats:
-        e = self.entry
-        if e.kind == "dir":
-            return (self.stats or Stats()) + Stats(dirs=1)
-        return Stats(files=1, bytes=e.size) if e.kind == "file" else Stats(links=1)
-
-
-def name_bytes(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")
 
 
 def sort_key(item: TreeItem) -> bytes:
@@ -125,37 +112,6 @@ def strict_loads(data: bytes, what: str) -> Any:
     return value
 
 
-# ---------------------------------------------------------------- names on the wire
-
-def _put_bytes(out: dict[str, Any], key: str, text: str) -> None:
-    raw = name_bytes(text)
-    try:
-        out[key] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        out[key + "_b64"] = base64.b64encode(raw).decode("ascii")
-
-
-def _get_bytes(raw: dict[str, Any], key: str, what: str) -> str:
-    plain, b64 = raw.pop(key, None), raw.pop(key + "_b64", None)
-    if (plain is None) == (b64 is None):
-        raise ManifestError(f"{what}: exactly one of {key!r} and {key + '_b64'!r} is required")
-    if plain is not None:
-        if not isinstance(plain, str):
-            raise ManifestError(f"{what}: {key!r} must be a string")
-        return plain
-    if not isinstance(b64, str):
-        raise ManifestError(f"{what}: {key + '_b64'!r} must be a string")
-    try:
-        data = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ManifestError(f"{what}: bad base64 in {key + '_b64'!r}") from exc
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("utf-8", "surrogateescape")
-    raise ManifestError(f"{what}: {key + '_b64'!r} holds valid UTF-8; it must be {key!r}")
-
-
 # ---------------------------------------------------------------- trees
 
 def _int(value: object, what: str, low: int, high: int) -> int:
@@ -176,80 +132,17 @@ def ref_from_json(raw: object, what: str) -> TreeRef:
                    _int(raw[3], f"{what} size", 1, MAX_TREE_BYTES))
 
 
-def _item_to_json(item: TreeItem) -> dict[str, Any]:
-    e = item.entry
-    out: dict[str, Any] = {"type": e.kind, "mode": e.mode, "mtime_ns": e.mtime_ns}
-    _put_bytes(out, "name", e.path)
-    if e.kind == "file":
-        out["size"] = e.size
-        out["chunks"] = [[c.id, c.size] if c.pack is None else [c.id, c.size, c.pack, c.offset]
-                         for c in e.chunks]
-    elif e.kind == "symlink":
-        _put_bytes(out, "target", e.target or "")
-    else:
-        if item.tree is None:
-            raise ManifestError(f"directory {e.path!r} has no tree")
-        stats = item.stats or Stats()
-        out.update(tree=ref_to_json(item.tree), files=stats.files, dirs=stats.dirs, bytes=stats.bytes,
-                   links=stats.links)
-    return out
-
-
-def _chunk_from_json(raw: object, what: str) -> ChunkRef:
-    if not isinstance(raw, list) or len(raw) not in (2, 4) or not is_content_id(raw[0]):
-        raise ManifestError(f"{what}: malformed chunk reference {str(raw)[:120]}")
-    size = _int(raw[1], f"{what} chunk size", 1, MAX_CHUNK_SIZE)
-    if len(raw) == 2:
-        return ChunkRef(raw[0], size)
-    if not is_content_id(raw[2]):
-        raise ManifestError(f"{what}: malformed pack id")
-    return ChunkRef(raw[0], size, raw[2], _int(raw[3], f"{what} pack offset", 0, MAX_FILE_SIZE))
-
-
-def check_name(name: str, what: str) -> str:
-    raw = name_bytes(name)
-    if not raw or len(raw) > MAX_NAME or b"/" in raw or b"\x00" in raw or raw in (b".", b".."):
-        raise ManifestError(f"{what}: unsafe name {name[:80]!r}")
-    return name
-
-
-def _item_from_json(raw: object, what: str) -> TreeItem:
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{what}: entry must be an object")
-    raw = dict(raw)
-    name = check_name(_get_bytes(raw, "name", what), what)
-    where = f"{what}/{name[:80]!r}"
-    kind = raw.get("type")
-    target = _get_bytes(raw, "target", where) if kind == "symlink" else None
-    allowed = {"file": _FILE_KEYS, "dir": _DIR_KEYS, "symlink": _LINK_KEYS}.get(kind if isinstance(kind, str) else "")
-    if allowed is None or set(raw) != allowed:
-        raise ManifestError(f"{where}: bad type or fields {sorted(raw)}")
-    mode = _int(raw["mode"], f"{where} mode", 0, 0o7777)
-    mtime = _int(raw["mtime_ns"], f"{where} mtime_ns", -MAX_MTIME, MAX_MTIME)
-    if kind == "symlink":
-        if not target or len(name_bytes(target)) > MAX_PATH or "\x00" in target or target.startswith("/"):
-            raise ManifestError(f"{where}: bad symlink target")
-        return TreeItem(Entry(name, "symlink", mode, mtime, target=target))
-    if kind == "dir":
-        ref = ref_from_json(raw["tree"], where)
-        stats = Stats(*(_int(raw[k], f"{where} {k}", 0, MAX_FILE_SIZE) for k in ("files", "dirs", "bytes", "links")))
-        return TreeItem(Entry(name, "dir", mode, mtime), ref, stats)
-    size = _int(raw["size"], f"{where} size", 0, MAX_FILE_SIZE)
-    if not isinstance(raw["chunks"], list):
-        raise ManifestError(f"{where}: chunks must be a list")
-    chunks = tuple(_chunk_from_json(c, where) for c in raw["chunks"])
-    if sum(c.size for c in chunks) != size:
-        raise ManifestError(f"{where}: chunks add up to {sum(c.size for c in chunks)}, not {size}")
-    return TreeItem(Entry(name, "file", mode, mtime, size, chunks))
-
-
 def encode_tree(items: list[TreeItem]) -> tuple[str, bytes]:
     """``(tree id, canonical bytes)`` of one directory; ``items`` in any order, names unique."""
-    ordered = sorted(items, key=sort_key)
-    for a, b in itertools.pairwise(ordered):
-        if sort_key(a) == sort_key(b):
-            raise ManifestError(f"duplicate name in tree: {a.name!r}")
-    data = canonical({"format": FORMAT_V2, "entries": [_item_to_json(i) for i in ordered]})
+    try:
+        keyed = [(name_bytes(i.entry.path), i) for i in items]
+    except UnicodeEncodeError as exc:
+        raise ManifestError(f"a name in the tree is neither text nor bytes: {exc}") from exc
+    keyed.sort(key=itemgetter(0))
+    for (a, item), (b, _) in itertools.pairwise(keyed):
+        if a == b:
+            raise ManifestError(f"duplicate name in tree: {item.name!r}")
+    data = encode_items([i for _, i in keyed])
     return content_id(data), data
 
 
@@ -279,18 +172,7 @@ def decode_tree(stored: bytes, expected_id: str) -> list[TreeItem]:
 
 def parse_tree(data: bytes, expected_id: str) -> list[TreeItem]:
     """Validate a tree's canonical bytes (already verified against ``expected_id``)."""
-    doc = strict_loads(data, f"tree {expected_id}")
-    if not isinstance(doc, dict) or set(doc) != {"format", "entries"} or not isinstance(doc["entries"], list):
-        raise ManifestError(f"tree {expected_id}: must be an object with exactly 'format' and 'entries'")
-    if type(doc["format"]) is not int or doc["format"] != FORMAT_V2:
-        raise ManifestError(f"tree {expected_id}: unsupported format {doc['format']!r}")
-    if len(doc["entries"]) > MAX_TREE_ENTRIES:
-        raise ManifestError(f"tree {expected_id}: more than {MAX_TREE_ENTRIES} entries")
-    items = [_item_from_json(raw, f"tree {expected_id}") for raw in doc["entries"]]
-    keys = [sort_key(i) for i in items]
-    if any(a >= b for a, b in itertools.pairwise(keys)):
-        raise ManifestError(f"tree {expected_id}: entries are not sorted by name bytes, or repeat")
-    return items
+    return decode_items(data, f"tree {expected_id}")
 
 
 def with_path(item: TreeItem, prefix: str) -> Entry:

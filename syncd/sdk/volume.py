@@ -106,6 +106,9 @@ class AgentClient:
             except _NotReached as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if self.connect_wait > 0:   # say why it took this long, and how to change it
+                        raise AgentUnavailable(f"{exc.error} -- waited {self.connect_wait:g}s for it "
+                                               "(SYNCD_AGENT_WAIT seconds; 0: fail at once)") from exc.__cause__
                     raise exc.error from exc.__cause__
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.5)

@@ -40,7 +40,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from syncd.errors import NotFound, PreconditionFailed, TransientStoreError
+from syncd.config import Config
+from syncd.errors import ConfigError, NotFound, PreconditionFailed
 from syncd.store.rangeread import Sink
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,8 @@ class MemoryStore:
         return None
 
 
-def unreachable(endpoint: str | None, bucket: str, exc: TransientStoreError) -> TransientStoreError:
-    """The one line a backend gives when its first request (the bucket check) cannot get through."""
-    return TransientStoreError(f"cannot reach the object store at {endpoint or 'AWS S3'} (bucket {bucket!r}): {exc}")
+def missing_bucket(config: Config) -> ConfigError:
+    """The bucket check found no bucket, and this command may not create one (``config.create_bucket``)."""
+    return ConfigError(f"bucket {config.bucket!r} does not exist at {config.s3_endpoint or 'AWS S3'}: "
+                       "check SYNCD_BUCKET (a command that creates a volume -- volume create, put, "
+                       "commit, agent -- creates the bucket too)")

@@ -46,12 +46,14 @@ def weed_binary() -> str:
 
 
 class SeaweedServer:
-    def __init__(self, data_dir: Path, log_path: Path | None = None, *, identities: bool = False) -> None:
+    def __init__(self, data_dir: Path, log_path: Path | None = None, *, identities: bool = False,
+                 s3_port: int | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = log_path or data_dir / "weed.log"
         self.identities = identities
         self.proc: subprocess.Popen[bytes] | None = None
         self.s3_port = 0
+        self._wanted_port = s3_port    # None: a free one (syncd dev-s3 --port picks it)
 
     @property
     def endpoint(self) -> str:
@@ -62,6 +64,8 @@ class SeaweedServer:
         ports = {name: free_port() for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
             "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")}
+        if self._wanted_port:
+            ports["s3.port"] = self._wanted_port
         self.s3_port = ports["s3.port"]
         args = [weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=512",
@@ -116,6 +120,21 @@ class SeaweedServer:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"SeaweedFS did not become ready in {timeout:.0f}s; see {self.log_path}")
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` if it is missing (``syncd dev-s3`` makes the default one)."""
+        import botocore.exceptions
+        import botocore.session
+
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.endpoint, region_name=CREDENTIALS["AWS_REGION"],
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        try:
+            client.create_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
 
     def stop(self, grace: float = 2.0) -> None:
         proc, self.proc = self.proc, None

@@ -16,8 +16,8 @@ and counts. Translation at the boundary::
     AlreadyExistsError, PreconditionError, HTTP 412      -> PreconditionFailed
     HTTP 408, 409, 429, 5xx; connection resets, timeouts,
     bodies cut short (no HTTP status at all)             -> TransientStoreError
-    PermissionDeniedError, UnauthenticatedError, other 4xx,
-    bad paths or configuration                           -> StoreError
+    PermissionDeniedError, UnauthenticatedError, 401, 403 -> AccessDenied
+    other 4xx, bad paths or configuration                -> StoreError
     no credentials anywhere in the AWS chain             -> ConfigError
 
 obstore raises one ``GenericError`` for every HTTP status it has no class for;
@@ -74,9 +74,10 @@ import obstore.exceptions as obx
 from obstore.store import S3Store as _ObS3
 
 from syncd.config import Config
-from syncd.errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
-from syncd.store.base import Blob, BlobStream, ObjectInfo, unreachable
+from syncd.errors import AccessDenied, ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
+from syncd.store.base import Blob, BlobStream, ObjectInfo
 from syncd.store.rangeread import Reader, Sink
+from syncd.store.reach import explain
 
 if TYPE_CHECKING:
     from syncd.store.s3 import S3Store
@@ -103,7 +104,7 @@ def translate(exc: BaseException, key: str) -> Exception:
     if isinstance(exc, (obx.NotFoundError, FileNotFoundError)):
         return NotFound(f"{key}: not found")
     if isinstance(exc, (obx.PermissionDeniedError, obx.UnauthenticatedError)):
-        return StoreError(f"{key}: access denied: {first}")
+        return AccessDenied(f"{key}: access denied: {first}", _status(exc)[1])
     if isinstance(exc, (obx.InvalidPathError, obx.UnknownConfigurationKeyError, obx.NotSupportedError)):
         return StoreError(f"{key}: {first}")
     status, code = _status(exc)
@@ -116,6 +117,8 @@ def translate(exc: BaseException, key: str) -> Exception:
         return PreconditionFailed(f"{key}: precondition failed")
     if status in (408, 409, 429) or status >= 500:
         return TransientStoreError(what)
+    if status in (401, 403):
+        return AccessDenied(what, code)
     return StoreError(what)
 
 
@@ -184,15 +187,17 @@ class ObstoreStore:
         self._threads: ThreadPoolExecutor | None = None
 
     @classmethod
-    async def open(cls, config: Config, *, create_bucket: bool = True) -> ObstoreStore:
+    async def open(cls, config: Config, *, check_bucket: bool = True) -> ObstoreStore:
+        """Open and check the bucket (created if missing when ``config.create_bucket``)."""
         self = cls(config)
-        if create_bucket:
+        if check_bucket:
             try:
                 await self.ensure_bucket()
             except BaseException as exc:
                 await self.close()
-                if isinstance(exc, TransientStoreError):   # one line a newcomer can act on
-                    raise unreachable(config.s3_endpoint, config.bucket, exc) from exc
+                better = await explain(config, exc) if isinstance(exc, StoreError) else exc
+                if better is not exc:                    # one line a newcomer can act on
+                    raise better from exc
                 raise
         return self
 
@@ -200,7 +205,7 @@ class ObstoreStore:
         """The aiobotocore store, for what object_store cannot do (opened on first use)."""
         if self._control is None:
             from syncd.store.s3 import S3Store
-            self._control = await S3Store.open(self.config, create_bucket=False)
+            self._control = await S3Store.open(self.config, check_bucket=False)
         return self._control
 
     async def ensure_bucket(self) -> None:
@@ -212,7 +217,7 @@ class ObstoreStore:
             mapped = translate(exc, self.config.bucket)
             if not isinstance(mapped, NotFound):
                 raise mapped from exc
-        await (await self._s3()).ensure_bucket()
+        await (await self._s3()).ensure_bucket()   # creates it, or says it is missing
 
     async def close(self) -> None:
         control, self._control = self._control, None

@@ -12,6 +12,7 @@ wrapper alone decides, by exception class, and counts every attempt). Translatio
     SlowDown, throttling, RequestTimeout      -> TransientStoreError
     dropped connections, timeouts, bodies
     shorter than their Content-Length         -> TransientStoreError
+    401, 403 (bad or unauthorised credentials) -> AccessDenied
     missing credentials                       -> ConfigError
     anything else                             -> StoreError
 
@@ -46,6 +47,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -57,9 +59,11 @@ from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 
 from syncd.config import Config
-from syncd.errors import ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
-from syncd.store.base import Blob, BlobStream, ObjectInfo, unreachable
+from syncd.errors import AccessDenied, ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
+from syncd.store.base import Blob, BlobStream, ObjectInfo, missing_bucket
+from syncd.store.reach import explain
 
+log = logging.getLogger(__name__)
 STREAM_PIECE = 256 * 1024
 
 MD5_ALWAYS_BELOW = 1 << 20   # bytes: below this every PUT carries Content-MD5 (see above)
@@ -85,6 +89,8 @@ def translate(exc: BaseException, key: str) -> Exception:
             return NotFound(f"{key}: {code or status}")
         if code == "PreconditionFailed" or status == 412:
             return PreconditionFailed(f"{key}: precondition failed")
+        if status in (401, 403):
+            return AccessDenied(f"{key}: {code or status} {err.get('Message', '')}".strip(), code)
         if code in _TRANSIENT_CODES or status in (408, 409, 429) or status >= 500:
             return TransientStoreError(f"{key}: {code or status} {err.get('Message', '')}".strip())
         return StoreError(f"{key}: {code or status} {err.get('Message', '')}".strip())
@@ -128,7 +134,8 @@ class S3Store:
         self._client: Any = None
 
     @classmethod
-    async def open(cls, config: Config, *, create_bucket: bool = True) -> S3Store:
+    async def open(cls, config: Config, *, check_bucket: bool = True) -> S3Store:
+        """Open and check the bucket (created if missing when ``config.create_bucket``)."""
         self = cls(config)
         session = get_session()
         aio_config = AioConfig(
@@ -146,13 +153,14 @@ class S3Store:
         )
         self._client = await self._stack.enter_async_context(session.create_client(
             "s3", endpoint_url=config.s3_endpoint, region_name=config.region, config=aio_config))
-        if create_bucket:
+        if check_bucket:
             try:
                 await self.ensure_bucket()
             except BaseException as exc:
                 await self._stack.aclose()   # else aiohttp logs "Unclosed client session" at exit
-                if isinstance(exc, TransientStoreError):
-                    raise unreachable(config.s3_endpoint, self.bucket, exc) from exc
+                better = await explain(config, exc) if isinstance(exc, StoreError) else exc
+                if better is not exc:
+                    raise better from exc
                 raise
         return self
 
@@ -164,6 +172,8 @@ class S3Store:
             mapped = translate(exc, self.bucket)
             if not isinstance(mapped, NotFound):
                 raise mapped from exc
+        if not self.config.create_bucket:
+            raise missing_bucket(self.config)
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if not self.config.s3_endpoint and self.config.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.config.region}
@@ -174,6 +184,9 @@ class S3Store:
                 raise translate(exc, self.bucket) from exc
         except Exception as exc:
             raise translate(exc, self.bucket) from exc
+        else:
+            log.warning("created bucket %r at %s (it did not exist)", self.bucket,
+                        self.config.s3_endpoint or "AWS S3")
 
     async def close(self) -> None:
         await self._stack.aclose()

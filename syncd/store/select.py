@@ -15,9 +15,12 @@ from syncd.store.base import ObjectStore
 BACKENDS = ("obstore", "aiobotocore")
 
 
-async def open_store(config: Config, *, create_bucket: bool = True) -> ObjectStore:
+async def open_store(config: Config, *, check_bucket: bool = True) -> ObjectStore:
+    """The chosen backend, its bucket checked by one request (``check_bucket``): created if missing
+    when ``config.create_bucket``, else a ConfigError naming it. A failure of that first request is
+    explained in our words (store/reach.py)."""
     if config.store_backend == "aiobotocore":
         from syncd.store.s3 import S3Store
-        return await S3Store.open(config, create_bucket=create_bucket)
+        return await S3Store.open(config, check_bucket=check_bucket)
     from syncd.store.obstore import ObstoreStore
-    return await ObstoreStore.open(config, create_bucket=create_bucket)
+    return await ObstoreStore.open(config, check_bucket=check_bucket)
