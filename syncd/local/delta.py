@@ -113,22 +113,27 @@ def walk_dirty(root: Path, seed: int, digests: dict[str, int],
 
 
 async def walk_changes(store: IndexStore, volume: str, root: Path,
-                       leftovers: list[str] | None = None) -> set[str]:
-    """Every path that may differ from its index row (see the module docstring)."""
+                       leftovers: list[str] | None = None) -> dict[str, LocalFile | None]:
+    """Every path that may differ from its index row, with what the walk saw there (None: gone)."""
     if not await asyncio.to_thread(root.is_dir):
         raise LocalIOError(f"{root} is not a directory")
     seed, digests = await store.digests(volume, root)
     dirty = await asyncio.to_thread(walk_dirty, root, seed, digests, leftovers)
     rows = await store.children(volume, root, list(dirty))
-    changed: set[str] = set()
+    changed: dict[str, LocalFile | None] = {}
     for rel, listing in dirty.items():
         for name, loc in listing.items():
             path = f"{rel}/{name}" if rel else name
             tracked = rows.get(path)
             if tracked is None or not unchanged(tracked, loc) or (loc.kind == "dir" and tracked.entry.mode != loc.mode):
-                changed.add(path)
-    changed.update(p for p in rows if dirdigest.name_of(p) not in dirty[dirdigest.parent_of(p)])
-    changed.update(p for p in ancestors(changed) if p in dirty)  # their mtimes moved: recorded too
+                changed[path] = loc
+    changed.update({p: None for p in rows if dirdigest.name_of(p) not in dirty[dirdigest.parent_of(p)]})
+    for path in ancestors(changed):     # their mtimes moved: recorded too
+        parent, name = dirdigest.parent_of(path), dirdigest.name_of(path)
+        if path in dirty and parent in dirty:
+            changed[path] = dirty[parent].get(name)
+        elif path in dirty:
+            changed[path] = lstat_one(root, path)
     return changed
 
 

@@ -225,6 +225,8 @@ class IndexStore:
             conn.execute("PRAGMA synchronous=NORMAL")    # WAL: durable across process crashes
             conn.executescript(_SCHEMA_SQL)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('digest_seed', ?)",
+                         (str(int.from_bytes(os.urandom(8), "little")),))
             self._migrate_schema(conn)
             yield conn
         except sqlite3.Error as exc:
@@ -370,8 +372,6 @@ class IndexStore:
 
     def _digest_seed(self, conn: sqlite3.Connection) -> int:
         if self._seed is None:
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('digest_seed', ?)",
-                         (str(int.from_bytes(os.urandom(8), "little")),))
             self._seed = int(conn.execute("SELECT v FROM meta WHERE k='digest_seed'").fetchone()[0])
         return self._seed
 
@@ -404,18 +404,23 @@ class IndexStore:
         index written before digests existed)."""
         key = self.key(volume, directory)
         self._migrate(volume, directory, key)
-        with self._write() as conn:
+        query = "SELECT path, digest FROM dirs WHERE vol=?"
+        with self._connect() as conn:
             seed = self._digest_seed(conn)
+            conn.execute("BEGIN")
             row = conn.execute("SELECT id, digests FROM volumes WHERE key=?", (key,)).fetchone()
-            if row is None:
-                return seed, {}
+            if row is None or row[1]:
+                found = [] if row is None else conn.execute(query, (row[0],)).fetchall()
+                conn.execute("COMMIT")
+                return seed, {_dec(p): dirdigest.from_blob(d) for p, d in found}
+            conn.execute("COMMIT")
+        with self._write() as conn:         # an index from before digests: computed once
             vol = int(row[0])
-            if not row[1]:
+            if not conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()[0]:
                 conn.execute("DELETE FROM dirs WHERE vol=?", (vol,))
                 self._move_digests(conn, vol, self._all_rows(conn, vol), {})
                 conn.execute("UPDATE volumes SET digests=1 WHERE id=?", (vol,))
-            return seed, {_dec(p): dirdigest.from_blob(d)
-                          for p, d in conn.execute("SELECT path, digest FROM dirs WHERE vol=?", (vol,))}
+            return seed, {_dec(p): dirdigest.from_blob(d) for p, d in conn.execute(query, (vol,))}
 
     def _children(self, volume: str, directory: Path, dirs: Collection[str]) -> dict[str, Tracked]:
         """The rows of the paths directly inside each of ``dirs``: a range read per directory

@@ -68,6 +68,7 @@ class Watcher(Protocol):
     async def start(self) -> None: ...
     async def next_due(self, settings: WatchSettings) -> frozenset[str] | None: ...
     def committed(self) -> None: ...
+    def hint(self) -> frozenset[str] | None: ...
     def close(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
 
@@ -335,6 +336,12 @@ class InotifyWatch:
                 del self._dirty[path]
         if not self._dirty:
             self.pending, self.dirty_since = False, None
+
+    def hint(self) -> frozenset[str] | None:
+        """Every path that may differ from the index now (None: unknown, walk)."""
+        if self._walk_next_commit or self._overflowed or self._new_dirs:
+            return None
+        return _with_parents(self._dirty)
 
     def committed(self) -> None:
         """The commit given the last hint succeeded: what it saw is no longer dirty."""
