@@ -52,6 +52,7 @@ from syncd.local.watchsettings import WatchSettings
 
 log = logging.getLogger(__name__)
 VERIFY_AFTER = 0.2  # seconds without events before dirty paths are checked against the index
+YIELD_EVERY = 64    # events handled between two turns of the event loop during a burst
 
 
 __all__ = ["InotifyWatch", "PollWatch", "WatchSettings", "WatchUnavailable", "Watcher", "open_watcher", "signature"]
@@ -249,9 +250,14 @@ class InotifyWatch:
         self._woken.set()
 
     async def _read(self) -> None:
+        """Handle events as they come; a burst (a task renaming in a loop) is handled
+        ``YIELD_EVERY`` events at a time, letting the loop run between (the reader yields only
+        when its buffer is empty, so a steady stream would otherwise starve every commit)."""
         async for event in self._inotify:
             self.events += 1
             self._handle(event)
+            if self.events % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     def _handle(self, event: Any) -> None:
         names = {m.name for m in type(event.mask) if m in event.mask and m.name}
