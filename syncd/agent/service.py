@@ -92,6 +92,10 @@ class Mount:
                 "watch": self.watch.describe() if self.watch else None}
 
 
+def _hint(mount: Mount) -> frozenset[str] | None:
+    return mount.watch.hint() if mount.watch is not None else None
+
+
 class Agent:
     def __init__(self, engine: Engine, watch: WatchSettings = WatchSettings()) -> None:
         self.engine = engine
@@ -161,10 +165,12 @@ class Agent:
         return mount
 
     async def _sync(self, mount: Mount, commit_first: bool = True) -> HydrateResult:
+        """Commit what is pending, then hydrate; with the watcher's dirty paths as the only
+        local changes when it knows them (no walk: cost follows the change, delta.py)."""
         if commit_first:
-            await self.commit(mount)
+            await self.commit(mount, changed=_hint(mount))
         async with mount.lock:
-            result = await hydrate(self.engine, mount.name, mount.path)
+            result = await hydrate(self.engine, mount.name, mount.path, changed=_hint(mount))
             log.info("hydrated %s to seq %d: %d file(s) written, %d deleted", mount.name, result.seq,
                      result.files_written, result.deleted)
             mount.hydrates += 1

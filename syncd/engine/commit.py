@@ -47,10 +47,10 @@ from syncd.errors import CommitConflict, LocalIOError, NotFound, PreconditionFai
 from syncd.format.chunking import content_id, spans
 from syncd.format.layout import object_key
 from syncd.format.manifest import Changes, ChunkRef, Entry, Snapshot, diff, escaping_symlinks, symlink_stays_inside
-from syncd.local.changes import overlay
+from syncd.local.delta import known_state, walk_changes
 from syncd.local.dirfd import open_file
 from syncd.local.index import Fingerprint, LocalIndex, Tracked
-from syncd.local.scan import LocalFile, from_stat, scan
+from syncd.local.scan import LocalFile, from_stat
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,11 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
             if not create:
                 raise
             head, _ = await engine.repo.create(volume)
-        index = await engine.index.load(volume, source)
-        local = await scan(source) if changed is None else await overlay(source, index, changed)
+        if changed is None:
+            changed = await walk_changes(engine.index, volume, source)
+        index, local = await known_state(engine.index, volume, source, changed)
+        state = await engine.index.state(volume, source)
+        exact = state is None or state.exact
         result = CommitResult(volume, head.snapshot, head.seq)
         for _ in range(REUSE_PASSES):
             head = await wait_for_lease(engine, head)
@@ -107,7 +110,11 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
         tracked = {p: Tracked(final[p], fingerprints.get(p)) for p in final
                    if p not in result.skipped}
         tracked.update({p: index.files[p] for p in result.skipped if p in index.files})
-        await engine.index.save(volume, source, LocalIndex(head.snapshot, head.seq, tracked))
+        rows: dict[str, Tracked | None] = {p: t for p, t in tracked.items() if index.files.get(p) != t}
+        rows.update({p: None for p in index.files if p not in tracked})
+        # exact: the directory is the new snapshot's tree, unless others' changes were merged in
+        await engine.index.update(volume, source, head.snapshot, head.seq, rows,
+                                  exact=exact and not result.merged)
     await _abort_stale_uploads(engine, volume)
     return result
 

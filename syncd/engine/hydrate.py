@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ from syncd.data import localcopy, stamp
 from syncd.data.cache import Located
 from syncd.data.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
+from syncd.engine.hydratescope import scoped
 from syncd.engine.progress import NoProgress, Progress
 from syncd.engine.wiring import Engine
 from syncd.errors import LocalConflict, LocalIOError
@@ -92,7 +94,11 @@ class HydrateResult:
 
 
 async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str | None = None,
-                  overwrite: bool = False, progress: Progress | None = None) -> HydrateResult:
+                  overwrite: bool = False, progress: Progress | None = None,
+                  changed: Collection[str] | None = None) -> HydrateResult:
+    """``changed``: if given, the only local paths that may differ from the index (the agent's
+    watcher); otherwise a walk finds them (delta.py). Either way, when the index holds the exact
+    state of a snapshot, only the tree diff and those paths are planned (hydratescope.py)."""
     try:
         await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
     except OSError as exc:
@@ -100,11 +106,17 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
     async with engine.index.locked(volume, target):
         head = await engine.repo.head(volume)
         sid = snapshot_id or head.snapshot
-        snap = await engine.repo.snapshot(volume, sid) if sid else None
-        desired = dict(snap.entries) if snap else {}
-        index = await engine.index.load(volume, target)
+        snap = await engine.repo.header(volume, sid) if sid else None
         leftovers: list[str] = []
-        local = await scan(target, leftovers)
+        scope = await scoped(engine, volume, target, snap, changed, leftovers)
+        if scope is None:
+            leftovers = []
+            full = await engine.repo.snapshot(volume, sid) if sid else None
+            desired = dict(full.entries) if full else {}
+            index = await engine.index.load(volume, target)
+            local = await scan(target, leftovers)
+        else:
+            desired, index, local = scope
         for path in leftovers:
             await in_thread(localfs.remove_at, target, path)
         plan = plan_hydrate(desired, index, local, overwrite)
@@ -116,10 +128,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         try:
             await run.execute(plan)
         finally:
-            complete = not run.failed
-            await engine.index.save(volume, target, LocalIndex(
-                sid if complete else index.snapshot, result.seq if complete else index.seq,
-                run.done if complete else {**index.files, **run.done}))
+            await _save(engine, volume, target, index, run, scope is None, sid, result.seq)
         return result
 
 
@@ -138,6 +147,23 @@ async def settle(plan: Plan, target: Path, volume: str, overwrite: bool, advice:
         shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
         raise LocalConflict(f"{len(plan.conflicts)} local path(s) in {target} differ from volume "
                             f"{volume!r} and would be overwritten: {shown} ({advice})", plan.conflicts)
+
+
+async def _save(engine: Engine, volume: str, target: Path, index: LocalIndex, run: _Run, full: bool,
+                sid: str | None, seq: int) -> None:
+    """Record what the run did. Complete: the rows of the snapshot, exactly. Failed half-way:
+    the old snapshot, the rows of what was done, and no claim of exactness."""
+    complete = not run.failed
+    if full:
+        await engine.index.save(volume, target, LocalIndex(
+            sid if complete else index.snapshot, seq if complete else index.seq,
+            run.done if complete else {**index.files, **run.done}), exact=complete)
+        return
+    rows: dict[str, Tracked | None] = {p: t for p, t in run.done.items() if index.files.get(p) != t}
+    if complete:
+        rows.update({p: None for p in index.files if p not in run.done})
+    await engine.index.update(volume, target, sid if complete else index.snapshot,
+                              seq if complete else index.seq, rows, exact=complete)
 
 
 def _verify_local(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:

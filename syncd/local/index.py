@@ -55,7 +55,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+from collections import defaultdict
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,11 @@ from typing import Any
 from syncd.errors import LocalIOError, ManifestError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef, Entry, entry_from_json, entry_to_json
+from syncd.local import dirdigest
 from syncd.local.scan import LocalFile
 
 INDEX_FORMAT = 1          # the JSON files this module migrates from
-SCHEMA = 2
+SCHEMA = 3
 DB_NAME = "index.sqlite3"
 BUSY_TIMEOUT = 60.0       # seconds a writer waits for another process's transaction
 Fingerprint = tuple[int, int, int, int]
@@ -76,6 +78,13 @@ Fingerprint = tuple[int, int, int, int]
 class Tracked:
     entry: Entry
     fingerprint: Fingerprint | None     # None for dirs and symlinks
+
+
+@dataclass(frozen=True)
+class SyncState:
+    snapshot: str | None
+    seq: int
+    exact: bool
 
 
 @dataclass
@@ -97,12 +106,28 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS volumes (
     id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, scope TEXT NOT NULL, volume TEXT NOT NULL,
     directory TEXT NOT NULL, snapshot TEXT, seq INTEGER NOT NULL DEFAULT 0,
-    generation INTEGER NOT NULL DEFAULT 0);
+    generation INTEGER NOT NULL DEFAULT 0, digests INTEGER NOT NULL DEFAULT 0,
+    exact INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS files (
     vol INTEGER NOT NULL REFERENCES volumes(id) ON DELETE CASCADE, path BLOB NOT NULL,
     entry TEXT NOT NULL, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
     PRIMARY KEY (vol, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirs (
+    vol INTEGER NOT NULL REFERENCES volumes(id) ON DELETE CASCADE, path BLOB NOT NULL,
+    digest BLOB NOT NULL, PRIMARY KEY (vol, path)) WITHOUT ROWID;
 """
+# schema 2 -> 3: per-directory digests (dirdigest.py), kept once ``digests`` is 1; ``exact``: the
+# directory held exactly its snapshot's tree after the last write (a hydrate may diff trees from it)
+_MIGRATE_3 = ("ALTER TABLE volumes ADD COLUMN digests INTEGER NOT NULL DEFAULT 0",
+              "ALTER TABLE volumes ADD COLUMN exact INTEGER NOT NULL DEFAULT 0")
+
+
+_SELECT = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE "
+
+
+def _term(seed: int, path: str, tracked: Tracked) -> int:
+    e = tracked.entry
+    return dirdigest.child_hash(seed, dirdigest.name_of(path), e.kind, e.mode, tracked.fingerprint, e.target)
 
 
 def _enc(path: str) -> bytes:
@@ -179,6 +204,8 @@ class IndexStore:
         self.legacy_scope = legacy_scope        # how JSON-era index files were keyed
         self._known: dict[str, _Known] = {}
         self._known_lock = threading.Lock()
+        self._seed: int | None = None
+        self.rows_read = 0                      # index rows decoded, in all (tests count them)
 
     def key(self, volume: str, directory: Path) -> str:
         return index_key(self.scope, volume, directory)
@@ -198,6 +225,9 @@ class IndexStore:
             conn.execute("PRAGMA synchronous=NORMAL")    # WAL: durable across process crashes
             conn.executescript(_SCHEMA_SQL)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('digest_seed', ?)",
+                         (str(int.from_bytes(os.urandom(8), "little")),))
+            self._migrate_schema(conn)
             yield conn
         except sqlite3.Error as exc:
             raise LocalIOError(f"sync index {self.db_path}: {exc}{full_note(self.dir)}") from exc
@@ -223,21 +253,21 @@ class IndexStore:
         row = self._volume_row(conn, key)
         if row is not None:
             return row[0], row[3]
-        cur = conn.execute("INSERT INTO volumes (key, scope, volume, directory) VALUES (?, ?, ?, ?)",
+        cur = conn.execute("INSERT INTO volumes (key, scope, volume, directory, digests) VALUES (?, ?, ?, ?, 1)",
                            (key, self.scope, volume, str(directory.resolve())))
         return int(cur.lastrowid or 0), 0
 
-    @staticmethod
-    def _all_rows(conn: sqlite3.Connection, vol: int) -> dict[str, Tracked]:
-        files: dict[str, Tracked] = {}
-        for raw, entry, *fp in conn.execute(
-                "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE vol=?", (vol,)):
+    def _all_rows(self, conn: sqlite3.Connection, vol: int) -> dict[str, Tracked]:
+        return self._decoded(conn.execute(_SELECT + "vol=?", (vol,)))
+
+    def _decoded(self, found: Iterable[tuple[Any, ...]]) -> dict[str, Tracked]:
+        out: dict[str, Tracked] = {}
+        for raw, entry, *fp in found:
             path = _dec(raw)
-            try:
-                files[path] = _tracked(path, entry, tuple(fp))
-            except (ValueError, KeyError, TypeError, ManifestError):
-                continue  # a damaged row only costs re-reading that file
-        return files
+            self.rows_read += 1
+            with contextlib.suppress(ValueError, KeyError, TypeError, ManifestError):
+                out[path] = _tracked(path, entry, tuple(fp))   # a damaged row only costs re-reading
+        return out
 
     def _remember(self, key: str, generation: int, files: Mapping[str, Tracked]) -> None:
         with self._known_lock:
@@ -262,7 +292,7 @@ class IndexStore:
         self._remember(key, generation, files)
         return LocalIndex(snapshot, seq, files)
 
-    def _save(self, volume: str, directory: Path, index: LocalIndex) -> int:
+    def _save(self, volume: str, directory: Path, index: LocalIndex, exact: bool) -> int:
         """Write the rows that differ from the stored ones; returns how many were written."""
         key = self.key(volume, directory)
         with self._write() as conn:
@@ -272,17 +302,20 @@ class IndexStore:
             old = known.files if known is not None else self._all_rows(conn, vol)
             changes: dict[str, Tracked | None] = {p: t for p, t in index.files.items() if old.get(p) != t}
             changes.update({p: None for p in old if p not in index.files})
-            generation = self._apply(conn, vol, index.snapshot, index.seq, changes)
+            # a base of this process may be stale for rows another process wrote: digests then
+            # move from the stored rows of the changed paths, read again
+            generation = self._apply(conn, vol, index.snapshot, index.seq, changes,
+                                     old if known is None else None, exact)
         self._remember(key, generation, index.files)
         return len(changes)
 
     def _update(self, volume: str, directory: Path, snapshot: str | None, seq: int,
-                changes: Mapping[str, Tracked | None]) -> None:
+                changes: Mapping[str, Tracked | None], exact: bool | None) -> None:
         key = self.key(volume, directory)
         self._migrate(volume, directory, key)
         with self._write() as conn:
             vol, generation = self._ensure_volume(conn, key, volume, directory)
-            new_generation = self._apply(conn, vol, snapshot, seq, changes)
+            new_generation = self._apply(conn, vol, snapshot, seq, changes, None, exact)
         with self._known_lock:
             known = self._known.get(key)
             if known is not None:
@@ -293,37 +326,146 @@ class IndexStore:
                         known.files[path] = tracked
                 known.generation = new_generation if known.generation == generation else -1
 
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, vol: int, snapshot: str | None, seq: int,
-               changes: Mapping[str, Tracked | None]) -> int:
+    def _apply(self, conn: sqlite3.Connection, vol: int, snapshot: str | None, seq: int,
+               changes: Mapping[str, Tracked | None], old: Mapping[str, Tracked] | None = None,
+               exact: bool | None = False) -> int:
+        """Write ``changes`` and the directory digests they move. ``old``: the stored rows of
+        (at least) the changed paths, if the caller has them; otherwise they are read."""
+        digests = conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()
+        if digests is not None and digests[0]:
+            if old is None:
+                old = self._decoded(r for p in changes for r in conn.execute(
+                    _SELECT + "vol=? AND path=?", (vol, _enc(p))))
+            self._move_digests(conn, vol, changes, old)
         conn.executemany("DELETE FROM files WHERE vol=? AND path=?",
                          ((vol, _enc(p)) for p, t in changes.items() if t is None))
         conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                          ((vol, *_row(p, t)) for p, t in changes.items() if t is not None))
-        conn.execute("UPDATE volumes SET snapshot=?, seq=?, generation=generation+1 WHERE id=?",
-                     (snapshot, seq, vol))
+        conn.execute("UPDATE volumes SET snapshot=?, seq=?, generation=generation+1, exact=coalesce(?, exact) "
+                     "WHERE id=?", (snapshot, seq, None if exact is None else int(exact), vol))
         row = conn.execute("SELECT generation FROM volumes WHERE id=?", (vol,)).fetchone()
         return int(row[0])
+
+    def _move_digests(self, conn: sqlite3.Connection, vol: int, changes: Mapping[str, Tracked | None],
+                      old: Mapping[str, Tracked]) -> None:
+        seed = self._digest_seed(conn)
+        delta: dict[str, int] = defaultdict(int)
+        for path, tracked in changes.items():
+            before = old.get(path)
+            if before is not None:
+                delta[dirdigest.parent_of(path)] -= _term(seed, path, before)
+            if tracked is not None:
+                delta[dirdigest.parent_of(path)] += _term(seed, path, tracked)
+        self._add_digests(conn, vol, delta)
+
+    @staticmethod
+    def _add_digests(conn: sqlite3.Connection, vol: int, delta: Mapping[str, int]) -> None:
+        for path, add in delta.items():
+            if add % dirdigest.MOD == 0:
+                continue
+            row = conn.execute("SELECT digest FROM dirs WHERE vol=? AND path=?", (vol, _enc(path))).fetchone()
+            value = (dirdigest.from_blob(row[0] if row else None) + add) % dirdigest.MOD
+            if value:
+                conn.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", (vol, _enc(path), dirdigest.to_blob(value)))
+            else:
+                conn.execute("DELETE FROM dirs WHERE vol=? AND path=?", (vol, _enc(path)))
+
+    def _digest_seed(self, conn: sqlite3.Connection) -> int:
+        if self._seed is None:
+            self._seed = int(conn.execute("SELECT v FROM meta WHERE k='digest_seed'").fetchone()[0])
+        return self._seed
+
+    @staticmethod
+    def _migrate_schema(conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()[0] != "2":
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT v FROM meta WHERE k='schema'").fetchone()[0] == "2":
+                for statement in _MIGRATE_3:
+                    conn.execute(statement)
+                conn.execute("UPDATE meta SET v=? WHERE k='schema'", (str(SCHEMA),))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ------------------------------------------------------------ reads that follow the change
+
+    def _state(self, volume: str, directory: Path) -> SyncState | None:
+        key = self.key(volume, directory)
+        self._migrate(volume, directory, key)
+        with self._connect() as conn:
+            row = conn.execute("SELECT snapshot, seq, exact FROM volumes WHERE key=?", (key,)).fetchone()
+        return None if row is None else SyncState(row[0], int(row[1]), bool(row[2]))
+
+    def _digests(self, volume: str, directory: Path) -> tuple[int, dict[str, int]]:
+        """The digest seed and every directory's digest (computed once from all rows for an
+        index written before digests existed)."""
+        key = self.key(volume, directory)
+        self._migrate(volume, directory, key)
+        query = "SELECT path, digest FROM dirs WHERE vol=?"
+        with self._connect() as conn:
+            seed = self._digest_seed(conn)
+            conn.execute("BEGIN")
+            row = conn.execute("SELECT id, digests FROM volumes WHERE key=?", (key,)).fetchone()
+            if row is None or row[1]:
+                found = [] if row is None else conn.execute(query, (row[0],)).fetchall()
+                conn.execute("COMMIT")
+                return seed, {_dec(p): dirdigest.from_blob(d) for p, d in found}
+            conn.execute("COMMIT")
+        with self._write() as conn:         # an index from before digests: computed once
+            vol = int(row[0])
+            if not conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()[0]:
+                conn.execute("DELETE FROM dirs WHERE vol=?", (vol,))
+                self._move_digests(conn, vol, self._all_rows(conn, vol), {})
+                conn.execute("UPDATE volumes SET digests=1 WHERE id=?", (vol,))
+            return seed, {_dec(p): dirdigest.from_blob(d) for p, d in conn.execute(query, (vol,))}
+
+    def _children(self, volume: str, directory: Path, dirs: Collection[str]) -> dict[str, Tracked]:
+        """The rows of the paths directly inside each of ``dirs``: a range read per directory
+        that jumps over each subdirectory's subtree instead of reading it."""
+        key = self.key(volume, directory)
+        found: list[tuple[Any, ...]] = []
+        with self._connect() as conn:
+            row = self._volume_row(conn, key)
+            if row is None:
+                return {}
+            for top in dirs:
+                prefix = _enc(top) + b"/" if top else b""
+                bound = " AND path<?" if top else ""
+                low, inclusive = prefix, False
+                while True:
+                    args = (row[0], low, prefix[:-1] + b"0") if top else (row[0], low)
+                    batch = conn.execute(_SELECT + f"vol=? AND path{'>=' if inclusive else '>'}?{bound} "
+                                         "ORDER BY path LIMIT 256", args).fetchall()
+                    jumped = False
+                    for item in batch:
+                        rest = bytes(item[0])[len(prefix):]
+                        cut = rest.find(b"/")
+                        if cut >= 0:       # below a subdirectory: skip its whole subtree
+                            low, inclusive, jumped = prefix + rest[:cut] + b"0", True, True
+                            break
+                        found.append(item)
+                        low, inclusive = bytes(item[0]), False
+                    if not jumped and len(batch) < 256:
+                        break
+        return self._decoded(found)
 
     def _rows(self, volume: str, directory: Path, paths: Collection[str],
               subtrees: Collection[str]) -> dict[str, Tracked]:
         key = self.key(volume, directory)
         self._migrate(volume, directory, key)
-        out: dict[str, Tracked] = {}
         with self._connect() as conn:
             row = self._volume_row(conn, key)
             if row is None:
-                return out
-            query = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE vol=? AND "
+                return {}
+            query = _SELECT + "vol=? AND "
             found = [r for p in paths for r in conn.execute(query + "path=?", (row[0], _enc(p)))]
             for top in subtrees:
                 low = _enc(top) + b"/"
                 found += conn.execute(query + "path>? AND path<?", (row[0], low, low[:-1] + b"0")).fetchall()
-            for raw, entry, *fp in found:
-                path = _dec(raw)
-                with contextlib.suppress(ValueError, KeyError, TypeError, ManifestError):
-                    out[path] = _tracked(path, entry, tuple(fp))
-        return out
+        return self._decoded(found)
 
     def _generation(self, volume: str, directory: Path) -> int | None:
         key = self.key(volume, directory)
@@ -369,14 +511,28 @@ class IndexStore:
     async def load(self, volume: str, directory: Path) -> LocalIndex:
         return await asyncio.to_thread(self._load, volume, directory)
 
-    async def save(self, volume: str, directory: Path, index: LocalIndex) -> int:
-        """Make the stored index equal ``index``, writing only the rows that differ."""
-        return await asyncio.to_thread(self._save, volume, directory, index)
+    async def save(self, volume: str, directory: Path, index: LocalIndex, *, exact: bool = False) -> int:
+        """Make the stored index equal ``index``, writing only the rows that differ. ``exact``:
+        the directory now holds exactly ``index.snapshot``'s tree (hydrate may diff from it)."""
+        return await asyncio.to_thread(self._save, volume, directory, index, exact)
 
     async def update(self, volume: str, directory: Path, snapshot: str | None, seq: int,
-                     changes: Mapping[str, Tracked | None]) -> None:
-        """Write exactly these rows (None deletes one) and the synced snapshot."""
-        await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes))
+                     changes: Mapping[str, Tracked | None], *, exact: bool | None = False) -> None:
+        """Write exactly these rows (None deletes one) and the synced snapshot (``exact``: as
+        in ``save``; None keeps what was recorded)."""
+        await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes), exact)
+
+    async def state(self, volume: str, directory: Path) -> SyncState | None:
+        """The synced snapshot without reading any row; None if the directory has no index."""
+        return await asyncio.to_thread(self._state, volume, directory)
+
+    async def digests(self, volume: str, directory: Path) -> tuple[int, dict[str, int]]:
+        """(seed, digest of every directory that has children rows), see dirdigest.py."""
+        return await asyncio.to_thread(self._digests, volume, directory)
+
+    async def children(self, volume: str, directory: Path, dirs: Collection[str]) -> dict[str, Tracked]:
+        """The rows directly inside each of ``dirs`` ('' = the top), nothing deeper."""
+        return await asyncio.to_thread(self._children, volume, directory, list(dirs))
 
     async def rows(self, volume: str, directory: Path, paths: Collection[str],
                    subtrees: Collection[str] = ()) -> dict[str, Tracked]:

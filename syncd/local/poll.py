@@ -1,7 +1,10 @@
 """The polling fallback of change detection: walk, compare with the index, debounce.
 
-Every ``poll`` seconds the tree is walked (scan.py) and its differences from
-the local index are reduced to a signature (0 = clean); a commit is due once
+Every ``poll`` seconds the tree is walked and its differences from the local
+index are reduced to a signature (0 = clean). The walk is delta.py's: it
+keeps nothing of a directory whose digest matches the index and reads only
+the rows of those that moved, so polling a million files holds no index in
+memory. A commit is due once
 the signature has stayed the same for ``debounce`` seconds (or the tree has
 been dirty for ``max_delay``). The interval grows to ``SCAN_SHARE`` times the
 time a walk took, so a huge tree costs at most ~10% of a core. Its commits
@@ -12,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import LocalIOError
+from syncd.local.delta import walk_changes
 from syncd.local.index import IndexStore, LocalIndex, unchanged
-from syncd.local.scan import LocalFile, scan
+from syncd.local.scan import LocalFile
 
 if TYPE_CHECKING:
     from syncd.local.watchsettings import WatchSettings
@@ -52,31 +56,22 @@ class PollWatch:
     last_change: float = 0.0
     signature: int = 0
     scans: int = 0
-    _index_gen: int | None = field(default=None, repr=False)
-    _index: LocalIndex = field(default_factory=LocalIndex, repr=False)
 
     async def start(self) -> None:
         return None
 
-    async def _load_index(self) -> LocalIndex:
-        gen = await self.index_store.generation(self.volume, self.directory)
-        if gen != self._index_gen or gen is None:
-            self._index = await self.index_store.load(self.volume, self.directory)
-            self._index_gen = gen
-        return self._index
-
     async def due(self, settings: WatchSettings) -> bool:
-        """Scan once; True if a background commit should run now."""
+        """Walk once (only directories whose digest moved keep anything, delta.py); True if a
+        background commit should run now."""
         started = time.monotonic()
-        index = await self._load_index()
         try:
-            local = await scan(self.directory)
-        except LocalIOError:
-            local = None  # the directory vanished (a deleted volume): nothing to write back
+            changed = await walk_changes(self.index_store, self.volume, self.directory)
+        except (LocalIOError, FileNotFoundError):
+            changed = {}  # the directory vanished (a deleted volume): nothing to write back
         self.scans += 1
         now = time.monotonic()
         self.interval = max(settings.poll, SCAN_SHARE * (now - started))
-        sig = signature(index, local) if local is not None else 0
+        sig = (hash(tuple(sorted((p, loc) for p, loc in changed.items())) or 1)) if changed else 0
         self.pending = sig != 0
         if not self.pending:
             self.dirty_since = None
@@ -95,6 +90,9 @@ class PollWatch:
 
     def committed(self) -> None:
         self.dirty_since = None
+
+    def hint(self) -> frozenset[str] | None:
+        return None   # a commit walks
 
     def close(self) -> None:
         return None

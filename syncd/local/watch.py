@@ -52,6 +52,7 @@ from syncd.local.watchsettings import WatchSettings
 
 log = logging.getLogger(__name__)
 VERIFY_AFTER = 0.2  # seconds without events before dirty paths are checked against the index
+YIELD_EVERY = 64    # events handled between two turns of the event loop during a burst
 
 
 __all__ = ["InotifyWatch", "PollWatch", "WatchSettings", "WatchUnavailable", "Watcher", "open_watcher", "signature"]
@@ -69,6 +70,7 @@ class Watcher(Protocol):
     async def start(self) -> None: ...
     async def next_due(self, settings: WatchSettings) -> frozenset[str] | None: ...
     def committed(self) -> None: ...
+    def hint(self) -> frozenset[str] | None: ...
     def close(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
 
@@ -249,9 +251,14 @@ class InotifyWatch:
         self._woken.set()
 
     async def _read(self) -> None:
+        """Handle events as they come; a burst (a task renaming in a loop) is handled
+        ``YIELD_EVERY`` events at a time, letting the loop run between (the reader yields only
+        when its buffer is empty, so a steady stream would otherwise starve every commit)."""
         async for event in self._inotify:
             self.events += 1
             self._handle(event)
+            if self.events % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     def _handle(self, event: Any) -> None:
         names = {m.name for m in type(event.mask) if m in event.mask and m.name}
@@ -336,6 +343,12 @@ class InotifyWatch:
                 del self._dirty[path]
         if not self._dirty:
             self.pending, self.dirty_since = False, None
+
+    def hint(self) -> frozenset[str] | None:
+        """Every path that may differ from the index now (None: unknown, walk)."""
+        if self._walk_next_commit or self._overflowed or self._new_dirs:
+            return None
+        return _with_parents(self._dirty)
 
     def committed(self) -> None:
         """The commit given the last hint succeeded: what it saw is no longer dirty."""
