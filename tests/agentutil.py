@@ -31,6 +31,7 @@ def env_for(config: Config) -> dict[str, str]:
         "SYNCD_CHUNK_SIZE": str(config.chunk_size), "SYNCD_PACK_THRESHOLD": str(config.pack_threshold),
         "SYNCD_PACK_SIZE": str(config.pack_size), "SYNCD_MAX_INFLIGHT_BYTES": str(config.max_inflight_bytes),
         "SYNCD_RETRIES": str(config.retries), "SYNCD_RETRY_BASE_DELAY": str(config.retry_base_delay),
+        "SYNCD_STORE_DEADLINE": str(config.store_deadline),
     })
     if config.gateways:
         env["SYNCD_GATEWAY"] = ",".join(config.gateways)

@@ -188,6 +188,33 @@ async def test_advance_that_landed_but_lost_its_answer_is_not_doubled(faulty: Co
         assert [s.seq for _, s in history] == [2, 1] and history[0][0] == result.snapshot
 
 
+async def test_an_outage_is_ridden_out_within_the_deadline_and_reported_past_it(
+        faulty: Config, proxy: FaultProxy, tmp_path: Path) -> None:
+    """SYNCD_STORE_DEADLINE: once the store has answered, a transient failure is retried past
+    SYNCD_RETRIES attempts for as long as the deadline allows; past it, one line; a store that
+    never answered this process is not waited for (a mistyped endpoint should be heard at once)."""
+    config = faulty.replace(retries=2, store_deadline=4.0)
+    async with seeded(config, tmp_path) as (eng, src):
+        (src / "new.txt").write_text("x\n")
+        proxy.rules = [Rule("reset", method="PUT", path="/vol/HEAD", times=5)]
+        result = await commit(eng, "vol", src)              # 6 attempts where SYNCD_RETRIES says 2
+        assert proxy.injected["reset"] == 5 and retries(eng) == 5 and result.seq == 2
+        proxy.rules = [Rule("slowdown", method="PUT", path="/vol/HEAD")]   # an outage that does not end
+        (src / "more.txt").write_text("y\n")
+        with pytest.raises(TransientStoreError, match=r"PUT \S+/vol/HEAD: gave up after \d+ attempts in "
+                                                      r"[\d.]+ s: .*SlowDown") as failed:
+            await commit(eng, "vol", src)
+        assert "\n" not in str(failed.value) and proxy.injected["slowdown"] > 2
+        assert float(str(failed.value).split(" in ", 1)[1].split(" s:", 1)[0]) >= 4.0
+        proxy.rules = []
+        assert (await eng.repo.head("vol")).seq == 2 and await check_head_complete(eng, "vol")
+    async with open_engine(config) as fresh:                # has not heard from the store yet
+        proxy.rules = [Rule("reset")]
+        with pytest.raises(TransientStoreError, match=r"gave up after 2 attempts in "):
+            await fresh.repo.head("vol")
+        assert proxy.injected["reset"] == 5 + 2
+
+
 async def test_put_cut_off_after_its_headers_leaves_the_old_object(engine: Engine, proxy: FaultProxy,
                                                                    faulty: Config, tmp_path: Path) -> None:
     """A client killed right after sending a PUT's headers: SeaweedFS would store an empty object

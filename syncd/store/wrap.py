@@ -12,10 +12,19 @@ retrier retries it while no byte of the body reached the sink (a body
 half-written is the caller's to repeat), the counter counts one GET and its
 body's bytes.
 
-Retry policy, decided by exception class alone: ``TransientStoreError`` is
-retried with full-jitter exponential backoff up to ``attempts`` times, then
-re-raised; every other error (NotFound, PreconditionFailed, StoreError) is
-final at once. Conditional PUTs are retried too: if the first attempt did land
+Retry policy, decided by exception class alone: ``TransientStoreError``
+(throttling, 5xx, connection refused or reset, timeouts, bodies cut short) is
+retried with full-jitter exponential backoff (``base_delay`` doubling up to
+``max_delay``) for at least ``attempts`` attempts and, once the store has
+answered this process at least once, until ``deadline`` seconds have passed
+since the operation's first attempt (``SYNCD_STORE_DEADLINE``): so a store or
+S3 gateway that restarts for a few seconds is ridden out, while a store that
+never answered (a mistyped endpoint, DNS, TLS) is reported after ``attempts``
+tries instead of being waited for. Past both, the last error is re-raised as
+one line naming the operation, the attempts and the time. Every other error
+(NotFound, PreconditionFailed, StoreError) is final at once.
+
+Conditional PUTs are retried too: if the first attempt did land
 and its answer was lost, the retry fails its precondition, which callers
 already handle as "someone else wrote it" and resolve by re-reading.
 """
@@ -27,10 +36,11 @@ import collections
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from syncd.errors import TransientStoreError
+from syncd.errors import StoreError, TransientStoreError
 from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream, read_into
 from syncd.store.rangeread import Sink
 
@@ -40,22 +50,37 @@ T = TypeVar("T")
 
 class RetryingStore:
     def __init__(self, inner: ObjectStore, attempts: int = 6, base_delay: float = 0.1,
-                 max_delay: float = 5.0) -> None:
+                 max_delay: float = 5.0, deadline: float = 0.0) -> None:
         self.inner, self.attempts, self.base_delay, self.max_delay = inner, attempts, base_delay, max_delay
+        self.deadline = deadline
         self.retries = 0
+        self.answered = False    # the store answered once: a failure to reach it now is an outage
 
     async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(1, self.attempts + 1):
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return await op()
+                result = await op()
             except TransientStoreError as exc:
-                if attempt == self.attempts:
-                    raise TransientStoreError(f"{what}: gave up after {attempt} attempts: {exc}") from exc
+                elapsed = time.monotonic() - started
+                window = self.deadline if self.answered else 0.0
+                if attempt >= self.attempts and elapsed >= window:
+                    raise TransientStoreError(f"{what}: gave up after {attempt} attempts in {elapsed:.1f} s: "
+                                              f"{exc}") from exc
                 self.retries += 1
-                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 20)))
+                if attempt >= self.attempts:       # only the deadline keeps us here: do not sleep past it
+                    delay = min(delay, window - elapsed)
                 log.info("retrying %s in %.2fs after %s", what, delay, exc)
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+                continue
+            except StoreError:
+                self.answered = True
+                raise
+            self.answered = True
+            return result
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
         return await self._call(f"GET {key}", lambda: self.inner.get(key, start, end))
