@@ -215,6 +215,36 @@ async def test_an_outage_is_ridden_out_within_the_deadline_and_reported_past_it(
         assert proxy.injected["reset"] == 5 + 2
 
 
+async def test_advance_that_landed_while_another_writer_moved_on_is_recognised(
+        faulty: Config, config: Config, proxy: FaultProxy, tmp_path: Path) -> None:
+    """The answer to our HEAD advance is lost and, before we retry, another writer commits the
+    same path on top of our snapshot. The retry's 412 must not make us publish our changes a
+    second time (on main: a second snapshot that put our older version back over theirs), nor,
+    after 30 such races, tell the user to try again: the snapshot we published is recognised in
+    the history and is the commit's result (the soak's "2 snapshots more than commits")."""
+    async with seeded(faulty.replace(read_timeout=30.0), tmp_path) as (eng, src):
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "shared.txt").write_text("theirs, committed later\n")
+        theirs: list[str | None] = []
+
+        async def another_writer_commits() -> None:     # straight to the server, not through the proxy
+            async with open_engine(worker_config(config, tmp_path, "w2")) as eng2:
+                theirs.append((await commit(eng2, "vol", other)).snapshot)
+
+        (src / "shared.txt").write_text("ours\n")
+        proxy.rules = [Rule("reset_after", method="PUT", path="/vol/HEAD", times=1, meanwhile=another_writer_commits)]
+        result = await commit(eng, "vol", src)
+        assert proxy.injected["reset_after"] == 1 and len(theirs) == 1
+        history = await eng.repo.history("vol")
+        assert [s.seq for _, s in history] == [3, 2, 1], "our changes were published twice"
+        assert [sid for sid, _ in history[:2]] == [theirs[0], result.snapshot] and result.seq == 2
+        assert history[0][1].entries["shared.txt"].size == len("theirs, committed later\n")  # the later wins
+        (src / "next.txt").write_text("y\n")                 # the index knows what was committed
+        after = await commit(eng, "vol", src)
+        assert after.seq == 4 and after.changed == 1
+
+
 async def test_put_cut_off_after_its_headers_leaves_the_old_object(engine: Engine, proxy: FaultProxy,
                                                                    faulty: Config, tmp_path: Path) -> None:
     """A client killed right after sending a PUT's headers: SeaweedFS would store an empty object

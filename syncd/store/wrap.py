@@ -24,9 +24,11 @@ tries instead of being waited for. Past both, the last error is re-raised as
 one line naming the operation, the attempts and the time. Every other error
 (NotFound, PreconditionFailed, StoreError) is final at once.
 
-Conditional PUTs are retried too: if the first attempt did land
-and its answer was lost, the retry fails its precondition, which callers
-already handle as "someone else wrote it" and resolve by re-reading.
+Conditional PUTs are retried too: if an attempt did land and its answer was
+lost, a later attempt fails its precondition. That 412 is raised as
+``UnsurePrecondition`` (a PreconditionFailed): callers that only care about
+"someone else wrote it" handle it as before, and the commit point's advance
+(engine/volumes.py) checks whether it was its own write that landed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from syncd.errors import StoreError, TransientStoreError
+from syncd.errors import PreconditionFailed, StoreError, TransientStoreError, UnsurePrecondition
 from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream, read_into
 from syncd.store.rangeread import Sink
 
@@ -63,6 +65,11 @@ class RetryingStore:
             attempt += 1
             try:
                 result = await op()
+            except PreconditionFailed as exc:
+                self.answered = True
+                if attempt > 1 and not isinstance(exc, UnsurePrecondition):  # an earlier try may have landed
+                    raise UnsurePrecondition(str(exc)) from exc
+                raise
             except TransientStoreError as exc:
                 elapsed = time.monotonic() - started
                 window = self.deadline if self.answered else 0.0
