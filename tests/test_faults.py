@@ -215,6 +215,22 @@ async def test_an_outage_is_ridden_out_within_the_deadline_and_reported_past_it(
         assert proxy.injected["reset"] == 5 + 2
 
 
+async def test_opening_the_store_rides_out_a_throttled_bucket_check(faulty: Config, proxy: FaultProxy,
+                                                                   tmp_path: Path) -> None:
+    """The first request of every engine (the bucket check) meets 503s: it is retried like any
+    request, so a mount process or gateway starting while the store throttles does not fail
+    (the soak's revived lazy mount did, at once, with 'the server answered, but the request failed')."""
+    proxy.rules = [Rule("slowdown", method="GET", path="list-type=2", times=3)]
+    async with open_engine(faulty) as eng:                 # 4 attempts: 3 refused, the 4th answered
+        assert proxy.injected["slowdown"] == 3
+        await eng.repo.create("vol")
+    proxy.rules = [Rule("slowdown", method="GET", path="list-type=2")]
+    with pytest.raises(TransientStoreError, match=r"cannot reach the object store .*SlowDown") as failed:
+        async with open_engine(faulty):
+            pass
+    assert "\n" not in str(failed.value) and proxy.injected["slowdown"] == 3 + 4
+
+
 async def test_advance_that_landed_while_another_writer_moved_on_is_recognised(
         faulty: Config, config: Config, proxy: FaultProxy, tmp_path: Path) -> None:
     """The answer to our HEAD advance is lost and, before we retry, another writer commits the

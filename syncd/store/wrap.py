@@ -58,7 +58,8 @@ class RetryingStore:
         self.retries = 0
         self.answered = False    # the store answered once: a failure to reach it now is an outage
 
-    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` under this policy (also for a backend's own request: the bucket check, reach.py)."""
         started = time.monotonic()
         attempt = 0
         while True:
@@ -90,13 +91,13 @@ class RetryingStore:
             return result
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
-        return await self._call(f"GET {key}", lambda: self.inner.get(key, start, end))
+        return await self.call(f"GET {key}", lambda: self.inner.get(key, start, end))
 
     @contextlib.asynccontextmanager
     async def get_stream(self, key: str, start: int | None = None,
                          end: int | None = None) -> AsyncIterator[BlobStream]:
         async with contextlib.AsyncExitStack() as stack:
-            yield await self._call(f"GET {key}", lambda: stack.enter_async_context(
+            yield await self.call(f"GET {key}", lambda: stack.enter_async_context(
                 open_stream(self.inner, key, start, end)))
 
     async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
@@ -112,31 +113,31 @@ class RetryingStore:
                 raise
 
         try:
-            return await self._call(f"GET {key}", attempt)
+            return await self.call(f"GET {key}", attempt)
         except _HalfWay as half:
             raise half.error from half.error.__cause__
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
-        return await self._call(f"PUT {key}", lambda: self.inner.put(
+        return await self.call(f"PUT {key}", lambda: self.inner.put(
             key, data, if_none_match=if_none_match, if_match=if_match))
 
     async def head(self, key: str) -> ObjectInfo:
-        return await self._call(f"HEAD {key}", lambda: self.inner.head(key))
+        return await self.call(f"HEAD {key}", lambda: self.inner.head(key))
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        items = await self._call(f"LIST {prefix}", lambda: _collect(self.inner.list_objects(prefix)))
+        items = await self.call(f"LIST {prefix}", lambda: _collect(self.inner.list_objects(prefix)))
         for item in items:
             yield item
 
     async def list_prefixes(self, prefix: str) -> list[str]:
-        return await self._call(f"LIST {prefix}", lambda: self.inner.list_prefixes(prefix))
+        return await self.call(f"LIST {prefix}", lambda: self.inner.list_prefixes(prefix))
 
     async def delete(self, keys: list[str]) -> None:
-        await self._call(f"DELETE {len(keys)} keys", lambda: self.inner.delete(keys))
+        await self.call(f"DELETE {len(keys)} keys", lambda: self.inner.delete(keys))
 
     async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
-        return await self._call(f"ABORT-UPLOADS {prefix}", lambda: self.inner.abort_stale_uploads(prefix, older_than))
+        return await self.call(f"ABORT-UPLOADS {prefix}", lambda: self.inner.abort_stale_uploads(prefix, older_than))
 
     async def close(self) -> None:
         await self.inner.close()
