@@ -151,3 +151,23 @@ def test_a_restarted_agent_takes_over_from_a_mount_process_still_serving(config:
         assert (mountpoint / "late.txt").read_bytes() == b"written through the old process\n"
     finally:
         old.kill()
+
+
+def test_a_lazy_mount_that_cannot_be_resumed_is_retried_in_the_background(
+        config: Config, agents: Agents, unmount_leftovers: None) -> None:
+    """At the agent's start its lazy mount point is held by a mount nobody can ask to stop (not
+    ours: another control socket): the resume fails, is logged, and is retried with backoff until
+    the mount point is free, with no task asking."""
+    agent = agents.start(config)
+    volume("shared", socket_path=config.socket, owner=config.owner, mode="lazy")
+    assert agent.terminate() == 0
+    mountpoint = config.root / "shared"
+    squatter = MountProcess(config, "shared", mountpoint)
+    squatter.start()
+    try:
+        restarted = agents.start(config)
+        agentutil.wait_for(lambda: "retrying in the background" in restarted.log(), 90, "the failed resume")
+        assert _lazy_pid(restarted, "shared") is None
+    finally:
+        assert squatter.stop() == 0
+    assert agentutil.wait_for(lambda: _lazy_pid(restarted, "shared"), 90, "the lazy mount to be retried")

@@ -30,11 +30,14 @@ The agent keeps its lazy mounts up (``LazyMounts``):
   says that writes in such a gap are hidden, not committed.
 * Revived mounts. A mount process that exits without being asked to (``kill
   -9``, a crash) is mounted again by the agent at once (retried with backoff
-  while that fails), without waiting for a task to ask.
+  while that fails), without waiting for a task to ask; so is a lazy mount
+  whose resume failed when the agent started (the store down, say).
 * Orphans. A mount process whose agent died commits and unmounts by itself
   (process.py); an agent that restarts before that finished asks it, over its
-  control socket, to stop now and waits until its mount point is free, so the
-  restart's resume does not fail on a mount point that is still served.
+  control socket, to stop now and waits until its mount point is free (one
+  that no longer answers, being past its final commit, gets a few seconds to
+  unmount), so the restart's resume does not fail on a mount point that is
+  still served.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,7 @@ START_TIMEOUT = 60.0
 STATUS_WAIT = 2.0     # seconds a mount process has to answer a status request of the agent's status page
 STOP_TIMEOUT = 120.0  # seconds a stopping mount process has for its final commit and unmount
 REVIVE_BACKOFF = (1.0, 60.0)   # first and longest wait between attempts to mount a dead mount again
+UNMOUNT_WAIT = 10.0   # seconds a previous mount process that stopped answering has to unmount
 
 
 def default_mode() -> str:
@@ -179,8 +184,9 @@ class LazyMounts:
             try:
                 await self.mount(str(name))
                 resumed.append(str(name))
-            except SyncdError as exc:
-                log.error("cannot resume the lazy mount of %s: %s", name, exc)
+            except (SyncdError, OSError) as exc:
+                log.error("cannot resume the lazy mount of %s: %s; retrying in the background", name, exc)
+                self._background(self._revive(str(name)))
         return resumed
 
     async def refresh(self) -> None:
@@ -220,7 +226,7 @@ class LazyMounts:
         log_path = work.parent / f"{work.name}.log"
         await asyncio.to_thread(work.parent.mkdir, parents=True, exist_ok=True)
         await self._free(path, sock)
-        await asyncio.to_thread(reclaim, path)          # a killed process's dead mount first
+        await asyncio.to_thread(reclaim, path)          # a killed process's dead mount
         await asyncio.to_thread(_seal, path)
         env = {**os.environ, "SYNCD_MOUNT_CONFIG": config_to_json(self.config),
                "SYNCD_MOUNT_PARENT": str(os.getpid())}
@@ -240,24 +246,24 @@ class LazyMounts:
             await process.wait()
             raise
         self.mounts[name] = mount
-        supervisor = asyncio.ensure_future(self._supervise(mount))
-        self._supervisors.add(supervisor)
-        supervisor.add_done_callback(self._supervisors.discard)
+        self._background(self._supervise(mount))
         await self._save()
         return mount
 
     async def _free(self, path: Path, sock: Path) -> None:
         """A mount process of a previous agent still serving ``path`` (its parent died, it is on its
-        way out): ask it to stop now and wait until the mount point is free."""
-        if not await asyncio.to_thread(mounted_at, path):
+        way out): ask it to stop now and wait until the mount point is free. One that no longer
+        answers may be past its final commit, unmounting: it gets a few seconds."""
+        if not await asyncio.to_thread(_served, path):
             return
         try:
             await control.call(sock, "stop")
+            wait = STOP_TIMEOUT
         except SyncdError:
-            return        # nobody answers: dead (reclaimed by the new process) or not ours (refused there)
+            wait = UNMOUNT_WAIT
         log.warning("%s is still served by a mount process of a previous agent; waiting for it to stop", path)
-        for _ in range(int(STOP_TIMEOUT / 0.1)):      # the mount table has no event to wait on
-            if not await asyncio.to_thread(mounted_at, path):
+        for _ in range(int(wait / 0.1)):      # the mount table has no event to wait on
+            if not await asyncio.to_thread(_served, path):
                 return
             await asyncio.sleep(0.1)
 
@@ -267,21 +273,31 @@ class LazyMounts:
         if mount.stopping or self.closing:
             return
         log.warning("lazy mount %s: its process exited with %s; mounting it again", mount.name, code)
+        async with self._locks.setdefault(mount.name, asyncio.Lock()):
+            if self.mounts.get(mount.name) is mount:
+                del self.mounts[mount.name]
+        await self._revive(mount.name)
+
+    async def _revive(self, name: str) -> None:
+        """Start ``name``'s mount until it runs (backoff while it fails), unless one runs already."""
         delay, longest = REVIVE_BACKOFF
         while not self.closing:
             try:
-                async with self._locks.setdefault(mount.name, asyncio.Lock()):
-                    if self.mounts.get(mount.name) is mount:
-                        del self.mounts[mount.name]
-                    if self.closing or self.get(mount.name) is not None:
+                async with self._locks.setdefault(name, asyncio.Lock()):
+                    if self.closing or self.get(name) is not None:
                         return     # mounted again meanwhile: a task asked
-                    await self._start(mount.name)
+                    await self._start(name)
                 self.revived += 1
                 return
             except (SyncdError, OSError) as exc:
-                log.error("lazy mount %s: cannot mount it again: %s; retrying in %.0f s", mount.name, exc, delay)
+                log.error("lazy mount %s: cannot mount it again: %s; retrying in %.0f s", name, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, longest)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._supervisors.add(task)
+        task.add_done_callback(self._supervisors.discard)
 
     async def _wait_ready(self, mount: LazyMount) -> dict[str, Any]:
         deadline = time.monotonic() + START_TIMEOUT
@@ -348,6 +364,17 @@ class LazyMounts:
         if mount is None:
             raise VolumeNotFound(f"volume {name!r} is not mounted on this worker")
         return mount
+
+
+def _served(path: Path) -> bool:
+    """Is a live FUSE mount at ``path`` (mounted, and not a dead one that answers ENOTCONN)?"""
+    if not mounted_at(path):
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno != errno.ENOTCONN
+    return True
 
 
 def _seal(path: Path) -> None:
