@@ -26,9 +26,7 @@ import importlib
 import os
 import re
 import shlex
-import subprocess
 import sys
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,16 +351,6 @@ def test_the_container_recipe_installs_what_the_commands_need() -> None:
     env = dict(re.findall(r"(SYNCD_[A-Z_]+)=(\S+)", " ".join(rest for word, rest in final if word == "ENV")))
     config = data_of(documents(), "ConfigMap", "syncd-config")
     assert env and all(config[k] == v for k, v in env.items()), (env, config)
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="syncd-deploy-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 def run_as(uid: int, script: str, env: dict[str, str]) -> tuple[int, str]:

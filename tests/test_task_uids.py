@@ -15,8 +15,6 @@ import json
 import os
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,17 +127,6 @@ def run_task(uid: int, gid: int, *args: str, groups: tuple[int, ...] = ()) -> di
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout)
     return result
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid may traverse (like / on a node), for SYNCD_ROOT and the socket."""
-    path = Path(tempfile.mkdtemp(prefix="syncd-uids-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 def seed(config: Config, src: Path) -> None:

@@ -25,6 +25,7 @@ snapshot, and views of older snapshots of the volume beyond the newest
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -163,17 +164,12 @@ def writable_sub_path(mount_path: Path, sub_path: str, owner: localfs.Owner = No
     try:
         for part in sub.split("/"):
             try:
-                os.mkdir(part, mode, dir_fd=fd)
-                created = True
-            except FileExistsError:
-                created = False
+                child, created = dirfd.make_dir_at(fd, part, mode)
             except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ConfigError(f"sub_path {sub_path!r}: {part!r} in {mount_path} is a symlink or not a "
+                                      "directory; the agent does not follow it") from exc
                 raise localfs.local_error(mount_path / sub, exc, "create") from exc
-            try:
-                child = os.open(part, dirfd.CHILD_DIR, dir_fd=fd)
-            except OSError as exc:
-                raise ConfigError(f"sub_path {sub_path!r}: {part!r} in {mount_path} is a symlink or not a "
-                                  "directory; the agent does not follow it") from exc
             os.close(fd)
             fd = child
             if created:

@@ -47,19 +47,12 @@ def prepare_mount(root: Path, name: str, owner: localfs.Owner = None, mode: int 
     root_fd = open_syncd_root(root)
     try:
         try:
-            os.mkdir(name, PRIVATE_DIR, dir_fd=root_fd)
-            created = True
-        except FileExistsError:
-            created = False
-        except OSError as exc:
-            raise localfs.local_error(root / name, exc, "create") from exc
-        try:
-            fd = os.open(name, dirfd.CHILD_DIR, dir_fd=root_fd)
+            fd, created = dirfd.make_dir_at(root_fd, name, PRIVATE_DIR)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise LocalConflict(f"mount directory {root / name} is a symlink or not a directory; the agent "
                                     "does not follow it (move it away and mount again)", [name]) from exc
-            raise localfs.local_error(root / name, exc, "open") from exc
+            raise localfs.local_error(root / name, exc, "create") from exc
         with dirfd.closing(fd):
             st = os.fstat(fd)
             if not created and st.st_uid not in (os.geteuid(), *(owner[:1] if owner else ())):
