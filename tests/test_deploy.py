@@ -385,7 +385,7 @@ def run_as(uid: int, script: str, env: dict[str, str]) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the Job's task as uid nobody under a root agent")
-def test_the_example_jobs_task_runs_as_another_uid(config: Config, agents: Agents, open_dir: Path) -> None:
+def test_the_example_jobs_task_runs_as_another_uid(config: Config, open_dir: Path, agents: Agents) -> None:
     import syncd.sdk.volume  # noqa: F401  (what the script imports, loaded before the fork)
     job = pod_spec(workload(documents(), "Job"))["containers"][0]
     script = job["command"][2]

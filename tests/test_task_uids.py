@@ -149,7 +149,7 @@ def shared_worker(config: Config, open_dir: Path, **allow: Any) -> Config:
     return config.replace(root=open_dir / "volumes", socket=open_dir / "run" / "syncd.sock", **allow)
 
 
-def test_an_eager_mount_serves_a_task_of_another_uid(config: Config, agents: Agents, open_dir: Path,
+def test_an_eager_mount_serves_a_task_of_another_uid(config: Config, open_dir: Path, agents: Agents,
                                                     tmp_path: Path) -> None:
     seed(config, tmp_path / "src")
     worker = shared_worker(config, open_dir, allow_uids=(NOBODY,))
@@ -179,7 +179,7 @@ def test_an_eager_mount_serves_a_task_of_another_uid(config: Config, agents: Age
     assert {"new.txt", "sub/made/x.txt", "sub/inner.txt", "deep/er/leaf.txt"} <= set(files)
 
 
-def test_a_read_only_view_stays_read_only_for_another_uid(config: Config, agents: Agents, open_dir: Path,
+def test_a_read_only_view_stays_read_only_for_another_uid(config: Config, open_dir: Path, agents: Agents,
                                                           tmp_path: Path) -> None:
     seed(config, tmp_path / "src")
     worker = shared_worker(config, open_dir, allow_uids=(NOBODY,))
@@ -191,7 +191,7 @@ def test_a_read_only_view_stays_read_only_for_another_uid(config: Config, agents
     assert set(latest_files(config, "vol")) == {"existing.txt", "sub/inner.txt"}
 
 
-def test_a_lazy_mount_serves_a_task_of_another_uid(config: Config, agents: Agents, open_dir: Path,
+def test_a_lazy_mount_serves_a_task_of_another_uid(config: Config, open_dir: Path, agents: Agents,
                                                    tmp_path: Path) -> None:
     if (why := fuse_missing()) is not None:
         pytest.skip(why)
@@ -217,7 +217,7 @@ def test_a_lazy_mount_serves_a_task_of_another_uid(config: Config, agents: Agent
     assert "intruder.txt" not in files
 
 
-def test_a_uid_the_operator_did_not_name_is_refused(config: Config, agents: Agents, open_dir: Path) -> None:
+def test_a_uid_the_operator_did_not_name_is_refused(config: Config, open_dir: Path, agents: Agents) -> None:
     worker = shared_worker(config, open_dir, allow_uids=(NOBODY,))
     agent = agents.start(worker)
     out = run_task(STRANGER, STRANGER, str(worker.socket), "vol", "status")
@@ -228,7 +228,7 @@ def test_a_uid_the_operator_did_not_name_is_refused(config: Config, agents: Agen
     assert agent.status()["mounts"] == [] and "refused a request" in agent.log()
 
 
-def test_a_named_group_admits_its_members_and_no_one_else(config: Config, agents: Agents, open_dir: Path,
+def test_a_named_group_admits_its_members_and_no_one_else(config: Config, open_dir: Path, agents: Agents,
                                                           tmp_path: Path) -> None:
     seed(config, tmp_path / "src")
     worker = shared_worker(config, open_dir, allow_group=GROUP)
