@@ -28,8 +28,8 @@ from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import TransientStoreError
 from syncd.maint.check import check
-from syncd.store.wrap import RetryingStore
 from syncd.store.devserver import CREDENTIALS
+from syncd.store.wrap import RetryingStore
 
 from .checks import check_head_complete, tmp_files
 from .cluster import Cluster

@@ -40,8 +40,14 @@ from dataclasses import dataclass, replace
 
 from syncd.data.cache import ChunkCache
 from syncd.engine.trees import Builder, Built, TreePool, TreeStore, diff_trees, upload_packs
-from syncd.errors import (ManifestError, NotFound, PreconditionFailed, SnapshotNotFound, UnsurePrecondition,
-                          VolumeNotFound)
+from syncd.errors import (
+    ManifestError,
+    NotFound,
+    PreconditionFailed,
+    SnapshotNotFound,
+    UnsurePrecondition,
+    VolumeNotFound,
+)
 from syncd.format import manifest, tree
 from syncd.format.chunking import is_content_id
 from syncd.format.layout import Layout, validate_name
