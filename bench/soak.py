@@ -95,8 +95,8 @@ from syncd.format.chunking import content_id  # noqa: E402
 from syncd.maint.check import check  # noqa: E402
 from syncd.sdk.volume import AgentClient, volume  # noqa: E402
 from syncd.store.devserver import CREDENTIALS, endpoint_or_embedded, free_port  # noqa: E402
+from tests.agentutil import detach_under  # noqa: E402
 from tests.faultproxy import FaultProxy, Rule  # noqa: E402
-from tests.mountutil import detach_under  # noqa: E402
 
 VOLUME, EAGER, LAZY = "soak", "agent-eager", "agent-lazy"
 WRITERS = READERS = 4

@@ -131,9 +131,18 @@ class Agents:
         return agent.start()
 
     def kill_all(self) -> None:
-        from syncd.local import robind
         for agent in self.started:
             agent.kill()
-            for view in agent.config.root.glob(".readonly/*/*"):   # a killed agent's read-only binds
-                robind.unseal(view)
+            detach_under(agent.config.root)    # read-only views, lazy mounts and the seals below them
+
+
+def detach_under(root: Path) -> None:
+    """Detach every mount below ``root``, newest first: FUSE mounts left by killed processes, the
+    agent's read-only views and the seals it keeps below its lazy mount points (mount/spawn.py)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    for line in reversed(lines):
+        point = line.split()[4]
+        if point == str(root) or point.startswith(str(root) + "/"):
+            command = ["fusermount3", "-u", "-z"] if " - fuse" in line else ["umount", "-l"]
+            subprocess.run([*command, point], capture_output=True)
 

@@ -92,13 +92,3 @@ class MountProcess:
         if mounted_at(self.path):
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
 
-
-def detach_under(root: Path) -> None:
-    """Detach every mount below ``root``, newest first: FUSE mounts left by killed processes and
-    the agent's read-only seals below its lazy mount points (syncd/mount/spawn.py)."""
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    for line in reversed(lines):
-        point = line.split()[4]
-        if point.startswith(str(root)):
-            command = ["fusermount3", "-u", "-z"] if " - fuse" in line else ["umount", "-l"]
-            subprocess.run([*command, point], capture_output=True)

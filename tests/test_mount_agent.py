@@ -15,9 +15,9 @@ from syncd.mount.spawn import control_path, mounted_at, work_dir
 from syncd.sdk.volume import volume
 
 from . import agentutil
-from .agentutil import Agents, latest_files
+from .agentutil import Agents, detach_under, latest_files
 from .conftest import worker_config
-from .mountutil import MountProcess, detach_under, fuse_missing
+from .mountutil import MountProcess, fuse_missing
 from .test_workflow import LABELS, Worker, create_new_files, read_existing
 
 pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=fuse_missing() or "")
