@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -189,3 +190,75 @@ def test_the_sdk_names_syncd_agent_wait_when_it_gives_up(tmp_path: Path) -> None
     from syncd.sdk.volume import AgentClient
     with pytest.raises(AgentUnavailable, match="SYNCD_AGENT_WAIT"):
         AgentClient(tmp_path / "nobody.sock", connect_wait=0.2).call("GET", "/v1/status")
+
+
+# ---------------------------------------------------------------- item 1: every shape in the way of a get
+# A directory where the volume has a file, symlinks (to files, to directories, dangling) at a file's or a
+# directory's path, local files the volume does not have: refusals are exit 5 with nothing written;
+# --overwrite replaces a link itself, never what it points to; files the volume lacks stay either way.
+
+def _tree(top: Path) -> dict[str, str]:
+    """Every path below ``top`` (not following links): file text, 'dir' or '-> target'."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(top))
+            out[rel] = (f"-> {os.readlink(path)}" if path.is_symlink()
+                        else "dir" if path.is_dir() else path.read_text())
+    return out
+
+
+def test_a_local_directory_where_the_volume_has_a_file_is_not_replaced(cli: Any, tmp_path: Path) -> None:
+    _seed(cli, tmp_path)
+    dest = tmp_path / "dest"
+    (dest / "notes.txt").mkdir(parents=True)
+    (dest / "notes.txt" / "mine.txt").write_text("a file of mine in a directory named like the volume's file\n")
+    before = _tree(dest)
+    code, _, err = cli("get", "vol", "/", str(dest))
+    assert code == 5 and "notes.txt" in err
+    assert _tree(dest) == before                                  # nothing written, nothing removed
+    code, _, err = cli("get", "vol", "notes.txt", str(dest / "notes.txt"))   # into it, by name: no conflict
+    assert code == 0, err
+    assert (dest / "notes.txt" / "notes.txt").read_text() == "the volume's notes\n"
+    assert (dest / "notes.txt" / "mine.txt").exists()
+
+
+def test_symlinks_in_the_way_are_refused_and_never_followed(cli: Any, tmp_path: Path) -> None:
+    _seed(cli, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("outside the destination\n")
+    (outside / "deep.txt").write_text("not the volume's deep.txt\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "notes.txt").symlink_to(outside / "precious.txt")     # a link at a file's path
+    (dest / "sub").symlink_to(outside)                            # a link at a directory's path
+    (dest / "same.txt").symlink_to(tmp_path / "nowhere")          # dangling
+    outside_before, dest_before = _tree(outside), _tree(dest)
+    code, _, err = cli("get", "vol", "/", str(dest))
+    assert code == 5 and "3 local path(s)" in err, err
+    assert _tree(outside) == outside_before and _tree(dest) == dest_before
+    code, _, err = cli("get", "vol", "sub", str(dest / "sub"))     # named as the destination: followed, as cp
+                                                                  # does, and its differing deep.txt refused
+    assert code == 5 and _tree(outside) == outside_before
+
+    code, _, err = cli("get", "vol", "/", str(dest), "--overwrite")
+    assert code == 0, err
+    assert _tree(outside) == outside_before                       # the links' targets are untouched
+    assert not any(p.is_symlink() for p in (dest / "notes.txt", dest / "sub", dest / "same.txt"))
+    assert (dest / "notes.txt").read_text() == "the volume's notes\n"
+    assert (dest / "sub" / "deep.txt").read_text() == "deep\n" and (dest / "same.txt").read_text() == "same\n"
+
+
+def test_local_files_the_volume_does_not_have_stay(cli: Any, tmp_path: Path) -> None:
+    _seed(cli, tmp_path)
+    dest = tmp_path / "dest"
+    (dest / "sub").mkdir(parents=True)
+    (dest / "mine.txt").write_text("mine\n")
+    (dest / "sub" / "mine-too.txt").write_text("mine too\n")
+    for extra in ((), ("--overwrite",)):
+        code, _, err = cli("get", "vol", "/", str(dest), *extra)
+        assert code == 0, err
+        assert (dest / "mine.txt").read_text() == "mine\n" and (dest / "sub" / "mine-too.txt").read_text() == "mine too\n"
+        assert (dest / "sub" / "deep.txt").read_text() == "deep\n"
