@@ -259,3 +259,73 @@ def test_killed_after_moving_aside_restarts_and_loses_nothing(config: Config, ag
     [aside] = _orphans(config, "gone")
     assert (aside / "late.txt").read_text() == "uncommitted\n"       # kept (the committed file too: no loss)
     assert list(volume("gone", socket_path=config.socket).path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- orders of events (the rename itself)
+
+async def test_a_commit_landing_between_the_copy_and_the_lease_is_copied_too(config: Config, tmp_path: Path) -> None:
+    """A write-back that lands after the rename copied HEAD: the lease's If-Match fails, the rename copies again."""
+    from syncd.engine.commit import commit
+    from syncd.engine.rename import rename
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "first.txt").write_text("before the rename\n")
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "late.txt").write_text("committed while the rename copied\n")
+    async with open_engine(config) as renamer, open_engine(worker_config(config, tmp_path, "writer")) as writer:
+        await commit(renamer, "old", src)
+        real = renamer.repo.take_lease
+        calls = 0
+
+        async def commit_first(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await commit(writer, "old", late)
+            return await real(*args, **kwargs)
+        renamer.repo.take_lease = commit_first  # type: ignore[method-assign]
+        result = await rename(renamer, "old", "new")
+        _, snap = await renamer.repo.latest("new")
+    assert calls == 2 and result.old_deleted
+    assert snap is not None and {p for p, e in snap.entries.items() if e.kind == "file"} == {"first.txt", "late.txt"}
+
+
+async def test_a_commit_during_the_lease_waits_and_then_finds_the_volume_gone(config: Config, tmp_path: Path) -> None:
+    """Never a commit into a volume about to be deleted: it waits for the lease, then VolumeNotFound."""
+    from syncd.engine.commit import commit
+    from syncd.engine.rename import rename
+    from syncd.errors import VolumeNotFound
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "first.txt").write_text("before the rename\n")
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "late.txt").write_text("written while the lease was held\n")
+    async with open_engine(config) as renamer, open_engine(worker_config(config, tmp_path, "writer")) as writer:
+        await commit(renamer, "old", src)
+        saw_lease = asyncio.Event()
+        real_head = writer.repo.head
+
+        async def head(volume: str) -> Any:
+            got = await real_head(volume)
+            if got.leased():
+                saw_lease.set()
+            return got
+        writer.repo.head = head  # type: ignore[method-assign]
+        real_delete = renamer.repo.delete
+        waiting: list[asyncio.Task[Any]] = []
+
+        async def delete_once_a_writer_waits(volume: str) -> int:
+            waiting.append(asyncio.ensure_future(commit(writer, "old", late)))
+            leased = asyncio.ensure_future(saw_lease.wait())
+            # the writer read the leased HEAD and waits (without a lease it commits, and is lost below)
+            await asyncio.wait([leased, waiting[0]], return_when=asyncio.FIRST_COMPLETED)
+            leased.cancel()
+            return await real_delete(volume)
+        renamer.repo.delete = delete_once_a_writer_waits  # type: ignore[method-assign]
+        await rename(renamer, "old", "new")
+        with pytest.raises(VolumeNotFound):
+            await waiting[0]
+        _, snap = await renamer.repo.latest("new")
+    assert snap is not None and [p for p, e in snap.entries.items() if e.kind == "file"] == ["first.txt"]
