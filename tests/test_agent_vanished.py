@@ -180,16 +180,22 @@ def _cli_env(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setenv(key, value)
 
 
-def test_a_volume_deleted_while_the_agent_was_down_is_set_aside_at_restart(config: Config, agents: Agents,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def _written_killed_deleted(config: Config, agents: Agents, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Mount 'gone', commit old.txt, write late.txt, kill -9 the agent, delete the volume: its mount."""
     agent = agents.start(config, *QUIET)
     vol = volume("gone", socket_path=config.socket)
     (vol / "old.txt").write_text("committed\n")
     vol.commit()
-    (vol / "late.txt").write_text("written, never committed, then the agent died\n")
+    (vol / "late.txt").write_text("uncommitted\n")
     agent.kill()
     _cli_env(config, monkeypatch)
     assert main(["volume", "rm", "gone", "--yes"]) == 0
+    return vol
+
+
+def test_a_volume_deleted_while_the_agent_was_down_is_set_aside_at_restart(config: Config, agents: Agents,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    vol = _written_killed_deleted(config, agents, monkeypatch)
     again = agents.start(config, *QUIET)                  # resumes in the background once it serves
     [aside] = wait_for(lambda: _orphans(config, "gone"), 60, "the restarted agent to set the copy aside")
     wait_for(lambda: not vol.path.exists() and "uncommitted path(s)" in again.log(), 60, "the warning")
@@ -243,14 +249,7 @@ def test_delete_and_recreate_before_the_agent_noticed(config: Config, agents: Ag
 def test_killed_after_moving_aside_restarts_and_loses_nothing(config: Config, agents: Agents,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The state a kill -9 right after the rename leaves: the copy aside whole, the mount still listed."""
-    agent = agents.start(config, *QUIET)
-    vol = volume("gone", socket_path=config.socket)
-    (vol / "old.txt").write_text("committed\n")
-    vol.commit()
-    (vol / "late.txt").write_text("uncommitted\n")
-    agent.kill()
-    _cli_env(config, monkeypatch)
-    assert main(["volume", "rm", "gone", "--yes"]) == 0
+    vol = _written_killed_deleted(config, agents, monkeypatch)
     (config.root / ORPHANED).mkdir()
     vol.path.rename(config.root / ORPHANED / "gone-20260101T000000Z")   # what the dead agent got as far as
     again = agents.start(config, *QUIET)
@@ -263,16 +262,21 @@ def test_killed_after_moving_aside_restarts_and_loses_nothing(config: Config, ag
 
 # ---------------------------------------------------------------- orders of events (the rename itself)
 
+def _first_and_late(tmp_path: Path) -> tuple[Path, Path]:
+    """Two directories to commit: ``first.txt`` before the rename, ``late.txt`` racing it."""
+    dirs = []
+    for name in ("first", "late"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.txt").write_text(f"{name}\n")
+        dirs.append(tmp_path / name)
+    return dirs[0], dirs[1]
+
+
 async def test_a_commit_landing_between_the_copy_and_the_lease_is_copied_too(config: Config, tmp_path: Path) -> None:
     """A write-back that lands after the rename copied HEAD: the lease's If-Match fails, the rename copies again."""
     from syncd.engine.commit import commit
     from syncd.engine.rename import rename
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "first.txt").write_text("before the rename\n")
-    late = tmp_path / "late"
-    late.mkdir()
-    (late / "late.txt").write_text("committed while the rename copied\n")
+    src, late = _first_and_late(tmp_path)
     async with open_engine(config) as renamer, open_engine(worker_config(config, tmp_path, "writer")) as writer:
         await commit(renamer, "old", src)
         real = renamer.repo.take_lease
@@ -296,12 +300,7 @@ async def test_a_commit_during_the_lease_waits_and_then_finds_the_volume_gone(co
     from syncd.engine.commit import commit
     from syncd.engine.rename import rename
     from syncd.errors import VolumeNotFound
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "first.txt").write_text("before the rename\n")
-    late = tmp_path / "late"
-    late.mkdir()
-    (late / "late.txt").write_text("written while the lease was held\n")
+    src, late = _first_and_late(tmp_path)
     async with open_engine(config) as renamer, open_engine(worker_config(config, tmp_path, "writer")) as writer:
         await commit(renamer, "old", src)
         saw_lease = asyncio.Event()

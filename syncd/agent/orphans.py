@@ -73,16 +73,12 @@ def _stamp() -> str:
 def _orphaned_fd(root_fd: int, root: Path) -> int:
     """``.orphaned`` in the root, created 0700 if missing; a symlink or file there is refused."""
     try:
-        os.mkdir(ORPHANED, 0o700, dir_fd=root_fd)
-    except FileExistsError:
-        pass
+        return dirfd.make_dir_at(root_fd, ORPHANED, 0o700)[0]
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise LocalIOError(f"cannot set a vanished volume's files aside: {root / ORPHANED} is a symlink or "
+                               f"not a directory ({exc.strerror}); the local copy stays where it is") from exc
         raise localfs.local_error(root / ORPHANED, exc, "create") from exc
-    try:
-        return os.open(ORPHANED, dirfd.CHILD_DIR, dir_fd=root_fd)
-    except OSError as exc:
-        raise LocalIOError(f"cannot set a vanished volume's files aside: {root / ORPHANED} is a symlink or not a "
-                           f"directory ({exc.strerror}); the local copy stays where it is") from exc
 
 
 def _move_aside(root_fd: int, name: str, into_fd: int, where: Path) -> str:
