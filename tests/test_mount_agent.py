@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from syncd.config import Config
+from syncd.engine.wiring import open_engine
 from syncd.mount.spawn import control_path, mounted_at, work_dir
 from syncd.sdk.volume import volume
 
@@ -171,3 +173,20 @@ def test_a_lazy_mount_that_cannot_be_resumed_is_retried_in_the_background(
     finally:
         assert squatter.stop() == 0
     assert agentutil.wait_for(lambda: _lazy_pid(restarted, "shared"), 90, "the lazy mount to be retried")
+
+
+def test_a_lazy_volume_deleted_while_the_agent_was_down_is_not_retried(config: Config, agents: Agents,
+                                                                        unmount_leftovers: None) -> None:
+    """The background retry is for a mount that can come back, not for a volume that is gone."""
+    agent = agents.start(config)
+    volume("shared", socket_path=config.socket, owner=config.owner, mode="lazy")
+    assert agent.terminate() == 0
+
+    async def delete() -> None:
+        async with open_engine(config) as engine:
+            await engine.repo.delete("shared")
+    asyncio.run(delete())
+    restarted = agents.start(config)
+    agentutil.wait_for(lambda: "cannot resume the lazy mount of shared" in restarted.log(), 60, "the resume")
+    assert "does not exist" in restarted.log() and "retrying in the background" not in restarted.log()
+    assert _lazy_pid(restarted, "shared") is None

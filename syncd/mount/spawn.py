@@ -184,6 +184,8 @@ class LazyMounts:
             try:
                 await self.mount(str(name))
                 resumed.append(str(name))
+            except VolumeNotFound as exc:
+                log.warning("cannot resume the lazy mount of %s: %s", name, exc)
             except (SyncdError, OSError) as exc:
                 log.error("cannot resume the lazy mount of %s: %s; retrying in the background", name, exc)
                 self._background(self._revive(str(name)))
@@ -289,6 +291,9 @@ class LazyMounts:
                     await self._start(name)
                 self.revived += 1
                 return
+            except VolumeNotFound as exc:        # deleted or renamed elsewhere: nothing to mount
+                log.warning("lazy mount %s: not mounted again: %s", name, exc)
+                return
             except (SyncdError, OSError) as exc:
                 log.error("lazy mount %s: cannot mount it again: %s; retrying in %.0f s", name, exc, delay)
             await asyncio.sleep(delay)
@@ -304,6 +309,9 @@ class LazyMounts:
         while True:
             if mount.process.returncode is not None:
                 tail = await asyncio.to_thread(_tail, mount.log_path)
+                if mount.process.returncode == VolumeNotFound.exit_code:   # process.py's exit status
+                    raise VolumeNotFound(f"volume {mount.name!r} does not exist (the mount process said: "
+                                         f"{tail.splitlines()[-1] if tail else 'nothing'})")
                 raise LocalIOError(f"the mount process for {mount.name} exited with "
                                    f"{mount.process.returncode}: {tail}")
             try:
