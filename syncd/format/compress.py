@@ -67,11 +67,15 @@ def compress(data: bytes | memoryview) -> bytes | None:
     return packed if len(packed) <= size - size // MIN_SAVING else None
 
 
-def decompress(stored: bytes | memoryview, size: int, what: str) -> bytes:
+def decompress(stored: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
     """The plain bytes of a compressed chunk of ``size`` bytes; IntegrityError if the stored
     bytes are not exactly one zstd frame declaring that size (nothing beyond it is inflated)."""
     if not 0 < size <= MAX_PLAIN or len(stored) >= size:
         raise IntegrityError(f"{what}: a compressed chunk must be 1..{MAX_PLAIN} bytes and shrink")
+    return _inflate(stored, size, what)
+
+
+def _inflate(stored: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
     try:
         declared = zstandard.get_frame_parameters(stored).content_size
         if declared != size:
@@ -85,3 +89,19 @@ def decompress(stored: bytes | memoryview, size: int, what: str) -> bytes:
     if len(plain) != size:
         raise IntegrityError(f"{what}: inflated to {len(plain)} bytes, not {size}")
     return plain
+
+
+def pack_object(data: bytes) -> bytes:
+    """One zstd frame (content size declared) of a small metadata object (the chunk index)."""
+    return _compressors()[1].compress(data)
+
+
+def inflate_object(stored: bytes, limit: int, what: str) -> bytes:
+    """The bytes of one zstd frame that declares a content size of at most ``limit``."""
+    try:
+        declared = zstandard.get_frame_parameters(stored).content_size
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{what}: not a zstd frame: {exc}") from exc
+    if not 0 < declared <= limit:
+        raise IntegrityError(f"{what}: a zstd frame must declare 1..{limit} bytes, not {declared}")
+    return _inflate(stored, declared, what)

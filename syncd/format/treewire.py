@@ -58,7 +58,7 @@ MAX_TREE_ENTRIES = 1_000_000
 MAX_TREE_BYTES = 256 << 20       # one tree, decompressed
 MAX_MTIME = 1 << 62
 TREE_FORMATS = (2, 3)            # format 3 adds compressed chunk references [id, size, pack, offset, stored]
-WRITE_FORMAT = 3
+WRITE_FORMAT: Literal[3] = 3
 
 _HEX = re.compile(r"[0-9a-f]{32}")
 _Id = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}\Z")]
