@@ -71,16 +71,21 @@ class _Cache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.broken = path is None
+        self._ready = False
         self._memory: dict[tuple[str, str], dict[str, list[ChunkRef]]] = {}   # when there is no file
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS objects(volume TEXT, shard TEXT, key TEXT, PRIMARY KEY(volume, key))")
-        db.execute("CREATE TABLE IF NOT EXISTS refs(volume TEXT, id TEXT, key TEXT, ref TEXT, "
-                   "PRIMARY KEY(volume, id, key))")
+        if not self._ready:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS objects(volume TEXT, shard TEXT, key TEXT, "
+                       "PRIMARY KEY(volume, key))")
+            db.execute("CREATE TABLE IF NOT EXISTS refs(volume TEXT, id TEXT, key TEXT, ref TEXT, "
+                       "PRIMARY KEY(volume, id, key))")
+            self._ready = True
         return db
 
     def _run(self, fn_name: str, *args: object) -> object:
@@ -252,13 +257,16 @@ class IndexSession:
         by_shard: dict[str, dict[str, ChunkRef]] = defaultdict(dict)
         for ref in refs:
             by_shard[shard_of(ref.id)].setdefault(ref.id, ref)
-        written = 0
-        for shard, new in by_shard.items():
-            try:
-                written += await self._record_shard(shard, new)
-            except (StoreError, ManifestError) as exc:
-                log.warning("volume %r: could not record chunk index shard %s: %s", self.volume, shard, exc)
-        return written
+        limit = asyncio.Semaphore(FETCHERS)
+
+        async def one(shard: str, new: dict[str, ChunkRef]) -> int:
+            async with limit:
+                try:
+                    return await self._record_shard(shard, new)
+                except (StoreError, ManifestError) as exc:
+                    log.warning("volume %r: could not record chunk index shard %s: %s", self.volume, shard, exc)
+                    return 0
+        return sum(await gather_all(one(s, new) for s, new in by_shard.items()))
 
     async def _record_shard(self, shard: str, new: dict[str, ChunkRef]) -> int:
         index = self.index

@@ -77,6 +77,8 @@ class Uploader:
         self.index = index
         self.compression = compression
         self._groups: dict[object, list[tuple[Member, int]]] = {}  # open large packs, per file
+        self._tails: dict[object, asyncio.Task[None]] = {}          # per file: its last chunk being placed
+        self._placing: list[asyncio.Task[None]] = []               # lookups and compressions in flight
         self._group_bytes = 0
         self.known = known
         self.new: dict[str, ChunkRef] = {}
@@ -102,25 +104,41 @@ class Uploader:
 
     async def add(self, chunk_id: str, data: bytes, held: int, small: bool, group: object = None) -> None:
         """Queue a chunk whose ``held`` budget bytes the uploader now owns; ``group`` (a large
-        file's chunks, in order) lets consecutive new chunks share one large pack."""
+        file's chunks, in order) lets consecutive new chunks share one large pack.
+
+        Returns at once: the chunk index lookup and the compression of new chunks run in
+        tasks, so a write's lookups and compressions overlap; a group's chunks still take
+        their places in file order (each waits for the one before it), so a large pack
+        holds them back to back, as hydrate's one-GET runs need.
+        """
         if self.has(chunk_id):
             self.reused_chunks += 1
             await self.budget.release(held)
             return
-        self._queued.add(chunk_id)       # before any await: a second add of this id waits for nothing
+        self._queued.add(chunk_id)       # before any await: a second add of this id reuses this one
+        prev = self._tails.get(group) if group is not None and not small else None
+        task = asyncio.ensure_future(self._place(chunk_id, data, held, small, group, prev))
+        self._placing.append(task)
+        if group is not None and not small:
+            self._tails[group] = task
+
+    async def _place(self, chunk_id: str, data: bytes, held: int, small: bool, group: object,
+                     prev: asyncio.Future[None] | None) -> None:
         try:
             found = await self.index.find(chunk_id, len(data)) if self.index is not None else None
-            if found is not None:
-                self.known[chunk_id] = found
-                self.indexed.add(chunk_id)
-                self.reused_chunks += 1
-                await self.budget.release(held)
-                return
-            stored, packed = await stored_form(data) if self.compression else (data, False)
+            stored, packed = (data, False) if found is not None or not self.compression else await stored_form(data)
+            if prev is not None:
+                await asyncio.wait([prev])       # the chunk before it in the file is placed first
         except BaseException:
             self._queued.discard(chunk_id)
             await self.budget.release(held)
             raise
+        if found is not None:
+            self.known[chunk_id] = found
+            self.indexed.add(chunk_id)
+            self.reused_chunks += 1
+            await self.budget.release(held)
+            return
         self.compressed_chunks += packed
         member: Member = (chunk_id, stored, len(data), packed)
         if small:
@@ -130,6 +148,8 @@ class Uploader:
             if self._pack_bytes >= self.pack_size:
                 self._flush_pack()
         elif group is None or self.large_pack_size < 2 * len(data):
+            if group is not None:
+                self._end_group_now(group)      # the group's pack holds only chunks before this one
             if packed:
                 self._spawn(self._put_pack([member], held))
             else:
@@ -137,17 +157,28 @@ class Uploader:
         else:
             members = self._groups.get(group, [])
             if sum(len(m[1]) for m, _ in members) + len(stored) > self.large_pack_size:
-                self.end_group(group)
+                self._end_group_now(group)
             self._groups.setdefault(group, []).append((member, held))
-            self._group_bytes += len(stored)
+            self._group_bytes += held
             if self._group_bytes >= self.budget.limit // 2:  # never sit on half the budget
                 for name in list(self._groups):
-                    self.end_group(name)
+                    self._end_group_now(name)
 
     def end_group(self, group: object) -> None:
-        """The file is read (or abandoned): PUT what its group collected."""
+        """The file is read (or abandoned): PUT what its group collected, once its chunks are placed."""
+        tail = self._tails.pop(group, None)
+        if tail is None or tail.done():
+            self._end_group_now(group)
+            return
+
+        async def later() -> None:
+            await asyncio.wait([tail])
+            self._end_group_now(group)
+        self._placing.append(asyncio.ensure_future(later()))
+
+    def _end_group_now(self, group: object) -> None:
         members = self._groups.pop(group, [])
-        self._group_bytes -= sum(len(m[1]) for m, _ in members)
+        self._group_bytes -= sum(held for _, held in members)
         if len(members) == 1 and not members[0][0][3]:
             (chunk_id, data, _, _), held = members[0]
             self._spawn(self._put_chunk(chunk_id, data, held))
@@ -199,9 +230,13 @@ class Uploader:
     async def finish(self) -> None:
         """Flush the open packs and wait for every PUT (the first failure is raised); then
         record the chunks stored in the chunk index."""
+        while self._placing:
+            placing, self._placing = self._placing, []
+            await gather_all(placing)
+        self._tails.clear()
         self._flush_pack()
         for group in list(self._groups):
-            self.end_group(group)
+            self._end_group_now(group)
         tasks, self._tasks = self._tasks, []
         await gather_all(tasks)
         fresh = {i: r for i, r in self.new.items() if i not in self.existed and i not in self._recorded}
@@ -210,6 +245,10 @@ class Uploader:
             await self.index.record(fresh.values())
 
     async def abort(self) -> None:
+        for task in self._placing:
+            task.cancel()
+        await asyncio.gather(*self._placing, return_exceptions=True)
+        self._placing, self._tails = [], {}
         for group in list(self._groups):
             held = sum(h for _, h in self._groups.pop(group))
             await self.budget.release(held)

@@ -122,7 +122,7 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
 
 async def _abort_stale_uploads(engine: Engine, volume: str) -> None:
     config = engine.config
-    if max(config.chunk_size, config.pack_size) <= config.multipart_threshold:
+    if max(4 * config.chunk_size, config.pack_size, config.large_pack_size) <= config.multipart_threshold:
         return  # no object of ours is ever uploaded in parts: nothing to clean
     try:
         aborted = await engine.repo.abort_stale_uploads(volume, config.stale_upload_age)
