@@ -45,9 +45,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from harness import BUCKET, Context, Run, restic_binary, run_procs  # noqa: E402
+from harness import BUCKET, Context, Run, restic_binary, run_procs
 
-from syncd.store.devserver import CREDENTIALS, SeaweedServer  # noqa: E402
+from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
 MiB = 1 << 20
 TOOLS = ("syncd", "restic", "rclone")
