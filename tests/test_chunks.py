@@ -323,3 +323,36 @@ def test_trees_and_the_index_stay_bounded_on_hostile_bytes() -> None:
     assert decode_index(stored, object_id, "ab") == [ChunkRef(cid, 5)]
     with pytest.raises(ManifestError):
         decode_index(stored, "0" * 32, "ab")                              # not its content id
+
+
+async def test_compressed_chunks_through_a_gateway_are_verified_whole(cdc: Config, tmp_path: Path) -> None:
+    """A compressed chunk lives only in a pack, named by the hash of its stored bytes: the gateway
+    verifies the whole pack before serving any of it, the worker inflates and verifies each chunk."""
+    from .gatewayutil import serve_gateway, through
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "rows.jsonl").write_bytes(json_lines(30_000))
+    (src / "small.json").write_bytes(json_lines(500, seed=2))
+    async with open_engine(cdc) as eng:
+        await commit(eng, "vol", src)
+        snap = await eng.repo.snapshot("vol", (await eng.repo.head("vol")).snapshot or "")
+        assert all(c.stored for e in snap.entries.values() for c in e.chunks)
+    async with serve_gateway(cdc, tmp_path) as gw:
+        async with open_engine(through(worker_config(cdc, tmp_path, "w1"), gw.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert eng.counter.calls["get"] == 0                     # everything came through the gateway
+        assert snapshot_tree(tmp_path / "dst") == snapshot_tree(src)
+        async with open_engine(cdc) as eng:                           # damage one pack in the store
+            ref = snap.entries["small.json"].chunks[0]
+            key = eng.layout.pack("vol", ref.pack or "")
+            data = bytearray((await eng.store.get(key)).data)
+            data[ref.offset + ref.stored // 2] ^= 0xFF
+            await eng.store.put(key, bytes(data))
+        async with open_engine(through(worker_config(cdc, tmp_path, "w2"), gw.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst2")              # the gateway's verified copy still serves
+        assert snapshot_tree(tmp_path / "dst2") == snapshot_tree(src)
+    async with serve_gateway(cdc, tmp_path, name="fresh") as gw:      # a cold gateway meets the damaged pack
+        async with open_engine(through(worker_config(cdc, tmp_path, "w3"), gw.url)) as eng:
+            with pytest.raises(IntegrityError):
+                await hydrate(eng, "vol", tmp_path / "dst3")
+    assert not (tmp_path / "dst3" / "small.json").exists()
