@@ -100,6 +100,8 @@ def small_chunks(config: Config) -> Config:
 def mutate(root: Path, rng: random.Random, trial: int) -> None:
     """A commit's worth of edits: rewrite the big file, add, change and delete small ones."""
     (root / "big.bin").write_bytes(rng.randbytes(512 * KiB + rng.randrange(1000)))
+    rows = rng.randrange(2000, 12000)      # compressible: chunks stored zstd-compressed, indexed
+    (root / "big.log").write_bytes(b"".join(b'{"trial": %d, "row": %d}\n' % (trial, i) for i in range(rows)))
     (root / "data").mkdir(exist_ok=True)
     for j in range(4):
         (root / "data" / f"t{trial}-{j}.txt").write_bytes(rng.randbytes(rng.randrange(1, 8 * KiB)))
