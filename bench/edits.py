@@ -22,7 +22,12 @@ Seconds are the wall time of the tool's process. The series:
 2. a parquet file (pyarrow, 8 row groups of ~8 MiB of mixed columns), then a new
    revision with one row group added (the file rewritten whole, as pyarrow does);
 3. a directory of ~64 MiB (8 files) copied to another path of the same tree;
-4. bytes stored for ``--data-mib`` of JSON lines and of random bytes, each alone.
+4. bytes stored for ``--data-mib`` of JSON lines and of random bytes, each alone;
+5. (``--main PATH``: a checkout of the code before this change) hydrate throughput
+   before and after: the same ``--size-mib`` random file committed by each version
+   into a volume of its own, then cold hydrates (fresh cache and state) and warm
+   ones (the cache kept, a new directory) of each, alternated, ``--reps`` times;
+   medians of wall time and CPU seconds per GiB (``python -m syncd hydrate``).
 
 The load average is recorded before and after (the machine is shared).
 """
@@ -225,6 +230,45 @@ def stored_series(ctx: Context, size: int, results: list[dict[str, Any]]) -> Non
         ctx.log(json.dumps(row))
 
 
+def hydrate_series(ctx: Context, size: int, main_path: Path, reps: int, results: list[dict[str, Any]]) -> None:
+    import statistics
+    src = ctx.fresh("src-hydrate")
+    with open(src / "big.bin", "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    code = {"after": {}, "before": {"PYTHONPATH": str(main_path)}}
+
+    def run(label: str, args: list[str], cache: Path, state: Path) -> Run:
+        env = {**ctx.syncd_env, **code[label], "SYNCD_CACHE_DIR": str(cache), "SYNCD_STATE_DIR": str(state)}
+        return run_procs(f"syncd {label}", [ctx.syncd_cmd(*args)], env, size, ctx.server_pid)
+
+    for label in code:
+        run(label, ["commit", f"hydrate-{label}", str(src)], ctx.fresh(f"hc-{label}"), ctx.fresh(f"hs-{label}"))
+    runs: dict[tuple[str, str], list[Run]] = {}
+    order = list(code)
+    for rep in range(reps):
+        for label in order[rep % 2:] + order[:rep % 2]:
+            cache = ctx.fresh(f"cache-{label}")
+            cold = run(label, ["hydrate", f"hydrate-{label}", str(ctx.fresh(f"out-{label}"))], cache,
+                       ctx.fresh(f"state-{label}"))
+            warm = run(label, ["hydrate", f"hydrate-{label}", str(ctx.fresh(f"out2-{label}"))], cache,
+                       ctx.fresh(f"state2-{label}"))
+            runs.setdefault((label, "cold"), []).append(cold)
+            runs.setdefault((label, "warm"), []).append(warm)
+            shutil.rmtree(ctx.work / f"out-{label}", ignore_errors=True)
+            shutil.rmtree(ctx.work / f"out2-{label}", ignore_errors=True)
+    for mode in ("cold", "warm"):
+        row: dict[str, Any] = {"series": "hydrate", "edit": f"hydrate {size // MiB} MiB, {mode}"}
+        for label in code:
+            got = runs[(label, mode)]
+            wall = statistics.median(r.wall for r in got)
+            cpu = statistics.median(r.cpu for r in got)
+            row[label] = {"MBps": round(size / MiB / wall, 1), "seconds": round(wall, 2),
+                          "cpu_s_per_GiB": round(cpu / (size / (1 << 30)), 2), "walls": [round(r.wall, 2) for r in got]}
+        results.append(row)
+        ctx.log(json.dumps(row))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=256)
@@ -233,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     ap.add_argument("--syncd-env", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--main", type=Path, help="a checkout of the code before this change (hydrate series)")
+    ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="syncd-edits-"))
     server = SeaweedServer(work / "seaweed", identities=True)
@@ -261,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             copy_series(ctx, results)
         if "stored" in series:
             stored_series(ctx, args.data_mib * MiB, results)
+        if "hydrate" in series and args.main:
+            hydrate_series(ctx, args.size_mib * MiB, args.main.resolve(), args.reps, results)
         meta["load_after"] = os.getloadavg()
     finally:
         server.stop()
@@ -274,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(meta: dict[str, Any], results: list[dict[str, Any]]) -> None:
     print(f"# bench/edits.py, {meta['date']}, load {meta['load_before']} -> {meta.get('load_after')}")
     for row in results:
+        if row["series"] == "hydrate":
+            before, after = row["before"], row["after"]
+            print(f"{row['edit']:<44} before {before['MBps']:7.1f} MB/s {before['cpu_s_per_GiB']:5.2f} CPU-s/GiB | "
+                  f"after {after['MBps']:7.1f} MB/s {after['cpu_s_per_GiB']:5.2f} CPU-s/GiB  "
+                  f"after/before {after['MBps'] / before['MBps']:.2f}x, CPU {after['cpu_s_per_GiB'] / max(0.01, before['cpu_s_per_GiB']):.2f}x")
+            continue
         cells = []
         for tool in TOOLS:
             cell = row.get(tool)
