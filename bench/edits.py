@@ -50,9 +50,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from harness import BUCKET, Context, Run, restic_binary, run_procs
+from harness import BUCKET, Context, Run, environments, restic_binary, run_procs
 
-from syncd.store.devserver import CREDENTIALS, SeaweedServer
+from syncd.store.devserver import SeaweedServer
 
 MiB = 1 << 20
 TOOLS = ("syncd", "restic", "rclone")
@@ -282,17 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="syncd-edits-"))
     server = SeaweedServer(work / "seaweed", identities=True)
-    base_env = {**os.environ, **CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_CONFIG_FILE": str(work / "no-aws-config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials")}
     results: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_before": os.getloadavg(),
                             "size_mib": args.size_mib, "data_mib": args.data_mib}
     try:
         server.start()
-        syncd_env = {**base_env, "SYNCD_S3_ENDPOINT": server.endpoint, "SYNCD_BUCKET": BUCKET,
-                     "SYNCD_PREFIX": "volumes", "SYNCD_OWNER": "bench"}
-        syncd_env.update(kv.split("=", 1) for kv in args.syncd_env)
+        base_env, syncd_env = environments(work, server.endpoint, args.syncd_env)
         ctx = Context(server.endpoint, server.proc.pid if server.proc else None, work, syncd_env, base_env,
                       [t for t in args.tools.split(",") if t], 1, {},
                       log=lambda m: print(m, file=sys.stderr, flush=True))

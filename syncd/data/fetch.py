@@ -155,14 +155,9 @@ class ChunkFetcher:
         """One GET; the first chunk whose bytes did not hash to its id, or None."""
         check = _Verifier(volume, key, start, end, refs)
         try:
-            if write_sync is not None:
-                check.write_sync = write_sync
-                try:
-                    if await read_into(self.store, key, start, end, check):
-                        return check.failed
-                except Unsupported as exc:
-                    log.info("reading %s as a stream: %s", key, exc)
-                check = _Verifier(volume, key, start, end, refs)
+            if await self._read_direct(key, start, end, check, write_sync):
+                return check.failed
+            check = _Verifier(volume, key, start, end, refs)
             position, size = 0, 0
             batch: list[bytes] = []
             async with open_stream(self.store, key, start, end) as stream:
@@ -187,14 +182,9 @@ class ChunkFetcher:
         collected (one chunk at a time), inflated, verified and written at its plain position."""
         check = _Decoder(volume, key, start, end, refs)
         try:
-            if write_sync is not None:
-                check.write_sync = write_sync
-                try:
-                    if await read_into(self.store, key, start, end, check):
-                        return check.failed
-                except Unsupported as exc:
-                    log.info("reading %s as a stream: %s", key, exc)
-                check = _Decoder(volume, key, start, end, refs)
+            if await self._read_direct(key, start, end, check, write_sync):
+                return check.failed
+            check = _Decoder(volume, key, start, end, refs)
             async with open_stream(self.store, key, start, end) as stream:
                 check.begin(stream.size)
                 async for piece in stream.pieces:
@@ -203,6 +193,19 @@ class ChunkFetcher:
         except NotFound as exc:
             raise _missing(volume, key) from exc
         return check.failed
+
+    async def _read_direct(self, key: str, start: int | None, end: int | None, check: _Verifier | _Decoder,
+                           write_sync: SyncWriter | None) -> bool:
+        """One GET received by the store's reading thread straight into ``check`` (which writes
+        through ``write_sync``); False when the body must be streamed instead."""
+        if write_sync is None:
+            return False
+        check.write_sync = write_sync
+        try:
+            return await read_into(self.store, key, start, end, check)
+        except Unsupported as exc:
+            log.info("reading %s as a stream: %s", key, exc)
+            return False
 
     def _ranked(self, key: str) -> list[ChunkSource]:
         return sorted(self.sources, key=lambda source: source.weight(key), reverse=True)
