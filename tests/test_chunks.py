@@ -15,6 +15,7 @@ import os
 import random
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -356,3 +357,38 @@ async def test_compressed_chunks_through_a_gateway_are_verified_whole(cdc: Confi
             with pytest.raises(IntegrityError):
                 await hydrate(eng, "vol", tmp_path / "dst3")
     assert not (tmp_path / "dst3" / "small.json").exists()
+
+
+async def test_mount_commits_upload_about_one_chunk_per_edit(cdc: Config, tmp_path: Path, mounts: list[Any]) -> None:
+    """The lazy mount keeps untouched lower chunks unread and cuts the dirty range by content;
+    a file rewritten through a temporary name (as editors and pyarrow do) dedupes against the
+    chunks of the file it replaces."""
+    from .mountutil import MountProcess, fuse_missing
+    if fuse_missing():
+        pytest.skip(fuse_missing() or "")
+    src = tmp_path / "src"
+    src.mkdir()
+    body = bytearray(os.urandom(12 * MiB))
+    (src / "big.bin").write_bytes(body)
+    biggest = 4 * cdc.chunk_size
+    async with open_engine(cdc) as eng:
+        await commit(eng, "vol", src)
+    m = MountProcess(worker_config(cdc, tmp_path, "w2"), "vol", tmp_path / "mnt")
+    mounts.append(m)
+    m.start()
+    patch = os.urandom(MiB)
+    with open(m.path / "big.bin", "r+b") as f:                     # overwrite 1 MiB in place
+        f.seek(5 * MiB)
+        f.write(patch)
+    body[5 * MiB:6 * MiB] = patch
+    reply = m.call("commit", message="overwrite")
+    assert MiB <= reply["uploaded_bytes"] <= MiB + 2 * biggest, reply
+    body[8 * MiB:8 * MiB] = b"y"                                    # insert a byte: a new file renamed over
+    (m.path / "big.tmp").write_bytes(bytes(body))
+    os.replace(m.path / "big.tmp", m.path / "big.bin")
+    reply = m.call("commit", message="insert")
+    assert 0 < reply["uploaded_bytes"] <= 2 * biggest, reply
+    assert m.stop() == 0
+    async with open_engine(worker_config(cdc, tmp_path, "w3")) as eng:
+        await hydrate(eng, "vol", tmp_path / "dst")
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == bytes(body)
