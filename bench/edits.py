@@ -21,7 +21,8 @@ Seconds are the wall time of the tool's process. The series:
    overwrite 1 MiB at 100 MiB; insert 1 byte at 100 MiB; append 1 MiB;
 2. a parquet file (pyarrow, 8 row groups of ~8 MiB of mixed columns), then a new
    revision with one row group added (the file rewritten whole, as pyarrow does);
-3. a directory of ~64 MiB (8 files) copied to another path of the same tree;
+3. a directory of ``--copy-mib`` (files of 8 MiB) copied to another path of the same
+   tree; for syncd also ``syncd put`` of it from a fresh worker and ``syncd cp``;
 4. bytes stored for ``--data-mib`` of JSON lines and of random bytes, each alone;
 5. (``--main PATH``: a checkout of the code before this change) hydrate throughput
    before and after: the same ``--size-mib`` random file committed by each version
@@ -181,15 +182,33 @@ def parquet_series(ctx: Context, results: list[dict[str, Any]]) -> None:
     step(results, tools, "parquet: one row group added", add_group)
 
 
-def copy_series(ctx: Context, results: list[dict[str, Any]]) -> None:
+def copy_series(ctx: Context, size: int, results: list[dict[str, Any]]) -> None:
+    """A directory copied within the tree: each tool backs the tree up again; syncd also by its
+    other paths, ``syncd put`` of the copy (a fresh worker) and ``syncd cp`` (server side)."""
     src = ctx.fresh("src-copy")
     (src / "a").mkdir()
-    for i in range(8):
+    files = max(1, size // (8 * MiB))
+    for i in range(files):
         with open(src / "a" / f"part{i}.bin", "wb") as f:
-            f.write(os.urandom(8 * MiB))
+            for _ in range(size // files // MiB):
+                f.write(os.urandom(MiB))
     tools = Tools(ctx, "copy", src)
-    step(results, tools, "initial 64 MiB directory", None)
-    step(results, tools, "copy the 64 MiB directory to another path", lambda: shutil.copytree(src / "a", src / "b"))
+    step(results, tools, f"initial {size // MiB} MiB directory", None)
+    step(results, tools, f"copy the {size // MiB} MiB directory to another path",
+         lambda: shutil.copytree(src / "a", src / "b"))
+    if "syncd" not in ctx.tools:
+        return
+    for how, args in (("put", ["put", "copy", str(src / "a"), "c"]), ("cp", ["cp", "copy", "a", "d"])):
+        before = listing(ctx, tools.prefix["syncd"])
+        run = ctx.syncd("syncd", args, 0, cache=ctx.fresh(f"copy-{how}-cache"), state=ctx.fresh(f"copy-{how}-state"))
+        after = listing(ctx, tools.prefix["syncd"])
+        data = sum(size for key, size in after.items() if before.get(key) != size
+                   and ("/chunks/" in key or "/packs/" in key))
+        row = {"series": "copy", "edit": f"syncd {how} of the {size // MiB} MiB directory (fresh worker)",
+               "syncd": {"uploaded": sum(s for k, s in after.items() if before.get(k) != s), "chunk_data": data,
+                         "seconds": round(run.wall, 2), "cpu": round(run.cpu, 2)}}
+        results.append(row)
+        ctx.log(json.dumps(row))
 
 
 def json_lines(path: Path, size: int) -> None:
@@ -273,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--data-mib", type=int, default=256)
+    ap.add_argument("--copy-mib", type=int, default=64)
     ap.add_argument("--series", default="edits,parquet,copy,stored")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
@@ -299,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if "parquet" in series:
             parquet_series(ctx, results)
         if "copy" in series:
-            copy_series(ctx, results)
+            copy_series(ctx, args.copy_mib * MiB, results)
         if "stored" in series:
             stored_series(ctx, args.data_mib * MiB, results)
         if "hydrate" in series and args.main:
