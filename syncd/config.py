@@ -158,8 +158,8 @@ class Config:
             raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed 4 x SYNCD_CHUNK_SIZE (the largest chunk)")
         if self.large_pack_size < 0 or self.large_pack_size > 5 * GiB:
             raise ConfigError("SYNCD_LARGE_PACK_SIZE must be between 0 and 5 GiB (one PUT)")
-        if self.max_inflight_bytes < 4 * self.chunk_size:
-            raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk (4 x SYNCD_CHUNK_SIZE)")
+        if self.max_inflight_bytes < self.chunk_size:
+            raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one average chunk")
         if self.store_backend not in ("obstore", "aiobotocore"):
             raise ConfigError("SYNCD_STORE_BACKEND must be 'obstore' or 'aiobotocore'")
         if self.cache_large not in ("ref", "copy"):

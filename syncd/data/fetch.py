@@ -221,7 +221,7 @@ class ChunkFetcher:
                 continue
             plain = _plain(ref, data)
             if plain is not None and verify(ref.id, plain):
-                self.bytes_by_source[source.name] += len(data)
+                self.bytes_by_source[source.name] += ref.size
                 return plain
             log.warning("chunk source %s returned bad bytes for %s; skipping it", source.name, ref.id)
         return None
@@ -235,7 +235,7 @@ class ChunkFetcher:
             blob = await self._get(volume, key, start, end)
             plain = _plain(ref, blob.data)
             if plain is not None and verify(ref.id, plain):
-                self.bytes_by_source["store"] += len(blob.data)
+                self.bytes_by_source["store"] += ref.size
                 return plain
             log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
         raise _corrupt(volume, ref, key)
@@ -289,7 +289,7 @@ class ChunkFetcher:
             plain = _plain(ref, piece)
             if plain is not None and verify(ref.id, plain):
                 good[ref.id] = bytes(plain)
-                self.bytes_by_source[source] += len(piece)
+                self.bytes_by_source[source] += ref.size
             else:
                 bad.append(ref)
         return good, bad
