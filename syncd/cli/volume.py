@@ -61,7 +61,7 @@ async def _info(args: argparse.Namespace, config: Config) -> Any:
     entries = snap.entries.values() if snap else []
     stats = snap.stats if snap is not None and snap.stats is not None else None
     return {"volume": name, "owner": config.owner, "snapshot": head.snapshot or "(empty)", "seq": head.seq,
-            "format": snap.format if snap else 2,
+            "format": snap.format if snap else head.format,
             "files": stats.files if stats else sum(e.kind == "file" for e in entries),
             "dirs": stats.dirs if stats else sum(e.kind == "dir" for e in entries),
             "bytes": stats.bytes if stats else sum(e.size for e in entries), "created": _when(head.created),
