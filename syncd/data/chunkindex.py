@@ -128,9 +128,15 @@ class _Cache:
             raise
 
     @staticmethod
-    def _db_find(db: sqlite3.Connection, volume: str, chunk_id: str) -> list[ChunkRef]:
-        rows = db.execute("SELECT ref FROM refs WHERE volume=? AND id=?", (volume, chunk_id)).fetchall()
-        return [ChunkRef(*json.loads(r)) for (r,) in rows]
+    def _db_find(db: sqlite3.Connection, volume: str, chunk_ids: list[str]) -> dict[str, list[ChunkRef]]:
+        out: dict[str, list[ChunkRef]] = {}
+        for start in range(0, len(chunk_ids), 500):
+            part = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for cid, r in db.execute(f"SELECT id, ref FROM refs WHERE volume=? AND id IN ({marks})",
+                                     (volume, *part)):
+                out.setdefault(cid, []).append(ChunkRef(*json.loads(r)))
+        return out
 
     @staticmethod
     def _db_refs_of(db: sqlite3.Connection, volume: str, keys: list[str]) -> list[ChunkRef]:
@@ -150,9 +156,14 @@ class _Cache:
             objects.pop(key, None)
         objects.update(added)
 
-    def _mem_find(self, volume: str, chunk_id: str) -> list[ChunkRef]:
-        objects = self._memory.get((volume, shard_of(chunk_id)), {})
-        return [r for refs in objects.values() for r in refs if r.id == chunk_id]
+    def _mem_find(self, volume: str, chunk_ids: list[str]) -> dict[str, list[ChunkRef]]:
+        out: dict[str, list[ChunkRef]] = {}
+        for chunk_id in chunk_ids:
+            objects = self._memory.get((volume, shard_of(chunk_id)), {})
+            found = [r for refs in objects.values() for r in refs if r.id == chunk_id]
+            if found:
+                out[chunk_id] = found
+        return out
 
     def _mem_refs_of(self, volume: str, keys: list[str]) -> list[ChunkRef]:
         out = []
@@ -182,20 +193,51 @@ class IndexSession:
         self.index, self.volume = index, volume
         self._listed: dict[str, asyncio.Task[list[str]]] = {}
         self._objects: dict[str, asyncio.Task[int | None]] = {}
+        self._pending: list[tuple[str, asyncio.Future[list[ChunkRef]]]] = []
+        self._batches: set[asyncio.Task[None]] = set()
         self.lists = 0
 
     async def find(self, chunk_id: str, size: int) -> ChunkRef | None:
-        """Where the volume holds ``chunk_id`` (``size`` plain bytes), checked to exist; else None."""
+        """Where the volume holds ``chunk_id`` (``size`` plain bytes), checked to exist; else None.
+
+        A shard with no index object answers at once (a new volume's first commit asks
+        nothing more); other lookups made at the same time share one query (``_query``).
+        """
         try:
-            await self._shard(shard_of(chunk_id))
-            found = await self.index.cache.call("find", self.volume, chunk_id)
+            if not await self._shard(shard_of(chunk_id)):
+                return None
+            found = await self._query(chunk_id)
         except (StoreError, ManifestError) as exc:
             log.warning("volume %r: chunk index unavailable (%s); uploading", self.volume, exc)
             return None
-        for ref in found if isinstance(found, list) else []:
-            if isinstance(ref, ChunkRef) and ref.size == size and await self._holds(ref):
+        for ref in found:
+            if ref.size == size and await self._holds(ref):
                 return ref
         return None
+
+    async def _query(self, chunk_id: str) -> list[ChunkRef]:
+        """The cached references of ``chunk_id``; lookups queued in the same loop turn go in one query."""
+        future: asyncio.Future[list[ChunkRef]] = asyncio.get_running_loop().create_future()
+        self._pending.append((chunk_id, future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(lambda: self._batches.add(asyncio.ensure_future(self._flush())))
+        return await future
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            found = await self.index.cache.call("find", self.volume, [cid for cid, _ in pending])
+        except BaseException as exc:   # handed to every waiter (each falls back to uploading)
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self._batches = {t for t in self._batches if not t.done()}
+        assert isinstance(found, dict)
+        for cid, future in pending:
+            if not future.done():
+                future.set_result(found.get(cid, []))
 
     async def _holds(self, ref: ChunkRef) -> bool:
         key = object_key(self.index.layout, self.volume, ref)
