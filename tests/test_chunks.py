@@ -286,6 +286,9 @@ async def test_a_format_2_volume_is_read_then_upgraded_and_indexed(cdc: Config, 
     src.mkdir()
     (src / "model.bin").write_bytes(os.urandom(20 * MiB + 3))
     (src / "rows.jsonl").write_bytes(json_lines(10_000))
+    (src / "small").mkdir()
+    for i in range(10):
+        (src / "small" / f"s{i}.bin").write_bytes(os.urandom(200_000 + i))   # one chunk each, in any format
     v2 = cdc.replace(chunk_size=4 * MiB, pack_threshold=1 * MiB)
     with monkeypatch.context() as m:        # a writer of format 2: v2 trees/snapshot/HEAD, no compression, no index
         m.setattr(treewire, "WRITE_FORMAT", 2)
@@ -308,8 +311,10 @@ async def test_a_format_2_volume_is_read_then_upgraded_and_indexed(cdc: Config, 
         again, upgraded = await eng.repo.upgrade("vol")
         assert not upgraded and again.snapshot == head.snapshot
         before = await data_objects(eng, "vol")
-        await put(eng, "vol", src / "model.bin", "copy/model.bin")        # found through the new index
+        copied = await put(eng, "vol", src / "small", "copy/small")       # found through the new index
         assert await added_bytes(eng, "vol", before) == 0
+        assert (copied.reused_chunks, copied.uploaded_chunks) == (10, 0)
+        # (a large version-2 file was cut elsewhere than a version-3 writer cuts it: its copy is new chunks)
         report = await check(eng, "vol", read_data=True)
         assert report.ok, report.report()
 
