@@ -31,7 +31,9 @@ is done, so a write never buffers more than ``SYNCD_MAX_INFLIGHT_BYTES``.
 returned. ``existed`` names the chunks whose PUT found the object already
 there: they were not uploaded by us, so (like chunks reused from the local
 index or the chunk index) the writer checks they still exist before it
-advances HEAD (see prune.py). :meth:`finish` also records the new chunks in
+advances HEAD (see prune.py). They are counted as ``reused_chunks``, not
+``uploaded_chunks``: the re-run of a commit interrupted after some PUTs says it
+reused what the first run stored. :meth:`finish` also records the new chunks in
 the chunk index (before HEAD moves: a killed writer leaves hints to objects
 that exist, which is all the index promises).
 """
@@ -197,10 +199,12 @@ class Uploader:
 
     async def _put_chunk(self, chunk_id: str, data: bytes, held: int) -> None:
         try:
-            if not await self._put(self.layout.chunk(self.volume, chunk_id), data):
+            if await self._put(self.layout.chunk(self.volume, chunk_id), data):
+                self.uploaded_chunks += 1
+            else:
                 self.existed.add(chunk_id)
+                self.reused_chunks += 1
             self.new[chunk_id] = ChunkRef(chunk_id, len(data))
-            self.uploaded_chunks += 1
             self.plain_bytes += len(data)
         finally:
             await self.budget.release(held)
@@ -216,14 +220,16 @@ class Uploader:
         try:
             body = b"".join(stored for _, stored, _, _ in members)
             pack_id = await content_id_of(body)
-            if not await self._put(self.layout.pack(self.volume, pack_id), body):
+            if await self._put(self.layout.pack(self.volume, pack_id), body):
+                self.uploaded_chunks += len(members)
+            else:
                 self.existed.update(chunk_id for chunk_id, _, _, _ in members)
+                self.reused_chunks += len(members)
             offset = 0
             for chunk_id, stored, size, packed in members:
                 self.new[chunk_id] = ChunkRef(chunk_id, size, pack_id, offset, len(stored) if packed else 0)
                 offset += len(stored)
                 self.plain_bytes += size
-            self.uploaded_chunks += len(members)
         finally:
             await self.budget.release(held)
 
