@@ -179,9 +179,9 @@ class ObstoreStore:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        creds = _credentials(dict(os.environ))
-        self._data = _handle(config, creds, checksum=False)
-        self._guarded = _handle(config, creds, checksum=True)
+        self._creds = _credentials(dict(os.environ))
+        self._data = _handle(config, self._creds, checksum=False)
+        self._guarded_handle: _ObS3 | None = None   # made on the first guarded PUT (start-up: ~15 ms each)
         self._control: S3Store | None = None
         self._reader = Reader(config.connect_timeout, config.read_timeout)
         self._threads: ThreadPoolExecutor | None = None
@@ -200,6 +200,12 @@ class ObstoreStore:
                     raise better from exc
                 raise
         return self
+
+    @property
+    def _guarded(self) -> _ObS3:
+        if self._guarded_handle is None:
+            self._guarded_handle = _handle(self.config, self._creds, checksum=True)
+        return self._guarded_handle
 
     async def _s3(self) -> S3Store:
         """The aiobotocore store, for what object_store cannot do (opened on first use)."""
