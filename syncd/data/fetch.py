@@ -120,7 +120,7 @@ class ChunkFetcher:
         for hydrate, which writes in place and caches a reference. A retry writes from
         position 0 again; a chunk that fails verification twice is an IntegrityError.
         With ``write_sync`` (the same writer, blocking) a store that reads into sinks
-        (``read_into``: obstore) receives, hashes and writes each buffer in one worker
+        (``read_into``: both backends) receives, hashes and writes each buffer in one worker
         thread, with no per-piece copies; other stores stream into ``write``.
         """
         first, last = refs[0], refs[-1]

@@ -19,8 +19,8 @@ that neither the cache nor a gateway holds is then streamed from the store
 straight into its place in the file, hashed on the way (fetch.py): no
 chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md);
 those writes go through one writer thread per hydrate (fewer thread wake-ups
-than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md). With the
-obstore backend the store's reading thread itself receives, hashes and
+than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md). With either
+store backend the store's reading thread itself receives, hashes and
 ``pwrite``s each 256 KiB buffer instead (store/rangeread.py: no per-piece
 buffers, no hand-offs; the profile in BENCHMARKS.md).
 

@@ -29,19 +29,26 @@ Cancellation: a blocked ``recv`` cannot be interrupted from the event loop,
 so :meth:`Reader.read` takes an ``abort`` event; the async caller sets it and
 shuts the socket down (which wakes ``recv``) and then waits for the thread to
 return, so no write from a cancelled read lands after its caller moved on.
+:class:`ThreadedReads` is that async caller, with its own pool of reading
+threads; both backends use it (obstore.py and s3.py sign the URL, each with
+its own library, and hand it here).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
-import ssl
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from syncd.errors import NotFound, StoreError, TransientStoreError
+
+if TYPE_CHECKING:
+    import ssl
 
 BUFFER = 256 << 10    # bytes received before the sink is called (measured: 1 MiB cost 2x the sys time, BENCHMARKS.md)
 MAX_HEAD = 64 * 1024
@@ -192,6 +199,7 @@ class Reader:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 if self._tls is None:
+                    import ssl
                     self._tls = ssl.create_default_context()
                 sock = self._tls.wrap_socket(sock, server_hostname=host)
             sock.settimeout(self.read_timeout)
@@ -225,6 +233,46 @@ class Reader:
             self._buffers.clear()
         for conn in conns:
             conn.close()
+
+
+class ThreadedReads:
+    """:meth:`Reader.read` from the event loop: in a pool of ``threads`` reading threads, stopped
+    (socket shut down, thread waited for) when the caller is cancelled."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, threads: int) -> None:
+        self.reader = Reader(connect_timeout, read_timeout)
+        self.threads = max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def read(self, url: str, start: int | None, end: int | None, sink: Sink) -> None:
+        """GET the signed ``url`` (bytes [start, end) when given) into ``sink``; raises as the
+        backends' ``get`` do, and :class:`Unsupported` for an answer the reader does not take."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="syncd-read")
+        abort = threading.Event()
+        current: list[socket.socket | None] = [None]
+
+        def track(sock: socket.socket | None) -> None:
+            current[0] = sock
+
+        task = asyncio.get_running_loop().run_in_executor(
+            self._pool, self.reader.read, url, start, end, sink, abort, track)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            abort.set()
+            sock = current[0]
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)   # wakes a blocked recv
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+
+    def close(self) -> None:
+        self.reader.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
 
 class _Stale(Exception):
