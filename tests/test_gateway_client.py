@@ -6,13 +6,16 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from syncd.agent.metrics import render
 from syncd.cli.core import COMMANDS, build_parser
 from syncd.config import Config, MiB
 from syncd.data.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
+from syncd.data.httpget import Connections
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
 from syncd.format.manifest import Snapshot
@@ -46,6 +49,37 @@ async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path
     assert metric(text, "syncd_fetch_bytes_total", source=f"gateway:{gw.url[7:]}") == volume_bytes(snap)
     assert metric(text, "syncd_gateway_client_requests_total", gateway=gw.url) > 0
     assert metric(text, "syncd_gateway_client_failures_total", gateway=gw.url) == 0
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_gateway_chunks_are_written_from_the_received_buffer(config: Config, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large file's chunks go from the buffer httpget received them into, hashed, to the file:
+    no copy into bytes per chunk (GatewaySource._call copies), and buffers are reused, not made
+    per body."""
+    copied: list[str] = []
+    made: list[int] = []
+    real_call, real_buffer = GatewaySource._call, Connections._buffer
+
+    async def call(self: GatewaySource, method: str, path: str, *args: Any, **kw: Any) -> Any:
+        copied.append(path)
+        return await real_call(self, method, path, *args, **kw)
+
+    def buffer(self: Connections, size: int) -> bytearray:
+        fresh = not any(len(b) >= size for b in self._buffers)
+        made.extend([size] if fresh else [])
+        return real_buffer(self, size)
+
+    monkeypatch.setattr(GatewaySource, "_call", call)
+    monkeypatch.setattr(Connections, "_buffer", buffer)
+    cfg = config.replace(chunk_size=MiB, max_inflight_bytes=4 * MiB)
+    _, snap = await commit_tree(cfg, tmp_path / "src", small_files=5, large_size=24 * MiB + 5)
+    async with serve_gateway(cfg, tmp_path) as gw:
+        async with open_engine(through(worker_config(cfg, tmp_path, "w1"), gw.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert source_bytes(eng) == {f"gateway:{gw.url[7:]}": volume_bytes(snap)}
+    assert len([u for u in copied if "/packs/" in u or "/chunks/" in u]) == 1   # the small files pack; 25 chunks not
+    assert len(made) <= 4     # a buffer per body the budget lets be in flight (4 MiB / 1 MiB), then reused
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 

@@ -31,12 +31,20 @@ buffer by buffer in one worker thread: ``store.read_into``, ``_Verifier``); the 
 retried (the whole run, from position 0) and then raised. Reader rule: refs
 that name the same pack with ``offset + size`` of one equal to the next's
 ``offset`` are read with one ranged GET ``[first.offset, last.end)``, at most
-``SYNCD_LARGE_PACK_SIZE`` bytes a GET; every chunk is still verified alone. ``nearby`` asks only the cache and the remote sources, so the
-caller can stream from the store when they have nothing.
+``SYNCD_LARGE_PACK_SIZE`` bytes a GET; every chunk is still verified alone.
+
+``place_nearby`` asks only the cache and the remote sources, so the caller can
+stream from the store when they have nothing; it writes the chunk into place
+itself (the caller's ``write_sync``), and a gateway lends it the buffer the
+body was received into (``fetch_into``, gatewayclient.py), which it hashes and
+writes without a copy (the cold fan-out's workers spent ~30% of their CPU
+copying gateway bodies into ``bytes`` and allocating buffers for them).
+Every byte a remote source returns is hashed before it is written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -66,6 +74,11 @@ class ChunkSource(Protocol):
     async def fetch(self, volume: str, ref: ChunkRef) -> bytes | None: ...
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None: ...
+
+    # Optional (place_nearby uses it when present): the chunk's body lent to ``accept(view)``, called
+    # in a worker thread while the source's buffer holds it; returns accept's answer, or None to pass.
+    # async def fetch_into(self, volume: str, ref: ChunkRef,
+    #                      accept: Callable[[memoryview], bool]) -> bool | None: ...
 
 
 class ChunkFetcher:
@@ -99,12 +112,44 @@ class ChunkFetcher:
             self.bytes_by_source["cache"] += len(cached)
         return cached
 
-    async def nearby(self, volume: str, ref: ChunkRef) -> bytes | None:
-        """The chunk from the cache or a remote source, or None: the store was not asked."""
-        data = await self._cached(ref)
-        if data is None:
-            data = await self._remote(volume, ref)
-        return None if data is None else _sized(volume, ref, data)
+    async def place_nearby(self, volume: str, ref: ChunkRef, write_sync: SyncWriter) -> bool:
+        """The chunk from the cache or a remote source, verified, then written with
+        ``write_sync(0, view)`` in a worker thread; False when neither has it (the store was
+        not asked). A source that lends its body (``fetch_into``: a gateway) has it hashed and
+        written from the buffer it was received into, with no copy in Python; a source whose
+        bytes do not verify is skipped, as in :meth:`get`."""
+        cached = await self._cached(ref)
+        if cached is not None:
+            await asyncio.to_thread(write_sync, 0, memoryview(_sized(volume, ref, cached)))
+            return True
+        failed: list[BaseException] = []   # the caller's write failing is not the source's failure
+
+        def accept(view: memoryview) -> bool:
+            try:
+                return _accept(ref, view, write_sync)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+        for source in self._ranked(ref.pack or ref.id):
+            into = getattr(source, "fetch_into", None)
+            try:
+                if into is not None:
+                    placed: bool | None = await into(volume, ref, accept)
+                else:
+                    data = await source.fetch(volume, ref)
+                    placed = None if data is None else await asyncio.to_thread(accept, memoryview(data))
+            except SyncdError as exc:
+                if failed:
+                    raise
+                log.info("chunk source %s failed for %s: %s", source.name, ref.id, exc)
+                continue
+            if placed:
+                self.bytes_by_source[source.name] += ref.size
+                return True
+            if placed is not None:
+                log.warning("chunk source %s returned bad bytes for %s; skipping it", source.name, ref.id)
+        return False
 
     async def stream_from_store(self, volume: str, ref: ChunkRef, write: Writer,
                                 write_sync: SyncWriter | None = None) -> None:
@@ -315,6 +360,15 @@ class _Verifier:
         self.feed(view)
         self.write_sync(self.position, view)
         self.position += len(view)
+
+
+def _accept(ref: ChunkRef, view: memoryview, write_sync: SyncWriter) -> bool:
+    """Bytes a remote source returned for ``ref``: written with ``write_sync`` if they are its
+    bytes (its size and its id), else False and nothing written."""
+    if len(view) != ref.size or not verify(ref.id, view):
+        return False
+    write_sync(0, view)
+    return True
 
 
 def _bounds(refs: Sequence[ChunkRef]) -> list[int]:

@@ -15,9 +15,13 @@ and a body of ``Content-Length`` bytes (or, without one, up to the close of
 the connection). A chunked answer is refused (``ProtocolError``): the gateway
 never sends one, and the caller falls through to the next source. The body
 is received by an ``asyncio.BufferedProtocol`` straight into one buffer of
-the announced size, then copied once into the ``bytes`` returned; buffers
-are reused (a few, up to 16 MiB each), since a fresh buffer per body costs
-more in page faults than the copy; at most ``MAX_BODY`` bytes.
+the announced size (at most ``MAX_BODY`` bytes). :meth:`Connections.view`
+lends that buffer to the caller as a ``memoryview`` until its ``async with``
+ends (a chunk is hashed and written to its file from there: no copy in
+Python); :meth:`Connections.request` copies it once into the ``bytes`` it
+returns. Buffers are reused, up to ``keep_bytes`` of them (a pool's bodies in
+flight: the byte budget), since a fresh buffer per body costs more in page
+faults (a zero-filled 8 MiB bytearray) than the body's copy.
 
 Connections: per (scheme, host, port) a stack of idle connections; a request
 takes one or opens one (``connect_timeout``), and a connection whose answer
@@ -39,8 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -50,7 +55,7 @@ LIMIT = 100  # connections per pool at once (aiohttp's default, which this repla
 _SCRATCH = 256 * 1024
 BUFFER_MIN = 1 << 20             # body buffers are at least this large (so small bodies reuse them too)
 KEEP_BUFFER = 16 * 1024 * 1024  # body buffers up to this size are kept for the next body ...
-KEEP_BUFFERS = 4                # ... this many of them
+KEEP_BYTES = 64 * 1024 * 1024   # ... up to this many bytes of them (the default byte budget)
 
 _tls: ssl.SSLContext | None = None
 
@@ -64,6 +69,15 @@ class Response:
     status: int
     headers: dict[str, str]  # lower-cased names
     body: bytes
+
+
+@dataclass
+class BodyView:
+    """An answer whose body is lent: valid only inside :meth:`Connections.view`'s ``async with``."""
+
+    status: int
+    headers: dict[str, str]
+    body: memoryview
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -160,9 +174,10 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
 class Connections:
     """Idle connections per (scheme, host, port), shared by the gateway sources of one engine."""
 
-    def __init__(self, limit: int = LIMIT) -> None:
+    def __init__(self, limit: int = LIMIT, keep_bytes: int = KEEP_BYTES) -> None:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._buffers: list[bytearray] = []  # body buffers for reuse (at most KEEP_BUFFERS)
+        self._buffers: list[bytearray] = []  # body buffers for reuse (at most keep_bytes of them)
+        self._keep_bytes = keep_bytes
         self._slots = asyncio.Semaphore(limit)
 
     async def get(self, url: str, headers: Mapping[str, str], connect_timeout: float,
@@ -171,8 +186,26 @@ class Connections:
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], connect_timeout: float,
                       read_timeout: float, body: bytes = b"") -> Response:
-        """One exchange. Only safe methods go here (a gateway's GETs, and its tree POST, which only
-        reads): a kept connection found closed is retried once, as for GET."""
+        """One exchange, its body copied into ``bytes``. Only safe methods go here (a gateway's GETs,
+        and its tree POST, which only reads): a kept connection found closed is retried once."""
+        async with self.view(method, url, headers, connect_timeout, read_timeout, body) as answer:
+            return Response(answer.status, answer.headers, answer.body.tobytes())
+
+    @contextlib.asynccontextmanager
+    async def view(self, method: str, url: str, headers: Mapping[str, str], connect_timeout: float,
+                   read_timeout: float, body: bytes = b"") -> AsyncIterator[BodyView]:
+        """One exchange (as :meth:`request`), its body lent as a view of a reused buffer until the
+        ``async with`` ends: the caller must not keep the view, or any slice of it, past that."""
+        status, fields, view, buffer = await self._fetch(method, url, headers, connect_timeout,
+                                                         read_timeout, body)
+        try:
+            yield BodyView(status, fields, view)
+        finally:
+            view.release()
+            self._give_back(buffer)
+
+    async def _fetch(self, method: str, url: str, headers: Mapping[str, str], connect_timeout: float,
+                     read_timeout: float, body: bytes) -> tuple[int, dict[str, str], memoryview, bytearray | None]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ProtocolError(f"not an http(s) URL: {parts.scheme}://{parts.hostname}")
@@ -201,12 +234,12 @@ class Connections:
                 if answer is None:  # the server had closed the kept connection: once more, on a new one
                     conn.close()
                     continue
-                response, keep = answer
+                status, answer_fields, keep, view, buffer = answer
                 if keep and not conn.closed:
                     self._idle.setdefault(key, []).append(conn)
                 else:
                     conn.close()
-                return response
+                return status, answer_fields, view, buffer
         raise AssertionError("unreachable")
 
     async def _take(self, key: tuple[str, str, int], connect_timeout: float) -> tuple[_Connection, bool]:
@@ -224,9 +257,10 @@ class Connections:
                                                    ssl=_tls if key[0] == "https" else None)
         return conn, False
 
-    async def _exchange(self, conn: _Connection, request: bytes, read_timeout: float,
-                        stale_ok: bool) -> tuple[Response, bool] | None:
-        """Send ``request`` and read the whole answer; None if a kept connection turned out closed."""
+    async def _exchange(self, conn: _Connection, request: bytes, read_timeout: float, stale_ok: bool
+                        ) -> tuple[int, dict[str, str], bool, memoryview, bytearray | None] | None:
+        """Send ``request`` and read the whole answer: (status, headers, keep-alive, body, the
+        pooled buffer the body lies in or None); None if a kept connection turned out closed."""
         assert conn.transport is not None
         conn.head.clear()
         conn.body, conn.filled = None, 0
@@ -250,7 +284,7 @@ class Connections:
                 await conn.until(too_large, read_timeout)
             if too_large():
                 raise ProtocolError("answer body too large")
-            return Response(status, headers, bytes(conn.head[end + 4:])), False
+            return status, headers, False, memoryview(bytes(conn.head[end + 4:])), None
         size = int(length or 0) if (length or "0").isdigit() else -1
         if not 0 <= size <= MAX_BODY or len(rest) > size:
             raise ProtocolError(f"bad Content-Length {length!r}")
@@ -262,12 +296,13 @@ class Connections:
             await conn.until(lambda: conn.filled >= size, read_timeout)
             if conn.filled < size:
                 raise ConnectionResetError(f"the connection closed after {conn.filled} of {size} body bytes")
-            return Response(status, headers, body.tobytes()), keep
+        except BaseException:
+            body.release()
+            self._give_back(buffer)
+            raise
         finally:
             conn.body = None
-            body.release()
-            if len(buffer) <= KEEP_BUFFER and len(self._buffers) < KEEP_BUFFERS:
-                self._buffers.append(buffer)
+        return status, headers, keep, body, buffer
 
     def _buffer(self, size: int) -> bytearray:
         """A buffer of at least ``size`` bytes, reused: a fresh 8 MiB bytearray, then a fresh bytes
@@ -276,6 +311,11 @@ class Connections:
             if len(buffer) >= size:
                 return self._buffers.pop(i)
         return bytearray(max(size, BUFFER_MIN) if size <= KEEP_BUFFER else size)
+
+    def _give_back(self, buffer: bytearray | None) -> None:
+        if buffer is not None and len(buffer) <= KEEP_BUFFER and \
+                sum(map(len, self._buffers)) + len(buffer) <= self._keep_bytes:
+            self._buffers.append(buffer)
 
     def close(self) -> None:
         for conns in self._idle.values():

@@ -379,14 +379,16 @@ class _Run:
         held = await self.engine.budget.acquire(ref.size)
         try:
             fetcher = self.engine.fetcher
-            once = self._by_ref and self._uses[ref.id] == 1
-            data = await (fetcher.nearby(self.volume, ref) if once else
-                          fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
-            if data is None:
-                await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
-                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer),
-                    lambda pos, view: localfs.pwrite_all(fd, view, offset + pos, final))
+
+            def write_sync(pos: int, view: memoryview) -> None:
+                localfs.pwrite_all(fd, view, offset + pos, final)
+
+            if self._by_ref and self._uses[ref.id] == 1:
+                if not await fetcher.place_nearby(self.volume, ref, write_sync):
+                    await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
+                        localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer), write_sync)
             else:
+                data = await fetcher.get(self.volume, ref, cache_bytes=not self._by_ref)
                 await in_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:
             await self.engine.budget.release(held)
