@@ -35,11 +35,12 @@ that name the same pack with ``offset + size`` of one equal to the next's
 
 ``place_nearby`` asks only the cache and the remote sources, so the caller can
 stream from the store when they have nothing; it writes the chunk into place
-itself (the caller's ``write_sync``), and a gateway lends it the buffer the
-body was received into (``fetch_into``, gatewayclient.py), which it hashes and
-writes without a copy (the cold fan-out's workers spent ~30% of their CPU
-copying gateway bodies into ``bytes`` and allocating buffers for them).
-Every byte a remote source returns is hashed before it is written.
+itself (the caller's ``write_sync``), and a gateway streams the body into it
+buffer by buffer from a reading thread (``fetch_into``, gatewayclient.py), hashed
+and written without a copy (the cold fan-out's workers spent ~30% of their CPU
+copying gateway bodies into ``bytes`` and allocating buffers for them). A
+chunk that does not verify is written again from the next source or the store
+before anyone sees the file, as a retried store stream is.
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ class ChunkSource(Protocol):
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None: ...
 
-    # Optional (place_nearby uses it when present): the chunk's body lent to ``accept(view)``, called
-    # in a worker thread while the source's buffer holds it; returns accept's answer, or None to pass.
-    # async def fetch_into(self, volume: str, ref: ChunkRef,
-    #                      accept: Callable[[memoryview], bool]) -> bool | None: ...
+    # Optional (place_nearby uses it when present): the chunk's body streamed into a rangeread.Sink
+    # (begin(size), then write(view) per buffer, in a reading thread); True once delivered whole,
+    # None to pass; what the sink raises is raised as it is.
+    # async def fetch_into(self, volume: str, ref: ChunkRef, sink: Sink) -> bool | None: ...
 
 
 class ChunkFetcher:
@@ -113,41 +114,37 @@ class ChunkFetcher:
         return cached
 
     async def place_nearby(self, volume: str, ref: ChunkRef, write_sync: SyncWriter) -> bool:
-        """The chunk from the cache or a remote source, verified, then written with
-        ``write_sync(0, view)`` in a worker thread; False when neither has it (the store was
-        not asked). A source that lends its body (``fetch_into``: a gateway) has it hashed and
-        written from the buffer it was received into, with no copy in Python; a source whose
-        bytes do not verify is skipped, as in :meth:`get`."""
+        """The chunk from the cache or a remote source, verified, written with ``write_sync``
+        (in a worker thread); False when neither has it (the store was not asked). A source
+        that reads into sinks (``fetch_into``: a gateway) streams the body through a reused
+        buffer, hashed and written as it comes (no copy in Python); its bytes land in the
+        caller's private file before their hash is known, so a source whose chunk does not
+        verify is skipped and the next one (or the store) writes the range again. Bytes a
+        source returns whole are hashed before they are written."""
         cached = await self._cached(ref)
         if cached is not None:
             await asyncio.to_thread(write_sync, 0, memoryview(_sized(volume, ref, cached)))
             return True
-        failed: list[BaseException] = []   # the caller's write failing is not the source's failure
-
-        def accept(view: memoryview) -> bool:
-            try:
-                return _accept(ref, view, write_sync)
-            except BaseException as exc:
-                failed.append(exc)
-                raise
-
         for source in self._ranked(ref.pack or ref.id):
             into = getattr(source, "fetch_into", None)
+            sink = _Placing(ref, write_sync)
             try:
                 if into is not None:
-                    placed: bool | None = await into(volume, ref, accept)
+                    delivered: bool | None = await into(volume, ref, sink)
                 else:
                     data = await source.fetch(volume, ref)
-                    placed = None if data is None else await asyncio.to_thread(accept, memoryview(data))
+                    delivered = None if data is None else await asyncio.to_thread(sink.whole, memoryview(data))
+            except _WrongSize:
+                delivered = False
             except SyncdError as exc:
-                if failed:
+                if sink.raised is not None:   # the caller's write failed: not the source's failure
                     raise
                 log.info("chunk source %s failed for %s: %s", source.name, ref.id, exc)
                 continue
-            if placed:
+            if delivered and sink.verified():
                 self.bytes_by_source[source.name] += ref.size
                 return True
-            if placed is not None:
+            if delivered is not None:
                 log.warning("chunk source %s returned bad bytes for %s; skipping it", source.name, ref.id)
         return False
 
@@ -362,13 +359,42 @@ class _Verifier:
         self.position += len(view)
 
 
-def _accept(ref: ChunkRef, view: memoryview, write_sync: SyncWriter) -> bool:
-    """Bytes a remote source returned for ``ref``: written with ``write_sync`` if they are its
-    bytes (its size and its id), else False and nothing written."""
-    if len(view) != ref.size or not verify(ref.id, view):
-        return False
-    write_sync(0, view)
-    return True
+class _WrongSize(Exception):
+    """A remote source's body for a chunk is not the chunk's size (refused before a byte is written)."""
+
+
+class _Placing:
+    """A remote source's body of one chunk on its way into place (a rangeread sink): refused if
+    it is not the chunk's size, hashed and written buffer by buffer, ``verified`` at the end."""
+
+    def __init__(self, ref: ChunkRef, write_sync: SyncWriter) -> None:
+        self.ref, self.write_sync = ref, write_sync
+        self.digest = hasher()
+        self.position = 0
+        self.raised: BaseException | None = None   # what the caller's writer raised
+
+    def begin(self, size: int) -> None:
+        if size != self.ref.size:
+            raise _WrongSize(f"{size} bytes for chunk {self.ref.id} of {self.ref.size}")
+
+    def write(self, view: memoryview) -> None:
+        self.digest.update(view)
+        try:
+            self.write_sync(self.position, view)
+        except BaseException as exc:
+            self.raised = exc
+            raise
+        self.position += len(view)
+
+    def whole(self, view: memoryview) -> bool:
+        """A body in one piece: hashed first, written only if it is the chunk."""
+        if len(view) != self.ref.size or not verify(self.ref.id, view):
+            return False
+        self.write(view)
+        return True
+
+    def verified(self) -> bool:
+        return self.position == self.ref.size and self.digest.hexdigest() == self.ref.id
 
 
 def _bounds(refs: Sequence[ChunkRef]) -> list[int]:

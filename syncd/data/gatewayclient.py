@@ -32,12 +32,13 @@ import alone cost each worker process ~0.2 s of CPU (docs/GATEWAY.md, the
 six-worker fan-out). aiohttp is still what ``warm`` (the CLI's
 ``gateway warm``) uses, imported there.
 
-A hydrate's large-file chunks use ``fetch_into``: the body stays in the buffer
-httpget received it into and is lent, in a worker thread, to the fetcher's
-check (hash, size) and the file write (fetch.place_nearby), so no chunk is
-copied into ``bytes`` on the way (the cold fan-out's workers spent ~30% of their
-CPU on that copy and on allocating buffers; buffers are now kept up to the
-engine's byte budget).
+A hydrate's large-file chunks use ``fetch_into``: the body is received by a
+reading thread on a blocking socket into one reused buffer and handed on
+buffer by buffer to the fetcher's sink, which hashes and writes it into the
+file in the same thread (store/rangeread.py, as for the store; fetch.place_nearby),
+so no chunk is copied into ``bytes`` or given a buffer of its own (the cold
+fan-out's workers spent ~30% of their CPU on that copy and on allocating
+zero-filled buffers for it, docs/GATEWAY.md).
 
 Besides chunks and pack ranges (``fetch``, ``fetch_range``: the ChunkFetcher's
 seam) a source reads whole immutable objects of any key family
@@ -48,22 +49,22 @@ through the pool.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from syncd.config import Config
 from syncd.data.fetch import ChunkSource
-from syncd.data.httpget import KEEP_BYTES, BodyView, Connections, Response
-from syncd.errors import TransientStoreError
+from syncd.data.httpget import KEEP_BYTES, Connections, Response
+from syncd.errors import NotFound, StoreError, TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef, TreeRef
 from syncd.store.base import Blob
+from syncd.store.rangeread import Sink, ThreadedReads
 
 # Immutable key families under a volume's prefix that gateways serve, each named by the content id
 # of its bytes: family -> key below ``<prefix>/<owner>/<volume>/``. A new family is one line here
@@ -165,9 +166,10 @@ class _Session:
     """The connections shared by the sources of one engine (data/httpget.py); body buffers are
     kept for reuse up to ``keep_bytes`` (the engine's byte budget: what can be in flight)."""
 
-    def __init__(self, keep_bytes: int = KEEP_BYTES) -> None:
+    def __init__(self, keep_bytes: int = KEEP_BYTES, threads: int = 8) -> None:
         self._connections: Connections | None = None
         self.keep_bytes = keep_bytes
+        self.threads = threads   # reading threads per gateway for fetch_into
 
     def get(self) -> Connections:
         if self._connections is None:
@@ -207,6 +209,13 @@ class GatewaySource:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.breaker = breaker or Breaker()
         self.requests = self.failures = self.skipped = 0
+        # fetch_into reads on blocking sockets (rangeread.py): credentials go in a header, not the URL
+        self._plain_url = self.public_url
+        self._auth: dict[str, str] | None = _headers(token)
+        if parts.username is not None:   # as httpget: URL credentials are Basic auth, never with a token
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self._auth = None if token else {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        self._reads: ThreadedReads | None = None
 
     def weight(self, key: str) -> int:
         return rendezvous_weight(self.url, key)
@@ -216,22 +225,35 @@ class GatewaySource:
             return await self.fetch_range(volume, ref.pack, ref.offset, ref.offset + ref.size)
         return await self.fetch_object(volume, "chunks", ref.id)
 
-    async def fetch_into(self, volume: str, ref: ChunkRef, accept: Callable[[memoryview], bool]) -> bool | None:
-        """The chunk's body handed to ``accept`` in a worker thread, as a view of the buffer it was
-        received into (no copy: ``accept`` verifies and writes it while the buffer is lent); its
-        answer, or None if the gateway passes (breaker open, 404)."""
+    async def fetch_into(self, volume: str, ref: ChunkRef, sink: Sink) -> bool | None:
+        """The chunk's body streamed into ``sink`` by a reading thread (store/rangeread.py: one
+        reused 256 KiB buffer, ``sink.begin(size)`` then ``sink.write(view)`` per buffer, no copy
+        into ``bytes``); True once it was delivered whole, None if the gateway passes (breaker
+        open, 404). What ``sink`` raises is raised as it is; the gateway failing is
+        GatewayUnavailable, as for :meth:`fetch`."""
+        if not self.breaker.allows():
+            self.skipped += 1
+            return None
         if ref.pack is None:
-            path, span = f"/v1/{self.owner}/{volume}/chunks/{ref.id}", None
+            path, start, end = f"/v1/{self.owner}/{volume}/chunks/{ref.id}", None, None
         else:
-            path, span = f"/v1/{self.owner}/{volume}/packs/{ref.pack}", (ref.offset, ref.offset + ref.size)
-        async with self._view("GET", path, _range(span), b"", (200, 206)) as resp:
-            if resp is None:
-                return None
-            body = resp.body[span[0]:span[1]] if span is not None and resp.status == 200 else resp.body
-            try:
-                return await asyncio.to_thread(accept, body)
-            finally:
-                body.release()
+            path, start, end = f"/v1/{self.owner}/{volume}/packs/{ref.pack}", ref.offset, ref.offset + ref.size
+        if self._reads is None:
+            self._reads = ThreadedReads(self.connect_timeout, self.read_timeout, self.session.threads)
+        self.requests += 1
+        if self._auth is None:
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: credentials in the URL and a token")
+        try:
+            await self._reads.read(self._plain_url + path, start, end, sink, self._auth)
+        except NotFound:
+            self.breaker.succeeded()
+            return None
+        except StoreError as exc:   # refused, reset, timed out, truncated, 5xx, a malformed answer
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: {exc}") from exc
+        self.breaker.succeeded()
+        return True
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None:
         blob = await self._get(f"/v1/{self.owner}/{volume}/packs/{pack}", (start, end))
@@ -259,42 +281,34 @@ class GatewaySource:
                     ok: tuple[int, ...]) -> Response | None:
         """One request through the breaker: the answer, None (breaker open, or 404: the gateway
         passes), or GatewayUnavailable (down, slow, refused, any other status)."""
-        async with self._view(method, path, extra, body, ok) as resp:
-            return None if resp is None else Response(resp.status, resp.headers, resp.body.tobytes())
-
-    @contextlib.asynccontextmanager
-    async def _view(self, method: str, path: str, extra: Mapping[str, str] | None, body: bytes,
-                    ok: tuple[int, ...]) -> AsyncIterator[BodyView | None]:
-        """:meth:`_call` with the body lent (httpget.Connections.view) until the ``async with`` ends."""
         if not self.breaker.allows():
             self.skipped += 1
-            yield None
-            return
+            return None
         self.requests += 1
-        async with contextlib.AsyncExitStack() as lent:
-            try:
-                resp = await lent.enter_async_context(self.session.get().view(
-                    method, self.url + path, _headers(self.token, extra), self.connect_timeout,
-                    self.read_timeout, body))
-            except (TimeoutError, OSError, ValueError) as exc:
-                # ValueError: a malformed answer, or the request itself refused (credentials in the URL and a token)
-                self._failed()
-                raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-            if resp.status == 404:
-                self.breaker.succeeded()
-                yield None
-                return
-            if resp.status not in ok:
-                self._failed()
-                raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
+        try:
+            resp = await self.session.get().request(method, self.url + path, _headers(self.token, extra),
+                                                    self.connect_timeout, self.read_timeout, body)
+        except (TimeoutError, OSError, ValueError) as exc:
+            # ValueError: a malformed answer, or the request itself refused (credentials in the URL and a token)
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        if resp.status == 404:
             self.breaker.succeeded()
-            yield resp
+            return None
+        if resp.status not in ok:
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: HTTP {resp.status} for {path}")
+        self.breaker.succeeded()
+        return resp
 
     def _failed(self) -> None:
         self.failures += 1
         self.breaker.failed()
 
     async def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
         await self.session.close()
 
     async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> list[bytes] | None:
@@ -314,7 +328,7 @@ class GatewaySource:
 
 def gateway_sources(config: Config, **options: Any) -> list[ChunkSource]:
     """A GatewaySource per ``config.gateways`` URL, sharing one HTTP session."""
-    session = _Session(config.max_inflight_bytes)
+    session = _Session(config.max_inflight_bytes, max(1, config.max_inflight_bytes // config.chunk_size))
     return [GatewaySource(url, config.owner, config.gateway_token, session, **options)
             for url in config.gateways]
 

@@ -15,13 +15,11 @@ and a body of ``Content-Length`` bytes (or, without one, up to the close of
 the connection). A chunked answer is refused (``ProtocolError``): the gateway
 never sends one, and the caller falls through to the next source. The body
 is received by an ``asyncio.BufferedProtocol`` straight into one buffer of
-the announced size (at most ``MAX_BODY`` bytes). :meth:`Connections.view`
-lends that buffer to the caller as a ``memoryview`` until its ``async with``
-ends (a chunk is hashed and written to its file from there: no copy in
-Python); :meth:`Connections.request` copies it once into the ``bytes`` it
-returns. Buffers are reused, up to ``keep_bytes`` of them (a pool's bodies in
-flight: the byte budget), since a fresh buffer per body costs more in page
-faults (a zero-filled 8 MiB bytearray) than the body's copy.
+the announced size, then copied once into the ``bytes`` returned; buffers
+are reused (up to ``keep_bytes`` of them, the engine's byte budget: what can
+be in flight), since a fresh buffer per body costs more in page faults than
+the copy; at most ``MAX_BODY`` bytes. (A hydrate's large chunks do not come
+here: gatewayclient.fetch_into streams them through store/rangeread.py.)
 
 Connections: per (scheme, host, port) a stack of idle connections; a request
 takes one or opens one (``connect_timeout``), and a connection whose answer
@@ -43,9 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -69,15 +66,6 @@ class Response:
     status: int
     headers: dict[str, str]  # lower-cased names
     body: bytes
-
-
-@dataclass
-class BodyView:
-    """An answer whose body is lent: valid only inside :meth:`Connections.view`'s ``async with``."""
-
-    status: int
-    headers: dict[str, str]
-    body: memoryview
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -186,26 +174,8 @@ class Connections:
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], connect_timeout: float,
                       read_timeout: float, body: bytes = b"") -> Response:
-        """One exchange, its body copied into ``bytes``. Only safe methods go here (a gateway's GETs,
-        and its tree POST, which only reads): a kept connection found closed is retried once."""
-        async with self.view(method, url, headers, connect_timeout, read_timeout, body) as answer:
-            return Response(answer.status, answer.headers, answer.body.tobytes())
-
-    @contextlib.asynccontextmanager
-    async def view(self, method: str, url: str, headers: Mapping[str, str], connect_timeout: float,
-                   read_timeout: float, body: bytes = b"") -> AsyncIterator[BodyView]:
-        """One exchange (as :meth:`request`), its body lent as a view of a reused buffer until the
-        ``async with`` ends: the caller must not keep the view, or any slice of it, past that."""
-        status, fields, view, buffer = await self._fetch(method, url, headers, connect_timeout,
-                                                         read_timeout, body)
-        try:
-            yield BodyView(status, fields, view)
-        finally:
-            view.release()
-            self._give_back(buffer)
-
-    async def _fetch(self, method: str, url: str, headers: Mapping[str, str], connect_timeout: float,
-                     read_timeout: float, body: bytes) -> tuple[int, dict[str, str], memoryview, bytearray | None]:
+        """One exchange. Only safe methods go here (a gateway's GETs, and its tree POST, which only
+        reads): a kept connection found closed is retried once, as for GET."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ProtocolError(f"not an http(s) URL: {parts.scheme}://{parts.hostname}")
@@ -234,12 +204,12 @@ class Connections:
                 if answer is None:  # the server had closed the kept connection: once more, on a new one
                     conn.close()
                     continue
-                status, answer_fields, keep, view, buffer = answer
+                response, keep = answer
                 if keep and not conn.closed:
                     self._idle.setdefault(key, []).append(conn)
                 else:
                     conn.close()
-                return status, answer_fields, view, buffer
+                return response
         raise AssertionError("unreachable")
 
     async def _take(self, key: tuple[str, str, int], connect_timeout: float) -> tuple[_Connection, bool]:
@@ -257,10 +227,9 @@ class Connections:
                                                    ssl=_tls if key[0] == "https" else None)
         return conn, False
 
-    async def _exchange(self, conn: _Connection, request: bytes, read_timeout: float, stale_ok: bool
-                        ) -> tuple[int, dict[str, str], bool, memoryview, bytearray | None] | None:
-        """Send ``request`` and read the whole answer: (status, headers, keep-alive, body, the
-        pooled buffer the body lies in or None); None if a kept connection turned out closed."""
+    async def _exchange(self, conn: _Connection, request: bytes, read_timeout: float,
+                        stale_ok: bool) -> tuple[Response, bool] | None:
+        """Send ``request`` and read the whole answer; None if a kept connection turned out closed."""
         assert conn.transport is not None
         conn.head.clear()
         conn.body, conn.filled = None, 0
@@ -284,7 +253,7 @@ class Connections:
                 await conn.until(too_large, read_timeout)
             if too_large():
                 raise ProtocolError("answer body too large")
-            return status, headers, False, memoryview(bytes(conn.head[end + 4:])), None
+            return Response(status, headers, bytes(conn.head[end + 4:])), False
         size = int(length or 0) if (length or "0").isdigit() else -1
         if not 0 <= size <= MAX_BODY or len(rest) > size:
             raise ProtocolError(f"bad Content-Length {length!r}")
@@ -296,13 +265,12 @@ class Connections:
             await conn.until(lambda: conn.filled >= size, read_timeout)
             if conn.filled < size:
                 raise ConnectionResetError(f"the connection closed after {conn.filled} of {size} body bytes")
-        except BaseException:
-            body.release()
-            self._give_back(buffer)
-            raise
+            return Response(status, headers, body.tobytes()), keep
         finally:
             conn.body = None
-        return status, headers, keep, body, buffer
+            body.release()
+            if len(buffer) <= KEEP_BUFFER and sum(map(len, self._buffers)) + len(buffer) <= self._keep_bytes:
+                self._buffers.append(buffer)
 
     def _buffer(self, size: int) -> bytearray:
         """A buffer of at least ``size`` bytes, reused: a fresh 8 MiB bytearray, then a fresh bytes
@@ -311,11 +279,6 @@ class Connections:
             if len(buffer) >= size:
                 return self._buffers.pop(i)
         return bytearray(max(size, BUFFER_MIN) if size <= KEEP_BUFFER else size)
-
-    def _give_back(self, buffer: bytearray | None) -> None:
-        if buffer is not None and len(buffer) <= KEEP_BUFFER and \
-                sum(map(len, self._buffers)) + len(buffer) <= self._keep_bytes:
-            self._buffers.append(buffer)
 
     def close(self) -> None:
         for conns in self._idle.values():
