@@ -76,10 +76,11 @@ class ChunkSource(Protocol):
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None: ...
 
-    # Optional (place_nearby uses it when present): the chunk's body streamed into a rangeread.Sink
-    # (begin(size), then write(view) per buffer, in a reading thread); True once delivered whole,
-    # None to pass; what the sink raises is raised as it is.
-    # async def fetch_into(self, volume: str, ref: ChunkRef, sink: Sink) -> bool | None: ...
+    # Optional (place_nearby and stream_run use it when present): the bytes of ``refs`` (one chunk,
+    # or chunks back to back in one pack) streamed into a rangeread.Sink (begin(size), then
+    # write(view) per buffer, in a reading thread); True once delivered whole, None to pass; what
+    # the sink raises is raised as it is.
+    # async def fetch_into(self, volume: str, refs: Sequence[ChunkRef], sink: Sink) -> bool | None: ...
 
 
 class ChunkFetcher:
@@ -115,37 +116,47 @@ class ChunkFetcher:
 
     async def place_nearby(self, volume: str, ref: ChunkRef, write_sync: SyncWriter) -> bool:
         """The chunk from the cache or a remote source, verified, written with ``write_sync``
-        (in a worker thread); False when neither has it (the store was not asked). A source
-        that reads into sinks (``fetch_into``: a gateway) streams the body through a reused
-        buffer, hashed and written as it comes (no copy in Python); its bytes land in the
-        caller's private file before their hash is known, so a source whose chunk does not
-        verify is skipped and the next one (or the store) writes the range again. Bytes a
-        source returns whole are hashed before they are written."""
+        (in a worker thread); False when neither has it (the store was not asked). Remote
+        sources as in :meth:`_run_nearby`; a source that only returns bytes (``fetch``) has
+        them hashed before they are written."""
         cached = await self._cached(ref)
         if cached is not None:
             await asyncio.to_thread(write_sync, 0, memoryview(_sized(volume, ref, cached)))
             return True
-        for source in self._ranked(ref.pack or ref.id):
+        return await self._run_nearby(volume, [ref], write_sync)
+
+    async def _run_nearby(self, volume: str, refs: Sequence[ChunkRef], write_sync: SyncWriter) -> bool:
+        """One chunk, or chunks back to back in one pack (``coalesce``), from the remote sources in
+        their order for the pack (or the chunk): the first that delivers them verified wins. A
+        source that reads into sinks (``fetch_into``: a gateway) streams the bytes through a
+        reused buffer, hashed and written as they come (no copy in Python); they land in the
+        caller's private file before their hash is known, so a source whose bytes do not
+        verify is skipped and the next one (or the store) writes the range again."""
+        first = refs[0]
+        for source in self._ranked(first.pack or first.id):
             into = getattr(source, "fetch_into", None)
-            sink = _Placing(ref, write_sync)
+            if into is None and len(refs) > 1:
+                continue
+            sink = _Verifier(volume, first.pack or first.id, None, None, refs, write_sync, strict=False)
             try:
                 if into is not None:
-                    delivered: bool | None = await into(volume, ref, sink)
+                    delivered: bool | None = await into(volume, refs, sink)
                 else:
-                    data = await source.fetch(volume, ref)
+                    data = await source.fetch(volume, first)
                     delivered = None if data is None else await asyncio.to_thread(sink.whole, memoryview(data))
             except _WrongSize:
                 delivered = False
             except SyncdError as exc:
                 if sink.raised is not None:   # the caller's write failed: not the source's failure
                     raise
-                log.info("chunk source %s failed for %s: %s", source.name, ref.id, exc)
+                log.info("chunk source %s failed for %s: %s", source.name, first.pack or first.id, exc)
                 continue
             if delivered and sink.verified():
-                self.bytes_by_source[source.name] += ref.size
+                self.bytes_by_source[source.name] += sum(r.size for r in refs)
                 return True
             if delivered is not None:
-                log.warning("chunk source %s returned bad bytes for %s; skipping it", source.name, ref.id)
+                log.warning("chunk source %s returned bad bytes for %s; skipping it", source.name,
+                            (sink.failed or first).id)
         return False
 
     async def stream_from_store(self, volume: str, ref: ChunkRef, write: Writer,
@@ -155,7 +166,9 @@ class ChunkFetcher:
 
     async def stream_run(self, volume: str, refs: Sequence[ChunkRef], write: Writer,
                          write_sync: SyncWriter | None = None) -> None:
-        """Stream chunks from the store into ``write(position, pieces)`` with one GET, each verified.
+        """Stream chunks into ``write(position, pieces)`` with one GET, each verified: from a
+        remote source that reads into sinks (a gateway, :meth:`_run_nearby`) when one delivers
+        them, else from the store.
 
         ``refs`` is one chunk, or chunks that lie back to back in one pack (``coalesce``);
         positions count from the first chunk's first byte. Not single-flight and not cached:
@@ -165,6 +178,8 @@ class ChunkFetcher:
         (``read_into``: both backends) receives, hashes and writes each buffer in one worker
         thread, with no per-piece copies; other stores stream into ``write``.
         """
+        if write_sync is not None and self.sources and await self._run_nearby(volume, refs, write_sync):
+            return
         first, last = refs[0], refs[-1]
         if first.pack is None:
             key, start, end = self.layout.chunk(volume, first.id), None, None
@@ -193,10 +208,9 @@ class ChunkFetcher:
                            refs: Sequence[ChunkRef], write: Writer,
                            write_sync: SyncWriter | None) -> ChunkRef | None:
         """One GET; the first chunk whose bytes did not hash to its id, or None."""
-        check = _Verifier(volume, key, start, end, refs)
+        check = _Verifier(volume, key, start, end, refs, write_sync)
         try:
             if write_sync is not None:
-                check.write_sync = write_sync
                 try:
                     if await read_into(self.store, key, start, end, check):
                         return check.failed
@@ -318,26 +332,34 @@ class ChunkFetcher:
         return "store", blob.data
 
 
+class _WrongSize(Exception):
+    """A remote source's body is not the size asked for (refused before a byte is written)."""
+
+
 class _Verifier:
     """Hashes a run's bytes as they pass, up to each chunk's boundary, and checks each chunk.
 
-    The sink of a direct read (``store.read_into``): ``begin`` refuses a body of
-    the wrong size before any byte is written, ``write`` hashes a buffer and then
-    hands it to the caller's blocking writer, in the reading thread, while the
+    The sink of a direct read (``store.read_into``, a source's ``fetch_into``): ``begin``
+    refuses a body of the wrong size before any byte is written (``strict``: as a damaged
+    snapshot, IntegrityError; else, from a remote source, ``_WrongSize``), ``write`` hashes a
+    buffer and then hands it to the caller's blocking writer, in the reading thread, while the
     bytes are still in the CPU cache.
     """
 
     def __init__(self, volume: str, key: str, start: int | None, end: int | None,
-                 refs: Sequence[ChunkRef]) -> None:
+                 refs: Sequence[ChunkRef], write_sync: SyncWriter | None = None, strict: bool = True) -> None:
         self.volume, self.key, self.start, self.end, self.refs = volume, key, start, end, refs
         self.bounds = _bounds(refs)
         self.index, self.done, self.position = 0, 0, 0
         self.digest = hasher()
         self.failed: ChunkRef | None = None
-        self.write_sync: SyncWriter | None = None
+        self.write_sync, self.strict = write_sync, strict
+        self.raised: BaseException | None = None   # what the caller's writer raised
 
     def begin(self, size: int) -> None:
         if size != self.bounds[-1]:  # as _sized: never write past the chunks' place
+            if not self.strict:
+                raise _WrongSize(f"{size} bytes for {self.key}, not {self.bounds[-1]}")
             raise _wrong_size(self.volume, self.refs[0], size) if len(self.refs) == 1 else \
                 _missing(self.volume, self.key, f" (bytes {self.start}..{self.end})")
 
@@ -355,30 +377,6 @@ class _Verifier:
     def write(self, view: memoryview) -> None:
         assert self.write_sync is not None
         self.feed(view)
-        self.write_sync(self.position, view)
-        self.position += len(view)
-
-
-class _WrongSize(Exception):
-    """A remote source's body for a chunk is not the chunk's size (refused before a byte is written)."""
-
-
-class _Placing:
-    """A remote source's body of one chunk on its way into place (a rangeread sink): refused if
-    it is not the chunk's size, hashed and written buffer by buffer, ``verified`` at the end."""
-
-    def __init__(self, ref: ChunkRef, write_sync: SyncWriter) -> None:
-        self.ref, self.write_sync = ref, write_sync
-        self.digest = hasher()
-        self.position = 0
-        self.raised: BaseException | None = None   # what the caller's writer raised
-
-    def begin(self, size: int) -> None:
-        if size != self.ref.size:
-            raise _WrongSize(f"{size} bytes for chunk {self.ref.id} of {self.ref.size}")
-
-    def write(self, view: memoryview) -> None:
-        self.digest.update(view)
         try:
             self.write_sync(self.position, view)
         except BaseException as exc:
@@ -387,14 +385,15 @@ class _Placing:
         self.position += len(view)
 
     def whole(self, view: memoryview) -> bool:
-        """A body in one piece: hashed first, written only if it is the chunk."""
-        if len(view) != self.ref.size or not verify(self.ref.id, view):
+        """A body in one piece (one chunk): hashed first, written only if it is the chunk."""
+        if len(view) != self.bounds[-1] or not verify(self.refs[0].id, view):
             return False
         self.write(view)
         return True
 
     def verified(self) -> bool:
-        return self.position == self.ref.size and self.digest.hexdigest() == self.ref.id
+        """Every chunk came whole, and each hashed to its id."""
+        return self.failed is None and self.index == len(self.refs)
 
 
 def _bounds(refs: Sequence[ChunkRef]) -> list[int]:

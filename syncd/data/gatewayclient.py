@@ -35,7 +35,9 @@ six-worker fan-out). aiohttp is still what ``warm`` (the CLI's
 A hydrate's large-file chunks use ``fetch_into``: the body is received by a
 reading thread on a blocking socket into one reused buffer and handed on
 buffer by buffer to the fetcher's sink, which hashes and writes it into the
-file in the same thread (store/rangeread.py, as for the store; fetch.place_nearby),
+file in the same thread (store/rangeread.py, as for the store); chunks back to
+back in one pack come with one ranged GET, as from the store (fetch.stream_run;
+the gateway fetches a pack whole and serves its ranges from its copy),
 so no chunk is copied into ``bytes`` or given a buffer of its own (the cold
 fan-out's workers spent ~30% of their CPU on that copy and on allocating
 zero-filled buffers for it, docs/GATEWAY.md).
@@ -225,19 +227,21 @@ class GatewaySource:
             return await self.fetch_range(volume, ref.pack, ref.offset, ref.offset + ref.size)
         return await self.fetch_object(volume, "chunks", ref.id)
 
-    async def fetch_into(self, volume: str, ref: ChunkRef, sink: Sink) -> bool | None:
-        """The chunk's body streamed into ``sink`` by a reading thread (store/rangeread.py: one
-        reused 256 KiB buffer, ``sink.begin(size)`` then ``sink.write(view)`` per buffer, no copy
-        into ``bytes``); True once it was delivered whole, None if the gateway passes (breaker
+    async def fetch_into(self, volume: str, refs: Sequence[ChunkRef], sink: Sink) -> bool | None:
+        """The bytes of ``refs`` (one chunk, or chunks back to back in one pack: one ranged GET)
+        streamed into ``sink`` by a reading thread (store/rangeread.py: one reused 256 KiB
+        buffer, ``sink.begin(size)`` then ``sink.write(view)`` per buffer, no copy into
+        ``bytes``); True once they were delivered whole, None if the gateway passes (breaker
         open, 404). What ``sink`` raises is raised as it is; the gateway failing is
         GatewayUnavailable, as for :meth:`fetch`."""
         if not self.breaker.allows():
             self.skipped += 1
             return None
-        if ref.pack is None:
-            path, start, end = f"/v1/{self.owner}/{volume}/chunks/{ref.id}", None, None
+        first, last = refs[0], refs[-1]
+        if first.pack is None:
+            path, start, end = f"/v1/{self.owner}/{volume}/chunks/{first.id}", None, None
         else:
-            path, start, end = f"/v1/{self.owner}/{volume}/packs/{ref.pack}", ref.offset, ref.offset + ref.size
+            path, start, end = f"/v1/{self.owner}/{volume}/packs/{first.pack}", first.offset, last.offset + last.size
         if self._reads is None:
             self._reads = ThreadedReads(self.connect_timeout, self.read_timeout, self.session.threads)
         self.requests += 1

@@ -331,11 +331,11 @@ class _Run:
     def _pieces(self, refs: tuple[ChunkRef, ...], offsets: list[int],
                 copied: set[str]) -> list[tuple[int, list[ChunkRef]]]:
         """What is left to fetch, as (file offset, chunks): runs of chunks that lie back to back
-        in one pack and in the file are read with one GET (fetch.coalesce), when they are used
-        once and no gateway is asked; every other chunk alone."""
+        in one pack and in the file are read with one GET (fetch.coalesce, from a gateway or
+        the store), when they are used once; every other chunk alone."""
         out: list[tuple[int, list[ChunkRef]]] = []
         segment: list[tuple[int, ChunkRef]] = []
-        runs_ok = self._by_ref and not self.engine.fetcher.sources
+        runs_ok = self._by_ref
         for ref, off in [*zip(refs, offsets), (None, -1)]:
             if ref is not None and ref.id in copied:
                 continue
