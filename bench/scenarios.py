@@ -350,7 +350,8 @@ def readers_shared(ctx: Context, paths: dict[str, Path]) -> Scenario:
 def startup(ctx: Context, paths: dict[str, Path]) -> Scenario:
     """Start-up: what a command costs before and around its work, on a one-file volume (no bytes
     counted: CPU is reported in seconds, not per GiB)."""
-    cache = ctx.fresh("startup/cache")   # a worker's cache directory exists: its opening, not its creation
+    # a worker's cache and state directories exist: their opening is timed, not their creation
+    cache, state = ctx.fresh("startup/cache"), ctx.fresh("startup/state")
 
     def python(i: int) -> Run:
         return run_procs("python -c pass", [[sys.executable, "-c", "pass"]], ctx.tool_env, 0, ctx.server_pid)
@@ -360,7 +361,7 @@ def startup(ctx: Context, paths: dict[str, Path]) -> Scenario:
 
     def hydrate(i: int) -> Run:
         out = ctx.fresh("out")
-        run = ctx.syncd("syncd", ["hydrate", "tiny", str(out / "t")], 0, cache=cache, state=ctx.fresh("state"))
+        run = ctx.syncd("syncd", ["hydrate", "tiny", str(out / f"t{i}")], 0, cache=cache, state=state)
         shutil.rmtree(out, ignore_errors=True)
         return run
 
