@@ -2,10 +2,14 @@
 
     cache.py        the verified, best-effort local chunk cache
     fetch.py        chunk source chain (cache, gateways, store), single-flight, verified
-    gatewayclient.py  gateways as chunk sources, rendezvous order, warm-up
-    httpget.py      the small stdlib HTTP/1.1 GET client the gateway sources read with
+    gatewayclient.py  gateways as chunk sources, rendezvous order, warm-up; large chunks streamed
+                    into place through store/rangeread.py
+    httpget.py      the small stdlib HTTP/1.1 GET client for the gateways' metadata and packs
     gatewaystore.py   HEAD and snapshots through the gateway pool (a store wrapper under the VolumeRepo)
-    localcopy.py    warm hydrates: copy_file_range from a copy this worker holds, verified over mmap
+    localcopy.py    warm hydrates: copy_file_range from a copy this worker holds (one call per run
+                    of chunks), trusted on its stat fingerprint (stamp.py) or verified over mmap
+    stamp.py        stat fingerprints: when a local copy may be served without hashing it again
+    flight.py       a lock file per large file: processes on one worker share one download
     upload.py       new chunks and packs -> store
 
 A layer of its own below the volume operations (``syncd.engine``): these modules know

@@ -375,21 +375,25 @@ class _Verifier:
                 self.index, self.digest = self.index + 1, hasher()
 
     def write(self, view: memoryview) -> None:
-        assert self.write_sync is not None
         self.feed(view)
+        self._pass_on(view)
+
+    def whole(self, view: memoryview) -> bool:
+        """A body in one piece (one chunk): hashed first, written only if it is the chunk."""
+        if len(self.refs) != 1 or len(view) != self.bounds[-1] or not verify(self.refs[0].id, view):
+            return False
+        self.index, self.done = 1, len(view)
+        self._pass_on(view)
+        return True
+
+    def _pass_on(self, view: memoryview) -> None:
+        assert self.write_sync is not None
         try:
             self.write_sync(self.position, view)
         except BaseException as exc:
             self.raised = exc
             raise
         self.position += len(view)
-
-    def whole(self, view: memoryview) -> bool:
-        """A body in one piece (one chunk): hashed first, written only if it is the chunk."""
-        if len(view) != self.bounds[-1] or not verify(self.refs[0].id, view):
-            return False
-        self.write(view)
-        return True
 
     def verified(self) -> bool:
         """Every chunk came whole, and each hashed to its id."""
