@@ -298,17 +298,9 @@ def readers(ctx: Context, paths: dict[str, Path]) -> Scenario:
         shutil.rmtree(out, ignore_errors=True)
         return run
 
-    def s5(i: int) -> Run:
-        out = ctx.fresh("out")
-        cmds = [[*_s5(ctx), "cp", f"{ctx.s3}/{RAW}/fan/shared.bin", str(out / f"r{n}.bin")] for n in range(count)]
-        run = run_procs("s5cmd", cmds, ctx.tool_env, size * count, ctx.server_pid)
-        run.extra["origin_bytes"] = size * count
-        shutil.rmtree(out, ignore_errors=True)
-        return run
-
     reps: dict[str, Rep] = {"syncd": syncd}
     if "s5cmd" in ctx.tools:
-        reps["s5cmd"] = s5
+        reps["s5cmd"] = _many_s5cmd(ctx, "fan/shared.bin", size, count)
     return Scenario("readers", f"{count} concurrent cold readers of one {size >> 20} MiB volume, "
                     "no gateway", reps, "s5cmd", None,
                     note="each reader is its own worker (own cache), so origin bytes = readers x size")
@@ -332,19 +324,24 @@ def readers_shared(ctx: Context, paths: dict[str, Path]) -> Scenario:
         shutil.rmtree(out, ignore_errors=True)
         return run
 
-    def s5(i: int) -> Run:
-        out = ctx.fresh("out")
-        cmds = [[*_s5(ctx), "cp", f"{ctx.s3}/{RAW}/large/big.bin", str(out / f"r{n}.bin")] for n in range(count)]
-        run = run_procs("s5cmd", cmds, ctx.tool_env, size * count, ctx.server_pid)
-        shutil.rmtree(out, ignore_errors=True)
-        return run
-
     reps: dict[str, Rep] = {"syncd": syncd}
     if "s5cmd" in ctx.tools:
-        reps["s5cmd"] = s5
+        reps["s5cmd"] = _many_s5cmd(ctx, "large/big.bin", size, count)
     return Scenario("readers_shared", f"{count} processes on one machine hydrating one {size >> 20} MiB "
                     "volume at once (one cache), no gateway", reps, "s5cmd", 1.0,
                     note="syncd downloads once and copies locally (data/flight.py); s5cmd downloads each")
+
+
+def _many_s5cmd(ctx: Context, key: str, size: int, count: int) -> Rep:
+    """``count`` s5cmd downloads of ``raw/<key>`` started at once, each into its own file."""
+    def rep(i: int) -> Run:
+        out = ctx.fresh("out")
+        cmds = [[*_s5(ctx), "cp", f"{ctx.s3}/{RAW}/{key}", str(out / f"r{n}.bin")] for n in range(count)]
+        run = run_procs("s5cmd", cmds, ctx.tool_env, size * count, ctx.server_pid)
+        run.extra["origin_bytes"] = size * count
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+    return rep
 
 
 def startup(ctx: Context, paths: dict[str, Path]) -> Scenario:
