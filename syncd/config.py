@@ -31,8 +31,11 @@ SYNCD_LARGE_PACK_SIZE        32 MiB              consecutive new chunks of one l
                                                  with one ranged GET); 0: a chunk each
 SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
 SYNCD_MAX_INFLIGHT_BYTES     64 MiB              chunk bytes held in memory at once
-SYNCD_RETRIES                6                   attempts for a transient failure
-SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds
+SYNCD_RETRIES                6                   attempts for a transient failure (at least)
+SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds (doubling, <= 5)
+SYNCD_STORE_DEADLINE         30                  seconds one store request keeps retrying
+                                                 a transient failure (an outage) once the
+                                                 store has answered; then it fails
 SYNCD_CONNECT_TIMEOUT        10                  seconds
 SYNCD_READ_TIMEOUT           60                  seconds
 SYNCD_MULTIPART_THRESHOLD    64 MiB              objects above this use multipart
@@ -157,6 +160,7 @@ class Config:
     max_inflight_bytes: int = 64 * MiB
     retries: int = 6
     retry_base_delay: float = 0.1
+    store_deadline: float = 30.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     multipart_threshold: int = 64 * MiB
@@ -192,6 +196,8 @@ class Config:
             raise ConfigError("SYNCD_CACHE_LARGE must be 'ref' or 'copy'")
         if self.max_connections < 1 or self.retries < 1:
             raise ConfigError("SYNCD_MAX_CONNECTIONS and SYNCD_RETRIES must be >= 1")
+        if not 0 <= self.store_deadline <= 86400:
+            raise ConfigError("SYNCD_STORE_DEADLINE must be between 0 and 86400 seconds")
         if self.multipart_part_size < 5 * MiB:
             raise ConfigError("SYNCD_MULTIPART_PART_SIZE must be at least 5 MiB (S3's minimum)")
         if (self.keep_snapshots is not None and self.keep_snapshots < 1) or \
@@ -243,6 +249,7 @@ class Config:
         number("SYNCD_MAX_CONNECTIONS", "max_connections", int)
         number("SYNCD_RETRIES", "retries", int)
         number("SYNCD_RETRY_BASE_DELAY", "retry_base_delay", float)
+        number("SYNCD_STORE_DEADLINE", "store_deadline", float)
         number("SYNCD_CONNECT_TIMEOUT", "connect_timeout", float)
         number("SYNCD_READ_TIMEOUT", "read_timeout", float)
         number("SYNCD_STALE_UPLOAD_AGE", "stale_upload_age", float)

@@ -5,7 +5,8 @@
     ObstoreStore       moves bytes, translates errors (SYNCD_STORE_BACKEND: obstore by
                        default, or aiobotocore's S3Store; store/select.py)
     LimitingStore      at most SYNCD_MAX_CONNECTIONS requests in flight
-    RetryingStore      backoff on TransientStoreError, SYNCD_RETRIES attempts
+    RetryingStore      backoff on TransientStoreError: SYNCD_RETRIES attempts, and
+                       for SYNCD_STORE_DEADLINE seconds once the store has answered
     CountingStore      per-operation counts and bytes (tests, metrics)
     GatewayStore       (with SYNCD_GATEWAY, under the VolumeRepo only) HEAD, snapshots
                        and trees through the gateway pool, then the store
@@ -69,7 +70,8 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
                 cache.close()
             raise
     counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
-                                          config.retries, config.retry_base_delay))
+                                          config.retries, config.retry_base_delay,
+                                          deadline=config.store_deadline))
     if not sources and config.gateways:
         from syncd.data.gatewayclient import gateway_sources
         sources = gateway_sources(config)
