@@ -18,6 +18,7 @@ from syncd.config import Config, KiB, MiB
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
+from syncd.errors import IntegrityError
 from syncd.maint.check import check
 from syncd.maint.prune import Retention, prune
 from syncd.store.wrap import RetryingStore
@@ -155,3 +156,42 @@ async def test_killed_commits_and_hydrates_with_large_packs(config: Config, tmp_
     print("commit kill -9:", await commit_trials(packed, tmp_path / "c", zygote, trials=30, seed=21))
     print("hydrate kill -9:", await hydrate_trials(packed.replace(prefix=packed.prefix + "-h"), tmp_path / "h",
                                                    zygote, trials=30, seed=22))   # a volume of its own
+
+
+async def test_a_streamed_run_reports_each_chunk_once_as_it_verifies(packed: Config, tmp_path: Path) -> None:
+    """``stream_run(verified=...)`` (the lazy mount's readahead): each chunk of a run is reported
+    once, in order, after all its bytes were written; a chunk damaged in the store is never
+    reported, the run raises, and the chunks around it still are."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = os.urandom(4 * MiB)                          # 4 chunks, one pack
+    (src / "big.bin").write_bytes(big)
+    async with open_engine(packed) as eng:
+        await commit(eng, "vol", src)
+        snap = await eng.repo.snapshot("vol", (await eng.repo.head("vol")).snapshot or "")
+        refs = snap.entries["big.bin"].chunks
+        got = bytearray(len(big))
+        seen: list[tuple[int, bool]] = []
+
+        def write_sync(pos: int, view: memoryview) -> None:
+            got[pos:pos + len(view)] = view
+
+        async def write(pos: int, pieces: list[bytes]) -> None:
+            for piece in pieces:
+                write_sync(pos, memoryview(piece))
+                pos += len(piece)
+
+        def verified(index: int) -> None:
+            lo = index * MiB
+            seen.append((index, bytes(got[lo:lo + MiB]) == big[lo:lo + MiB]))
+        await eng.fetcher.stream_run("vol", refs, write, write_sync, verified)
+        assert seen == [(0, True), (1, True), (2, True), (3, True)] and got == big
+
+        key = eng.layout.pack("vol", refs[0].pack or "")
+        damaged = bytearray((await eng.store.get(key)).data)
+        damaged[refs[2].offset + 7] ^= 0xFF
+        await eng.store.put(key, bytes(damaged))
+        seen.clear()
+        with pytest.raises(IntegrityError):
+            await eng.fetcher.stream_run("vol", refs, write, write_sync, verified)
+        assert seen == [(0, True), (1, True), (3, True)]

@@ -28,7 +28,8 @@ is streamed (store.open_stream, one GET) into the caller's writer in ~1 MiB
 batches, each chunk hashed on the way up to its boundary, never held whole in
 memory (or, from a store that reads into sinks, received, hashed and written
 buffer by buffer in one worker thread: ``store.read_into``, ``_Verifier``); the caller checks nothing itself, a mismatch or a body cut short is
-retried (the whole run, from position 0) and then raised. Reader rule: refs
+retried (the whole run, from position 0) and then raised; ``verified`` hears of
+each chunk as soon as it passed, so a reader can serve it before the run ends. Reader rule: refs
 that name the same pack with ``offset + size`` of one equal to the next's
 ``offset`` are read with one ranged GET ``[first.offset, last.end)``, at most
 ``SYNCD_LARGE_PACK_SIZE`` bytes a GET; every chunk is still verified alone. ``nearby`` asks only the cache and the remote sources, so the
@@ -54,6 +55,7 @@ from syncd.store.rangeread import Unsupported
 log = logging.getLogger(__name__)
 Writer = Callable[[int, list[bytes]], Awaitable[None]]  # (position in the chunk, pieces)
 SyncWriter = Callable[[int, memoryview], None]          # the same, blocking, for a reading thread
+Verified = Callable[[int], None]                        # index of a chunk whose bytes were all written and passed
 WRITE_BATCH = 1 << 20     # bytes handed to a Writer at once (measured: docs/BENCHMARKS.md)
 STREAM_ATTEMPTS = 3       # a body cut short is read again this many times in all
 
@@ -112,7 +114,7 @@ class ChunkFetcher:
         await self.stream_run(volume, [ref], write, write_sync)
 
     async def stream_run(self, volume: str, refs: Sequence[ChunkRef], write: Writer,
-                         write_sync: SyncWriter | None = None) -> None:
+                         write_sync: SyncWriter | None = None, verified: Verified | None = None) -> None:
         """Stream chunks from the store into ``write(position, pieces)`` with one GET, each verified.
 
         ``refs`` is one chunk, or chunks that lie back to back in one pack (``coalesce``);
@@ -122,6 +124,10 @@ class ChunkFetcher:
         With ``write_sync`` (the same writer, blocking) a store that reads into sinks
         (``read_into``: obstore) receives, hashes and writes each buffer in one worker
         thread, with no per-piece copies; other stores stream into ``write``.
+        ``verified(index)`` (the lazy mount's) is called once per chunk, as soon as all its
+        bytes were handed to the writer and hashed to its id, before the run ends: in the
+        reading thread with ``write_sync``, else on the loop. A chunk reported is final: a
+        retry writes its bytes again, but the caller may ignore them.
         """
         first, last = refs[0], refs[-1]
         if first.pack is None:
@@ -129,9 +135,15 @@ class ChunkFetcher:
         else:
             key, start, end = self.layout.pack(volume, first.pack), first.offset, last.offset + last.size
         bad = 0
+        reported: set[int] = set()
+
+        def once(index: int) -> None:
+            if verified is not None and index not in reported:
+                reported.add(index)
+                verified(index)
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
-                failed = await self._stream_once(volume, key, start, end, refs, write, write_sync)
+                failed = await self._stream_once(volume, key, start, end, refs, write, write_sync, once)
             except TransientStoreError as exc:  # the body broke off: read it again
                 if attempt == STREAM_ATTEMPTS:
                     raise
@@ -149,9 +161,9 @@ class ChunkFetcher:
 
     async def _stream_once(self, volume: str, key: str, start: int | None, end: int | None,
                            refs: Sequence[ChunkRef], write: Writer,
-                           write_sync: SyncWriter | None) -> ChunkRef | None:
+                           write_sync: SyncWriter | None, verified: Verified) -> ChunkRef | None:
         """One GET; the first chunk whose bytes did not hash to its id, or None."""
-        check = _Verifier(volume, key, start, end, refs)
+        check = _Verifier(volume, key, start, end, refs, verified)
         try:
             if write_sync is not None:
                 check.write_sync = write_sync
@@ -160,7 +172,7 @@ class ChunkFetcher:
                         return check.failed
                 except Unsupported as exc:
                     log.info("reading %s as a stream: %s", key, exc)
-                check = _Verifier(volume, key, start, end, refs)
+                check = _Verifier(volume, key, start, end, refs, verified)
             position, size = 0, 0
             batch: list[bytes] = []
             async with open_stream(self.store, key, start, end) as stream:
@@ -171,9 +183,11 @@ class ChunkFetcher:
                     size += len(piece)
                     if size >= WRITE_BATCH:
                         await write(position, batch)
+                        check.report()
                         position, batch, size = position + size, [], 0
                 if batch:
                     await write(position, batch)
+                    check.report()
         except NotFound as exc:
             raise _missing(volume, key) from exc
         return check.failed
@@ -286,13 +300,15 @@ class _Verifier:
     """
 
     def __init__(self, volume: str, key: str, start: int | None, end: int | None,
-                 refs: Sequence[ChunkRef]) -> None:
+                 refs: Sequence[ChunkRef], verified: Verified | None = None) -> None:
         self.volume, self.key, self.start, self.end, self.refs = volume, key, start, end, refs
         self.bounds = _bounds(refs)
         self.index, self.done, self.position = 0, 0, 0
         self.digest = hasher()
         self.failed: ChunkRef | None = None
         self.write_sync: SyncWriter | None = None
+        self.verified = verified
+        self.passed: list[int] = []   # chunks that hashed right, not yet reported
 
     def begin(self, size: int) -> None:
         if size != self.bounds[-1]:  # as _sized: never write past the chunks' place
@@ -306,15 +322,25 @@ class _Verifier:
             self.done += take
             view = view[take:]
             if self.done == self.bounds[self.index]:
-                if self.failed is None and self.digest.hexdigest() != self.refs[self.index].id:
+                if self.digest.hexdigest() == self.refs[self.index].id:
+                    self.passed.append(self.index)
+                elif self.failed is None:
                     self.failed = self.refs[self.index]
                 self.index, self.digest = self.index + 1, hasher()
+
+    def report(self) -> None:
+        """Tell ``verified`` of the chunks that passed, once their last bytes were written."""
+        if self.verified is not None:
+            for index in self.passed:
+                self.verified(index)
+        self.passed.clear()
 
     def write(self, view: memoryview) -> None:
         assert self.write_sync is not None
         self.feed(view)
         self.write_sync(self.position, view)
         self.position += len(view)
+        self.report()
 
 
 def _bounds(refs: Sequence[ChunkRef]) -> list[int]:
