@@ -278,7 +278,7 @@ class Publisher:
                     continue
                 held = await self.engine.budget.acquire(length)
                 try:
-                    data = await self.data.read(node, offset, length)
+                    data = bytes(await self.data.read(node, offset, length))
                     chunk_id = await content_id_of(data)
                 except BaseException:
                     await self.engine.budget.release(held)
