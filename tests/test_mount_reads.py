@@ -49,8 +49,8 @@ def store(m: MountProcess) -> dict[str, Any]:
 
 
 def settled(m: MountProcess) -> dict[str, Any]:
-    """The counts once no load is in flight (readahead finished)."""
-    wait_for(lambda: m.call("status")["reads"]["inflight_bytes"] == 0, 30, "readahead to finish")
+    """The counts once no load is running (readahead finished, its GETs counted)."""
+    wait_for(lambda: m.call("status")["reads"]["loading"] == 0, 30, "readahead to finish")
     return store(m)
 
 
