@@ -56,7 +56,7 @@ from syncd.engine.wiring import Engine
 from syncd.errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
 from syncd.format.layout import validate_name
 from syncd.limits import SingleFlight
-from syncd.local.mountdir import prepare_mount
+from syncd.local.mountdir import GROUP_DIR, PRIVATE_DIR, prepare_mount
 from syncd.local.watch import PollWatch, Watcher, WatchSettings, WatchUnavailable, open_watcher
 from syncd.mount.spawn import LazyMount, LazyMounts, check_mode, default_mode
 
@@ -101,6 +101,9 @@ class Agent:
         self.engine = engine
         self.config = engine.config
         self.watch = watch
+        # tasks of other uids (SYNCD_ALLOW_UIDS/_GROUP) get the mount directories and what hydrates write
+        self.file_owner = self.config.file_owner()
+        self.dir_mode = GROUP_DIR if self.config.allow_group is not None else PRIVATE_DIR
         self.mounts: dict[str, Mount] = {}
         self.closing = False
         self.resuming: set[str] = set()    # listed in the state file, not mounted yet
@@ -157,7 +160,7 @@ class Agent:
             await self.engine.repo.head(name)
         mount = Mount(name, self.config.root / name)
         resuming = await self.engine.index.exists(name, mount.path)
-        await asyncio.to_thread(prepare_mount, self.config.root, name)
+        await asyncio.to_thread(prepare_mount, self.config.root, name, self.file_owner, self.dir_mode)
         await self._sync(mount, commit_first=resuming)
         self.mounts[name] = mount
         await self._save_state()
@@ -170,7 +173,7 @@ class Agent:
         if commit_first:
             await self.commit(mount, changed=_hint(mount))
         async with mount.lock:
-            result = await hydrate(self.engine, mount.name, mount.path, changed=_hint(mount))
+            result = await hydrate(self.engine, mount.name, mount.path, changed=_hint(mount), owner=self.file_owner)
             log.info("hydrated %s to seq %d: %d file(s) written, %d deleted", mount.name, result.seq,
                      result.files_written, result.deleted)
             mount.hydrates += 1

@@ -25,6 +25,7 @@ snapshot, and views of older snapshots of the volume beyond the newest
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -40,7 +41,8 @@ from syncd.engine.transfer import get
 from syncd.engine.wiring import Engine
 from syncd.errors import ConfigError, ManifestError, SnapshotNotFound
 from syncd.limits import SingleFlight
-from syncd.local import robind
+from syncd.local import dirfd, robind
+from syncd.local import fs as localfs
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +149,33 @@ class Views:
         return target
 
 
-def writable_sub_path(mount_path: Path, sub_path: str) -> Path:
-    """``mount_path/sub_path``, created if missing (a plain directory of the synced copy)."""
+def writable_sub_path(mount_path: Path, sub_path: str, owner: localfs.Owner = None,
+                      mode: int = 0o755) -> Path:
+    """``mount_path/sub_path``, created if missing (a plain directory of the synced copy).
+
+    The task shares the mount directory: a component may be a symlink it planted
+    (``models -> /etc``). So every component is reached from a descriptor with
+    ``O_NOFOLLOW | O_DIRECTORY`` and created relative to its parent (dirfd.py): a link
+    is refused (ConfigError), never followed. What is created is given to ``owner``."""
     sub = checked_sub_path(sub_path)
-    path = mount_path / sub if sub else mount_path
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    if not sub:
+        return mount_path
+    fd = dirfd.open_root(mount_path)
+    try:
+        for part in sub.split("/"):
+            try:
+                child, created = dirfd.make_dir_at(fd, part, mode)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ConfigError(f"sub_path {sub_path!r}: {part!r} in {mount_path} is a symlink or not a "
+                                      "directory; the agent does not follow it") from exc
+                raise localfs.local_error(mount_path / sub, exc, "create") from exc
+            os.close(fd)
+            fd = child
+            if created:
+                if owner is not None:
+                    os.fchown(fd, *owner)
+                os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return mount_path / sub
