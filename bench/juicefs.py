@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import Run, peak_rss_kib, process_cpu_seconds, run_procs
+from harness import Run, drop_page_cache, peak_rss_kib, process_cpu_seconds, run_procs
 
 BUCKET = "juicefs"
 NAME = "bench"
@@ -85,14 +85,6 @@ class JuiceFS:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-
-
-def drop_page_cache() -> None:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
-    except OSError:
-        pass
 
 
 def cold_copy(jfs: JuiceFS, name: str, out: Path, nbytes: int, server_pid: int | None) -> Run:

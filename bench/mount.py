@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import juicefs
 import pyspy
-from harness import peak_rss_kib, process_cpu_seconds, run_procs
+from harness import drop_page_cache, peak_rss_kib, process_cpu_seconds, run_procs
 from juicefs import JuiceFS
 
 from syncd.config import Config, MiB, parse_size
@@ -74,14 +74,6 @@ from tests.mountutil import MountProcess
 def fresh(config: Config, scratch: Path, name: str) -> Config:
     base = scratch / f"{name}-{uuid.uuid4().hex[:6]}"
     return config.replace(cache_dir=base / "cache", state_dir=base / "state")
-
-
-def drop_page_cache() -> None:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
-    except OSError:
-        pass
 
 
 def read_all(path: Path, block: int = 1 << 20) -> int:
