@@ -16,7 +16,8 @@ requests find their chunks loaded. The run holding the chunk a sequential reader
 is started whatever the budget (one run over it at most, per reader). A run streams
 (``ChunkFetcher.stream_run``: the store reads into our buffers in a worker thread) and hands
 over each chunk the moment it has hashed to its id (``verified``), not when the run ends:
-the reader of chunk 0 of a 32 MiB run waits for 8 MiB, not 32.
+the reader of chunk 0 of a 32 MiB run waits for 8 MiB, not 32. Chunk buffers evicted from
+the LRU are reused for later runs when nothing refers to them any more (``_Pool``).
 
 Trust. A chunk buffer reaches the LRU, and so the kernel, only after it verified; once
 reported, a retry of its run no longer writes into it. A run that fails (the store is down,
@@ -189,6 +190,7 @@ class Lower:
             if index in wanted:   # the reader's own run: the rest once its chunk is here, so
                 self._deferred[node.chunks[index].id] = (node, index)   # it has the bandwidth
                 break
+
     def closed(self, node: Node) -> None:
         """The node's last handle closed: what was read ahead for it may be evicted."""
         for chunk_id in [c for c, ino in self._ahead_of.items() if ino == node.ino]:
