@@ -157,7 +157,12 @@ class Agent:
         if create:
             await self.engine.repo.create(name)
         else:
-            await self.engine.repo.head(name)
+            try:
+                await self.engine.repo.head(name)
+            except VolumeNotFound:
+                if name in self.resuming:    # deleted or renamed while the agent was down: inside this
+                    await self._forget(Mount(name, self.config.root / name))   # flight, before any new mount
+                raise
         mount = Mount(name, self.config.root / name)
         resuming = await self.engine.index.exists(name, mount.path)
         await asyncio.to_thread(prepare_mount, self.config.root, name, self.file_owner, self.dir_mode)
@@ -224,11 +229,11 @@ class Agent:
         await self._stop_watcher(mount)
         if self.mounts.get(mount.name) is mount:
             del self.mounts[mount.name]
-            await self._save_state()
-        async with mount.lock:
-            index = await self.engine.index.load(mount.name, mount.path)
-            kept = await asyncio.to_thread(set_aside, self.config.root, mount.name, index)
+        async with mount.lock:   # aside, then forget the index, then the state file: a kill in between
+            index = await self.engine.index.load(mount.name, mount.path)   # leaves it listed, so a restart
+            kept = await asyncio.to_thread(set_aside, self.config.root, mount.name, index)   # does this again
             await self.engine.index.forget(mount.name, mount.path)
+        await self._save_state()
         if kept is None:
             log.info("volume %s no longer exists; removed its local copy %s (everything in it was committed)",
                      mount.name, mount.path)
@@ -323,7 +328,11 @@ class Agent:
                     continue
                 except VolumeNotFound:
                     mount.watcher = None            # this task ends here; _forget must not cancel it
-                    await self._forget(mount)
+                    try:
+                        await self._forget(mount)
+                    except SyncdError as exc:       # the copy stays in place, listed for the next start
+                        log.error("volume %s no longer exists, and its local copy could not be set aside: %s",
+                                  mount.name, exc)
                     return
                 except SyncdError as exc:
                     mount.last_error = f"{type(exc).__name__}: {exc}"
@@ -353,7 +362,7 @@ class Agent:
                 await self.mount(name, create=False)
                 resumed.append(name)
             except VolumeNotFound:
-                log.warning("volume %s was deleted while the agent was down; not resumed", name)
+                log.warning("volume %s was deleted or renamed while the agent was down; not resumed", name)
             except SyncdError as exc:
                 log.error("cannot resume %s: %s (kept in the state file)", name, exc)
                 continue

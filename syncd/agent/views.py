@@ -73,6 +73,32 @@ def _thaw_and_remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _clear_for_view(top: Path, target: Path) -> bool:
+    """Make ``top`` and ``target``'s parent real directories, removing a symlink or file a task put
+    there (never followed); True if ``target`` already is a real directory (a view made earlier)."""
+    for path in (top, target.parent):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            path.mkdir(mode=0o755)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            log.warning("removing %s: a %s where the agent keeps read-only views", path,
+                        "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+            os.unlink(path)
+            path.mkdir(mode=0o755)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return True
+    log.warning("removing %s: a %s where a read-only view goes", target,
+                "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+    os.unlink(target)
+    return False
+
+
 def _prune(parent: Path, keep: Path) -> None:
     views = sorted((p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
                    key=lambda p: p.stat().st_mtime, reverse=True)
@@ -125,7 +151,7 @@ class Views:
         return view
 
     async def _make(self, name: str, snapshot: str | None, sub: str, target: Path) -> Path:
-        if await asyncio.to_thread(target.is_dir):
+        if await asyncio.to_thread(_clear_for_view, self.root, target):
             await self._seal(target)      # made by an earlier agent, unmounted when it stopped
             return target
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
