@@ -155,8 +155,8 @@ class ChunkFetcher:
                 return
             bad += 1
             log.warning("chunk %s from %s failed verification (attempt %d)", failed.id, key, attempt)
-            if bad == 2:  # as _from_store: a torn read gets one more chance
-                raise _corrupt(volume, failed, key)
+            if bad == 2 or attempt == STREAM_ATTEMPTS:  # as _from_store: a torn read gets one more
+                raise _corrupt(volume, failed, key)     # chance, if the attempts are not used up
         raise AssertionError("unreachable")
 
     async def _stream_once(self, volume: str, key: str, start: int | None, end: int | None,
