@@ -163,6 +163,10 @@ class Lower:
             self.errors += 1
             log.warning("read of %s chunk %s failed: %s", self.volume, ref.id, exc)
             raise FsError(errno.EIO) from exc
+        except Exception as exc:   # a bug below must still answer the kernel, never hang its reader
+            self.errors += 1
+            log.error("read of %s chunk %s failed unexpectedly: %r", self.volume, ref.id, exc)
+            raise FsError(errno.EIO) from exc
         self._read(ref.id)
         return data
 
