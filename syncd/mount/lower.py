@@ -17,7 +17,9 @@ is started whatever the budget (one run over it at most, per reader). A run stre
 (``ChunkFetcher.stream_run``: the store reads into our buffers in a worker thread) and hands
 over each chunk the moment it has hashed to its id (``verified``), not when the run ends:
 the reader of chunk 0 of a 32 MiB run waits for 8 MiB, not 32. Chunk buffers evicted from
-the LRU are reused for later runs when nothing refers to them any more (``_Pool``).
+the LRU are reused for later runs when nothing refers to them any more (``_Pool``). Memory:
+``memory`` (SYNCD_MOUNT_MEMORY), plus at most ``POOL`` idle buffers and ``CACHE_WRITES``
+chunk copies waiting for the disk, plus the chunk of a random read the budget had no room for.
 
 Trust. A chunk buffer reaches the LRU, and so the kernel, only after it verified; once
 reported, a retry of its run no longer writes into it. A run that fails (the store is down,
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 Buffer = bytes | bytearray
 PACK_WINDOW = 4 << 20
 KEEP_READ = 2           # chunks already read that eviction leaves alone, newest first
-POOL = 8                # chunk buffers kept for reuse at most
+POOL = 4                # chunk buffers kept for reuse at most (beyond the budget)
 CACHE_WRITES = 2        # chunk copies waiting for the disk cache at most; more are skipped
 
 
