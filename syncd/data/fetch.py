@@ -28,7 +28,8 @@ is streamed (store.open_stream, one GET) into the caller's writer in ~1 MiB
 batches, each chunk hashed on the way up to its boundary, never held whole in
 memory (or, from a store that reads into sinks, received, hashed and written
 buffer by buffer in one worker thread: ``store.read_into``, ``_Verifier``); the caller checks nothing itself, a mismatch or a body cut short is
-retried (the whole run, from position 0) and then raised. Reader rule: refs
+retried (the whole run, from position 0) and then raised; ``verified`` hears of
+each chunk as soon as it passed, so a reader can serve it before the run ends. Reader rule: refs
 that name the same pack with ``offset + size`` of one equal to the next's
 ``offset`` are read with one ranged GET ``[first.offset, last.end)``, at most
 ``SYNCD_LARGE_PACK_SIZE`` bytes a GET; every chunk is still verified alone.
@@ -64,6 +65,7 @@ from syncd.store.rangeread import Unsupported
 log = logging.getLogger(__name__)
 Writer = Callable[[int, list[bytes]], Awaitable[None]]  # (position in the chunk, pieces)
 SyncWriter = Callable[[int, memoryview], None]          # the same, blocking, for a reading thread
+Verified = Callable[[int], None]                        # index of a chunk whose bytes were all written and passed
 WRITE_BATCH = 1 << 20     # bytes handed to a Writer at once (measured: docs/BENCHMARKS.md)
 STREAM_ATTEMPTS = 3       # a body cut short is read again this many times in all
 
@@ -168,7 +170,7 @@ class ChunkFetcher:
         await self.stream_run(volume, [ref], write, write_sync)
 
     async def stream_run(self, volume: str, refs: Sequence[ChunkRef], write: Writer,
-                         write_sync: SyncWriter | None = None) -> None:
+                         write_sync: SyncWriter | None = None, verified: Verified | None = None) -> None:
         """Stream chunks into ``write(position, pieces)`` with one GET, each verified: from a
         remote source that reads into sinks (a gateway, :meth:`_run_nearby`) when one delivers
         them, else from the store.
@@ -180,8 +182,21 @@ class ChunkFetcher:
         With ``write_sync`` (the same writer, blocking) a store that reads into sinks
         (``read_into``: both backends) receives, hashes and writes each buffer in one worker
         thread, with no per-piece copies; other stores stream into ``write``.
+        ``verified(index)`` (the lazy mount's) is called once per chunk, as soon as all its
+        bytes were handed to the writer and hashed to its id, before the run ends: in the
+        reading thread with ``write_sync``, else on the loop. A chunk reported is final: a
+        retry writes its bytes again, but the caller may ignore them. From a remote source
+        (whose bad bytes the next source overwrites) the chunks are reported once all passed.
         """
+        reported: set[int] = set()
+
+        def once(index: int) -> None:
+            if verified is not None and index not in reported:
+                reported.add(index)
+                verified(index)
         if write_sync is not None and self.sources and await self._run_nearby(volume, refs, write_sync):
+            for index in range(len(refs)):
+                once(index)
             return
         first, last = refs[0], refs[-1]
         if first.pack is None:
@@ -192,7 +207,7 @@ class ChunkFetcher:
         bad = 0
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
-                failed = await stream(volume, key, start, end, refs, write, write_sync)
+                failed = await stream(volume, key, start, end, refs, write, write_sync, once)
             except TransientStoreError as exc:  # the body broke off: read it again
                 if attempt == STREAM_ATTEMPTS:
                     raise
@@ -204,19 +219,19 @@ class ChunkFetcher:
                 return
             bad += 1
             log.warning("chunk %s from %s failed verification (attempt %d)", failed.id, key, attempt)
-            if bad == 2:  # as _from_store: a torn read gets one more chance
-                raise _corrupt(volume, failed, key)
+            if bad == 2 or attempt == STREAM_ATTEMPTS:  # as _from_store: a torn read gets one more
+                raise _corrupt(volume, failed, key)     # chance, if the attempts are not used up
         raise AssertionError("unreachable")
 
     async def _stream_once(self, volume: str, key: str, start: int | None, end: int | None,
                            refs: Sequence[ChunkRef], write: Writer,
-                           write_sync: SyncWriter | None) -> ChunkRef | None:
+                           write_sync: SyncWriter | None, verified: Verified) -> ChunkRef | None:
         """One GET; the first chunk whose bytes did not hash to its id, or None."""
-        check = _Verifier(volume, key, start, end, refs)
+        check = _Verifier(volume, key, start, end, refs, on_verified=verified)
         try:
             if await self._read_direct(key, start, end, check, write_sync):
                 return check.failed
-            check = _Verifier(volume, key, start, end, refs)
+            check = _Verifier(volume, key, start, end, refs, on_verified=verified)
             position, size = 0, 0
             batch: list[bytes] = []
             async with open_stream(self.store, key, start, end) as stream:
@@ -227,28 +242,31 @@ class ChunkFetcher:
                     size += len(piece)
                     if size >= WRITE_BATCH:
                         await write(position, batch)
+                        check.report()
                         position, batch, size = position + size, [], 0
                 if batch:
                     await write(position, batch)
+                    check.report()
         except NotFound as exc:
             raise _missing(volume, key) from exc
         return check.failed
 
     async def _stream_decoded(self, volume: str, key: str, start: int | None, end: int | None,
                               refs: Sequence[ChunkRef], write: Writer,
-                              write_sync: SyncWriter | None) -> ChunkRef | None:
+                              write_sync: SyncWriter | None, verified: Verified) -> ChunkRef | None:
         """As ``_stream_once`` for a run holding compressed chunks: each chunk's stored bytes are
         collected (one chunk at a time), inflated, verified and written at its plain position."""
-        check = _Decoder(volume, key, start, end, refs)
+        check = _Decoder(volume, key, start, end, refs, on_verified=verified)
         try:
             if await self._read_direct(key, start, end, check, write_sync):
                 return check.failed
-            check = _Decoder(volume, key, start, end, refs)
+            check = _Decoder(volume, key, start, end, refs, on_verified=verified)
             async with open_stream(self.store, key, start, end) as stream:
                 check.begin(stream.size)
                 async for piece in stream.pieces:
-                    for position, plain in check.take(memoryview(piece)):
+                    for index, position, plain in check.take(memoryview(piece)):
                         await write(position, [plain])
+                        verified(index)
         except NotFound as exc:
             raise _missing(volume, key) from exc
         return check.failed
@@ -382,7 +400,8 @@ class _Verifier:
     """
 
     def __init__(self, volume: str, key: str, start: int | None, end: int | None,
-                 refs: Sequence[ChunkRef], write_sync: SyncWriter | None = None, strict: bool = True) -> None:
+                 refs: Sequence[ChunkRef], write_sync: SyncWriter | None = None, strict: bool = True,
+                 on_verified: Verified | None = None) -> None:
         self.volume, self.key, self.start, self.end, self.refs = volume, key, start, end, refs
         self.bounds = _bounds(refs)
         self.index, self.done, self.position = 0, 0, 0
@@ -390,6 +409,8 @@ class _Verifier:
         self.failed: ChunkRef | None = None
         self.write_sync, self.strict = write_sync, strict
         self.raised: BaseException | None = None   # what the caller's writer raised
+        self.on_verified = on_verified
+        self.passed: list[int] = []   # chunks that hashed right, not yet reported
 
     def begin(self, size: int) -> None:
         if size != self.bounds[-1]:  # as _sized: never write past the chunks' place
@@ -405,9 +426,18 @@ class _Verifier:
             self.done += take
             view = view[take:]
             if self.done == self.bounds[self.index]:
-                if self.failed is None and self.digest.hexdigest() != self.refs[self.index].id:
+                if self.digest.hexdigest() == self.refs[self.index].id:
+                    self.passed.append(self.index)
+                elif self.failed is None:
                     self.failed = self.refs[self.index]
                 self.index, self.digest = self.index + 1, hasher()
+
+    def report(self) -> None:
+        """Tell ``on_verified`` of the chunks that passed, once their last bytes were written."""
+        if self.on_verified is not None:
+            for index in self.passed:
+                self.on_verified(index)
+        self.passed.clear()
 
     def write(self, view: memoryview) -> None:
         self.feed(view)
@@ -429,6 +459,7 @@ class _Verifier:
             self.raised = exc
             raise
         self.position += len(view)
+        self.report()
 
     def verified(self) -> bool:
         """Every chunk came whole, and each hashed to its id."""
@@ -441,12 +472,14 @@ class _Decoder:
     Holds one chunk's stored bytes at a time (format 3 chunks are at most 2 MiB by
     default, 16 MiB compressed by the format's bound), so memory stays bounded
     like the plain path's. ``take`` returns the verified chunks completed by a
-    piece, with their positions in plain bytes; a chunk that does not verify is
-    remembered in ``failed`` and not written. Also a sink for ``store.read_into``.
+    piece, with their indexes and positions in plain bytes; a chunk that does not
+    verify is remembered in ``failed`` and not written. Also a sink for
+    ``store.read_into``, which tells ``on_verified`` of each chunk once written.
     """
 
     def __init__(self, volume: str, key: str, start: int | None, end: int | None,
-                 refs: Sequence[ChunkRef], write_sync: SyncWriter | None = None, strict: bool = True) -> None:
+                 refs: Sequence[ChunkRef], write_sync: SyncWriter | None = None, strict: bool = True,
+                 on_verified: Verified | None = None) -> None:
         self.volume, self.key, self.start, self.end, self.refs = volume, key, start, end, refs
         self.total = sum(r.stored_size for r in refs)
         self.index, self.position = 0, 0
@@ -454,6 +487,7 @@ class _Decoder:
         self.failed: ChunkRef | None = None
         self.write_sync, self.strict = write_sync, strict
         self.raised: BaseException | None = None   # what the caller's writer raised
+        self.on_verified = on_verified
 
     def begin(self, size: int) -> None:
         if size != self.total:
@@ -461,7 +495,7 @@ class _Decoder:
                 raise _WrongSize(f"{size} bytes for {self.key}, not {self.total}")
             raise _missing(self.volume, self.key, f" (bytes {self.start}..{self.end})")
 
-    def take(self, view: memoryview) -> list[tuple[int, bytes]]:
+    def take(self, view: memoryview) -> list[tuple[int, int, bytes]]:
         out = []
         while view and self.index < len(self.refs):
             ref = self.refs[self.index]
@@ -471,7 +505,7 @@ class _Decoder:
             if len(self.buffer) == ref.stored_size:
                 plain = _plain(ref, self.buffer)
                 if plain is not None and verify(ref.id, plain):
-                    out.append((self.position, bytes(plain)))
+                    out.append((self.index, self.position, bytes(plain)))
                 elif self.failed is None:
                     self.failed = ref
                 self.position += ref.size
@@ -481,12 +515,14 @@ class _Decoder:
 
     def write(self, view: memoryview) -> None:
         assert self.write_sync is not None
-        for position, plain in self.take(view):
+        for index, position, plain in self.take(view):
             try:
                 self.write_sync(position, memoryview(plain))
             except BaseException as exc:
                 self.raised = exc
                 raise
+            if self.on_verified is not None:
+                self.on_verified(index)
 
     def whole(self, view: memoryview) -> bool:
         """A body in one piece (one chunk's stored bytes): inflated, verified, then written."""
