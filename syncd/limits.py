@@ -3,7 +3,12 @@
 ``ByteBudget`` bounds the chunk bytes held in memory at once (s3transfer's
 second semaphore): a transfer acquires a chunk's size before fetching it and
 releases it once the bytes are on disk. A request larger than the whole budget
-is admitted alone rather than deadlocking.
+is admitted alone rather than deadlocking. Bytes a writer *parks* (chunks in an
+open pack, waiting for more before their PUT: data/upload.py) come back only
+when it flushes, so when a waiter needs more than the budget minus the parked
+bytes -- no PUT finishing could ever serve it -- the budget asks every
+registered writer to flush (``relieve``), and only then: flushing earlier would
+cut packs short.
 
 ``gather_all`` runs awaitables concurrently and, on the first failure, cancels
 the rest and waits for them before raising, so no orphan task keeps writing.
@@ -19,24 +24,61 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from concurrent.futures import Executor
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+class Reliever(Protocol):
+    def relieve(self) -> None:
+        """Start the PUTs of every parked byte now (without awaiting them)."""
 
 
 class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.parked = 0                 # of ``used``: held in open packs, back only when flushed
+        self.relieved = 0               # times writers were asked to flush (tests count them)
+        self._needs: list[int] = []     # what each waiting acquire asks for
+        self._writers: weakref.WeakSet[Reliever] = weakref.WeakSet()
         self._cond = asyncio.Condition()
+
+    def register(self, writer: Reliever) -> None:
+        """``writer`` parks bytes (``park``/``unpark``) and flushes them on ``relieve``."""
+        self._writers.add(writer)
+
+    def park(self, n: int) -> None:
+        self.parked += n
+        self._relieve_if_stuck()
+
+    def unpark(self, n: int) -> None:
+        self.parked -= n
+
+    def _relieve_if_stuck(self) -> None:
+        if self._needs and self.limit - self.parked < max(self._needs):
+            self.relieved += 1
+            for writer in list(self._writers):
+                writer.relieve()
+
+    def _fits(self, n: int) -> bool:
+        if self.used + n <= self.limit:
+            return True
+        self._relieve_if_stuck()
+        return False
 
     async def acquire(self, n: int) -> int:
         n = min(n, self.limit)
         async with self._cond:
-            await self._cond.wait_for(lambda: self.used + n <= self.limit)
+            self._needs.append(n)
+            try:
+                await self._cond.wait_for(lambda: self._fits(n))
+            finally:
+                self._needs.remove(n)
             self.used += n
         return n
 

@@ -18,7 +18,10 @@ one ranged GET instead of one GET per chunk (fetch.py), while every chunk keeps
 its own id, dedupe and verification (a ChunkRef into a pack, exactly the shape
 of a small file's chunk). The group is flushed when it reaches that size, when
 the file ends (``end_group``), or, to keep the byte budget from deadlocking when
-many files are read at once, when all groups together hold half the budget. A
+many files are read at once, when all groups together hold half the budget, and
+when a reader waits for more than the budget minus what open packs hold (the
+budget's ``relieve``, limits.py: chunks cut by content vary in size, so half the
+budget is not always room enough). A
 group of one plain chunk is PUT as its own chunk object; a compressed chunk
 always lives in a pack (a chunk object must hash to its id whole). PUTs go
 through ``store.put_immutable``: ``If-None-Match: *``, and a 412 means the same
@@ -97,6 +100,13 @@ class Uploader:
         self.reused_chunks = 0
         self.compressed_chunks = 0
         self._recorded: set[str] = set()
+        budget.register(self)
+
+    def relieve(self) -> None:
+        """The budget is stuck on bytes parked here: PUT every open pack now."""
+        self._flush_pack()
+        for group in list(self._groups):
+            self._end_group_now(group)
 
     def location(self, chunk_id: str) -> ChunkRef:
         return self.new.get(chunk_id) or self.known[chunk_id]
@@ -147,6 +157,7 @@ class Uploader:
             self._pack.append(member)
             self._pack_bytes += len(stored)
             self._pack_held += held
+            self.budget.park(held)
             if self._pack_bytes >= self.pack_size:
                 self._flush_pack()
         elif group is None or self.large_pack_size < 2 * len(data):
@@ -162,6 +173,7 @@ class Uploader:
                 self._end_group_now(group)
             self._groups.setdefault(group, []).append((member, held))
             self._group_bytes += held
+            self.budget.park(held)
             if self._group_bytes >= self.budget.limit // 2:  # never sit on half the budget
                 for name in list(self._groups):
                     self._end_group_now(name)
@@ -181,6 +193,7 @@ class Uploader:
     def _end_group_now(self, group: object) -> None:
         members = self._groups.pop(group, [])
         self._group_bytes -= sum(held for _, held in members)
+        self.budget.unpark(sum(held for _, held in members))
         if len(members) == 1 and not members[0][0][3]:
             (chunk_id, data, _, _), held = members[0]
             self._spawn(self._put_chunk(chunk_id, data, held))
@@ -214,6 +227,7 @@ class Uploader:
             return
         members, held = self._pack, self._pack_held
         self._pack, self._pack_bytes, self._pack_held = [], 0, 0
+        self.budget.unpark(held)
         self._spawn(self._put_pack(members, held))
 
     async def _put_pack(self, members: list[Member], held: int) -> None:
@@ -257,9 +271,11 @@ class Uploader:
         self._placing, self._tails = [], {}
         for group in list(self._groups):
             held = sum(h for _, h in self._groups.pop(group))
+            self.budget.unpark(held)
             await self.budget.release(held)
         self._group_bytes = 0
         if self._pack_held:
+            self.budget.unpark(self._pack_held)
             await self.budget.release(self._pack_held)
             self._pack, self._pack_bytes, self._pack_held = [], 0, 0
         for t in self._tasks:
