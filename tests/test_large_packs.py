@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -180,12 +181,14 @@ async def test_a_streamed_run_reports_each_chunk_once_as_it_verifies(packed: Con
     reported, the run raises, and the chunks around it still are."""
     src = tmp_path / "src"
     src.mkdir()
-    big = os.urandom(4 * MiB)                          # 4 chunks, one pack
+    big = random.Random(1).randbytes(4 * MiB)          # cut by content into 4 chunks, one pack
     (src / "big.bin").write_bytes(big)
     async with open_engine(packed) as eng:
         await commit(eng, "vol", src)
         snap = await eng.repo.snapshot("vol", (await eng.repo.head("vol")).snapshot or "")
         refs = snap.entries["big.bin"].chunks
+        assert len(refs) == 4 and len({r.pack for r in refs}) == 1
+        starts = [sum(r.size for r in refs[:i]) for i in range(len(refs))]
         got = bytearray(len(big))
         seen: list[tuple[int, bool]] = []
 
@@ -198,8 +201,8 @@ async def test_a_streamed_run_reports_each_chunk_once_as_it_verifies(packed: Con
                 pos += len(piece)
 
         def verified(index: int) -> None:
-            lo = index * MiB
-            seen.append((index, bytes(got[lo:lo + MiB]) == big[lo:lo + MiB]))
+            lo, hi = starts[index], starts[index] + refs[index].size
+            seen.append((index, bytes(got[lo:hi]) == big[lo:hi]))
         await eng.fetcher.stream_run("vol", refs, write, write_sync, verified)
         assert seen == [(0, True), (1, True), (2, True), (3, True)] and got == big
 
