@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from syncd.config import Config, MiB
+from syncd.data import localcopy
 from syncd.engine.wiring import Engine, open_engine
 from syncd.store.devserver import CREDENTIALS, SeaweedServer
 
@@ -75,6 +76,20 @@ def config(s3_endpoint: str, bucket: str, tmp_path: Path) -> Config:
                   chunk_size=1 * MiB, pack_threshold=256 * 1024, pack_size=2 * MiB,
                   large_pack_size=0, max_inflight_bytes=32 * MiB, multipart_threshold=64 * MiB, retries=4,
                   retry_base_delay=0.05, store_deadline=0.0, root=tmp_path / "volumes", socket=tmp_path / "syncd.sock")
+
+
+@pytest.fixture
+def hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts localcopy's hashes of copied ranges."""
+    calls: list[int] = []
+    real = localcopy._hash_range
+
+    def counting(fd: int, offset: int, size: int) -> str:
+        calls.append(size)
+        return real(fd, offset, size)
+
+    monkeypatch.setattr(localcopy, "_hash_range", counting)
+    return calls
 
 
 @pytest.fixture

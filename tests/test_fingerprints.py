@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from syncd.config import Config, MiB
-from syncd.data import localcopy
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
@@ -28,20 +27,6 @@ CHUNKS = len(CUTS)
 @pytest.fixture
 def config(config: Config) -> Config:
     return config.replace(large_pack_size=32 * MiB)
-
-
-@pytest.fixture
-def hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts localcopy's hashes of copied ranges."""
-    calls: list[int] = []
-    real = localcopy._hash_range
-
-    def counting(fd: int, offset: int, size: int) -> str:
-        calls.append(size)
-        return real(fd, offset, size)
-
-    monkeypatch.setattr(localcopy, "_hash_range", counting)
-    return calls
 
 
 async def _volume(config: Config, tmp_path: Path, mtime_ns: int = OLD) -> bytes:
