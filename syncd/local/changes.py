@@ -81,7 +81,16 @@ def scan_below(root: Path, top: str) -> dict[str, LocalFile]:
 
 
 def _under(path: str, tops: Collection[str]) -> bool:
-    return any(path.startswith(top + "/") for top in tops)
+    """Is ``path`` strictly below one of ``tops``? O(depth): its ancestors are looked up in ``tops``
+    (a set), never each of ``tops`` scanned (that was quadratic in a first commit, where every
+    path is changed and every file lands in ``gone``)."""
+    cut = path.rfind("/")
+    while cut > 0:
+        path = path[:cut]
+        if path in tops:
+            return True
+        cut = path.rfind("/")
+    return False
 
 
 def overlay_sync(root: Path, index: LocalIndex, changed: Collection[str]) -> dict[str, LocalFile]:
