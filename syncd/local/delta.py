@@ -43,7 +43,7 @@ Listing = dict[str, LocalFile]
 
 def _term(seed: int, name: str, loc: LocalFile) -> int:
     fingerprint = loc.fingerprint if loc.kind == "file" else None
-    return dirdigest.child_hash(seed, name, loc.kind, loc.mode, fingerprint, loc.target)
+    return dirdigest.child_hash(seed, name, loc.kind, loc.mode, fingerprint, loc.target, loc.mtime_ns)
 
 
 def _look(fd: int, rel: str, root: Path, seed: int, digests: dict[str, int], dirty: dict[str, Listing],
@@ -125,7 +125,7 @@ async def walk_changes(store: IndexStore, volume: str, root: Path,
         for name, loc in listing.items():
             path = f"{rel}/{name}" if rel else name
             tracked = rows.get(path)
-            if tracked is None or not unchanged(tracked, loc) or (loc.kind == "dir" and tracked.entry.mode != loc.mode):
+            if tracked is None or not unchanged(tracked, loc) or moved_dir(tracked, loc):
                 changed[path] = loc
     changed.update({p: None for p in rows if dirdigest.name_of(p) not in dirty[dirdigest.parent_of(p)]})
     for path in ancestors(changed):     # their mtimes moved: recorded too
@@ -135,6 +135,11 @@ async def walk_changes(store: IndexStore, volume: str, root: Path,
         elif path in dirty:
             changed[path] = lstat_one(root, path)
     return changed
+
+
+def moved_dir(tracked: Tracked, loc: LocalFile) -> bool:
+    """A directory whose mode or mtime is not its row's (both count in its parent's digest)."""
+    return loc.kind == "dir" and (tracked.entry.mode != loc.mode or tracked.entry.mtime_ns != loc.mtime_ns)
 
 
 def ancestors(paths: Collection[str]) -> set[str]:
