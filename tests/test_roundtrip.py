@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,7 +173,7 @@ async def test_hydrate_missing_volume_is_a_clear_error(engine: object, tmp_path:
 
 async def test_file_modified_during_commit_is_never_committed_torn(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.engine.commit as commit_mod
+    import syncd.engine.commitpass as commit_mod  # a large file is read chunk by chunk there
     src = tmp_path / "src"
     src.mkdir()
     target = src / "ckpt.bin"
@@ -197,7 +198,7 @@ async def test_file_modified_during_commit_is_never_committed_torn(
 
 async def test_file_that_never_settles_keeps_its_previous_version(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.engine.commit as commit_mod
+    from syncd.local import dirfd  # a small file is read whole in the walk's thread (commitscan.py)
     src = tmp_path / "src"
     src.mkdir()
     target = src / "log.bin"
@@ -205,17 +206,17 @@ async def test_file_that_never_settles_keeps_its_previous_version(
     async with open_engine(config) as eng:
         await commit(eng, "vol", src)
         target.write_bytes(b"v2" * 1000)
-        real_read = commit_mod._read_chunk
+        real_read = dirfd.read_whole
 
-        def always_racing(fd: int, offset: int, length: int) -> tuple[bytes, str]:
-            data = real_read(fd, offset, length)
+        def always_racing(dir_fd: int, name: str) -> Any:   # a writer appends while it is read
+            before, data, _ = real_read(dir_fd, name)
             with open(target, "ab") as f:
                 f.write(b"more")
-            return data
+            return before, data, os.stat(target)
 
-        monkeypatch.setattr(commit_mod, "_read_chunk", always_racing)
+        monkeypatch.setattr(dirfd, "read_whole", always_racing)
         res = await commit(eng, "vol", src)
         assert res.skipped == ["log.bin"]
-        monkeypatch.setattr(commit_mod, "_read_chunk", real_read)
+        monkeypatch.setattr(dirfd, "read_whole", real_read)
         await hydrate(eng, "vol", tmp_path / "out")
     assert (tmp_path / "out" / "log.bin").read_bytes() == b"v1" * 1000
