@@ -157,7 +157,11 @@ async def test_local_edit_survives_rehydrate_and_is_committed(config: Config, tm
         await commit(eng, "vol", src)
         (src / "a.txt").write_text("local edit")
         res = await hydrate(eng, "vol", src)
-        assert res.kept_local == ["a.txt"]
+        # the snapshot did not change a.txt: a hydrate from an exact index does not even look at it
+        # (hydratescope.py); the edit is the next commit's
+        assert res.kept_local == [] and res.files_written == 0
+        assert (src / "a.txt").read_text() == "local edit"
+        await hydrate(eng, "vol", src, changed={"a.txt"})      # the agent, whose watcher saw it
         assert (src / "a.txt").read_text() == "local edit"
         await commit(eng, "vol", src)
         await hydrate(eng, "vol", tmp_path / "other")

@@ -127,10 +127,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
 
 async def _hydrate_walk(engine: Engine, volume: str, target: Path, snap: Snapshot, sid: str | None,
                         overwrite: bool, changed: Collection[str] | None, run: _Run) -> None:
-    leftovers: list[str] = []
-    scope = await scope_of(engine, volume, target, snap, changed, leftovers)
-    for path in leftovers:
-        await in_thread(localfs.remove_at, target, path)
+    scope = await scope_of(engine, volume, target, snap, changed)
     async with HydrateWalk(engine, volume, target, scope, run, run.result, overwrite, sid) as walk:
         walk.progress_total = snap.stats.bytes if scope.old is None and snap.stats is not None else 0
         if not overwrite:

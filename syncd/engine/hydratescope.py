@@ -2,14 +2,18 @@
 
 When the index says the directory held exactly the tree of snapshot ``old``
 after its last commit or hydrate (``SyncState.exact``), hydrating to ``new``
-can only do something in a subtree whose tree id differs between ``old`` and
-``new``, or below which something changed locally since (the walk of
-delta.py, or the agent's watcher, which needs no walk). Every other subtree
-would be planned as "tracked, unchanged, same content: keep", so the walk of
-hydratewalk.py does not enter it: a re-hydrate after a 1-file commit elsewhere
-reads the trees and rows on that file's path and nothing else. Without an
-exact state (a first hydrate; one after a merge, a failure or a format-1
-snapshot) ``old`` is None and everything is entered.
+has something to write only in a subtree whose tree id differs between
+``old`` and ``new``: every other subtree is what it should be, as far as the
+snapshot is concerned, so the walk of hydratewalk.py does not enter it, and a
+re-hydrate after a 1-file commit elsewhere reads the trees, rows and
+directories on that file's path and nothing else. Local changes in a subtree
+the snapshot did not change are left as they are: they are the next commit's
+to find (hydrate never overwrote a local edit of a path the snapshot did not
+change; now it also does not look). The agent, whose watcher knows the
+changed paths for free, enters their directories too (``changed``), so a
+locally deleted tracked file there comes back as before. Without an exact
+state (a first hydrate; one after a merge, a failure or a format-1 snapshot)
+``old`` is None and everything is entered.
 
 Symlinks. A snapshot must not be hydrated if one of its links leads out of
 the volume, alone or through others; only the whole set of links can say
@@ -31,8 +35,7 @@ from syncd.engine.trees import WALK_BATCH, TreeStore
 from syncd.engine.wiring import Engine
 from syncd.errors import ManifestError, NotFound
 from syncd.format.manifest import Snapshot, TreeRef, escaping_symlinks
-from syncd.local.delta import walk_changes
-from syncd.local.dirdigest import parent_of
+from syncd.local.dirwalk import hint_tree
 from syncd.local.index import SyncState
 
 
@@ -41,29 +44,26 @@ class Scope:
     new: Snapshot                        # a v2 snapshot (root set)
     old: TreeRef | None                  # the tree the index is exactly at (None: enter everything)
     state: SyncState | None
-    changed: set[str] = field(default_factory=set)   # local changes and every ancestor of one
+    changed: dict[str, set[str]] = field(default_factory=dict)   # the watcher's paths: dir -> names
 
-    def changed_below(self, path: str) -> bool:
-        """Did something change locally at or below ``path``?"""
-        return path in self.changed
+    def hinted(self, path: str) -> set[str]:
+        """The names in directory ``path`` the watcher saw change (with every ancestor of one)."""
+        return self.changed.get(path, _NONE)
 
 
-async def scope_of(engine: Engine, volume: str, target: Path, new: Snapshot, changed: Collection[str] | None,
-                   leftovers: list[str]) -> Scope:
+_NONE: set[str] = set()
+
+
+async def scope_of(engine: Engine, volume: str, target: Path, new: Snapshot,
+                   changed: Collection[str] | None) -> Scope:
     """The scope of a hydrate of ``target`` to ``new``; refuses (ManifestError) a snapshot whose
     links could lead out of the volume."""
     assert new.root is not None
     state = await engine.index.state(volume, target)
     old = await _exact_root(engine, volume, state)
     scope = Scope(new, old, state)
-    if old is not None:
-        local = changed if changed is not None else await walk_changes(engine.index, volume, target, leftovers)
-        for path in local:
-            while path not in scope.changed:
-                scope.changed.add(path)
-                if not path:
-                    break
-                path = parent_of(path)
+    if old is not None and changed is not None:
+        scope.changed = hint_tree(changed)
     has_links = new.stats is None or new.stats.links > 0
     if has_links and (old is None or await links_may_move(engine.repo.trees, volume, old, new.root)):
         links = await engine.repo.trees.symlinks(volume, new.root)

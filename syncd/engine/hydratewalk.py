@@ -68,6 +68,7 @@ WINDOWS = 2                # windows being written while the walk goes on
 LARGE = 32                 # large files being written while the walk goes on
 ROW_BATCH = 20000          # index rows written per transaction
 MTIME_BATCH = 4096         # finished directories whose mtimes wait for the writes into them
+KEEP_PLANNED = 4096        # entries of first-pass plans kept for the second pass (a small change)
 
 Child = tuple[Entry, TreeItem, TreeRef | None]       # (entry by full path, its tree item, its tree in old)
 
@@ -93,6 +94,7 @@ class _Looked:
     local: dict[str, LocalFile]        # what is in it now, by full path
     children: dict[str, Child]         # what the snapshot has in it, by full path
     shadowed: list[tuple[str, TreeRef]] = field(default_factory=list)   # replaced locally by a non-directory
+    leftovers: list[str] = field(default_factory=list)    # a killed hydrate's temporary files in it
 
 
 @dataclass
@@ -126,6 +128,8 @@ class HydrateWalk:
         self._mtimes: list[Entry] = []
         self._pending = _Pending()
         self._started = False
+        self._planned: dict[str, _Looked] = {}
+        self._planned_size = 0
         self.progress_total = 0
         self.seed = 0
 
@@ -160,7 +164,11 @@ class HydrateWalk:
                                  "commit them first, move them away, or hydrate with --overwrite")
 
     async def hydrate(self) -> None:
-        """The second pass: plan and do, directory by directory."""
+        """The second pass: plan and do, directory by directory. The index stops claiming an
+        exact state first: a hydrate killed part-way is followed by one that visits everything
+        (removing its temporary files, hashing the files it replaced)."""
+        if self.scope.state is not None and self.scope.state.exact:
+            await self.save(False)
         await self._walk(None)
         await self._settle_writes()
 
@@ -207,6 +215,8 @@ class HydrateWalk:
         refs: list[TreeRef] = []
         room = self.trees.capacity // 4
         for visit in visits:
+            if visit.path in self._planned:
+                continue
             for ref in (visit.new, visit.old):
                 if ref is not None:
                     refs.append(ref)
@@ -219,18 +229,26 @@ class HydrateWalk:
     # ------------------------------------------------------------ planning one directory
 
     async def _look(self, visit: _Visit, checking: bool) -> _Looked | None:
-        children = await self._children(visit)
-        looked = await in_thread(self._look_sync, visit.path, children, checking, pool=self._pool)
+        if not checking and visit.path in self._planned:
+            return self._planned.pop(visit.path)     # planned by the first pass a moment ago
+        children, names = await self._children(visit)
+        looked = await in_thread(self._look_sync, visit.path, children, names, checking, pool=self._pool)
+        if checking and looked is not None and self._planned_size + len(looked.children) <= KEEP_PLANNED:
+            self._planned[visit.path] = looked      # a small change: the second pass reuses the plan
+            self._planned_size += len(looked.children) + len(looked.local)
         return looked
 
-    async def _children(self, visit: _Visit) -> dict[str, Child]:
-        """The snapshot's entries in the directory, each checked as validate_entries would be."""
+    async def _children(self, visit: _Visit) -> tuple[dict[str, Child], list[str] | None]:
+        """The snapshot's entries in the directory, each checked as validate_entries would be,
+        and the names to plan: those whose entry moved since ``old`` and those the watcher named
+        (None: every name; no ``old`` to compare with)."""
         if visit.new is None:
-            return {}
+            return {}, None
         items = await self.trees.get(self.volume, visit.new)
-        old = await self._old_trees(visit)
+        old = await self._old_items(visit)
         links = 0
         out: dict[str, Child] = {}
+        names: list[str] | None = None if old is None else sorted(self.scope.hinted(visit.path))
         for item in items:
             name = item.name
             if name.startswith(RESERVED_PREFIX) or len(visit.path) + len(name) >= MAX_PATH:
@@ -240,31 +258,45 @@ class HydrateWalk:
                 links += 1
             elif item.stats is not None:
                 links += item.stats.links
+            was = old.pop(name, None) if old is not None else None
+            if old is not None and names is not None and was is not None and was.entry == item.entry \
+                    and was.tree == item.tree and name not in self.scope.hinted(visit.path):
+                continue         # as it was when the index was exactly at ``old``: nothing to do here
             entry = with_path(item, visit.path)
-            out[entry.path] = (entry, item, old.get(name))
+            out[entry.path] = (entry, item, was.tree if was is not None else None)
+            if names is not None and name not in names:
+                names.append(name)
         if visit.claimed_links is not None and links != visit.claimed_links:
             raise ManifestError(f"volume {self.volume!r}: the tree of {visit.path or '/'} holds {links} "
                                 f"symlink(s) where its parent counts {visit.claimed_links}")
-        return out
+        if names is not None and old:
+            names += old          # gone from the snapshot
+        return out, None if names is None else sorted(set(names))
 
-    async def _old_trees(self, visit: _Visit) -> dict[str, TreeRef]:
-        """The subtrees of the directory in ``old`` (by name), to skip the ones that did not move."""
-        if visit.old is None or visit.new is None or visit.old.id == visit.new.id:
-            return {}
+    async def _old_items(self, visit: _Visit) -> dict[str, TreeItem] | None:
+        """The directory's items in ``old`` (by name); None when there is nothing to compare with."""
+        if visit.old is None or visit.new is None:
+            return None
         try:
             items = await self.trees.get(self.volume, visit.old)
         except (ManifestError, NotFound):
-            return {}        # the old tree is gone (pruned): no skipping below here
-        return {i.name: i.tree for i in items if i.tree is not None}
+            return None      # the old tree is gone (pruned): plan every name
+        return {i.name: i for i in items}
 
-    def _look_sync(self, path: str, children: dict[str, Child], checking: bool) -> _Looked | None:
-        """Worker thread: list the directory, read its rows, plan (hashing what must be verified)."""
+    def _look_sync(self, path: str, children: dict[str, Child], names: list[str] | None,
+                   checking: bool) -> _Looked | None:
+        """Worker thread: look at the directory (every entry, or ``names``), read those rows, plan
+        (hashing what must be verified)."""
         assert self._reader is not None
-        local = self._list(path, checking)
+        leftovers: list[str] = []
+        local = self._list(path, names, leftovers)
         if local is None and checking:
             return None          # nothing local here: no conflict possible below
         local = local or {}
-        rows = self._reader.children(path)
+        if names is None:
+            rows = self._reader.children(path)
+        else:
+            rows = self._reader.rows([f"{path}/{n}" if path else n for n in names])
         desired = {p: c[0] for p, c in children.items()}
         for p, entry in desired.items():   # a local directory where a file must go: all of it ours?
             loc = local.get(p)
@@ -272,10 +304,10 @@ class HydrateWalk:
                 self._add_subtree(p, local, rows)
         plan = plan_hydrate(desired, LocalIndex(None, 0, rows), local, self.overwrite)
         _settle(plan, self.target, self.overwrite)
-        return _Looked(plan, rows, local, children)
+        return _Looked(plan, rows, local, children, leftovers=leftovers)
 
-    def _list(self, path: str, checking: bool) -> dict[str, LocalFile] | None:
-        """What is in the directory now (None: it is not a directory here)."""
+    def _list(self, path: str, names: list[str] | None, leftovers: list[str]) -> dict[str, LocalFile] | None:
+        """What is in the directory now, or at ``names`` in it (None: it is not a directory here)."""
         try:
             fd = dirfd.walk(self._root_fd, path.split("/") if path else [])
         except OSError as exc:
@@ -284,15 +316,15 @@ class HydrateWalk:
             raise LocalIOError(f"cannot read directory {self.target / path}: {exc.strerror}") from exc
         out: dict[str, LocalFile] = {}
         with dirfd.closing(fd):
-            try:
-                names = dirfd.list_names(fd)
-            except OSError as exc:
-                raise LocalIOError(f"cannot read directory {self.target / path}: {exc.strerror}") from exc
+            if names is None:
+                try:
+                    names = dirfd.list_names(fd)
+                except OSError as exc:
+                    raise LocalIOError(f"cannot read directory {self.target / path}: {exc.strerror}") from exc
             for name in names:
                 full = f"{path}/{name}" if path else name
                 if name.startswith(TMP_PREFIX):
-                    if not checking:    # a killed hydrate's temporary file
-                        localfs.remove_at(self.target, full)
+                    leftovers.append(full)       # a killed hydrate's temporary file: goes (_do)
                     continue
                 found = _entry(fd, name, self.target, full)
                 if found is None:
@@ -320,7 +352,7 @@ class HydrateWalk:
         for path, (entry, item, old) in sorted(looked.children.items()):
             if entry.kind != "dir" or item.tree is None:
                 continue
-            if path in shadows:
+            if path in shadows and not checking:
                 looked.shadowed.append((path, item.tree))
             if path in skip:
                 continue
@@ -328,7 +360,7 @@ class HydrateWalk:
             here = loc is not None and loc.kind == "dir"
             if checking and not here:
                 continue         # made by the second pass: nothing local below to conflict with
-            if here and old is not None and old.id == item.tree.id and not self.scope.changed_below(path):
+            if here and old is not None and old.id == item.tree.id and not self.scope.hinted(path):
                 continue         # the tree the index is exactly at, and nothing changed below locally
             stats = item.stats
             out.append(_Visit(path, item.tree, old, None if stats is None else stats.links, entry,
@@ -347,6 +379,8 @@ class HydrateWalk:
         for path, ref in looked.shadowed:  # the snapshot's paths below a local edit: not ours to write
             result.kept_local += await self._paths_below(path, ref)
         self.late_conflicts += plan.conflicts        # appeared since the first pass: left alone
+        if looked.leftovers:
+            await in_thread(_each, localfs.remove_at, self.target, looked.leftovers)
         for path in plan.clear:
             await in_thread(localfs.remove_at, self.target, path, True)
         dirs = [e for e in plan.create + plan.meta if e.kind == "dir"]
@@ -363,6 +397,9 @@ class HydrateWalk:
         for path, tracked in plan.keep.items():
             if looked.rows.get(path) != tracked:
                 self._put(path, tracked, looked.rows.get(path))
+            loc = looked.local.get(path)
+            if tracked.entry.kind == "dir" and loc is not None and loc.mtime_ns != tracked.entry.mtime_ns:
+                self._mtimes.append(tracked.entry)   # the same directory, with the snapshot's mtime
         for entry in plan.create:
             if entry.kind == "file":
                 await self._write(entry, looked.rows.get(entry.path))

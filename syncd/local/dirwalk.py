@@ -110,6 +110,7 @@ class DirWalk:
         self.hinted = hint_tree(hint) if hint is not None else None
         self.hinted_dirs: Collection[str] = self.hinted if self.hinted is not None else ()
         self.dirs_listed = 0
+        self._digests: dict[str, int] = {}   # of the subdirectories still to enter (asked per parent)
 
     def __iter__(self) -> Iterator[DirDelta]:
         try:
@@ -158,7 +159,8 @@ class DirWalk:
             dirty, rows = True, self.reader.rows([joined(rel, n) for n in listing.names])
         else:
             listing = self._look(fd, rel, None)
-            dirty = mode == NEW or listing.total % dirdigest.MOD != self.reader.digest(rel)
+            digest = self._digests.pop(rel) if rel in self._digests else self.reader.digest(rel)
+            dirty = mode == NEW or listing.total % dirdigest.MOD != digest
             rows = self.reader.children(rel) if dirty and mode == FULL else {}
         delta = DirDelta(rel, fd)
         below: list[tuple[str, str]] = []
@@ -185,6 +187,9 @@ class DirWalk:
                     self._gone(delta, path, row)
         if delta.changes:
             yield delta
+        full = [joined(rel, name) for name, m in below if m == FULL]
+        if full:
+            self._digests.update(self.reader.digests(full))
         below.reverse()
         return below
 

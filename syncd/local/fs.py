@@ -207,24 +207,24 @@ def write_small_many(root: Path, files: list[tuple[Entry, bytes]]) -> list[Local
                     dir_fd = -1
                 dir_fd, _ = open_parent(root, entry.path)
                 current = parent_rel
-            out.append(_write_in(dir_fd, name, f"{TMP_PREFIX}{token}{n:x}", entry, data, root / entry.path))
+            out.append(_write_in(dir_fd, name, f"{TMP_PREFIX}{token}{n:x}", entry, data, root, entry.path))
     finally:
         if dir_fd >= 0:
             os.close(dir_fd)
     return out
 
 
-def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, final: Path) -> LocalFile:
+def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, root: Path, rel: str) -> LocalFile:
     """One small file, whole, into ``dir_fd``: temporary name, bytes, mtime, mode, rename."""
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
     except OSError as exc:
-        raise local_error(final, exc) from exc
+        raise local_error(root / rel, exc) from exc
     try:
         try:
-            if data:
-                pwrite_all(fd, data, 0, final)
+            if data and os.write(fd, data) != len(data):
+                pwrite_all(fd, data, 0, root / rel)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.fchmod(fd, entry.mode & SAFE_MODE_BITS)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -233,7 +233,7 @@ def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, final
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
             if isinstance(exc, OSError):
-                raise local_error(final, exc) from exc
+                raise local_error(root / rel, exc) from exc
             raise
     finally:
         os.close(fd)
