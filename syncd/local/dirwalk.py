@@ -37,7 +37,7 @@ changes; a caller that passes ``leftovers`` gets their paths.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,8 +105,10 @@ class DirWalk:
     """``iter(DirWalk(...))``: the DirDeltas of ``root`` (FULL walk, or HINT with ``hint``)."""
 
     def __init__(self, root: Path, reader: RowReader, hint: Collection[str] | None = None,
-                 leftovers: list[str] | None = None) -> None:
-        self.root, self.reader, self.leftovers = root, reader, leftovers
+                 leftovers: list[str] | None = None, on_dir: Callable[[str, int], bool] | None = None) -> None:
+        """``on_dir(path, fd)``: told of every directory entered, before it is listed (the
+        watcher adds its watch there); False: leave it alone (it moved)."""
+        self.root, self.reader, self.leftovers, self.on_dir = root, reader, leftovers, on_dir
         self.hinted = hint_tree(hint) if hint is not None else None
         self.hinted_dirs: Collection[str] = self.hinted if self.hinted is not None else ()
         self.dirs_listed = 0
@@ -153,6 +155,8 @@ class DirWalk:
     def _visit(self, fd: int, rel: str, mode: str) -> Generator[DirDelta, None, list[tuple[str, str]]]:
         """Yield the delta of one directory (if any); return its subdirectories to enter,
         as (name, mode) in reverse name order (the walk pops from the end)."""
+        if self.on_dir is not None and not self.on_dir(rel, fd):
+            return []
         if mode == HINT:
             assert self.hinted is not None
             listing = self._look(fd, rel, sorted(self.hinted.get(rel, ())))
