@@ -46,6 +46,12 @@ SYNCD_GATEWAY_HEAD_TTL       1                   seconds a gateway serves a HEAD
                                                  wrote from the store for this long
 SYNCD_ROOT                   /volumes            where the agent mounts volumes
 SYNCD_SOCKET                 /run/syncd.sock     the agent's Unix socket
+SYNCD_ALLOW_UIDS             (none)              other uids (numbers or user names,
+                                                 comma-separated) whose tasks may use the
+                                                 agent; the first owns the volume files
+SYNCD_ALLOW_GROUP            (none)              a group (gid or name) whose members may
+                                                 use the agent; the socket's group, and the
+                                                 group of the volume files
 SYNCD_KEEP_SNAPSHOTS         (all)               prune: keep the newest N snapshots
 SYNCD_KEEP_DAYS              (all)               prune: keep snapshots younger than D days
 SYNCD_PRUNE_GRACE            3600                prune: never delete objects younger than this (s)
@@ -60,7 +66,9 @@ or the server's ``InvalidBucketName``.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
+import pwd
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +112,23 @@ def check_endpoint(url: str) -> str:
     return url
 
 
+def parse_ids(text: str, kind: str) -> tuple[int, ...]:
+    """``"1000,alice"`` -> ``(1000, 1001)``: numbers as they are, names looked up (``kind``
+    ``"user"`` in the passwd database, ``"group"`` in the group database)."""
+    ids: list[int] = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        if word.isdigit():
+            ids.append(int(word))
+            continue
+        try:
+            ids.append(pwd.getpwnam(word).pw_uid if kind == "user" else grp.getgrnam(word).gr_gid)
+        except KeyError as exc:
+            raise ConfigError(f"no {kind} named {word!r} on this machine (give its number instead)") from exc
+    return tuple(ids)
+
+
 def parse_size(text: str) -> int:
     """``"8M"`` -> 8388608. Raises ConfigError on anything else."""
     match = _SIZE.match(text)
@@ -142,6 +167,8 @@ class Config:
     gateway_head_ttl: float = 1.0
     root: Path = Path("/volumes")
     socket: Path = Path("/run/syncd.sock")
+    allow_uids: tuple[int, ...] = ()    # tasks of these uids may use the agent (docs/AGENT.md)
+    allow_group: int | None = None      # and tasks in this group
     keep_snapshots: int | None = None
     keep_days: float | None = None
     prune_grace: float = 3600.0
@@ -226,8 +253,24 @@ class Config:
         if env.get("SYNCD_GATEWAY"):
             values["gateways"] = tuple(u.strip().rstrip("/") for u in env["SYNCD_GATEWAY"].split(",") if u.strip())
         text("SYNCD_GATEWAY_TOKEN", "gateway_token")
+        if env.get("SYNCD_ALLOW_UIDS"):
+            values["allow_uids"] = parse_ids(env["SYNCD_ALLOW_UIDS"], "user")
+        if env.get("SYNCD_ALLOW_GROUP"):
+            groups = parse_ids(env["SYNCD_ALLOW_GROUP"], "group")
+            if len(groups) != 1:
+                raise ConfigError("SYNCD_ALLOW_GROUP names one group (a gid or a group name)")
+            values["allow_group"] = groups[0]
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def file_owner(self) -> tuple[int, int] | None:
+        """``(uid, gid)`` the agent gives volume files and directories when tasks of other uids
+        use it: the first of ``allow_uids`` (else the agent's uid) and ``allow_group`` (else the
+        agent's gid). None when only the agent's own uid may use it: files stay as created."""
+        if not self.allow_uids and self.allow_group is None:
+            return None
+        return (self.allow_uids[0] if self.allow_uids else os.geteuid(),
+                self.allow_group if self.allow_group is not None else os.getegid())
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

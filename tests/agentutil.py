@@ -36,6 +36,10 @@ def env_for(config: Config) -> dict[str, str]:
         env["SYNCD_GATEWAY"] = ",".join(config.gateways)
     if config.gateway_token:
         env["SYNCD_GATEWAY_TOKEN"] = config.gateway_token
+    if config.allow_uids:
+        env["SYNCD_ALLOW_UIDS"] = ",".join(map(str, config.allow_uids))
+    if config.allow_group is not None:
+        env["SYNCD_ALLOW_GROUP"] = str(config.allow_group)
     return env
 
 

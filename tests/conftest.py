@@ -10,6 +10,8 @@ cache and state directories, so tests never see each other's volumes.
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,6 +43,20 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.endpoint
     finally:
         server.stop()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every uid may traverse (like / or /run on a node), so that a task of another
+    uid can reach a SYNCD_ROOT or a socket made in it and only the agent's own modes protect them.
+    Name it before ``agents`` in a test's arguments: it is then removed after the agents stopped
+    (a running agent's read-only views are bind mounts that cannot be removed)."""
+    path = Path(tempfile.mkdtemp(prefix="syncd-open-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        subprocess.run(["rm", "-rf", str(path)], check=False)   # files of other uids, read-only views
 
 
 @pytest.fixture

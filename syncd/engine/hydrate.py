@@ -102,9 +102,10 @@ class HydrateResult:
 
 async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str | None = None,
                   overwrite: bool = False, progress: Progress | None = None,
-                  changed: Collection[str] | None = None) -> HydrateResult:
+                  changed: Collection[str] | None = None, owner: localfs.Owner = None) -> HydrateResult:
     """``changed``: if given, the only local paths that may differ from the index (the agent's
-    watcher); otherwise a walk finds them (delta.py) when the index is exactly at a snapshot."""
+    watcher); otherwise a walk finds them (delta.py) when the index is exactly at a snapshot.
+    ``owner``: the (uid, gid) to give what is written (the agent's tasks of another uid; fs.py)."""
     try:
         await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
     except OSError as exc:
@@ -114,7 +115,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         sid = snapshot_id or head.snapshot
         snap = await engine.repo.header(volume, sid) if sid else None
         result = HydrateResult(volume, sid, snap.seq if snap else 0)
-        run = _Run(engine, volume, target, progress or NoProgress(), result)
+        run = _Run(engine, volume, target, progress or NoProgress(), result, owner)
         try:
             if snap is None or snap.root is None:
                 await _hydrate_whole(engine, volume, target, sid, overwrite, run)
@@ -186,8 +187,9 @@ class _Run:
     files (``write_small``) and single large files (``write_large``) that return what they wrote."""
 
     def __init__(self, engine: Engine, volume: str, root: Path, progress: Progress,
-                 result: HydrateResult) -> None:
+                 result: HydrateResult, owner: localfs.Owner = None) -> None:
         self.engine, self.volume, self.root, self.progress, self.result = engine, volume, root, progress, result
+        self.owner = owner
         self.done: dict[str, Tracked] = {}
         self.failed = True
         self.record: Callable[[Entry, LocalFile], None] | None = None
@@ -219,7 +221,7 @@ class _Run:
         for entry, st in zip(dirs, made):
             self._record(entry, st)
         for entry in (e for e in plan.meta if e.kind == "file"):
-            self._record(entry, await in_thread(localfs.set_meta, self.root, entry.path, entry))
+            self._record(entry, await in_thread(localfs.set_meta, self.root, entry.path, entry, self.owner))
             self.result.adopted += 1
         files = [e for e in plan.create if e.kind == "file"]
         self.progress.start(sum(e.size for e in files), f"hydrate {self.volume}")
@@ -232,7 +234,7 @@ class _Run:
         finally:
             self.record = None
         for entry in (e for e in plan.create if e.kind == "symlink"):
-            self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry))
+            self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry, self.owner))
         for path in plan.delete:
             await in_thread(localfs.remove_at, self.root, path)
             self.result.deleted += 1
@@ -240,7 +242,7 @@ class _Run:
         self.failed = False
 
     def _make_dirs(self, dirs: list[Entry]) -> list[LocalFile]:
-        return [localfs.make_dir(self.root, entry.path, entry) for entry in dirs]
+        return [localfs.make_dir(self.root, entry.path, entry, self.owner) for entry in dirs]
 
     def _set_dir_mtimes(self, dirs: list[Entry]) -> None:
         for entry in reversed(dirs):
@@ -265,7 +267,7 @@ class _Run:
                 data = await self.engine.fetcher.get_packed(self.volume, pack, refs) if refs else {}
                 files = [(e, b"".join(data[c.id] for c in e.chunks)) for e in batch]
                 del data
-                stats = await in_thread(localfs.write_small_many, self.root, files)
+                stats = await in_thread(localfs.write_small_many, self.root, files, self.owner)
             finally:
                 await self.engine.budget.release(held)
             for entry, st in zip(batch, stats):
@@ -302,7 +304,8 @@ class _Run:
             offset += ref.size
         async with self._files, contextlib.AsyncExitStack() as flight:
             found = await self._locate(entry, flight)
-            tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, undo=localfs.abandon_tmp)
+            tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, self.owner,
+                                  undo=localfs.abandon_tmp)
             try:
                 copied = await self._copy_local(tmp.fd, entry.chunks, offsets, found)
                 await gather_all(self._write_piece(tmp.fd, tmp.final, piece)

@@ -386,7 +386,7 @@ class HydrateWalk:
         dirs = [e for e in plan.create + plan.meta if e.kind == "dir"]
         metas = [e for e in plan.meta if e.kind == "file"]
         if dirs or metas:
-            made = await in_thread(_make_and_adopt, self.target, dirs, metas)
+            made = await in_thread(_make_and_adopt, self.target, dirs, metas, self.run.owner)
             for entry, st in zip(dirs + metas, made):
                 self._put(entry.path, Tracked(entry, st.fingerprint if entry.kind == "file" else None),
                           looked.rows.get(entry.path))
@@ -405,7 +405,8 @@ class HydrateWalk:
                 await self._write(entry, looked.rows.get(entry.path))
         links = [e for e in plan.create if e.kind == "symlink"]
         if links:
-            made = await in_thread(lambda: [localfs.make_symlink(self.target, e.path, e) for e in links])
+            owner = self.run.owner
+            made = await in_thread(lambda: [localfs.make_symlink(self.target, e.path, e, owner) for e in links])
             for entry, st in zip(links, made):
                 self._put(entry.path, Tracked(entry, None), looked.rows.get(entry.path))
         files = [p for p in plan.delete if not _is_dir(looked.rows.get(p))]
@@ -519,8 +520,9 @@ def _is_dir(row: Tracked | None) -> bool:
     return row is not None and row.entry.kind == "dir"
 
 
-def _make_and_adopt(root: Path, dirs: list[Entry], metas: list[Entry]) -> list[LocalFile]:
-    return [localfs.make_dir(root, e.path, e) for e in dirs] + [localfs.set_meta(root, e.path, e) for e in metas]
+def _make_and_adopt(root: Path, dirs: list[Entry], metas: list[Entry], owner: localfs.Owner) -> list[LocalFile]:
+    return [localfs.make_dir(root, e.path, e, owner) for e in dirs] + \
+        [localfs.set_meta(root, e.path, e, owner) for e in metas]
 
 
 def _settle(plan: Plan, root: Path, overwrite: bool) -> None:

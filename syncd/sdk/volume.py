@@ -125,6 +125,12 @@ class AgentClient:
                 raise _NotReached(AgentUnavailable(
                     f"no syncd agent at {self.socket_path} (start one with 'syncd agent', "
                     "or set SYNCD_SOCKET)")) from exc
+            except PermissionError as exc:
+                raise errors.PermissionDenied(
+                    f"uid {os.getuid()} (gid {os.getgid()}) may not connect to the agent's socket "
+                    f"{self.socket_path} (permission denied): an agent lets in only its own uid unless the "
+                    "operator names other uids in SYNCD_ALLOW_UIDS or a group in SYNCD_ALLOW_GROUP "
+                    "(docs/AGENT.md)") from exc
             conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
                          headers=headers)
             response = conn.getresponse()
