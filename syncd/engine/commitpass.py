@@ -31,12 +31,12 @@ import os
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from syncd.data.upload import Uploader
-from syncd.engine.commitscan import Item, Scan
+from syncd.engine.commitscan import Item, Scan, Step
 from syncd.engine.progress import Progress
 from syncd.engine.trees import Builder, Built
 from syncd.engine.wiring import Engine
@@ -124,7 +124,7 @@ class CommitPass:
         self.progress, self.excluded, self.spool = progress, excluded, spool
         self.recent: OrderedDict[str, ChunkRef] = OrderedDict()
         self.suspects: set[str] = set()   # keys of objects reused, not uploaded by this commit
-        self.ours: set[str] = set()       # keys of objects this commit uploaded
+        self.ours: set[str] = set()       # ids of the packs (or chunk objects) this commit uploaded
         self.changes = 0
         self.link_check = False           # may a symlink now lead out through others? (commit.py)
         self.theirs_links = True
@@ -147,19 +147,18 @@ class CommitPass:
         try:
             scan = self._scan = await in_thread(self._open_scan, hint, pool=pool)
             self.seed = scan.seed
-            done = False
-            while not done:
-                grant = await self.engine.budget.acquire(READ_STEP)
-                try:
-                    step = await in_thread(scan.step, grant, pool=pool)
-                except BaseException:
-                    await self.engine.budget.release(grant)
-                    raise
-                kept = min(grant, step.bytes)
-                if grant - kept:
-                    await self.engine.budget.release(grant - kept)
-                await self._take(step.items, step.drops, kept)
-                done = step.done
+            nxt: asyncio.Task[tuple[Step, int]] | None = asyncio.ensure_future(self._step(scan, pool))
+            try:
+                while nxt is not None:
+                    step, kept = await nxt        # the worker thread reads the next step meanwhile
+                    nxt = None if step.done else asyncio.ensure_future(self._step(scan, pool))
+                    await self._take(step.items, step.drops, kept)
+            finally:
+                if nxt is not None:
+                    nxt.cancel()
+                    with contextlib.suppress(BaseException):
+                        step, kept = await nxt
+                        await self.engine.budget.release(kept)
             await self._seal()
             while self._sealed:
                 await self._drain_one()
@@ -170,6 +169,19 @@ class CommitPass:
         finally:
             await in_thread(self._closing.close, pool=pool)
             pool.shutdown(wait=False)
+
+    async def _step(self, scan: Scan, pool: ThreadPoolExecutor) -> tuple[Step, int]:
+        """One step of the scan, holding budget for the bytes it read: (step, bytes held)."""
+        grant = await self.engine.budget.acquire(READ_STEP)
+        try:
+            step = await in_thread(scan.step, grant, pool=pool)
+        except BaseException:
+            await self.engine.budget.release(grant)
+            raise
+        kept = min(grant, step.bytes)
+        if grant - kept:
+            await self.engine.budget.release(grant - kept)
+        return step, kept
 
     def _open_scan(self, hint: frozenset[str] | None) -> Scan:
         reader = self._closing.enter_context(self.engine.index.reader(self.volume, self.source))
@@ -311,8 +323,9 @@ class CommitPass:
                 self.result.skipped.append(change.path)
                 continue
             if entry is not None and change.uploaded and entry.chunks:
-                entry = change.entry = replace(entry, chunks=tuple(up.location(c.id) for c in entry.chunks))
-                self._note_reuse(entry, up)
+                located = tuple(up.location(c.id) for c in entry.chunks)
+                entry = change.entry = Entry(entry.path, "file", entry.mode, entry.mtime_ns, entry.size, located)
+                self._note_reuse(located, up)
             await self._builder.feed(change.path, entry)
             records.append(self._record(change))
         self._remember(up.new.values())
@@ -326,13 +339,14 @@ class CommitPass:
         while len(self.recent) > RECENT:
             self.recent.popitem(last=False)
 
-    def _note_reuse(self, entry: Entry, up: Uploader) -> None:
-        for ref in entry.chunks:
-            key = object_key(self.engine.layout, self.volume, ref)
+    def _note_reuse(self, refs: tuple[ChunkRef, ...], up: Uploader) -> None:
+        """Chunks a batch did not upload itself (a dedupe hit, or a PUT that found the object
+        there) are suspects, unless an earlier batch of this commit uploaded their object."""
+        for ref in refs:
             if ref.id in up.new and ref.id not in up.existed:
-                self.ours.add(key)
-            elif key not in self.ours:
-                self.suspects.add(key)
+                self.ours.add(ref.pack or ref.id)
+            elif (ref.pack or ref.id) not in self.ours:
+                self.suspects.add(object_key(self.engine.layout, self.volume, ref))
 
     def _record(self, change: _Change) -> list[Any]:
         """The spool record of a change: its row (encoded) and what it moves its parent's digest by."""
@@ -373,10 +387,11 @@ class CommitPass:
         puts: list[Any] = []
         deletes: list[bytes] = []
         drops: list[str] = []
-        moved: dict[str, int] = {}
+        moved: dict[bytes, int] = {}       # by encoded directory: decoded once per directory
 
         def write(final: bool) -> None:
-            index.write_rows(self.volume, self.source, snapshot, seq, puts, deletes, moved, drops,
+            digests = {dec(path): value for path, value in moved.items()}
+            index.write_rows(self.volume, self.source, snapshot, seq, puts, deletes, digests, drops,
                              exact=exact if final else False)
             puts.clear()
             deletes.clear()
@@ -385,18 +400,18 @@ class CommitPass:
 
         for batch in self.spool.batches_in_order():
             for record in batch:
-                if record[0] == DROP:
-                    drops.append(dec(record[1]))
+                kind, raw = record[0], record[1]
+                if kind == DROP:
+                    drops.append(dec(raw))
                     continue
-                if record[0] != ROW or dec(record[1]) in left_out:
+                if kind != ROW or (left_out and dec(raw) in left_out):
                     continue
-                path = dec(record[1])
-                parent = dirdigest.parent_of(path)
+                parent = raw[:max(raw.rfind(b"/"), 0)]
                 moved[parent] = moved.get(parent, 0) + dirdigest.from_blob(record[3])
                 if record[2] is None:
-                    deletes.append(record[1])
+                    deletes.append(raw)
                 else:
-                    puts.append((record[1], *record[2]))
+                    puts.append((raw, *record[2]))
                 if len(puts) + len(deletes) >= INDEX_BATCH:
                     write(False)
         write(True)

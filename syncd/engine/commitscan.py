@@ -174,11 +174,12 @@ class Scan:
             if found is None:        # moved since it was listed: the next commit sees where
                 break
             before, data, after = found
-            st = from_stat(before)
-            if st.size >= self.pack_threshold:
+            if before.st_size >= self.pack_threshold:
                 item.large = True
                 return
-            if from_stat(after).fingerprint == st.fingerprint and len(data) == st.size:
+            if (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == \
+                    (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) and len(data) == before.st_size:
+                st = from_stat(before)
                 item.local, item.data, item.fingerprint = st, data, st.fingerprint
                 item.chunk = content_id(data) if data else None
                 return

@@ -35,7 +35,7 @@ import asyncio
 import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from syncd.errors import ManifestError, NotFound
@@ -410,7 +410,7 @@ class Builder:
                 if known is None and self.lookup is not None:
                     known = await self.lookup(where)
                 meta = known if known is not None and known.kind == "dir" else Entry(where, "dir", 0o755, 0)
-                node.items[part] = node = _Dir(replace(meta, path=part), {}, None)
+                node.items[part] = node = _Dir(_named(meta, part), {}, None)
             self._open.append(("/".join(parts[:depth + 1]), node))
         name = parts[-1]
         existing = node.items.get(name)
@@ -430,13 +430,13 @@ class Builder:
                 node.items[name] = sub
         elif entry.kind == "dir":
             if isinstance(existing, _Dir):
-                existing.meta, existing.drop_if_empty, existing.dirty = replace(entry, path=name), False, True
+                existing.meta, existing.drop_if_empty, existing.dirty = _named(entry, name), False, True
             elif existing is not None and existing.tree is not None:
-                node.items[name] = TreeItem(replace(entry, path=name), existing.tree, existing.stats)
+                node.items[name] = TreeItem(_named(entry, name), existing.tree, existing.stats)
             else:
-                node.items[name] = _Dir(replace(entry, path=name), {}, None)
+                node.items[name] = _Dir(_named(entry, name), {}, None)
         else:
-            node.items[name] = TreeItem(replace(entry, path=name))
+            node.items[name] = TreeItem(_named(entry, name))
         for _, n in self._open:
             n.dirty = True
 
@@ -522,10 +522,26 @@ class Builder:
 
 
 def _stats(items: list[TreeItem]) -> Stats:
-    total = Stats()
+    """What ``items`` hold, as ``sum(own_stats)`` would say, without a Stats object per item."""
+    files = dirs = size = links = 0
     for item in items:
-        total = total + item.own_stats()
-    return total
+        e = item.entry
+        if e.kind == "file":
+            files += 1
+            size += e.size
+        elif e.kind == "symlink":
+            links += 1
+        else:
+            dirs += 1
+            if item.stats is not None:
+                files, dirs = files + item.stats.files, dirs + item.stats.dirs
+                size, links = size + item.stats.bytes, links + item.stats.links
+    return Stats(files, dirs, size, links)
+
+
+def _named(entry: Entry, name: str) -> Entry:
+    """``entry`` under its bare name, as a tree holds it (dataclasses.replace, several times faster)."""
+    return Entry(name, entry.kind, entry.mode, entry.mtime_ns, entry.size, entry.chunks, entry.target)
 
 
 async def upload_packs(store: ObjectStore, layout: Layout, volume: str, built: Built) -> None:
