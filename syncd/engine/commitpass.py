@@ -130,7 +130,9 @@ class CommitPass:
         self.theirs_links = True
         self.seed = 0
         self._batch: _Batch | None = None
-        self._sealed: deque[tuple[_Batch, asyncio.Task[None]]] = deque()
+        self._drains: deque[asyncio.Task[None]] = deque()   # batches uploading, then draining, in order
+        self._closed: list[_Batch] = []                      # batches sealed and not drained yet
+        self._build_pool = ThreadPoolExecutor(1, thread_name_prefix="syncd-build")
         self._builder: Builder | None = None
         self._readers = asyncio.Semaphore(READERS)
         self._scan: Scan | None = None
@@ -160,8 +162,8 @@ class CommitPass:
                         step, kept = await nxt
                         await self.engine.budget.release(kept)
             await self._seal()
-            while self._sealed:
-                await self._drain_one()
+            while self._drains:
+                await self._drains.popleft()
             return await self._builder.finish()
         except BaseException:
             await self._abandon()
@@ -169,6 +171,7 @@ class CommitPass:
         finally:
             await in_thread(self._closing.close, pool=pool)
             pool.shutdown(wait=False)
+            self._build_pool.shutdown(wait=False)
 
     async def _step(self, scan: Scan, pool: ThreadPoolExecutor) -> tuple[Step, int]:
         """One step of the scan, holding budget for the bytes it read: (step, bytes held)."""
@@ -204,15 +207,17 @@ class CommitPass:
     async def _abandon(self) -> None:
         if self._builder is not None:
             self._builder.discard()
-        batches = [b for b, _ in self._sealed] + ([self._batch] if self._batch is not None else [])
-        for task in [t for _, t in self._sealed]:
+        for task in self._drains:
             task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
+        batches = self._closed + ([self._batch] if self._batch is not None else [])
         for batch in batches:
             for change in batch.changes:
                 if change.large is not None:
                     change.large.cancel()
             await batch.uploader.abort()
-        self._sealed.clear()
+        self._drains.clear()
+        self._closed = []
         self._batch = None
 
     # ------------------------------------------------------------ changes in, batches out
@@ -291,32 +296,37 @@ class CommitPass:
             self.link_check = True       # a directory replaced: links through it may now lead elsewhere
 
     async def _seal(self) -> None:
+        """Close the open batch: its uploads finish and it is drained (in order, in the build
+        thread) while the next one fills; at most SEALED wait."""
         batch, self._batch = self._batch, None
         if batch is None:
             return
+        self._closed.append(batch)
+        previous = self._drains[-1] if self._drains else None
+        self._drains.append(asyncio.ensure_future(self._finish_and_drain(batch, previous)))
+        while len(self._drains) > SEALED:
+            await self._drains.popleft()
 
-        async def finish() -> None:
-            for change in batch.changes:
-                if change.large is not None and (read := await change.large) is not None:
-                    change.entry, change.fingerprint = read
-            await batch.uploader.finish()
+    async def _finish_and_drain(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
+        for change in batch.changes:
+            if change.large is not None and (read := await change.large) is not None:
+                change.entry, change.fingerprint = read
+        await batch.uploader.finish()
+        if previous is not None:
+            await asyncio.shield(previous)       # batches are handed on in order
+        await in_thread(self._drain, batch, asyncio.get_running_loop(), pool=self._build_pool)
+        self._closed.remove(batch)
+        self._remember(batch.uploader.new.values())
 
-        self._sealed.append((batch, asyncio.ensure_future(finish())))
-        while len(self._sealed) > SEALED:
-            await self._drain_one()
-
-    async def _drain_one(self) -> None:
-        """The oldest batch's uploads are done: its entries get their chunks' locations and go on
-        to the tree builder and the spool, in order."""
-        batch, task = self._sealed[0]
-        await task
-        self._sealed.popleft()
+    def _drain(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> None:
+        """Build thread: the batch's entries get their chunks' locations and go on to the tree
+        builder and the spool, in order."""
         up = batch.uploader
         self.result.uploaded_chunks += up.uploaded_chunks
         self.result.uploaded_bytes += up.uploaded_bytes
         self.result.reused_chunks += up.reused_chunks
         records: list[list[Any]] = [[DROP, enc(top)] for top in batch.drops]
-        assert self._builder is not None
+        feed: list[tuple[str, Entry | None]] = []
         for change in batch.changes:
             entry = change.entry
             if change.large is not None and entry is None:
@@ -326,10 +336,11 @@ class CommitPass:
                 located = tuple(up.location(c.id) for c in entry.chunks)
                 entry = change.entry = Entry(entry.path, "file", entry.mode, entry.mtime_ns, entry.size, located)
                 self._note_reuse(located, up)
-            await self._builder.feed(change.path, entry)
+            feed.append((change.path, entry))
             records.append(self._record(change))
-        self._remember(up.new.values())
-        await in_thread(self.spool.add, records)
+        assert self._builder is not None
+        self._builder.feed_from_thread(feed, loop)
+        self.spool.add(records)
 
     def _remember(self, refs: Iterable[ChunkRef]) -> None:
         for ref in refs:

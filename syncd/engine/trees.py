@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -351,14 +351,34 @@ class Builder:
         self._written = 0
         self._new: dict[str, bytes] = {}
         self._full: list[str] = []                      # packs complete and not uploaded yet
+        self._fetched: dict[str, list[TreeItem]] = {}   # trees fetched for the change being retried
+        self._metas: dict[str, Entry | None] = {}       # directories' rows, likewise
         self._uploads: list[asyncio.Task[bool]] = []
         self._uploaded = 0
 
-    async def _load(self, ref: TreeRef, original: TreeItem | None) -> _Dir:
-        items = await self.trees.get(self.volume, ref)
+    def _load(self, ref: TreeRef, original: TreeItem | None) -> _Dir:
+        items = self._fetched.pop(ref.id, None)
+        if items is None:
+            raise _Need(ref)               # the driver fetches it (TreeStore.get: its cache first) and retries
         node = _Dir(original.entry if original else None, {i.name: i for i in items}, original)
         node.dirty = False
         return node
+
+    def _meta(self, where: str) -> Entry | None:
+        if where in self.base:
+            return self.base[where]
+        if self.lookup is None:
+            return None
+        if where not in self._metas:
+            raise _Need(where)
+        return self._metas.pop(where)
+
+    async def _fetch(self, need: _Need) -> None:
+        if isinstance(need.what, TreeRef):
+            self._fetched[need.what.id] = await self.trees.get(self.volume, need.what)
+        else:
+            assert self.lookup is not None
+            self._metas[need.what] = await self.lookup(need.what)
 
     async def apply(self, changes: Changes) -> None:
         for path in sorted(changes):
@@ -366,15 +386,37 @@ class Builder:
 
     async def feed(self, path: str, entry: Entry | None) -> None:
         """Apply one change (see the class docstring for the order changes must come in)."""
+        while True:
+            try:
+                self._feed(path, entry)
+                break
+            except _Need as need:
+                await self._fetch(need)
+        if self._full or len(self._new) >= DISK_BATCH:
+            await self._ship()
+
+    def feed_from_thread(self, changes: Iterable[tuple[str, Entry | None]], loop: asyncio.AbstractEventLoop) -> None:
+        """``feed`` for a worker thread, so encoding trees does not hold up the event loop: what
+        must be fetched (a tree of theirs, a directory's row) is fetched through ``loop``. The
+        builder must not be used from the loop meanwhile."""
+        for path, entry in changes:
+            while True:
+                try:
+                    self._feed(path, entry)
+                    break
+                except _Need as need:
+                    asyncio.run_coroutine_threadsafe(self._fetch(need), loop).result()
+            if self._full or len(self._new) >= DISK_BATCH:
+                asyncio.run_coroutine_threadsafe(self._ship(), loop).result()
+
+    def _feed(self, path: str, entry: Entry | None) -> None:
         if not self._loaded_root and self.root_ref is not None:
-            self.root = await self._load(self.root_ref, None)
+            self.root = self._load(self.root_ref, None)
             self._open = [("", self.root)]
             self._loaded_root = True
         while len(self._open) > 1 and not path.startswith(self._open[-1][0] + "/"):
             self._close()
-        await self._change(path, entry)
-        if self._full or len(self._new) >= DISK_BATCH:
-            await self._ship()
+        self._change(path, entry)
 
     def _close(self) -> None:
         """Encode the deepest open directory into its parent (the walk has left it)."""
@@ -392,7 +434,9 @@ class Builder:
             assert node.meta is not None
             parent.items[name] = TreeItem(node.meta, done[0], done[1])
 
-    async def _change(self, path: str, entry: Entry | None) -> None:
+    def _change(self, path: str, entry: Entry | None) -> None:
+        """Apply one change; raises _Need (having changed nothing it cannot redo) when a tree or a
+        directory's row must be fetched first."""
         parts = path.split("/")
         node = self._open[-1][1]
         for depth in range(len(self._open) - 1, len(parts) - 1):
@@ -401,14 +445,12 @@ class Builder:
             if isinstance(slot, _Dir):
                 node = slot
             elif slot is not None and slot.tree is not None:
-                node.items[part] = node = await self._load(slot.tree, slot)
+                node.items[part] = node = self._load(slot.tree, slot)
             elif entry is None:
                 return                     # deleting below something that is not a directory here
             else:                          # a path we write below `part` makes it a directory
                 where = "/".join(parts[:depth + 1])
-                known = self.base.get(where)
-                if known is None and self.lookup is not None:
-                    known = await self.lookup(where)
+                known = self._meta(where)
                 meta = known if known is not None and known.kind == "dir" else Entry(where, "dir", 0o755, 0)
                 node.items[part] = node = _Dir(_named(meta, part), {}, None)
             self._open.append(("/".join(parts[:depth + 1]), node))
@@ -420,7 +462,7 @@ class Builder:
             if isinstance(existing, _Dir):
                 sub: _Dir | None = existing
             elif existing.tree is not None:
-                sub = await self._load(existing.tree, existing)
+                sub = self._load(existing.tree, existing)
             else:
                 sub = None
             if sub is None:
@@ -519,6 +561,14 @@ class Builder:
         pack += stored
         self._written += 1
         return ref
+
+
+class _Need(Exception):
+    """The builder needs a tree (TreeRef) or a directory's row (its path) it does not hold."""
+
+    def __init__(self, what: TreeRef | str) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 def _stats(items: list[TreeItem]) -> Stats:
