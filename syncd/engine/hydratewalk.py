@@ -23,13 +23,13 @@ writer's count of links per subtree to find them; here each visited tree's own
 count is checked against what its parent claimed, so a tree that hid a link
 fails before that link is made.
 
-Order in a directory: what is in the way goes (with --overwrite),
-subdirectories are made and file metadata adopted (one worker-thread call),
-files written (small ones wait in the window, grouped by pack: one ranged GET
-and one thread call per pack, each call opening its directories once), links
-made, entries the snapshot dropped deleted (a directory after its contents),
-and once every write into them is done, directories' mtimes set, deepest
-first. Index rows are written every ``ROW_BATCH`` rows, claiming the old
+Order in a directory: in one worker-thread call, what is in the way goes
+(with --overwrite), subdirectories are made, file metadata adopted, links made
+and files the snapshot dropped deleted; then files are written (small ones
+wait in the window, grouped by pack: one ranged GET and one thread call per
+pack, each call opening its directories once); a directory the snapshot
+dropped goes after its contents, and once every write into them is done,
+directories' mtimes are set, deepest first. Index rows are written every ``ROW_BATCH`` rows, claiming the old
 snapshot and no exactness until the last write.
 """
 
@@ -379,18 +379,12 @@ class HydrateWalk:
         for path, ref in looked.shadowed:  # the snapshot's paths below a local edit: not ours to write
             result.kept_local += await self._paths_below(path, ref)
         self.late_conflicts += plan.conflicts        # appeared since the first pass: left alone
-        if looked.leftovers:
-            await in_thread(_each, localfs.remove_at, self.target, looked.leftovers)
-        for path in plan.clear:
-            await in_thread(localfs.remove_at, self.target, path, True)
-        dirs = [e for e in plan.create + plan.meta if e.kind == "dir"]
-        metas = [e for e in plan.meta if e.kind == "file"]
-        if dirs or metas:
-            made = await in_thread(_make_and_adopt, self.target, dirs, metas, self.run.owner)
-            for entry, st in zip(dirs + metas, made):
-                self._put(entry.path, Tracked(entry, st.fingerprint if entry.kind == "file" else None),
-                          looked.rows.get(entry.path))
-            result.adopted += len(metas)
+        made = await in_thread(self._apply, looked, pool=self._pool)
+        for entry, st in made:
+            self._put(entry.path, Tracked(entry, st.fingerprint if entry.kind == "file" else None),
+                      looked.rows.get(entry.path))
+        result.adopted += sum(e.kind == "file" for e in plan.meta)
+        result.deleted += sum(not _is_dir(looked.rows.get(p)) for p in plan.delete)
         if not self._started:              # the bar starts when the directories are there
             self._started = True
             self.run.progress.start(self.progress_total, f"hydrate {self.volume}")
@@ -403,21 +397,28 @@ class HydrateWalk:
         for entry in plan.create:
             if entry.kind == "file":
                 await self._write(entry, looked.rows.get(entry.path))
-        links = [e for e in plan.create if e.kind == "symlink"]
-        if links:
-            owner = self.run.owner
-            made = await in_thread(lambda: [localfs.make_symlink(self.target, e.path, e, owner) for e in links])
-            for entry, st in zip(links, made):
-                self._put(entry.path, Tracked(entry, None), looked.rows.get(entry.path))
-        files = [p for p in plan.delete if not _is_dir(looked.rows.get(p))]
-        if files:
-            await in_thread(_each, localfs.remove_at, self.target, files)
-            result.deleted += len(files)
         for path, row in looked.rows.items():   # tracked, not in the snapshot: not tracked any more
             if path not in looked.children and not (_is_dir(row) and path in plan.delete):
                 self._gone(path, row)
         if len(self._pending) >= ROW_BATCH:
             await self.save(False)
+
+    def _apply(self, looked: _Looked) -> list[tuple[Entry, LocalFile]]:
+        """Worker thread, one call per directory: everything of its plan but writing files --
+        leftovers and what is in the way go, subdirectories are made, metadata adopted, links
+        made, the files the snapshot dropped deleted. What it made, with each one's stat."""
+        plan, root, owner = looked.plan, self.target, self.run.owner
+        for path in looked.leftovers:
+            localfs.remove_at(root, path)
+        for path in plan.clear:
+            localfs.remove_at(root, path, True)
+        made = [(e, localfs.make_dir(root, e.path, e, owner)) for e in plan.create + plan.meta if e.kind == "dir"]
+        made += [(e, localfs.set_meta(root, e.path, e, owner)) for e in plan.meta if e.kind == "file"]
+        made += [(e, localfs.make_symlink(root, e.path, e, owner)) for e in plan.create if e.kind == "symlink"]
+        for path in plan.delete:
+            if not _is_dir(looked.rows.get(path)):
+                localfs.remove_at(root, path)
+        return made
 
     async def _paths_below(self, top: str, ref: TreeRef) -> list[str]:
         out: list[str] = []
@@ -518,11 +519,6 @@ def _set_mtimes(root: Path, dirs: list[Entry]) -> None:
 
 def _is_dir(row: Tracked | None) -> bool:
     return row is not None and row.entry.kind == "dir"
-
-
-def _make_and_adopt(root: Path, dirs: list[Entry], metas: list[Entry], owner: localfs.Owner) -> list[LocalFile]:
-    return [localfs.make_dir(root, e.path, e, owner) for e in dirs] + \
-        [localfs.set_meta(root, e.path, e, owner) for e in metas]
 
 
 def _settle(plan: Plan, root: Path, overwrite: bool) -> None:
