@@ -71,7 +71,6 @@ from syncd.local.indexrows import (
     Fingerprint,
     RowReader,
     Tracked,
-    children_of,
     dec,
     decode_row,
     enc,
@@ -254,21 +253,15 @@ class IndexStore:
         return len(changes)
 
     def _update(self, volume: str, directory: Path, snapshot: str | None, seq: int,
-                changes: Mapping[str, Tracked | None], exact: bool | None,
-                old: Mapping[str, Tracked] | None = None, drop: Collection[str] = ()) -> None:
+                changes: Mapping[str, Tracked | None], exact: bool | None) -> None:
         key = self.key(volume, directory)
         self._migrate(volume, directory, key)
         with self._write() as conn:
             vol, generation = self._ensure_volume(conn, key, volume, directory)
-            for top in drop:
-                self._drop_subtree(conn, vol, top)
-            new_generation = self._apply(conn, vol, snapshot, seq, changes, old, exact)
+            new_generation = self._apply(conn, vol, snapshot, seq, changes, None, exact)
         with self._known_lock:
             known = self._known.get(key)
             if known is not None:
-                if drop:
-                    tops = tuple(t + "/" for t in drop)
-                    known.files = {p: t for p, t in known.files.items() if not p.startswith(tops)}
                 for path, tracked in changes.items():
                     if tracked is None:
                         known.files.pop(path, None)
@@ -374,16 +367,6 @@ class IndexStore:
             row = conn.execute("SELECT snapshot, seq, exact FROM volumes WHERE key=?", (key,)).fetchone()
         return None if row is None else SyncState(row[0], int(row[1]), bool(row[2]))
 
-    def _digests(self, volume: str, directory: Path) -> tuple[int, dict[str, int]]:
-        """The digest seed and every directory's digest."""
-        self._ensure_digests(volume, directory)
-        key = self.key(volume, directory)
-        with self._connect() as conn:
-            seed = self._digest_seed(conn)
-            found = conn.execute("SELECT d.path, d.digest FROM dirs d JOIN volumes v ON d.vol=v.id "
-                                 "WHERE v.key=?", (key,)).fetchall()
-        return seed, {dec(p): dirdigest.from_blob(d) for p, d in found}
-
     def _ensure_digests(self, volume: str, directory: Path) -> None:
         """Sum the digests once, from all rows, for an index written before digests existed or
         with other terms (``volumes.digests`` is the version of the terms, dirdigest.VERSION)."""
@@ -399,17 +382,6 @@ class IndexStore:
                 conn.execute("DELETE FROM dirs WHERE vol=?", (vol,))
                 self._move_digests(conn, vol, self._all_rows(conn, vol), {})
                 conn.execute("UPDATE volumes SET digests=? WHERE id=?", (dirdigest.VERSION, vol))
-
-    def _children(self, volume: str, directory: Path, dirs: Collection[str]) -> dict[str, Tracked]:
-        """The rows of the paths directly inside each of ``dirs``: a range read per directory
-        that jumps over each subdirectory's subtree instead of reading it."""
-        key = self.key(volume, directory)
-        with self._connect() as conn:
-            row = self._volume_row(conn, key)
-            if row is None:
-                return {}
-            found = [item for top in dirs for item in children_of(conn, row[0], top)]
-        return self._decoded(found)
 
     def _rows(self, volume: str, directory: Path, paths: Collection[str],
               subtrees: Collection[str]) -> dict[str, Tracked]:
@@ -476,14 +448,10 @@ class IndexStore:
         return await asyncio.to_thread(self._save, volume, directory, index, exact)
 
     async def update(self, volume: str, directory: Path, snapshot: str | None, seq: int,
-                     changes: Mapping[str, Tracked | None], *, exact: bool | None = False,
-                     old: Mapping[str, Tracked] | None = None, drop: Collection[str] = ()) -> None:
+                     changes: Mapping[str, Tracked | None], *, exact: bool | None = False) -> None:
         """Write exactly these rows (None deletes one) and the synced snapshot (``exact``: as
-        in ``save``; None keeps what was recorded). ``old``: the stored rows of every changed
-        path that has one, when the caller read them (else they are read again, one query per
-        path). ``drop``: directories whose whole subtree of rows goes (written first)."""
-        await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes), exact, old,
-                                list(drop))
+        in ``save``; None keeps what was recorded)."""
+        await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes), exact)
 
     def write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: list[EncodedRow],
                    deletes: list[bytes], digests: Mapping[str, int], drops: Collection[str] = (), *,
@@ -513,14 +481,6 @@ class IndexStore:
     async def state(self, volume: str, directory: Path) -> SyncState | None:
         """The synced snapshot without reading any row; None if the directory has no index."""
         return await asyncio.to_thread(self._state, volume, directory)
-
-    async def digests(self, volume: str, directory: Path) -> tuple[int, dict[str, int]]:
-        """(seed, digest of every directory that has children rows), see dirdigest.py."""
-        return await asyncio.to_thread(self._digests, volume, directory)
-
-    async def children(self, volume: str, directory: Path, dirs: Collection[str]) -> dict[str, Tracked]:
-        """The rows directly inside each of ``dirs`` ('' = the top), nothing deeper."""
-        return await asyncio.to_thread(self._children, volume, directory, list(dirs))
 
     async def rows(self, volume: str, directory: Path, paths: Collection[str],
                    subtrees: Collection[str] = ()) -> dict[str, Tracked]:
