@@ -23,7 +23,8 @@ SYNCD_CACHE_LARGE            ref                 large files' chunks: ``ref`` ca
                                                  reference into the hydrated file,
                                                  ``copy`` a second copy of the bytes
 SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
-SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
+SYNCD_CHUNK_SIZE             512 KiB             average chunk size of files cut by content
+                                                 (FastCDC: min /4, max *4; 64 KiB-4 MiB)
 SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
 SYNCD_PACK_SIZE              8 MiB               target size of one pack object
 SYNCD_LARGE_PACK_SIZE        32 MiB              consecutive new chunks of one large file
@@ -31,8 +32,11 @@ SYNCD_LARGE_PACK_SIZE        32 MiB              consecutive new chunks of one l
                                                  with one ranged GET); 0: a chunk each
 SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
 SYNCD_MAX_INFLIGHT_BYTES     64 MiB              chunk bytes held in memory at once
-SYNCD_RETRIES                6                   attempts for a transient failure
-SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds
+SYNCD_RETRIES                6                   attempts for a transient failure (at least)
+SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds (doubling, <= 5)
+SYNCD_STORE_DEADLINE         30                  seconds one store request keeps retrying
+                                                 a transient failure (an outage) once the
+                                                 store has answered; then it fails
 SYNCD_CONNECT_TIMEOUT        10                  seconds
 SYNCD_READ_TIMEOUT           60                  seconds
 SYNCD_MULTIPART_THRESHOLD    64 MiB              objects above this use multipart
@@ -149,14 +153,16 @@ class Config:
     cache_size: int = 10 * GiB
     cache_large: str = "ref"
     state_dir: Path = Path.home() / ".local" / "state" / "syncd"
-    chunk_size: int = 8 * MiB
+    chunk_size: int = 512 * KiB
     pack_threshold: int = 1 * MiB
     pack_size: int = 8 * MiB
     large_pack_size: int = 32 * MiB
     max_connections: int = 32
     max_inflight_bytes: int = 64 * MiB
+    mount_memory: int = 128 * MiB       # a lazy mount's verified chunks in memory, read ahead included
     retries: int = 6
     retry_base_delay: float = 0.1
+    store_deadline: float = 30.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     multipart_threshold: int = 64 * MiB
@@ -178,20 +184,22 @@ class Config:
         if self.s3_endpoint is not None:
             check_endpoint(self.s3_endpoint)
         check_bucket_name(self.bucket)
-        if self.chunk_size < 64 * KiB or self.chunk_size > 5 * GiB:
-            raise ConfigError("SYNCD_CHUNK_SIZE must be between 64 KiB and 5 GiB")
-        if self.pack_threshold > self.chunk_size:
-            raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed SYNCD_CHUNK_SIZE")
+        if self.chunk_size < 64 * KiB or self.chunk_size > 4 * MiB:
+            raise ConfigError("SYNCD_CHUNK_SIZE (the average chunk size) must be between 64 KiB and 4 MiB")
+        if self.pack_threshold > 4 * self.chunk_size:
+            raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed 4 x SYNCD_CHUNK_SIZE (the largest chunk)")
         if self.large_pack_size < 0 or self.large_pack_size > 5 * GiB:
             raise ConfigError("SYNCD_LARGE_PACK_SIZE must be between 0 and 5 GiB (one PUT)")
         if self.max_inflight_bytes < self.chunk_size:
-            raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk")
+            raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one average chunk")
         if self.store_backend not in ("obstore", "aiobotocore"):
             raise ConfigError("SYNCD_STORE_BACKEND must be 'obstore' or 'aiobotocore'")
         if self.cache_large not in ("ref", "copy"):
             raise ConfigError("SYNCD_CACHE_LARGE must be 'ref' or 'copy'")
         if self.max_connections < 1 or self.retries < 1:
             raise ConfigError("SYNCD_MAX_CONNECTIONS and SYNCD_RETRIES must be >= 1")
+        if not 0 <= self.store_deadline <= 86400:
+            raise ConfigError("SYNCD_STORE_DEADLINE must be between 0 and 86400 seconds")
         if self.multipart_part_size < 5 * MiB:
             raise ConfigError("SYNCD_MULTIPART_PART_SIZE must be at least 5 MiB (S3's minimum)")
         if (self.keep_snapshots is not None and self.keep_snapshots < 1) or \
@@ -237,12 +245,14 @@ class Config:
                             ("SYNCD_PACK_THRESHOLD", "pack_threshold"), ("SYNCD_PACK_SIZE", "pack_size"),
                             ("SYNCD_LARGE_PACK_SIZE", "large_pack_size"),
                             ("SYNCD_MAX_INFLIGHT_BYTES", "max_inflight_bytes"),
+                            ("SYNCD_MOUNT_MEMORY", "mount_memory"),
                             ("SYNCD_MULTIPART_THRESHOLD", "multipart_threshold"),
                             ("SYNCD_MULTIPART_PART_SIZE", "multipart_part_size")):
             size(name, field)
         number("SYNCD_MAX_CONNECTIONS", "max_connections", int)
         number("SYNCD_RETRIES", "retries", int)
         number("SYNCD_RETRY_BASE_DELAY", "retry_base_delay", float)
+        number("SYNCD_STORE_DEADLINE", "store_deadline", float)
         number("SYNCD_CONNECT_TIMEOUT", "connect_timeout", float)
         number("SYNCD_READ_TIMEOUT", "read_timeout", float)
         number("SYNCD_STALE_UPLOAD_AGE", "stale_upload_age", float)

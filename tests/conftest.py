@@ -74,7 +74,7 @@ def config(s3_endpoint: str, bucket: str, tmp_path: Path) -> Config:
                   owner="alice", cache_dir=tmp_path / "cache", state_dir=tmp_path / "state",
                   chunk_size=1 * MiB, pack_threshold=256 * 1024, pack_size=2 * MiB,
                   large_pack_size=0, max_inflight_bytes=32 * MiB, multipart_threshold=64 * MiB, retries=4,
-                  retry_base_delay=0.05, root=tmp_path / "volumes", socket=tmp_path / "syncd.sock")
+                  retry_base_delay=0.05, store_deadline=0.0, root=tmp_path / "volumes", socket=tmp_path / "syncd.sock")
 
 
 @pytest.fixture

@@ -177,22 +177,22 @@ async def test_hydrate_missing_volume_is_a_clear_error(engine: object, tmp_path:
 
 async def test_file_modified_during_commit_is_never_committed_torn(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.engine.commitpass as commit_mod  # a large file is read chunk by chunk there
+    import syncd.data.chunkread as chunkread
     src = tmp_path / "src"
     src.mkdir()
     target = src / "ckpt.bin"
     target.write_bytes(b"A" * (3 * 1024 * 1024))
-    real_read = commit_mod._read_chunk
+    real_read = chunkread._read_window
     writes = {"n": 0}
 
-    def racing_read(fd: int, offset: int, length: int) -> tuple[bytes, str]:
-        data = real_read(fd, offset, length)
+    def racing_read(fd: int, buf: bytearray, offset: int, *args: Any) -> list[tuple[bytes, str]]:
+        data = real_read(fd, buf, offset, *args)
         if offset == 0 and writes["n"] < 1:  # a writer rewrites the file mid-read, once
             writes["n"] += 1
             target.write_bytes(b"B" * (3 * 1024 * 1024))
         return data
 
-    monkeypatch.setattr(commit_mod, "_read_chunk", racing_read)
+    monkeypatch.setattr(chunkread, "_read_window", racing_read)
     async with open_engine(config) as eng:
         res = await commit(eng, "vol", src)
         assert res.skipped == []

@@ -6,10 +6,12 @@
    changed paths, only those paths. A file whose stat fingerprint (inode,
    size, mtime, ctime) is its row's is not looked at again; a file that
    vanished from one path and appeared at another with the same inode, size
-   and mtime is a rename, also not read. Every other file is read and hashed
-   in the walk's worker thread (a large one chunk by chunk on the event loop)
-   and its chunks handed to an Uploader, which PUTs only chunks the volume
-   lacks.
+   and mtime is a rename, also not read. Every other file is read and cut by
+   content exactly as every writer cuts it (format/chunking.py: a small file
+   whole, in the walk's worker thread; a large one window by window through
+   data/chunkread.py) and its chunks handed to an Uploader, which PUTs only
+   chunks the volume lacks (asking the volume's chunk index for chunks it
+   does not know), compressed where that pays.
 2. A file is stat'ed before and after it is read; if it changed meanwhile it
    is read again (up to 3 times) and otherwise left out of this commit (kept
    at its previous version), so a snapshot never claims bytes the file never
@@ -134,7 +136,7 @@ async def _as_v2(engine: Engine, volume: str, head: Head) -> Snapshot | None:
 
 async def _abort_stale_uploads(engine: Engine, volume: str) -> None:
     config = engine.config
-    if max(config.chunk_size, config.pack_size) <= config.multipart_threshold:
+    if max(4 * config.chunk_size, config.pack_size, config.large_pack_size) <= config.multipart_threshold:
         return  # no object of ours is ever uploaded in parts: nothing to clean
     try:
         aborted = await engine.repo.abort_stale_uploads(volume, config.stale_upload_age)

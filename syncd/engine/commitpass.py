@@ -15,12 +15,20 @@ replayed on a newer HEAD if another writer got there first. ``SEALED``
 batches may be uploading while the next fills. Nothing here holds more than
 the open batches, the directories on the walk's path and the budget's bytes.
 
-Dedupe: a chunk this commit already stored, or that a row read on the way
-names (``RECENT`` of them, most recent first), is not stored again. A chunk
-reused rather than uploaded by this commit (a rename's, a dedupe hit's, or
-one whose PUT found the object there) may be one prune is deleting; its
-object key is kept in ``suspects`` and checked before HEAD is advanced
-(commit.py).
+Chunks are cut by content exactly as every writer cuts them (format 3): a
+small file is one chunk, read and hashed in the worker thread; a large one
+goes through data/chunkread.py's ``file_chunks`` (FastCDC). Dedupe: a chunk
+this commit already stored, or that a row read on the way names (``RECENT``
+of them, most recent first), is not stored again; any other chunk is looked
+up in the volume's chunk index (one :class:`IndexSession` for the whole pass,
+so each shard is listed once) before it is compressed and uploaded. The new
+chunks are recorded in the chunk index ``RECORD_AT`` at a time and at the
+end of the pass, before HEAD moves. A chunk reused rather than uploaded by
+this commit (a rename's, a dedupe hit's, the chunk index's, or one whose PUT
+found the object there) may be one prune is deleting; its object key is kept
+in ``suspects`` and HEAD-checked before HEAD is advanced, and again if a
+prune ran meanwhile (commit.py) -- a superset of what a one-shot commit
+checks, since it does not exclude chunks HEAD's snapshot also references.
 """
 
 from __future__ import annotations
@@ -35,13 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syncd.data.chunkread import file_chunks
 from syncd.data.upload import Uploader
 from syncd.engine.commitscan import Item, Scan, Step
 from syncd.engine.progress import Progress
 from syncd.engine.trees import Builder, Built
 from syncd.engine.wiring import Engine
 from syncd.errors import LocalIOError
-from syncd.format.chunking import content_id, spans
 from syncd.format.layout import object_key
 from syncd.format.manifest import ChunkRef, Entry, Snapshot, symlink_stays_inside
 from syncd.limits import in_thread
@@ -59,6 +67,7 @@ RECENT = 65536            # chunk locations remembered for dedupe
 READERS = 4               # large files read at once
 UNSTABLE_RETRIES = 3
 INDEX_BATCH = 20000       # index rows written per transaction
+RECORD_AT = 131072        # new chunks recorded in the chunk index at once (<= 256 index objects each time)
 ROW, BUILD, DROP = 0, 1, 2   # spool records: an index row (and a tree change), a tree change only, a subtree drop
 
 
@@ -137,6 +146,8 @@ class CommitPass:
         self._readers = asyncio.Semaphore(READERS)
         self._scan: Scan | None = None
         self._closing = contextlib.ExitStack()
+        self._session = engine.index_session(volume)    # one view of the chunk index for every batch
+        self._unrecorded: dict[str, ChunkRef] = {}        # stored, not yet recorded in the chunk index
 
     # ------------------------------------------------------------ the pass
 
@@ -164,6 +175,7 @@ class CommitPass:
             await self._seal()
             while self._drains:
                 await self._drains.popleft()
+            await self._record_chunks()
             return await self._builder.finish()
         except BaseException:
             await self._abandon()
@@ -188,7 +200,7 @@ class CommitPass:
 
     def _open_scan(self, hint: frozenset[str] | None) -> Scan:
         reader = self._closing.enter_context(self.engine.index.reader(self.volume, self.source))
-        scan = Scan(self.source, reader, hint, self.engine.config.pack_threshold, self._excluded)
+        scan = Scan(self.source, reader, hint, self.engine.chunker.threshold, self._excluded)
         self._closing.callback(scan.close)
         return scan
 
@@ -257,6 +269,7 @@ class CommitPass:
                 self._add(batch, _Change(item.path, entry, item.row, item.fingerprint))
                 self.suspects.update(object_key(self.engine.layout, self.volume, c) for c in entry.chunks)
             elif item.large:
+                self.progress.more(loc.size)
                 task = asyncio.ensure_future(self._read_large(batch.uploader, item.path))
                 self._add(batch, _Change(item.path, None, item.row, large=task, uploaded=True))
             else:
@@ -272,6 +285,7 @@ class CommitPass:
                 self.result.files_read += 1
                 self.result.bytes_read += len(data)
                 batch.bytes += len(data)
+                self.progress.more(len(data))
                 self.progress.advance(len(data))
             if len(batch.changes) >= BATCH_FILES or batch.bytes >= BATCH_BYTES:
                 await self._seal()
@@ -279,9 +293,7 @@ class CommitPass:
 
     def _open_batch(self) -> _Batch:
         if self._batch is None:
-            uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
-                                self.engine.config.pack_size, _Known(self.recent),
-                                self.engine.config.large_pack_size)
+            uploader = self.engine.uploader(self.volume, _Known(self.recent), self._session, record=False)
             self._batch = _Batch(uploader)
         return self._batch
 
@@ -312,6 +324,9 @@ class CommitPass:
             if change.large is not None and (read := await change.large) is not None:
                 change.entry, change.fingerprint = read
         await batch.uploader.finish()
+        self._unrecorded.update(batch.uploader.fresh())
+        if len(self._unrecorded) >= RECORD_AT:
+            await self._record_chunks()
         if previous is not None:
             await asyncio.shield(previous)       # batches are handed on in order
         await in_thread(self._drain, batch, asyncio.get_running_loop(), pool=self._build_pool)
@@ -341,6 +356,14 @@ class CommitPass:
         assert self._builder is not None
         self._builder.feed_from_thread(feed, loop)
         self.spool.add(records)
+
+    async def _record_chunks(self) -> None:
+        """The chunks stored so far into the chunk index (before HEAD moves, like every writer:
+        a killed commit leaves hints to objects that exist). Recorded ``RECORD_AT`` at a time, not
+        per batch: each record writes one index object per shard it touches."""
+        fresh, self._unrecorded = self._unrecorded, {}
+        if self._session is not None and fresh:
+            await self._session.record(fresh.values())
 
     def _remember(self, refs: Iterable[ChunkRef]) -> None:
         for ref in refs:
@@ -444,20 +467,16 @@ class CommitPass:
             raise LocalIOError(f"cannot read {full}: {exc.strerror}") from exc
         if fd is None:
             return None
-        config, budget = self.engine.config, self.engine.budget
         try:
             before = from_stat(await in_thread(os.fstat, fd))
-            small = before.size < config.pack_threshold
-            refs = []
-            for offset, length in spans(before.size, config.chunk_size):
-                held = await budget.acquire(length)
-                data, chunk_id = await in_thread(_read_chunk, fd, offset, length)
-                if len(data) != length:
-                    await budget.release(held)
-                    return None
+            small = self.engine.chunker.whole(before.size)
+            refs = []   # cut by content (data/chunkread.py), exactly as every writer cuts it
+            async for data, chunk_id, held in file_chunks(fd, before.size, self.engine.chunker, self.engine.budget):
                 await uploader.add(chunk_id, data, held, small, group=path)
-                refs.append(ChunkRef(chunk_id, length))
-                self.progress.advance(length)
+                refs.append(ChunkRef(chunk_id, len(data)))
+                self.progress.advance(len(data))
+            if sum(r.size for r in refs) != before.size:
+                return None          # it shrank while we read it: read again
             after = from_stat(await in_thread(os.fstat, fd))
         finally:
             uploader.end_group(path)
@@ -480,7 +499,3 @@ def _tree_changes(batch: list[Any]) -> Iterator[tuple[str, Entry | None]]:
         else:
             yield path, decode_row(path, record[2][0], tuple(record[2][1:])).entry
 
-
-def _read_chunk(fd: int, offset: int, length: int) -> tuple[bytes, str]:
-    data = os.pread(fd, length, offset)
-    return data, content_id(data)

@@ -8,7 +8,7 @@ commit: two thirds of its time). So one worker thread does, per call of
 * advance the walk (local/dirwalk.py) to the next directory holding a change;
 * for each changed file of it: a rename (its inode, size and mtime are
   another row's whose path no longer holds that inode) keeps that row's
-  chunks unread; a small file (below ``pack_threshold``) is opened relative
+  chunks unread; a small file (below the chunker's threshold: one chunk) is opened relative
   to the directory's descriptor (``O_NOFOLLOW``), ``fstat``-ed, read with
   one ``pread``, ``fstat``-ed again and hashed, all here; one that changed
   while read is read again, up to ``UNSTABLE_RETRIES`` times, then left out

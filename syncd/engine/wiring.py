@@ -5,7 +5,8 @@
     ObstoreStore       moves bytes, translates errors (SYNCD_STORE_BACKEND: obstore by
                        default, or aiobotocore's S3Store; store/select.py)
     LimitingStore      at most SYNCD_MAX_CONNECTIONS requests in flight
-    RetryingStore      backoff on TransientStoreError, SYNCD_RETRIES attempts
+    RetryingStore      backoff on TransientStoreError: SYNCD_RETRIES attempts, and
+                       for SYNCD_STORE_DEADLINE seconds once the store has answered
     CountingStore      per-operation counts and bytes (tests, metrics)
     GatewayStore       (with SYNCD_GATEWAY, under the VolumeRepo only) HEAD, snapshots
                        and trees through the gateway pool, then the store
@@ -13,6 +14,9 @@
     ChunkCache         diskcache, verified, best-effort
     ChunkFetcher       cache -> gateways -> store, single-flight
     IndexStore         local sync state under SYNCD_STATE_DIR
+    ChunkIndex         the volumes' chunk index (dedupe on every write path), cached
+                       under SYNCD_STATE_DIR/chunkindex
+    Chunker            where new files are cut (FastCDC, SYNCD_CHUNK_SIZE average)
 
 Tests pass ``backend=`` to put a MemoryStore or a fault-injecting store at the
 bottom of the same stack.
@@ -21,15 +25,20 @@ bottom of the same stack.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.data.cache import ChunkCache
+from syncd.data.chunkindex import ChunkIndex, IndexSession
 from syncd.data.fetch import ChunkFetcher, ChunkSource
+from syncd.data.upload import Uploader
 from syncd.engine.volumes import VolumeRepo
+from syncd.format.chunking import Chunker
 from syncd.format.layout import Layout
+from syncd.format.manifest import ChunkRef
 from syncd.limits import ByteBudget
 from syncd.local.index import IndexStore
 from syncd.store.base import ObjectStore
@@ -51,18 +60,39 @@ class Engine:
     index: IndexStore
     budget: ByteBudget
     pooled: GatewayStore | None = None  # the VolumeRepo's reads through the gateways, if any
+    chunk_index: ChunkIndex | None = None
+    chunker: Chunker = dataclasses.field(default_factory=Chunker)
+
+    def uploader(self, volume: str, known: dict[str, ChunkRef], session: IndexSession | None = None,
+                 record: bool = True) -> Uploader:
+        """An Uploader for one write to ``volume``: large packs, compression, the chunk index
+        (``session``: one shared by several uploaders of one write; ``record``: see Uploader)."""
+        return Uploader(self.store, self.layout, volume, self.budget, self.config.pack_size, known,
+                        self.config.large_pack_size, session or self.index_session(volume), record=record)
+
+    def index_session(self, volume: str) -> IndexSession | None:
+        """One write's view of the chunk index (each shard listed once per session)."""
+        return self.chunk_index.session(volume) if self.chunk_index else None
 
 
 @contextlib.asynccontextmanager
 async def open_engine(config: Config, *, backend: ObjectStore | None = None,
                       sources: Sequence[ChunkSource] = (), use_cache: bool = True) -> AsyncIterator[Engine]:
     layout = Layout(config.prefix, config.owner)   # bad names fail before any connection is opened
+    cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
+    if cache is not None:
+        cache.open_soon()   # its SQLite opens while the store's first requests are under way
     if backend is None:
         from syncd.store.select import open_store
-        backend = await open_store(config)
+        try:
+            backend = await open_store(config)
+        except BaseException:
+            if cache is not None:
+                cache.close()
+            raise
     counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
-                                          config.retries, config.retry_base_delay))
-    cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
+                                          config.retries, config.retry_base_delay,
+                                          deadline=config.store_deadline))
     if not sources and config.gateways:
         from syncd.data.gatewayclient import gateway_sources
         sources = gateway_sources(config)
@@ -77,7 +107,8 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
     repo = VolumeRepo(pooled or counter, layout, cache=cache, tree_pool=pooled)
     engine = Engine(config, counter, counter, layout, repo, cache,
                     ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope, legacy_scope),
-                    ByteBudget(config.max_inflight_bytes), pooled)
+                    ByteBudget(config.max_inflight_bytes), pooled, ChunkIndex(counter, layout, config.state_dir, scope),
+                    Chunker(config.chunk_size, config.pack_threshold))
     try:
         yield engine
     finally:

@@ -72,8 +72,9 @@ def entry_json(e: Entry) -> str:
     integers and content ids (32 hex digits, checked where they were made), so they are written
     directly, several times faster than json.dumps; a symlink's target may need escaping."""
     if _FAST_JSON and e.kind == "file" and type(e.mode) is int and type(e.mtime_ns) is int and type(e.size) is int:
-        refs = ",".join(f'["{c.id}",{c.size:d}]' if c.pack is None else f'["{c.id}",{c.size:d},"{c.pack}",{c.offset:d}]'
-                        for c in e.chunks)
+        refs = ",".join(f'["{c.id}",{c.size:d}]' if c.pack is None else
+                        f'["{c.id}",{c.size:d},"{c.pack}",{c.offset:d}]' if not c.stored else
+                        f'["{c.id}",{c.size:d},"{c.pack}",{c.offset:d},{c.stored:d}]' for c in e.chunks)
         return f'{{"type":"file","mode":{e.mode:d},"mtime_ns":{e.mtime_ns:d},"size":{e.size:d},"chunks":[{refs}]}}'
     if _FAST_JSON and e.kind == "dir" and type(e.mode) is int and type(e.mtime_ns) is int:
         return f'{{"type":"dir","mode":{e.mode:d},"mtime_ns":{e.mtime_ns:d}}}'
@@ -88,7 +89,8 @@ _FAST_JSON = True
 def _fast_writes_as_json() -> bool:
     """Does entry_json write what json.dumps would (for the entries it writes itself)? If the
     manifest's form ever changes, the fast writer steps aside (checked once, at import)."""
-    samples = [Entry("a", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7))),
+    samples = [Entry("a", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7),
+                                                  ChunkRef("3" * 32, 9, "2" * 32, 12, 4))),
                Entry("a", "file", 0o644, 1, 0), Entry("d", "dir", 0o755, 2)]
     for e in samples:
         raw = entry_to_json(e)
@@ -114,7 +116,7 @@ def _trusted(raw: dict[str, Any]) -> Entry:
     kind = raw["type"]
     if kind == "file":
         refs = raw["chunks"]
-        if not all(type(r) is list and len(r) in (2, 4) for r in refs):
+        if not all(type(r) is list and len(r) in (2, 4, 5) for r in refs):
             raise TypeError("unexpected chunk reference shape")
         return Entry(raw["path"], "file", raw["mode"], raw["mtime_ns"], raw["size"],
                      tuple(ChunkRef(*r) for r in refs))
@@ -127,7 +129,8 @@ def _trusted(raw: dict[str, Any]) -> Entry:
 
 def _trusted_matches_manifest() -> bool:
     """Does the fast decoder still read what entry_to_json writes? (Guards against format drift.)"""
-    samples = [Entry("a/b", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7))),
+    samples = [Entry("a/b", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7),
+                                                  ChunkRef("3" * 32, 9, "2" * 32, 12, 4))),
                Entry("l", "symlink", 0o777, 3, target="a/b"), Entry("a", "dir", 0o755, 2)]
     try:
         return all(_trusted(entry_to_json(e)) == entry_from_json(entry_to_json(e)) == e for e in samples)
