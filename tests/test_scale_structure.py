@@ -5,8 +5,8 @@ every change happens) and ``q/`` (nothing, or 40 directories of 100 files that n
 so every directory on a changed path has the same size in both and only the rest of the volume
 grows. For a 1-file change, committed and re-hydrated through the CLI's path (a walk) and the
 agent's (the watcher's paths), we count the index rows read, the trees asked for (cache hits
-included) and written, the files opened and the directories listed: none may differ between the
-two volumes. Then the memory structure: with the streaming windows shrunk to a few dozen entries,
+included) and written, the files opened, the directories listed and the store requests made
+(chunk index lookups included): none may differ between the two volumes. Then the memory structure: with the streaming windows shrunk to a few dozen entries,
 the entries alive at once during a first commit and a cold hydrate of 500 and 2,500 files
 (counted, not timed) must not grow fivefold with the volume, as they did when a commit held
 every entry three times over.
@@ -84,10 +84,11 @@ class _Counts:
         monkeypatch.setattr(owner, name, counted)
 
     async def measure(self, op: Callable[[], Awaitable[Any]]) -> tuple[dict[str, int], Any]:
-        rows = self.engine.index.rows_read
+        rows, requests = self.engine.index.rows_read, sum(self.engine.store.calls.values())
         self.now = dict.fromkeys(self.now, 0)
         result = await op()
-        return {"rows": self.engine.index.rows_read - rows, **self.now}, result
+        return {"rows": self.engine.index.rows_read - rows,
+                "requests": sum(self.engine.store.calls.values()) - requests, **self.now}, result
 
 
 async def _one_change(config: Config, tmp_path: Path, other_dirs: int, monkeypatch: pytest.MonkeyPatch,
@@ -132,6 +133,9 @@ async def test_a_one_file_change_costs_the_same_at_1000_and_5000_files(
     print(small)
     listed = small["cli commit"].pop("listed"), large["cli commit"].pop("listed")
     assert listed == (13, 53)     # the CLI must walk: it lstats every directory (and reads no more rows)
+    for op in small:              # a GET may cover more of a larger volume's tree and chunk packs
+        requests = small[op].pop("requests"), large[op].pop("requests")
+        assert requests[1] <= requests[0] <= 10, (op, requests)
     assert small == large, (small, large)
     for op in ("agent commit", "agent hydrate", "cli hydrate"):
         assert small[op]["rows"] <= 5, (op, small)          # the changed paths' rows, nothing around them
