@@ -73,7 +73,7 @@ from syncd.data.cache import Located
 from syncd.data.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
 from syncd.engine.hydratescope import scope_of
-from syncd.engine.hydratewalk import HydrateWalk, conflict_error, verify_local
+from syncd.engine.hydratewalk import HydrateWalk, conflict_error, settle_plan
 from syncd.engine.progress import NoProgress, Progress
 from syncd.engine.wiring import Engine
 from syncd.format.manifest import ChunkRef, Entry, Snapshot
@@ -171,13 +171,7 @@ async def settle(plan: Plan, target: Path, volume: str, overwrite: bool, advice:
     """Hash the same-size local files the plan must verify; refuse (LocalConflict) before any
     byte is written if a local path differs and ``overwrite`` is off. Shared by hydrate and get."""
     if plan.verify:
-        equal, different = await in_thread(verify_local, target, plan.verify)
-        plan.meta += equal
-        if overwrite:
-            plan.create += different
-        else:
-            plan.conflicts += [e.path for e in different]
-        plan.verify = []
+        await in_thread(settle_plan, plan, target, overwrite)
     if plan.conflicts:
         raise conflict_error(target, volume, plan.conflicts, advice)
 

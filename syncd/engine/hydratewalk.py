@@ -211,8 +211,12 @@ class HydrateWalk:
 
     async def _prefetch(self, visits: list[_Visit]) -> None:
         """Ask for the trees of the directories about to be entered together, so their reads
-        coalesce (a pack range each, trees.py), up to what the tree cache can hold."""
+        coalesce (a pack range each, trees.py), up to what the tree cache can hold. Below a
+        directory new to this hydrate (no tree in ``old``), which the walk enters whole, the
+        trees are read ahead level by level too, when its whole subtree fits in that room:
+        a cold hydrate of a small volume reads its trees with one ranged GET per level."""
         refs: list[TreeRef] = []
+        ahead: list[TreeRef] = []
         room = self.trees.capacity // 4
         for visit in visits:
             if visit.path in self._planned:
@@ -221,10 +225,22 @@ class HydrateWalk:
                 if ref is not None:
                     refs.append(ref)
             room -= visit.size
+            if room >= 0 and visit.old is None and visit.new is not None:
+                ahead.append(visit.new)      # its subtree's entries are counted in room
             if room < 0 or len(refs) >= WALK_BATCH:
                 break
-        if len(refs) > 1:
-            await self.trees.get_many(self.volume, refs)
+        if len(refs) <= 1 and not ahead:
+            return
+        got = await self.trees.get_many(self.volume, refs)
+        while ahead:
+            below = [item.tree for ref in ahead for item in got.get(ref.id, ()) if item.tree is not None]
+            if not below:
+                return
+            ahead, got = [], {}
+            for at in range(0, len(below), WALK_BATCH):
+                level = below[at:at + WALK_BATCH]
+                got.update(await self.trees.get_many(self.volume, level))
+                ahead += level
 
     # ------------------------------------------------------------ planning one directory
 
@@ -303,7 +319,7 @@ class HydrateWalk:
             if loc is not None and loc.kind == "dir" and entry.kind != "dir":
                 self._add_subtree(p, local, rows)
         plan = plan_hydrate(desired, LocalIndex(None, 0, rows), local, self.overwrite)
-        _settle(plan, self.target, self.overwrite)
+        settle_plan(plan, self.target, self.overwrite)
         return _Looked(plan, rows, local, children, leftovers=leftovers)
 
     def _list(self, path: str, names: list[str] | None, leftovers: list[str]) -> dict[str, LocalFile] | None:
@@ -521,7 +537,7 @@ def _is_dir(row: Tracked | None) -> bool:
     return row is not None and row.entry.kind == "dir"
 
 
-def _settle(plan: Plan, root: Path, overwrite: bool) -> None:
+def settle_plan(plan: Plan, root: Path, overwrite: bool) -> None:
     """Hash the same-size local files the plan must verify: equal ones are adopted, the others
     are conflicts (or, with ``overwrite``, written over)."""
     if not plan.verify:
