@@ -54,7 +54,9 @@ async def test_a_fleet_reads_each_tree_from_the_store_once(config: Config, tmp_p
         await hydrate(eng, "vol", tmp_path / "direct" / "dst")
         direct_tree_gets = tree_gets(eng.counter.keys)
         trees = len(await all_refs(eng, sid))
-    assert direct_tree_gets == 3 and trees == 10  # one ranged GET per level; 10 directories
+    # one ranged GET per level (10 directories in 3 levels), one more for the links check's
+    # reads of the directories that hold links, before the walk (hydratewalk.py)
+    assert direct_tree_gets <= 4 and trees == 10
 
     async with serve_gateway(config, tmp_path) as gw:
         async def worker(name: str) -> dict[str, int]:
@@ -64,11 +66,11 @@ async def test_a_fleet_reads_each_tree_from_the_store_once(config: Config, tmp_p
 
         reads = await asyncio.gather(*(worker(f"w{i}") for i in range(4)))  # at once: single flight
         assert reads == [{}] * 4                     # no worker read anything from the store
-        assert tree_gets(gw.origin.keys) == 3        # the gateway read each level's span once
+        assert tree_gets(gw.origin.keys) == direct_tree_gets   # the gateway read each span once
         text = gw.service.metrics.render().decode()
         assert metric(text, "syncd_gateway_cache_misses_total", kind="trees") == trees
         assert await worker("late") == {}            # a later worker: every tree a cache hit
-        assert tree_gets(gw.origin.keys) == 3
+        assert tree_gets(gw.origin.keys) == direct_tree_gets
         text = gw.service.metrics.render().decode()
         assert metric(text, "syncd_gateway_cache_hits_total", kind="trees") >= trees
     for name in ("w0", "w3", "late"):
@@ -87,13 +89,14 @@ async def test_a_corrupt_cached_tree_is_refetched_never_served(config: Config, t
             data = bytearray(disk[key])
             data[len(data) // 2] ^= 0x01
             disk[key] = bytes(data)
-        before = tree_gets(gw.origin.keys)
+        before = tree_gets(gw.origin.keys)          # a cold gateway's reads: a span per level
+        assert before <= 4
         async with open_engine(through(worker_config(config, tmp_path, "b"), gw.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "b" / "dst")
             assert not eng.counter.keys and eng.pooled is not None and eng.pooled.rejected == 0
         text = gw.service.metrics.render().decode()
         assert metric(text, "syncd_gateway_cache_corrupt_total") == 10
-        assert tree_gets(gw.origin.keys) == before + 3  # refetched, level by level
+        assert tree_gets(gw.origin.keys) == 2 * before  # refetched, as a cold gateway read them
     assert snapshot_tree(tmp_path / "b" / "dst") == snapshot_tree(tmp_path / "src")
 
 
@@ -114,8 +117,7 @@ async def test_a_gateway_serving_wrong_trees_is_skipped(config: Config, tmp_path
     app.router.add_route("*", "/{tail:.*}", absent)
     async with serve_app(app) as url, open_engine(through(worker_config(config, tmp_path, "w"), url)) as eng:
         await hydrate(eng, "vol", tmp_path / "w" / "dst")
-        assert eng.pooled is not None and eng.pooled.rejected == 3  # one per level
-        assert tree_gets(eng.counter.keys) == 3
+        assert eng.pooled is not None and eng.pooled.rejected == tree_gets(eng.counter.keys) <= 4
     assert snapshot_tree(tmp_path / "w" / "dst") == snapshot_tree(tmp_path / "src")
 
 

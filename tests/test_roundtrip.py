@@ -157,7 +157,11 @@ async def test_local_edit_survives_rehydrate_and_is_committed(config: Config, tm
         await commit(eng, "vol", src)
         (src / "a.txt").write_text("local edit")
         res = await hydrate(eng, "vol", src)
-        assert res.kept_local == ["a.txt"]
+        # the snapshot did not change a.txt: a hydrate from an exact index does not even look at it
+        # (hydratescope.py); the edit is the next commit's
+        assert res.kept_local == [] and res.files_written == 0
+        assert (src / "a.txt").read_text() == "local edit"
+        await hydrate(eng, "vol", src, changed={"a.txt"})      # the agent, whose watcher saw it
         assert (src / "a.txt").read_text() == "local edit"
         await commit(eng, "vol", src)
         await hydrate(eng, "vol", tmp_path / "other")
@@ -198,7 +202,7 @@ async def test_file_modified_during_commit_is_never_committed_torn(
 
 async def test_file_that_never_settles_keeps_its_previous_version(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.data.chunkread as chunkread
+    from syncd.local import dirfd  # a small file is read whole in the walk's thread (commitscan.py)
     src = tmp_path / "src"
     src.mkdir()
     target = src / "log.bin"
@@ -206,17 +210,17 @@ async def test_file_that_never_settles_keeps_its_previous_version(
     async with open_engine(config) as eng:
         await commit(eng, "vol", src)
         target.write_bytes(b"v2" * 1000)
-        real_read = chunkread._read_whole
+        real_read = dirfd.read_whole
 
-        def always_racing(fd: int, size: int) -> list[tuple[bytes, str]]:
-            data = real_read(fd, size)
+        def always_racing(dir_fd: int, name: str) -> Any:   # a writer appends while it is read
+            before, data, _ = real_read(dir_fd, name)
             with open(target, "ab") as f:
                 f.write(b"more")
-            return data
+            return before, data, os.stat(target)
 
-        monkeypatch.setattr(chunkread, "_read_whole", always_racing)
+        monkeypatch.setattr(dirfd, "read_whole", always_racing)
         res = await commit(eng, "vol", src)
         assert res.skipped == ["log.bin"]
-        monkeypatch.setattr(chunkread, "_read_whole", real_read)
+        monkeypatch.setattr(dirfd, "read_whole", real_read)
         await hydrate(eng, "vol", tmp_path / "out")
     assert (tmp_path / "out" / "log.bin").read_bytes() == b"v1" * 1000

@@ -75,12 +75,15 @@ async def stored_form(data: bytes) -> tuple[bytes, bool]:
 class Uploader:
     def __init__(self, store: ObjectStore, layout: Layout, volume: str, budget: ByteBudget,
                  pack_size: int, known: dict[str, ChunkRef], large_pack_size: int = 0,
-                 index: IndexSession | None = None, compression: bool = True) -> None:
+                 index: IndexSession | None = None, compression: bool = True, record: bool = True) -> None:
+        """``record=False``: :meth:`finish` leaves recording the new chunks in the chunk index to
+        the caller (a streaming commit records many uploaders' chunks at once, ``fresh``)."""
         self.store, self.layout, self.volume, self.budget = store, layout, volume, budget
         self.pack_size = pack_size
         self.large_pack_size = large_pack_size
         self.index = index
         self.compression = compression
+        self.record = record
         self._groups: dict[object, list[tuple[Member, int]]] = {}  # open large packs, per file
         self._tails: dict[object, asyncio.Task[None]] = {}          # per file: its last chunk being placed
         self._placing: list[asyncio.Task[None]] = []               # lookups and compressions in flight
@@ -259,10 +262,14 @@ class Uploader:
             self._end_group_now(group)
         tasks, self._tasks = self._tasks, []
         await gather_all(tasks)
-        fresh = {i: r for i, r in self.new.items() if i not in self.existed and i not in self._recorded}
-        if self.index is not None and fresh:
+        fresh = self.fresh()
+        if self.index is not None and self.record and fresh:
             self._recorded.update(fresh)
             await self.index.record(fresh.values())
+
+    def fresh(self) -> dict[str, ChunkRef]:
+        """The chunks this uploader stored itself and has not recorded in the chunk index."""
+        return {i: r for i, r in self.new.items() if i not in self.existed and i not in self._recorded}
 
     async def abort(self) -> None:
         for task in self._placing:

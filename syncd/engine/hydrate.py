@@ -1,13 +1,21 @@
 """Hydrate: make a local directory match a snapshot of a volume.
 
-Steps: read HEAD and the snapshot, scan the directory (removing temporary
-files a killed hydrate left), plan (hydrateplan.py), refuse on conflicts, then execute in an order that never leaves a half-made
-path visible: clear what is in the way, create directories, write files
-(temporary name, then rename), make symlinks, delete what the snapshot
-dropped, and finally record the new state in the local index.
+A format-2 snapshot is hydrated as a walk of its trees, one directory at a
+time (hydratewalk.py; which subtrees are entered at all: hydratescope.py),
+so memory follows the largest directory and the configured windows, never
+the volume. A format-1 snapshot (one object listing every entry) and an
+empty volume are planned whole, as they always were: read the snapshot,
+scan the directory (removing temporary files a killed hydrate left), plan
+(hydrateplan.py), refuse on conflicts, execute, save the index.
 
-Transfers: small files live in packs, so files are grouped by pack and each
-group is fetched with one ranged GET and written in one worker-thread batch.
+Either way the order never leaves a half-made path visible: clear what is in
+the way, create directories, write files (temporary name, then rename), make
+symlinks, delete what the snapshot dropped, set directories' times, and
+record the new state in the local index.
+
+Transfers (``_Run``): small files live in packs, so files are grouped by pack
+and each group is fetched with one ranged GET and written in one
+worker-thread call that opens each directory once (fs.write_small_many).
 Large files are preallocated and their chunks fetched in parallel and written
 with ``pwrite`` at their offsets; each chunk holds its size from the byte
 budget from fetch until it is on disk, which bounds memory however large the
@@ -40,21 +48,21 @@ where the file system shares blocks); a copy from a file whose stat
 fingerprint still matches the one recorded when it was published is taken as
 it is, any other is verified over an ``mmap`` of the copy before the file is
 published (localcopy.py, the trust model in data/stamp.py); the first copy
-stays the cache's reference. Directories are created, and their times set, in one thread hop each.
+stays the cache's reference.
 
 If anything fails part-way, the index is still saved with every path finished
 so far, so the next hydrate resumes instead of downloading again. If the
-process was killed, the index is the old one; files already replaced then look
-locally changed, and the plan recognises them by hashing (see hydrateplan.py).
+process was killed, the index holds what was written before the last batch of
+rows; files replaced after it look locally changed, and the plan recognises
+them by hashing (see hydrateplan.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import Counter, defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +72,11 @@ from syncd.data import localcopy, stamp
 from syncd.data.cache import Located
 from syncd.data.fetch import coalesce
 from syncd.engine.hydrateplan import Plan, plan_hydrate
-from syncd.engine.hydratescope import scoped
+from syncd.engine.hydratescope import scope_of
+from syncd.engine.hydratewalk import HydrateWalk, conflict_error, settle_plan
 from syncd.engine.progress import NoProgress, Progress
 from syncd.engine.wiring import Engine
-from syncd.errors import LocalConflict, LocalIOError
-from syncd.format.chunking import content_id
-from syncd.format.manifest import ChunkRef, Entry
+from syncd.format.manifest import ChunkRef, Entry, Snapshot
 from syncd.limits import gather_all, in_thread
 from syncd.local import fs as localfs
 from syncd.local.index import LocalIndex, Tracked
@@ -97,8 +104,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
                   overwrite: bool = False, progress: Progress | None = None,
                   changed: Collection[str] | None = None, owner: localfs.Owner = None) -> HydrateResult:
     """``changed``: if given, the only local paths that may differ from the index (the agent's
-    watcher); otherwise a walk finds them (delta.py). Either way, when the index holds the exact
-    state of a snapshot, only the tree diff and those paths are planned (hydratescope.py).
+    watcher); otherwise a walk finds them (delta.py) when the index is exactly at a snapshot.
     ``owner``: the (uid, gid) to give what is written (the agent's tasks of another uid; fs.py)."""
     try:
         await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
@@ -108,94 +114,98 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         head = await engine.repo.head(volume)
         sid = snapshot_id or head.snapshot
         snap = await engine.repo.header(volume, sid) if sid else None
-        leftovers: list[str] = []
-        scope = await scoped(engine, volume, target, snap, changed, leftovers)
-        if scope is None:
-            leftovers = []
-            full = await engine.repo.snapshot(volume, sid) if sid else None
-            desired = dict(full.entries) if full else {}
-            index = await engine.index.load(volume, target)
-            local = await scan(target, leftovers)
-        else:
-            desired, index, local = scope
-        for path in leftovers:
-            await in_thread(localfs.remove_at, target, path)
-        plan = plan_hydrate(desired, index, local, overwrite)
-        await settle(plan, target, volume, overwrite, "commit them first, move them away, or hydrate with --overwrite")
-        result = HydrateResult(volume, sid, snap.seq if snap else 0, unchanged=len(plan.keep),
-                               kept_local=plan.kept_local)
+        result = HydrateResult(volume, sid, snap.seq if snap else 0)
         run = _Run(engine, volume, target, progress or NoProgress(), result, owner)
-        run.done.update(plan.keep)
         try:
-            await run.execute(plan)
+            if snap is None or snap.root is None:
+                await _hydrate_whole(engine, volume, target, sid, overwrite, run)
+            else:
+                await _hydrate_walk(engine, volume, target, snap, sid, overwrite, changed, run)
         finally:
-            await _save(engine, volume, target, index, run, scope is None, sid, result.seq)
+            run.close()
         return result
+
+
+async def _hydrate_walk(engine: Engine, volume: str, target: Path, snap: Snapshot, sid: str | None,
+                        overwrite: bool, changed: Collection[str] | None, run: _Run) -> None:
+    scope = await scope_of(engine, volume, target, snap, changed)
+    async with HydrateWalk(engine, volume, target, scope, run, run.result, overwrite, sid) as walk:
+        walk.progress_total = snap.stats.bytes if scope.old is None and snap.stats is not None else 0
+        if not overwrite:
+            await walk.check()
+        complete = False
+        try:
+            await walk.hydrate()
+            complete = not walk.late_conflicts
+        finally:
+            await walk.save(complete)
+        if walk.late_conflicts:
+            raise conflict_error(target, volume, walk.late_conflicts, "they appeared while hydrating; "
+                                 "commit them first, move them away, or hydrate with --overwrite")
+
+
+async def _hydrate_whole(engine: Engine, volume: str, target: Path, sid: str | None, overwrite: bool,
+                         run: _Run) -> None:
+    """A format-1 snapshot (or none): planned whole, as format 1 is read whole."""
+    leftovers: list[str] = []
+    full = await engine.repo.snapshot(volume, sid) if sid else None
+    desired = dict(full.entries) if full else {}
+    index = await engine.index.load(volume, target)
+    local = await scan(target, leftovers)
+    for path in leftovers:
+        await in_thread(localfs.remove_at, target, path)
+    plan = plan_hydrate(desired, index, local, overwrite)
+    await settle(plan, target, volume, overwrite, "commit them first, move them away, or hydrate with --overwrite")
+    run.result.unchanged, run.result.kept_local = len(plan.keep), plan.kept_local
+    run.done.update(plan.keep)
+    try:
+        await run.execute(plan)
+    finally:
+        complete = not run.failed
+        await engine.index.save(volume, target, LocalIndex(
+            sid if complete else index.snapshot, run.result.seq if complete else index.seq,
+            run.done if complete else {**index.files, **run.done}), exact=complete)
 
 
 async def settle(plan: Plan, target: Path, volume: str, overwrite: bool, advice: str) -> None:
     """Hash the same-size local files the plan must verify; refuse (LocalConflict) before any
     byte is written if a local path differs and ``overwrite`` is off. Shared by hydrate and get."""
     if plan.verify:
-        equal, different = await in_thread(_verify_local, target, plan.verify)
-        plan.meta += equal
-        if overwrite:
-            plan.create += different
-        else:
-            plan.conflicts += [e.path for e in different]
-        plan.verify = []
+        await in_thread(settle_plan, plan, target, overwrite)
     if plan.conflicts:
-        shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
-        raise LocalConflict(f"{len(plan.conflicts)} local path(s) in {target} differ from volume "
-                            f"{volume!r} and would be overwritten: {shown} ({advice})", plan.conflicts)
-
-
-async def _save(engine: Engine, volume: str, target: Path, index: LocalIndex, run: _Run, full: bool,
-                sid: str | None, seq: int) -> None:
-    """Record what the run did. Complete: the rows of the snapshot, exactly. Failed half-way:
-    the old snapshot, the rows of what was done, and no claim of exactness."""
-    complete = not run.failed
-    if full:
-        await engine.index.save(volume, target, LocalIndex(
-            sid if complete else index.snapshot, seq if complete else index.seq,
-            run.done if complete else {**index.files, **run.done}), exact=complete)
-        return
-    rows: dict[str, Tracked | None] = {p: t for p, t in run.done.items() if index.files.get(p) != t}
-    if complete:
-        rows.update({p: None for p in index.files if p not in run.done})
-    await engine.index.update(volume, target, sid if complete else index.snapshot,
-                              seq if complete else index.seq, rows, exact=complete)
-
-
-def _verify_local(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
-    """Split same-size local files into (already equal, different) by hashing them."""
-    equal: list[Entry] = []
-    different: list[Entry] = []
-    for entry in entries:
-        try:
-            with os.fdopen(localfs.open_read(root, entry.path), "rb") as f:
-                same = all(content_id(f.read(ref.size)) == ref.id for ref in entry.chunks)
-        except (OSError, LocalIOError):
-            same = False
-        (equal if same else different).append(entry)
-    return equal, different
+        raise conflict_error(target, volume, plan.conflicts, advice)
 
 
 class _Run:
+    """The transfers of a hydrate: a whole plan (``execute``), or, for the walk, windows of small
+    files (``write_small``) and single large files (``write_large``) that return what they wrote."""
+
     def __init__(self, engine: Engine, volume: str, root: Path, progress: Progress,
                  result: HydrateResult, owner: localfs.Owner = None) -> None:
         self.engine, self.volume, self.root, self.progress, self.result = engine, volume, root, progress, result
         self.owner = owner
         self.done: dict[str, Tracked] = {}
         self.failed = True
+        self.record: Callable[[Entry, LocalFile], None] | None = None
         self._files = asyncio.Semaphore(OPEN_FILES)
         self._streams = asyncio.Semaphore(STREAMS)
         self._by_ref = engine.config.cache_large == "ref"
-        self._uses: Counter[str] = Counter()
-        self._writer: ThreadPoolExecutor | None = None  # streamed chunk writes, see _write_files
+        self._uses: Counter[str] = Counter()   # chunks of the large files being written (once: streamed)
+        self._writer: ThreadPoolExecutor | None = None  # streamed chunk writes, see write_large
 
     def _record(self, entry: Entry, st: LocalFile) -> None:
         self.done[entry.path] = Tracked(entry, st.fingerprint if entry.kind == "file" else None)
+
+    def close(self) -> None:
+        if self._writer is not None:   # every write was awaited: nothing is left to join
+            self._writer.shutdown(wait=False)
+            self._writer = None
+
+    def is_small(self, entry: Entry) -> bool:
+        """Written with its pack's other files (one GET, one thread call), not chunk by chunk.
+        (A large file's chunks may share a pack too: that is the large path.)"""
+        return not entry.chunks or (len(entry.chunks) == 1 and entry.chunks[0].pack is not None
+                                    and entry.size < self.engine.config.pack_threshold)
 
     async def execute(self, plan: Plan) -> None:
         for path in plan.clear:
@@ -209,7 +219,14 @@ class _Run:
             self.result.adopted += 1
         files = [e for e in plan.create if e.kind == "file"]
         self.progress.start(sum(e.size for e in files), f"hydrate {self.volume}")
-        await self._write_files(files)
+        large = [e for e in files if not self.is_small(e)]
+        self._uses = Counter(ref.id for entry in large for ref in entry.chunks)
+        self.record = self._record     # as each batch lands: a failure keeps what was done
+        try:
+            await gather_all([self.write_small([e for e in files if self.is_small(e)]),
+                              *(self._write_large_counted(e) for e in large)])
+        finally:
+            self.record = None
         for entry in (e for e in plan.create if e.kind == "symlink"):
             self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry, self.owner))
         for path in plan.delete:
@@ -225,51 +242,56 @@ class _Run:
         for entry in reversed(dirs):
             localfs.set_dir_mtime(self.root, entry.path, entry.mtime_ns)
 
-    async def _write_files(self, files: list[Entry]) -> None:
+    async def write_small(self, files: list[Entry]) -> list[tuple[Entry, LocalFile]]:
+        """Small files (``is_small``), grouped by pack: one ranged GET and one thread call each."""
         groups: dict[str, list[Entry]] = defaultdict(list)
-        large: list[Entry] = []
-        small = self.engine.config.pack_threshold
-        for entry in files:  # a large file's chunks may share a pack too: that is the large path
-            if len(entry.chunks) == 1 and entry.chunks[0].pack is not None and entry.size < small:
-                groups[entry.chunks[0].pack or ""].append(entry)
-            elif not entry.chunks:
-                groups[""].append(entry)
-            else:
-                large.append(entry)
-        self._uses = Counter(ref.id for entry in large for ref in entry.chunks)
-        tasks = [self._write_group(pack, members) for pack, members in groups.items()]
-        tasks += [self._write_large(entry) for entry in large]
-        # One thread for all streamed chunk writes: while chunks stream in it takes batch after
-        # batch without sleeping in between, where the default pool woke a thread per batch.
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="syncd-write") if large else None
-        try:
-            await gather_all(tasks)
-        finally:  # gather_all waited for every write, so nothing is left to join
-            if self._writer is not None:
-                self._writer.shutdown(wait=False)
+        for entry in files:
+            groups[(entry.chunks[0].pack or "") if entry.chunks else ""].append(entry)
+        done = await gather_all(self._write_group(pack, members) for pack, members in groups.items())
+        return [pair for part in done for pair in part]
 
-    async def _write_group(self, pack: str, entries: list[Entry]) -> None:
+    async def _write_group(self, pack: str, entries: list[Entry]) -> list[tuple[Entry, LocalFile]]:
         """Files whose bytes all sit in one pack: one ranged GET, one thread batch."""
+        out: list[tuple[Entry, LocalFile]] = []
         for batch in _batches(entries, self.engine.config.pack_size):
             size = sum(e.size for e in batch)
             held = await self.engine.budget.acquire(size)
             try:
                 refs = [c for e in batch for c in e.chunks]
                 data = await self.engine.fetcher.get_packed(self.volume, pack, refs) if refs else {}
-                stats = await in_thread(self._write_batch, batch, data)
+                files = [(e, b"".join(data[c.id] for c in e.chunks)) for e in batch]
+                del data
+                stats = await in_thread(localfs.write_small_many, self.root, files, self.owner)
             finally:
                 await self.engine.budget.release(held)
             for entry, st in zip(batch, stats):
-                self._record(entry, st)
+                out.append((entry, st))
+                if self.record is not None:
+                    self.record(entry, st)
             self.result.files_written += len(batch)
             self.result.bytes_written += size
             self.progress.advance(size)
+        return out
 
-    def _write_batch(self, batch: list[Entry], data: dict[str, bytes]) -> list[LocalFile]:
-        return [localfs.write_small(self.root, e.path, e, b"".join(data[c.id] for c in e.chunks), self.owner)
-                for e in batch]
+    async def write_large(self, entry: Entry) -> LocalFile:
+        """One large file, chunk by chunk (see the module docstring); its stat once published."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="syncd-write")
+        self._uses.update(ref.id for ref in entry.chunks)
+        try:
+            return await self._write_large(entry)
+        finally:
+            self._uses.subtract(ref.id for ref in entry.chunks)
 
-    async def _write_large(self, entry: Entry) -> None:
+    async def _write_large_counted(self, entry: Entry) -> list[tuple[Entry, LocalFile]]:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="syncd-write")
+        st = await self._write_large(entry)
+        if self.record is not None:
+            self.record(entry, st)
+        return [(entry, st)]
+
+    async def _write_large(self, entry: Entry) -> LocalFile:
         offsets, offset = [], 0
         for ref in entry.chunks:
             offsets.append(offset)
@@ -290,9 +312,9 @@ class _Run:
                 fingerprint = stamp.pinned(tmp.stat, entry.size, entry.mtime_ns) if tmp.stat else None
                 await self.engine.cache.put_refs(tmp.final.absolute(), fingerprint, {
                     ref.id: (off, ref.size) for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
-        self._record(entry, st)
         self.result.files_written += 1
         self.result.bytes_written += entry.size
+        return st
 
     async def _locate(self, entry: Entry, flight: contextlib.AsyncExitStack) -> dict[str, Located]:
         """The cache references of the file's chunks, looked up under the file's cross-process

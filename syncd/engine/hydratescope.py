@@ -1,89 +1,106 @@
-"""Which paths a hydrate must plan: the tree diff plus the local changes, nothing else.
+"""What a hydrate must look at: the subtrees that moved remotely or locally, and whether links must be judged.
 
 When the index says the directory held exactly the tree of snapshot ``old``
-after its last commit or hydrate (``SyncState.exact``), the only paths where
-hydrating to ``new`` can do anything are those where ``old`` and ``new``
-differ (``diff_trees``: it reads only the trees on changed paths, every
-subtree whose id did not move is skipped whole) and those that changed
-locally since (the walk of delta.py, or the agent's watcher). For every
-other path the full plan (hydrateplan.py) would find "tracked, unchanged,
-same content": keep. So the plan runs over that scope only:
+after its last commit or hydrate (``SyncState.exact``), hydrating to ``new``
+has something to write only in a subtree whose tree id differs between
+``old`` and ``new``: every other subtree is what it should be, as far as the
+snapshot is concerned, so the walk of hydratewalk.py does not enter it, and a
+re-hydrate after a 1-file commit elsewhere reads the trees, rows and
+directories on that file's path and nothing else. Local changes in a subtree
+the snapshot did not change are left as they are: they are the next commit's
+to find (hydrate never overwrote a local edit of a path the snapshot did not
+change; now it also does not look). The agent, whose watcher knows the
+changed paths for free, enters their directories too (``changed``), so a
+locally deleted tracked file there comes back as before. Without an exact
+state (a first hydrate; one after a merge, a failure or a format-1 snapshot)
+``old`` is None and everything is entered.
 
-* the index rows and local entries of the scope (``known_state``);
-* the desired entries: ``new``'s side of the diff, and for every other path
-  of the scope its entry in ``new``, read by listing each parent once.
-
-Anything that makes the shortcut unsafe (no exact state, a v1 snapshot, the
-old snapshot gone) returns None, and the caller plans over everything.
+Symlinks. A snapshot must not be hydrated if one of its links leads out of
+the volume, alone or through others; only the whole set of links can say
+(manifest.escaping_symlinks), and reading it costs the trees that hold links.
+So it is read when the snapshot holds links and the change could move one: in
+the exact case only if the diff from ``old`` adds, changes or removes a link,
+or removes or replaces a directory (``links_may_move``, which stops at the
+first such change and holds a bounded part of the diff at a time).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import asyncio
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.engine.trees import diff_trees
+from syncd.engine.trees import WALK_BATCH, TreeStore
 from syncd.engine.wiring import Engine
 from syncd.errors import ManifestError, NotFound
-from syncd.format.manifest import Changes, Entry, Snapshot, TreeRef, check_path
-from syncd.local.delta import known_state, walk_changes
-from syncd.local.dirdigest import name_of, parent_of
-from syncd.local.index import LocalIndex
-from syncd.local.scan import LocalFile
-
-Scope = tuple[dict[str, Entry], LocalIndex, dict[str, LocalFile]]
+from syncd.format.manifest import Snapshot, TreeRef, escaping_symlinks
+from syncd.local.dirwalk import hint_tree
+from syncd.local.index import SyncState
 
 
-async def scoped(engine: Engine, volume: str, target: Path, new: Snapshot | None,
-                 changed: Collection[str] | None, leftovers: list[str]) -> Scope | None:
-    """(desired, index rows, local entries) of the paths the hydrate may touch; None: plan all."""
+@dataclass
+class Scope:
+    new: Snapshot                        # a v2 snapshot (root set)
+    old: TreeRef | None                  # the tree the index is exactly at (None: enter everything)
+    state: SyncState | None
+    changed: dict[str, set[str]] = field(default_factory=dict)   # the watcher's paths: dir -> names
+
+    def hinted(self, path: str) -> set[str]:
+        """The names in directory ``path`` the watcher saw change (with every ancestor of one)."""
+        return self.changed.get(path, _NONE)
+
+
+_NONE: set[str] = set()
+
+
+async def scope_of(engine: Engine, volume: str, target: Path, new: Snapshot,
+                   changed: Collection[str] | None) -> Scope:
+    """The scope of a hydrate of ``target`` to ``new``; refuses (ManifestError) a snapshot whose
+    links could lead out of the volume."""
+    assert new.root is not None
     state = await engine.index.state(volume, target)
-    if state is None or not state.exact or state.snapshot is None or new is None or new.root is None:
+    old = await _exact_root(engine, volume, state)
+    scope = Scope(new, old, state)
+    if old is not None and changed is not None:
+        scope.changed = hint_tree(changed)
+    has_links = new.stats is None or new.stats.links > 0
+    if has_links and (old is None or await links_may_move(engine.repo.trees, volume, old, new.root)):
+        links = await engine.repo.trees.symlinks(volume, new.root)
+        escaping = await asyncio.to_thread(escaping_symlinks, links)     # CPU: off the event loop
+        if escaping:
+            raise ManifestError(f"volume {volume!r}: snapshot {new.seq}: {escaping[0]!r}: symlink leads out "
+                                "of the volume (alone or through other symlinks)")
+    return scope
+
+
+async def _exact_root(engine: Engine, volume: str, state: SyncState | None) -> TreeRef | None:
+    if state is None or not state.exact or state.snapshot is None:
         return None
     try:
         old = await engine.repo.header(volume, state.snapshot)
-        if old.root is None:
-            return None
-        remote = await diff_trees(engine.repo.trees, volume, old.root, new.root)
     except (NotFound, ManifestError):
-        return None      # the old snapshot or one of its trees is gone (pruned): plan everything
-    if _links_may_move(new, remote):
-        return None
-    for path, entry in remote.items():     # what validate_entries checks of one entry alone
-        if entry is not None:
-            check_path(path)
-            if entry.kind == "file" and sum(c.size for c in entry.chunks) != entry.size:
-                raise ManifestError(f"{path!r}: chunks add up to {sum(c.size for c in entry.chunks)}, "
-                                    f"not {entry.size}")
-    if changed is None:
-        changed = await walk_changes(engine.index, volume, target, leftovers)
-    index, local = await known_state(engine.index, volume, target, set(remote) | set(changed))
-    desired = {p: e for p, e in remote.items() if e is not None}
-    rest = [p for p in index.files.keys() | local.keys() if p not in remote]
-    desired.update(await _entries_at(engine, volume, new.root, rest))
-    return desired, index, local
+        return None      # the old snapshot is gone (pruned): enter everything
+    return old.root
 
 
-def _links_may_move(new: Snapshot, remote: Changes) -> bool:
-    """Could this diff make a symlink lead out of the volume? Only the whole tree can say
-    (escaping_symlinks), so then the full plan runs, which validates it."""
-    if any(e is not None and e.kind == "symlink" for e in remote.values()):
-        return True
-    links = new.stats is None or new.stats.links > 0
-    return links and any(e is None or e.kind == "dir" for e in remote.values())
-
-
-async def _entries_at(engine: Engine, volume: str, root: TreeRef, paths: list[str]) -> dict[str, Entry]:
-    """The entries of ``new`` at ``paths`` (absent ones left out), one listing per parent."""
-    by_parent: dict[str, set[str]] = defaultdict(set)
-    for path in paths:
-        by_parent[parent_of(path)].add(name_of(path))
-    out: dict[str, Entry] = {}
-    for parent in sorted(by_parent, key=len):
-        listing = await engine.repo.trees.list_dir(volume, root, parent)
-        if listing is None:
-            continue
-        names = by_parent[parent]
-        out.update({e.path: e for e in listing if name_of(e.path) in names})
-    return out
+async def links_may_move(trees: TreeStore, volume: str, old: TreeRef, new: TreeRef) -> bool:
+    """Does the diff from ``old`` to ``new`` add or change a symlink, or remove or replace a
+    directory (which may change where other links lead)? Enters only subtrees whose ids differ."""
+    todo: list[tuple[TreeRef, TreeRef]] = [(old, new)] if old.id != new.id else []
+    while todo:
+        level, todo = todo[-WALK_BATCH:], todo[:-WALK_BATCH]
+        found = await trees.get_many(volume, [r for pair in level for r in pair])
+        for a, b in level:
+            before = {i.name: i for i in found[a.id]}
+            for item in found[b.id]:
+                was = before.pop(item.name, None)
+                if item.entry.kind == "symlink" and (was is None or not item.entry.same_content(was.entry)):
+                    return True
+                if was is not None and was.entry.kind in ("dir", "symlink") and item.entry.kind != was.entry.kind:
+                    return True
+                if was is not None and was.tree is not None and item.tree is not None and was.tree.id != item.tree.id:
+                    todo.append((was.tree, item.tree))
+            if any(i.entry.kind in ("dir", "symlink") for i in before.values()):
+                return True          # a directory or a link removed (a link through it may now leave)
+    return False

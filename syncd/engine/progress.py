@@ -10,9 +10,15 @@ class Progress(Protocol):
 
     def advance(self, nbytes: int) -> None: ...
 
+    def more(self, nbytes: int) -> None:
+        """The total grew by ``nbytes``: a streaming writer learns it as it walks."""
+
 
 class NoProgress:
     def start(self, total_bytes: int, label: str) -> None:
+        return None
+
+    def more(self, nbytes: int) -> None:
         return None
 
     def advance(self, nbytes: int) -> None:

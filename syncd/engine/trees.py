@@ -34,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from syncd.errors import ManifestError, NotFound
@@ -49,9 +49,10 @@ if TYPE_CHECKING:
 
 COALESCE_GAP = 1 << 20
 MAX_READ = 32 << 20
-CACHE_ITEMS = 500_000
+CACHE_ITEMS = 65_536     # decoded tree items kept in memory (~640 bytes each: ~40 MiB)
 PACK_SIZE = 8 << 20
 READERS = 8
+WALK_BATCH = 256          # trees a streaming walk asks for at once (their GETs coalesce)
 
 
 class TreePool(Protocol):
@@ -80,6 +81,11 @@ class TreeStore:
         self._cached_items = 0
         self._limit = cache_items
         self.reads = 0
+
+    @property
+    def capacity(self) -> int:
+        """Decoded tree items the memory cache holds at most."""
+        return self._limit
 
     def remember(self, tree_id: str, items: list[TreeItem]) -> None:
         if tree_id in self._cache:
@@ -184,6 +190,29 @@ class TreeStore:
             level = nxt
         return entries
 
+    async def symlinks(self, volume: str, root: TreeRef) -> dict[str, Entry]:
+        """Every symlink below ``root`` by full path, entering only subtrees whose stats count
+        links (or have none): what ``manifest.escaping_symlinks`` needs to judge a tree, read
+        at the cost of the links, not of the tree. The stats are the writer's claims; a
+        reader that must not trust them (hydrate) checks each tree's own count as it reads."""
+        links: dict[str, Entry] = {}
+        todo: list[tuple[str, TreeRef]] = [("", root)]
+        seen = 0
+        while todo:
+            level, todo = todo[-WALK_BATCH:], todo[:-WALK_BATCH]     # a bounded number of trees at once
+            trees = await self.get_many(volume, [ref for _, ref in level])
+            for prefix, ref in level:
+                seen += len(trees[ref.id])
+                for item in trees[ref.id]:
+                    if item.entry.kind == "symlink":
+                        entry = with_path(item, prefix)
+                        links[entry.path] = entry
+                    elif item.tree is not None and (item.stats is None or item.stats.links):
+                        todo.append((f"{prefix}/{item.name}" if prefix else item.name, item.tree))
+                if seen > MAX_ENTRIES or (todo and len(todo[-1][0]) > MAX_PATH):
+                    raise ManifestError(f"volume {volume!r}: the tree is too large or too deep")
+        return links
+
     async def lookup(self, volume: str, root: TreeRef, path: str) -> TreeItem | None:
         """The item at ``path`` (full path; '' is not an item), reading only the trees on its path."""
         parts = [p for p in path.split("/") if p]
@@ -281,60 +310,150 @@ class _Dir:
 
 @dataclass
 class Built:
-    """The result of a build: the new root, what it holds, and the tree packs still to upload."""
+    """The result of a build: the new root, what it holds, and the tree packs still to upload
+    (``uploaded``: bytes of the packs a streaming build uploaded as they filled)."""
 
     root: TreeRef
     stats: Stats
     packs: dict[str, bytearray] = field(default_factory=dict)
     trees_written: int = 0
+    uploaded: int = 0
 
     @property
     def bytes(self) -> int:
-        return sum(len(p) for p in self.packs.values())
+        return self.uploaded + sum(len(p) for p in self.packs.values())
+
+
+MetaLookup = Callable[[str], Awaitable[Entry | None]]
+UPLOADS = 2              # full tree packs a streaming build uploads at once
+DISK_BATCH = 512         # new trees handed to the disk cache at once
 
 
 class Builder:
+    """Replays changes on a tree; see the module docstring.
+
+    Changes may be given all at once (:meth:`apply`) or one by one (:meth:`feed`) in any
+    order in which every directory's subtree is contiguous (sorted paths, or a walk that
+    finishes a directory before its next sibling): a directory is encoded as soon as a
+    change leaves it, and a full tree pack is uploaded at once, so a streaming build holds
+    the directories on one path and one pack, whatever the number of changes."""
+
     def __init__(self, trees: TreeStore, volume: str, root: TreeRef | None, base: Mapping[str, Entry],
-                 pack_size: int = PACK_SIZE) -> None:
+                 pack_size: int = PACK_SIZE, lookup: MetaLookup | None = None, remember: bool = True) -> None:
         self.trees, self.volume, self.base, self.pack_size = trees, volume, base, pack_size
+        self.lookup, self.remember = lookup, remember
         self.root_ref = root
         self.root = _Dir(None, {}, None)
         self._loaded_root = root is None
+        self._open: list[tuple[str, _Dir]] = [("", self.root)]   # the directories on the last change's path
         self._packs: dict[str, bytearray] = {}
         self._current: str | None = None
         self._written = 0
         self._new: dict[str, bytes] = {}
+        self._full: list[str] = []                      # packs complete and not uploaded yet
+        self._fetched: dict[str, list[TreeItem]] = {}   # trees fetched for the change being retried
+        self._metas: dict[str, Entry | None] = {}       # directories' rows, likewise
+        self._uploads: list[asyncio.Task[bool]] = []
+        self._uploaded = 0
 
-    async def _load(self, ref: TreeRef, original: TreeItem | None) -> _Dir:
-        items = await self.trees.get(self.volume, ref)
+    def _load(self, ref: TreeRef, original: TreeItem | None) -> _Dir:
+        items = self._fetched.pop(ref.id, None)
+        if items is None:
+            raise _Need(ref)               # the driver fetches it (TreeStore.get: its cache first) and retries
         node = _Dir(original.entry if original else None, {i.name: i for i in items}, original)
         node.dirty = False
         return node
 
-    async def apply(self, changes: Changes) -> None:
-        if not self._loaded_root and self.root_ref is not None:
-            self.root = await self._load(self.root_ref, None)
-            self._loaded_root = True
-        for path in sorted(changes):
-            await self._change(path, changes[path])
+    def _meta(self, where: str) -> Entry | None:
+        if where in self.base:
+            return self.base[where]
+        if self.lookup is None:
+            return None
+        if where not in self._metas:
+            raise _Need(where)
+        return self._metas.pop(where)
 
-    async def _change(self, path: str, entry: Entry | None) -> None:
+    async def _fetch(self, need: _Need) -> None:
+        if isinstance(need.what, TreeRef):
+            self._fetched[need.what.id] = await self.trees.get(self.volume, need.what)
+        else:
+            assert self.lookup is not None
+            self._metas[need.what] = await self.lookup(need.what)
+
+    async def apply(self, changes: Changes) -> None:
+        for path in sorted(changes):
+            await self.feed(path, changes[path])
+
+    async def feed(self, path: str, entry: Entry | None) -> None:
+        """Apply one change (see the class docstring for the order changes must come in)."""
+        while True:
+            try:
+                self._feed(path, entry)
+                break
+            except _Need as need:
+                await self._fetch(need)
+        if self._full or len(self._new) >= DISK_BATCH:
+            await self._ship()
+
+    def feed_from_thread(self, changes: Iterable[tuple[str, Entry | None]], loop: asyncio.AbstractEventLoop) -> None:
+        """``feed`` for a worker thread, so encoding trees does not hold up the event loop: what
+        must be fetched (a tree of theirs, a directory's row) is fetched through ``loop``. The
+        builder must not be used from the loop meanwhile."""
+        for path, entry in changes:
+            while True:
+                try:
+                    self._feed(path, entry)
+                    break
+                except _Need as need:
+                    asyncio.run_coroutine_threadsafe(self._fetch(need), loop).result()
+            if self._full or len(self._new) >= DISK_BATCH:
+                asyncio.run_coroutine_threadsafe(self._ship(), loop).result()
+
+    def _feed(self, path: str, entry: Entry | None) -> None:
+        if not self._loaded_root and self.root_ref is not None:
+            self.root = self._load(self.root_ref, None)
+            self._open = [("", self.root)]
+            self._loaded_root = True
+        while len(self._open) > 1 and not path.startswith(self._open[-1][0] + "/"):
+            self._close()
+        self._change(path, entry)
+
+    def _close(self) -> None:
+        """Encode the deepest open directory into its parent (the walk has left it)."""
+        path, node = self._open.pop()
+        parent, name = self._open[-1][1], path.rpartition("/")[2]
+        if parent.items.get(name) is not node:
+            return                         # replaced by a later change at the parent's level
+        if not node.dirty and node.original is not None:
+            parent.items[name] = node.original
+            return
+        done = self._encode(node, path)
+        if done is None:
+            del parent.items[name]
+        else:
+            assert node.meta is not None
+            parent.items[name] = TreeItem(node.meta, done[0], done[1])
+
+    def _change(self, path: str, entry: Entry | None) -> None:
+        """Apply one change; raises _Need (having changed nothing it cannot redo) when a tree or a
+        directory's row must be fetched first."""
         parts = path.split("/")
-        node, trail = self.root, [self.root]
-        for depth, part in enumerate(parts[:-1]):
+        node = self._open[-1][1]
+        for depth in range(len(self._open) - 1, len(parts) - 1):
+            part = parts[depth]
             slot = node.items.get(part)
             if isinstance(slot, _Dir):
                 node = slot
             elif slot is not None and slot.tree is not None:
-                node.items[part] = node = await self._load(slot.tree, slot)
+                node.items[part] = node = self._load(slot.tree, slot)
             elif entry is None:
                 return                     # deleting below something that is not a directory here
             else:                          # a path we write below `part` makes it a directory
                 where = "/".join(parts[:depth + 1])
-                known = self.base.get(where)
+                known = self._meta(where)
                 meta = known if known is not None and known.kind == "dir" else Entry(where, "dir", 0o755, 0)
-                node.items[part] = node = _Dir(replace(meta, path=part), {}, None)
-            trail.append(node)
+                node.items[part] = node = _Dir(_named(meta, part), {}, None)
+            self._open.append(("/".join(parts[:depth + 1]), node))
         name = parts[-1]
         existing = node.items.get(name)
         if entry is None:
@@ -343,7 +462,7 @@ class Builder:
             if isinstance(existing, _Dir):
                 sub: _Dir | None = existing
             elif existing.tree is not None:
-                sub = await self._load(existing.tree, existing)
+                sub = self._load(existing.tree, existing)
             else:
                 sub = None
             if sub is None:
@@ -353,28 +472,58 @@ class Builder:
                 node.items[name] = sub
         elif entry.kind == "dir":
             if isinstance(existing, _Dir):
-                existing.meta, existing.drop_if_empty, existing.dirty = replace(entry, path=name), False, True
+                existing.meta, existing.drop_if_empty, existing.dirty = _named(entry, name), False, True
             elif existing is not None and existing.tree is not None:
-                node.items[name] = TreeItem(replace(entry, path=name), existing.tree, existing.stats)
+                node.items[name] = TreeItem(_named(entry, name), existing.tree, existing.stats)
             else:
-                node.items[name] = _Dir(replace(entry, path=name), {}, None)
+                node.items[name] = _Dir(_named(entry, name), {}, None)
         else:
-            node.items[name] = TreeItem(replace(entry, path=name))
-        for n in trail:
+            node.items[name] = TreeItem(_named(entry, name))
+        for _, n in self._open:
             n.dirty = True
 
     async def finish(self) -> Built:
         if not self._loaded_root and self.root_ref is not None:   # nothing applied
             stats = _stats(await self.trees.get(self.volume, self.root_ref))
             return Built(self.root_ref, stats)
+        while len(self._open) > 1:
+            self._close()
         if not self.root.dirty and self.root_ref is not None:
-            return Built(self.root_ref, _stats(await self.trees.get(self.volume, self.root_ref)))
+            await self._ship(final=True)
+            return Built(self.root_ref, _stats(await self.trees.get(self.volume, self.root_ref)),
+                         self._packs, self._written, self._uploaded)
         done = self._encode(self.root, "")
         assert done is not None
         ref, stats = done
-        if self._new and self.trees.disk is not None:
-            await self.trees.disk.put_many(self._new)
-        return Built(ref, stats, self._packs, self._written)
+        await self._ship(final=True)
+        return Built(ref, stats, self._packs, self._written, self._uploaded)
+
+    def discard(self) -> None:
+        """Stop the uploads still running (an abandoned build: its packs are garbage anyway)."""
+        for task in self._uploads:
+            task.cancel()
+        self._uploads = []
+
+    async def _ship(self, final: bool = False) -> None:
+        """Upload the full packs (at most UPLOADS at once) and hand new trees to the disk cache."""
+        if self._new and self.trees.disk is not None and (final or len(self._new) >= DISK_BATCH):
+            new, self._new = self._new, {}
+            await self.trees.disk.put_many(new)
+        elif final or len(self._new) >= DISK_BATCH:
+            self._new = {}
+        for pid in self._full:
+            data = self._packs.pop(pid)
+            self._uploaded += len(data)
+            key = self.trees.layout.tree_pack(self.volume, pid)
+            self._uploads.append(asyncio.ensure_future(put_immutable(self.trees.store, key, bytes(data))))
+        self._full = []
+        while self._uploads and (final or len(self._uploads) > UPLOADS):
+            task = self._uploads.pop(0)
+            try:
+                await task
+            except BaseException:
+                self.discard()
+                raise
 
     def _encode(self, node: _Dir, path: str) -> tuple[TreeRef, Stats] | None:
         items: list[TreeItem] = []
@@ -396,12 +545,15 @@ class Builder:
             return node.original.tree, stats
         if path == "" and self.root_ref is not None and self.root_ref.id == tree_id:
             return self.root_ref, stats
-        self.trees.remember(tree_id, sorted(items, key=sort_key))
+        if self.remember:
+            self.trees.remember(tree_id, sorted(items, key=sort_key))
         self._new[tree_id] = data
         return self._append(tree_id, pack_tree(data)), stats
 
     def _append(self, tree_id: str, stored: bytes) -> TreeRef:
         if self._current is None or len(self._packs[self._current]) + len(stored) > self.pack_size:
+            if self._current is not None:
+                self._full.append(self._current)
             self._current = os.urandom(16).hex()
             self._packs[self._current] = bytearray()
         pack = self._packs[self._current]
@@ -411,11 +563,35 @@ class Builder:
         return ref
 
 
+class _Need(Exception):
+    """The builder needs a tree (TreeRef) or a directory's row (its path) it does not hold."""
+
+    def __init__(self, what: TreeRef | str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
 def _stats(items: list[TreeItem]) -> Stats:
-    total = Stats()
+    """What ``items`` hold, as ``sum(own_stats)`` would say, without a Stats object per item."""
+    files = dirs = size = links = 0
     for item in items:
-        total = total + item.own_stats()
-    return total
+        e = item.entry
+        if e.kind == "file":
+            files += 1
+            size += e.size
+        elif e.kind == "symlink":
+            links += 1
+        else:
+            dirs += 1
+            if item.stats is not None:
+                files, dirs = files + item.stats.files, dirs + item.stats.dirs
+                size, links = size + item.stats.bytes, links + item.stats.links
+    return Stats(files, dirs, size, links)
+
+
+def _named(entry: Entry, name: str) -> Entry:
+    """``entry`` under its bare name, as a tree holds it (dataclasses.replace, several times faster)."""
+    return Entry(name, entry.kind, entry.mode, entry.mtime_ns, entry.size, entry.chunks, entry.target)
 
 
 async def upload_packs(store: ObjectStore, layout: Layout, volume: str, built: Built) -> None:

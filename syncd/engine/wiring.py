@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.data.cache import ChunkCache
-from syncd.data.chunkindex import ChunkIndex
+from syncd.data.chunkindex import ChunkIndex, IndexSession
 from syncd.data.fetch import ChunkFetcher, ChunkSource
 from syncd.data.upload import Uploader
 from syncd.engine.volumes import VolumeRepo
@@ -63,10 +63,16 @@ class Engine:
     chunk_index: ChunkIndex | None = None
     chunker: Chunker = dataclasses.field(default_factory=Chunker)
 
-    def uploader(self, volume: str, known: dict[str, ChunkRef]) -> Uploader:
-        """An Uploader for one write to ``volume``: large packs, compression, the chunk index."""
+    def uploader(self, volume: str, known: dict[str, ChunkRef], session: IndexSession | None = None,
+                 record: bool = True) -> Uploader:
+        """An Uploader for one write to ``volume``: large packs, compression, the chunk index
+        (``session``: one shared by several uploaders of one write; ``record``: see Uploader)."""
         return Uploader(self.store, self.layout, volume, self.budget, self.config.pack_size, known,
-                        self.config.large_pack_size, self.chunk_index.session(volume) if self.chunk_index else None)
+                        self.config.large_pack_size, session or self.index_session(volume), record=record)
+
+    def index_session(self, volume: str) -> IndexSession | None:
+        """One write's view of the chunk index (each shard listed once per session)."""
+        return self.chunk_index.session(volume) if self.chunk_index else None
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,7 @@ directory: the *digest* of its children as syncd last recorded them, the sum
 
     file     name, inode, size, mtime, ctime    (the stat fingerprint of its row)
     symlink  name, target
-    dir      name, mode
+    dir      name, mode, mtime
 
 A sum, because it is updated in O(1) per row written (add the new child's
 hash, subtract the old one's) inside the transaction that writes the row, so
@@ -15,7 +15,15 @@ row). A walk (changes.py) computes the same sum over what it finds in each
 directory; where the two agree, no child of that directory differs from its
 row, and its rows are never read. A directory's own digest does not cover
 its subdirectories' contents: each level is compared on its own, so a
-1-file change makes exactly one directory disagree.
+1-file change makes exactly one directory disagree. A subdirectory's mtime is
+in its parent's sum, so a directory whose entries were created, removed or
+renamed makes its parent disagree too, and a commit records the directory's
+new mtime when it lists the parent, before it goes into the directory (a
+commit emits every change of a directory before those below it).
+
+``VERSION`` names this choice of terms; an index whose digests were summed
+with other terms (``volumes.digests`` holds the version) gets them summed
+again from its rows, once (index.py).
 
 The hash is keyed with a random seed kept in the database (``meta.digest_seed``),
 so task code that shares the volume cannot aim for a collision; a collision
@@ -32,6 +40,7 @@ import struct
 import xxhash
 
 MOD = 1 << 128
+VERSION = 2          # 1: directories without their mtime
 _FP = struct.Struct("<qqqq")
 
 
@@ -40,8 +49,9 @@ def _h(seed: int, data: bytes) -> int:
 
 
 def child_hash(seed: int, name: str, kind: str, mode: int, fingerprint: tuple[int, int, int, int] | None,
-               target: str | None) -> int:
-    """The digest term of one child (``name`` is its last path component)."""
+               target: str | None, mtime_ns: int = 0) -> int:
+    """The digest term of one child (``name`` is its last path component; ``mtime_ns`` counts
+    for a directory only)."""
     raw = name.encode("utf-8", "surrogateescape")
     if kind == "file":
         if fingerprint is None:
@@ -49,7 +59,7 @@ def child_hash(seed: int, name: str, kind: str, mode: int, fingerprint: tuple[in
         return _h(seed, b"f" + _FP.pack(*fingerprint) + raw)
     if kind == "symlink":
         return _h(seed, b"l" + len(raw).to_bytes(4, "little") + raw + (target or "").encode("utf-8", "surrogateescape"))
-    return _h(seed, b"d" + mode.to_bytes(4, "little") + raw)
+    return _h(seed, b"d" + mode.to_bytes(4, "little") + mtime_ns.to_bytes(8, "little", signed=True) + raw)
 
 
 def parent_of(path: str) -> str:

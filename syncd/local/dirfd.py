@@ -86,6 +86,21 @@ def open_file_at(dir_fd: int, name: str) -> int | None:
     return None
 
 
+def read_whole(dir_fd: int, name: str) -> tuple[os.stat_result, bytes, os.stat_result] | None:
+    """``(fstat before, the bytes, fstat after)`` of the regular file ``name`` in ``dir_fd``,
+    read with one ``pread`` of the size ``fstat`` gave; None if it moved (see open_file_at).
+    The caller compares the two stats: a file written meanwhile is read again."""
+    fd = open_file_at(dir_fd, name)
+    if fd is None:
+        return None
+    try:
+        before = os.fstat(fd)
+        data = os.pread(fd, before.st_size, 0) if before.st_size else b""
+        return before, data, os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def open_file(root: Path, rel: str) -> int | None:
     """A read descriptor for the regular file at ``rel``, reached without following any link.
 

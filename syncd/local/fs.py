@@ -201,6 +201,56 @@ def write_small(root: Path, rel: str, entry: Entry, data: bytes, owner: Owner = 
     return finish_tmp(tmp, entry)
 
 
+def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner = None) -> list[LocalFile]:
+    """``write_small`` for many files, in order; each directory is opened (from ``root``, without
+    following links) once for the run of files in it, not once per file."""
+    out: list[LocalFile] = []
+    token = secrets.token_hex(4)
+    dir_fd, current = -1, None
+    try:
+        for n, (entry, data) in enumerate(files):
+            parent_rel, _, name = entry.path.rpartition("/")
+            if parent_rel != current:
+                if dir_fd >= 0:
+                    os.close(dir_fd)
+                    dir_fd = -1
+                dir_fd, _ = open_parent(root, entry.path)
+                current = parent_rel
+            out.append(_write_in(dir_fd, name, f"{TMP_PREFIX}{token}{n:x}", entry, data, owner, root, entry.path))
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    return out
+
+
+def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, owner: Owner, root: Path,
+              rel: str) -> LocalFile:
+    """One small file, whole, into ``dir_fd``: temporary name, bytes, owner, mtime, mode, rename."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        raise local_error(root / rel, exc) from exc
+    try:
+        try:
+            if data and os.write(fd, data) != len(data):
+                pwrite_all(fd, data, 0, root / rel)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            os.fchmod(fd, entry.mode & SAFE_MODE_BITS)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return from_stat(os.fstat(fd))
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            if isinstance(exc, OSError):
+                raise local_error(root / rel, exc) from exc
+            raise
+    finally:
+        os.close(fd)
+
+
 def set_meta(root: Path, rel: str, entry: Entry, owner: Owner = None) -> LocalFile:
     """chmod and utime ``rel`` itself, never a symlink's target.
 

@@ -63,21 +63,29 @@ from typing import Any
 
 from syncd.errors import LocalIOError, ManifestError
 from syncd.format.chunking import content_id
-from syncd.format.manifest import ChunkRef, Entry, entry_from_json, entry_to_json
+from syncd.format.manifest import Entry, entry_from_json
 from syncd.local import dirdigest
+from syncd.local.indexrows import (
+    SELECT,
+    EncodedRow,
+    Fingerprint,
+    RowReader,
+    Tracked,
+    dec,
+    decode_row,
+    enc,
+    encode_row,
+    term,
+    upper,
+)
 from syncd.local.scan import LocalFile
+
+__all__ = ["Fingerprint", "IndexStore", "LocalIndex", "RowReader", "SyncState", "Tracked", "index_key", "unchanged"]
 
 INDEX_FORMAT = 1          # the JSON files this module migrates from
 SCHEMA = 3
 DB_NAME = "index.sqlite3"
 BUSY_TIMEOUT = 60.0       # seconds a writer waits for another process's transaction
-Fingerprint = tuple[int, int, int, int]
-
-
-@dataclass
-class Tracked:
-    entry: Entry
-    fingerprint: Fingerprint | None     # None for dirs and symlinks
 
 
 @dataclass(frozen=True)
@@ -115,78 +123,13 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS dirs (
     vol INTEGER NOT NULL REFERENCES volumes(id) ON DELETE CASCADE, path BLOB NOT NULL,
     digest BLOB NOT NULL, PRIMARY KEY (vol, path)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_ino ON files(vol, ino);
 """
-# schema 2 -> 3: per-directory digests (dirdigest.py), kept once ``digests`` is 1; ``exact``: the
+# files_ino (any schema): a rename is recognised by asking for the rows of one inode (RowReader)
+# schema 2 -> 3: per-directory digests (dirdigest.py), kept while ``digests`` is dirdigest.VERSION; ``exact``: the
 # directory held exactly its snapshot's tree after the last write (a hydrate may diff trees from it)
 _MIGRATE_3 = ("ALTER TABLE volumes ADD COLUMN digests INTEGER NOT NULL DEFAULT 0",
               "ALTER TABLE volumes ADD COLUMN exact INTEGER NOT NULL DEFAULT 0")
-
-
-_SELECT = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE "
-
-
-def _term(seed: int, path: str, tracked: Tracked) -> int:
-    e = tracked.entry
-    return dirdigest.child_hash(seed, dirdigest.name_of(path), e.kind, e.mode, tracked.fingerprint, e.target)
-
-
-def _enc(path: str) -> bytes:
-    return path.encode("utf-8", "surrogateescape")
-
-
-def _dec(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _row(path: str, tracked: Tracked) -> tuple[bytes, str, int | None, int | None, int | None, int | None]:
-    raw = entry_to_json(tracked.entry)
-    raw.pop("path", None)
-    fp = tracked.fingerprint
-    return (_enc(path), json.dumps(raw, separators=(",", ":")), *(fp if fp else (None, None, None, None)))
-
-
-def _tracked(path: str, entry: str, fp: tuple[int | None, ...]) -> Tracked:
-    raw = json.loads(entry)
-    raw["path"] = path
-    ino, size, mtime, ctime = fp
-    fingerprint = None if ino is None else (int(ino), int(size or 0), int(mtime or 0), int(ctime or 0))
-    return Tracked(_decode(raw), fingerprint)
-
-
-def _trusted(raw: dict[str, Any]) -> Entry:
-    """Rows we wrote ourselves, decoded without the manifest's validation (70% of a load)."""
-    kind = raw["type"]
-    if kind == "file":
-        refs = raw["chunks"]
-        if not all(type(r) is list and len(r) in (2, 4) for r in refs):
-            raise TypeError("unexpected chunk reference shape")
-        return Entry(raw["path"], "file", raw["mode"], raw["mtime_ns"], raw["size"],
-                     tuple(ChunkRef(*r) for r in refs))
-    if kind == "symlink":
-        return Entry(raw["path"], "symlink", raw["mode"], raw["mtime_ns"], target=raw["target"])
-    if kind == "dir":
-        return Entry(raw["path"], "dir", raw["mode"], raw["mtime_ns"])
-    raise TypeError(f"unknown kind {kind!r}")
-
-
-def _trusted_matches_manifest() -> bool:
-    """Does the fast decoder still read what entry_to_json writes? (Guards against format drift.)"""
-    samples = [Entry("a/b", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7))),
-               Entry("l", "symlink", 0o777, 3, target="a/b"), Entry("a", "dir", 0o755, 2)]
-    try:
-        return all(_trusted(entry_to_json(e)) == entry_from_json(entry_to_json(e)) == e for e in samples)
-    except (TypeError, KeyError, ValueError, ManifestError):
-        return False
-
-
-_FAST = _trusted_matches_manifest()
-
-
-def _decode(raw: dict[str, Any]) -> Entry:
-    if _FAST:
-        with contextlib.suppress(TypeError, KeyError):
-            return _trusted(raw)
-    return entry_from_json(raw)
 
 
 @dataclass
@@ -253,20 +196,20 @@ class IndexStore:
         row = self._volume_row(conn, key)
         if row is not None:
             return row[0], row[3]
-        cur = conn.execute("INSERT INTO volumes (key, scope, volume, directory, digests) VALUES (?, ?, ?, ?, 1)",
-                           (key, self.scope, volume, str(directory.resolve())))
+        cur = conn.execute("INSERT INTO volumes (key, scope, volume, directory, digests) VALUES (?, ?, ?, ?, ?)",
+                           (key, self.scope, volume, str(directory.resolve()), dirdigest.VERSION))
         return int(cur.lastrowid or 0), 0
 
     def _all_rows(self, conn: sqlite3.Connection, vol: int) -> dict[str, Tracked]:
-        return self._decoded(conn.execute(_SELECT + "vol=?", (vol,)))
+        return self._decoded(conn.execute(SELECT + "vol=?", (vol,)))
 
     def _decoded(self, found: Iterable[tuple[Any, ...]]) -> dict[str, Tracked]:
         out: dict[str, Tracked] = {}
         for raw, entry, *fp in found:
-            path = _dec(raw)
+            path = dec(raw)
             self.rows_read += 1
             with contextlib.suppress(ValueError, KeyError, TypeError, ManifestError):
-                out[path] = _tracked(path, entry, tuple(fp))   # a damaged row only costs re-reading
+                out[path] = decode_row(path, entry, tuple(fp))   # a damaged row only costs re-reading
         return out
 
     def _remember(self, key: str, generation: int, files: Mapping[str, Tracked]) -> None:
@@ -326,21 +269,46 @@ class IndexStore:
                         known.files[path] = tracked
                 known.generation = new_generation if known.generation == generation else -1
 
+    def _write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: list[EncodedRow],
+                    deletes: list[bytes], digests: Mapping[str, int], drops: Collection[str],
+                    exact: bool | None) -> None:
+        key = self.key(volume, directory)
+        with self._write() as conn:
+            vol, _ = self._ensure_volume(conn, key, volume, directory)
+            for top in drops:
+                self._drop_subtree(conn, vol, top)
+            if conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()[0] == dirdigest.VERSION:
+                self._add_digests(conn, vol, digests)
+            conn.executemany("DELETE FROM files WHERE vol=? AND path=?", ((vol, p) for p in deletes))
+            conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", ((vol, *r) for r in puts))
+            conn.execute("UPDATE volumes SET snapshot=?, seq=?, generation=generation+1, exact=coalesce(?, exact) "
+                         "WHERE id=?", (snapshot, seq, None if exact is None else int(exact), vol))
+        with self._known_lock:
+            self._known.pop(key, None)        # this process's base of the directory is stale now
+
+    @staticmethod
+    def _drop_subtree(conn: sqlite3.Connection, vol: int, top: str) -> None:
+        """Delete every row strictly below directory ``top`` and the digests of every directory
+        in it (they sum only rows deleted here); ``top``'s own row is the caller's change."""
+        low, high = enc(top) + b"/", upper(enc(top))
+        conn.execute("DELETE FROM files WHERE vol=? AND path>? AND path<?", (vol, low, high))
+        conn.execute("DELETE FROM dirs WHERE vol=? AND ((path>? AND path<?) OR path=?)", (vol, low, high, enc(top)))
+
     def _apply(self, conn: sqlite3.Connection, vol: int, snapshot: str | None, seq: int,
                changes: Mapping[str, Tracked | None], old: Mapping[str, Tracked] | None = None,
                exact: bool | None = False) -> int:
         """Write ``changes`` and the directory digests they move. ``old``: the stored rows of
         (at least) the changed paths, if the caller has them; otherwise they are read."""
         digests = conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()
-        if digests is not None and digests[0]:
+        if digests is not None and digests[0] == dirdigest.VERSION:   # else summed again before a walk
             if old is None:
                 old = self._decoded(r for p in changes for r in conn.execute(
-                    _SELECT + "vol=? AND path=?", (vol, _enc(p))))
+                    SELECT + "vol=? AND path=?", (vol, enc(p))))
             self._move_digests(conn, vol, changes, old)
         conn.executemany("DELETE FROM files WHERE vol=? AND path=?",
-                         ((vol, _enc(p)) for p, t in changes.items() if t is None))
+                         ((vol, enc(p)) for p, t in changes.items() if t is None))
         conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         ((vol, *_row(p, t)) for p, t in changes.items() if t is not None))
+                         ((vol, *encode_row(p, t)) for p, t in changes.items() if t is not None))
         conn.execute("UPDATE volumes SET snapshot=?, seq=?, generation=generation+1, exact=coalesce(?, exact) "
                      "WHERE id=?", (snapshot, seq, None if exact is None else int(exact), vol))
         row = conn.execute("SELECT generation FROM volumes WHERE id=?", (vol,)).fetchone()
@@ -353,9 +321,9 @@ class IndexStore:
         for path, tracked in changes.items():
             before = old.get(path)
             if before is not None:
-                delta[dirdigest.parent_of(path)] -= _term(seed, path, before)
+                delta[dirdigest.parent_of(path)] -= term(seed, path, before)
             if tracked is not None:
-                delta[dirdigest.parent_of(path)] += _term(seed, path, tracked)
+                delta[dirdigest.parent_of(path)] += term(seed, path, tracked)
         self._add_digests(conn, vol, delta)
 
     @staticmethod
@@ -363,12 +331,12 @@ class IndexStore:
         for path, add in delta.items():
             if add % dirdigest.MOD == 0:
                 continue
-            row = conn.execute("SELECT digest FROM dirs WHERE vol=? AND path=?", (vol, _enc(path))).fetchone()
+            row = conn.execute("SELECT digest FROM dirs WHERE vol=? AND path=?", (vol, enc(path))).fetchone()
             value = (dirdigest.from_blob(row[0] if row else None) + add) % dirdigest.MOD
             if value:
-                conn.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", (vol, _enc(path), dirdigest.to_blob(value)))
+                conn.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", (vol, enc(path), dirdigest.to_blob(value)))
             else:
-                conn.execute("DELETE FROM dirs WHERE vol=? AND path=?", (vol, _enc(path)))
+                conn.execute("DELETE FROM dirs WHERE vol=? AND path=?", (vol, enc(path)))
 
     def _digest_seed(self, conn: sqlite3.Connection) -> int:
         if self._seed is None:
@@ -399,58 +367,21 @@ class IndexStore:
             row = conn.execute("SELECT snapshot, seq, exact FROM volumes WHERE key=?", (key,)).fetchone()
         return None if row is None else SyncState(row[0], int(row[1]), bool(row[2]))
 
-    def _digests(self, volume: str, directory: Path) -> tuple[int, dict[str, int]]:
-        """The digest seed and every directory's digest (computed once from all rows for an
-        index written before digests existed)."""
+    def _ensure_digests(self, volume: str, directory: Path) -> None:
+        """Sum the digests once, from all rows, for an index written before digests existed or
+        with other terms (``volumes.digests`` is the version of the terms, dirdigest.VERSION)."""
         key = self.key(volume, directory)
         self._migrate(volume, directory, key)
-        query = "SELECT path, digest FROM dirs WHERE vol=?"
         with self._connect() as conn:
-            seed = self._digest_seed(conn)
-            conn.execute("BEGIN")
             row = conn.execute("SELECT id, digests FROM volumes WHERE key=?", (key,)).fetchone()
-            if row is None or row[1]:
-                found = [] if row is None else conn.execute(query, (row[0],)).fetchall()
-                conn.execute("COMMIT")
-                return seed, {_dec(p): dirdigest.from_blob(d) for p, d in found}
-            conn.execute("COMMIT")
-        with self._write() as conn:         # an index from before digests: computed once
+        if row is None or row[1] == dirdigest.VERSION:
+            return
+        with self._write() as conn:
             vol = int(row[0])
-            if not conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()[0]:
+            if conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()[0] != dirdigest.VERSION:
                 conn.execute("DELETE FROM dirs WHERE vol=?", (vol,))
                 self._move_digests(conn, vol, self._all_rows(conn, vol), {})
-                conn.execute("UPDATE volumes SET digests=1 WHERE id=?", (vol,))
-            return seed, {_dec(p): dirdigest.from_blob(d) for p, d in conn.execute(query, (vol,))}
-
-    def _children(self, volume: str, directory: Path, dirs: Collection[str]) -> dict[str, Tracked]:
-        """The rows of the paths directly inside each of ``dirs``: a range read per directory
-        that jumps over each subdirectory's subtree instead of reading it."""
-        key = self.key(volume, directory)
-        found: list[tuple[Any, ...]] = []
-        with self._connect() as conn:
-            row = self._volume_row(conn, key)
-            if row is None:
-                return {}
-            for top in dirs:
-                prefix = _enc(top) + b"/" if top else b""
-                bound = " AND path<?" if top else ""
-                low, inclusive = prefix, False
-                while True:
-                    args = (row[0], low, prefix[:-1] + b"0") if top else (row[0], low)
-                    batch = conn.execute(_SELECT + f"vol=? AND path{'>=' if inclusive else '>'}?{bound} "
-                                         "ORDER BY path LIMIT 256", args).fetchall()
-                    jumped = False
-                    for item in batch:
-                        rest = bytes(item[0])[len(prefix):]
-                        cut = rest.find(b"/")
-                        if cut >= 0:       # below a subdirectory: skip its whole subtree
-                            low, inclusive, jumped = prefix + rest[:cut] + b"0", True, True
-                            break
-                        found.append(item)
-                        low, inclusive = bytes(item[0]), False
-                    if not jumped and len(batch) < 256:
-                        break
-        return self._decoded(found)
+                conn.execute("UPDATE volumes SET digests=? WHERE id=?", (dirdigest.VERSION, vol))
 
     def _rows(self, volume: str, directory: Path, paths: Collection[str],
               subtrees: Collection[str]) -> dict[str, Tracked]:
@@ -460,10 +391,10 @@ class IndexStore:
             row = self._volume_row(conn, key)
             if row is None:
                 return {}
-            query = _SELECT + "vol=? AND "
-            found = [r for p in paths for r in conn.execute(query + "path=?", (row[0], _enc(p)))]
+            query = SELECT + "vol=? AND "
+            found = [r for p in paths for r in conn.execute(query + "path=?", (row[0], enc(p)))]
             for top in subtrees:
-                low = _enc(top) + b"/"
+                low = enc(top) + b"/"
                 found += conn.execute(query + "path>? AND path<?", (row[0], low, low[:-1] + b"0")).fetchall()
         return self._decoded(found)
 
@@ -522,17 +453,34 @@ class IndexStore:
         in ``save``; None keeps what was recorded)."""
         await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes), exact)
 
+    def write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: list[EncodedRow],
+                   deletes: list[bytes], digests: Mapping[str, int], drops: Collection[str] = (), *,
+                   exact: bool | None = False) -> None:
+        """Blocking, for a worker thread: one transaction that drops the subtrees ``drops``, adds
+        ``digests`` (directory -> what its digest moves by, the caller summed the terms), deletes
+        the rows at ``deletes`` (encoded paths), writes ``puts`` (encoded rows) and records the
+        synced snapshot. A caller writing many rows calls it once per batch."""
+        self._write_rows(volume, directory, snapshot, seq, puts, deletes, digests, list(drops), exact)
+
+    @contextlib.contextmanager
+    def reader(self, volume: str, directory: Path) -> Iterator[RowReader]:
+        """A :class:`RowReader` of this directory's rows over one connection; blocking: open and
+        use it in one worker thread. An index written before digests existed gets them first."""
+        key = self.key(volume, directory)
+        self._migrate(volume, directory, key)
+        self._ensure_digests(volume, directory)
+        with self._connect() as conn:
+            seed = self._digest_seed(conn)
+            row = self._volume_row(conn, key)
+
+            def count(n: int) -> None:
+                self.rows_read += n
+
+            yield RowReader(conn, None if row is None else row[0], seed, count)
+
     async def state(self, volume: str, directory: Path) -> SyncState | None:
         """The synced snapshot without reading any row; None if the directory has no index."""
         return await asyncio.to_thread(self._state, volume, directory)
-
-    async def digests(self, volume: str, directory: Path) -> tuple[int, dict[str, int]]:
-        """(seed, digest of every directory that has children rows), see dirdigest.py."""
-        return await asyncio.to_thread(self._digests, volume, directory)
-
-    async def children(self, volume: str, directory: Path, dirs: Collection[str]) -> dict[str, Tracked]:
-        """The rows directly inside each of ``dirs`` ('' = the top), nothing deeper."""
-        return await asyncio.to_thread(self._children, volume, directory, list(dirs))
 
     async def rows(self, volume: str, directory: Path, paths: Collection[str],
                    subtrees: Collection[str] = ()) -> dict[str, Tracked]:

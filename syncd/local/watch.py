@@ -9,7 +9,8 @@ are recognised as clean (the hydrate recorded their fingerprints).
 
 InotifyWatch (the default). On start, one full walk adds a watch on every
 directory *before* listing it (so nothing created in between is missed) and
-compares every path with the index: whatever differs is dirty. From then on
+compares it with the index the way a commit's walk does (dirwalk.py: the rows of
+a directory are read only if its digest moved): whatever differs is dirty. From then on
 the kernel's events name the touched paths (the file, and for creations,
 deletions and renames its parent directory, whose mtime moved); nothing is
 walked. A directory that appears (created or moved in) is walked on its own,
@@ -45,7 +46,8 @@ from typing import Any, Protocol
 from syncd.errors import LocalIOError
 from syncd.local import dirfd
 from syncd.local.changes import differing_sync
-from syncd.local.index import IndexStore, unchanged
+from syncd.local.dirwalk import DirWalk
+from syncd.local.index import IndexStore
 from syncd.local.poll import PollWatch, signature
 from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat
 from syncd.local.watchsettings import WatchSettings
@@ -204,18 +206,21 @@ class InotifyWatch:
                     stack.append(path)
 
     async def _full_rescan(self) -> None:
+        """Watch every directory and compare it with the index as a commit's walk does
+        (dirwalk.py: only directories whose digest moved have their rows read), holding one
+        directory at a time, never the index or the tree."""
         self.scans += 1
-        index = await self.index_store.load(self.volume, self.directory)
         if not await asyncio.to_thread(self.directory.is_dir):
             return
-        local = await asyncio.to_thread(self._walk, "")
-        for path, loc in local.items():
-            tracked = index.files.get(path)
-            if tracked is None or not unchanged(tracked, loc) or tracked.entry.mode != loc.mode:
-                self._touch(path)
-        for path in index.files:
-            if path not in local:
-                self._touch(path)
+        for path in await asyncio.to_thread(self._rescan):
+            self._touch(path)
+
+    def _rescan(self) -> list[str]:
+        changed: list[str] = []
+        with self.index_store.reader(self.volume, self.directory) as reader:
+            for delta in DirWalk(self.directory, reader, on_dir=self._add_watch):
+                changed += [c.path for c in delta.changes]
+        return changed
 
     async def _walk_new_dirs(self) -> None:
         while self._new_dirs:
