@@ -340,7 +340,11 @@ def test_ctrl_c_of_a_first_commit_says_the_volume_is_empty_and_the_rerun_counts_
     result = json.loads(out)
     chunks = len(local_ids(src, config)["data.bin"])       # cut by content: about 12 of 1 MiB
     assert result["reused_chunks"] > 0 and result["reused_chunks"] + result["uploaded_chunks"] == chunks
-    assert result["uploaded_bytes"] == (12 << 20) - stored   # random bytes: stored plain
+    # random bytes, stored plain: the re-run uploads what the first did not store, and at most the
+    # chunks of a pack the first stored and had not yet recorded in the chunk index, found again
+    # only when the re-run groups them into the same pack (grouping under a full byte budget is a
+    # matter of timing: limits.py flushes open packs for a waiting reader)
+    assert (12 << 20) - stored <= result["uploaded_bytes"] < 12 << 20
     assert "no snapshot yet" not in err
 
     code, _, err = cli("commit", "big", str(src))                 # a volume with a snapshot: nothing to say
