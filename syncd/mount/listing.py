@@ -3,7 +3,10 @@
 The inode table (tree.py) never walks a snapshot itself: it asks a
 ``Listing`` for the children of one directory when the kernel first looks
 inside it (tree.py loads each directory once, single-flight), and for one
-entry by path.
+entry by path. A directory's entries come back named by their bare names
+(``entry.path`` is the name): on v2 they are the decoded tree's own entries,
+shared with the tree cache, not copies made under their full paths (a cold
+``find`` makes one object per entry, its inode).
 
 :class:`TreeListing` is the listing a mount uses. On a format-2 snapshot it
 asks ``VolumeRepo.list_dir`` for one directory, which reads only the trees on
@@ -25,59 +28,49 @@ read instead of issuing its own GET, so ``find`` costs about one GET per
 directory that has subdirectories, and ``stat`` of one file still costs one
 GET per level (each level's read was already under way). A failed prefetch
 is only logged: the listing that needs the tree reads it itself.
-
-``siblings(path)`` answers from the directory listings already made (the
-last ``REMEMBERED`` directories): the entries beside ``path``, or nothing if
-its directory was not listed lately. It never reads a tree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import posixpath
-from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from syncd.engine.volumes import VolumeRepo
 from syncd.errors import SyncdError
 from syncd.format.manifest import Entry, TreeRef
-from syncd.format.tree import with_path
 
 log = logging.getLogger(__name__)
-REMEMBERED = 64
 PREFETCH_BYTES = 4 << 20
 
 
 class Listing(Protocol):
     async def list_dir(self, path: str) -> list[Entry]:
-        """The entries directly inside directory ``path`` ('' is the root)."""
+        """The entries directly inside directory ``path`` ('' is the root), by bare name."""
         ...
 
-    async def lookup(self, path: str) -> Entry | None: ...
-
-    def siblings(self, path: str) -> list[Entry]: ...
+    async def lookup(self, path: str) -> Entry | None:
+        """The entry at full path ``path`` (under that path)."""
+        ...
 
 
 class SnapshotListing:
-    """A v1 snapshot's entries, grouped by directory."""
+    """A v1 snapshot's entries, grouped by directory (by bare name) once."""
 
     def __init__(self, entries: Mapping[str, Entry]) -> None:
         self.entries = entries
         self._dirs: dict[str, list[Entry]] = {}
         for path in sorted(entries):
-            self._dirs.setdefault(posixpath.dirname(path), []).append(entries[path])
+            parent, _, name = path.rpartition("/")
+            self._dirs.setdefault(parent, []).append(replace(entries[path], path=name))
 
     async def list_dir(self, path: str) -> list[Entry]:
         return list(self._dirs.get(path, ()))
 
     async def lookup(self, path: str) -> Entry | None:
         return self.entries.get(path)
-
-    def siblings(self, path: str) -> list[Entry]:
-        """Entries of the directory that holds ``path`` (for fetching a pack's small files together)."""
-        return self._dirs.get(posixpath.dirname(path), [])
 
 
 class TreeListing:
@@ -89,7 +82,6 @@ class TreeListing:
         self._flat = flat                   # format 1: the whole snapshot, indexed once
         self._refs: dict[str, TreeRef] = {} if root is None else {"": root}   # dir path -> its tree
         self._reading: dict[str, asyncio.Task[None]] = {}                    # tree id -> prefetch
-        self._recent: OrderedDict[str, list[Entry]] = OrderedDict()
         self.dirs_listed = 0                # list_dir calls answered from trees (tests, status)
 
     @classmethod
@@ -117,13 +109,9 @@ class TreeListing:
             await asyncio.shield(reading)
         items = await self.repo.trees.get(self.volume, ref)
         self.dirs_listed += 1
-        self._prefetch(path, [(with_path(i, path).path, i.tree) for i in items if i.tree is not None])
-        entries = [with_path(i, path) for i in items]
-        self._recent[path] = entries
-        self._recent.move_to_end(path)
-        while len(self._recent) > REMEMBERED:
-            self._recent.popitem(last=False)
-        return list(entries)
+        self._prefetch(path, [(f"{path}/{i.entry.path}" if path else i.entry.path, i.tree)
+                              for i in items if i.tree is not None])
+        return [i.entry for i in items]
 
     def _prefetch(self, path: str, subdirs: list[tuple[str, TreeRef]]) -> None:
         """Start one background read of the subdirectories' trees not in memory yet."""
@@ -154,9 +142,3 @@ class TreeListing:
         if self.snapshot_id is None or not path.strip("/"):
             return None
         return await self.repo.lookup(self.volume, self.snapshot_id, path)
-
-    def siblings(self, path: str) -> list[Entry]:
-        if self._flat is not None:
-            return self._flat.siblings(path)
-        return self._recent.get(posixpath.dirname(path), [])
-

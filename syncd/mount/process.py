@@ -85,6 +85,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
         engine.budget = ByteBudget(engine.budget.limit)
         publisher = Publisher(engine, opts.volume, tree, data, head)
         ops = MountOps(tree, data, publisher, read_only, opts.timeout)
+        tree.keep_fresh = not read_only          # the base of commits a read-only mount never makes
         stop = asyncio.Event()
 
         async def handle(request: dict[str, Any]) -> dict[str, Any]:
