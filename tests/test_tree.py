@@ -8,6 +8,7 @@ import zlib
 
 import pytest
 
+from syncd.engine import trees as engine_trees
 from syncd.engine.trees import Builder, TreeStore, diff_trees, upload_packs
 from syncd.errors import ManifestError
 from syncd.format import manifest, tree
@@ -170,3 +171,28 @@ async def test_builder_follows_apply_merge_rules() -> None:
     expected = manifest.apply(theirs, changes, base)
     assert sorted(merged) == sorted(expected) == ["a", "a/y", "b", "b/inner", "c"]
     assert merged["c"].kind == "file" and merged["b"].kind == "dir"
+
+
+async def test_a_coalesced_read_is_decoded_and_reported_tree_by_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One GET for a directory's 30 subtrees; each is in memory, and reported, as its batch is
+    decoded, before the read returns (the mount's find lists the first while the rest decode)."""
+    store, layout = MemoryStore(), Layout("p", "alice")
+    entries: dict[str, Entry] = {}
+    for a in range(30):
+        entries[f"d{a:02d}"] = Entry(f"d{a:02d}", "dir", 0o755, 0)
+        for c in range(40):
+            p = f"d{a:02d}/f{c}"
+            entries[p] = Entry(p, "file", 0o644, 1, 1, (ChunkRef(content_id(p.encode()), 1),))
+    first = Builder(TreeStore(store, layout), "v", None, {})
+    await first.apply(entries)
+    built = await first.finish()
+    await upload_packs(store, layout, "v", built)
+    cold = TreeStore(store, layout)
+    subtrees = [i.tree for i in await cold.get("v", built.root) if i.tree is not None]
+    monkeypatch.setattr(engine_trees, "DECODE_BATCH", 3 * max(r.size for r in subtrees))   # ~10 batches
+    seen: list[tuple[str, bool]] = []
+    got = await cold.get_many("v", subtrees, on_tree=lambda tid: seen.append((tid, cold.cached(tid) is not None)))
+    assert [tid for tid, _ in seen] == [r.id for r in sorted(subtrees, key=lambda r: r.offset)]
+    assert all(cached for _, cached in seen) and got.keys() == {r.id for r in subtrees}
+    assert cold.reads == 2                                   # the root, then all 30 subtrees in one GET
+    assert len(engine_trees._batches(sorted(subtrees, key=lambda r: r.offset))) >= 10

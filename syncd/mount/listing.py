@@ -26,8 +26,12 @@ commit sit side by side in one tree pack), up to ``PREFETCH_BYTES`` of
 stored trees per directory. A later listing of one of them waits for that
 read instead of issuing its own GET, so ``find`` costs about one GET per
 directory that has subdirectories, and ``stat`` of one file still costs one
-GET per level (each level's read was already under way). A failed prefetch
-is only logged: the listing that needs the tree reads it itself.
+GET per level (each level's read was already under way). It waits only until
+its own tree is decoded (the store decodes a read batch by batch and says
+which trees are done), so ``find`` lists the first subdirectories, and the
+kernel takes their entries in, while the later ones are still being decoded.
+A failed prefetch is only logged: the listing that needs the tree reads it
+itself.
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ class TreeListing:
         self.repo, self.volume, self.snapshot_id = repo, volume, snapshot_id
         self._flat = flat                   # format 1: the whole snapshot, indexed once
         self._refs: dict[str, TreeRef] = {} if root is None else {"": root}   # dir path -> its tree
-        self._reading: dict[str, asyncio.Task[None]] = {}                    # tree id -> prefetch
+        self._reading: dict[str, asyncio.Future[None]] = {}    # tree id -> done once it is decoded
+        self._tasks: set[asyncio.Task[None]] = set()               # prefetches under way
         self.dirs_listed = 0                # list_dir calls answered from trees (tests, status)
 
     @classmethod
@@ -125,16 +130,27 @@ class TreeListing:
         if not wanted:
             return
 
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Future[None]] = {ref.id: loop.create_future() for ref in wanted}
+
+        def decoded(tree_id: str) -> None:      # this one is in the tree cache: its listing may go on
+            future = waiting.pop(tree_id, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+            self._reading.pop(tree_id, None)
+
         async def read() -> None:
             try:
-                await self.repo.trees.get_many(self.volume, wanted)
+                await self.repo.trees.get_many(self.volume, wanted, on_tree=decoded)
             except SyncdError as exc:       # the listing that needs one of them reads it again
                 log.debug("prefetch of the trees below %r failed: %s", path, exc)
+            finally:
+                for tree_id in list(waiting):
+                    decoded(tree_id)
 
-        task = asyncio.ensure_future(read())
-        for ref in wanted:
-            self._reading[ref.id] = task
-        task.add_done_callback(lambda _: [self._reading.pop(r.id, None) for r in wanted])
+        self._reading.update(waiting)
+        self._tasks.add(task := asyncio.ensure_future(read()))
+        task.add_done_callback(self._tasks.discard)
 
     async def lookup(self, path: str) -> Entry | None:
         if self._flat is not None:
