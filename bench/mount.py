@@ -21,6 +21,7 @@ as skipped. Modes alternate in one process; results are JSON.
     python bench/mount.py --size 2G --entries 100000
     python bench/mount.py --find-only --entries 100000   # the find part alone (tree GETs counted)
     python bench/mount.py --find-only --repeat 3 --profile find.txt   # cold and warm, medians, py-spy
+    SYNCD_S3_ENDPOINT=... python bench/mount.py --find-only --prefix find100k   # seed once, then reuse
 
 It starts its own SeaweedFS unless SYNCD_S3_ENDPOINT is set.
 """
@@ -90,6 +91,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def seed(config: Config, scratch: Path, size: int, entries: int) -> None:
+    if not size:      # --find-only on a kept prefix (--prefix) that holds the many-entry volume: no new seed
+        async with open_engine(config) as engine:
+            if await engine.repo.exists("many") and (await engine.repo.head("many")).snapshot is not None:
+                return
     big, many = scratch / "big", scratch / "many"
     big.mkdir()
     with open(big / "large.bin", "wb") as f:
@@ -102,7 +107,8 @@ async def seed(config: Config, scratch: Path, size: int, entries: int) -> None:
             d.mkdir(parents=True)
         (d / f"f{i:06d}").write_bytes(b"x" * 64)
     async with open_engine(config) as engine:
-        await commit(engine, "big", big)
+        if size:
+            await commit(engine, "big", big)
         await commit(engine, "many", many)
 
 
@@ -176,6 +182,15 @@ def run_fio(config: Config, scratch: Path) -> dict[str, Any]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (its /proc stat): what a loaded machine moves least."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | None = None) -> dict[str, Any]:
     """``find`` over the many-entry volume: on a fresh mount (cold cache), then again on the same mount
     (warm: every tree decoded, every node made). ``repeat`` fresh mounts; medians, and each run's figures.
@@ -188,14 +203,15 @@ def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | No
             at_mount = m.call("status")["tree_reads"]
             if profile is not None and i == 0 and m.proc is not None:
                 spy = pyspy.record(m.proc.pid, profile)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), cpu_seconds(m.proc.pid if m.proc else 0)
             found = subprocess.run(["find", str(m.path)], capture_output=True, check=True).stdout.count(b"\n")
-            cold = time.perf_counter() - t
+            cold, cold_cpu = time.perf_counter() - t, cpu_seconds(m.proc.pid if m.proc else 0) - cpu
             status = m.call("status")
             t = time.perf_counter()
             subprocess.run(["find", str(m.path)], capture_output=True, check=True)
             warm = time.perf_counter() - t
             runs.append({"entries_listed": found, "cold_s": round(cold, 3), "warm_s": round(warm, 3),
+                         "cold_mount_cpu_s": round(cold_cpu, 3),
                          "mount_startup_s": round(startup, 3), "data_gets": m.data_gets(),
                          "tree_gets_at_mount": at_mount, "tree_gets": status["tree_reads"],
                          "dirs_listed": status["dirs_listed"]})
@@ -204,6 +220,7 @@ def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | No
                 pyspy.stop(spy)
             m.stop()
     out: dict[str, Any] = {"cold_s_median": statistics.median(r["cold_s"] for r in runs),
+                           "cold_mount_cpu_s_median": statistics.median(r["cold_mount_cpu_s"] for r in runs),
                            "warm_s_median": statistics.median(r["warm_s"] for r in runs), "runs": runs}
     if profile is not None and profile.exists():
         out["profile"] = str(profile)
@@ -213,7 +230,7 @@ def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | No
 
 def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
     size = parse_size(args.size)
-    config = Config(s3_endpoint=endpoint, bucket="syncd-bench", prefix=f"mount-{uuid.uuid4().hex[:8]}",
+    config = Config(s3_endpoint=endpoint, bucket="syncd-bench", prefix=args.prefix or f"mount-{uuid.uuid4().hex[:8]}",
                     owner="bench", cache_dir=scratch / "seed-cache", state_dir=scratch / "seed-state")
     asyncio.run(seed(config, scratch, 0 if args.find_only else size, args.entries))
     result: dict[str, Any] = {"size_bytes": size, "entries": args.entries}
@@ -288,6 +305,9 @@ def main() -> None:
     p.add_argument("--find-only", action="store_true", help="only the find over --entries entries")
     p.add_argument("--repeat", type=int, default=1, help="find: this many fresh mounts (medians)")
     p.add_argument("--profile", default=None, help="find: py-spy raw profile of the first cold find here")
+    p.add_argument("--prefix", default=None,
+                   help="find: the store prefix to use, seeded only if it has no 'many' volume yet (with "
+                        "SYNCD_S3_ENDPOINT set, repeated profiling runs skip the seed)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.quick:
