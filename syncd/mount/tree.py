@@ -40,7 +40,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from syncd.format.manifest import ChunkRef, Entry, Kind
 from syncd.mount.listing import Listing
@@ -71,12 +71,19 @@ class Node:
     ctime_ns: int = 0
     upper: bool = False              # data.py keeps an upper-layer file for this node
     lower_limit: int = 0             # bytes below this may still come from ``chunks``
-    present: set[int] = field(default_factory=set)   # chunk indexes copied into the upper file
+    copied: set[int] | None = None   # ``present``, made on first use: most nodes are never written
     version: int = 0
     committed: tuple[int, Entry] | None = None       # (version, entry) published last
     lookups: int = 0
     opens: int = 0
     attached: bool = True
+
+    @property
+    def present(self) -> set[int]:
+        """Indexes of the chunks copied into the upper file."""
+        if self.copied is None:
+            self.copied = set()
+        return self.copied
 
     def st_mode(self) -> int:
         return _S_IF[self.kind] | (self.mode & 0o7777)
