@@ -31,8 +31,11 @@ SYNCD_LARGE_PACK_SIZE        32 MiB              consecutive new chunks of one l
                                                  with one ranged GET); 0: a chunk each
 SYNCD_MAX_CONNECTIONS        32                  concurrent requests to the store
 SYNCD_MAX_INFLIGHT_BYTES     64 MiB              chunk bytes held in memory at once
-SYNCD_RETRIES                6                   attempts for a transient failure
-SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds
+SYNCD_RETRIES                6                   attempts for a transient failure (at least)
+SYNCD_RETRY_BASE_DELAY       0.1                 first backoff delay, seconds (doubling, <= 5)
+SYNCD_STORE_DEADLINE         30                  seconds one store request keeps retrying
+                                                 a transient failure (an outage) once the
+                                                 store has answered; then it fails
 SYNCD_CONNECT_TIMEOUT        10                  seconds
 SYNCD_READ_TIMEOUT           60                  seconds
 SYNCD_MULTIPART_THRESHOLD    64 MiB              objects above this use multipart
@@ -46,6 +49,12 @@ SYNCD_GATEWAY_HEAD_TTL       1                   seconds a gateway serves a HEAD
                                                  wrote from the store for this long
 SYNCD_ROOT                   /volumes            where the agent mounts volumes
 SYNCD_SOCKET                 /run/syncd.sock     the agent's Unix socket
+SYNCD_ALLOW_UIDS             (none)              other uids (numbers or user names,
+                                                 comma-separated) whose tasks may use the
+                                                 agent; the first owns the volume files
+SYNCD_ALLOW_GROUP            (none)              a group (gid or name) whose members may
+                                                 use the agent; the socket's group, and the
+                                                 group of the volume files
 SYNCD_KEEP_SNAPSHOTS         (all)               prune: keep the newest N snapshots
 SYNCD_KEEP_DAYS              (all)               prune: keep snapshots younger than D days
 SYNCD_PRUNE_GRACE            3600                prune: never delete objects younger than this (s)
@@ -60,7 +69,9 @@ or the server's ``InvalidBucketName``.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
+import pwd
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +115,23 @@ def check_endpoint(url: str) -> str:
     return url
 
 
+def parse_ids(text: str, kind: str) -> tuple[int, ...]:
+    """``"1000,alice"`` -> ``(1000, 1001)``: numbers as they are, names looked up (``kind``
+    ``"user"`` in the passwd database, ``"group"`` in the group database)."""
+    ids: list[int] = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        if word.isdigit():
+            ids.append(int(word))
+            continue
+        try:
+            ids.append(pwd.getpwnam(word).pw_uid if kind == "user" else grp.getgrnam(word).gr_gid)
+        except KeyError as exc:
+            raise ConfigError(f"no {kind} named {word!r} on this machine (give its number instead)") from exc
+    return tuple(ids)
+
+
 def parse_size(text: str) -> int:
     """``"8M"`` -> 8388608. Raises ConfigError on anything else."""
     match = _SIZE.match(text)
@@ -132,6 +160,7 @@ class Config:
     max_inflight_bytes: int = 64 * MiB
     retries: int = 6
     retry_base_delay: float = 0.1
+    store_deadline: float = 30.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     multipart_threshold: int = 64 * MiB
@@ -142,6 +171,8 @@ class Config:
     gateway_head_ttl: float = 1.0
     root: Path = Path("/volumes")
     socket: Path = Path("/run/syncd.sock")
+    allow_uids: tuple[int, ...] = ()    # tasks of these uids may use the agent (docs/AGENT.md)
+    allow_group: int | None = None      # and tasks in this group
     keep_snapshots: int | None = None
     keep_days: float | None = None
     prune_grace: float = 3600.0
@@ -165,6 +196,8 @@ class Config:
             raise ConfigError("SYNCD_CACHE_LARGE must be 'ref' or 'copy'")
         if self.max_connections < 1 or self.retries < 1:
             raise ConfigError("SYNCD_MAX_CONNECTIONS and SYNCD_RETRIES must be >= 1")
+        if not 0 <= self.store_deadline <= 86400:
+            raise ConfigError("SYNCD_STORE_DEADLINE must be between 0 and 86400 seconds")
         if self.multipart_part_size < 5 * MiB:
             raise ConfigError("SYNCD_MULTIPART_PART_SIZE must be at least 5 MiB (S3's minimum)")
         if (self.keep_snapshots is not None and self.keep_snapshots < 1) or \
@@ -216,6 +249,7 @@ class Config:
         number("SYNCD_MAX_CONNECTIONS", "max_connections", int)
         number("SYNCD_RETRIES", "retries", int)
         number("SYNCD_RETRY_BASE_DELAY", "retry_base_delay", float)
+        number("SYNCD_STORE_DEADLINE", "store_deadline", float)
         number("SYNCD_CONNECT_TIMEOUT", "connect_timeout", float)
         number("SYNCD_READ_TIMEOUT", "read_timeout", float)
         number("SYNCD_STALE_UPLOAD_AGE", "stale_upload_age", float)
@@ -226,8 +260,24 @@ class Config:
         if env.get("SYNCD_GATEWAY"):
             values["gateways"] = tuple(u.strip().rstrip("/") for u in env["SYNCD_GATEWAY"].split(",") if u.strip())
         text("SYNCD_GATEWAY_TOKEN", "gateway_token")
+        if env.get("SYNCD_ALLOW_UIDS"):
+            values["allow_uids"] = parse_ids(env["SYNCD_ALLOW_UIDS"], "user")
+        if env.get("SYNCD_ALLOW_GROUP"):
+            groups = parse_ids(env["SYNCD_ALLOW_GROUP"], "group")
+            if len(groups) != 1:
+                raise ConfigError("SYNCD_ALLOW_GROUP names one group (a gid or a group name)")
+            values["allow_group"] = groups[0]
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def file_owner(self) -> tuple[int, int] | None:
+        """``(uid, gid)`` the agent gives volume files and directories when tasks of other uids
+        use it: the first of ``allow_uids`` (else the agent's uid) and ``allow_group`` (else the
+        agent's gid). None when only the agent's own uid may use it: files stay as created."""
+        if not self.allow_uids and self.allow_group is None:
+            return None
+        return (self.allow_uids[0] if self.allow_uids else os.geteuid(),
+                self.allow_group if self.allow_group is not None else os.getegid())
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ never on message text::
         ├── AccessDenied       401/403: the credentials, or their rights
         ├── NotFound           no such key
         ├── PreconditionFailed a conditional write lost the race
+        │   └── UnsurePrecondition  ... on a retry: an earlier attempt may have
+        │                           landed with its answer lost
         └── TransientStoreError  throttling, 5xx, dropped or truncated transfers:
                                  worth retrying
 """
@@ -102,6 +104,10 @@ class NotFound(StoreError):
 
 class PreconditionFailed(StoreError):
     pass
+
+
+class UnsurePrecondition(PreconditionFailed):
+    """A retried conditional write failed its precondition: maybe because an earlier attempt landed."""
 
 
 class TransientStoreError(StoreError):

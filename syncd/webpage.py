@@ -22,6 +22,7 @@ _STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}"
           "h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.4em}"
           "table{border-collapse:collapse;margin:.4em 0}"
           "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.92em}"
+          "td{max-width:32em;overflow-wrap:anywhere}"
           "th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
           ".err{color:#b00020}.ok{color:#1b7f3b}.muted{color:#777}")
 

@@ -31,11 +31,16 @@ def env_for(config: Config) -> dict[str, str]:
         "SYNCD_CHUNK_SIZE": str(config.chunk_size), "SYNCD_PACK_THRESHOLD": str(config.pack_threshold),
         "SYNCD_PACK_SIZE": str(config.pack_size), "SYNCD_MAX_INFLIGHT_BYTES": str(config.max_inflight_bytes),
         "SYNCD_RETRIES": str(config.retries), "SYNCD_RETRY_BASE_DELAY": str(config.retry_base_delay),
+        "SYNCD_STORE_DEADLINE": str(config.store_deadline),
     })
     if config.gateways:
         env["SYNCD_GATEWAY"] = ",".join(config.gateways)
     if config.gateway_token:
         env["SYNCD_GATEWAY_TOKEN"] = config.gateway_token
+    if config.allow_uids:
+        env["SYNCD_ALLOW_UIDS"] = ",".join(map(str, config.allow_uids))
+    if config.allow_group is not None:
+        env["SYNCD_ALLOW_GROUP"] = str(config.allow_group)
     return env
 
 
@@ -126,9 +131,18 @@ class Agents:
         return agent.start()
 
     def kill_all(self) -> None:
-        from syncd.local import robind
         for agent in self.started:
             agent.kill()
-            for view in agent.config.root.glob(".readonly/*/*"):   # a killed agent's read-only binds
-                robind.unseal(view)
+            detach_under(agent.config.root)    # read-only views, lazy mounts and the seals below them
+
+
+def detach_under(root: Path) -> None:
+    """Detach every mount below ``root``, newest first: FUSE mounts left by killed processes, the
+    agent's read-only views and the seals it keeps below its lazy mount points (mount/spawn.py)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    for line in reversed(lines):
+        point = line.split()[4]
+        if point == str(root) or point.startswith(str(root) + "/"):
+            command = ["fusermount3", "-u", "-z"] if " - fuse" in line else ["umount", "-l"]
+            subprocess.run([*command, point], capture_output=True)
 

@@ -10,6 +10,8 @@ cache and state directories, so tests never see each other's volumes.
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,6 +46,20 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every uid may traverse (like / or /run on a node), so that a task of another
+    uid can reach a SYNCD_ROOT or a socket made in it and only the agent's own modes protect them.
+    Name it before ``agents`` in a test's arguments: it is then removed after the agents stopped
+    (a running agent's read-only views are bind mounts that cannot be removed)."""
+    path = Path(tempfile.mkdtemp(prefix="syncd-open-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        subprocess.run(["rm", "-rf", str(path)], check=False)   # files of other uids, read-only views
+
+
+@pytest.fixture
 def bucket() -> str:
     return os.environ.get("SYNCD_TEST_BUCKET", "syncd-test")
 
@@ -58,7 +74,7 @@ def config(s3_endpoint: str, bucket: str, tmp_path: Path) -> Config:
                   owner="alice", cache_dir=tmp_path / "cache", state_dir=tmp_path / "state",
                   chunk_size=1 * MiB, pack_threshold=256 * 1024, pack_size=2 * MiB,
                   large_pack_size=0, max_inflight_bytes=32 * MiB, multipart_threshold=64 * MiB, retries=4,
-                  retry_base_delay=0.05, root=tmp_path / "volumes", socket=tmp_path / "syncd.sock")
+                  retry_base_delay=0.05, store_deadline=0.0, root=tmp_path / "volumes", socket=tmp_path / "syncd.sock")
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ server, unless a :class:`Rule` matches the request, in which case it injects::
 
     reset        drop the connection with a TCP RST before forwarding
     reset_after  forward (the request takes effect on the server), then RST
-                 instead of answering: the "it landed but the answer was lost" case
+                 instead of answering: the "it landed but the answer was lost" case;
+                 the rule's ``meanwhile`` coroutine, if any, runs before the RST
+                 (e.g. another writer commits while this answer is on its way)
     slowdown     answer 503 SlowDown without forwarding
     truncate     forward, then relay the headers and only half of the body
     garble       forward, then relay the headers and as many bytes of junk as the body had
@@ -32,6 +34,7 @@ import collections
 import contextlib
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -55,6 +58,7 @@ class Rule:
     delay: float = 0.0
     matched: int = 0
     injected: int = 0
+    meanwhile: Callable[[], Awaitable[None]] | None = None   # reset_after: run before the RST
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -168,6 +172,8 @@ class FaultProxy:
             await up_writer.drain()
             if fault == "reset_after":
                 await up_reader.read()  # let the server finish the request, then lose its answer
+                if rule is not None and rule.meanwhile is not None:
+                    await rule.meanwhile()
                 _reset(writer)
                 return
             if fault in ("truncate", "garble", "stall_body"):

@@ -77,12 +77,13 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
 
 @contextlib.contextmanager
 def gateway_process(config: Config, tmp_path: Path, timeout: float = 30.0, port: int = 0,
-                    cache: str = "gwproc-cache") -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``syncd-gateway --no-auth --port PORT`` as a child process; killed on exit."""
+                    cache: str = "gwproc-cache", extra: tuple[str, ...] = ()
+                    ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``syncd-gateway --no-auth --port PORT [EXTRA...]`` as a child process; killed on exit."""
     env = {**os.environ, "SYNCD_S3_ENDPOINT": config.s3_endpoint or "", "SYNCD_BUCKET": config.bucket,
            "SYNCD_PREFIX": config.prefix}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "--no-auth", "--port", str(port),
-                             "--cache-dir", str(tmp_path / cache)],
+                             "--cache-dir", str(tmp_path / cache), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
     try:
         assert proc.stdout is not None

@@ -91,3 +91,4 @@ class MountProcess:
         self.kill()
         if mounted_at(self.path):
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+

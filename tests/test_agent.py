@@ -19,6 +19,7 @@ from syncd.sdk.volume import AgentClient
 
 from .agentutil import Agents, latest_files, wait_for
 from .conftest import worker_config
+from .faultproxy import FaultProxy, Rule
 from .treeutil import make_tree, snapshot_tree
 
 QUIET = ("--debounce", "60", "--max-delay", "120")   # no background commit during the test
@@ -226,3 +227,25 @@ def _ignore_errors(fn: Any) -> None:
         fn()
     except Exception:
         pass
+
+
+async def test_a_commit_in_flight_when_the_agent_dies_returns_once_the_restart_committed(
+        config: Config, agents: Agents, proxy: FaultProxy) -> None:
+    """A task's commit() is on its way (the agent's HEAD advance held by the proxy) when the agent
+    is killed: the SDK sends it again to the restarted agent (a commit run twice is run once) and
+    returns when the file is in the bucket, instead of failing with "Remote end closed" (seen by
+    bench/soak.py: 2 eager commits in 10 minutes)."""
+    faulty = config.replace(s3_endpoint=proxy.endpoint)
+    agent = await asyncio.to_thread(agents.start, faulty)
+    vol = await asyncio.to_thread(volume, "vol", socket_path=faulty.socket, owner=faulty.owner)
+    proxy.rules = [Rule("stall", method="PUT", path="/vol/HEAD", delay=30.0, times=1)]
+    (vol.path / "a.txt").write_text("in flight\n")
+    job = asyncio.ensure_future(asyncio.to_thread(vol.commit, "in flight"))
+    while not proxy.injected["stall"]:                 # the commit (or write-back) is at its advance
+        await asyncio.sleep(0.05)
+    assert not job.done()
+    await asyncio.to_thread(agent.kill)
+    await asyncio.to_thread(agents.start, faulty)
+    result = await job
+    assert result["volume"] == "vol"
+    assert (await asyncio.to_thread(latest_files, faulty, "vol")) == {"a.txt": 10}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -189,3 +190,180 @@ def test_the_sdk_names_syncd_agent_wait_when_it_gives_up(tmp_path: Path) -> None
     from syncd.sdk.volume import AgentClient
     with pytest.raises(AgentUnavailable, match="SYNCD_AGENT_WAIT"):
         AgentClient(tmp_path / "nobody.sock", connect_wait=0.2).call("GET", "/v1/status")
+
+
+# ---------------------------------------------------------------- item 1: every shape in the way of a get
+# A directory where the volume has a file, symlinks (to files, to directories, dangling) at a file's or a
+# directory's path, local files the volume does not have: refusals are exit 5 with nothing written;
+# --overwrite replaces a link itself, never what it points to; files the volume lacks stay either way.
+
+def _tree(top: Path) -> dict[str, str]:
+    """Every path below ``top`` (not following links): file text, 'dir' or '-> target'."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(top))
+            out[rel] = (f"-> {os.readlink(path)}" if path.is_symlink()
+                        else "dir" if path.is_dir() else path.read_text())
+    return out
+
+
+def test_a_local_directory_where_the_volume_has_a_file_is_not_replaced(cli: Any, tmp_path: Path) -> None:
+    _seed(cli, tmp_path)
+    dest = tmp_path / "dest"
+    (dest / "notes.txt").mkdir(parents=True)
+    (dest / "notes.txt" / "mine.txt").write_text("a file of mine in a directory named like the volume's file\n")
+    before = _tree(dest)
+    code, _, err = cli("get", "vol", "/", str(dest))
+    assert code == 5 and "notes.txt" in err
+    assert _tree(dest) == before                                  # nothing written, nothing removed
+    code, _, err = cli("get", "vol", "notes.txt", str(dest / "notes.txt"))   # into it, by name: no conflict
+    assert code == 0, err
+    assert (dest / "notes.txt" / "notes.txt").read_text() == "the volume's notes\n"
+    assert (dest / "notes.txt" / "mine.txt").exists()
+
+
+def test_symlinks_in_the_way_are_refused_and_never_followed(cli: Any, tmp_path: Path) -> None:
+    _seed(cli, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("outside the destination\n")
+    (outside / "deep.txt").write_text("not the volume's deep.txt\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "notes.txt").symlink_to(outside / "precious.txt")     # a link at a file's path
+    (dest / "sub").symlink_to(outside)                            # a link at a directory's path
+    (dest / "same.txt").symlink_to(tmp_path / "nowhere")          # dangling
+    outside_before, dest_before = _tree(outside), _tree(dest)
+    code, _, err = cli("get", "vol", "/", str(dest))
+    assert code == 5 and "3 local path(s)" in err, err
+    assert _tree(outside) == outside_before and _tree(dest) == dest_before
+    code, _, err = cli("get", "vol", "sub", str(dest / "sub"))     # named as the destination: followed, as cp
+                                                                  # does, and its differing deep.txt refused
+    assert code == 5 and _tree(outside) == outside_before
+
+    code, _, err = cli("get", "vol", "/", str(dest), "--overwrite")
+    assert code == 0, err
+    assert _tree(outside) == outside_before                       # the links' targets are untouched
+    assert not any(p.is_symlink() for p in (dest / "notes.txt", dest / "sub", dest / "same.txt"))
+    assert (dest / "notes.txt").read_text() == "the volume's notes\n"
+    assert (dest / "sub" / "deep.txt").read_text() == "deep\n" and (dest / "same.txt").read_text() == "same\n"
+
+
+def test_local_files_the_volume_does_not_have_stay(cli: Any, tmp_path: Path) -> None:
+    _seed(cli, tmp_path)
+    dest = tmp_path / "dest"
+    (dest / "sub").mkdir(parents=True)
+    (dest / "mine.txt").write_text("mine\n")
+    (dest / "sub" / "mine-too.txt").write_text("mine too\n")
+    for extra in ((), ("--overwrite",)):
+        code, _, err = cli("get", "vol", "/", str(dest), *extra)
+        assert code == 0, err
+        assert (dest / "mine.txt").read_text() == "mine\n" and (dest / "sub" / "mine-too.txt").read_text() == "mine too\n"
+        assert (dest / "sub" / "deep.txt").read_text() == "deep\n"
+
+
+# ---------------------------------------------------------------- item 10: Ctrl-C of a first commit
+
+def _stored_mib(config: Config, volume: str) -> int:
+    """MiB of chunk data the bucket holds for ``volume`` (chunk and pack objects): 1 MiB chunks here."""
+    import asyncio
+
+    from syncd.engine.wiring import open_engine
+
+    async def count() -> int:
+        async with open_engine(config, use_cache=False) as engine:
+            prefix = engine.layout.volume_prefix(volume)
+            return sum([o.size async for o in engine.store.list_objects(prefix)
+                        if o.key[len(prefix):].startswith(("chunks/", "packs/"))])
+    return asyncio.run(count()) >> 20
+
+
+@pytest.mark.parametrize("large_pack", [0, 4 << 20], ids=["chunk-objects", "large-packs"])
+def test_ctrl_c_of_a_first_commit_says_the_volume_is_empty_and_the_rerun_counts_what_it_reused(
+        cli: Any, config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large_pack: int) -> None:
+    """The issue's sequence: Ctrl-C during the first commit of 12 chunks, ``volume ls``, run it again."""
+    import signal
+
+    from syncd.data import upload
+    monkeypatch.setenv("SYNCD_LARGE_PACK_SIZE", str(large_pack))    # 0: each 1 MiB chunk its own object
+    monkeypatch.setenv("SYNCD_MAX_INFLIGHT_BYTES", str(3 << 20))      # a few PUTs at a time, as over a WAN
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "data.bin").write_bytes(os.urandom(12 << 20))
+    real_put = upload.put_immutable
+    puts = 0
+
+    async def put_then_ctrl_c(store: Any, key: str, data: bytes) -> bool:
+        nonlocal puts
+        stored = await real_put(store, key, data)
+        puts += 1
+        if puts == (5 if not large_pack else 1):
+            os.kill(os.getpid(), signal.SIGINT)                   # what Ctrl-C sends, mid-transfer
+        return stored
+    monkeypatch.setattr(upload, "put_immutable", put_then_ctrl_c)
+    code, out, err = cli("commit", "big", str(src))
+    assert code == 130 and out == ""
+    assert err.splitlines()[0] == "syncd: interrupted"
+    assert "volume 'big' has no snapshot yet" in err and "Run it again" in err
+    assert cli("volume", "ls")[1] == "big\n" and cli("ls", "big")[1] == ""   # created, and empty
+    stored = _stored_mib(config, "big")
+    assert 0 < stored < 12
+
+    monkeypatch.setattr(upload, "put_immutable", real_put)
+    code, out, err = cli("--json", "commit", "big", str(src))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["reused_chunks"] == stored and result["uploaded_chunks"] == 12 - stored
+    assert result["uploaded_bytes"] == (12 - stored) << 20
+    assert "no snapshot yet" not in err
+
+    code, _, err = cli("commit", "big", str(src))                 # a volume with a snapshot: nothing to say
+    assert code == 0 and "no snapshot yet" not in err
+
+
+def test_the_progress_bar_is_stopped_before_syncd_interrupted(cli: Any, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 10: no bar is drawn below 'syncd: interrupted' -- its refresh thread was told to stop before."""
+    import signal
+    import sys
+    import threading
+
+    from rich.live import _RefreshThread
+
+    from syncd.data import upload
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)       # a terminal: commit shows a bar
+    monkeypatch.setenv("SYNCD_MAX_INFLIGHT_BYTES", str(3 << 20))
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "data.bin").write_bytes(os.urandom(12 << 20))          # above the bar's 8 MiB threshold
+    real_put = upload.put_immutable
+    seen: list[bool] = []
+
+    async def put_then_ctrl_c(store: Any, key: str, data: bytes) -> bool:
+        stored = await real_put(store, key, data)
+        if not seen:
+            seen.append(any(isinstance(t, _RefreshThread) for t in threading.enumerate()))
+            os.kill(os.getpid(), signal.SIGINT)
+        return stored
+    monkeypatch.setattr(upload, "put_immutable", put_then_ctrl_c)
+    code, _, err = cli("commit", "big", str(src))
+    assert code == 130 and "syncd: interrupted" in err
+    assert seen == [True]                                          # a bar was being drawn
+    bars = [t for t in threading.enumerate() if isinstance(t, _RefreshThread)]
+    assert all(t.done.is_set() for t in bars)      # stopped: it may still wake once, and then draws nothing
+
+
+def test_restore_takes_the_path_after_the_snapshot_option(cli: Any, tmp_path: Path) -> None:
+    """Item 8 alone, with full snapshot ids: the order docs/AGENT.md and ``--help`` show."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        (src / "a.txt").write_text(f"version {i}\n")
+        (src / "b.txt").write_text(f"b {i}\n")
+        assert cli("commit", "vol", str(src))[0] == 0
+    first = _log_seqs(cli)[1]
+    code, _, err = cli("restore", "vol", "--snapshot", first, "a.txt")
+    assert code == 0, err
+    assert cli("cat", "vol", "a.txt")[1] == "version 0\n" and cli("cat", "vol", "b.txt")[1] == "b 1\n"

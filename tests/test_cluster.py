@@ -13,6 +13,7 @@ has made (counted), not by a timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
@@ -25,10 +26,12 @@ from syncd.config import Config, MiB
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine, open_engine
-from syncd.errors import SyncdError
+from syncd.errors import TransientStoreError
 from syncd.maint.check import check
 from syncd.store.devserver import CREDENTIALS
+from syncd.store.wrap import RetryingStore
 
+from .checks import check_head_complete, tmp_files
 from .cluster import Cluster
 from .conftest import worker_config
 from .treeutil import snapshot_tree
@@ -126,9 +129,16 @@ async def test_a_volume_server_killed_mid_cold_hydrate(cluster: Cluster, cconfig
     await assert_survives_any_one_loss(cluster, cconfig)
 
 
-async def test_the_s3_gateway_down_5s_during_a_commit(cluster: Cluster, cconfig: Config, tmp_path: Path) -> None:
-    """The filer's S3 gateway goes away for 5 s mid-commit: the commit completes, or fails with one
-    clear error; either way HEAD names a whole snapshot (old or new) and the next commit succeeds."""
+def store_retries(engine: Engine) -> int:
+    inner = engine.counter.inner
+    assert isinstance(inner, RetryingStore)
+    return inner.retries
+
+
+async def test_the_s3_gateway_down_5s_is_ridden_out(cluster: Cluster, cconfig: Config, tmp_path: Path) -> None:
+    """The filer's S3 gateway goes away for 5 s in the middle of a commit, and again in the middle of
+    a cold hydrate: both wait within SYNCD_STORE_DEADLINE (30 s by default) and complete, whole."""
+    assert cconfig.store_deadline == 30.0
     src = tmp_path / "src"
     make_files(src, files=40, size=100 * 1024)
     async with open_engine(cconfig) as eng:
@@ -137,25 +147,75 @@ async def test_the_s3_gateway_down_5s_during_a_commit(cluster: Cluster, cconfig:
         make_files(src, files=400, size=100 * 1024)     # rewrites the first 40 too
         job = asyncio.create_task(commit(eng, "vol", src))
         await when(eng, "put", eng.counter.calls["put"] + 10)
-        cluster.s3.kill()
-        back = threading.Timer(5.0, cluster.s3.start)  # the outage's length is the fault itself
-        back.start()
-        try:
-            outcome: object = await job
-        except SyncdError as exc:
-            outcome = exc
-        back.join()
-    cluster.heal()
-    if isinstance(outcome, SyncdError):  # today: the retries (6, about 3 s of backoff) end before the outage
-        assert "\n" not in str(outcome) and "gave up after" in str(outcome), str(outcome)
-    async with open_engine(cconfig) as eng:
-        head = await eng.repo.head("vol")
-        assert head.snapshot is not None
-        again = await commit(eng, "vol", src)             # the next commit succeeds, no repair
-        assert again.snapshot
+        assert not job.done()
+        with outage(cluster, 5.0):
+            result = await job
+        assert result.snapshot and result.seq == first.seq + 1
+        assert store_retries(eng) > 0                    # it did meet the outage
     dst = tmp_path / "dst"
-    async with open_engine(worker_config(cconfig, tmp_path, "reader")) as eng:
-        await hydrate(eng, "vol", dst)
+    async with open_engine(worker_config(cconfig, tmp_path, "reader")) as eng:   # a cold cache
+        job = asyncio.create_task(hydrate(eng, "vol", dst))
+        await when(eng, "get", 10)
+        assert not job.done()
+        with outage(cluster, 5.0):
+            hydrated = await job
+        assert hydrated.snapshot == result.snapshot and store_retries(eng) > 0
     assert snapshot_tree(dst) == snapshot_tree(src)
     await assert_clean(cconfig)
-    print(f"s3 gateway down 5 s mid-commit: {'failed: ' + str(outcome) if isinstance(outcome, SyncdError) else 'completed'}")
+
+
+async def test_an_outage_past_the_deadline_fails_cleanly(cluster: Cluster, cconfig: Config, tmp_path: Path) -> None:
+    """The S3 gateway stays down past the deadline (3 s here): the commit, and a hydrate, fail with
+    one line that says so; nothing is half-published (HEAD is the old, whole snapshot; the hydrate
+    leaves whole files only); once the gateway is back the same commit and hydrate succeed."""
+    config = cconfig.replace(store_deadline=3.0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_files(src, files=40, size=100 * 1024)
+    async with open_engine(config) as eng:
+        first = await commit(eng, "vol", src)
+        make_files(src, files=400, size=100 * 1024)
+        job = asyncio.create_task(commit(eng, "vol", src))
+        await when(eng, "put", eng.counter.calls["put"] + 10)
+        cluster.s3.kill()
+        with pytest.raises(TransientStoreError) as failed:
+            await job
+    message = str(failed.value)
+    assert "\n" not in message and "gave up after" in message, message
+    waited = float(message.split(" s: ", 1)[0].rsplit(" in ", 1)[1])
+    assert waited >= 3.0, message                         # the deadline, not the attempt count, ended it
+    cluster.heal()
+    async with open_engine(config) as eng:
+        head = await eng.repo.head("vol")
+        assert head.snapshot == first.snapshot and len(await eng.repo.history("vol")) == 1
+        assert await check_head_complete(eng, "vol") is not None
+        again = await commit(eng, "vol", src)             # the next commit succeeds, no repair
+        assert again.seq == first.seq + 1
+    async with open_engine(worker_config(config, tmp_path, "reader")) as eng:
+        await hydrate(eng, "vol", dst, snapshot_id=first.snapshot)
+        before, after = snapshot_tree(dst), snapshot_tree(src)
+        job = asyncio.create_task(hydrate(eng, "vol", dst))
+        await when(eng, "get", eng.counter.calls["get"] + 10)
+        cluster.s3.kill()
+        with pytest.raises(TransientStoreError, match="gave up after") as failed:
+            await job
+    assert "\n" not in str(failed.value)
+    cluster.heal()
+    assert not tmp_files(dst)
+    assert all(v in (before.get(p), after.get(p)) for p, v in snapshot_tree(dst).items())  # each file whole
+    async with open_engine(worker_config(config, tmp_path, "reader")) as eng:
+        await hydrate(eng, "vol", dst)
+    assert snapshot_tree(dst) == snapshot_tree(src)
+    await assert_clean(config)
+
+
+@contextlib.contextmanager
+def outage(cluster: Cluster, seconds: float) -> Iterator[None]:
+    """The S3 gateway SIGKILLed now and started again ``seconds`` later (the fault is its length)."""
+    cluster.s3.kill()
+    back = threading.Timer(seconds, cluster.s3.start)
+    back.start()
+    try:
+        yield
+    finally:
+        back.join()
+        cluster.heal()

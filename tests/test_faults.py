@@ -188,6 +188,79 @@ async def test_advance_that_landed_but_lost_its_answer_is_not_doubled(faulty: Co
         assert [s.seq for _, s in history] == [2, 1] and history[0][0] == result.snapshot
 
 
+async def test_an_outage_is_ridden_out_within_the_deadline_and_reported_past_it(
+        faulty: Config, proxy: FaultProxy, tmp_path: Path) -> None:
+    """SYNCD_STORE_DEADLINE: once the store has answered, a transient failure is retried past
+    SYNCD_RETRIES attempts for as long as the deadline allows; past it, one line; a store that
+    never answered this process is not waited for (a mistyped endpoint should be heard at once)."""
+    config = faulty.replace(retries=2, store_deadline=4.0)
+    async with seeded(config, tmp_path) as (eng, src):
+        (src / "new.txt").write_text("x\n")
+        proxy.rules = [Rule("reset", method="PUT", path="/vol/HEAD", times=5)]
+        result = await commit(eng, "vol", src)              # 6 attempts where SYNCD_RETRIES says 2
+        assert proxy.injected["reset"] == 5 and retries(eng) == 5 and result.seq == 2
+        proxy.rules = [Rule("slowdown", method="PUT", path="/vol/HEAD")]   # an outage that does not end
+        (src / "more.txt").write_text("y\n")
+        with pytest.raises(TransientStoreError, match=r"PUT \S+/vol/HEAD: gave up after \d+ attempts in "
+                                                      r"[\d.]+ s: .*SlowDown") as failed:
+            await commit(eng, "vol", src)
+        assert "\n" not in str(failed.value) and proxy.injected["slowdown"] > 2
+        assert float(str(failed.value).split(" in ", 1)[1].split(" s:", 1)[0]) >= 4.0
+        proxy.rules = []
+        assert (await eng.repo.head("vol")).seq == 2 and await check_head_complete(eng, "vol")
+    async with open_engine(config) as fresh:                # has not heard from the store yet
+        proxy.rules = [Rule("reset")]
+        with pytest.raises(TransientStoreError, match=r"gave up after 2 attempts in "):
+            await fresh.repo.head("vol")
+        assert proxy.injected["reset"] == 5 + 2
+
+
+async def test_opening_the_store_rides_out_a_throttled_bucket_check(faulty: Config, proxy: FaultProxy,
+                                                                   tmp_path: Path) -> None:
+    """The first request of every engine (the bucket check) meets 503s: it is retried like any
+    request, so a mount process or gateway starting while the store throttles does not fail
+    (the soak's revived lazy mount did, at once, with 'the server answered, but the request failed')."""
+    proxy.rules = [Rule("slowdown", method="GET", path="list-type=2", times=3)]
+    async with open_engine(faulty) as eng:                 # 4 attempts: 3 refused, the 4th answered
+        assert proxy.injected["slowdown"] == 3
+        await eng.repo.create("vol")
+    proxy.rules = [Rule("slowdown", method="GET", path="list-type=2")]
+    with pytest.raises(TransientStoreError, match=r"cannot reach the object store .*SlowDown") as failed:
+        async with open_engine(faulty):
+            pass
+    assert "\n" not in str(failed.value) and proxy.injected["slowdown"] == 3 + 4
+
+
+async def test_advance_that_landed_while_another_writer_moved_on_is_recognised(
+        faulty: Config, config: Config, proxy: FaultProxy, tmp_path: Path) -> None:
+    """The answer to our HEAD advance is lost and, before we retry, another writer commits the
+    same path on top of our snapshot. The retry's 412 must not make us publish our changes a
+    second time (on main: a second snapshot that put our older version back over theirs), nor,
+    after 30 such races, tell the user to try again: the snapshot we published is recognised in
+    the history and is the commit's result (the soak's "2 snapshots more than commits")."""
+    async with seeded(faulty.replace(read_timeout=30.0), tmp_path) as (eng, src):
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "shared.txt").write_text("theirs, committed later\n")
+        theirs: list[str | None] = []
+
+        async def another_writer_commits() -> None:     # straight to the server, not through the proxy
+            async with open_engine(worker_config(config, tmp_path, "w2")) as eng2:
+                theirs.append((await commit(eng2, "vol", other)).snapshot)
+
+        (src / "shared.txt").write_text("ours\n")
+        proxy.rules = [Rule("reset_after", method="PUT", path="/vol/HEAD", times=1, meanwhile=another_writer_commits)]
+        result = await commit(eng, "vol", src)
+        assert proxy.injected["reset_after"] == 1 and len(theirs) == 1
+        history = await eng.repo.history("vol")
+        assert [s.seq for _, s in history] == [3, 2, 1], "our changes were published twice"
+        assert [sid for sid, _ in history[:2]] == [theirs[0], result.snapshot] and result.seq == 2
+        assert history[0][1].entries["shared.txt"].size == len("theirs, committed later\n")  # the later wins
+        (src / "next.txt").write_text("y\n")                 # the index knows what was committed
+        after = await commit(eng, "vol", src)
+        assert after.seq == 4 and after.changed == 1
+
+
 async def test_put_cut_off_after_its_headers_leaves_the_old_object(engine: Engine, proxy: FaultProxy,
                                                                    faulty: Config, tmp_path: Path) -> None:
     """A client killed right after sending a PUT's headers: SeaweedFS would store an empty object

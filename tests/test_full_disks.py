@@ -25,7 +25,7 @@ from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
 from syncd.errors import SyncdError
 
-from .checks import tmp_files
+from .checks import check_head_complete, local_ids, snapshot_ids, tmp_files
 from .mountutil import MountProcess, fuse_missing
 from .treeutil import snapshot_tree
 
@@ -111,25 +111,69 @@ async def test_a_full_state_directory_during_a_commit(config: Config, tmp_path: 
                 print(f"full state directory: {exc}")
                 assert str(small / "state") in str(exc) and "\n" not in str(exc), str(exc)
                 assert "no space left on device" in str(exc), str(exc)
-                head = await eng.repo.head("vol")
-                assert head.snapshot is not None            # HEAD names a whole snapshot, old or new
             else:
                 raise AssertionError(f"the commit needed no room in a full state directory: {result}")
+            head = await check_head_complete(eng, "vol")    # nothing half-published: HEAD is whole,
+            assert head is not None and snapshot_ids(head) in (  # the old snapshot or exactly the tree
+                snapshot_ids(await eng.repo.snapshot("vol", first.snapshot)), local_ids(src, config.chunk_size))
             filler.unlink()
             again = await commit(eng, "vol", src)            # space freed: no repair needed
             assert again.snapshot
+            assert len(await eng.repo.history("vol")) <= 3   # at most: first, the failed one's, again
         dst = tmp_path / "dst"
         async with open_engine(config.replace(cache_dir=tmp_path / "rc", state_dir=tmp_path / "rs")) as eng:
             await hydrate(eng, "vol", dst)
         assert snapshot_tree(dst) == snapshot_tree(src)
 
 
+async def test_a_full_state_directory_during_a_hydrate(config: Config, tmp_path: Path) -> None:
+    """The hydrate's index (what it wrote, for the next incremental hydrate) cannot be saved: one
+    line naming the state directory, every file in the target whole, and once space is freed
+    the same hydrate completes (without downloading again what is already there)."""
+    src = tmp_path / "src"
+    make_data(src, files=400, size=1024)
+    async with open_engine(config) as eng:
+        assert (await commit(eng, "vol", src)).snapshot
+    with tiny_fs(tmp_path / "small", "4m") as small:
+        reader = config.replace(cache_dir=tmp_path / "rcache", state_dir=small / "state")
+        dst = tmp_path / "dst"
+        async with open_engine(reader) as eng:
+            await eng.index.state("vol", dst)               # the index database exists, then the disk fills
+            filler = fill(small)
+            with pytest.raises(SyncdError) as failed:
+                await hydrate(eng, "vol", dst)
+            message = str(failed.value)
+            print(f"full state directory (hydrate): {message}")
+            assert str(small / "state") in message and "\n" not in message, message
+            assert "no space left on device" in message.lower(), message
+            assert tmp_files(dst) == []
+            assert all(p.read_bytes() == (src / p.name).read_bytes() for p in dst.iterdir())   # whole files
+            filler.unlink()
+            await hydrate(eng, "vol", dst)
+        assert snapshot_tree(dst) == snapshot_tree(src)
+
+
+async def test_a_full_cache_directory_during_a_commit_costs_nothing(config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_data(src)
+    with tiny_fs(tmp_path / "small", "8m") as small:
+        async with open_engine(config.replace(cache_dir=small / "cache")) as eng:
+            fill(small)
+            result = await commit(eng, "vol", src)         # the cache is best-effort: nothing to notice
+            assert result.snapshot and await check_head_complete(eng, "vol") is not None
+    dst = tmp_path / "dst"
+    async with open_engine(config.replace(cache_dir=tmp_path / "rc", state_dir=tmp_path / "rs")) as eng:
+        await hydrate(eng, "vol", dst)
+    assert snapshot_tree(dst) == snapshot_tree(src)
+
+
 @pytest.mark.slow  # 63 s on the loaded machine (the mount's start and final commit)
 async def test_a_full_state_directory_under_a_mount_write(config: Config, tmp_path: Path,
                                                           mounts: list[MountProcess]) -> None:
     """A lazy mount keeps its writes in an upper layer under the state directory: when that file
-    system fills, the writer gets ENOSPC, what was fsynced before is intact, and once the failed file
-    is removed (space freed) the mount commits and the volume holds exactly the writes that fit."""
+    system fills, the writer gets ENOSPC (FUSE carries nothing else) and the mount's log names the
+    directory, what was fsynced before is intact, and once the failed file is removed (space
+    freed) the mount commits and the volume holds exactly the writes that fit."""
     missing = fuse_missing()
     if missing:
         pytest.skip(missing)
@@ -140,6 +184,7 @@ async def test_a_full_state_directory_under_a_mount_write(config: Config, tmp_pa
     with tiny_fs(tmp_path / "small", "8m") as small:
         mconfig = config.replace(state_dir=small / "state")
         m = MountProcess(mconfig, "vol", tmp_path / "mnt")
+        m.log_path = tmp_path / "mount.log"                # not on the file system about to fill
         mounts.append(m)
         m.start()
         kept = os.urandom(2 * 1024 * 1024)
@@ -152,6 +197,7 @@ async def test_a_full_state_directory_under_a_mount_write(config: Config, tmp_pa
                 f.flush()
                 os.fsync(f.fileno())
         assert info.value.errno == errno.ENOSPC
+        assert f"file system is full (No space left on device) in {small / 'state'}" in m.log()  # the operator's line
         assert (m.path / "fits.bin").read_bytes() == kept
         (m.path / "too-big.bin").unlink()                  # space freed
         m.call("commit")

@@ -13,9 +13,7 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -80,17 +78,6 @@ def connect_as(uid: int, socket_path: Path) -> str:
     out = subprocess.run(["/usr/bin/python3", "-c", code, str(socket_path)], user=uid, capture_output=True,
                          text=True, timeout=30, check=True)
     return out.stdout.strip()
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid may traverse (like /run), so only the agent's own modes protect the socket."""
-    path = Path(tempfile.mkdtemp(prefix="syncd-sec-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", str(path)], check=True)
 
 
 # ---------------------------------------------------------------- the agent's socket

@@ -22,9 +22,7 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -49,17 +47,6 @@ from .test_security import raw
 NOBODY = 65534
 SWAP_SECONDS = 15.0
 STALL_BOUND = 0.05   # seconds of event-loop lag that count as a stall
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid may traverse, so a task running as nobody can reach the volume."""
-    path = Path(tempfile.mkdtemp(prefix="syncd-sec10-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 # ---------------------------------------------------------------- 1. the RENAME_EXCHANGE race

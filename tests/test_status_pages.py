@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,11 @@ import pytest
 
 from syncd.config import Config
 from syncd.store.devserver import free_port
+from syncd.webpage import REFRESH
 
-from .agentutil import Agents, env_for
+from .agentutil import Agents, env_for, wait_for
 from .gatewayutil import commit_tree, gateway_process, metric, through
+from .mountutil import fuse_missing
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -113,28 +116,44 @@ def get(url: str) -> str:
 def test_status_pages_in_headless_chromium(config: Config, agents: Agents, tmp_path: Path) -> None:
     _chromium()
     snapshot, _ = asyncio.run(commit_tree(config, tmp_path / "src", small_files=12, large_size=300_000))
-    with gateway_process(config, tmp_path) as (_, gateway_url):
+    gw_port, dead_peer = free_port(), f"http://127.0.0.1:{free_port()}"   # nothing listens on the peer's port
+    me = f"http://127.0.0.1:{gw_port}"
+    with gateway_process(config, tmp_path, port=gw_port, extra=("--pool", f"{me},{dead_peer}", "--self-url", me)) \
+            as (_, gateway_url):
         worker = through(config, gateway_url)
         port = free_port()
-        agent = agents.start(worker, "--status-addr", f"127.0.0.1:{port}")
+        # no write-back while the page is read: a write stays pending, with its lag, until committed
+        agent = agents.start(worker, "--status-addr", f"127.0.0.1:{port}", "--debounce", "600", "--max-delay", "600")
         mounted = agent.client.call("POST", "/v1/volumes/vol/mount", {})
         assert mounted["snapshot"] == snapshot
         agent.client.call("POST", "/v1/volumes/vol/mount", {"read_only": True})
+        lazy = fuse_missing() is None
+        if lazy:
+            agent.client.call("POST", "/v1/volumes/vol2/mount", {"mode": "lazy"})
+        (Path(mounted["path"]) / "committed.txt").write_text("one commit, so the page has a last commit\n")
+        committed = agent.client.call("POST", "/v1/volumes/vol/commit", {"message": "status page"})
+        (Path(mounted["path"]) / "pending.txt").write_text("written after it: pending, with a lag\n")
+        wait_for(lambda: agent.mount_status("vol")["pending"], 30, "the write to be seen as pending")
         base = f"http://127.0.0.1:{port}"
         assert f"status {base}/status" in agent.log()
 
         page = parse(browse(f"{base}/status", tmp_path / "agent-status.png"))
-        assert page.scripts == 0 and page.refresh is not None
+        assert page.scripts == 0 and page.refresh == str(REFRESH)        # reloads itself, no JavaScript
         rows = {(r["name"], r["mode"]): r for r in page.table("mounts")}
         eager, view = rows[("vol", "eager")], rows[("vol", "read-only")]
-        assert eager["snapshot"] == snapshot and eager["pending"] == "no" and eager["last_error"] == "none"
-        assert eager["last_commit"] and eager["write_back_lag"] and eager["path"].endswith("/vol")
-        assert view["snapshot"] == snapshot
+        assert eager["snapshot"] == committed["snapshot"] and eager["last_error"] == "none"
+        assert eager["pending"] == "yes" and re.fullmatch(r"\d+ s", eager["write_back_lag"]), eager
+        assert re.fullmatch(r"\d\d:\d\d:\d\d UTC \(\d+ s ago\)", eager["last_commit"]), eager
+        assert eager["path"].endswith("/vol") and eager["seq"] == str(committed["seq"])
+        assert view["snapshot"] == snapshot and view["pending"] == "no"
+        if lazy:
+            assert rows[("vol2", "lazy")]["pending"] == "no"
         sources = {r["source"]: r["bytes"] for r in page.table("sources")}
         gateway_source = f"gateway:{gateway_url.removeprefix('http://')}"
         assert gateway_source in sources and sources[gateway_source] != "0 B", sources
         assert page.fact("cache", "hit_ratio").endswith("%") or page.fact("cache", "hit_ratio") == "-"
         assert page.fact("cache", "cache_entries").isdigit() and int(page.fact("cache", "cache_entries")) > 0
+        assert page.fact("cache", "cache_bytes").endswith("iB")
         assert page.fact("agent", "owner") == config.owner
 
         gw = parse(browse(f"{gateway_url}/status", tmp_path / "gateway-status.png"))
@@ -145,7 +164,9 @@ def test_status_pages_in_headless_chromium(config: Config, agents: Agents, tmp_p
         assert {r["owner"]: int(r["requests"]) for r in gw.table("owners")}[config.owner] > 0
         assert {r["code"] for r in gw.table("refusals")} == {"401", "403", "503"}
         assert gw.fact("gateway", "uptime").endswith(" s") or "min" in gw.fact("gateway", "uptime")
-        assert gw.table("peers") == []   # a gateway without --pool has none to show
+        peers = gw.table("peers")           # the dead peer was asked on the first miss, and is down
+        assert [p["peer"] for p in peers] == [dead_peer], peers
+        assert peers[0]["health"] in ("down", "probing") and int(peers[0]["trips"]) >= 1, peers
 
         done = subprocess.run([sys.executable, "-m", "syncd", "status"], env=env_for(worker),
                               capture_output=True, text=True, timeout=60)

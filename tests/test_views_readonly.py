@@ -64,3 +64,55 @@ def test_a_write_as_root_to_a_read_only_view_fails(config: Config, agents: Agent
     assert (newer / "x.txt").read_text() == "newer\n" and (ro / "x.txt").read_text() == "the volume's\n"
     assert agent.terminate() == 0                   # a stopping agent leaves no mount behind
     assert not robind.sealed(newer.path) and not robind.sealed(ro.path)
+
+
+def test_a_view_refuses_writes_by_every_other_way_in(config: Config, agents: Agents, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a symlink in a writable mount, a rename or a hard link into it, a second read-only task."""
+    if os.geteuid() != 0 or not _can_bind(tmp_path):
+        pytest.skip("needs root with CAP_SYS_ADMIN (a read-only bind mount)")
+    agents.start(config)
+    monkeypatch.setenv("SYNCD_SOCKET", str(config.socket))
+    writer = volume("data")
+    (writer / "x.txt").write_text("the volume's\n")
+    writer.commit()
+    ro = volume("data", read_only=True)
+    other = volume("data", read_only=True)
+    assert other.path == ro.path                             # one view per snapshot, shared
+
+    (writer / "into-view").symlink_to(ro.path / "x.txt")     # a link the writable task may make
+    assert _refused(lambda: (writer / "into-view").write_text("nope")) == errno.EROFS
+    (writer / "dir-link").symlink_to(ro.path)
+    _refused(lambda: (writer / "dir-link" / "new.txt").write_text("nope"))
+    (writer / "mine.txt").write_text("mine\n")
+    for move in (os.rename, os.link):                         # across the mount: EXDEV, never a write
+        with pytest.raises(OSError) as info:
+            move(writer / "mine.txt", ro.path / "moved.txt")
+        assert info.value.errno in (*REFUSED, errno.EXDEV)
+    with pytest.raises(OSError) as info:                      # nor can the view itself be moved away
+        os.rename(ro.path, tmp_path / "stolen")
+    assert info.value.errno in (*REFUSED, errno.EBUSY, errno.EXDEV)
+    _refused(lambda: os.truncate(other.path / "x.txt", 0))
+    _refused(lambda: os.utime(other.path / "x.txt", (0, 0)))
+    assert sorted(os.listdir(ro.path)) == ["x.txt"] and (ro / "x.txt").read_text() == "the volume's\n"
+    writer.commit()                                           # the links commit as links; the view is unchanged
+    assert (other / "x.txt").read_text() == "the volume's\n"
+
+
+def test_a_symlink_planted_where_the_view_goes_is_not_used(config: Config, agents: Agents, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root task that knows the next snapshot id cannot make the agent hand out its own directory."""
+    agents.start(config)
+    monkeypatch.setenv("SYNCD_SOCKET", str(config.socket))
+    writer = volume("data")
+    (writer / "x.txt").write_text("the volume's\n")
+    result = writer.commit()
+    snapshot = result["snapshot"] if isinstance(result, dict) else result.snapshot
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / "x.txt").write_text("the task's version\n")
+    (config.root / ".readonly" / "data").mkdir(parents=True, exist_ok=True)
+    (config.root / ".readonly" / "data" / snapshot).symlink_to(trap)
+    ro = volume("data", read_only=True)
+    assert (ro / "x.txt").read_text() == "the volume's\n"
+    assert not ro.path.is_symlink() and (trap / "x.txt").read_text() == "the task's version\n"

@@ -24,7 +24,10 @@ tasks can never reach another owner's volumes through a shared worker.
 ``serve()`` binds the socket (mode 0600 from the start: it is bound under
 umask 0177, so no other uid can connect even for a moment; a directory the
 agent has to create for it is made 0700; a stale socket file is replaced, a
-live agent on it is an error), resumes the mounts of the state file and runs
+live agent on it is an error). Tasks of other uids get in only when the
+operator names them (``SYNCD_ALLOW_UIDS``/``SYNCD_ALLOW_GROUP``): the socket's
+group and mode are opened to them after the bind and every request is checked
+against the peer's kernel credentials (access.py). It then resumes the mounts of the state file and runs
 until SIGTERM or SIGINT, then stops the API and flushes every mount. With
 ``--status-addr`` it also serves ``make_status_app`` on TCP: the status page,
 ``/status.json``, ``/metrics`` and ``/healthz``, none of which changes anything.
@@ -46,6 +49,7 @@ from typing import Any
 from aiohttp import web
 
 from syncd import errors
+from syncd.agent import access
 from syncd.agent.service import Agent
 from syncd.agent.status import render_html
 from syncd.agent.views import writable_sub_path
@@ -57,6 +61,7 @@ from syncd.local.watch import WatchSettings
 
 log = logging.getLogger(__name__)
 OWNER_HEADER = "X-Syncd-Owner"
+AGENT = web.AppKey("agent", Agent)
 
 _STATUS: list[tuple[type[SyncdError], int]] = [
     (errors.InvalidName, 400), (errors.ConfigError, 400), (errors.PermissionDenied, 403), (errors.VolumeNotFound, 404),
@@ -82,7 +87,7 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    agent: Agent = request.app["agent"]
+    agent: Agent = request.app[AGENT]
     owner = request.headers.get(OWNER_HEADER)
     try:
         if owner is not None and owner != agent.config.owner:
@@ -128,7 +133,8 @@ class _Routes:
         mode = options.get("mode")
         described = (await self.agent.attach(name, mode=str(mode) if mode else None)).describe()
         if sub_path:
-            path = await asyncio.to_thread(writable_sub_path, Path(described["path"]), sub_path)
+            path = await asyncio.to_thread(writable_sub_path, Path(described["path"]), sub_path,
+                                           self.agent.file_owner, self.agent.dir_mode)
             described.update(path=str(path), sub_path=sub_path)
         return _json(described)
 
@@ -164,8 +170,9 @@ class _Routes:
 
 
 def make_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[_errors])
-    app["agent"] = agent
+    """The socket's API; every request first passes the peer check (access.py)."""
+    app = web.Application(middlewares=[_errors, access.middleware(access.Access(agent.config))])
+    app[AGENT] = agent
     r = _Routes(agent)
     app.router.add_routes([
         web.get("/v1/status", r.status), web.get("/v1/volumes", r.volumes),
@@ -180,7 +187,7 @@ def make_app(agent: Agent) -> web.Application:
 def make_status_app(agent: Agent) -> web.Application:
     """The ``--status-addr`` listener: read-only routes only, no volume operation (status.py)."""
     app = web.Application(middlewares=[_errors])
-    app["agent"] = agent
+    app[AGENT] = agent
     r = _Routes(agent)
     app.router.add_routes([web.get("/status", r.page), web.get("/status.json", r.status),
                            web.get("/metrics", r.metrics), web.get("/healthz", r.healthz)])
@@ -202,13 +209,16 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
-def _claim_socket(path: os.PathLike[str]) -> None:
+def _claim_socket(path: os.PathLike[str], dir_mode: int = 0o700) -> None:
     """Remove a stale socket file; refuse if an agent is listening on it."""
     if len(os.fsencode(path)) > 107:
         raise errors.ConfigError(f"SYNCD_SOCKET {os.fspath(path)!r} is longer than a Unix socket path "
                                  "may be (107 bytes)")
     if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            os.makedirs(parent, mode=dir_mode, exist_ok=True)
+            os.chmod(parent, dir_mode)   # whatever the umask
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -238,7 +248,7 @@ async def serve(config: Config, watch: WatchSettings = WatchSettings(),
 
     ``status_addr``: also serve the status page, /metrics and /healthz there (status.py);
     ``agent.status_url`` says where, once ``ready`` is called."""
-    await asyncio.to_thread(_claim_socket, config.socket)
+    await asyncio.to_thread(_claim_socket, config.socket, access.socket_dir_mode(config))
     async with open_engine(config) as engine:
         agent = Agent(engine, watch)
         runner = web.AppRunner(make_app(agent), handle_signals=False, access_log=None)
@@ -249,7 +259,7 @@ async def serve(config: Config, watch: WatchSettings = WatchSettings(),
             await site.start()
         finally:
             os.umask(umask)
-        os.chmod(config.socket, 0o600)
+        await asyncio.to_thread(access.open_socket, config.socket, config)   # 0600 unless tasks are named
         status_runner = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -56,7 +56,7 @@ from syncd.engine.wiring import Engine
 from syncd.errors import AgentUnavailable, LocalIOError, SyncdError, VolumeNotFound
 from syncd.format.layout import validate_name
 from syncd.limits import SingleFlight
-from syncd.local.mountdir import prepare_mount
+from syncd.local.mountdir import GROUP_DIR, PRIVATE_DIR, prepare_mount
 from syncd.local.watch import PollWatch, Watcher, WatchSettings, WatchUnavailable, open_watcher
 from syncd.mount.spawn import LazyMount, LazyMounts, check_mode, default_mode
 
@@ -101,6 +101,9 @@ class Agent:
         self.engine = engine
         self.config = engine.config
         self.watch = watch
+        # tasks of other uids (SYNCD_ALLOW_UIDS/_GROUP) get the mount directories and what hydrates write
+        self.file_owner = self.config.file_owner()
+        self.dir_mode = GROUP_DIR if self.config.allow_group is not None else PRIVATE_DIR
         self.mounts: dict[str, Mount] = {}
         self.closing = False
         self.resuming: set[str] = set()    # listed in the state file, not mounted yet
@@ -154,10 +157,15 @@ class Agent:
         if create:
             await self.engine.repo.create(name)
         else:
-            await self.engine.repo.head(name)
+            try:
+                await self.engine.repo.head(name)
+            except VolumeNotFound:
+                if name in self.resuming:    # deleted or renamed while the agent was down: inside this
+                    await self._forget(Mount(name, self.config.root / name))   # flight, before any new mount
+                raise
         mount = Mount(name, self.config.root / name)
         resuming = await self.engine.index.exists(name, mount.path)
-        await asyncio.to_thread(prepare_mount, self.config.root, name)
+        await asyncio.to_thread(prepare_mount, self.config.root, name, self.file_owner, self.dir_mode)
         await self._sync(mount, commit_first=resuming)
         self.mounts[name] = mount
         await self._save_state()
@@ -170,7 +178,7 @@ class Agent:
         if commit_first:
             await self.commit(mount, changed=_hint(mount))
         async with mount.lock:
-            result = await hydrate(self.engine, mount.name, mount.path, changed=_hint(mount))
+            result = await hydrate(self.engine, mount.name, mount.path, changed=_hint(mount), owner=self.file_owner)
             log.info("hydrated %s to seq %d: %d file(s) written, %d deleted", mount.name, result.seq,
                      result.files_written, result.deleted)
             mount.hydrates += 1
@@ -221,11 +229,11 @@ class Agent:
         await self._stop_watcher(mount)
         if self.mounts.get(mount.name) is mount:
             del self.mounts[mount.name]
-            await self._save_state()
-        async with mount.lock:
-            index = await self.engine.index.load(mount.name, mount.path)
-            kept = await asyncio.to_thread(set_aside, self.config.root, mount.name, index)
+        async with mount.lock:   # aside, then forget the index, then the state file: a kill in between
+            index = await self.engine.index.load(mount.name, mount.path)   # leaves it listed, so a restart
+            kept = await asyncio.to_thread(set_aside, self.config.root, mount.name, index)   # does this again
             await self.engine.index.forget(mount.name, mount.path)
+        await self._save_state()
         if kept is None:
             log.info("volume %s no longer exists; removed its local copy %s (everything in it was committed)",
                      mount.name, mount.path)
@@ -320,7 +328,11 @@ class Agent:
                     continue
                 except VolumeNotFound:
                     mount.watcher = None            # this task ends here; _forget must not cancel it
-                    await self._forget(mount)
+                    try:
+                        await self._forget(mount)
+                    except SyncdError as exc:       # the copy stays in place, listed for the next start
+                        log.error("volume %s no longer exists, and its local copy could not be set aside: %s",
+                                  mount.name, exc)
                     return
                 except SyncdError as exc:
                     mount.last_error = f"{type(exc).__name__}: {exc}"
@@ -350,7 +362,7 @@ class Agent:
                 await self.mount(name, create=False)
                 resumed.append(name)
             except VolumeNotFound:
-                log.warning("volume %s was deleted while the agent was down; not resumed", name)
+                log.warning("volume %s was deleted or renamed while the agent was down; not resumed", name)
             except SyncdError as exc:
                 log.error("cannot resume %s: %s (kept in the state file)", name, exc)
                 continue

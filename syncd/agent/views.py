@@ -25,6 +25,7 @@ snapshot, and views of older snapshots of the volume beyond the newest
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -40,7 +41,8 @@ from syncd.engine.transfer import get
 from syncd.engine.wiring import Engine
 from syncd.errors import ConfigError, ManifestError, SnapshotNotFound
 from syncd.limits import SingleFlight
-from syncd.local import robind
+from syncd.local import dirfd, robind
+from syncd.local import fs as localfs
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,32 @@ def _thaw_and_remove(path: Path) -> None:
     for dirpath, _, _ in os.walk(path):
         os.chmod(dirpath, 0o755)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _clear_for_view(top: Path, target: Path) -> bool:
+    """Make ``top`` and ``target``'s parent real directories, removing a symlink or file a task put
+    there (never followed); True if ``target`` already is a real directory (a view made earlier)."""
+    for path in (top, target.parent):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            path.mkdir(mode=0o755)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            log.warning("removing %s: a %s where the agent keeps read-only views", path,
+                        "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+            os.unlink(path)
+            path.mkdir(mode=0o755)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return True
+    log.warning("removing %s: a %s where a read-only view goes", target,
+                "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+    os.unlink(target)
+    return False
 
 
 def _prune(parent: Path, keep: Path) -> None:
@@ -123,7 +151,7 @@ class Views:
         return view
 
     async def _make(self, name: str, snapshot: str | None, sub: str, target: Path) -> Path:
-        if await asyncio.to_thread(target.is_dir):
+        if await asyncio.to_thread(_clear_for_view, self.root, target):
             await self._seal(target)      # made by an earlier agent, unmounted when it stopped
             return target
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
@@ -147,9 +175,33 @@ class Views:
         return target
 
 
-def writable_sub_path(mount_path: Path, sub_path: str) -> Path:
-    """``mount_path/sub_path``, created if missing (a plain directory of the synced copy)."""
+def writable_sub_path(mount_path: Path, sub_path: str, owner: localfs.Owner = None,
+                      mode: int = 0o755) -> Path:
+    """``mount_path/sub_path``, created if missing (a plain directory of the synced copy).
+
+    The task shares the mount directory: a component may be a symlink it planted
+    (``models -> /etc``). So every component is reached from a descriptor with
+    ``O_NOFOLLOW | O_DIRECTORY`` and created relative to its parent (dirfd.py): a link
+    is refused (ConfigError), never followed. What is created is given to ``owner``."""
     sub = checked_sub_path(sub_path)
-    path = mount_path / sub if sub else mount_path
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    if not sub:
+        return mount_path
+    fd = dirfd.open_root(mount_path)
+    try:
+        for part in sub.split("/"):
+            try:
+                child, created = dirfd.make_dir_at(fd, part, mode)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ConfigError(f"sub_path {sub_path!r}: {part!r} in {mount_path} is a symlink or not a "
+                                      "directory; the agent does not follow it") from exc
+                raise localfs.local_error(mount_path / sub, exc, "create") from exc
+            os.close(fd)
+            fd = child
+            if created:
+                if owner is not None:
+                    os.fchown(fd, *owner)
+                os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return mount_path / sub

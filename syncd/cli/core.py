@@ -20,14 +20,15 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from syncd import __version__
 from syncd.config import Config
-from syncd.engine.wiring import open_engine
-from syncd.errors import SyncdError
+from syncd.engine.wiring import Engine, open_engine
+from syncd.errors import SyncdError, VolumeNotFound
 from syncd.format.layout import normalize_volume_name
 
+T = TypeVar("T")
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, Any]]
 Configure = Callable[[argparse.ArgumentParser], None]
 
@@ -92,6 +93,35 @@ def stop_bars() -> None:
         _BARS.pop().close()
 
 
+_ON_INTERRUPT: list[str] = []   # said after 'syncd: interrupted' if Ctrl-C ends this run
+
+
+async def filling(engine: Engine, name: str, run: Coroutine[Any, Any, T]) -> T:
+    """Run a command that writes ``name``'s first snapshot (commit, put); if Ctrl-C stops it before
+    the snapshot is published, say that the volume exists but is empty and how to finish.
+
+    The volume is created before any byte is uploaded (so two writers cannot both create it),
+    which is why an interrupted first commit leaves it listed and empty."""
+    try:
+        empty = (await engine.repo.head(name)).snapshot is None
+    except VolumeNotFound:
+        empty = True
+    note = (f"syncd: volume {name!r} has no snapshot yet: the command did not finish, so the volume is "
+            "empty. Run it again to finish: the chunks already stored are found, not stored twice "
+            "(counted as reused_chunks).")
+    if empty:
+        _ON_INTERRUPT.append(note)
+    interrupted = False
+    try:
+        return await run
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        interrupted = True               # the note stays for main() to print
+        raise
+    finally:
+        if empty and not interrupted:
+            _ON_INTERRUPT.remove(note)
+
+
 def _hydrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("volume")
     p.add_argument("dir")
@@ -118,9 +148,10 @@ def _commit_args(p: argparse.ArgumentParser) -> None:
 @command("commit", "write DIR's changes back as a new snapshot", _commit_args, creates=True)
 async def _commit(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.commit import commit
+    name = volume_arg(args)
     async with open_engine(config) as engine:
-        return await commit(engine, volume_arg(args), Path(args.dir), message=args.message,
-                            progress=progress_for(args))
+        return await filling(engine, name, commit(engine, name, Path(args.dir), message=args.message,
+                                                  progress=progress_for(args)))
 
 
 def _global_flags(p: argparse.ArgumentParser, default: Any) -> None:
@@ -242,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stop_bars()                  # else the bar's refresh thread draws it once more below the message
         print("syncd: interrupted", file=sys.stderr)
+        for note in _ON_INTERRUPT:
+            print(note, file=sys.stderr)
+        _ON_INTERRUPT.clear()
         return 130
     stop_bars()
     _print(args, result)

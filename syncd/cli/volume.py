@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from syncd.cli.core import SNAPSHOT_HELP, command, progress_for, volume_arg
+from syncd.cli.core import SNAPSHOT_HELP, command, filling, progress_for, volume_arg
 from syncd.config import Config
 from syncd.engine.wiring import open_engine
 from syncd.errors import ConfigError
@@ -129,8 +129,9 @@ def _put_args(p: argparse.ArgumentParser) -> None:
 @command("put", "copy a local file or directory into a volume (creates the volume)", _put_args, creates=True)
 async def _put(args: argparse.Namespace, config: Config) -> Any:
     from syncd.engine.transfer import put
+    name = volume_arg(args)
     async with open_engine(config) as engine:
-        return await put(engine, volume_arg(args), Path(args.local), args.path, progress=progress_for(args))
+        return await filling(engine, name, put(engine, name, Path(args.local), args.path, progress=progress_for(args)))
 
 
 def _get_args(p: argparse.ArgumentParser) -> None:

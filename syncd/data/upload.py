@@ -23,6 +23,8 @@ done, so a commit never buffers more than ``SYNCD_MAX_INFLIGHT_BYTES``.
 returned. ``existed`` names the chunks whose PUT found the object already
 there: they were not uploaded by us, so (like chunks reused from the local
 index) commit checks they still exist before it advances HEAD (see prune.py).
+They are counted as ``reused_chunks``, not ``uploaded_chunks``: the re-run of a
+commit interrupted after some PUTs says it reused what the first run stored.
 """
 
 from __future__ import annotations
@@ -119,10 +121,12 @@ class Uploader:
 
     async def _put_chunk(self, chunk_id: str, data: bytes, held: int) -> None:
         try:
-            if not await self._put(self.layout.chunk(self.volume, chunk_id), data):
+            if await self._put(self.layout.chunk(self.volume, chunk_id), data):
+                self.uploaded_chunks += 1
+            else:
                 self.existed.add(chunk_id)
+                self.reused_chunks += 1
             self.new[chunk_id] = ChunkRef(chunk_id, len(data))
-            self.uploaded_chunks += 1
         finally:
             await self.budget.release(held)
 
@@ -137,13 +141,15 @@ class Uploader:
         try:
             body = b"".join(data for _, data in members)
             pack_id = await content_id_of(body)
-            if not await self._put(self.layout.pack(self.volume, pack_id), body):
+            if await self._put(self.layout.pack(self.volume, pack_id), body):
+                self.uploaded_chunks += len(members)
+            else:
                 self.existed.update(chunk_id for chunk_id, _ in members)
+                self.reused_chunks += len(members)
             offset = 0
             for chunk_id, data in members:
                 self.new[chunk_id] = ChunkRef(chunk_id, len(data), pack_id, offset)
                 offset += len(data)
-            self.uploaded_chunks += len(members)
         finally:
             await self.budget.release(held)
 

@@ -95,10 +95,11 @@ class HydrateResult:
 
 async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str | None = None,
                   overwrite: bool = False, progress: Progress | None = None,
-                  changed: Collection[str] | None = None) -> HydrateResult:
+                  changed: Collection[str] | None = None, owner: localfs.Owner = None) -> HydrateResult:
     """``changed``: if given, the only local paths that may differ from the index (the agent's
     watcher); otherwise a walk finds them (delta.py). Either way, when the index holds the exact
-    state of a snapshot, only the tree diff and those paths are planned (hydratescope.py)."""
+    state of a snapshot, only the tree diff and those paths are planned (hydratescope.py).
+    ``owner``: the (uid, gid) to give what is written (the agent's tasks of another uid; fs.py)."""
     try:
         await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
     except OSError as exc:
@@ -123,7 +124,7 @@ async def hydrate(engine: Engine, volume: str, target: Path, *, snapshot_id: str
         await settle(plan, target, volume, overwrite, "commit them first, move them away, or hydrate with --overwrite")
         result = HydrateResult(volume, sid, snap.seq if snap else 0, unchanged=len(plan.keep),
                                kept_local=plan.kept_local)
-        run = _Run(engine, volume, target, progress or NoProgress(), result)
+        run = _Run(engine, volume, target, progress or NoProgress(), result, owner)
         run.done.update(plan.keep)
         try:
             await run.execute(plan)
@@ -182,8 +183,9 @@ def _verify_local(root: Path, entries: list[Entry]) -> tuple[list[Entry], list[E
 
 class _Run:
     def __init__(self, engine: Engine, volume: str, root: Path, progress: Progress,
-                 result: HydrateResult) -> None:
+                 result: HydrateResult, owner: localfs.Owner = None) -> None:
         self.engine, self.volume, self.root, self.progress, self.result = engine, volume, root, progress, result
+        self.owner = owner
         self.done: dict[str, Tracked] = {}
         self.failed = True
         self._files = asyncio.Semaphore(OPEN_FILES)
@@ -203,13 +205,13 @@ class _Run:
         for entry, st in zip(dirs, made):
             self._record(entry, st)
         for entry in (e for e in plan.meta if e.kind == "file"):
-            self._record(entry, await in_thread(localfs.set_meta, self.root, entry.path, entry))
+            self._record(entry, await in_thread(localfs.set_meta, self.root, entry.path, entry, self.owner))
             self.result.adopted += 1
         files = [e for e in plan.create if e.kind == "file"]
         self.progress.start(sum(e.size for e in files), f"hydrate {self.volume}")
         await self._write_files(files)
         for entry in (e for e in plan.create if e.kind == "symlink"):
-            self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry))
+            self._record(entry, await in_thread(localfs.make_symlink, self.root, entry.path, entry, self.owner))
         for path in plan.delete:
             await in_thread(localfs.remove_at, self.root, path)
             self.result.deleted += 1
@@ -217,7 +219,7 @@ class _Run:
         self.failed = False
 
     def _make_dirs(self, dirs: list[Entry]) -> list[LocalFile]:
-        return [localfs.make_dir(self.root, entry.path, entry) for entry in dirs]
+        return [localfs.make_dir(self.root, entry.path, entry, self.owner) for entry in dirs]
 
     def _set_dir_mtimes(self, dirs: list[Entry]) -> None:
         for entry in reversed(dirs):
@@ -264,7 +266,7 @@ class _Run:
             self.progress.advance(size)
 
     def _write_batch(self, batch: list[Entry], data: dict[str, bytes]) -> list[LocalFile]:
-        return [localfs.write_small(self.root, e.path, e, b"".join(data[c.id] for c in e.chunks))
+        return [localfs.write_small(self.root, e.path, e, b"".join(data[c.id] for c in e.chunks), self.owner)
                 for e in batch]
 
     async def _write_large(self, entry: Entry) -> None:
@@ -274,7 +276,8 @@ class _Run:
             offset += ref.size
         async with self._files, contextlib.AsyncExitStack() as flight:
             found = await self._locate(entry, flight)
-            tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, undo=localfs.abandon_tmp)
+            tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, self.owner,
+                                  undo=localfs.abandon_tmp)
             try:
                 copied = await self._copy_local(tmp.fd, entry.chunks, offsets, found)
                 await gather_all(self._write_piece(tmp.fd, tmp.final, piece)

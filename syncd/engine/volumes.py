@@ -30,6 +30,7 @@ re-checks the objects it reuses. docs/FORMAT.md, section 9, gives the proof.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -39,14 +40,23 @@ from dataclasses import dataclass, replace
 
 from syncd.data.cache import ChunkCache
 from syncd.engine.trees import Builder, Built, TreePool, TreeStore, diff_trees, upload_packs
-from syncd.errors import ManifestError, NotFound, PreconditionFailed, SnapshotNotFound, VolumeNotFound
+from syncd.errors import (
+    ManifestError,
+    NotFound,
+    PreconditionFailed,
+    SnapshotNotFound,
+    UnsurePrecondition,
+    VolumeNotFound,
+)
 from syncd.format import manifest, tree
 from syncd.format.chunking import is_content_id
 from syncd.format.layout import Layout, validate_name
 from syncd.format.manifest import Changes, Entry, Snapshot
 from syncd.store.base import ObjectStore, put_immutable
 
+log = logging.getLogger(__name__)
 HEAD_FORMAT = 2
+LANDED_WALK = 1000     # headers read back from HEAD to find a snapshot whose advance lost its answer
 HEAD_FORMATS = (1, 2)
 
 
@@ -279,11 +289,38 @@ class VolumeRepo:
         return await self.advance(head, snapshot_id, head.seq + 1)
 
     async def advance(self, head: Head, snapshot_id: str, seq: int) -> Head:
-        """Point HEAD at ``snapshot_id`` if nobody moved it since ``head`` was read (an expired lease goes)."""
-        etag = await self.store.put(self.layout.head(head.volume),
-                                    encode_head(head.volume, snapshot_id, seq, head.created, head.epoch),
-                                    if_match=head.etag)
+        """Point HEAD at ``snapshot_id`` if nobody moved it since ``head`` was read (an expired lease goes).
+
+        A retried PUT that fails its precondition (UnsurePrecondition) may have
+        landed on an earlier attempt whose answer was lost, and HEAD may have
+        moved on since: then the snapshot is published and the caller must not
+        publish the same changes again or tell its user to retry. So HEAD is
+        read again and, if ``snapshot_id`` is on its history at ``seq``, that is
+        returned (with the HEAD's current etag, which a further advance from it
+        would fail on and re-read: safe). Otherwise PreconditionFailed as ever."""
+        try:
+            etag = await self.store.put(self.layout.head(head.volume),
+                                        encode_head(head.volume, snapshot_id, seq, head.created, head.epoch),
+                                        if_match=head.etag)
+        except UnsurePrecondition:
+            now = await self.head(head.volume)
+            if await self._holds(now, snapshot_id, seq):
+                log.info("volume %r: snapshot %s had landed (its answer was lost)", head.volume, snapshot_id)
+                return replace(now, snapshot=snapshot_id, seq=seq)
+            raise
         return Head(head.volume, snapshot_id, seq, etag, head.created, time.time(), head.epoch)
+
+    async def _holds(self, head: Head, snapshot_id: str, seq: int) -> bool:
+        """Is ``snapshot_id`` the snapshot at ``seq`` on ``head``'s history? Reads one header per
+        snapshot published since (others' commits in the meantime), at most ``LANDED_WALK``."""
+        current, at = head.snapshot, head.seq
+        while current is not None and at > seq and head.seq - at < LANDED_WALK:
+            try:
+                snap = await self.header(head.volume, current)
+            except SnapshotNotFound:      # pruned meanwhile: not ours to claim
+                return False
+            current, at = snap.parent, snap.seq - 1
+        return current == snapshot_id and at == seq
 
     async def upgrade(self, volume: str, message: str = "upgrade to format 2") -> tuple[Head, bool]:
         """Move a v1 volume to v2: one new snapshot with the same entries; True if one was written."""

@@ -5,7 +5,8 @@
     ObstoreStore       moves bytes, translates errors (SYNCD_STORE_BACKEND: obstore by
                        default, or aiobotocore's S3Store; store/select.py)
     LimitingStore      at most SYNCD_MAX_CONNECTIONS requests in flight
-    RetryingStore      backoff on TransientStoreError, SYNCD_RETRIES attempts
+    RetryingStore      backoff on TransientStoreError: SYNCD_RETRIES attempts, and
+                       for SYNCD_STORE_DEADLINE seconds once the store has answered
     CountingStore      per-operation counts and bytes (tests, metrics)
     GatewayStore       (with SYNCD_GATEWAY, under the VolumeRepo only) HEAD, snapshots
                        and trees through the gateway pool, then the store
@@ -61,7 +62,8 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
         from syncd.store.select import open_store
         backend = await open_store(config)
     counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
-                                          config.retries, config.retry_base_delay))
+                                          config.retries, config.retry_base_delay,
+                                          deadline=config.store_deadline))
     cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
     if not sources and config.gateways:
         from syncd.data.gatewayclient import gateway_sources

@@ -104,6 +104,19 @@ def open_file(root: Path, rel: str) -> int | None:
         os.close(dir_fd)
 
 
+def make_dir_at(parent_fd: int, name: str, mode: int) -> tuple[int, bool]:
+    """``(descriptor of the directory name in parent_fd, whether it was created now)``.
+
+    Created with ``mode`` if missing, then opened ``O_NOFOLLOW | O_DIRECTORY``: a
+    symlink or a file there raises OSError (ELOOP, ENOTDIR), never followed."""
+    try:
+        os.mkdir(name, mode, dir_fd=parent_fd)
+        created = True
+    except FileExistsError:
+        created = False
+    return os.open(name, CHILD_DIR, dir_fd=parent_fd), created
+
+
 def list_names(dir_fd: int) -> list[str]:
     with os.scandir(dir_fd) as it:
         return [de.name for de in it]

@@ -17,6 +17,11 @@ temporary file. Nobody ever sees half a file under its real name.
 
 Permission bits are applied without setuid, setgid and sticky bits: a volume
 is data, and a hydrate running as root must not plant set-id programs.
+``owner`` (uid, gid): when the agent serves tasks of another uid
+(``SYNCD_ALLOW_UIDS``/``SYNCD_ALLOW_GROUP``), what a hydrate creates is given
+to them, through the same descriptors (``fchown`` of the temp file before its
+mode, mtime and publication, so the stat recorded afterwards is final; a
+directory through its ``O_PATH`` descriptor; a symlink under its temp name).
 OS errors are translated to LocalIOError naming the path and the reason
 (``ENOSPC``, ``EROFS``, ``EACCES``, ``ELOOP`` ...).
 
@@ -45,6 +50,7 @@ from syncd.local.scan import TMP_PREFIX, LocalFile, from_stat, scan_sync
 SAFE_MODE_BITS = 0o777
 IOV_MAX = 1024  # buffers per pwritev call (the Linux limit)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+Owner = tuple[int, int] | None   # (uid, gid) to give what is created; None: leave it the agent's
 
 
 def local_error(path: Path | str, exc: OSError, action: str = "write") -> LocalIOError:
@@ -97,6 +103,7 @@ class TmpFile:
     tmp: str         # the temporary name, in dir_fd
     final: Path      # for messages only
     stat: os.stat_result | None = None   # of the published file, by fstat (finish_tmp)
+    owner: Owner = None                  # given the file by finish_tmp
 
     def close(self) -> None:
         for fd in (self.fd, self.dir_fd):
@@ -109,7 +116,7 @@ class TmpFile:
             os.unlink(self.tmp, dir_fd=self.dir_fd)
 
 
-def open_tmp(root: Path, rel: str, size: int) -> TmpFile:
+def open_tmp(root: Path, rel: str, size: int, owner: Owner = None) -> TmpFile:
     dir_fd, name = open_parent(root, rel)
     tmp = tmp_name()
     try:
@@ -118,7 +125,7 @@ def open_tmp(root: Path, rel: str, size: int) -> TmpFile:
     except OSError as exc:
         os.close(dir_fd)
         raise local_error(root / rel, exc) from exc
-    out = TmpFile(fd, dir_fd, name, tmp, root / rel)
+    out = TmpFile(fd, dir_fd, name, tmp, root / rel, owner=owner)
     try:
         if size:
             os.ftruncate(fd, size)
@@ -165,6 +172,8 @@ def finish_tmp(tmp: TmpFile, entry: Entry) -> LocalFile:
     moves mtime away from the snapshot's.
     """
     try:
+        if tmp.owner is not None:
+            os.fchown(tmp.fd, *tmp.owner)
         os.utime(tmp.fd, ns=(entry.mtime_ns, entry.mtime_ns))
         os.fchmod(tmp.fd, entry.mode & SAFE_MODE_BITS)
         os.replace(tmp.tmp, tmp.name, src_dir_fd=tmp.dir_fd, dst_dir_fd=tmp.dir_fd)
@@ -182,8 +191,8 @@ def abandon_tmp(tmp: TmpFile) -> None:
     tmp.close()
 
 
-def write_small(root: Path, rel: str, entry: Entry, data: bytes) -> LocalFile:
-    tmp = open_tmp(root, rel, 0)
+def write_small(root: Path, rel: str, entry: Entry, data: bytes, owner: Owner = None) -> LocalFile:
+    tmp = open_tmp(root, rel, 0, owner)
     try:
         pwrite_all(tmp.fd, data, 0, tmp.final)
     except BaseException:
@@ -192,7 +201,7 @@ def write_small(root: Path, rel: str, entry: Entry, data: bytes) -> LocalFile:
     return finish_tmp(tmp, entry)
 
 
-def set_meta(root: Path, rel: str, entry: Entry) -> LocalFile:
+def set_meta(root: Path, rel: str, entry: Entry, owner: Owner = None) -> LocalFile:
     """chmod and utime ``rel`` itself, never a symlink's target.
 
     The path is pinned with an ``O_PATH | O_NOFOLLOW`` descriptor (which needs
@@ -209,6 +218,8 @@ def set_meta(root: Path, rel: str, entry: Entry) -> LocalFile:
             if stat.S_ISLNK(os.fstat(fd).st_mode):
                 raise LocalIOError(f"refusing to change {root / rel}: it is a symlink")
             pinned = f"/proc/self/fd/{fd}"
+            if owner is not None:
+                os.chown(pinned, *owner)
             os.chmod(pinned, mode)
             os.utime(pinned, ns=(entry.mtime_ns, entry.mtime_ns))
             return from_stat(os.fstat(fd))
@@ -218,7 +229,7 @@ def set_meta(root: Path, rel: str, entry: Entry) -> LocalFile:
             os.close(fd)
 
 
-def make_dir(root: Path, rel: str, entry: Entry) -> LocalFile:
+def make_dir(root: Path, rel: str, entry: Entry, owner: Owner = None) -> LocalFile:
     with parent(root, rel) as (dir_fd, name):
         try:
             st = os.lstat(name, dir_fd=dir_fd)
@@ -232,14 +243,16 @@ def make_dir(root: Path, rel: str, entry: Entry) -> LocalFile:
                 raise local_error(root / rel, exc, "create directory") from exc
         except OSError as exc:
             raise local_error(root / rel, exc, "create directory") from exc
-    return set_meta(root, rel, entry)
+    return set_meta(root, rel, entry, owner)
 
 
-def make_symlink(root: Path, rel: str, entry: Entry) -> LocalFile:
+def make_symlink(root: Path, rel: str, entry: Entry, owner: Owner = None) -> LocalFile:
     with parent(root, rel) as (dir_fd, name):
         tmp = tmp_name()
         try:
             os.symlink(entry.target or "", tmp, dir_fd=dir_fd)
+            if owner is not None:
+                os.chown(tmp, *owner, dir_fd=dir_fd, follow_symlinks=False)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             return from_stat(os.lstat(name, dir_fd=dir_fd), entry.target)
         except OSError as exc:

@@ -233,6 +233,9 @@ class Data:
             written = await asyncio.to_thread(os.pwrite, fd, data, offset)
             after = (await asyncio.to_thread(os.fstat, fd)).st_blocks
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):   # the writer sees an errno only: say where
+                log.warning("write to %s refused: the upper layer's file system is full (%s) in %s",
+                            self.volume, os.strerror(exc.errno), self.upper_dir)
             raise FsError(exc.errno or errno.EIO) from exc
         self.used += (after - before) * 512
         if written != len(data):

@@ -64,14 +64,15 @@ class MountOps(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, data: Data, publisher: Publisher, read_only: bool = False,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, owner: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.tree, self.data, self.publisher = tree, data, publisher
         self.read_only, self.timeout = read_only, timeout
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, list[tuple[str, Node]]] = {}
         self._next_fh = 1
-        self.uid, self.gid = os.getuid(), os.getgid()
+        # every node shows as the tasks' (Config.file_owner) when other uids use the mount
+        self.uid, self.gid = owner if owner is not None else (os.getuid(), os.getgid())
 
     # ---------------------------------------------------------------- helpers
 

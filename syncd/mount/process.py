@@ -5,7 +5,11 @@ open the engine, read HEAD and the snapshot's header (or the one ``--snapshot``
 names, which is always read-only; directories are listed as the kernel asks,
 listing.py), start with an empty upper layer in the mount's
 work directory, then ``pyfuse3.init`` and serve until SIGTERM/SIGINT or a
-``stop`` on the control socket.
+``stop`` on the control socket. When the agent serves tasks of other uids
+(``SYNCD_ALLOW_UIDS``/``SYNCD_ALLOW_GROUP``) the mount is made ``allow_other``
+(else the kernel answers EACCES to every uid but the mounting one) with
+``default_permissions`` (the kernel checks the modes), and every file shows as
+the tasks' (``Config.file_owner``), so what they create is theirs.
 
 Write-back: every ``poll`` seconds a loop checks whether the namespace changed
 since the last commit; it commits once it has been quiet for ``debounce``
@@ -84,7 +88,8 @@ async def serve(config: Config, opts: MountOptions) -> int:
         # commits get their own budget: the reader's LRU is bounded by the engine's separately
         engine.budget = ByteBudget(engine.budget.limit)
         publisher = Publisher(engine, opts.volume, tree, data, head)
-        ops = MountOps(tree, data, publisher, read_only, opts.timeout)
+        owner = config.file_owner()
+        ops = MountOps(tree, data, publisher, read_only, opts.timeout, owner=owner)
         tree.keep_fresh = not read_only          # the base of commits a read-only mount never makes
         stop = asyncio.Event()
 
@@ -126,6 +131,8 @@ async def serve(config: Config, opts: MountOptions) -> int:
         options = set(pyfuse3.default_options) | {f"fsname=syncd:{opts.volume}", "subtype=syncd"}
         if read_only:
             options.add("ro")
+        if owner is not None:   # tasks of other uids (SYNCD_ALLOW_*): let them in, the kernel checks modes
+            options |= {"allow_other", "default_permissions"}
         pyfuse3.init(ops, str(mountpoint), options)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,6 +16,28 @@ point in the kernel's table, and every access fails with ``ENOTCONN``
 and detaches it with ``fusermount3 -u -z`` (or ``umount -l``), so the next
 start can mount again. A mount point that is still served by a live process
 is left alone and the new mount is refused.
+
+The agent keeps its lazy mounts up (``LazyMounts``):
+
+* Sealed mount points. Below each FUSE mount the agent keeps the mount point
+  directory sealed read-only (local/robind.py: a read-only bind mount of
+  itself). Whenever no mount process serves it -- the agent was killed and its
+  mount processes stopped, a mount process was killed, one is starting -- a
+  task's write there fails with ``EROFS`` instead of landing on the bare
+  directory, where the next mount would hide it (a write the task fsynced and
+  that is in no volume: the soak found 19 in 150 s). Unmounting the volume
+  unseals it. Where the kernel refuses the seal (no CAP_SYS_ADMIN) a warning
+  says that writes in such a gap are hidden, not committed.
+* Revived mounts. A mount process that exits without being asked to (``kill
+  -9``, a crash) is mounted again by the agent at once (retried with backoff
+  while that fails), without waiting for a task to ask; so is a lazy mount
+  whose resume failed when the agent started (the store down, say).
+* Orphans. A mount process whose agent died commits and unmounts by itself
+  (process.py); an agent that restarts before that finished asks it, over its
+  control socket, to stop now and waits until its mount point is free (one
+  that no longer answers, being past its final commit, gets a few seconds to
+  unmount), so the restart's resume does not fail on a mount point that is
+  still served.
 """
 
 from __future__ import annotations
@@ -33,18 +55,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from syncd.config import Config
 from syncd.errors import AgentUnavailable, ConfigError, LocalIOError, SyncdError, VolumeNotFound
+from syncd.local import robind
 from syncd.mount import control
 
 log = logging.getLogger(__name__)
 MODES = ("eager", "lazy")
 START_TIMEOUT = 60.0
 STATUS_WAIT = 2.0     # seconds a mount process has to answer a status request of the agent's status page
+STOP_TIMEOUT = 120.0  # seconds a stopping mount process has for its final commit and unmount
+REVIVE_BACKOFF = (1.0, 60.0)   # first and longest wait between attempts to mount a dead mount again
+UNMOUNT_WAIT = 10.0   # seconds a previous mount process that stopped answering has to unmount
 
 
 def default_mode() -> str:
@@ -88,12 +115,17 @@ def control_path(work: Path) -> Path:
 
 
 def mounted_at(mountpoint: Path) -> bool:
+    """Is a FUSE file system mounted at ``mountpoint``? (The agent's read-only seal below it is not.)"""
     target = os.path.abspath(mountpoint)
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            return any(line.split()[4] == target for line in f if len(line.split()) > 4)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == target and " - fuse" in line:
+                    return True
     except OSError:
         return False
+    return False
 
 
 def reclaim(mountpoint: Path) -> bool:
@@ -122,6 +154,7 @@ class LazyMount:
     process: asyncio.subprocess.Process
     log_path: Path
     info: dict[str, Any] = field(default_factory=dict)
+    stopping: bool = False             # asked to stop (unmount, shutdown): its exit is no failure
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "mode": "lazy", "pid": self.process.pid,
@@ -133,6 +166,10 @@ class LazyMounts:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.mounts: dict[str, LazyMount] = {}
+        self.closing = False
+        self.revived = 0                   # mount processes that died and were mounted again
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._supervisors: set[asyncio.Task[None]] = set()
         # which volumes are mounted lazily, for the agent's restart (beside its own state file)
         self.state_path = config.state_dir / "agent" / f"{config.owner}.lazy.json"
 
@@ -147,8 +184,11 @@ class LazyMounts:
             try:
                 await self.mount(str(name))
                 resumed.append(str(name))
-            except SyncdError as exc:
-                log.error("cannot resume the lazy mount of %s: %s", name, exc)
+            except VolumeNotFound as exc:
+                log.warning("cannot resume the lazy mount of %s: %s", name, exc)
+            except (SyncdError, OSError) as exc:
+                log.error("cannot resume the lazy mount of %s: %s; retrying in the background", name, exc)
+                self._background(self._revive(str(name)))
         return resumed
 
     async def refresh(self) -> None:
@@ -173,15 +213,23 @@ class LazyMounts:
         return mount
 
     async def mount(self, name: str) -> LazyMount:
-        mount = self.get(name)
-        if mount is not None:
-            mount.info = await control.call(mount.control, "reload")
-            return mount
+        """Mount ``name`` lazily, or reload the live mount; one start at a time per volume."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            mount = self.get(name)
+            if mount is not None:
+                mount.info = await control.call(mount.control, "reload")
+                return mount
+            return await self._start(name)
+
+    async def _start(self, name: str) -> LazyMount:
         path = self.config.root / name
         work = work_dir(self.config, name, path)
         sock = control_path(work)
         log_path = work.parent / f"{work.name}.log"
         await asyncio.to_thread(work.parent.mkdir, parents=True, exist_ok=True)
+        await self._free(path, sock)
+        await asyncio.to_thread(reclaim, path)          # a killed process's dead mount
+        await asyncio.to_thread(_seal, path)
         env = {**os.environ, "SYNCD_MOUNT_CONFIG": config_to_json(self.config),
                "SYNCD_MOUNT_PARENT": str(os.getpid())}
         log_fd = await asyncio.to_thread(os.open, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -200,14 +248,70 @@ class LazyMounts:
             await process.wait()
             raise
         self.mounts[name] = mount
+        self._background(self._supervise(mount))
         await self._save()
         return mount
+
+    async def _free(self, path: Path, sock: Path) -> None:
+        """A mount process of a previous agent still serving ``path`` (its parent died, it is on its
+        way out): ask it to stop now and wait until the mount point is free. One that no longer
+        answers may be past its final commit, unmounting: it gets a few seconds."""
+        if not await asyncio.to_thread(_served, path):
+            return
+        try:
+            await control.call(sock, "stop")
+            wait = STOP_TIMEOUT
+        except SyncdError:
+            wait = UNMOUNT_WAIT
+        log.warning("%s is still served by a mount process of a previous agent; waiting for it to stop", path)
+        for _ in range(int(wait / 0.1)):      # the mount table has no event to wait on
+            if not await asyncio.to_thread(_served, path):
+                return
+            await asyncio.sleep(0.1)
+
+    async def _supervise(self, mount: LazyMount) -> None:
+        """Mount again a mount whose process exited without being asked to."""
+        code = await mount.process.wait()
+        if mount.stopping or self.closing:
+            return
+        log.warning("lazy mount %s: its process exited with %s; mounting it again", mount.name, code)
+        async with self._locks.setdefault(mount.name, asyncio.Lock()):
+            if self.mounts.get(mount.name) is mount:
+                del self.mounts[mount.name]
+        await self._revive(mount.name)
+
+    async def _revive(self, name: str) -> None:
+        """Start ``name``'s mount until it runs (backoff while it fails), unless one runs already."""
+        delay, longest = REVIVE_BACKOFF
+        while not self.closing:
+            try:
+                async with self._locks.setdefault(name, asyncio.Lock()):
+                    if self.closing or self.get(name) is not None:
+                        return     # mounted again meanwhile: a task asked
+                    await self._start(name)
+                self.revived += 1
+                return
+            except VolumeNotFound as exc:        # deleted or renamed elsewhere: nothing to mount
+                log.warning("lazy mount %s: not mounted again: %s", name, exc)
+                return
+            except (SyncdError, OSError) as exc:
+                log.error("lazy mount %s: cannot mount it again: %s; retrying in %.0f s", name, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._supervisors.add(task)
+        task.add_done_callback(self._supervisors.discard)
 
     async def _wait_ready(self, mount: LazyMount) -> dict[str, Any]:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if mount.process.returncode is not None:
                 tail = await asyncio.to_thread(_tail, mount.log_path)
+                if mount.process.returncode == VolumeNotFound.exit_code:   # process.py's exit status
+                    raise VolumeNotFound(f"volume {mount.name!r} does not exist (the mount process said: "
+                                         f"{tail.splitlines()[-1] if tail else 'nothing'})")
                 raise LocalIOError(f"the mount process for {mount.name} exited with "
                                    f"{mount.process.returncode}: {tail}")
             try:
@@ -234,13 +338,15 @@ class LazyMounts:
         await self._stop(mount)
         del self.mounts[name]
         await self._save()
+        await asyncio.to_thread(robind.unseal, mount.path)     # a plain directory again
         return {"volume": name, "snapshot": mount.info.get("snapshot"), "seq": mount.info.get("seq")}
 
     async def _stop(self, mount: LazyMount) -> None:
+        mount.stopping = True
         with contextlib.suppress(SyncdError):
             mount.info = await control.call(mount.control, "stop")
         try:
-            await asyncio.wait_for(mount.process.wait(), 120)
+            await asyncio.wait_for(mount.process.wait(), STOP_TIMEOUT)
         except TimeoutError:
             mount.process.kill()
             await mount.process.wait()
@@ -249,6 +355,9 @@ class LazyMounts:
                                f"see {mount.log_path}")
 
     async def shutdown(self) -> dict[str, str]:
+        """Stop every mount process (each commits and unmounts); the mount points stay sealed, so
+        writes while the agent is away fail instead of being hidden by the next mount."""
+        self.closing = True
         errors: dict[str, str] = {}
         for name, mount in list(self.mounts.items()):
             try:
@@ -263,6 +372,25 @@ class LazyMounts:
         if mount is None:
             raise VolumeNotFound(f"volume {name!r} is not mounted on this worker")
         return mount
+
+
+def _served(path: Path) -> bool:
+    """Is a live FUSE mount at ``path`` (mounted, and not a dead one that answers ENOTCONN)?"""
+    if not mounted_at(path):
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno != errno.ENOTCONN
+    return True
+
+
+def _seal(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if not robind.seal(path):
+        log.warning("cannot seal %s read-only below its lazy mount (needs CAP_SYS_ADMIN): a write there "
+                    "while no mount process serves it lands on the bare directory and is hidden, "
+                    "not committed, once the volume is mounted again", path)
 
 
 def _write_json(path: Path, value: object) -> None:

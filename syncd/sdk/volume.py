@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/run/syncd.sock"
 DEFAULT_CONNECT_WAIT = 10.0
+CUT_OFF_RETRIES = 3     # a repeatable request is sent again after at most this many agents died under it
 OWNER_HEADER = "X-Syncd-Owner"
 
 
@@ -78,9 +79,12 @@ class AgentClient:
     ``timeout=None`` waits as long as a hydrate takes. If no agent answers (a
     sidecar restarting after a crash or an upgrade), a call keeps trying to
     connect for ``connect_wait`` seconds (``SYNCD_AGENT_WAIT``, default 10)
-    before raising AgentUnavailable. Only requests that never reached an agent,
-    or that an agent refused while shutting down, are retried, so no request
-    runs twice.
+    before raising AgentUnavailable. Requests that never reached an agent, or
+    that an agent refused while shutting down, are retried; a request cut off
+    by the agent's death after it arrived is sent again only when it is
+    ``repeatable`` (running it twice is running it once: mount, commit, reload,
+    status), so a commit in flight when the agent is killed returns once the
+    restarted agent has committed, instead of failing with "Remote end closed".
     """
 
     def __init__(self, socket_path: str | os.PathLike[str] | None = None, owner: str | None = None,
@@ -97,13 +101,20 @@ class AgentClient:
                 raise errors.ConfigError("SYNCD_AGENT_WAIT must be a number of seconds") from exc
         self.connect_wait = connect_wait
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+             repeatable: bool = False) -> Any:
         deadline = time.monotonic() + self.connect_wait
         delay = 0.05
+        cut_offs = 0
         while True:
             try:
                 return self._call_once(method, path, body)
             except _NotReached as exc:
+                if exc.cut_off:
+                    cut_offs += 1
+                    if not repeatable or cut_offs > CUT_OFF_RETRIES:
+                        raise exc.error from exc.__cause__
+                    deadline = max(deadline, time.monotonic() + self.connect_wait)   # for the next agent
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if self.connect_wait > 0:   # say why it took this long, and how to change it
@@ -125,12 +136,21 @@ class AgentClient:
                 raise _NotReached(AgentUnavailable(
                     f"no syncd agent at {self.socket_path} (start one with 'syncd agent', "
                     "or set SYNCD_SOCKET)")) from exc
+            except PermissionError as exc:
+                raise errors.PermissionDenied(
+                    f"uid {os.getuid()} (gid {os.getgid()}) may not connect to the agent's socket "
+                    f"{self.socket_path} (permission denied): an agent lets in only its own uid unless the "
+                    "operator names other uids in SYNCD_ALLOW_UIDS or a group in SYNCD_ALLOW_GROUP "
+                    "(docs/AGENT.md)") from exc
             conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
                          headers=headers)
             response = conn.getresponse()
             raw = response.read()
+        except TimeoutError as exc:          # the agent is there, only slower than ``timeout``
+            raise AgentUnavailable(f"the agent at {self.socket_path} did not answer in {self.timeout}s") from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise AgentUnavailable(f"the agent at {self.socket_path} failed: {exc}") from exc
+            raise _NotReached(AgentUnavailable(f"the agent at {self.socket_path} failed: {exc}"),
+                              cut_off=True) from exc
         finally:
             conn.close()
         try:
@@ -146,11 +166,12 @@ class AgentClient:
 
 
 class _NotReached(Exception):
-    """A request no agent acted on; safe to send again."""
+    """A request no agent acted on (safe to send again), or, ``cut_off``, one the agent may have
+    acted on before it went away (sent again only if repeatable)."""
 
-    def __init__(self, error: SyncdError) -> None:
+    def __init__(self, error: SyncdError, cut_off: bool = False) -> None:
         super().__init__(str(error))
-        self.error = error
+        self.error, self.cut_off = error, cut_off
 
 
 def _error_from(doc: Any, status: int) -> SyncdError:
@@ -218,7 +239,7 @@ class Volume(os.PathLike[str]):
             options["sub_path"] = self.sub_path
         if self.mode:
             options["mode"] = self.mode
-        self._path = Path(self._call("POST", "mount", options or None)["path"])
+        self._path = Path(self._call("POST", "mount", options or None, repeatable=True)["path"])
         return self
 
     @property
@@ -250,8 +271,9 @@ class Volume(os.PathLike[str]):
     def __reduce__(self) -> tuple[type[Volume], tuple[str, None, None, bool, str, str | None]]:
         return (Volume, (self.name, None, None, self.read_only, self.sub_path, self.mode))
 
-    def _call(self, method: str, action: str = "", body: dict[str, Any] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.call(method, self._url(action), body)
+    def _call(self, method: str, action: str = "", body: dict[str, Any] | None = None,
+              repeatable: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.call(method, self._url(action), body, repeatable=repeatable)
         return result
 
     def _writable(self, what: str) -> None:
@@ -262,16 +284,16 @@ class Volume(os.PathLike[str]):
         """Write local changes back now; when this returns they are in the bucket."""
         if self.read_only:
             return {"volume": self.name, "read_only": True, "changed": 0}   # nothing to write back
-        return self._call("POST", "commit", {"message": message})
+        return self._call("POST", "commit", {"message": message}, repeatable=True)
 
     def reload(self) -> dict[str, Any]:
         """Commit local changes, then bring the local copy to the latest snapshot."""
         if self.read_only:
             return {"volume": self.name, "read_only": True, "path": str(self.mount().path)}  # a newer view
-        return self._call("POST", "reload")
+        return self._call("POST", "reload", repeatable=True)
 
     def status(self) -> dict[str, Any]:
-        return self._call("GET")
+        return self._call("GET", repeatable=True)
 
     def unmount(self) -> dict[str, Any]:
         return self._call("POST", "unmount")

@@ -77,7 +77,7 @@ from syncd.config import Config
 from syncd.errors import AccessDenied, ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
 from syncd.store.base import Blob, BlobStream, ObjectInfo
 from syncd.store.rangeread import Reader, Sink
-from syncd.store.reach import explain
+from syncd.store.reach import check_bucket as check_bucket_of
 
 if TYPE_CHECKING:
     from syncd.store.s3 import S3Store
@@ -192,12 +192,9 @@ class ObstoreStore:
         self = cls(config)
         if check_bucket:
             try:
-                await self.ensure_bucket()
-            except BaseException as exc:
+                await check_bucket_of(config, self, self.ensure_bucket)   # retried, explained (reach.py)
+            except BaseException:
                 await self.close()
-                better = await explain(config, exc) if isinstance(exc, StoreError) else exc
-                if better is not exc:                    # one line a newcomer can act on
-                    raise better from exc
                 raise
         return self
 

@@ -16,7 +16,16 @@ reading that text: :func:`probe` opens a plain connection to the endpoint
     other OSError                          -> its strerror
 
 If every step works, the server answers HTTP and the failure lies elsewhere:
-the library's first line is kept. The library's full text is always logged at
+the library's first line is kept.
+
+:func:`check_bucket` runs that first request. A transient failure where the
+endpoint does not answer HTTP at all (the probe names a cause) is reported at
+once: a mistyped endpoint is heard about, not waited for. One where the server
+answers but the request failed (503 SlowDown, a 5xx, a connection reset
+mid-request) is retried like any request (store/wrap.py: backoff, at least
+SYNCD_RETRIES attempts and for SYNCD_STORE_DEADLINE seconds): a worker, a
+mount process or a gateway starting while the store is throttling or
+restarting must not fail for it. The library's full text is always logged at
 INFO, so ``-v`` shows it. A refusal of the credentials (401/403, ``AccessDenied``)
 says to check them instead of repeating the bucket name as a prefix.
 """
@@ -28,10 +37,13 @@ import errno
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from syncd.config import Config
 from syncd.errors import AccessDenied, StoreError, TransientStoreError
+from syncd.store.base import ObjectStore
+from syncd.store.wrap import RetryingStore
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 5.0
@@ -54,6 +66,40 @@ async def explain(config: Config, exc: StoreError) -> StoreError:
         return TransientStoreError(f"cannot reach the object store at {where(config)} "
                                    f"(bucket {config.bucket!r}): {reason or _first_line(exc)}")
     return exc
+
+
+class _Unreachable(Exception):
+    """Nothing answers HTTP at the endpoint: final, not worth retrying (not a TransientStoreError)."""
+
+
+async def check_bucket(config: Config, store: ObjectStore, ensure: Callable[[], Awaitable[None]]) -> None:
+    """``ensure()`` (the backend's bucket check) under the retry policy of the module docstring;
+    its failure explained in our words."""
+    async def attempt() -> None:
+        try:
+            await ensure()
+        except TransientStoreError as exc:
+            log.info("the object store client said: %s", exc)
+            reason = await probe(config, min(config.connect_timeout, PROBE_TIMEOUT))
+            if reason is not None:
+                raise _Unreachable(reason) from exc
+            raise
+
+    retrier = RetryingStore(store, config.retries, config.retry_base_delay, deadline=config.store_deadline)
+    retrier.answered = True      # only failures of a server that answers HTTP come back to it
+    try:
+        await retrier.call(f"bucket check of {config.bucket!r}", attempt)
+    except _Unreachable as exc:
+        raise TransientStoreError(f"cannot reach the object store at {where(config)} "
+                                  f"(bucket {config.bucket!r}): {exc}") from exc.__cause__
+    except TransientStoreError as exc:
+        raise TransientStoreError(f"cannot reach the object store at {where(config)} "
+                                  f"(bucket {config.bucket!r}): {_first_line(exc)}") from exc
+    except StoreError as exc:
+        better = await explain(config, exc)
+        if better is not exc:
+            raise better from exc
+        raise
 
 
 def _first_line(exc: BaseException) -> str:

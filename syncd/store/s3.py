@@ -61,7 +61,7 @@ from aiobotocore.session import get_session
 from syncd.config import Config
 from syncd.errors import AccessDenied, ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
 from syncd.store.base import Blob, BlobStream, ObjectInfo, missing_bucket
-from syncd.store.reach import explain
+from syncd.store.reach import check_bucket as check_bucket_of
 
 log = logging.getLogger(__name__)
 STREAM_PIECE = 256 * 1024
@@ -155,12 +155,9 @@ class S3Store:
             "s3", endpoint_url=config.s3_endpoint, region_name=config.region, config=aio_config))
         if check_bucket:
             try:
-                await self.ensure_bucket()
-            except BaseException as exc:
+                await check_bucket_of(config, self, self.ensure_bucket)   # retried, explained (reach.py)
+            except BaseException:
                 await self._stack.aclose()   # else aiohttp logs "Unclosed client session" at exit
-                better = await explain(config, exc) if isinstance(exc, StoreError) else exc
-                if better is not exc:
-                    raise better from exc
                 raise
         return self
 

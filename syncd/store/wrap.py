@@ -12,12 +12,23 @@ retrier retries it while no byte of the body reached the sink (a body
 half-written is the caller's to repeat), the counter counts one GET and its
 body's bytes.
 
-Retry policy, decided by exception class alone: ``TransientStoreError`` is
-retried with full-jitter exponential backoff up to ``attempts`` times, then
-re-raised; every other error (NotFound, PreconditionFailed, StoreError) is
-final at once. Conditional PUTs are retried too: if the first attempt did land
-and its answer was lost, the retry fails its precondition, which callers
-already handle as "someone else wrote it" and resolve by re-reading.
+Retry policy, decided by exception class alone: ``TransientStoreError``
+(throttling, 5xx, connection refused or reset, timeouts, bodies cut short) is
+retried with full-jitter exponential backoff (``base_delay`` doubling up to
+``max_delay``) for at least ``attempts`` attempts and, once the store has
+answered this process at least once, until ``deadline`` seconds have passed
+since the operation's first attempt (``SYNCD_STORE_DEADLINE``): so a store or
+S3 gateway that restarts for a few seconds is ridden out, while a store that
+never answered (a mistyped endpoint, DNS, TLS) is reported after ``attempts``
+tries instead of being waited for. Past both, the last error is re-raised as
+one line naming the operation, the attempts and the time. Every other error
+(NotFound, PreconditionFailed, StoreError) is final at once.
+
+Conditional PUTs are retried too: if an attempt did land and its answer was
+lost, a later attempt fails its precondition. That 412 is raised as
+``UnsurePrecondition`` (a PreconditionFailed): callers that only care about
+"someone else wrote it" handle it as before, and the commit point's advance
+(engine/volumes.py) checks whether it was its own write that landed.
 """
 
 from __future__ import annotations
@@ -27,10 +38,11 @@ import collections
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from syncd.errors import TransientStoreError
+from syncd.errors import PreconditionFailed, StoreError, TransientStoreError, UnsurePrecondition
 from syncd.store.base import Blob, BlobStream, ObjectInfo, ObjectStore, open_stream, read_into
 from syncd.store.rangeread import Sink
 
@@ -40,31 +52,52 @@ T = TypeVar("T")
 
 class RetryingStore:
     def __init__(self, inner: ObjectStore, attempts: int = 6, base_delay: float = 0.1,
-                 max_delay: float = 5.0) -> None:
+                 max_delay: float = 5.0, deadline: float = 0.0) -> None:
         self.inner, self.attempts, self.base_delay, self.max_delay = inner, attempts, base_delay, max_delay
+        self.deadline = deadline
         self.retries = 0
+        self.answered = False    # the store answered once: a failure to reach it now is an outage
 
-    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(1, self.attempts + 1):
+    async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` under this policy (also for a backend's own request: the bucket check, reach.py)."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return await op()
+                result = await op()
+            except PreconditionFailed as exc:
+                self.answered = True
+                if attempt > 1 and not isinstance(exc, UnsurePrecondition):  # an earlier try may have landed
+                    raise UnsurePrecondition(str(exc)) from exc
+                raise
             except TransientStoreError as exc:
-                if attempt == self.attempts:
-                    raise TransientStoreError(f"{what}: gave up after {attempt} attempts: {exc}") from exc
+                elapsed = time.monotonic() - started
+                window = self.deadline if self.answered else 0.0
+                if attempt >= self.attempts and elapsed >= window:
+                    raise TransientStoreError(f"{what}: gave up after {attempt} attempts in {elapsed:.1f} s: "
+                                              f"{exc}") from exc
                 self.retries += 1
-                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+                delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 20)))
+                if attempt >= self.attempts:       # only the deadline keeps us here: do not sleep past it
+                    delay = min(delay, window - elapsed)
                 log.info("retrying %s in %.2fs after %s", what, delay, exc)
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+                continue
+            except StoreError:
+                self.answered = True
+                raise
+            self.answered = True
+            return result
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
-        return await self._call(f"GET {key}", lambda: self.inner.get(key, start, end))
+        return await self.call(f"GET {key}", lambda: self.inner.get(key, start, end))
 
     @contextlib.asynccontextmanager
     async def get_stream(self, key: str, start: int | None = None,
                          end: int | None = None) -> AsyncIterator[BlobStream]:
         async with contextlib.AsyncExitStack() as stack:
-            yield await self._call(f"GET {key}", lambda: stack.enter_async_context(
+            yield await self.call(f"GET {key}", lambda: stack.enter_async_context(
                 open_stream(self.inner, key, start, end)))
 
     async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
@@ -80,31 +113,31 @@ class RetryingStore:
                 raise
 
         try:
-            return await self._call(f"GET {key}", attempt)
+            return await self.call(f"GET {key}", attempt)
         except _HalfWay as half:
             raise half.error from half.error.__cause__
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
-        return await self._call(f"PUT {key}", lambda: self.inner.put(
+        return await self.call(f"PUT {key}", lambda: self.inner.put(
             key, data, if_none_match=if_none_match, if_match=if_match))
 
     async def head(self, key: str) -> ObjectInfo:
-        return await self._call(f"HEAD {key}", lambda: self.inner.head(key))
+        return await self.call(f"HEAD {key}", lambda: self.inner.head(key))
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        items = await self._call(f"LIST {prefix}", lambda: _collect(self.inner.list_objects(prefix)))
+        items = await self.call(f"LIST {prefix}", lambda: _collect(self.inner.list_objects(prefix)))
         for item in items:
             yield item
 
     async def list_prefixes(self, prefix: str) -> list[str]:
-        return await self._call(f"LIST {prefix}", lambda: self.inner.list_prefixes(prefix))
+        return await self.call(f"LIST {prefix}", lambda: self.inner.list_prefixes(prefix))
 
     async def delete(self, keys: list[str]) -> None:
-        await self._call(f"DELETE {len(keys)} keys", lambda: self.inner.delete(keys))
+        await self.call(f"DELETE {len(keys)} keys", lambda: self.inner.delete(keys))
 
     async def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
-        return await self._call(f"ABORT-UPLOADS {prefix}", lambda: self.inner.abort_stale_uploads(prefix, older_than))
+        return await self.call(f"ABORT-UPLOADS {prefix}", lambda: self.inner.abort_stale_uploads(prefix, older_than))
 
     async def close(self) -> None:
         await self.inner.close()
