@@ -224,6 +224,19 @@ def s5cmd_binary() -> str:
     return shutil.which("s5cmd") or str(Path(sys.executable).with_name("s5cmd"))
 
 
+def environments(work: Path, endpoint: str, syncd_extra: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """(every tool's environment, syncd's): the dev server's credentials and no AWS config files;
+    syncd on the bench bucket as owner ``bench``, plus ``KEY=VALUE`` overrides."""
+    from syncd.store.devserver import CREDENTIALS
+    base = {**os.environ, **CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(work / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials")}
+    syncd = {**base, "SYNCD_S3_ENDPOINT": endpoint, "SYNCD_BUCKET": BUCKET, "SYNCD_PREFIX": "volumes",
+             "SYNCD_OWNER": "bench"}
+    syncd.update(kv.split("=", 1) for kv in syncd_extra)
+    return base, syncd
+
+
 def restic_binary() -> str:
     return shutil.which("restic") or "restic"
 

@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import report
 import scenarios
-from harness import BUCKET, Context, Run, run_procs
+from harness import Context, Run, run_procs
 
-from syncd.store.devserver import CREDENTIALS, SeaweedServer
+from syncd.store.devserver import SeaweedServer
 
 MiB = 1 << 20
 MODES: dict[str, dict[str, int]] = {
@@ -107,14 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     server = SeaweedServer(work / "seaweed", identities=True)  # explicit identities, for restic and rclone
-    base_env = {**os.environ, **CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_CONFIG_FILE": str(work / "no-aws-config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials")}
     try:
         server.start()
-        syncd_env = {**base_env, "SYNCD_S3_ENDPOINT": server.endpoint, "SYNCD_BUCKET": BUCKET,
-                     "SYNCD_PREFIX": "volumes", "SYNCD_OWNER": "bench"}
-        syncd_env.update(kv.split("=", 1) for kv in args.syncd_env)
+        base_env, syncd_env = harness.environments(work, server.endpoint, args.syncd_env)
         ctx = Context(server.endpoint, server.proc.pid if server.proc else None, work, syncd_env, base_env,
                       _available([t for t in args.tools.split(",") if t]), reps, sizes,
                       log=lambda m: print(m, file=sys.stderr, flush=True))

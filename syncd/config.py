@@ -23,7 +23,8 @@ SYNCD_CACHE_LARGE            ref                 large files' chunks: ``ref`` ca
                                                  reference into the hydrated file,
                                                  ``copy`` a second copy of the bytes
 SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
-SYNCD_CHUNK_SIZE             8 MiB               fixed chunk size for new files
+SYNCD_CHUNK_SIZE             512 KiB             average chunk size of files cut by content
+                                                 (FastCDC: min /4, max *4; 64 KiB-4 MiB)
 SYNCD_PACK_THRESHOLD         1 MiB               files below this are packed
 SYNCD_PACK_SIZE              8 MiB               target size of one pack object
 SYNCD_LARGE_PACK_SIZE        32 MiB              consecutive new chunks of one large file
@@ -152,7 +153,7 @@ class Config:
     cache_size: int = 10 * GiB
     cache_large: str = "ref"
     state_dir: Path = Path.home() / ".local" / "state" / "syncd"
-    chunk_size: int = 8 * MiB
+    chunk_size: int = 512 * KiB
     pack_threshold: int = 1 * MiB
     pack_size: int = 8 * MiB
     large_pack_size: int = 32 * MiB
@@ -182,14 +183,14 @@ class Config:
         if self.s3_endpoint is not None:
             check_endpoint(self.s3_endpoint)
         check_bucket_name(self.bucket)
-        if self.chunk_size < 64 * KiB or self.chunk_size > 5 * GiB:
-            raise ConfigError("SYNCD_CHUNK_SIZE must be between 64 KiB and 5 GiB")
-        if self.pack_threshold > self.chunk_size:
-            raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed SYNCD_CHUNK_SIZE")
+        if self.chunk_size < 64 * KiB or self.chunk_size > 4 * MiB:
+            raise ConfigError("SYNCD_CHUNK_SIZE (the average chunk size) must be between 64 KiB and 4 MiB")
+        if self.pack_threshold > 4 * self.chunk_size:
+            raise ConfigError("SYNCD_PACK_THRESHOLD must not exceed 4 x SYNCD_CHUNK_SIZE (the largest chunk)")
         if self.large_pack_size < 0 or self.large_pack_size > 5 * GiB:
             raise ConfigError("SYNCD_LARGE_PACK_SIZE must be between 0 and 5 GiB (one PUT)")
         if self.max_inflight_bytes < self.chunk_size:
-            raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one chunk")
+            raise ConfigError("SYNCD_MAX_INFLIGHT_BYTES must hold at least one average chunk")
         if self.store_backend not in ("obstore", "aiobotocore"):
             raise ConfigError("SYNCD_STORE_BACKEND must be 'obstore' or 'aiobotocore'")
         if self.cache_large not in ("ref", "copy"):

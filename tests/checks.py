@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from syncd.config import Config
 from syncd.engine.wiring import Engine
-from syncd.format.chunking import content_id, spans, verify
+from syncd.format.chunking import Chunker, content_id, verify
+from syncd.format.compress import decompress
 from syncd.format.manifest import ChunkRef, Snapshot
 from syncd.local.scan import TMP_PREFIX
 
@@ -37,7 +39,9 @@ async def check_head_complete(engine: Engine, volume: str, verified: set[str] | 
         key = engine.layout.pack(volume, pack)
         data = (await engine.store.get(key)).data
         for ref in refs:
-            assert verify(ref.id, data[ref.offset:ref.offset + ref.size]), f"chunk {ref.id} in pack {pack} is damaged"
+            stored = data[ref.offset:ref.end]
+            plain = decompress(stored, ref.size, ref.id) if ref.stored else stored
+            assert verify(ref.id, plain), f"chunk {ref.id} in pack {pack} is damaged"
         verified.add(key)
     return snap
 
@@ -49,13 +53,20 @@ def snapshot_ids(snap: Snapshot | None) -> dict[str, list[str]]:
     return {p: [c.id for c in e.chunks] for p, e in snap.entries.items() if e.kind == "file"}
 
 
-def local_ids(root: Path, chunk_size: int) -> dict[str, list[str]]:
-    """path -> chunk ids of every regular file under ``root``, as a commit would chunk it."""
+def local_ids(root: Path, config: Config) -> dict[str, list[str]]:
+    """path -> chunk ids of every regular file under ``root``, as a commit would cut it (by content)."""
+    chunker = Chunker(config.chunk_size, config.pack_threshold)
     out: dict[str, list[str]] = {}
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink() and not path.name.startswith(TMP_PREFIX):
             data = path.read_bytes()
-            out[path.relative_to(root).as_posix()] = [content_id(data[o:o + n]) for o, n in spans(len(data), chunk_size)]
+            lengths = [len(data)] if chunker.whole(len(data)) else chunker.cut(memoryview(data), eof=True)
+            ids, at = [], 0
+            for n in lengths:
+                if n:
+                    ids.append(content_id(data[at:at + n]))
+                at += n
+            out[path.relative_to(root).as_posix()] = ids
     return out
 
 

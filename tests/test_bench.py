@@ -28,7 +28,7 @@ def test_bench_runs_on_tiny_data(tmp_path: Path) -> None:
         assert tools["syncd"]["median_s"] > 0
         assert len(tools) >= 2, name                    # syncd and at least one competitor
     incr = report["scenarios"]["commit_incr"]["tools"]["syncd"]
-    assert incr["uploaded_chunks"] <= 2
+    assert incr["uploaded_chunks"] <= 6              # a 1 MiB edit: ~2 chunks of 512 KiB and one at each end
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -40,11 +40,12 @@ async def test_second_hydrate_reads_chunks_from_the_first_copy_not_the_store(
     assert w2.cache_large == "ref"
     async with open_engine(w2) as eng:
         await hydrate(eng, "vol", tmp_path / "a")
-        assert sum(eng.counter.keys[k] for k in chunk_gets(eng.counter.keys)) == 1  # 6 chunks, one pack, one GET
+        assert sum(eng.counter.keys[k] for k in chunk_gets(eng.counter.keys)) == 1  # ~6 chunks, one pack, one GET
+        chunks = len((await eng.repo.latest("vol"))[1].entries["big.bin"].chunks)  # type: ignore[union-attr]
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
         assert chunk_gets(eng.counter.keys) == []            # every chunk came from a/big.bin
-        assert eng.cache is not None and eng.cache.stats.hits == 6
+        assert eng.cache is not None and eng.cache.stats.hits == chunks
     # the cache holds references, not a second copy of the bytes
     assert sum(p.stat().st_size for p in w2.cache_dir.rglob("*.val")) < MiB
     assert (tmp_path / "b" / "big.bin").read_bytes() == big

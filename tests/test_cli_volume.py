@@ -123,7 +123,7 @@ def test_rm_asks_unless_yes(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli("volume", "rm", "doomed2", "--yes")[0] == 3
 
 
-def test_volume_upgrade_and_info_of_a_v2_volume(cli: Any, tmp_path: Path) -> None:
+def test_volume_upgrade_and_info_of_a_v3_volume(cli: Any, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "a").mkdir(parents=True)
     (tree / "a" / "x.txt").write_text("x")
@@ -131,7 +131,7 @@ def test_volume_upgrade_and_info_of_a_v2_volume(cli: Any, tmp_path: Path) -> Non
     assert cli("put", "vol", str(tree), "/")[0] == 0
     code, out, _ = cli("--json", "volume", "info", "vol")
     info = as_json(out)
-    assert code == 0 and info["format"] == 2 and info["files"] == 2 and info["dirs"] >= 1 and info["bytes"] == 3
-    code, out, _ = cli("--json", "volume", "upgrade", "vol")       # already v2: nothing to do
+    assert code == 0 and info["format"] == 3 and info["files"] == 2 and info["dirs"] >= 1 and info["bytes"] == 3
+    code, out, _ = cli("--json", "volume", "upgrade", "vol")       # already v3: nothing to do
     assert code == 0 and as_json(out)["upgraded"] is False
     assert cli("volume", "upgrade", "missing")[0] == 3

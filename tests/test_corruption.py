@@ -116,7 +116,7 @@ async def test_corrupt_cache_files_on_disk_are_evicted_and_refetched(
     async with open_engine(w2) as eng:
         await hydrate(eng, "vol", tmp_path / "first")
     files = cache_value_files(w2.cache_dir)
-    assert len(files) >= 3                                       # the large chunks live in files
+    assert len(files) >= 2                                       # the large chunks (cut by content) live in files
     for f in files:
         data = bytearray(f.read_bytes())
         data[len(data) // 3] ^= 0xFF

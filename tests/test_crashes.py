@@ -100,6 +100,8 @@ def small_chunks(config: Config) -> Config:
 def mutate(root: Path, rng: random.Random, trial: int) -> None:
     """A commit's worth of edits: rewrite the big file, add, change and delete small ones."""
     (root / "big.bin").write_bytes(rng.randbytes(512 * KiB + rng.randrange(1000)))
+    rows = rng.randrange(2000, 12000)      # compressible: chunks stored zstd-compressed, indexed
+    (root / "big.log").write_bytes(b"".join(b'{"trial": %d, "row": %d}\n' % (trial, i) for i in range(rows)))
     (root / "data").mkdir(exist_ok=True)
     for j in range(4):
         (root / "data" / f"t{trial}-{j}.txt").write_bytes(rng.randbytes(rng.randrange(1, 8 * KiB)))
@@ -141,7 +143,7 @@ async def commit_trials(config: Config, tmp_path: Path, zygote: Zygote, trials: 
             trial, done = done, done + 1
             old = await eng.repo.head("vol")
             mutate(src, rng, trial)
-            want = local_ids(src, cfg.chunk_size)
+            want = local_ids(src, cfg)
             result = await zygote.run({**job, "kill_after": rng.uniform(0, calibration)})
             head = await eng.repo.head("vol")
             snap = await check_head_complete(eng, "vol", verified)
@@ -223,7 +225,7 @@ async def test_many_killed_hydrates(config: Config, tmp_path: Path, zygote: Zygo
 async def test_upload_killed_mid_multipart_is_cleaned_up(config: Config, tmp_path: Path, zygote: Zygote) -> None:
     # aiobotocore: it uploads a large conditional PUT in parts; obstore makes it one PUT (object_store
     # has no conditional multipart), so only its rare unconditional large PUTs can leave uploads behind
-    cfg = config.replace(chunk_size=16 * MiB, multipart_threshold=6 * MiB, multipart_part_size=5 * MiB,
+    cfg = config.replace(large_pack_size=16 * MiB, multipart_threshold=6 * MiB, multipart_part_size=5 * MiB,
                          max_inflight_bytes=64 * MiB, store_backend="aiobotocore")
     src = tmp_path / "src"
     src.mkdir()
@@ -252,7 +254,7 @@ async def test_upload_killed_mid_multipart_is_cleaned_up(config: Config, tmp_pat
             await commit(eng, "vol", src)                  # past the grace age: aborted
             assert await s3.multipart_uploads(prefix) == []
             assert eng.counter.calls["abort_uploads"] == 1
-            assert snapshot_ids(await check_head_complete(eng, "vol")) == local_ids(src, cfg.chunk_size)
+            assert snapshot_ids(await check_head_complete(eng, "vol")) == local_ids(src, cfg)
     finally:
         await s3.close()
 
@@ -265,14 +267,15 @@ async def test_damaged_leftover_object_is_rewritten_not_trusted(engine: Engine, 
     """
     src = tmp_path / "src"
     src.mkdir()
-    data = random.Random(7).randbytes(engine.config.chunk_size)
+    data = random.Random(7).randbytes(engine.config.pack_threshold + 1000)    # one chunk of its own
     (src / "big.bin").write_bytes(data)
-    key = engine.layout.chunk("vol", local_ids(src, engine.config.chunk_size)["big.bin"][0])
+    assert len(local_ids(src, engine.config)["big.bin"]) == 1
+    key = engine.layout.chunk("vol", local_ids(src, engine.config)["big.bin"][0])
     await engine.store.put(key, b"")
     result = await commit(engine, "vol", src)
     assert result.uploaded_bytes == len(data)
     assert (await engine.store.head(key)).size == len(data)
-    assert snapshot_ids(await check_head_complete(engine, "vol")) == local_ids(src, engine.config.chunk_size)
+    assert snapshot_ids(await check_head_complete(engine, "vol")) == local_ids(src, engine.config)
 
 
 def test_plan_after_a_killed_hydrate_verifies_instead_of_conflicting() -> None:

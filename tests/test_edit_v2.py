@@ -86,7 +86,7 @@ async def test_engine_reads_and_one_file_edits_touch_depth_trees(config: Config,
         done = await edit.write_file(eng, "vol", "dir7/new.txt", _pieces(b"new\n"))
         assert count.take() == 2 and done.changed == 1
         assert done.trees_written == 2                               # root and dir7, one tree pack
-        assert eng.counter.calls["put"] == 4                         # small-file pack, tree pack, snapshot, HEAD
+        assert eng.counter.calls["put"] == 5             # small-file pack, its index object, tree pack, snapshot, HEAD
         eng.counter.reset()
         again = await edit.write_file(eng, "vol", "dir7/new.txt", _pieces(b"new\n"))
         assert again.changed == 1 and eng.counter.calls["put"] == 3  # same bytes: no pack uploaded again

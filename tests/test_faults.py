@@ -139,7 +139,7 @@ async def test_persistent_stall_is_bounded_by_the_read_timeout(faulty: Config, p
 async def test_hydrate_failing_part_way_leaves_only_whole_files(faulty: Config, proxy: FaultProxy,
                                                                 tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
-    make_tree(src, small_files=60, large_size=3 * 1024 * 1024 + 1)
+    make_tree(src, small_files=60, large_size=12 * 1024 * 1024 + 1)     # 3+ chunks (at most 4 MiB each)
     w2 = worker_config(faulty, tmp_path, "w2").replace(pack_size=64 * 1024)
     async with open_engine(faulty.replace(pack_size=64 * 1024)) as eng, open_engine(w2) as eng2:
         await commit(eng, "vol", src)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -136,16 +137,18 @@ async def test_concurrent_edits_both_survive(engine: Engine, config: Config,
 
 
 async def test_reading_a_footer_fetches_only_its_chunk(engine: Engine, config: Config) -> None:
-    data = random.Random(7).randbytes(10 << 20)                      # 10 MiB: ten distinct 1 MiB chunks
+    data = random.Random(7).randbytes(10 << 20)                      # 10 MiB: ~ten distinct chunks of ~1 MiB
     await edit.write_file(engine, "vol", "big.bin", _pieces(data, 300_000))
     entry = await edit.stat(engine, "vol", "big.bin")
-    assert len(entry.chunks) == 10
+    assert len(entry.chunks) >= 5
+    ends = list(itertools.accumulate(c.size for c in entry.chunks))
+    touched = sum(1 for end, c in zip(ends, entry.chunks) if end > (1 << 20) - 4 and end - c.size < (1 << 20) + 4)
     async with open_engine(config.replace(cache_dir=config.cache_dir.parent / "cold")) as cold:
         cold.counter.reset()
         tail = await edit.read_bytes(cold, "vol", entry, len(data) - 8, len(data))
         assert tail == data[-8:] and cold.counter.calls["get"] == 1
         middle = await edit.read_bytes(cold, "vol", entry, (1 << 20) - 4, (1 << 20) + 4)
-        assert middle == data[(1 << 20) - 4:(1 << 20) + 4] and cold.counter.calls["get"] == 3
+        assert middle == data[(1 << 20) - 4:(1 << 20) + 4] and cold.counter.calls["get"] == 1 + touched
 
 
 async def _pieces(data: bytes, size: int = 1 << 20) -> Any:

@@ -4,6 +4,7 @@ hashing, anything whose ctime or mtime moved is hashed, and the cache scrub trus
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -14,10 +15,13 @@ from syncd.data import localcopy
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
+from syncd.format.chunking import Chunker
 
 from .conftest import worker_config
 
 OLD = 1_600_000_000 * 10**9   # an mtime far from now: not racy
+BIG = random.Random(5).randbytes(5 * MiB + 3)
+CHUNKS = len(Chunker(1 * MiB, 256 * 1024).cut(memoryview(BIG), eof=True))   # as conftest's config cuts it
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 async def _volume(config: Config, tmp_path: Path, mtime_ns: int = OLD) -> bytes:
     src = tmp_path / "src"
     src.mkdir()
-    big = os.urandom(5 * MiB + 3)
+    big = BIG
     (src / "big.bin").write_bytes(big)
     os.utime(src / "big.bin", ns=(mtime_ns, mtime_ns))
     async with open_engine(config) as eng:
@@ -63,7 +67,7 @@ async def test_unchanged_source_is_copied_without_hashing(config: Config, tmp_pa
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
         assert chunk_gets(eng.counter.keys) == []
-        assert eng.cache is not None and eng.cache.stats.trusted == 6 and eng.cache.stats.hits == 6
+        assert eng.cache is not None and eng.cache.stats.trusted == CHUNKS and eng.cache.stats.hits == CHUNKS
     assert hashes == []
     assert (tmp_path / "b" / "big.bin").read_bytes() == big
 
@@ -80,7 +84,7 @@ async def test_a_moved_ctime_is_never_trusted(config: Config, tmp_path: Path, ha
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
         assert eng.cache is not None and eng.cache.stats.trusted == 0
-        assert len(hashes) == 6                       # every copy verified ...
+        assert len(hashes) == CHUNKS                  # every copy verified ...
         assert eng.cache.stats.stale == 1             # ... the edited chunk refused and fetched
         assert len(chunk_gets(eng.counter.keys)) == 1
     assert (tmp_path / "b" / "big.bin").read_bytes() == big
@@ -95,7 +99,7 @@ async def test_touch_alone_costs_a_hash_not_a_download(config: Config, tmp_path:
         os.utime(tmp_path / "a" / "big.bin", ns=(OLD, OLD))    # same bytes, ctime moved
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
-        assert chunk_gets(eng.counter.keys) == [] and len(hashes) == 6
+        assert chunk_gets(eng.counter.keys) == [] and len(hashes) == CHUNKS
         assert eng.cache is not None and eng.cache.stats.trusted == 0 and eng.cache.stats.stale == 0
 
 
@@ -106,7 +110,7 @@ async def test_a_racy_mtime_is_verified_on_every_use(config: Config, tmp_path: P
         await hydrate(eng, "vol", tmp_path / "a")
         await hydrate(eng, "vol", tmp_path / "b")
         assert eng.cache is not None and eng.cache.stats.trusted == 0
-    assert len(hashes) == 6
+    assert len(hashes) == CHUNKS
 
 
 async def test_reads_through_the_cache_trust_the_fingerprint_too(config: Config, tmp_path: Path) -> None:
@@ -131,7 +135,7 @@ async def test_scrub_hashes_every_entry_and_forgets_the_bad(config: Config, tmp_
         await hydrate(eng, "vol", tmp_path / "a")
         assert eng.cache is not None
         first = await eng.cache.scrub()
-        assert (first.references, first.bad) == (6, []) and first.checked >= 6   # and the tree
+        assert (first.references, first.bad) == (CHUNKS, []) and first.checked >= CHUNKS   # and the tree
         target = tmp_path / "a" / "big.bin"
         st = os.stat(target)
         with open(target, "r+b") as f:    # damage no fingerprint sees: pretend the disk did it

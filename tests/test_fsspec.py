@@ -107,7 +107,7 @@ class TestSyncdPipe(SyncdFixtures, AbstractPipeTests):  # type: ignore[misc]
 
 def test_protocol_is_registered_and_reads_by_chunk(syncd_fs: SyncdFileSystem, config: Config,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    data = random.Random(3).randbytes(10 << 20)                       # ten 1 MiB chunks
+    data = random.Random(3).randbytes(10 << 20)                       # ~ten chunks of 1 MiB on average
     syncd_fs.pipe_file("vol/big.bin", data)
     assert fsspec.get_filesystem_class("syncd") is SyncdFileSystem
     cold = config.replace(cache_dir=config.cache_dir.parent / "cold-cache")
@@ -118,10 +118,11 @@ def test_protocol_is_registered_and_reads_by_chunk(syncd_fs: SyncdFileSystem, co
             counter.reset()
             f.seek(-8, 2)
             assert f.read(8) == data[-8:]
-            assert counter.calls["get"] == 1                           # the last chunk only
+            first = counter.calls["get"]
+            assert 1 <= first <= 2                                     # the last chunk or two only
             f.seek(3 << 20)
             assert f.read(10) == data[3 << 20:(3 << 20) + 10]
-            assert counter.calls["get"] == 2
+            assert 1 <= counter.calls["get"] - first <= 3        # a block of the first chunk's size
         counter.reset()
         assert fs.cat_file("vol/big.bin", start=-4) == data[-4:]       # the last chunk: from the cache
         assert _chunk_gets(counter) == 0

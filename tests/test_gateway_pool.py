@@ -248,7 +248,7 @@ def test_families_are_the_layouts_keys_and_only_metadata_is_routed_by_the_store_
 async def test_a_miss_asks_the_pool_before_the_store(config: Config, tmp_path: Path) -> None:
     """Peer fill: the fallback gateway takes the object from its owner's cache; a peer never
     fetches for another, so a cold object still costs exactly one store GET."""
-    _, snap = await commit_tree(config, tmp_path / "src", small_files=5, large_size=4 * MiB)
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=5, large_size=8 * MiB)  # 3+ chunks
     urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
     ids = [r.id for e in snap.entries.values() for r in e.chunks if r.pack is None]
     layout = Layout(config.prefix, "alice")

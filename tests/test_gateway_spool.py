@@ -32,9 +32,10 @@ READERS = 6
 
 
 async def _chunk(config: Config, tmp_path: Path) -> tuple[Config, str, int]:
-    config = dataclasses.replace(config, chunk_size=8 * MiB)
-    _, snap = await commit_tree(config, tmp_path / "src", small_files=2, large_size=8 * MiB + 17)
-    ref = next(r for r in big_chunks(snap) if r.size == 8 * MiB)
+    config = dataclasses.replace(config, chunk_size=4 * MiB)      # chunks of 1-16 MiB, cut by content
+    _, snap = await commit_tree(config, tmp_path / "src", small_files=2, large_size=20 * MiB + 17)
+    ref = max(big_chunks(snap), key=lambda r: r.size)
+    assert ref.size >= 2 * MiB
     return config, ref.id, ref.size
 
 

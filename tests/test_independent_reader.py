@@ -42,10 +42,14 @@ async def test_independent_reader_reproduces_v2_and_v1_volumes(config: Config, t
     src = tmp_path / "src"
     make_tree(src, small_files=25, large_size=2 * 1024 * 1024 + 3)     # 3 chunks of 1 MiB
     (src / os.fsdecode(b"caf\xe9")).write_bytes(b"not utf-8")
+    (src / "rows.jsonl").write_bytes(b"".join(b'{"row": %d, "name": "user%d"}\n' % (i, i % 97)
+                                              for i in range(60_000)))          # compressed chunks (format 3)
     (src / "data" / "d0" / "deep" / "deeper").mkdir(parents=True)
     (src / "data" / "d0" / "deep" / "deeper" / "x.bin").write_bytes(os.urandom(5000))
     async with open_engine(config) as eng:
         first = await commit(eng, "vol", src)
+        snap = await eng.repo.snapshot("vol", first.snapshot or "")
+        assert any(c.stored for c in snap.entries["rows.jsonl"].chunks)     # the reader meets zstd frames
         before = snapshot_tree(src)
         (src / "data" / "d1" / "f1.txt").write_text("second snapshot\n")
         await commit(eng, "vol", src)

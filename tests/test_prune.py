@@ -185,7 +185,7 @@ async def test_lease_closes_the_window_between_reuse_check_and_advance(config: C
         (a_dir / "f.bin").rename(a_dir / "g.bin")         # a rename: A reuses the chunk unread
         out = await commit(eng_a, "vol", a_dir)
         assert pruned and pruned[0] >= 1                  # the prune did delete f.bin's chunk
-        assert out.files_read == 1 and out.uploaded_chunks == 1     # read again, uploaded again
+        assert out.files_read == 1 and out.uploaded_chunks >= 1     # read again, uploaded again
         head = await eng_a.repo.head("vol")
         assert head.epoch == 1 and head.lease is None
         report = await check(eng_a, "vol", read_data=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,22 +173,22 @@ async def test_hydrate_missing_volume_is_a_clear_error(engine: object, tmp_path:
 
 async def test_file_modified_during_commit_is_never_committed_torn(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.engine.commit as commit_mod
+    import syncd.data.chunkread as chunkread
     src = tmp_path / "src"
     src.mkdir()
     target = src / "ckpt.bin"
     target.write_bytes(b"A" * (3 * 1024 * 1024))
-    real_read = commit_mod._read_chunk
+    real_read = chunkread._read_window
     writes = {"n": 0}
 
-    def racing_read(fd: int, offset: int, length: int) -> tuple[bytes, str]:
-        data = real_read(fd, offset, length)
+    def racing_read(fd: int, buf: bytearray, offset: int, *args: Any) -> list[tuple[bytes, str]]:
+        data = real_read(fd, buf, offset, *args)
         if offset == 0 and writes["n"] < 1:  # a writer rewrites the file mid-read, once
             writes["n"] += 1
             target.write_bytes(b"B" * (3 * 1024 * 1024))
         return data
 
-    monkeypatch.setattr(commit_mod, "_read_chunk", racing_read)
+    monkeypatch.setattr(chunkread, "_read_window", racing_read)
     async with open_engine(config) as eng:
         res = await commit(eng, "vol", src)
         assert res.skipped == []
@@ -197,7 +198,7 @@ async def test_file_modified_during_commit_is_never_committed_torn(
 
 async def test_file_that_never_settles_keeps_its_previous_version(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import syncd.engine.commit as commit_mod
+    import syncd.data.chunkread as chunkread
     src = tmp_path / "src"
     src.mkdir()
     target = src / "log.bin"
@@ -205,17 +206,17 @@ async def test_file_that_never_settles_keeps_its_previous_version(
     async with open_engine(config) as eng:
         await commit(eng, "vol", src)
         target.write_bytes(b"v2" * 1000)
-        real_read = commit_mod._read_chunk
+        real_read = chunkread._read_whole
 
-        def always_racing(fd: int, offset: int, length: int) -> tuple[bytes, str]:
-            data = real_read(fd, offset, length)
+        def always_racing(fd: int, size: int) -> list[tuple[bytes, str]]:
+            data = real_read(fd, size)
             with open(target, "ab") as f:
                 f.write(b"more")
             return data
 
-        monkeypatch.setattr(commit_mod, "_read_chunk", always_racing)
+        monkeypatch.setattr(chunkread, "_read_whole", always_racing)
         res = await commit(eng, "vol", src)
         assert res.skipped == ["log.bin"]
-        monkeypatch.setattr(commit_mod, "_read_chunk", real_read)
+        monkeypatch.setattr(chunkread, "_read_whole", real_read)
         await hydrate(eng, "vol", tmp_path / "out")
     assert (tmp_path / "out" / "log.bin").read_bytes() == b"v1" * 1000

@@ -26,7 +26,7 @@ def test_file_methods_without_an_agent(no_agent_env: Config, tmp_path: Path) -> 
     assert [(e.path, e.type) for e in v.listdir()] == [("models", "dir"), ("top.txt", "file")]
     assert [e.path for e in v.listdir("models", recursive=True)] == ["models/big.bin", "models/readme.txt"]
     pieces = list(v.read_file("models/big.bin"))
-    assert len(pieces) == 4 and b"".join(pieces) == data        # streamed chunk by chunk
+    assert len(pieces) >= 2 and b"".join(pieces) == data        # streamed chunk by chunk
     assert b"".join(v.read_file("models/readme.txt")) == b"hello\n"
     v.remove_file("models", recursive=True)
     assert [e.path for e in v.listdir()] == ["top.txt"]

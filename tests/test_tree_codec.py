@@ -49,7 +49,8 @@ def reference_tree(items: list[TreeItem]) -> bytes:
         out: dict[str, Any] = {"type": e.kind, "mode": e.mode, "mtime_ns": e.mtime_ns}
         text(out, "name", e.path)
         if e.kind == "file":
-            out.update(size=e.size, chunks=[[c.id, c.size] if c.pack is None else [c.id, c.size, c.pack, c.offset]
+            out.update(size=e.size, chunks=[[c.id, c.size] if c.pack is None else
+                                            [c.id, c.size, c.pack, c.offset] + ([c.stored] if c.stored else [])
                                             for c in e.chunks])
         elif e.kind == "symlink":
             text(out, "target", e.target or "")
@@ -58,7 +59,7 @@ def reference_tree(items: list[TreeItem]) -> bytes:
             out.update(tree=[i.tree.id, i.tree.pack, i.tree.offset, i.tree.size], files=i.stats.files,
                        dirs=i.stats.dirs, bytes=i.stats.bytes, links=i.stats.links)
         entries.append(out)
-    return reference({"format": 2, "entries": entries})
+    return reference({"format": 3, "entries": entries})
 
 
 def test_strings_are_written_as_the_stdlib_writes_them_for_every_code_point() -> None:
@@ -154,7 +155,7 @@ def test_what_types_cannot_say_is_still_rejected(entries: list[dict[str, object]
 
 
 @pytest.mark.parametrize("doc", [
-    {"format": 3, "entries": []}, {"format": "2", "entries": []}, {"format": 2}, {"entries": []},
+    {"format": 4, "entries": []}, {"format": "2", "entries": []}, {"format": 2}, {"entries": []},
     {"format": 2, "entries": [], "extra": 0}, {"format": 2, "entries": {}}, [], "tree",
 ])
 def test_the_tree_object_itself_is_checked(doc: object) -> None:

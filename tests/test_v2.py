@@ -50,9 +50,9 @@ async def test_one_file_change_in_5000_files_costs_depth_not_size(config: Config
     async with open_engine(config) as eng:
         eng.counter.reset()
         res = await commit(eng, "vol", src)
-        # one small-file pack, one tree pack (root, a3, a3/b7), the snapshot, HEAD
+        # one small-file pack, its chunk index object, one tree pack (root, a3, a3/b7), the snapshot, HEAD
         assert res.trees_written == 3 and res.files_read == 1
-        assert eng.counter.calls["put"] == 4
+        assert eng.counter.calls["put"] == 5
         assert eng.counter.bytes_out < 16_000, eng.counter.bytes_out
         # the commit read the trees on the path only (the writer's own trees are cached)
         assert tree_gets(eng) <= 3
@@ -151,19 +151,19 @@ async def test_v1_volume_is_read_then_moves_to_v2_on_commit_or_upgrade(config: C
         assert listed is not None and {e.path for e in listed} >= {"data/d0", "data/up"}
 
         (dst / "data" / "d0" / "f0.txt").write_text("edited\n")
-        res = await commit(eng, "old", dst)             # the next commit writes v2
+        res = await commit(eng, "old", dst)             # the next commit writes v3
         head = await eng.repo.head("old")
         raw = json.loads((await eng.store.get(eng.layout.head("old"))).data)
-        assert raw["format"] == 2 and head.snapshot == res.snapshot
+        assert raw["format"] == 3 and head.snapshot == res.snapshot
         new = await eng.repo.header("old", res.snapshot or "")
-        assert new.format == 2 and new.parent == v1 and new.seq == 2
-        assert [s.format for _, s in await eng.repo.history("old")] == [2, 1]
+        assert new.format == 3 and new.parent == v1 and new.seq == 2
+        assert [s.format for _, s in await eng.repo.history("old")] == [3, 1]
         assert (await check(eng, "old", read_data=True)).ok
         pruned = await prune(eng, "old", Retention(grace=0.0))
         assert pruned.deleted_objects == 0                 # v1 and v2 references both count
 
         up, upgraded = await eng.repo.upgrade("old2")
-        assert upgraded and (await eng.repo.header("old2", up.snapshot or "")).format == 2
+        assert upgraded and (await eng.repo.header("old2", up.snapshot or "")).format == 3
         assert (await eng.repo.upgrade("old2"))[1] is False
     out, out2 = tmp_path / "out", tmp_path / "out2"
     async with open_engine(config) as eng:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from syncd.engine.volumes import encode_head
 from syncd.engine.wiring import Engine, open_engine
 from syncd.errors import InvalidName, ManifestError
 from syncd.format.chunking import content_id
+from syncd.format.layout import object_key
 
 from .conftest import worker_config
 from .treeutil import snapshot_tree
@@ -73,7 +75,7 @@ async def test_concurrent_writers_disjoint_and_overlapping_paths(config: Config,
 async def test_corrupt_cache_entry_is_evicted_and_refetched(config: Config, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "big.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB: two chunks
+    (src / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))  # 2 MiB: a few chunks, stored plain
     async with open_engine(config) as eng:
         await commit(eng, "vol", src)
         await hydrate(eng, "vol", tmp_path / "a")
@@ -85,7 +87,7 @@ async def test_corrupt_cache_entry_is_evicted_and_refetched(config: Config, tmp_
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
         assert eng.cache.stats.corrupt == 1
-        assert eng.counter.keys[eng.layout.chunk("vol", ref.id)] == 1  # refetched once
+        assert eng.counter.keys[object_key(eng.layout, "vol", ref)] == 1  # refetched once
     assert (tmp_path / "b" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
 
 
@@ -122,11 +124,11 @@ async def test_invalid_volume_names_are_rejected(engine: Engine, tmp_path: Path)
 
 
 async def test_large_file_round_trip_through_multipart(config: Config, tmp_path: Path) -> None:
-    cfg = config.replace(chunk_size=12 * 1024 * 1024, multipart_threshold=8 * 1024 * 1024,
+    cfg = config.replace(large_pack_size=12 * 1024 * 1024, multipart_threshold=8 * 1024 * 1024,
                          multipart_part_size=5 * 1024 * 1024, pack_threshold=256 * 1024)
     src = tmp_path / "src"
     src.mkdir()
-    (src / "ckpt.bin").write_bytes(bytes(range(256)) * (50 * 4096 + 3))
+    (src / "ckpt.bin").write_bytes(os.urandom(30 * 1024 * 1024 + 3))   # large packs of ~12 MiB: multipart
     async with open_engine(cfg) as eng:
         await commit(eng, "vol", src)
     async with open_engine(worker_config(cfg, tmp_path, "w2")) as eng2:

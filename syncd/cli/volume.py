@@ -61,7 +61,7 @@ async def _info(args: argparse.Namespace, config: Config) -> Any:
     entries = snap.entries.values() if snap else []
     stats = snap.stats if snap is not None and snap.stats is not None else None
     return {"volume": name, "owner": config.owner, "snapshot": head.snapshot or "(empty)", "seq": head.seq,
-            "format": snap.format if snap else 2,
+            "format": snap.format if snap else head.format,
             "files": stats.files if stats else sum(e.kind == "file" for e in entries),
             "dirs": stats.dirs if stats else sum(e.kind == "dir" for e in entries),
             "bytes": stats.bytes if stats else sum(e.size for e in entries), "created": _when(head.created),
@@ -112,12 +112,16 @@ async def _rm(args: argparse.Namespace, config: Config) -> Any:
     return {"volume": name, "deleted": True, "objects_removed": removed}
 
 
-@command("volume upgrade", "move a format-1 volume to format 2 (one new snapshot, no data copied)", _volume)
+@command("volume upgrade", "move a format-1 or -2 volume to format 3 and index its chunks (no data copied)",
+         _volume)
 async def _upgrade(args: argparse.Namespace, config: Config) -> Any:
+    from syncd.maint.reindex import index_snapshot
     name = volume_arg(args)
     async with open_engine(config) as engine:
         head, upgraded = await engine.repo.upgrade(name)
-    return {"volume": name, "upgraded": upgraded, "snapshot": head.snapshot, "seq": head.seq, "format": 2}
+        indexed = await index_snapshot(engine, name, head.snapshot) if head.snapshot else 0
+    return {"volume": name, "upgraded": upgraded, "snapshot": head.snapshot, "seq": head.seq, "format": 3,
+            "index_objects": indexed}
 
 
 def _put_args(p: argparse.ArgumentParser) -> None:

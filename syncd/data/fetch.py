@@ -40,11 +40,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from syncd.data.cache import ChunkCache
 from syncd.errors import IntegrityError, NotFound, SyncdError, TransientStoreError
 from syncd.format.chunking import hasher, verify
+from syncd.format.compress import decompress
 from syncd.format.layout import Layout
 from syncd.format.manifest import ChunkRef
 from syncd.limits import SingleFlight
@@ -127,11 +128,12 @@ class ChunkFetcher:
         if first.pack is None:
             key, start, end = self.layout.chunk(volume, first.id), None, None
         else:
-            key, start, end = self.layout.pack(volume, first.pack), first.offset, last.offset + last.size
+            key, start, end = self.layout.pack(volume, first.pack), first.offset, last.end
+        stream = self._stream_decoded if any(r.stored for r in refs) else self._stream_once
         bad = 0
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
-                failed = await self._stream_once(volume, key, start, end, refs, write, write_sync)
+                failed = await stream(volume, key, start, end, refs, write, write_sync)
             except TransientStoreError as exc:  # the body broke off: read it again
                 if attempt == STREAM_ATTEMPTS:
                     raise
@@ -153,14 +155,9 @@ class ChunkFetcher:
         """One GET; the first chunk whose bytes did not hash to its id, or None."""
         check = _Verifier(volume, key, start, end, refs)
         try:
-            if write_sync is not None:
-                check.write_sync = write_sync
-                try:
-                    if await read_into(self.store, key, start, end, check):
-                        return check.failed
-                except Unsupported as exc:
-                    log.info("reading %s as a stream: %s", key, exc)
-                check = _Verifier(volume, key, start, end, refs)
+            if await self._read_direct(key, start, end, check, write_sync):
+                return check.failed
+            check = _Verifier(volume, key, start, end, refs)
             position, size = 0, 0
             batch: list[bytes] = []
             async with open_stream(self.store, key, start, end) as stream:
@@ -178,6 +175,38 @@ class ChunkFetcher:
             raise _missing(volume, key) from exc
         return check.failed
 
+    async def _stream_decoded(self, volume: str, key: str, start: int | None, end: int | None,
+                              refs: Sequence[ChunkRef], write: Writer,
+                              write_sync: SyncWriter | None) -> ChunkRef | None:
+        """As ``_stream_once`` for a run holding compressed chunks: each chunk's stored bytes are
+        collected (one chunk at a time), inflated, verified and written at its plain position."""
+        check = _Decoder(volume, key, start, end, refs)
+        try:
+            if await self._read_direct(key, start, end, check, write_sync):
+                return check.failed
+            check = _Decoder(volume, key, start, end, refs)
+            async with open_stream(self.store, key, start, end) as stream:
+                check.begin(stream.size)
+                async for piece in stream.pieces:
+                    for position, plain in check.take(memoryview(piece)):
+                        await write(position, [plain])
+        except NotFound as exc:
+            raise _missing(volume, key) from exc
+        return check.failed
+
+    async def _read_direct(self, key: str, start: int | None, end: int | None, check: _Verifier | _Decoder,
+                           write_sync: SyncWriter | None) -> bool:
+        """One GET received by the store's reading thread straight into ``check`` (which writes
+        through ``write_sync``); False when the body must be streamed instead."""
+        if write_sync is None:
+            return False
+        check.write_sync = write_sync
+        try:
+            return await read_into(self.store, key, start, end, check)
+        except Unsupported as exc:
+            log.info("reading %s as a stream: %s", key, exc)
+            return False
+
     def _ranked(self, key: str) -> list[ChunkSource]:
         return sorted(self.sources, key=lambda source: source.weight(key), reverse=True)
 
@@ -190,9 +219,10 @@ class ChunkFetcher:
                 continue
             if data is None:
                 continue
-            if verify(ref.id, data):
-                self.bytes_by_source[source.name] += len(data)
-                return data
+            plain = _plain(ref, data)
+            if plain is not None and verify(ref.id, plain):
+                self.bytes_by_source[source.name] += ref.size
+                return plain
             log.warning("chunk source %s returned bad bytes for %s; skipping it", source.name, ref.id)
         return None
 
@@ -200,12 +230,13 @@ class ChunkFetcher:
         if ref.pack is None:
             key, start, end = self.layout.chunk(volume, ref.id), None, None
         else:
-            key, start, end = self.layout.pack(volume, ref.pack), ref.offset, ref.offset + ref.size
+            key, start, end = self.layout.pack(volume, ref.pack), ref.offset, ref.end
         for attempt in (1, 2):
             blob = await self._get(volume, key, start, end)
-            if verify(ref.id, blob.data):
-                self.bytes_by_source["store"] += len(blob.data)
-                return blob.data
+            plain = _plain(ref, blob.data)
+            if plain is not None and verify(ref.id, plain):
+                self.bytes_by_source["store"] += ref.size
+                return plain
             log.warning("chunk %s from %s failed verification (attempt %d)", ref.id, key, attempt)
         raise _corrupt(volume, ref, key)
 
@@ -224,7 +255,7 @@ class ChunkFetcher:
         missing = [r for i, r in wanted.items() if i not in found]
         if missing:
             start = min(r.offset for r in missing)
-            end = max(r.offset + r.size for r in missing)
+            end = max(r.end for r in missing)
             fetched = await self._packs.do(
                 (volume, pack, start, end), lambda: self._fetch_range(volume, pack, start, end, missing))
             found.update({r.id: fetched[r.id] for r in missing})
@@ -254,9 +285,10 @@ class ChunkFetcher:
         good: dict[str, bytes] = {}
         bad: list[ChunkRef] = []
         for ref in refs:
-            piece = view[ref.offset - start:ref.offset - start + ref.size]
-            if verify(ref.id, piece):
-                good[ref.id] = bytes(piece)
+            piece = view[ref.offset - start:ref.end - start]
+            plain = _plain(ref, piece)
+            if plain is not None and verify(ref.id, plain):
+                good[ref.id] = bytes(plain)
                 self.bytes_by_source[source] += ref.size
             else:
                 bad.append(ref)
@@ -317,6 +349,66 @@ class _Verifier:
         self.position += len(view)
 
 
+class _Decoder:
+    """A run's stored bytes, cut at each chunk's stored size, inflated where compressed and verified.
+
+    Holds one chunk's stored bytes at a time (format 3 chunks are at most 2 MiB by
+    default, 16 MiB compressed by the format's bound), so memory stays bounded
+    like the plain path's. ``take`` returns the verified chunks completed by a
+    piece, with their positions in plain bytes; a chunk that does not verify is
+    remembered in ``failed`` and not written. Also a sink for ``store.read_into``.
+    """
+
+    def __init__(self, volume: str, key: str, start: int | None, end: int | None,
+                 refs: Sequence[ChunkRef]) -> None:
+        self.volume, self.key, self.start, self.end, self.refs = volume, key, start, end, refs
+        self.total = sum(r.stored_size for r in refs)
+        self.index, self.position = 0, 0
+        self.buffer = bytearray()
+        self.failed: ChunkRef | None = None
+        self.write_sync: SyncWriter | None = None
+
+    def begin(self, size: int) -> None:
+        if size != self.total:
+            raise _missing(self.volume, self.key, f" (bytes {self.start}..{self.end})")
+
+    def take(self, view: memoryview) -> list[tuple[int, bytes]]:
+        out = []
+        while view and self.index < len(self.refs):
+            ref = self.refs[self.index]
+            need = ref.stored_size - len(self.buffer)
+            self.buffer += view[:need]
+            view = view[need:]
+            if len(self.buffer) == ref.stored_size:
+                plain = _plain(ref, self.buffer)
+                if plain is not None and verify(ref.id, plain):
+                    out.append((self.position, bytes(plain)))
+                elif self.failed is None:
+                    self.failed = ref
+                self.position += ref.size
+                self.index += 1
+                self.buffer = bytearray()
+        return out
+
+    def write(self, view: memoryview) -> None:
+        assert self.write_sync is not None
+        for position, plain in self.take(view):
+            self.write_sync(position, memoryview(plain))
+
+
+B = TypeVar("B", bytes, bytearray, memoryview)
+
+
+def _plain(ref: ChunkRef, stored: B) -> B | bytes | None:
+    """A chunk's plain bytes from its stored bytes (inflated if compressed); None if they do not inflate."""
+    if not ref.stored:
+        return stored
+    try:
+        return decompress(stored, ref.size, f"chunk {ref.id}")
+    except IntegrityError:
+        return None
+
+
 def _bounds(refs: Sequence[ChunkRef]) -> list[int]:
     """Where each chunk of a run ends, counted from the run's first byte."""
     out, total = [], 0
@@ -333,8 +425,8 @@ def coalesce(refs: Sequence[ChunkRef], unit: int) -> list[list[ChunkRef]]:
     for ref in refs:
         run = runs[-1] if runs else None
         if run and ref.pack is not None and run[-1].pack == ref.pack \
-                and run[-1].offset + run[-1].size == ref.offset \
-                and sum(r.size for r in run) + ref.size <= unit:
+                and run[-1].end == ref.offset \
+                and sum(r.stored_size for r in run) + ref.stored_size <= unit:
             run.append(ref)
         else:
             runs.append([ref])

@@ -198,7 +198,7 @@ class GatewaySource:
 
     async def fetch(self, volume: str, ref: ChunkRef) -> bytes | None:
         if ref.pack is not None:
-            return await self.fetch_range(volume, ref.pack, ref.offset, ref.offset + ref.size)
+            return await self.fetch_range(volume, ref.pack, ref.offset, ref.end)
         return await self.fetch_object(volume, "chunks", ref.id)
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None:

@@ -4,8 +4,9 @@
    fingerprint (inode, size, mtime, ctime) is unchanged keeps its chunk list
    without being read; a file that vanished from one path and appeared at
    another with the same inode, size and mtime is a rename, also not read.
-   Everything else is read in ``chunk_size`` pieces, hashed in a worker thread
-   and handed to the Uploader, which PUTs only chunks the volume lacks.
+   Everything else is read and cut by content (data/chunkread.py), hashed in a
+   worker thread and handed to the Uploader, which PUTs only chunks the volume
+   lacks (asking the volume's chunk index for chunks it does not know).
 2. A file is stat'ed before and after it is read; if it changed meanwhile it
    is read again (up to 3 times) and otherwise left out of this commit (kept
    at its previous version), so a snapshot never claims bytes the file never
@@ -39,12 +40,12 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.data.chunkread import file_chunks
 from syncd.data.upload import Uploader
 from syncd.engine.progress import NoProgress, Progress
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, LocalIOError, NotFound, PreconditionFailed, StoreError, VolumeNotFound
-from syncd.format.chunking import content_id, spans
 from syncd.format.layout import object_key
 from syncd.format.manifest import Changes, ChunkRef, Entry, Snapshot, diff, escaping_symlinks, symlink_stays_inside
 from syncd.local.delta import known_state, walk_changes
@@ -121,7 +122,7 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
 
 async def _abort_stale_uploads(engine: Engine, volume: str) -> None:
     config = engine.config
-    if max(config.chunk_size, config.pack_size) <= config.multipart_threshold:
+    if max(4 * config.chunk_size, config.pack_size, config.large_pack_size) <= config.multipart_threshold:
         return  # no object of ours is ever uploaded in parts: nothing to clean
     try:
         aborted = await engine.repo.abort_stale_uploads(volume, config.stale_upload_age)
@@ -149,8 +150,7 @@ async def _build(engine: Engine, volume: str, source: Path, index: LocalIndex, l
         result.skipped, result.files_read, result.bytes_read = [], 0, 0
         known = {i: r for i, r in _locations(index.entries().values(), head_refs.values()).items()
                  if i not in excluded}
-        uploader = Uploader(engine.store, engine.layout, volume, engine.budget, engine.config.pack_size, known,
-                            engine.config.large_pack_size)
+        uploader = engine.uploader(volume, known)
         reader = _Reader(engine, source, uploader, result, progress, excluded)
         try:
             ours = await reader.build(index, local)
@@ -368,17 +368,14 @@ class _Reader:
             return None
         try:
             before = from_stat(await asyncio.to_thread(os.fstat, fd))
-            small = before.size < self.engine.config.pack_threshold
-            refs = []
-            for offset, length in spans(before.size, self.engine.config.chunk_size):
-                held = await self.engine.budget.acquire(length)
-                data, chunk_id = await asyncio.to_thread(_read_chunk, fd, offset, length)
-                if len(data) != length:
-                    await self.engine.budget.release(held)
-                    return None
+            small = self.engine.chunker.whole(before.size)
+            refs = []   # cut by content (data/chunkread.py); a file that shrank meanwhile is read again
+            async for data, chunk_id, held in file_chunks(fd, before.size, self.engine.chunker, self.engine.budget):
                 await self.uploader.add(chunk_id, data, held, small, group=path)
-                refs.append(ChunkRef(chunk_id, length))
-                self.progress.advance(length)
+                refs.append(ChunkRef(chunk_id, len(data)))
+                self.progress.advance(len(data))
+            if sum(r.size for r in refs) != before.size:
+                return None
             after = from_stat(await asyncio.to_thread(os.fstat, fd))
         finally:
             self.uploader.end_group(path)
@@ -390,7 +387,3 @@ class _Reader:
         self.fingerprints[path] = before.fingerprint
         return Entry(path, "file", before.mode, before.mtime_ns, before.size, tuple(refs))
 
-
-def _read_chunk(fd: int, offset: int, length: int) -> tuple[bytes, str]:
-    data = os.pread(fd, length, offset)
-    return data, content_id(data)

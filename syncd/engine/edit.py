@@ -28,12 +28,16 @@ different paths both survive and nothing is lost. A batch whose net changes
 are empty makes no snapshot. A batch of any number of operations is one
 snapshot; a single CLI or SDK call is a batch of one.
 
-New file bytes go through the commit path's :class:`Uploader` (small files
-packed, large ones chunked, the byte budget bounding memory) before anything
-is published; the chunks of the file being replaced are known to it, so
-writing a file again uploads nothing (if a prune takes the lease before the
-publish, those reused chunks are checked again, as commit.py does, and the
-publish waits while prune holds the lease). ``cp`` and ``mv`` only copy entries: the
+New file bytes are cut by content exactly as a commit cuts them
+(data/chunkread.py) and go through the commit path's :class:`Uploader` (small
+files packed, large ones in large packs, compressed where it pays, the byte
+budget bounding memory) before anything is published; the chunks of the file
+being replaced are known to it and every other chunk is looked up in the
+volume's chunk index, so writing bytes the volume already holds anywhere
+uploads nothing. Chunks reused on the index's word (or on a PUT's "already
+exists") are checked to exist after a HEAD read free of prune's lease, before
+the first publish; the chunks of the replaced files again if a prune ran
+since (the epoch moved), as commit.py does. ``cp`` and ``mv`` only copy entries: the
 chunks are shared, no file data moves.
 """
 
@@ -45,7 +49,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from syncd.data.upload import Uploader, content_id_of
+from syncd.data.chunkread import WINDOW, StreamCutter
+from syncd.data.upload import Uploader
 from syncd.engine.commit import MAX_ATTEMPTS, wait_for_lease
 from syncd.engine.editview import ROOT, Op, View, op_copy, op_mkdir, op_remove, subtree
 from syncd.engine.trees import Built
@@ -218,8 +223,7 @@ class Batch:
                 if not self.create:
                     raise
                 self._seen, _ = await self.engine.repo.create(self.volume)
-            self._uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
-                                      self.engine.config.pack_size, {})
+            self._uploader = self.engine.uploader(self.volume, {})
         head = self._seen
         current = await self.engine.repo.lookup(self.volume, head.snapshot, path) if head.snapshot else None
         for ref in current.chunks if current is not None else ():
@@ -258,9 +262,9 @@ class Batch:
     async def publish(self, message: str = "") -> EditResult:
         """One snapshot with every operation, run again on the latest until HEAD advances."""
         message = message or "; ".join(self.words)[:500]
+        checked: int | None = None          # the epoch of the HEAD our reused chunks were checked under
         if self._uploader is not None:
             await self._uploader.finish()
-            await self._check_existing(self._uploader)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 head = await wait_for_lease(self.engine, await self.engine.repo.head(self.volume))
@@ -269,9 +273,9 @@ class Batch:
                     raise
                 await self.engine.repo.create(self.volume)
                 continue
-            if self._uploader is not None and self._seen is not None and head.epoch != self._seen.epoch:
-                await self._check_known(self._uploader)     # a prune ran since we chose what to reuse
-                self._seen = head
+            if self._uploader is not None and head.epoch != checked:
+                await self._check_reused(self._uploader, head, checked is None)
+                checked = head.epoch
             view = View(self.engine, self.volume, head.snapshot)
             for op in self.ops:
                 await op(view)
@@ -291,13 +295,18 @@ class Batch:
                               built.trees_written)
         raise CommitConflict(f"volume {self.volume!r}: the commit point kept moving; try again")
 
-    async def _check_existing(self, uploader: Uploader) -> None:
-        """Chunks whose PUT found them already stored may be ones a prune is deleting (see commit.py)."""
-        await self._check(uploader, uploader.existed)
+    async def _check_reused(self, uploader: Uploader, head: Head, first: bool) -> None:
+        """After a HEAD read free of prune's lease: do the chunks we reuse without a PUT still exist?
 
-    async def _check_known(self, uploader: Uploader) -> None:
-        """The chunks reused from the files we replace, after a prune took the lease (HEAD's epoch moved)."""
-        await self._check(uploader, self._reused - set(uploader.new))
+        Chunks whose PUT found them stored and chunks found through the chunk index may be
+        old and unreferenced, exactly what a prune deletes, so they are checked before the
+        first publish (see commit.py); the chunks of the files we replace are referenced by
+        the HEAD we read, and are checked again only if a prune ran since (the epoch moved).
+        """
+        suspects = uploader.existed | uploader.indexed
+        if not first or self._seen is None or head.epoch != self._seen.epoch:
+            suspects |= self._reused - set(uploader.new)
+        await self._check(uploader, suspects)
 
     async def _check(self, uploader: Uploader, chunk_ids: set[str]) -> None:
         for chunk_id in chunk_ids:
@@ -309,16 +318,16 @@ class Batch:
 
 
 class FileWriter:
-    """Bytes of one new file: chunked, hashed and uploaded as they arrive."""
+    """Bytes of one new file: cut by content, hashed and uploaded as they arrive (data/chunkread.py),
+    so a file written here is cut exactly as a commit cuts it and dedupes with it."""
 
     def __init__(self, batch: Batch, path: str, mode: int) -> None:
         if not path:
             raise ConfigError("cannot write to the volume root")
         self.batch, self.path, self.mode = batch, path, mode
         self.size = 0
-        self._buffer = bytearray()
+        self._cutter = StreamCutter(batch.engine.chunker)
         self._refs: list[ChunkRef] = []
-        self._chunk = batch.engine.config.chunk_size
         self._uploader: Uploader | None = None
 
     async def _get_uploader(self) -> Uploader:
@@ -327,29 +336,29 @@ class FileWriter:
         return self._uploader
 
     async def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._chunk:
-            piece = bytes(self._buffer[:self._chunk])
-            del self._buffer[:self._chunk]
-            await self._add(piece, small=False)
+        if self._cutter.pending() + len(data) < WINDOW:
+            self._cutter.feed(data)           # only buffered: nothing to cut yet
+            return
+        for piece, chunk_id in await asyncio.to_thread(self._cutter.feed, data):
+            await self._add(piece, chunk_id, small=False)
 
-    async def _add(self, piece: bytes, small: bool) -> None:
+    async def _add(self, piece: bytes, chunk_id: str, small: bool) -> None:
         uploader = await self._get_uploader()
         held = await self.batch.engine.budget.acquire(len(piece))
-        chunk_id = await content_id_of(piece)
         if chunk_id in uploader.known:
             self.batch._reused.add(chunk_id)
-        await uploader.add(chunk_id, piece, held, small)
+        await uploader.add(chunk_id, piece, held, small, group=self)
         self._refs.append(ChunkRef(chunk_id, len(piece)))
         self.size += len(piece)
 
     async def close(self) -> None:
         """Queue the file in the batch (its bytes are uploaded by ``publish`` at the latest)."""
-        if self._buffer:
-            small = not self._refs and len(self._buffer) < self.batch.engine.config.pack_threshold
-            await self._add(bytes(self._buffer), small)
-            self._buffer.clear()
+        pieces = await asyncio.to_thread(self._cutter.finish)
+        small = not self._refs and len(pieces) == 1 and self.batch.engine.chunker.whole(len(pieces[0][0]))
+        for piece, chunk_id in pieces:
+            await self._add(piece, chunk_id, small)
         uploader = await self._get_uploader()
+        uploader.end_group(self)
         refs, path, mode, size = self._refs, self.path, self.mode, self.size
 
         async def run(view: View) -> None:

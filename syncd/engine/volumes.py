@@ -12,8 +12,10 @@ A volume exists exactly when its HEAD exists. Deletion removes HEAD first (the
 volume disappears atomically for readers) and then every other key under the
 volume's prefix.
 
-Formats. Every snapshot written is format 2: a small header naming a root
-tree (format/tree.py, engine/trees.py). Format-1 snapshots (one zlib object
+Formats. Every snapshot written is format 3 (format 2 plus compressed chunks
+and the chunk index): a small header naming a root tree (format/tree.py,
+engine/trees.py); a v2 volume moves to v3 on its next commit or with
+``syncd volume upgrade``, which rewrites no tree. Format-1 snapshots (one zlib object
 listing every entry) stay readable: the first byte tells them apart (a v2
 snapshot is canonical JSON and starts with ``{``, a v1 one is a zlib stream).
 A commit onto a v1 snapshot writes a v2 one, and :meth:`VolumeRepo.upgrade`
@@ -29,6 +31,7 @@ re-checks the objects it reuses. docs/FORMAT.md, section 9, gives the proof.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -55,9 +58,9 @@ from syncd.format.manifest import Changes, Entry, Snapshot
 from syncd.store.base import ObjectStore, put_immutable
 
 log = logging.getLogger(__name__)
-HEAD_FORMAT = 2
+HEAD_FORMAT = 3
 LANDED_WALK = 1000     # headers read back from HEAD to find a snapshot whose advance lost its answer
-HEAD_FORMATS = (1, 2)
+HEAD_FORMATS = (1, 2, 3)
 
 
 def writer_id() -> str:
@@ -76,6 +79,7 @@ class Head:
     epoch: int = 0                  # how many prunes took the lease so far
     lease: str | None = None        # who holds the prune lease (None: nobody)
     lease_expires: float = 0.0
+    format: int = 3                 # the HEAD object's own format (1, 2 or 3)
 
     def leased(self, now: float | None = None) -> bool:
         return self.lease is not None and (time.time() if now is None else now) < self.lease_expires
@@ -87,6 +91,16 @@ def encode_head(volume: str, snapshot: str | None, seq: int, created: float, epo
            "created": created, "updated": time.time(), "epoch": epoch,
            "lease": None if lease is None else {"holder": lease, "expires": lease_expires}}
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+async def wait_lease_free(repo: VolumeRepo, head: Head) -> Head:
+    """``head``, or a later one read once prune's lease in it is gone or expired."""
+    delay = 0.25
+    while head.leased():
+        await asyncio.sleep(min(delay, max(0.0, head.lease_expires - time.time()) + 0.01))
+        delay = min(delay * 2, 5.0)
+        head = await repo.head(head.volume)
+    return head
 
 
 def _strict_json(data: bytes) -> object:
@@ -122,7 +136,7 @@ def decode_head(volume: str, data: bytes, etag: str) -> Head:
             raise ManifestError(f"HEAD of {volume!r} has an invalid lease")
         lease, expires = lease["holder"], float(lease["expires"])
     return Head(volume, snap, seq, etag, float(doc.get("created", 0)), float(doc.get("updated", 0)),
-                epoch, lease, expires)
+                epoch, lease, expires, doc["format"])
 
 
 class VolumeRepo:
@@ -267,7 +281,7 @@ class VolumeRepo:
             manifest.validate_entries(snap.entries)
             built = await self.build(volume, None, dict(snap.entries), {})
             await upload_packs(self.store, self.layout, volume, built)
-            snap = replace(snap, entries={}, format=tree.FORMAT_V2, root=built.root, stats=built.stats)
+            snap = replace(snap, entries={}, format=tree.FORMAT_WRITE, root=built.root, stats=built.stats)
         snapshot_id, data = tree.encode_snapshot(snap)
         await put_immutable(self.store, self.layout.snapshot(volume, snapshot_id), data)
         return snapshot_id
@@ -284,7 +298,7 @@ class VolumeRepo:
         """
         await upload_packs(self.store, self.layout, head.volume, built)
         snap = Snapshot(head.volume, self.layout.owner, head.seq + 1, head.snapshot, time.time(), writer_id(),
-                        {}, message, tree.FORMAT_V2, built.root, built.stats)
+                        {}, message, tree.FORMAT_WRITE, built.root, built.stats)
         snapshot_id = await self.put_snapshot(head.volume, snap)
         return await self.advance(head, snapshot_id, head.seq + 1)
 
@@ -322,20 +336,33 @@ class VolumeRepo:
             current, at = snap.parent, snap.seq - 1
         return current == snapshot_id and at == seq
 
-    async def upgrade(self, volume: str, message: str = "upgrade to format 2") -> tuple[Head, bool]:
-        """Move a v1 volume to v2: one new snapshot with the same entries; True if one was written."""
+    async def upgrade(self, volume: str, message: str = "upgrade to format 3") -> tuple[Head, bool]:
+        """Move a v1 or v2 volume to v3: one new snapshot; True if one was written.
+
+        A v1 snapshot's entries are written as trees; a v2 snapshot keeps its trees
+        (a v3 snapshot may name v2 trees: they hold no compressed chunk), so only the
+        snapshot and HEAD are new. No chunk is copied. (The chunk index is built by
+        ``syncd volume upgrade`` itself, maint/reindex.py.)
+        """
         while True:
             head = await self.head(volume)
             current = await self.header(volume, head.snapshot) if head.snapshot else None
-            if current is not None and current.root is not None:
+            if current is not None and current.format == tree.FORMAT_WRITE:
                 return head, False
             try:
-                if current is None:        # empty: only HEAD itself is rewritten as format 2
+                if current is None:        # empty: only HEAD itself is rewritten in the new format
+                    if head.format == HEAD_FORMAT:
+                        return head, False
                     etag = await self.store.put(self.layout.head(volume),
                                                 encode_head(volume, None, 0, head.created, head.epoch),
                                                 if_match=head.etag)
-                    return replace(head, etag=etag), False
-                return await self.publish(head, current.entries, message), True
+                    return replace(head, etag=etag, format=HEAD_FORMAT), False
+                head = await wait_lease_free(self, head)
+                if current.root is None:
+                    return await self.publish(head, current.entries, message), True
+                snap = Snapshot(volume, self.layout.owner, head.seq + 1, head.snapshot, time.time(), writer_id(),
+                                {}, message, tree.FORMAT_WRITE, current.root, current.stats)
+                return await self.advance(head, await self.put_snapshot(volume, snap), head.seq + 1), True
             except PreconditionFailed:
                 continue
 

@@ -14,6 +14,9 @@
     ChunkCache         diskcache, verified, best-effort
     ChunkFetcher       cache -> gateways -> store, single-flight
     IndexStore         local sync state under SYNCD_STATE_DIR
+    ChunkIndex         the volumes' chunk index (dedupe on every write path), cached
+                       under SYNCD_STATE_DIR/chunkindex
+    Chunker            where new files are cut (FastCDC, SYNCD_CHUNK_SIZE average)
 
 Tests pass ``backend=`` to put a MemoryStore or a fault-injecting store at the
 bottom of the same stack.
@@ -22,15 +25,20 @@ bottom of the same stack.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.data.cache import ChunkCache
+from syncd.data.chunkindex import ChunkIndex
 from syncd.data.fetch import ChunkFetcher, ChunkSource
+from syncd.data.upload import Uploader
 from syncd.engine.volumes import VolumeRepo
+from syncd.format.chunking import Chunker
 from syncd.format.layout import Layout
+from syncd.format.manifest import ChunkRef
 from syncd.limits import ByteBudget
 from syncd.local.index import IndexStore
 from syncd.store.base import ObjectStore
@@ -52,6 +60,13 @@ class Engine:
     index: IndexStore
     budget: ByteBudget
     pooled: GatewayStore | None = None  # the VolumeRepo's reads through the gateways, if any
+    chunk_index: ChunkIndex | None = None
+    chunker: Chunker = dataclasses.field(default_factory=Chunker)
+
+    def uploader(self, volume: str, known: dict[str, ChunkRef]) -> Uploader:
+        """An Uploader for one write to ``volume``: large packs, compression, the chunk index."""
+        return Uploader(self.store, self.layout, volume, self.budget, self.config.pack_size, known,
+                        self.config.large_pack_size, self.chunk_index.session(volume) if self.chunk_index else None)
 
 
 @contextlib.asynccontextmanager
@@ -79,7 +94,8 @@ async def open_engine(config: Config, *, backend: ObjectStore | None = None,
     repo = VolumeRepo(pooled or counter, layout, cache=cache, tree_pool=pooled)
     engine = Engine(config, counter, counter, layout, repo, cache,
                     ChunkFetcher(counter, layout, cache, sources), IndexStore(config.state_dir, scope, legacy_scope),
-                    ByteBudget(config.max_inflight_bytes), pooled)
+                    ByteBudget(config.max_inflight_bytes), pooled, ChunkIndex(counter, layout, config.state_dir, scope),
+                    Chunker(config.chunk_size, config.pack_threshold))
     try:
         yield engine
     finally:

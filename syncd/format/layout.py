@@ -9,6 +9,7 @@ A volume of owner ``o`` named ``v`` occupies exactly the keys below
     chunks/<id[:2]>/<id>          one chunk of a large file
     packs/<id>                    small files' contents, concatenated
     trees/<id>                    format v2: directory trees, compressed and concatenated
+    index/<xx>/<id>               format v3: where chunks with ids starting xx are (a hint)
 
 Names are validated before any key is built, so no name can reach outside its
 owner's prefix: a name is 1-63 characters of ``A-Z a-z 0-9 . _ -``, starts with
@@ -28,6 +29,7 @@ from syncd.format.chunking import is_content_id
 from syncd.format.manifest import ChunkRef
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")   # always with fullmatch: "$" matches before a final "\n"
+_SHARD = re.compile(r"[0-9a-f]{2}")
 NAME_RULE = "1-63 characters of letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
@@ -82,6 +84,15 @@ class Layout:
     def tree_pack(self, volume: str, pack_id: str) -> str:
         return self.volume_prefix(volume) + "trees/" + _checked(pack_id)
 
+    def index_shard(self, volume: str, shard: str) -> str:
+        """The prefix of the chunk index objects for chunk ids starting with ``shard``."""
+        if _SHARD.fullmatch(shard) is None:
+            raise InvalidName(f"invalid index shard {shard!r}")
+        return self.volume_prefix(volume) + f"index/{shard}/"
+
+    def index_object(self, volume: str, shard: str, object_id: str) -> str:
+        return self.index_shard(volume, shard) + _checked(object_id)
+
 
 def _checked(object_id: str) -> str:
     if not is_content_id(object_id):
@@ -91,4 +102,9 @@ def _checked(object_id: str) -> str:
 def object_key(layout: Layout, volume: str, ref: ChunkRef) -> str:
     """The key holding ``ref``'s bytes: its own chunk object or its pack."""
     return layout.chunk(volume, ref.id) if ref.pack is None else layout.pack(volume, ref.pack)
+
+
+def shard_of(chunk_id: str) -> str:
+    """The chunk index shard of a chunk id: its first two hex digits."""
+    return chunk_id[:2]
 

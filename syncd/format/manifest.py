@@ -38,6 +38,7 @@ MAX_PATH = 4096                  # PATH_MAX: a path or link target is shorter (t
 MAX_NAME = 255                   # NAME_MAX: bytes of one path component
 RESERVED_PREFIX = ".syncd-tmp-"  # hydrate's temporary files; never a snapshot entry
 MAX_MANIFEST_BYTES = 1 << 31     # decompressed
+MAX_COMPRESSED = 16 << 20        # format 3: the largest chunk stored compressed (format/compress.py)
 
 Kind = Literal["file", "dir", "symlink"]
 KINDS: frozenset[str] = frozenset({"file", "dir", "symlink"})
@@ -45,12 +46,28 @@ KINDS: frozenset[str] = frozenset({"file", "dir", "symlink"})
 
 @dataclass(frozen=True, slots=True)
 class ChunkRef:
-    """Where one chunk lives: its own object, or ``size`` bytes at ``offset`` of a pack."""
+    """Where one chunk lives: its own object, or ``size`` bytes at ``offset`` of a pack.
+
+    ``stored`` (format 3) is non-zero for a chunk kept zstd-compressed in its pack:
+    the ``stored`` bytes at ``offset`` inflate to the ``size`` plain bytes the id
+    names (format/compress.py). ``size`` is always the plain size.
+    """
 
     id: str
     size: int
     pack: str | None = None
     offset: int = 0
+    stored: int = 0
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes the chunk takes in its object (the compressed size, if compressed)."""
+        return self.stored or self.size
+
+    @property
+    def end(self) -> int:
+        """Where the chunk's stored bytes end in its pack."""
+        return self.offset + (self.stored or self.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +144,10 @@ class Snapshot:
 # ---------------------------------------------------------------- encoding
 
 def _ref_to_json(ref: ChunkRef) -> list[Any]:
-    return [ref.id, ref.size] if ref.pack is None else [ref.id, ref.size, ref.pack, ref.offset]
+    if ref.pack is None:
+        return [ref.id, ref.size]
+    return [ref.id, ref.size, ref.pack, ref.offset] if not ref.stored else [ref.id, ref.size, ref.pack, ref.offset,
+                                                                             ref.stored]
 
 
 def entry_to_json(e: Entry) -> dict[str, Any]:
@@ -233,7 +253,7 @@ def entry_from_json(raw: object) -> Entry:
 
 
 def _ref_from_json(path: str, raw: object) -> ChunkRef:
-    if not isinstance(raw, list) or len(raw) not in (2, 4) or not is_content_id(raw[0]):
+    if not isinstance(raw, list) or len(raw) not in (2, 4, 5) or not is_content_id(raw[0]):
         raise ManifestError(f"{path!r}: malformed chunk reference {str(raw)[:120]}")
     size = _nonneg(raw[1], f"{path!r} chunk size", MAX_CHUNK_SIZE)
     if size == 0:
@@ -242,7 +262,13 @@ def _ref_from_json(path: str, raw: object) -> ChunkRef:
         return ChunkRef(raw[0], size)
     if not is_content_id(raw[2]):
         raise ManifestError(f"{path!r}: malformed pack id")
-    return ChunkRef(raw[0], size, raw[2], _nonneg(raw[3], f"{path!r} pack offset"))
+    offset = _nonneg(raw[3], f"{path!r} pack offset")
+    if len(raw) == 4:
+        return ChunkRef(raw[0], size, raw[2], offset)
+    stored = _nonneg(raw[4], f"{path!r} stored size", MAX_COMPRESSED)
+    if not 0 < stored < size or size > MAX_COMPRESSED:
+        raise ManifestError(f"{path!r}: a compressed chunk must be at most {MAX_COMPRESSED} bytes and shrink")
+    return ChunkRef(raw[0], size, raw[2], offset, stored)
 
 
 # ---------------------------------------------------------------- validation

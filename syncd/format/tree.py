@@ -61,12 +61,15 @@ from syncd.format.treewire import (
     name_bytes,
 )
 
-__all__ = ["FORMAT_V2", "MAX_MTIME", "MAX_NAME", "MAX_SNAPSHOT_BYTES", "MAX_TREE_BYTES", "MAX_TREE_ENTRIES",
+__all__ = ["FORMAT_V2", "FORMAT_V3", "FORMAT_WRITE", "MAX_MTIME", "MAX_NAME", "MAX_SNAPSHOT_BYTES", "MAX_TREE_BYTES", "MAX_TREE_ENTRIES",
            "TreeItem", "canonical", "check_name", "decode_snapshot", "decode_tree", "encode_snapshot",
            "encode_tree", "inflate_tree", "name_bytes", "pack_tree", "parse_tree", "ref_from_json",
            "ref_to_json", "sort_key", "strict_loads", "with_path"]
 
 FORMAT_V2 = 2
+FORMAT_V3 = 3                      # compressed chunks (format/compress.py) and the chunk index
+FORMAT_WRITE = FORMAT_V3           # what writers write; readers read 1, 2 and 3 (docs/FORMAT.md)
+SNAPSHOT_FORMATS = (FORMAT_V2, FORMAT_V3)
 MAX_SNAPSHOT_BYTES = 1 << 20
 
 _SNAPSHOT_KEYS = frozenset({"format", "volume", "owner", "seq", "parent", "created_ns", "writer", "message",
@@ -188,7 +191,7 @@ def encode_snapshot(snap: Snapshot) -> tuple[str, bytes]:
     if snap.root is None:
         raise ManifestError("a v2 snapshot needs a root tree")
     stats = snap.stats or Stats()
-    doc = {"format": FORMAT_V2, "volume": snap.volume, "owner": snap.owner, "seq": snap.seq,
+    doc = {"format": FORMAT_WRITE, "volume": snap.volume, "owner": snap.owner, "seq": snap.seq,
            "parent": snap.parent, "created_ns": int(snap.created * 1e9), "writer": snap.writer,
            "message": snap.message, "root": ref_to_json(snap.root), "files": stats.files,
            "dirs": stats.dirs, "bytes": stats.bytes, "links": stats.links}
@@ -205,7 +208,7 @@ def decode_snapshot(data: bytes, expected_id: str | None = None) -> Snapshot:
     doc = strict_loads(data, "snapshot")
     if not isinstance(doc, dict) or set(doc) != _SNAPSHOT_KEYS:
         raise ManifestError(f"snapshot must have exactly the fields {sorted(_SNAPSHOT_KEYS)}")
-    if type(doc["format"]) is not int or doc["format"] != FORMAT_V2:
+    if type(doc["format"]) is not int or doc["format"] not in SNAPSHOT_FORMATS:
         raise ManifestError(f"unsupported snapshot format {doc['format']!r}")
     for key in ("volume", "owner", "writer", "message"):
         if not isinstance(doc[key], str):
@@ -216,5 +219,5 @@ def decode_snapshot(data: bytes, expected_id: str | None = None) -> Snapshot:
     stats = Stats(*(_int(doc[k], f"snapshot {k}", 0, MAX_FILE_SIZE) for k in ("files", "dirs", "bytes", "links")))
     return Snapshot(volume=doc["volume"], owner=doc["owner"], seq=_int(doc["seq"], "seq", 0, MAX_FILE_SIZE),
                     parent=parent, created=_int(doc["created_ns"], "created_ns", -MAX_MTIME, MAX_MTIME) / 1e9,
-                    writer=doc["writer"], entries={}, message=doc["message"], format=FORMAT_V2,
+                    writer=doc["writer"], entries={}, message=doc["message"], format=doc["format"],
                     root=ref_from_json(doc["root"], "snapshot root"), stats=stats)

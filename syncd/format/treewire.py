@@ -42,12 +42,23 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from syncd.errors import ManifestError
-from syncd.format.manifest import MAX_CHUNK_SIZE, MAX_FILE_SIZE, MAX_PATH, ChunkRef, Entry, Stats, TreeRef
+from syncd.format.manifest import (
+    MAX_CHUNK_SIZE,
+    MAX_COMPRESSED,
+    MAX_FILE_SIZE,
+    MAX_PATH,
+    ChunkRef,
+    Entry,
+    Stats,
+    TreeRef,
+)
 
 MAX_NAME = 255
 MAX_TREE_ENTRIES = 1_000_000
 MAX_TREE_BYTES = 256 << 20       # one tree, decompressed
 MAX_MTIME = 1 << 62
+TREE_FORMATS = (2, 3)            # format 3 adds compressed chunk references [id, size, pack, offset, stored]
+WRITE_FORMAT: Literal[3] = 3
 
 _HEX = re.compile(r"[0-9a-f]{32}")
 _Id = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}\Z")]
@@ -94,7 +105,7 @@ class _Link(Struct, tag_field="type", tag="symlink", forbid_unknown_fields=True,
 
 
 class _Tree(Struct, forbid_unknown_fields=True, gc=False):
-    format: Literal[2]
+    format: Literal[2, 3]
     entries: Annotated[list[_File | _Dir | _Link], Meta(max_length=MAX_TREE_ENTRIES)]
 
 
@@ -146,7 +157,7 @@ def _maker(cls: type[T]) -> Callable[..., T]:
 
 
 _entry = _maker(Entry)            # (path, kind, mode, mtime_ns, size, chunks, target)
-_chunk = _maker(ChunkRef)         # (id, size, pack, offset)
+_chunk = _maker(ChunkRef)         # (id, size, pack, offset, stored)
 _ref = _maker(TreeRef)            # (id, pack, offset, size)
 _stats = _maker(Stats)            # (files, dirs, bytes, links)
 _item = _maker(TreeItem)          # (entry, tree, stats)
@@ -201,23 +212,25 @@ def _from_wire(plain: str | UnsetType, b64: str | UnsetType, key: str, what: str
 
 # ---------------------------------------------------------------- decode
 
-def _chunks(raw: list[list[str | int]], size: int, what: str, name: str) -> tuple[ChunkRef, ...]:
+def _chunks(raw: list[list[str | int]], size: int, what: str, name: str, v3: bool) -> tuple[ChunkRef, ...]:
     out = []
     total = 0
     hexid = _HEX.fullmatch
     for c in raw:
         n = len(c)
-        cid, csize = (c[0], c[1]) if n == 4 or n == 2 else (None, None)
+        cid, csize = (c[0], c[1]) if n == 4 or n == 2 or (n == 5 and v3) else (None, None)
         if type(cid) is not str or hexid(cid) is None or type(csize) is not int or not 0 < csize <= MAX_CHUNK_SIZE:
             raise ManifestError(f"{what}/{name!r}: malformed chunk reference {str(c)[:120]}")
         if n == 2:
-            out.append(_chunk(cid, csize, None, 0))
+            out.append(_chunk(cid, csize, None, 0, 0))
         else:
             pack, offset = c[2], c[3]
+            stored = c[4] if n == 5 else 0
             if type(pack) is not str or hexid(pack) is None or type(offset) is not int \
-                    or not 0 <= offset <= MAX_FILE_SIZE:
+                    or not 0 <= offset <= MAX_FILE_SIZE or type(stored) is not int \
+                    or (n == 5 and not (0 < stored < csize and csize <= MAX_COMPRESSED)):
                 raise ManifestError(f"{what}/{name!r}: malformed chunk reference {str(c)[:120]}")
-            out.append(_chunk(cid, csize, pack, offset))
+            out.append(_chunk(cid, csize, pack, offset, stored))
         total += csize
     if total != size:
         raise ManifestError(f"{what}/{name!r}: chunks add up to {total}, not {size}")
@@ -249,6 +262,7 @@ def decode_items(data: bytes, what: str) -> list[TreeItem]:
     out: list[TreeItem] = []
     append = out.append
     plain_names = True            # no name_b64: str order is byte order
+    v3 = doc.format == 3
     for e in doc.entries:
         if isinstance(e.name_b64, UnsetType) and not isinstance(e.name, UnsetType):
             name = e.name
@@ -257,7 +271,7 @@ def decode_items(data: bytes, what: str) -> list[TreeItem]:
             plain_names = False
         check_name(name, what)
         if type(e) is _File:
-            append(_item(_entry(name, "file", e.mode, e.mtime_ns, e.size, _chunks(e.chunks, e.size, what, name),
+            append(_item(_entry(name, "file", e.mode, e.mtime_ns, e.size, _chunks(e.chunks, e.size, what, name, v3),
                                 None), None, None))
         elif type(e) is _Dir:
             t = e.tree
@@ -287,8 +301,10 @@ def encode_items(items: list[TreeItem]) -> bytes:
         e, ref, stats = item.entry, item.tree, item.stats
         name, name_b64 = _wire_text(e.path)
         if e.kind == "file":
-            chunks: list[list[str | int]] = [[c.id, c.size] if c.pack is None else [c.id, c.size, c.pack, c.offset]
-                                             for c in e.chunks]
+            chunks: list[list[str | int]] = [
+                [c.id, c.size] if c.pack is None else
+                [c.id, c.size, c.pack, c.offset] if not c.stored else [c.id, c.size, c.pack, c.offset, c.stored]
+                for c in e.chunks]
             append(_File(e.mode, e.mtime_ns, e.size, chunks, name, name_b64))
         elif e.kind == "symlink":
             target, target_b64 = _wire_text(e.target or "")
@@ -300,6 +316,6 @@ def encode_items(items: list[TreeItem]) -> bytes:
             append(_Dir(e.mode, e.mtime_ns, WireRef(ref.id, ref.pack, ref.offset, ref.size),
                         s.files, s.dirs, s.bytes, s.links, name, name_b64))
     try:
-        return _ENCODER.encode(_Tree(2, wire))
+        return _ENCODER.encode(_Tree(WRITE_FORMAT, wire))
     except (UnicodeEncodeError, TypeError, OverflowError) as exc:
         raise ManifestError(f"tree has no canonical encoding: {exc}") from exc

@@ -12,7 +12,10 @@
 4. With ``read_data`` every referenced byte is downloaded and re-hashed
    against its chunk id (one GET per object; a pack is read once for all its
    chunks).
-5. Objects nothing in the history references (old snapshots, orphans of
+5. Every chunk index object (format 3) decodes and validates; its entries
+   that name an object no longer there are counted (``index_stale``), not
+   problems: the index is a hint, and prune rewrites it.
+6. Objects nothing in the history references (old snapshots, orphans of
    interrupted commits, chunks waiting for prune) are reported, not counted
    as problems: a concurrent commit may be about to reference them.
 
@@ -27,8 +30,11 @@ from dataclasses import dataclass, field
 
 from syncd.engine.volumes import VolumeRepo
 from syncd.engine.wiring import Engine
-from syncd.errors import ManifestError, StoreError, SyncdError
+from syncd.errors import IntegrityError, InvalidName, ManifestError, StoreError, SyncdError
+from syncd.format.chunkindex import decode_index
 from syncd.format.chunking import verify
+from syncd.format.compress import decompress
+from syncd.format.layout import object_key
 from syncd.format.manifest import ChunkRef
 from syncd.maint.reachability import Listing, is_tree_pack, list_volume, read_horizon, references, walk_history
 
@@ -45,6 +51,8 @@ class CheckResult:
     bytes_verified: int = 0
     unreferenced: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    index_objects: int = 0          # chunk index objects read and validated
+    index_stale: int = 0            # their entries naming an object that is gone (prune rewrites them)
 
     @property
     def ok(self) -> bool:
@@ -53,7 +61,8 @@ class CheckResult:
     def report(self) -> str:
         lines = [f"volume {self.volume!r}: HEAD {self.head} (seq {self.seq}), {self.snapshots} snapshot(s), "
                  f"{self.objects} object(s) referenced, {self.bytes_verified} byte(s) verified, "
-                 f"{len(self.unreferenced)} unreferenced object(s)"]
+                 f"{len(self.unreferenced)} unreferenced object(s), {self.index_objects} chunk index "
+                 f"object(s) ({self.index_stale} stale entries)"]
         lines += [f"  problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -85,12 +94,29 @@ async def check(engine: Engine, volume: str, *, read_data: bool = False) -> Chec
     _check_presence(result, listing, needed)
     if read_data:
         await _read_data(engine, result, listing, needed)
+    await _check_index(engine, result, listing)
     in_history = {sid for sid, _ in history.snapshots}
     result.unreferenced = sorted([engine.layout.snapshot(volume, s) for s in listing.snapshots
                                   if s not in in_history]
                                  + [k for k in listing.data if k not in needed]
                                  + [o.key for o in listing.other])
     return result
+
+
+async def _check_index(engine: Engine, result: CheckResult, listing: Listing) -> None:
+    """Every chunk index object decodes and validates; entries naming missing objects are counted."""
+    for key in sorted(listing.index):
+        shard, object_id = key.split("/")[-2:]
+        try:
+            refs = decode_index((await engine.store.get(key)).data, object_id, shard)
+        except (ManifestError, StoreError, InvalidName) as exc:
+            result.problems.append(f"volume {result.volume!r}: chunk index object {key}: {exc}")
+            continue
+        result.index_objects += 1
+        for ref in refs:
+            info = listing.data.get(object_key(engine.layout, result.volume, ref))
+            if info is None or ref.end > info.size:
+                result.index_stale += 1
 
 
 def _check_presence(result: CheckResult, listing: Listing, needed: dict[str, dict[str, ChunkRef]]) -> None:
@@ -101,10 +127,20 @@ def _check_presence(result: CheckResult, listing: Listing, needed: dict[str, dic
                                    f"({len(refs)} chunk(s) reference it)")
             continue
         for ref in refs.values():
-            end = ref.offset + ref.size
+            end = ref.end
             if (ref.pack is None and info.size != ref.size) or end > info.size:
                 result.problems.append(f"volume {result.volume!r}: {key} holds {info.size} bytes, "
                                        f"but chunk {ref.id} needs bytes {ref.offset}..{end}")
+
+
+def _verified(ref: ChunkRef, stored: memoryview) -> bool:
+    """Do a chunk's stored bytes (inflated, if compressed) hash to its id?"""
+    if not ref.stored:
+        return verify(ref.id, stored)
+    try:
+        return verify(ref.id, decompress(stored, ref.size, f"chunk {ref.id}"))
+    except IntegrityError:
+        return False
 
 
 async def _read_data(engine: Engine, result: CheckResult, listing: Listing,
@@ -120,8 +156,8 @@ async def _read_data(engine: Engine, result: CheckResult, listing: Listing,
                 return
         trees = is_tree_pack(engine.layout, result.volume, key)
         for ref in refs.values():
-            piece = memoryview(data)[ref.offset:ref.offset + ref.size]
-            if len(piece) == ref.size and (trees or verify(ref.id, piece)):   # trees: verified by the walk
+            piece = memoryview(data)[ref.offset:ref.end]
+            if len(piece) == ref.stored_size and (trees or _verified(ref, piece)):   # trees: verified by the walk
                 result.bytes_verified += ref.size
             else:
                 result.problems.append(f"volume {result.volume!r}: chunk {ref.id} in {key} is corrupt "

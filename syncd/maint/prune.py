@@ -43,6 +43,11 @@ expires; the rest waits for the next prune.
 Packs that are still partly referenced are kept whole; repacking would
 rewrite bytes that live snapshots point into, for little gain with packs of
 a few MiB.
+
+Last, the chunk index (format 3) is rewritten from the chunk references of
+the kept snapshots (maint/reindex.py): entries for what was deleted go, and
+index objects older than the grace period that were not rewritten are
+deleted. The index is only a hint to writers, so this needs no lease.
 """
 
 from __future__ import annotations
@@ -56,8 +61,18 @@ from syncd.config import Config
 from syncd.engine.volumes import Head, writer_id
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, IntegrityError, PreconditionFailed, SnapshotNotFound
-from syncd.format.manifest import Snapshot
-from syncd.maint.reachability import Listing, list_volume, raise_horizon, read_horizon, references, walk_history
+from syncd.format.manifest import ChunkRef, Snapshot
+from syncd.maint.reachability import (
+    History,
+    Listing,
+    is_tree_pack,
+    list_volume,
+    raise_horizon,
+    read_horizon,
+    references,
+    walk_history,
+)
+from syncd.maint.reindex import rebuild_index
 
 DAY = 86400.0
 LEASE_SECONDS = 300.0      # writers wait at most this long for a prune
@@ -92,6 +107,8 @@ class PruneResult:
     kept_young: int = 0            # unreferenced but younger than the grace period
     horizon: int = 0
     aborted_uploads: int = 0       # multipart uploads a killed writer left behind
+    index_written: int = 0         # chunk index objects written (the index rebuilt from the kept snapshots)
+    index_deleted: int = 0
 
 
 def retained(history: list[tuple[str, Snapshot]], policy: Retention, now: float) -> int:
@@ -132,9 +149,20 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
             kept[sid] = await repo.header(volume, sid)
     result = PruneResult(volume, dry_run, kept_snapshots=len(kept), horizon=horizon)
     result.deleted_snapshots = sorted(s for s in listing.snapshots if s not in kept)
-    dead = await _dead_objects(engine, volume, listing, kept, cutoff, result)
+    live_refs: dict[str, ChunkRef] = {}
+    dead = await _dead_objects(engine, volume, listing, kept, cutoff, result, live_refs)
     if dry_run:
         return result
+    await _collect(engine, volume, policy, listing, history, keep, head, kept, dead, result)
+    # the chunk index, rewritten from what the kept snapshots reference (maint/reindex.py)
+    result.index_written, result.index_deleted = await rebuild_index(
+        engine, volume, live_refs.values(), listing.index, cutoff)
+    return result
+
+
+async def _collect(engine: Engine, volume: str, policy: Retention, listing: Listing, history: History, keep: int,
+                   head: Head, kept: dict[str, Snapshot], dead: list[str], result: PruneResult) -> None:
+    store, layout, repo = engine.store, engine.layout, engine.repo
     if keep < len(history.snapshots):
         result.horizon = await raise_horizon(store, layout, volume, history.snapshots[keep - 1][1].seq)
     await store.delete([layout.snapshot(volume, s) for s in result.deleted_snapshots])
@@ -142,7 +170,7 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
     if not dead:                                     # nothing a writer could be reusing goes: no lease
         result.aborted_uploads = await repo.abort_stale_uploads(
             volume, max(policy.grace, engine.config.stale_upload_age))
-        return result
+        return
     leased = await _take_lease(engine, volume)
     try:
         late = await _referenced_since(engine, volume, leased.snapshot, head.snapshot, kept)
@@ -156,7 +184,6 @@ async def prune(engine: Engine, volume: str, policy: Retention, *, dry_run: bool
     finally:
         await repo.release_lease(leased)
     result.aborted_uploads = await repo.abort_stale_uploads(volume, max(policy.grace, engine.config.stale_upload_age))
-    return result
 
 
 async def _take_lease(engine: Engine, volume: str) -> Head:
@@ -175,12 +202,18 @@ async def _take_lease(engine: Engine, volume: str) -> Head:
 
 
 async def _dead_objects(engine: Engine, volume: str, listing: Listing, kept: dict[str, Snapshot], cutoff: float,
-                        result: PruneResult) -> list[str]:
-    """Chunks, packs and tree packs no kept snapshot references, older than the cutoff."""
+                        result: PruneResult, live_refs: dict[str, ChunkRef]) -> list[str]:
+    """Chunks, packs and tree packs no kept snapshot references, older than the cutoff;
+    ``live_refs`` receives every chunk reference of the kept snapshots (for the chunk index)."""
     live: set[str] = set()
     seen: set[str] = set()
     for snap in kept.values():
-        live.update(await references(engine.repo, volume, snap, seen))
+        found = await references(engine.repo, volume, snap, seen)
+        live.update(found)
+        for key, refs in found.items():
+            if not is_tree_pack(engine.layout, volume, key):
+                for ref in refs:
+                    live_refs.setdefault(ref.id, ref)
     dead = []
     for key, info in listing.data.items():
         if key in live:

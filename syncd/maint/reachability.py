@@ -1,7 +1,9 @@
 """What a volume stores and what its snapshots reference: the two sides of prune and check.
 
 A volume's objects (layout.py) are HEAD, PRUNED, ``snapshots/<id>``,
-``chunks/<xx>/<id>``, ``packs/<id>`` and (format 2) ``trees/<id>``.
+``chunks/<xx>/<id>``, ``packs/<id>``, (format 2) ``trees/<id>`` and (format 3)
+the chunk index ``index/<xx>/<id>``, which is not data: prune rewrites it
+(maint/reindex.py) instead of collecting it.
 :func:`list_volume` sorts one listing of the volume's prefix into those kinds,
 with each object's size and age. :func:`references` turns a snapshot into the
 object keys it needs, with the references that point into each (a pack is
@@ -39,6 +41,7 @@ HORIZON_ATTEMPTS = 10
 class Listing:
     snapshots: dict[str, ObjectInfo] = field(default_factory=dict)   # snapshot id -> object
     data: dict[str, ObjectInfo] = field(default_factory=dict)        # chunk or pack key -> object
+    index: dict[str, ObjectInfo] = field(default_factory=dict)       # chunk index objects (format 3)
     other: list[ObjectInfo] = field(default_factory=list)            # anything unexpected
 
 
@@ -51,6 +54,8 @@ async def list_volume(store: ObjectStore, layout: Layout, volume: str) -> Listin
             out.snapshots[rest[len("snapshots/"):]] = info
         elif rest.startswith(("chunks/", "packs/", "trees/")):
             out.data[info.key] = info
+        elif rest.startswith("index/"):
+            out.index[info.key] = info
         elif rest not in ("HEAD", "PRUNED"):
             out.other.append(info)
     return out

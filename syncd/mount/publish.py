@@ -10,13 +10,15 @@ an entry at its current path:
 * a file never written keeps its snapshot chunk list (a rename is free);
 * a written file whose ``version`` has not moved since the last commit reuses
   the chunk list that commit uploaded;
-* any other written file is read through data.py in ``chunk_size`` spans,
-  exactly as engine/commit.py reads a local file: a span that is still a whole
-  untouched lower chunk is reused without reading it, the rest is hashed and
-  handed to the engine's ``Uploader`` (packs for small files, only chunks the
-  volume lacks are PUT, memory bounded by the byte budget). The uploader knows
-  the chunks of the files being committed (their lower and last committed
-  versions), not the whole volume's. If the file's version moved while it was
+* any other written file: a lower chunk that is still whole and untouched is
+  reused without reading it; every other range, up to the next such chunk, is
+  read through data.py and cut by content (data/chunkread.py, as
+  engine/commit.py cuts a local file, with a cut forced where the kept chunk
+  begins), hashed and handed to the engine's ``Uploader`` (packs, compression,
+  only chunks the volume lacks are PUT, memory bounded by the byte budget). The
+  uploader knows the chunks of the files being committed (their lower and last
+  committed versions) and asks the volume's chunk index for the others, so a
+  file rewritten through a temporary name uploads only what changed. If the file's version moved while it was
   read, it is read again (three times), then left at its last committed
   version -- a snapshot never holds bytes a file never held as a whole.
 
@@ -54,18 +56,19 @@ returned for is in the bucket.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from syncd.data.upload import Uploader, content_id_of
+from syncd.data.chunkread import StreamCutter
+from syncd.data.upload import Uploader
 from syncd.engine.commit import UNSTABLE_RETRIES, needs_link_check, wait_for_lease
 from syncd.engine.volumes import Head
 from syncd.engine.wiring import Engine
 from syncd.errors import CommitConflict, NotFound, PreconditionFailed
-from syncd.format.chunking import spans
 from syncd.format.layout import object_key
 from syncd.format.manifest import Changes, ChunkRef, Entry, diff, escaping_symlinks
 from syncd.mount.data import Data
@@ -74,6 +77,7 @@ from syncd.mount.tree import Fresh, Node, Tree
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 30
+READ_STEP = 4 << 20       # bytes of a dirty range read from the upper layer at once
 
 
 @dataclass
@@ -159,8 +163,7 @@ class Publisher:
         read = [(p, n) for p, n in nodes if n.kind == "file" and n.upper
                 and not (n.committed is not None and n.committed[0] == n.version)]
         known = _locations([n.chunks for _, n in read], [base[p].chunks for p, _ in read if p in base])
-        uploader = Uploader(self.engine.store, self.engine.layout, self.volume, self.engine.budget,
-                            self.engine.config.pack_size, known)
+        uploader = self.engine.uploader(self.volume, known)
         result = MountCommit(self.volume, self.head.snapshot, self.head.seq)
         try:
             ours, pending = await self._entries(nodes, base, uploader, result)
@@ -177,15 +180,18 @@ class Publisher:
         result.changed = len(changes)
         if changes:
             uploaded = set(uploader.new) - uploader.existed
-            await self._advance(changes, base, message, result, uploaded)
+            await self._advance(changes, base, message, result, uploaded, uploader.indexed | uploader.existed)
         for path, (node, version) in pending.items():
             node.committed = (version, ours[path])     # only once HEAD holds it: else read again
         return result, ours
 
     async def _advance(self, changes: Changes, base: Mapping[str, Entry], message: str,
-                       result: MountCommit, uploaded: set[str]) -> None:
+                       result: MountCommit, uploaded: set[str], unsure: set[str]) -> None:
+        """``unsure``: chunks reused on the chunk index's or a PUT's word, old and perhaps
+        unreferenced: checked after the first HEAD read free of prune's lease."""
         repo = self.engine.repo
-        head = await repo.head(self.volume)
+        head = await wait_for_lease(self.engine, await repo.head(self.volume))
+        await self._check_reused(changes, uploaded, unsure)
         checked_epoch = head.epoch
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
@@ -222,10 +228,10 @@ class Publisher:
         raise CommitConflict(f"volume {self.volume!r}: the commit point moved {MAX_ATTEMPTS} times "
                              "while the mount tried to advance it; try again")
 
-    async def _check_reused(self, changes: Changes, uploaded: set[str]) -> None:
+    async def _check_reused(self, changes: Changes, uploaded: set[str], only: set[str] | None = None) -> None:
         keys = {object_key(self.engine.layout, self.volume, ref)
                 for entry in changes.values() if entry is not None for ref in entry.chunks
-                if ref.id not in uploaded}
+                if ref.id not in uploaded and (only is None or ref.id in only)}
 
         async def gone(key: str) -> bool:
             try:
@@ -267,31 +273,59 @@ class Publisher:
 
     async def _read_file(self, node: Node, uploader: Uploader,
                          result: MountCommit) -> tuple[tuple[ChunkRef, ...], int] | None:
-        config = self.engine.config
+        """The file's chunks: each lower chunk still whole and untouched is kept without reading
+        it; every other range, up to the next such chunk, is read and cut by content."""
+        chunker = self.engine.chunker
         for _ in range(UNSTABLE_RETRIES):
             version, size = node.version, node.size
             starts = self.data.starts(node)
-            lower = {(starts[i], c.size): (i, c) for i, c in enumerate(node.chunks)}
+            keep = {starts[i]: c for i, c in enumerate(node.chunks)
+                    if i not in node.present and starts[i] + c.size <= min(node.lower_limit, size)
+                    and (not chunker.whole(size) or c.size == size)}
+            bounds = sorted(keep)
             refs: list[ChunkRef] = []
-            for offset, length in spans(size, config.chunk_size):
-                reuse = lower.get((offset, length))
-                if (reuse is not None and reuse[0] not in node.present
-                        and offset + length <= node.lower_limit):
-                    refs.append(reuse[1])
-                    continue
-                held = await self.engine.budget.acquire(length)
-                try:
-                    data = await self.data.read(node, offset, length)
-                    chunk_id = await content_id_of(data)
-                except BaseException:
-                    await self.engine.budget.release(held)
-                    raise
-                await uploader.add(chunk_id, data, held, size < config.pack_threshold)
-                refs.append(ChunkRef(chunk_id, length))
+            pos = 0
+            try:
+                while pos < size:
+                    ref = keep.get(pos)
+                    if ref is not None:
+                        refs.append(ref)
+                        pos += ref.size
+                        continue
+                    after = bisect.bisect_right(bounds, pos)
+                    stop = bounds[after] if after < len(bounds) else size
+                    refs += await self._cut(node, pos, stop, size, uploader)
+                    pos = stop
+            finally:
+                uploader.end_group(node)
             if node.version == version:
                 result.files_read += 1
                 return tuple(refs), version
         return None
+
+    async def _cut(self, node: Node, start: int, stop: int, size: int, uploader: Uploader) -> list[ChunkRef]:
+        """Read bytes [start, stop) of the file and cut them by content, a cut forced at ``stop``
+        (where a kept lower chunk begins, or the end), so a one-chunk edit uploads about one chunk."""
+        chunker = self.engine.chunker
+        cutter = StreamCutter(chunker, whole_file=(start, stop) == (0, size))
+        small = chunker.whole(size)
+        out: list[ChunkRef] = []
+
+        async def add(pieces: list[tuple[bytes, str]]) -> None:
+            for data, chunk_id in pieces:
+                held = await self.engine.budget.acquire(len(data))
+                await uploader.add(chunk_id, data, held, small, group=node)
+                out.append(ChunkRef(chunk_id, len(data)))
+
+        pos = start
+        while pos < stop:
+            data = await self.data.read(node, pos, min(READ_STEP, stop - pos))
+            if not data:
+                break                     # truncated meanwhile: the version check reads it again
+            pos += len(data)
+            await add(await asyncio.to_thread(cutter.feed, data))
+        await add(await asyncio.to_thread(cutter.finish))
+        return out
 
     async def reload(self) -> list[Node]:
         """Commit, then move the namespace to the latest snapshot. Returns the nodes that

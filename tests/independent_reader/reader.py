@@ -1,8 +1,9 @@
 """A second reader of syncd volumes, written from docs/FORMAT.md alone.
 
-It imports nothing of syncd: only the standard library, ``xxhash`` and
-``botocore`` as a plain S3 client. Given a bucket, prefix, owner and volume it
-reads HEAD, the snapshot it names (version 1 or 2), every tree, verifies
+It imports nothing of syncd: only the standard library, ``xxhash``,
+``zstandard`` (format 3's compressed chunks) and ``botocore`` as a plain S3
+client. Given a bucket, prefix, owner and volume it reads HEAD, the snapshot
+it names (version 1, 2 or 3), every tree, verifies
 everything by its id, refuses what the document says to refuse, and writes
 the volume into a directory: directories first, files from verified chunks,
 then symlinks, then directory modes and mtimes, deepest first.
@@ -25,6 +26,7 @@ from typing import Any
 
 import botocore.session
 import xxhash
+import zstandard
 
 ID = re.compile(r"^[0-9a-f]{32}\Z")
 
@@ -88,7 +90,7 @@ class Volume:
     # §7
     def head(self) -> dict[str, Any]:
         doc = json.loads(self.get("HEAD"))
-        need(doc.get("format") in (1, 2) and type(doc.get("format")) is int, "HEAD format")
+        need(doc.get("format") in (1, 2, 3) and type(doc.get("format")) is int, "HEAD format")
         need(doc["snapshot"] is None or is_id(doc["snapshot"]), "HEAD snapshot id")
         return doc
 
@@ -121,7 +123,8 @@ class Volume:
         doc = canonical_loads(data, "snapshot")
         need(set(doc) == {"format", "volume", "owner", "seq", "parent", "created_ns", "writer", "message",
                           "root", "files", "dirs", "bytes", "links"}, "snapshot fields")
-        need(doc["format"] == 2 and doc["volume"] == self.volume and doc["owner"] == self.owner, "snapshot header")
+        need(doc["format"] in (2, 3) and doc["volume"] == self.volume and doc["owner"] == self.owner,
+             "snapshot header")
         out: list[tuple[bytes, dict[str, Any]]] = []
         level = [(b"", doc["root"])]
         while level:
@@ -146,7 +149,8 @@ class Volume:
         need(d.eof and not d.unused_data and not d.unconsumed_tail, "tree zlib stream")
         need(xid(data) == ref[0], "tree hash")
         doc = canonical_loads(data, "tree")
-        need(set(doc) == {"entries", "format"} and doc["format"] == 2, "tree header")
+        need(set(doc) == {"entries", "format"} and doc["format"] in (2, 3), "tree header")
+        lengths = (2, 4, 5) if doc["format"] == 3 else (2, 4)     # §4: five elements, format 3 only
         fields = {"file": {"type", "mode", "mtime_ns", "size", "chunks"},
                   "dir": {"type", "mode", "mtime_ns", "tree", "files", "dirs", "bytes", "links"},
                   "symlink": {"type", "mode", "mtime_ns"}}
@@ -168,8 +172,9 @@ class Volume:
             if e["type"] == "file":
                 need(is_int(e["size"], 0, 1 << 50), "size")
                 for c in e["chunks"]:
-                    need(isinstance(c, list) and len(c) in (2, 4) and is_id(c[0]) and is_int(c[1], 1, 5 << 30)
+                    need(isinstance(c, list) and len(c) in lengths and is_id(c[0]) and is_int(c[1], 1, 5 << 30)
                          and (len(c) == 2 or (is_id(c[2]) and is_int(c[3], 0, 1 << 50))), "chunk reference")
+                    need(len(c) < 5 or (is_int(c[4], 1, c[1] - 1) and c[1] <= 16 << 20), "compressed chunk bounds")
                 need(sum(c[1] for c in e["chunks"]) == e["size"], "chunks add up")
             out.append(e)
         return out
@@ -177,8 +182,16 @@ class Volume:
     def chunk(self, ref: list[Any]) -> bytes:
         if len(ref) == 2:
             data = self.get(f"chunks/{ref[0][:2]}/{ref[0]}")
-        else:
+        elif len(ref) == 4:
             data = self.get(f"packs/{ref[2]}", ref[3], ref[1])
+        else:   # §4: one zstd frame declaring exactly `size` bytes, nothing after it; inflate no more
+            stored = self.get(f"packs/{ref[2]}", ref[3], ref[4])
+            try:
+                declared = zstandard.get_frame_parameters(stored).content_size
+                need(declared == ref[1], f"chunk {ref[0]}: frame declares {declared} bytes")
+                data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=ref[1], allow_extra_data=False)
+            except zstandard.ZstdError as exc:
+                raise Bad(f"chunk {ref[0]}: not one zstd frame: {exc}") from exc
         need(len(data) == ref[1] and xid(data) == ref[0], f"chunk {ref[0]} does not verify")
         return data
 
