@@ -21,7 +21,7 @@ store), and the benchmark reports:
 What a simulated worker reads is exactly what ``engine.hydrate`` reads,
 through the same engine (``open_engine`` with ``SYNCD_GATEWAY``: HEAD and the
 snapshot through the GatewayStore, packs in pack-size batches with
-``get_packed``, each large chunk with ``nearby`` and else streamed from the
+``get_packed``, each large chunk with ``place_nearby`` and else streamed from the
 store), without writing files: 100 copies on this disk would measure the disk.
 Each worker has its own engine (own fetcher, budget, gateway sessions and
 breakers, no local cache), the workers of one process share one S3 client.
@@ -169,11 +169,8 @@ async def read_like_hydrate(eng: Any, latencies: list[float]) -> tuple[int, int]
         held = await eng.budget.acquire(ref.size)
         try:
             started = time.monotonic()
-            data = await eng.fetcher.nearby(VOLUME, ref)
-            if data is None:
+            if not await eng.fetcher.place_nearby(VOLUME, ref, lambda position, view: None):  # verified inside
                 await eng.fetcher.stream_from_store(VOLUME, ref, discard)  # verified inside
-            else:
-                totals[1] += content_id(data) != ref.id
             latencies.append(time.monotonic() - started)
             totals[0] += ref.size
         finally:

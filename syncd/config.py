@@ -159,6 +159,7 @@ class Config:
     large_pack_size: int = 32 * MiB
     max_connections: int = 32
     max_inflight_bytes: int = 64 * MiB
+    mount_memory: int = 128 * MiB       # a lazy mount's verified chunks in memory, read ahead included
     retries: int = 6
     retry_base_delay: float = 0.1
     store_deadline: float = 30.0
@@ -244,6 +245,7 @@ class Config:
                             ("SYNCD_PACK_THRESHOLD", "pack_threshold"), ("SYNCD_PACK_SIZE", "pack_size"),
                             ("SYNCD_LARGE_PACK_SIZE", "large_pack_size"),
                             ("SYNCD_MAX_INFLIGHT_BYTES", "max_inflight_bytes"),
+                            ("SYNCD_MOUNT_MEMORY", "mount_memory"),
                             ("SYNCD_MULTIPART_THRESHOLD", "multipart_threshold"),
                             ("SYNCD_MULTIPART_PART_SIZE", "multipart_part_size")):
             size(name, field)

@@ -68,6 +68,9 @@ class MountProcess:
         return control.call_sync(self.control, op, **args)
 
     def data_gets(self) -> int:
+        """Chunk and pack GETs so far, once every load the mount started has finished (a
+        run's chunks reach readers before its GET ends and is counted)."""
+        wait_for(lambda: not self.call("status").get("reads", {}).get("loading"), 30, "loads to finish")
         keys = self.call("status")["store"]["keys"]
         return sum(n for key, n in keys.items() if "/packs/" in key or "/chunks/" in key)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"hydrate_large", "hydrate_small", "warm_large", "warm_small", "commit_large", "commit_incr",
-             "readers"}
+             "readers", "readers_shared", "startup"}
 
 
 def test_bench_runs_on_tiny_data(tmp_path: Path) -> None:
@@ -27,6 +27,9 @@ def test_bench_runs_on_tiny_data(tmp_path: Path) -> None:
         tools = report["scenarios"][name]["tools"]
         assert tools["syncd"]["median_s"] > 0
         assert len(tools) >= 2, name                    # syncd and at least one competitor
+    for name, res in report["scenarios"].items():   # CPU per GiB for every contender that moved bytes
+        assert all(t["cpu_s_per_gib"] is not None for t in res["tools"].values() if t["bytes"]), name
+    assert report["scenarios"]["startup"]["overhead_s"] is not None
     incr = report["scenarios"]["commit_incr"]["tools"]["syncd"]
     assert incr["uploaded_chunks"] <= 6              # a 1 MiB edit: ~2 chunks of 512 KiB and one at each end
     try:

@@ -185,6 +185,28 @@ def test_snapshots_by_seq_or_prefix_and_restore_in_either_order(cli: Any, tmp_pa
     assert exit_info.value.code == 2
 
 
+def test_an_id_prefix_of_decimal_digits_is_a_prefix_not_a_seq(cli: Any, tmp_path: Path) -> None:
+    """One snapshot id in six starts with four decimal digits: 'syncd diff vol 8 <that prefix>' must find it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    found: tuple[int, str] | None = None
+    for i in range(80):                                    # P(no such id in 80) = 0.847**80, about 2e-6
+        (src / "a.txt").write_text(f"version {i}\n")
+        assert cli("commit", "vol", str(src))[0] == 0
+        seq, snap = max(_log_seqs(cli).items())
+        if snap[:4].isdigit():                             # 4+ digits: past any seq here, or a leading zero
+            found = seq, snap
+            break
+    assert found is not None
+    seq, snap = found
+    prefix = snap[:4]
+    code, out, err = cli("--json", "diff", "vol", str(seq), prefix)      # the same snapshot both ways
+    assert code == 0, err
+    assert json.loads(out)["changes"] == [], out
+    code, _, err = cli("diff", "vol", "1", str(seq + 1))                 # a seq past HEAD is still a seq
+    assert code == 3 and f"seq {seq + 1}" in err, err
+
+
 def test_the_sdk_names_syncd_agent_wait_when_it_gives_up(tmp_path: Path) -> None:
     """Item 10: the 10-second wait for an agent says what it waited for and how to change it."""
     from syncd.errors import AgentUnavailable

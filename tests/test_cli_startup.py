@@ -38,3 +38,22 @@ def test_help_still_lists_every_command(capsys: object) -> None:
     text = parser.format_help()
     for word in core.COMMAND_WORDS:
         assert word in text, word
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "; import json; print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_version_and_registration_import_no_engine_no_asyncio() -> None:
+    """``syncd --version`` (and parsing any command) loads the parser and nothing of the engine:
+    commands import the engine, store and cache when they run (core.open_engine)."""
+    version = _modules_after("import sys, syncd.cli.core as c; c.build_parser(['--version'])")
+    parse_all = _modules_after("import sys, syncd.cli.core as c; c.build_parser(['volume', 'ls'])")
+    bare = _modules_after("import sys")
+    for loaded in (version, parse_all):
+        for heavy in ("syncd.engine.wiring", "syncd.data.cache", "diskcache", "obstore", "msgspec", "syncd.local"):
+            assert heavy not in loaded, heavy
+    assert "asyncio" not in version
+    assert len(version - bare) <= 30, sorted(version - bare)   # argparse and json; ~200 with the engine

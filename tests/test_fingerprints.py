@@ -146,3 +146,20 @@ async def test_scrub_hashes_every_entry_and_forgets_the_bad(config: Config, tmp_
         assert second.checked == first.checked and len(second.bad) == 1
         third = await eng.cache.scrub()
         assert third.checked == first.checked - 1 and third.bad == []
+
+
+async def test_a_truncated_source_serves_the_chunks_it_still_holds(config: Config, tmp_path: Path,
+                                                                   hashes: list[int]) -> None:
+    """One copy_file_range takes the whole file (localcopy._runs); a source cut short mid-file
+    still gives the chunks before the cut, each hashed, and only the ones after it are fetched."""
+    big = await _volume(config, tmp_path)
+    w2 = worker_config(config, tmp_path, "w2")
+    async with open_engine(w2) as eng:
+        await hydrate(eng, "vol", tmp_path / "a")
+        os.truncate(tmp_path / "a" / "big.bin", 2 * MiB + 5)   # chunks 0 and 1 whole, 2 cut, 3-5 gone
+        eng.counter.reset()
+        await hydrate(eng, "vol", tmp_path / "b")
+        assert eng.cache is not None and eng.cache.stats.trusted == 0 and eng.cache.stats.stale == 4
+        assert len(hashes) == 2
+        assert sum(eng.counter.keys[k] for k in chunk_gets(eng.counter.keys)) == 1   # the 4 missing: one run
+    assert (tmp_path / "b" / "big.bin").read_bytes() == big

@@ -115,7 +115,7 @@ async def test_a_full_state_directory_during_a_commit(config: Config, tmp_path: 
                 raise AssertionError(f"the commit needed no room in a full state directory: {result}")
             head = await check_head_complete(eng, "vol")    # nothing half-published: HEAD is whole,
             assert head is not None and snapshot_ids(head) in (  # the old snapshot or exactly the tree
-                snapshot_ids(await eng.repo.snapshot("vol", first.snapshot)), local_ids(src, config.chunk_size))
+                snapshot_ids(await eng.repo.snapshot("vol", first.snapshot)), local_ids(src, config))
             filler.unlink()
             again = await commit(eng, "vol", src)            # space freed: no repair needed
             assert again.snapshot

@@ -6,13 +6,17 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from syncd.agent.metrics import render
 from syncd.cli.core import COMMANDS, build_parser
 from syncd.config import Config, MiB
+from syncd.data.fetch import coalesce
 from syncd.data.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
+from syncd.data.httpget import Connections
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
 from syncd.format.manifest import Snapshot
@@ -46,6 +50,46 @@ async def test_hydrate_reads_chunks_through_the_gateway(config: Config, tmp_path
     assert metric(text, "syncd_fetch_bytes_total", source=f"gateway:{gw.url[7:]}") == volume_bytes(snap)
     assert metric(text, "syncd_gateway_client_requests_total", gateway=gw.url) > 0
     assert metric(text, "syncd_gateway_client_failures_total", gateway=gw.url) == 0
+    assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
+
+
+async def test_gateway_chunks_stream_into_place_without_a_buffer_per_body(
+        config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large file's chunks go from the gateway's socket through one reused buffer, hashed, into
+    the file (fetch_into, store/rangeread.py), a pack's run of chunks with one ranged GET: no copy
+    into bytes per chunk (GatewaySource._call copies) and no body-sized buffer per chunk (httpget's
+    are only for metadata and packs)."""
+    copied: list[str] = []
+    made: list[int] = []
+    streamed: list[int] = []
+    real_call, real_buffer, real_into = GatewaySource._call, Connections._buffer, GatewaySource.fetch_into
+
+    async def call(self: GatewaySource, method: str, path: str, *args: Any, **kw: Any) -> Any:
+        copied.append(path)
+        return await real_call(self, method, path, *args, **kw)
+
+    def buffer(self: Connections, size: int) -> bytearray:
+        made.append(size)
+        return real_buffer(self, size)
+
+    async def into(self: GatewaySource, volume: str, refs: Any, sink: Any) -> Any:
+        streamed.append(len(refs))
+        return await real_into(self, volume, refs, sink)
+
+    monkeypatch.setattr(GatewaySource, "_call", call)
+    monkeypatch.setattr(Connections, "_buffer", buffer)
+    monkeypatch.setattr(GatewaySource, "fetch_into", into)
+    cfg = config.replace(chunk_size=MiB, max_inflight_bytes=4 * MiB, large_pack_size=8 * MiB)
+    _, snap = await commit_tree(cfg, tmp_path / "src", small_files=5, large_size=24 * MiB + 5)
+    async with serve_gateway(cfg, tmp_path) as gw:
+        async with open_engine(through(worker_config(cfg, tmp_path, "w1"), gw.url)) as eng:
+            await hydrate(eng, "vol", tmp_path / "dst")
+            assert source_bytes(eng) == {f"gateway:{gw.url[7:]}": volume_bytes(snap)}
+    chunk_reads = [u for u in copied if "/packs/" in u or "/chunks/" in u]
+    assert len(chunk_reads) == 1              # the small files' pack; none of the 25 large chunks
+    assert len(made) == len(copied) <= 8      # httpget buffers: HEAD, snapshot, trees, that pack
+    runs = coalesce(snap.entries["models/big.bin"].chunks, cfg.large_pack_size)
+    assert sorted(streamed) == sorted(map(len, runs)) and len(runs) < 25   # one GET a run, as from the store
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 

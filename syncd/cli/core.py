@@ -11,30 +11,28 @@ conflict, 6 commit conflict, 7 local filesystem error, 8 object store error,
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import importlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from syncd import __version__
-from syncd.config import Config
-from syncd.engine.wiring import Engine, open_engine
-from syncd.errors import SyncdError, VolumeNotFound
-from syncd.format.layout import normalize_volume_name
+
+if TYPE_CHECKING:
+    import contextlib
+
+    from syncd.config import Config
+    from syncd.engine.wiring import Engine
 
 T = TypeVar("T")
-Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, Any]]
+Handler = Callable[[argparse.Namespace, "Config"], Coroutine[Any, Any, Any]]
 Configure = Callable[[argparse.ArgumentParser], None]
 
 
-@dataclasses.dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):   # not a dataclass: ``dataclasses`` costs --version its inspect import
     name: str            # "hydrate", or "volume prune" for a nested group
     help: str
     configure: Configure
@@ -73,7 +71,15 @@ def command(name: str, help: str, configure: Configure | None = None,
 
 
 def volume_arg(args: argparse.Namespace) -> str:
+    from syncd.format.layout import normalize_volume_name
     return normalize_volume_name(args.volume)
+
+
+def open_engine(config: Config, **options: Any) -> contextlib.AbstractAsyncContextManager[Engine]:
+    """``engine.wiring.open_engine``, imported when a command runs: registering the commands (and
+    ``--help``, ``--version``, argument errors) imports no engine, store or cache (start-up)."""
+    from syncd.engine.wiring import open_engine as opened
+    return opened(config, **options)
 
 
 _BARS: list[Any] = []   # progress bars of this run, stopped before anything is printed
@@ -102,6 +108,9 @@ async def filling(engine: Engine, name: str, run: Coroutine[Any, Any, T]) -> T:
 
     The volume is created before any byte is uploaded (so two writers cannot both create it),
     which is why an interrupted first commit leaves it listed and empty."""
+    import asyncio
+
+    from syncd.errors import VolumeNotFound
     try:
         empty = (await engine.repo.head(name)).snapshot is None
     except VolumeNotFound:
@@ -179,7 +188,10 @@ def _command_word(argv: list[str]) -> str | None:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser, with every command (``argv`` None), or with those ``argv``'s command word needs."""
     word = _command_word(argv) if argv is not None else None
-    for module in COMMAND_WORDS.get(word or "", COMMAND_MODULES) if argv is not None else COMMAND_MODULES:
+    modules = COMMAND_WORDS.get(word or "", COMMAND_MODULES) if argv is not None else COMMAND_MODULES
+    if argv is not None and word in (None, "--version") and "--version" in argv:
+        modules = ()   # nothing to register: the answer is one line
+    for module in modules:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="syncd", description="Persistent volumes kept in object storage.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
@@ -224,6 +236,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _jsonable(value: Any) -> Any:
+    import dataclasses
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, (list, tuple)):
@@ -255,11 +268,16 @@ def _print(args: argparse.Namespace, value: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    import asyncio
+    import logging
+
+    from syncd.config import Config
+    from syncd.errors import SyncdError
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if isinstance(getattr(args, "volume", None), str):
-            normalize_volume_name(args.volume)   # a bad name is reported before any connection
+            volume_arg(args)   # a bad name is reported before any connection
         cmd = COMMANDS[args._command]
         config = Config.from_env(create_bucket=cmd.creates)
         result: Any = asyncio.run(cmd.handler(args, config))

@@ -18,9 +18,8 @@ import sys
 import time
 from typing import Any
 
-from syncd.cli.core import SNAPSHOT_HELP, command, volume_arg
+from syncd.cli.core import SNAPSHOT_HELP, command, open_engine, volume_arg
 from syncd.config import Config
-from syncd.engine.wiring import open_engine
 
 
 def _kind_char(kind: str) -> str:

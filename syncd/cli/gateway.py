@@ -16,9 +16,8 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from syncd.cli.core import command, volume_arg
+from syncd.cli.core import command, open_engine, volume_arg
 from syncd.config import Config
-from syncd.engine.wiring import open_engine
 from syncd.errors import ConfigError
 
 

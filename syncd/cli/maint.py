@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from syncd.cli.core import command, volume_arg
+from syncd.cli.core import command, open_engine, volume_arg
 from syncd.config import Config
-from syncd.engine.wiring import open_engine
 from syncd.errors import IntegrityError
 
 

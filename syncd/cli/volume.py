@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from syncd.cli.core import SNAPSHOT_HELP, command, filling, progress_for, volume_arg
+from syncd.cli.core import SNAPSHOT_HELP, command, filling, open_engine, progress_for, volume_arg
 from syncd.config import Config
-from syncd.engine.wiring import open_engine
 from syncd.errors import ConfigError
 
 

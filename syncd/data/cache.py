@@ -31,6 +31,13 @@ Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks of large files):
   kernel and checks the copy the same way (localcopy.py); ``drop`` forgets the
   stale ones. ``scrub`` hashes every entry again, fingerprints or not: the
   check for damage below the file system (``syncd cache check``).
+
+Opening: importing diskcache and opening its SQLite index cost a command ~40 ms
+(more for a new directory), so the handle is made on first use, in whichever
+worker thread needs it first, or ahead of time by :meth:`ChunkCache.open_soon`
+(a worker thread started while the caller waits for its first requests). A
+failure to open is, like every other cache error, a miss, tried again on the
+next use.
 """
 
 from __future__ import annotations
@@ -39,15 +46,18 @@ import asyncio
 import copy
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import diskcache
+from typing import TYPE_CHECKING, Any
 
 from syncd.data import stamp
 from syncd.data.stamp import Fingerprint
 from syncd.format.chunking import verify
+
+if TYPE_CHECKING:
+    import diskcache
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +113,61 @@ def usage(cache: diskcache.Cache) -> tuple[int, int]:
         return 0, 0
 
 
+class _Opener:
+    """The diskcache handle of one directory, opened once on first use (shared by ``for_owner`` views)."""
+
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        self.directory, self.size_limit = directory, size_limit
+        self.cache: diskcache.Cache | None = None
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def get(self) -> diskcache.Cache:
+        """The open handle (blocking: diskcache's import and SQLite); raises what opening raised."""
+        cache = self.cache
+        if cache is not None:
+            return cache
+        with self._lock:
+            if self.cache is None:
+                if self.closed:
+                    raise RuntimeError("the chunk cache is closed")
+                import diskcache
+                self.cache = diskcache.Cache(
+                    str(self.directory), size_limit=self.size_limit, eviction_policy="least-recently-used",
+                    cull_limit=64, sqlite_timeout=60)
+            return self.cache
+
+    def warm(self) -> None:
+        try:
+            self.get()
+        except Exception as exc:   # the first real use reports it (as a miss)
+            log.info("cannot open the chunk cache in %s yet: %s", self.directory, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            if self.cache is not None:
+                self.cache.close()
+
+
 class ChunkCache:
     def __init__(self, directory: Path, size_limit: int, owner: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.owner = owner
         self.stats = CacheStats()
-        self._cache = diskcache.Cache(
-            str(directory), size_limit=size_limit, eviction_policy="least-recently-used",
-            cull_limit=64, sqlite_timeout=60)
+        self._opener = _Opener(directory, size_limit)
+        self._warming: Any = None
+
+    @property
+    def _cache(self) -> diskcache.Cache:
+        return self._opener.get()
+
+    def open_soon(self) -> None:
+        """Open the handle in a worker thread now (call it from the event loop before the first
+        requests: the opening then overlaps with their round trips)."""
+        if self._opener.cache is None and self._warming is None:
+            self._warming = asyncio.get_running_loop().run_in_executor(None, self._opener.warm)
 
     def for_owner(self, owner: str) -> ChunkCache:
         """The same disk cache (one handle, one size bound) seen through ``owner``'s keys.
@@ -298,7 +354,12 @@ class ChunkCache:
 
     def usage(self) -> tuple[int, int]:
         """(bytes on disk, entries) of the whole cache, every owner's (blocking: call it in a thread)."""
-        return usage(self._cache)
+        try:
+            cache = self._cache
+        except Exception as exc:
+            log.warning("cannot open the chunk cache in %s: %s", self.directory, exc)
+            return 0, 0
+        return usage(cache)
 
     def close(self) -> None:
-        self._cache.close()
+        self._opener.close()   # waits for an opening in progress

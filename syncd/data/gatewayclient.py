@@ -32,6 +32,16 @@ import alone cost each worker process ~0.2 s of CPU (docs/GATEWAY.md, the
 six-worker fan-out). aiohttp is still what ``warm`` (the CLI's
 ``gateway warm``) uses, imported there.
 
+A hydrate's large-file chunks use ``fetch_into``: the body is received by a
+reading thread on a blocking socket into one reused buffer and handed on
+buffer by buffer to the fetcher's sink, which hashes and writes it into the
+file in the same thread (store/rangeread.py, as for the store); chunks back to
+back in one pack come with one ranged GET, as from the store (fetch.stream_run;
+the gateway fetches a pack whole and serves its ranges from its copy),
+so no chunk is copied into ``bytes`` or given a buffer of its own (the cold
+fan-out's workers spent ~30% of their CPU on that copy and on allocating
+zero-filled buffers for it, docs/GATEWAY.md).
+
 Besides chunks and pack ranges (``fetch``, ``fetch_range``: the ChunkFetcher's
 seam) a source reads whole immutable objects of any key family
 (``fetch_object``: snapshots), format v2 trees by reference (``fetch_trees``)
@@ -41,20 +51,22 @@ through the pool.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from syncd.config import Config
 from syncd.data.fetch import ChunkSource
-from syncd.data.httpget import Connections, Response
-from syncd.errors import TransientStoreError
+from syncd.data.httpget import KEEP_BYTES, Connections, Response
+from syncd.errors import NotFound, StoreError, TransientStoreError
 from syncd.format.chunking import content_id
 from syncd.format.manifest import ChunkRef, TreeRef
 from syncd.store.base import Blob
+from syncd.store.rangeread import Sink, ThreadedReads
 
 # Immutable key families under a volume's prefix that gateways serve, each named by the content id
 # of its bytes: family -> key below ``<prefix>/<owner>/<volume>/``. A new family is one line here
@@ -153,20 +165,27 @@ class Breaker:
 
 
 class _Session:
-    """The connections shared by the sources of one engine (data/httpget.py)."""
+    """The connections shared by the sources of one engine (data/httpget.py); body buffers are
+    kept for reuse up to ``keep_bytes`` (the engine's byte budget: what can be in flight)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_bytes: int = KEEP_BYTES, threads: int = 8) -> None:
         self._connections: Connections | None = None
+        self.keep_bytes = keep_bytes
+        self.threads = threads   # reading threads per gateway for fetch_into
 
     def get(self) -> Connections:
         if self._connections is None:
-            self._connections = Connections()
+            self._connections = Connections(keep_bytes=self.keep_bytes)
         return self._connections
 
     async def close(self) -> None:
         if self._connections is not None:
             self._connections.close()
             self._connections = None
+
+
+def _range(span: tuple[int, int] | None) -> dict[str, str] | None:
+    return {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else None
 
 
 def _headers(token: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -192,6 +211,13 @@ class GatewaySource:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.breaker = breaker or Breaker()
         self.requests = self.failures = self.skipped = 0
+        # fetch_into reads on blocking sockets (rangeread.py): credentials go in a header, not the URL
+        self._plain_url = self.public_url
+        self._auth: dict[str, str] | None = _headers(token)
+        if parts.username is not None:   # as httpget: URL credentials are Basic auth, never with a token
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self._auth = None if token else {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        self._reads: ThreadedReads | None = None
 
     def weight(self, key: str) -> int:
         return rendezvous_weight(self.url, key)
@@ -200,6 +226,38 @@ class GatewaySource:
         if ref.pack is not None:
             return await self.fetch_range(volume, ref.pack, ref.offset, ref.end)
         return await self.fetch_object(volume, "chunks", ref.id)
+
+    async def fetch_into(self, volume: str, refs: Sequence[ChunkRef], sink: Sink) -> bool | None:
+        """The bytes of ``refs`` (one chunk, or chunks back to back in one pack: one ranged GET)
+        streamed into ``sink`` by a reading thread (store/rangeread.py: one reused 256 KiB
+        buffer, ``sink.begin(size)`` then ``sink.write(view)`` per buffer, no copy into
+        ``bytes``); True once they were delivered whole, None if the gateway passes (breaker
+        open, 404). What ``sink`` raises is raised as it is; the gateway failing is
+        GatewayUnavailable, as for :meth:`fetch`."""
+        if not self.breaker.allows():
+            self.skipped += 1
+            return None
+        first, last = refs[0], refs[-1]
+        if first.pack is None:
+            path, start, end = f"/v1/{self.owner}/{volume}/chunks/{first.id}", None, None
+        else:
+            path, start, end = f"/v1/{self.owner}/{volume}/packs/{first.pack}", first.offset, last.end
+        if self._reads is None:
+            self._reads = ThreadedReads(self.connect_timeout, self.read_timeout, self.session.threads)
+        self.requests += 1
+        if self._auth is None:
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: credentials in the URL and a token")
+        try:
+            await self._reads.read(self._plain_url + path, start, end, sink, self._auth)
+        except NotFound:
+            self.breaker.succeeded()
+            return None
+        except StoreError as exc:   # refused, reset, timed out, truncated, 5xx, a malformed answer
+            self._failed()
+            raise GatewayUnavailable(f"{self.name}: {exc}") from exc
+        self.breaker.succeeded()
+        return True
 
     async def fetch_range(self, volume: str, pack: str, start: int, end: int) -> bytes | None:
         blob = await self._get(f"/v1/{self.owner}/{volume}/packs/{pack}", (start, end))
@@ -215,8 +273,7 @@ class GatewaySource:
         return await self._get(f"/v1/{self.owner}/{volume}/HEAD", None)
 
     async def _get(self, path: str, span: tuple[int, int] | None) -> Blob | None:
-        extra = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else None
-        resp = await self._call("GET", path, extra, b"", (200, 206))
+        resp = await self._call("GET", path, _range(span), b"", (200, 206))
         if resp is None:
             return None
         data = resp.body
@@ -253,6 +310,9 @@ class GatewaySource:
         self.breaker.failed()
 
     async def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
         await self.session.close()
 
     async def fetch_trees(self, volume: str, pack: str, refs: Sequence[TreeRef]) -> list[bytes] | None:
@@ -272,7 +332,7 @@ class GatewaySource:
 
 def gateway_sources(config: Config, **options: Any) -> list[ChunkSource]:
     """A GatewaySource per ``config.gateways`` URL, sharing one HTTP session."""
-    session = _Session()
+    session = _Session(config.max_inflight_bytes, max(1, config.max_inflight_bytes // config.chunk_size))
     return [GatewaySource(url, config.owner, config.gateway_token, session, **options)
             for url in config.gateways]
 

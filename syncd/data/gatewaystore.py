@@ -19,8 +19,9 @@ store/wrap.py, stacked by wiring.py under the VolumeRepo only: a GET of
 in rendezvous order (the object's id, or the HEAD's key, ranks the gateways
 exactly as gatewayclient.py does for chunks), falling through to the next
 gateway and then the store. Chunks and packs are not routed here: the
-ChunkFetcher already asks the gateways for them, one verified chunk at a time,
-and a worker must not ask the same gateway twice for one chunk. Everything
+ChunkFetcher already asks the gateways for them (a chunk, a pack's range, or a
+run of a large file's chunks, each chunk verified), and a worker must not ask
+the same gateway twice for one chunk. Everything
 else (ranges, PUTs, listings, HEAD requests, deletes) goes to the store.
 
 Trust. What a gateway returns for an immutable key is hashed against the id

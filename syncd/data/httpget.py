@@ -16,8 +16,10 @@ the connection). A chunked answer is refused (``ProtocolError``): the gateway
 never sends one, and the caller falls through to the next source. The body
 is received by an ``asyncio.BufferedProtocol`` straight into one buffer of
 the announced size, then copied once into the ``bytes`` returned; buffers
-are reused (a few, up to 16 MiB each), since a fresh buffer per body costs
-more in page faults than the copy; at most ``MAX_BODY`` bytes.
+are reused (up to ``keep_bytes`` of them, the engine's byte budget: what can
+be in flight), since a fresh buffer per body costs more in page faults than
+the copy; at most ``MAX_BODY`` bytes. (A hydrate's large chunks do not come
+here: gatewayclient.fetch_into streams them through store/rangeread.py.)
 
 Connections: per (scheme, host, port) a stack of idle connections; a request
 takes one or opens one (``connect_timeout``), and a connection whose answer
@@ -50,7 +52,7 @@ LIMIT = 100  # connections per pool at once (aiohttp's default, which this repla
 _SCRATCH = 256 * 1024
 BUFFER_MIN = 1 << 20             # body buffers are at least this large (so small bodies reuse them too)
 KEEP_BUFFER = 16 * 1024 * 1024  # body buffers up to this size are kept for the next body ...
-KEEP_BUFFERS = 4                # ... this many of them
+KEEP_BYTES = 64 * 1024 * 1024   # ... up to this many bytes of them (the default byte budget)
 
 _tls: ssl.SSLContext | None = None
 
@@ -160,9 +162,10 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
 class Connections:
     """Idle connections per (scheme, host, port), shared by the gateway sources of one engine."""
 
-    def __init__(self, limit: int = LIMIT) -> None:
+    def __init__(self, limit: int = LIMIT, keep_bytes: int = KEEP_BYTES) -> None:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._buffers: list[bytearray] = []  # body buffers for reuse (at most KEEP_BUFFERS)
+        self._buffers: list[bytearray] = []  # body buffers for reuse (at most keep_bytes of them)
+        self._keep_bytes = keep_bytes
         self._slots = asyncio.Semaphore(limit)
 
     async def get(self, url: str, headers: Mapping[str, str], connect_timeout: float,
@@ -266,7 +269,7 @@ class Connections:
         finally:
             conn.body = None
             body.release()
-            if len(buffer) <= KEEP_BUFFER and len(self._buffers) < KEEP_BUFFERS:
+            if len(buffer) <= KEEP_BUFFER and sum(map(len, self._buffers)) + len(buffer) <= self._keep_bytes:
                 self._buffers.append(buffer)
 
     def _buffer(self, size: int) -> bytearray:

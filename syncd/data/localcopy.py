@@ -5,8 +5,9 @@ a large file sits in a file an earlier hydrate published. Reading those bytes
 into Python and writing them out again costs two user-space copies per byte;
 ``cp`` costs none, because ``copy_file_range`` lets the kernel copy page-cache
 pages (and on XFS, btrfs or NFS 4.2 the same call shares the blocks: a reflink).
-So :func:`place` copies each located chunk with ``copy_file_range`` from its
-source file into the hydrate's private temporary file. When the source's
+So :func:`place` copies the located chunks with ``copy_file_range`` from their
+source file into the hydrate's private temporary file, a run of chunks that lie
+back to back in both with one call (a whole file, usually, as ``cp``). When the source's
 ``fstat`` equals the fingerprint recorded when its bytes were verified, both
 before and after the copy (stamp.py: the trust model), the copy is taken as
 it is: no byte passes through user space, as with ``cp``. Otherwise the copy
@@ -35,6 +36,7 @@ from syncd.format.chunking import hasher
 
 _PAGE = mmap.ALLOCATIONGRANULARITY
 _SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_ADVISE_FROM = 64 << 20   # runs larger than this are read with POSIX_FADV_SEQUENTIAL (as cp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,47 +59,73 @@ class Placed:
 
 
 def place(dst_fd: int, copies: Sequence[Copy]) -> Placed:
-    """Copy each chunk into ``dst_fd``, trusted by fingerprint or verified by hashing the copy."""
+    """Copy each chunk into ``dst_fd``, trusted by fingerprint or verified by hashing the copy.
+
+    Chunks that lie back to back in one source and in the destination (a whole file copied
+    from the file an earlier hydrate published: the common warm case) are copied as one run:
+    one ``open``, one ``fstat`` before and after, and one ``copy_file_range`` for all of them,
+    as ``cp`` does (per-chunk calls measured no faster and cost a Python round per 8 MiB)."""
     out = Placed(set(), set())
     reader = -1
     try:
-        for item in copies:
-            copied = _copy(item, dst_fd)
-            if copied == "trusted":
-                out.ids.add(item.id)
-                out.trusted += 1
-                continue
-            if copied == "copied":
-                if reader < 0:
-                    reader = os.open(f"/proc/self/fd/{dst_fd}", os.O_RDONLY | os.O_CLOEXEC)
-                if _hash_range(reader, item.dst_offset, item.size) == item.id:
+        for run in _runs(copies):
+            copied, done = _copy(run, dst_fd)
+            for item in run:
+                whole = item.dst_offset + item.size <= run[0].dst_offset + done
+                if whole and copied == "trusted":
                     out.ids.add(item.id)
+                    out.trusted += 1
                     continue
-            out.stale.add(item.id)
+                if whole:
+                    if reader < 0:
+                        reader = os.open(f"/proc/self/fd/{dst_fd}", os.O_RDONLY | os.O_CLOEXEC)
+                    if _hash_range(reader, item.dst_offset, item.size) == item.id:
+                        out.ids.add(item.id)
+                        continue
+                out.stale.add(item.id)
     finally:
         if reader >= 0:
             os.close(reader)
     return out
 
 
-def _copy(item: Copy, dst_fd: int) -> str:
-    """``"trusted"`` (copied, the source's fingerprint held throughout), ``"copied"`` (to be
-    verified) or ``"failed"``."""
+def _runs(copies: Sequence[Copy]) -> list[list[Copy]]:
+    """``copies`` in runs that one ``copy_file_range`` can take: the same source and fingerprint,
+    each chunk starting where the previous one ended, in the source and in the destination."""
+    runs: list[list[Copy]] = []
+    for item in copies:
+        last = runs[-1][-1] if runs else None
+        if last is not None and item.source == last.source and item.fingerprint == last.fingerprint \
+                and item.src_offset == last.src_offset + last.size and item.dst_offset == last.dst_offset + last.size:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+def _copy(run: list[Copy], dst_fd: int) -> tuple[str, int]:
+    """Copy ``run``'s bytes; ``("trusted", n)`` (the source's fingerprint held throughout) or
+    ``("copied", n)`` (to be verified), with ``n`` the bytes copied (fewer than the run's when the
+    source is shorter than it: changed since)."""
+    first = run[0]
+    size = run[-1].src_offset + run[-1].size - first.src_offset
     try:
-        src = os.open(item.source, _SOURCE)
+        src = os.open(first.source, _SOURCE)
     except OSError:
-        return "failed"
+        return "copied", 0
+    done = 0
     try:
-        before = stamp.holds(src, item.fingerprint)
-        done = 0
-        while done < item.size:
-            n = _copy_some(src, dst_fd, item.src_offset + done, item.dst_offset + done, item.size - done)
+        before = stamp.holds(src, first.fingerprint)
+        if size > _ADVISE_FROM:
+            os.posix_fadvise(src, first.src_offset, size, os.POSIX_FADV_SEQUENTIAL)
+        while done < size:
+            n = _copy_some(src, dst_fd, first.src_offset + done, first.dst_offset + done, size - done)
             if n <= 0:
-                return "failed"   # the source is shorter than the chunk: it changed
+                break   # the source is shorter than the chunks: it changed
             done += n
-        return "trusted" if before and stamp.holds(src, item.fingerprint) else "copied"
+        return ("trusted" if before and done == size and stamp.holds(src, first.fingerprint) else "copied"), done
     except OSError:
-        return "failed"
+        return "copied", done
     finally:
         os.close(src)
 

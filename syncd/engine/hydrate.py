@@ -19,8 +19,8 @@ that neither the cache nor a gateway holds is then streamed from the store
 straight into its place in the file, hashed on the way (fetch.py): no
 chunk-sized buffer, which measured 3x faster than buffering (BENCHMARKS.md);
 those writes go through one writer thread per hydrate (fewer thread wake-ups
-than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md). With the
-obstore backend the store's reading thread itself receives, hashes and
+than a pool thread per write: ~10% less CPU per GiB, BENCHMARKS.md). With either
+store backend the store's reading thread itself receives, hashes and
 ``pwrite``s each 256 KiB buffer instead (store/rangeread.py: no per-piece
 buffers, no hand-offs; the profile in BENCHMARKS.md).
 
@@ -334,11 +334,11 @@ class _Run:
     def _pieces(self, refs: tuple[ChunkRef, ...], offsets: list[int],
                 copied: set[str]) -> list[tuple[int, list[ChunkRef]]]:
         """What is left to fetch, as (file offset, chunks): runs of chunks that lie back to back
-        in one pack and in the file are read with one GET (fetch.coalesce), when they are used
-        once and no gateway is asked; every other chunk alone."""
+        in one pack and in the file are read with one GET (fetch.coalesce, from a gateway or
+        the store), when they are used once; every other chunk alone."""
         out: list[tuple[int, list[ChunkRef]]] = []
         segment: list[tuple[int, ChunkRef]] = []
-        runs_ok = self._by_ref and not self.engine.fetcher.sources
+        runs_ok = self._by_ref
         for ref, off in [*zip(refs, offsets), (None, -1)]:
             if ref is not None and ref.id in copied:
                 continue
@@ -382,14 +382,16 @@ class _Run:
         held = await self.engine.budget.acquire(ref.size)
         try:
             fetcher = self.engine.fetcher
-            once = self._by_ref and self._uses[ref.id] == 1
-            data = await (fetcher.nearby(self.volume, ref) if once else
-                          fetcher.get(self.volume, ref, cache_bytes=not self._by_ref))
-            if data is None:
-                await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
-                    localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer),
-                    lambda pos, view: localfs.pwrite_all(fd, view, offset + pos, final))
+
+            def write_sync(pos: int, view: memoryview) -> None:
+                localfs.pwrite_all(fd, view, offset + pos, final)
+
+            if self._by_ref and self._uses[ref.id] == 1:
+                if not await fetcher.place_nearby(self.volume, ref, write_sync):
+                    await fetcher.stream_from_store(self.volume, ref, lambda pos, pieces: in_thread(
+                        localfs.pwritev_all, fd, pieces, offset + pos, final, pool=self._writer), write_sync)
             else:
+                data = await fetcher.get(self.volume, ref, cache_bytes=not self._by_ref)
                 await in_thread(localfs.pwrite_all, fd, data, offset, final)
         finally:
             await self.engine.budget.release(held)

@@ -5,12 +5,15 @@ whichever is shorter (``syncd diff vol 2 7``). :func:`resolve` turns a
 reference into the id every engine function takes:
 
 * 32 hex characters: the id itself (the engine checks it exists);
-* all digits, shorter than an id: a seq number. Seqs are not in object keys,
-  so the history is walked back from HEAD, one snapshot header per step, and
-  the walk stops at that seq: the cost is the distance from the latest
-  snapshot, not the length of the history;
+* all digits, no leading zero, at most HEAD's seq: a seq number. Seqs are not
+  in object keys, so the history is walked back from HEAD, one snapshot header
+  per step, and the walk stops at that seq: the cost is the distance from the
+  latest snapshot, not the length of the history;
 * other hex, 4 characters or more: an id prefix, found by listing the
   volume's ``snapshots/`` keys (one LIST per 1,000 snapshots); it must be unique.
+  One id in six starts with four decimal digits, so a digit string that cannot
+  be a seq (a leading zero, or past HEAD's seq) is a prefix too; where both
+  readings are possible the seq wins, and more of the id settles it.
 
 Anything else is a clear error naming the three forms.
 """
@@ -33,7 +36,8 @@ async def resolve(engine: Engine, volume: str, ref: str | None) -> str | None:
         return ref
     text = ref.strip().lower()
     if text.isdigit() and len(text) < 32:
-        return await _by_seq(engine, volume, int(text))
+        if not _HEX.match(text) or (text[0] != "0" and int(text) <= (await engine.repo.head(volume)).seq):
+            return await _by_seq(engine, volume, int(text))
     if _HEX.match(text):
         return await _by_prefix(engine, volume, text)
     raise ConfigError(f"{ref!r} names no snapshot: use {FORMS}")

@@ -73,13 +73,20 @@ class Engine:
 async def open_engine(config: Config, *, backend: ObjectStore | None = None,
                       sources: Sequence[ChunkSource] = (), use_cache: bool = True) -> AsyncIterator[Engine]:
     layout = Layout(config.prefix, config.owner)   # bad names fail before any connection is opened
+    cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
+    if cache is not None:
+        cache.open_soon()   # its SQLite opens while the store's first requests are under way
     if backend is None:
         from syncd.store.select import open_store
-        backend = await open_store(config)
+        try:
+            backend = await open_store(config)
+        except BaseException:
+            if cache is not None:
+                cache.close()
+            raise
     counter = CountingStore(RetryingStore(LimitingStore(backend, config.max_connections),
                                           config.retries, config.retry_base_delay,
                                           deadline=config.store_deadline))
-    cache = ChunkCache(config.cache_dir, config.cache_size, config.owner) if use_cache else None
     if not sources and config.gateways:
         from syncd.data.gatewayclient import gateway_sources
         sources = gateway_sources(config)

@@ -2,21 +2,19 @@
 
 Reads. A file node's lower content is its snapshot chunk list. A read maps
 its byte range to chunk indexes (bisect over the chunk start offsets) and
-asks :meth:`Data.chunk` for each, which serves from a small in-memory LRU of
-verified chunks, else joins an in-flight load, else loads through the
-engine's ``ChunkFetcher`` -- local cache, then gateways, then the store,
-single-flight, every chunk verified against its id before a byte is returned.
-Any error there becomes ``EIO`` for the read that needed it; wrong bytes are
-never returned because nothing unverified reaches the LRU.
+asks lower.py for each chunk: verified chunks in bounded memory, one load per
+chunk id, sequential readers served by runs read ahead with one GET per pack
+run, every chunk verified against its id before a byte is returned. Any error
+there becomes ``EIO`` for the read that needed it; wrong bytes are never
+returned because nothing unverified reaches the reader.
 
-* Readahead: a handle whose reads are sequential gets the next ``readahead``
-  chunks loaded in the background. The LRU holds half the engine's byte
-  budget and readahead never asks for more than fits, so a stream of reads
-  holds bounded memory however large the file.
-* Small files: a chunk that lives in a pack is loaded together with its
-  directory's other small files in the same pack (one ranged GET for a
-  window of up to ``PACK_WINDOW`` bytes, via ``get_packed``), so reading a
-  directory of small files costs a few GETs, not one per file.
+* Sequential or not: a handle remembers where its reads ended; a read that
+  starts within ``SEQUENTIAL_SLACK`` of there (the kernel's readahead answers
+  several requests at once, slightly out of order) starts readahead before it
+  waits for its own chunk, so the chunk it needs is loaded as part of a run.
+  Any other read loads the chunks it covers and nothing else.
+* A read returns a view of the verified chunk buffer (no copy) when it lies
+  in one chunk, as the kernel's requests do.
 
 Writes (copy-up). The first write to a file creates its upper file under the
 mount's upper directory, as a sparse file of the node's size. Only the chunks
@@ -34,22 +32,18 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
-import functools
 import itertools
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.data.fetch import ChunkFetcher
-from syncd.errors import SyncdError
-from syncd.format.manifest import ChunkRef
+from syncd.mount.lower import Buffer, Lower
 from syncd.mount.tree import FsError, Node
 
 log = logging.getLogger(__name__)
-PACK_WINDOW = 4 << 20
-SEQUENTIAL_SLACK = 1 << 20   # the kernel's own readahead may answer slightly out of order
+SEQUENTIAL_SLACK = 8 << 20   # the kernel's readahead may answer its window out of order
 
 
 @dataclass
@@ -60,21 +54,19 @@ class ReadState:
 
 class Data:
     def __init__(self, fetcher: ChunkFetcher, volume: str, upper_dir: Path, memory: int,
-                 readahead: int = 8, limit: int | None = None) -> None:
+                 unit: int = 32 << 20, limit: int | None = None) -> None:
         self.fetcher, self.volume, self.upper_dir = fetcher, volume, upper_dir
-        self._caching: set[asyncio.Task[None]] = set()
-        self.memory, self.readahead, self.limit = memory, readahead, limit
+        self.lower = Lower(fetcher, volume, memory, unit)
+        self.limit = limit
         self.used = 0                                # upper-layer bytes allocated
-        self._lru: OrderedDict[str, bytes] = OrderedDict()
-        self._lru_bytes = 0
-        self._ahead: set[str] = set()          # read ahead, not read yet
-        self._loading: dict[str, asyncio.Task[bytes]] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self._fds: dict[int, int] = {}
         self._starts: dict[int, list[int]] = {}
-        self.errors = 0
+        self.read_requests = 0
+        self.read_bytes = 0
 
-    # ---------------------------------------------------------------- lower chunks
+    @property
+    def errors(self) -> int:
+        return self.lower.errors
 
     def starts(self, node: Node) -> list[int]:
         got = self._starts.get(node.ino)
@@ -82,109 +74,29 @@ class Data:
             got = self._starts[node.ino] = [0, *itertools.accumulate(c.size for c in node.chunks)]
         return got
 
-    def _remember(self, chunk_id: str, data: bytes) -> None:
-        if chunk_id in self._lru:
-            self._lru.move_to_end(chunk_id)
-            return
-        self._lru[chunk_id] = data
-        self._lru_bytes += len(data)
-        while self._lru_bytes > self.memory and len(self._lru) > 1:
-            # chunks read ahead but not read yet go last: evicting them would fetch them twice
-            victim = next((k for k in self._lru if k not in self._ahead and k != chunk_id), None)
-            if victim is None:
-                victim = next(iter(self._lru))
-            self._ahead.discard(victim)
-            self._lru_bytes -= len(self._lru.pop(victim))
+    async def chunk(self, node: Node, index: int) -> Buffer:
+        return await self.lower.chunk(node, index)
 
-    async def chunk(self, node: Node, index: int) -> bytes:
-        ref = node.chunks[index]
-        data = self._lru.get(ref.id)
-        if data is not None:
-            self._lru.move_to_end(ref.id)
-            self._ahead.discard(ref.id)
-            return data
-        task = self._loading.get(ref.id)
-        if task is None:
-            task = self._loading[ref.id] = asyncio.ensure_future(self._load(node, ref))
-            task.add_done_callback(functools.partial(self._loaded, ref.id))
-        try:
-            return await asyncio.shield(task)
-        except SyncdError as exc:
-            self.errors += 1
-            log.warning("read of %s chunk %s failed: %s", self.volume, ref.id, exc)
-            raise FsError(errno.EIO) from exc
-
-    def _loaded(self, key: str, task: asyncio.Task[bytes]) -> None:
-        self._loading.pop(key, None)
-        if not task.cancelled():
-            task.exception()   # retrieved: a reader that went away must not leave a warning
-
-    async def _load(self, node: Node, ref: ChunkRef, ahead: bool = False) -> bytes:
-        if ref.pack is None:
-            data = await self.fetcher.get(self.volume, ref, cache_bytes=False)
-            if ahead:
-                self._ahead.add(ref.id)
-            self._remember(ref.id, data)
-            await self._cache_later(ref.id, data)
-            return data
-        found = await self.fetcher.get_packed(self.volume, ref.pack, self._pack_peers(node, ref))
-        for chunk_id, piece in found.items():
-            self._remember(chunk_id, piece)
-        return found[ref.id]
-
-    async def _cache_later(self, chunk_id: str, data: bytes) -> None:
-        """Write a verified chunk to the local cache without making the reader wait for
-        the disk; at most ``readahead`` writes pending (bounded memory), then inline."""
-        cache = self.fetcher.cache
-        if cache is None:
-            return
-        if len(self._caching) >= self.readahead:
-            await asyncio.wait(self._caching, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.ensure_future(cache.put(chunk_id, data))
-        self._caching.add(task)
-        task.add_done_callback(self._caching.discard)
-
-    def _pack_peers(self, node: Node, ref: ChunkRef) -> list[ChunkRef]:
-        """``ref`` and the chunks of small files beside it in the same pack window."""
-        peers = {ref.id: ref}
-        parent = node.parent
-        for sibling in (parent.children or {}).values() if parent is not None else ():
-            for other in sibling.chunks if sibling.kind == "file" else ():
-                if (other.pack == ref.pack and abs(other.offset - ref.offset) < PACK_WINDOW
-                        and other.id not in self._lru):
-                    peers[other.id] = other
-        return list(peers.values())
-
-    def _prefetch(self, node: Node, first: int) -> None:
-        budget = max(1, min(self.readahead, self.memory // max(1, node.chunks[0].size) - 2))
-        for index in range(first, min(first + budget, len(node.chunks))):
-            ref = node.chunks[index]
-            if ref.id in self._lru or ref.id in self._loading:
-                continue
-            task = asyncio.ensure_future(self._quiet(node, index))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _quiet(self, node: Node, index: int) -> None:
-        ref = node.chunks[index]
-        try:
-            task = self._loading.get(ref.id)
-            if task is None:
-                task = self._loading[ref.id] = asyncio.ensure_future(self._load(node, ref, ahead=True))
-                task.add_done_callback(functools.partial(self._loaded, ref.id))
-            await asyncio.shield(task)
-        except SyncdError:
-            pass   # the read that needs it will see the error
+    def closed(self, node: Node) -> None:
+        """The last handle of ``node`` closed."""
+        self.lower.closed(node)
 
     # ---------------------------------------------------------------- reads
 
-    async def read(self, node: Node, offset: int, size: int, state: ReadState | None = None) -> bytes:
+    async def read(self, node: Node, offset: int, size: int,
+                   state: ReadState | None = None) -> bytes | memoryview:
         end = min(offset + size, node.size)
         if offset >= end:
             return b""
+        self.read_requests += 1
+        self.read_bytes += end - offset
         starts = self.starts(node)
-        pieces: list[bytes] = []
-        pos, last_index = offset, -1
+        if state is not None:
+            if abs(offset - state.next_offset) <= SEQUENTIAL_SLACK and offset < node.lower_limit and node.chunks:
+                self.lower.ahead(node, bisect.bisect_right(starts, offset) - 1)
+            state.next_offset = end
+        pieces: list[bytes | memoryview] = []
+        pos = offset
         while pos < end:
             if pos >= node.lower_limit or not node.chunks:
                 pieces.append(await self._read_upper(node, pos, end - pos))
@@ -194,14 +106,9 @@ class Data:
             if node.upper and index in node.present:
                 pieces.append(await self._read_upper(node, pos, stop - pos))
             else:
-                data = await self.chunk(node, index)
-                pieces.append(data[pos - starts[index]:stop - starts[index]])
-                last_index = index
+                data = await self.lower.chunk(node, index)
+                pieces.append(memoryview(data)[pos - starts[index]:stop - starts[index]])
             pos = stop
-        if state is not None:
-            if abs(offset - state.next_offset) <= SEQUENTIAL_SLACK and last_index >= 0:
-                self._prefetch(node, last_index + 1)
-            state.next_offset = end
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _read_upper(self, node: Node, offset: int, size: int) -> bytes:
@@ -225,7 +132,7 @@ class Data:
         node.upper = True
         return fd
 
-    async def _pwrite(self, fd: int, data: bytes, offset: int) -> None:
+    async def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         if self.limit is not None and self.used + len(data) > self.limit:
             raise FsError(errno.ENOSPC)
         try:
@@ -260,8 +167,8 @@ class Data:
             if whole is not None and whole[0] <= lo and hi <= whole[1]:
                 covered.append(index)
                 continue
-            data = await self.chunk(node, index)
-            await self._pwrite(fd, data[:hi - lo], lo)
+            data = await self.lower.chunk(node, index)
+            await self._pwrite(fd, memoryview(data)[:hi - lo], lo)
             node.present.add(index)
         return covered
 
@@ -301,14 +208,13 @@ class Data:
     async def drop(self, node: Node) -> None:
         """Free a forgotten node's upper file."""
         self._starts.pop(node.ino, None)
+        self.lower.forget(node)
         fd = self._fds.pop(node.ino, None)
         if fd is not None:
             self.used -= await asyncio.to_thread(_close_and_unlink, fd, self.upper_dir / str(node.ino))
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, *self._caching, return_exceptions=True)
+        await self.lower.close()
         for ino in list(self._fds):
             os.close(self._fds.pop(ino))
 

@@ -279,8 +279,8 @@ class MountOps(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self._fh(node), keep_cache=not node.upper)
         return await _guard(go)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        async def go() -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        async def go() -> bytes | memoryview:
             handle = self._handle(fh)
             return await self.data.read(handle.node, off, size, handle.state)
         return await _guard(go)
@@ -300,6 +300,8 @@ class MountOps(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is not None:
             handle.node.opens -= 1
+            if not handle.node.opens:
+                self.data.closed(handle.node)
             self.tree.release_if_unused(handle.node)
             await self.drain()
 

@@ -51,7 +51,7 @@ from syncd.mount.spawn import config_from_json, control_path, mounted_at, reclai
 from syncd.mount.tree import Tree
 
 log = logging.getLogger(__name__)
-READAHEAD_BYTES = 1 << 20   # kernel readahead window: FUSE read requests of up to 1 MiB instead of 128 KiB
+READAHEAD_BYTES = 16 << 20  # kernel readahead window: up to 16 one-MiB FUSE requests ahead of a reader
 
 
 @dataclass
@@ -83,9 +83,10 @@ async def serve(config: Config, opts: MountOptions) -> int:
         snap_id = opts.snapshot or head.snapshot
         listing = await TreeListing.open(engine.repo, opts.volume, snap_id)   # the header only
         tree = Tree(listing)
-        data = Data(engine.fetcher, opts.volume, upper, memory=max(engine.budget.limit, config.chunk_size * 2),
+        memory = max(config.mount_memory, config.chunk_size * 4)
+        data = Data(engine.fetcher, opts.volume, upper, memory=memory, unit=readahead_unit(config, memory),
                     limit=opts.upper_limit)
-        # commits get their own budget: the reader's LRU is bounded by the engine's separately
+        # commits get their own budget: the reader's chunks are bounded by SYNCD_MOUNT_MEMORY
         engine.budget = ByteBudget(engine.budget.limit)
         publisher = Publisher(engine, opts.volume, tree, data, head)
         owner = config.file_owner()
@@ -121,6 +122,10 @@ async def serve(config: Config, opts: MountOptions) -> int:
                     "write_back_lag": None if publisher.dirty_since is None or not publisher.dirty
                     else max(0.0, time.monotonic() - publisher.dirty_since),
                     "upper_bytes": data.used, "read_errors": data.errors,
+                    "reads": {"requests": data.read_requests, "bytes": data.read_bytes,
+                              "loads": data.lower.runs, "loading": data.lower.loading,
+                              "inflight_bytes": data.lower.inflight,
+                              "cache_skipped": data.lower.cache_skipped},
                     "store": {"calls": dict(counter.calls), "keys": dict(counter.keys),
                               "bytes_in": counter.bytes_in},
                     "bytes_by_source": dict(engine.fetcher.bytes_by_source),
@@ -210,8 +215,12 @@ async def _parent_watch(stop: asyncio.Event) -> None:
 
 def _widen_readahead(mountpoint: Path) -> None:
     """Raise the kernel's readahead window for this mount (its bdi) from the 128 KiB that
-    libfuse negotiates to READAHEAD_BYTES, so sequential reads arrive as 1 MiB requests.
-    Best effort: needs write access to /sys (root)."""
+    libfuse negotiates to READAHEAD_BYTES. Requests are already as large as FUSE allows
+    (libfuse 3 asks for ``max_pages`` 256: 1 MiB reads and writes, the kernel's limit,
+    ``/proc/sys/fs/fuse/max_pages_limit``; ``max_read`` is unlimited); the wider window lets
+    the kernel have several of them in flight ahead of a sequential reader, instead of one.
+    Best effort: needs write access to /sys (root).
+    """
     target = os.path.abspath(mountpoint)
     try:
         os.stat(target)   # answered once the kernel's INIT is done, which would reset the window
@@ -221,6 +230,12 @@ def _widen_readahead(mountpoint: Path) -> None:
             Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{READAHEAD_BYTES // 1024}\n")
     except OSError as exc:
         log.debug("cannot widen readahead of %s: %s", mountpoint, exc)
+
+
+def readahead_unit(config: Config, budget: int) -> int:
+    """Bytes one readahead GET reads at most: a pack run (``SYNCD_LARGE_PACK_SIZE``), but small
+    enough that four runs fit the byte budget, so several are in flight; never below a chunk."""
+    return max(config.chunk_size, min(config.large_pack_size or config.chunk_size, budget // 4))
 
 
 def _fresh_dir(path: Path) -> None:

@@ -319,8 +319,8 @@ class Publisher:
 
         pos = start
         while pos < stop:
-            data = await self.data.read(node, pos, min(READ_STEP, stop - pos))
-            if not data:
+            data = bytes(await self.data.read(node, pos, min(READ_STEP, stop - pos)))   # a copy: a
+            if not data:                  # view may lie in a chunk buffer the mount reuses
                 break                     # truncated meanwhile: the version check reads it again
             pos += len(data)
             await add(await asyncio.to_thread(cutter.feed, data))

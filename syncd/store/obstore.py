@@ -58,15 +58,11 @@ metadata), asked again whenever the credentials it returned expire.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import os
 import re
-import socket
-import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import obstore as obs
@@ -76,7 +72,7 @@ from obstore.store import S3Store as _ObS3
 from syncd.config import Config
 from syncd.errors import AccessDenied, ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
 from syncd.store.base import Blob, BlobStream, ObjectInfo
-from syncd.store.rangeread import Reader, Sink
+from syncd.store.rangeread import Sink, ThreadedReads
 from syncd.store.reach import check_bucket as check_bucket_of
 
 if TYPE_CHECKING:
@@ -179,12 +175,11 @@ class ObstoreStore:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        creds = _credentials(dict(os.environ))
-        self._data = _handle(config, creds, checksum=False)
-        self._guarded = _handle(config, creds, checksum=True)
+        self._creds = _credentials(dict(os.environ))
+        self._data = _handle(config, self._creds, checksum=False)
+        self._guarded_handle: _ObS3 | None = None   # made on the first guarded PUT (start-up: ~15 ms each)
         self._control: S3Store | None = None
-        self._reader = Reader(config.connect_timeout, config.read_timeout)
-        self._threads: ThreadPoolExecutor | None = None
+        self._reads = ThreadedReads(config.connect_timeout, config.read_timeout, config.max_connections)
 
     @classmethod
     async def open(cls, config: Config, *, check_bucket: bool = True) -> ObstoreStore:
@@ -197,6 +192,12 @@ class ObstoreStore:
                 await self.close()
                 raise
         return self
+
+    @property
+    def _guarded(self) -> _ObS3:
+        if self._guarded_handle is None:
+            self._guarded_handle = _handle(self.config, self._creds, checksum=True)
+        return self._guarded_handle
 
     async def _s3(self) -> S3Store:
         """The aiobotocore store, for what object_store cannot do (opened on first use)."""
@@ -218,10 +219,7 @@ class ObstoreStore:
 
     async def close(self) -> None:
         control, self._control = self._control, None
-        self._reader.close()
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
-            self._threads = None
+        self._reads.close()
         if control is not None:
             await control.close()
 
@@ -234,27 +232,7 @@ class ObstoreStore:
             url = await obs.sign_async(self._data, "GET", key, SIGNED_FOR)
         except Exception as exc:
             raise translate(exc, key) from exc
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(max(1, self.config.max_connections),
-                                               thread_name_prefix="syncd-read")
-        abort = threading.Event()
-        current: list[socket.socket | None] = [None]
-
-        def track(sock: socket.socket | None) -> None:
-            current[0] = sock
-
-        task = asyncio.get_running_loop().run_in_executor(
-            self._threads, self._reader.read, url, start, end, sink, abort, track)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            abort.set()
-            sock = current[0]
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)   # wakes a blocked recv
-            await asyncio.gather(task, return_exceptions=True)
-            raise
+        await self._reads.read(url, start, end, sink)
         return True
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:

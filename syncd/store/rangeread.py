@@ -12,7 +12,8 @@ while the bytes are still in the CPU cache). No byte is copied in user space
 and the GIL is free for the whole of every syscall.
 
 What it speaks: ``GET`` of a pre-signed URL (the backend signs it: obstore's
-``sign``) with a ``Range`` header, HTTP/1.1, a ``206`` or ``200`` answer with a
+``sign``, botocore's ``generate_presigned_url``), or of a gateway's URL with its
+``Authorization`` header (data/gatewayclient.py), with a ``Range`` header, HTTP/1.1, a ``206`` or ``200`` answer with a
 ``Content-Length`` (a chunked answer is :class:`Unsupported`: the caller falls
 back to the streamed read). Kept-alive connections are reused, per (host,
 port), up to ``KEEP`` idle ones; https is wrapped with the default TLS context.
@@ -29,19 +30,26 @@ Cancellation: a blocked ``recv`` cannot be interrupted from the event loop,
 so :meth:`Reader.read` takes an ``abort`` event; the async caller sets it and
 shuts the socket down (which wakes ``recv``) and then waits for the thread to
 return, so no write from a cancelled read lands after its caller moved on.
+:class:`ThreadedReads` is that async caller, with its own pool of reading
+threads; both backends use it (obstore.py and s3.py sign the URL, each with
+its own library, and hand it here).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
-import ssl
 import threading
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from syncd.errors import NotFound, StoreError, TransientStoreError
+
+if TYPE_CHECKING:
+    import ssl
 
 BUFFER = 256 << 10    # bytes received before the sink is called (measured: 1 MiB cost 2x the sys time, BENCHMARKS.md)
 MAX_HEAD = 64 * 1024
@@ -89,16 +97,20 @@ class Reader:
         self._tls: ssl.SSLContext | None = None
 
     def read(self, url: str, start: int | None, end: int | None, sink: Sink,
-             abort: threading.Event, on_socket: Callable[[socket.socket | None], None]) -> None:
-        """GET ``url`` (bytes [start, end) when given) into ``sink``; ``on_socket`` learns the
-        socket in use (so an abort can shut it down), and None when the read is over."""
+             abort: threading.Event, on_socket: Callable[[socket.socket | None], None],
+             fields: Mapping[str, str] | None = None) -> None:
+        """GET ``url`` (bytes [start, end) when given; ``fields``: more request headers) into
+        ``sink``; ``on_socket`` learns the socket in use (so an abort can shut it down), and None
+        when the read is over."""
         parts = urlsplit(url)
         key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-        target = parts.path + ("?" + parts.query if parts.query else "")
-        headers = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        host = key[1] if parts.port is None else f"{key[1]}:{key[2]}"   # never the URL's userinfo
+        headers = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
         if start is not None or end is not None:
             headers += f"Range: bytes={start or 0}-{'' if end is None else end - 1}\r\n"
-        request = (headers + "\r\n").encode()
+        headers += "".join(f"{name}: {value}\r\n" for name, value in (fields or {}).items())
+        request = (headers + "\r\n").encode("latin-1")
         for attempt in (1, 2):   # a kept connection the server closed meanwhile: once more, on a new one
             conn, reused = self._take(key)
             on_socket(conn.sock)
@@ -192,6 +204,7 @@ class Reader:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 if self._tls is None:
+                    import ssl
                     self._tls = ssl.create_default_context()
                 sock = self._tls.wrap_socket(sock, server_hostname=host)
             sock.settimeout(self.read_timeout)
@@ -225,6 +238,48 @@ class Reader:
             self._buffers.clear()
         for conn in conns:
             conn.close()
+
+
+class ThreadedReads:
+    """:meth:`Reader.read` from the event loop: in a pool of ``threads`` reading threads, stopped
+    (socket shut down, thread waited for) when the caller is cancelled."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, threads: int) -> None:
+        self.reader = Reader(connect_timeout, read_timeout)
+        self.threads = max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def read(self, url: str, start: int | None, end: int | None, sink: Sink,
+                   fields: Mapping[str, str] | None = None) -> None:
+        """GET the signed ``url`` (bytes [start, end) when given) into ``sink``; raises as the
+        backends' ``get`` do, and :class:`Unsupported` for an answer the reader does not take;
+        whatever ``sink`` raises, as it is."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="syncd-read")
+        abort = threading.Event()
+        current: list[socket.socket | None] = [None]
+
+        def track(sock: socket.socket | None) -> None:
+            current[0] = sock
+
+        task = asyncio.get_running_loop().run_in_executor(
+            self._pool, self.reader.read, url, start, end, sink, abort, track, fields)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            abort.set()
+            sock = current[0]
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)   # wakes a blocked recv
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+
+    def close(self) -> None:
+        self.reader.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
 
 class _Stale(Exception):

@@ -39,6 +39,12 @@ would cost as much CPU again.
 
 ``get_stream`` is the streaming variant of ``get`` (see store.open_stream):
 the gateway uses it to hand bytes on to waiting readers as they arrive.
+
+Large reads skip aiohttp's body stream (which hands Python a new ``bytes`` per
+piece): :meth:`S3Store.read_into` pre-signs the GET with botocore (SigV4 query
+signing: the credentials and signature stay botocore's) and receives the body on
+a blocking socket in a worker thread straight into the caller's sink, as the
+obstore backend does (store/rangeread.py).
 """
 
 from __future__ import annotations
@@ -61,11 +67,13 @@ from aiobotocore.session import get_session
 from syncd.config import Config
 from syncd.errors import AccessDenied, ConfigError, NotFound, PreconditionFailed, StoreError, TransientStoreError
 from syncd.store.base import Blob, BlobStream, ObjectInfo, missing_bucket
+from syncd.store.rangeread import Sink, ThreadedReads
 from syncd.store.reach import check_bucket as check_bucket_of
 
 log = logging.getLogger(__name__)
 STREAM_PIECE = 256 * 1024
 
+SIGNED_FOR = 900             # seconds a pre-signed GET is valid: it is used at once, this is slack for clocks
 MD5_ALWAYS_BELOW = 1 << 20   # bytes: below this every PUT carries Content-MD5 (see above)
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -132,6 +140,7 @@ class S3Store:
         self.bucket = config.bucket
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._reads = ThreadedReads(config.connect_timeout, config.read_timeout, config.max_connections)
 
     @classmethod
     async def open(cls, config: Config, *, check_bucket: bool = True) -> S3Store:
@@ -186,7 +195,21 @@ class S3Store:
                         self.config.s3_endpoint or "AWS S3")
 
     async def close(self) -> None:
+        self._reads.close()
         await self._stack.aclose()
+
+    async def read_into(self, key: str, start: int | None, end: int | None, sink: Sink) -> bool:
+        """GET ``key`` (bytes [start, end) when given) into ``sink`` from a worker thread (rangeread.py).
+
+        Raises as :meth:`get` does, and ``rangeread.Unsupported`` for an answer the direct reader
+        does not take. Cancelled, it stops the read and returns once the thread has."""
+        try:
+            url = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=SIGNED_FOR)
+        except Exception as exc:
+            raise translate(exc, key) from exc
+        await self._reads.read(str(url), start, end, sink)
+        return True
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> Blob:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
