@@ -196,3 +196,37 @@ async def test_a_coalesced_read_is_decoded_and_reported_tree_by_tree(monkeypatch
     assert all(cached for _, cached in seen) and got.keys() == {r.id for r in subtrees}
     assert cold.reads == 2                                   # the root, then all 30 subtrees in one GET
     assert len(engine_trees._batches(sorted(subtrees, key=lambda r: r.offset))) >= 10
+
+
+async def test_a_tampered_tree_in_a_coalesced_read_is_refused_and_none_after_it_is_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch decoding keeps the rejection: the tampered tree is a ManifestError; the trees of the
+    batches before it verified and may be used (reported, cached), it and every tree after it are not."""
+    store, layout = MemoryStore(), Layout("p", "alice")
+    entries: dict[str, Entry] = {}
+    for a in range(30):
+        entries[f"d{a:02d}"] = Entry(f"d{a:02d}", "dir", 0o755, 0)
+        for c in range(40):
+            p = f"d{a:02d}/f{c}"
+            entries[p] = Entry(p, "file", 0o644, 1, 1, (ChunkRef(content_id(p.encode()), 1),))
+    first = Builder(TreeStore(store, layout), "v", None, {})
+    await first.apply(entries)
+    built = await first.finish()
+    await upload_packs(store, layout, "v", built)
+    cold = TreeStore(store, layout)
+    subtrees = sorted((i.tree for i in await cold.get("v", built.root) if i.tree is not None), key=lambda r: r.offset)
+    monkeypatch.setattr(engine_trees, "DECODE_BATCH", 3 * max(r.size for r in subtrees))
+    bad = subtrees[16]
+    key = layout.tree_pack("v", bad.pack)
+    data, _, _ = store.objects[key]
+    last = bad.offset + bad.size - 1                       # the zlib stream's checksum: inflating fails
+    await store.put(key, data[:last] + bytes([data[last] ^ 0xFF]) + data[last + 1:])
+    seen: list[str] = []
+    with pytest.raises(ManifestError, match=bad.id):
+        await cold.get_many("v", subtrees, on_tree=seen.append)
+    batches = engine_trees._batches(subtrees)
+    before = [r.id for b in batches[:next(i for i, b in enumerate(batches) if bad in b)] for r in b]
+    assert seen == before and len(before) >= 9              # the verified batches before the bad one
+    assert all(cold.cached(r.id) is not None for r in subtrees if r.id in before)
+    assert all(cold.cached(r.id) is None for r in subtrees if r.id not in before)
+    assert cold.reads == 2
