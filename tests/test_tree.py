@@ -17,6 +17,7 @@ from syncd.format.layout import Layout
 from syncd.format.manifest import ChunkRef, Entry, Stats, TreeRef
 from syncd.format.tree import TreeItem
 from syncd.store.base import MemoryStore
+from tests.treeutil import stored_wide_volume
 
 ID = "a" * 32
 
@@ -177,25 +178,16 @@ async def test_a_coalesced_read_is_decoded_and_reported_tree_by_tree(monkeypatch
     """One GET for a directory's 30 subtrees; each is in memory, and reported, as its batch is
     decoded, before the read returns (the mount's find lists the first while the rest decode)."""
     store, layout = MemoryStore(), Layout("p", "alice")
-    entries: dict[str, Entry] = {}
-    for a in range(30):
-        entries[f"d{a:02d}"] = Entry(f"d{a:02d}", "dir", 0o755, 0)
-        for c in range(40):
-            p = f"d{a:02d}/f{c}"
-            entries[p] = Entry(p, "file", 0o644, 1, 1, (ChunkRef(content_id(p.encode()), 1),))
-    first = Builder(TreeStore(store, layout), "v", None, {})
-    await first.apply(entries)
-    built = await first.finish()
-    await upload_packs(store, layout, "v", built)
+    root, subtrees = await stored_wide_volume(store, layout)
     cold = TreeStore(store, layout)
-    subtrees = [i.tree for i in await cold.get("v", built.root) if i.tree is not None]
+    await cold.get("v", root)
     monkeypatch.setattr(engine_trees, "DECODE_BATCH", 3 * max(r.size for r in subtrees))   # ~10 batches
     seen: list[tuple[str, bool]] = []
     got = await cold.get_many("v", subtrees, on_tree=lambda tid: seen.append((tid, cold.cached(tid) is not None)))
-    assert [tid for tid, _ in seen] == [r.id for r in sorted(subtrees, key=lambda r: r.offset)]
+    assert [tid for tid, _ in seen] == [r.id for r in subtrees]
     assert all(cached for _, cached in seen) and got.keys() == {r.id for r in subtrees}
     assert cold.reads == 2                                   # the root, then all 30 subtrees in one GET
-    assert len(engine_trees._batches(sorted(subtrees, key=lambda r: r.offset))) >= 10
+    assert len(engine_trees._batches(subtrees)) >= 10
 
 
 async def test_a_tampered_tree_in_a_coalesced_read_is_refused_and_none_after_it_is_kept(
@@ -203,18 +195,9 @@ async def test_a_tampered_tree_in_a_coalesced_read_is_refused_and_none_after_it_
     """Batch decoding keeps the rejection: the tampered tree is a ManifestError; the trees of the
     batches before it verified and may be used (reported, cached), it and every tree after it are not."""
     store, layout = MemoryStore(), Layout("p", "alice")
-    entries: dict[str, Entry] = {}
-    for a in range(30):
-        entries[f"d{a:02d}"] = Entry(f"d{a:02d}", "dir", 0o755, 0)
-        for c in range(40):
-            p = f"d{a:02d}/f{c}"
-            entries[p] = Entry(p, "file", 0o644, 1, 1, (ChunkRef(content_id(p.encode()), 1),))
-    first = Builder(TreeStore(store, layout), "v", None, {})
-    await first.apply(entries)
-    built = await first.finish()
-    await upload_packs(store, layout, "v", built)
+    root, subtrees = await stored_wide_volume(store, layout)
     cold = TreeStore(store, layout)
-    subtrees = sorted((i.tree for i in await cold.get("v", built.root) if i.tree is not None), key=lambda r: r.offset)
+    await cold.get("v", root)
     monkeypatch.setattr(engine_trees, "DECODE_BATCH", 3 * max(r.size for r in subtrees))
     bad = subtrees[16]
     key = layout.tree_pack("v", bad.pack)
