@@ -6,6 +6,7 @@ Run from the repository root::
     python bench/scale.py --full           # 100,000 and 1,000,000 files: the issue 19 table and the growth
     python bench/scale.py --sizes 20000,100000   # chosen sizes (also reports the growth between them)
     python bench/scale.py --tiny           # 300 files; what the test suite runs (seconds)
+    python bench/scale.py --sizes 100000 --find-only --repeat 3   # item 4: find, syncd and restic alternated
 
 For each size it builds the tree once (random bytes, sizes uniform in 0-2 KB,
 files spread evenly over the leaf directories), then measures, each from
@@ -24,6 +25,11 @@ run and taken from ``wait4`` when they exit):
             after a 1-file backup made elsewhere (restic 0.14 rewrites every file);
             ``ls`` of the root; ``find`` in ``restic mount`` (fresh cache)
 
+``--find-only`` commits (and backs up) each size once, then runs the two
+``find`` steps ``--repeat`` times, alternating syncd's lazy mount and ``restic
+mount`` (the first of the pair rotating), each on a fresh mount with a fresh
+cache; the table shows the median run (every run's seconds are in the JSON).
+
 The *real tree* (``--real-tree``, default ``/usr/share``: on Debian about
 56,000 entries, 4,000 symlinks, 14 levels, 0.7 GiB of mixed sizes) is copied
 into the scratch directory (symlinks kept as links) and both tools commit and
@@ -31,8 +37,10 @@ hydrate the copy. Its shape is reported with the figures, since the directory
 differs between machines; syncd leaves out links that point outside the volume
 (reported as ``skipped``), restic keeps them.
 
-Every step has a deadline (``--step-timeout``, default 300 s, and 2 s per
-1,000 files above that): a step that exceeds it is killed and reported as
+Every step has a deadline (``--step-timeout``, default 300 s, plus
+``--per-1000`` seconds, default 5, per 1,000 files of the size: 800 s at
+100,000 files, 5,300 s at 1,000,000, for a first commit that took 213 s at
+100,000 on a loaded machine): a step that exceeds it is killed and reported as
 ``exceeded``, and the steps that need its result are skipped. restic talks to
 the same server with the same access key. Output: a Markdown table on the
 terminal (bench/scalereport.py) and ``<out>/scale.json``; every step records
@@ -42,7 +50,6 @@ the 1-minute load average at its start.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -62,6 +69,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from scalereport import growth, ok, show  # noqa: E402
 
 from syncd.store.devserver import CREDENTIALS, SeaweedServer  # noqa: E402
+from tests.mountutil import fuse_missing  # noqa: E402
 
 BUCKET = "scale"
 MODES = {"tiny": [300], "default": [100_000], "full": [100_000, 1_000_000]}
@@ -77,10 +85,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", help="comma-separated file counts (overrides the mode)")
     p.add_argument("--dirs", type=int, default=100, help="directories per level, two levels (default 100)")
     p.add_argument("--step-timeout", type=float, default=300.0,
-                   help="kill a step after this many seconds (plus 2 s per 1,000 files above 150,000)")
+                   help="kill a step after this many seconds, plus --per-1000 per 1,000 files (default 300)")
+    p.add_argument("--per-1000", type=float, default=5.0,
+                   help="seconds added to a step's deadline per 1,000 files of the size (default 5)")
     p.add_argument("--no-restic", dest="restic", action="store_false", help="measure syncd only")
     p.add_argument("--no-agent", dest="agent", action="store_false", help="skip the agent's steps")
     p.add_argument("--no-find", dest="find", action="store_false", help="skip find in the lazy mounts")
+    p.add_argument("--find-only", action="store_true",
+                   help="only the find steps, syncd and restic alternated --repeat times (no real tree)")
+    p.add_argument("--repeat", type=int, default=3, help="--find-only: fresh mounts per tool (default 3)")
     p.add_argument("--real-tree", type=Path, default=None,
                    help="a directory to copy and measure as the real tree (default /usr/share; not with --tiny)")
     p.add_argument("--no-real-tree", dest="real", action="store_false")
@@ -91,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.counts = [int(s) for s in args.sizes.split(",")] if args.sizes else MODES[args.mode or "default"]
     if args.real_tree is None and args.mode != "tiny":
         args.real_tree = Path("/usr/share")
-    args.real = args.real and args.real_tree is not None
+    args.real = args.real and args.real_tree is not None and not args.find_only
     return args
 
 
@@ -269,14 +282,6 @@ def guard(run: Any, results: int, shape: dict[str, Any] | None = None) -> tuple[
         return tuple(dict(error) for _ in range(results))
 
 
-def fuse_missing() -> str | None:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        return "no FUSE here (/dev/fuse, fusermount3)"
-    if importlib.util.find_spec("pyfuse3") is None:
-        return "pyfuse3 is not installed (pip install -e '.[mount]')"
-    return None
-
-
 def unmount(path: Path) -> None:
     if os.path.ismount(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
@@ -292,7 +297,7 @@ class Bench:
         self.timeout = args.step_timeout
 
     def for_size(self, n: int) -> Bench:
-        self.timeout = self.args.step_timeout + 2 * max(0, n - 150_000) / 1000
+        self.timeout = self.args.step_timeout + self.args.per_1000 * n / 1000
         return self
 
     def syncd_env(self, tag: str) -> dict[str, str]:
@@ -366,7 +371,7 @@ class Bench:
                 return True
             startup = wait_until(answers, time.perf_counter() + 120, "the lazy mount", child)
             cold = self.step(["find", str(mnt)], self.base)
-            warm = self.step(["find", str(mnt)], self.base) if ok(cold) else {"skipped": "cold"}
+            warm: dict[str, Any] = self.step(["find", str(mnt)], self.base) if ok(cold) else {"skipped": "cold"}
             status = control.call_sync(ctl, "status")
             cold.update(entries=cold.pop("stdout", "").count("\n") - 1, mount_startup_s=round(startup, 3),
                         tree_gets=status["tree_reads"], dirs_listed=status["dirs_listed"])
@@ -488,7 +493,7 @@ class Bench:
         try:
             startup = wait_until(top.exists, time.perf_counter() + self.timeout, "restic mount", child)
             cold = self.step(["find", f"{top}/"], self.base)
-            warm = self.step(["find", f"{top}/"], self.base) if ok(cold) else {"skipped": "cold"}
+            warm: dict[str, Any] = self.step(["find", f"{top}/"], self.base) if ok(cold) else {"skipped": "cold"}
             cold.update(entries=cold.pop("stdout", "").count("\n") - 1, mount_startup_s=round(startup, 3))
             warm.pop("stdout", None)
             cold["find_rss_mib"], warm["find_rss_mib"] = cold.get("rss_mib"), warm.get("rss_mib")
@@ -559,6 +564,49 @@ def measure_size(bench: Bench, n: int, work: Path) -> dict[str, Any]:
     return entry
 
 
+def measure_find(bench: Bench, n: int, work: Path) -> dict[str, Any]:
+    """--find-only: commit and back up once, then syncd's and restic's cold and warm ``find``
+    alternated ``--repeat`` times on fresh mounts and caches; each step is its median run."""
+    src, vol = work / f"src-{n}", f"scale-{n}"
+    nbytes = make_tree(src, n, bench.args.dirs)
+    entry: dict[str, Any] = {"bytes": nbytes, "load_before": os.getloadavg(),
+                             "syncd": {"first_commit": bench.cli(bench.syncd_env(f"w-{n}"), "commit", vol, str(src))}}
+    finds = {"syncd": lambda: bench.syncd_find(n, vol)}
+    if bench.args.restic:
+        writer = bench.restic_env(f"w-{n}", str(n))
+        bench.step(["restic", "init"], writer)
+        entry["restic"] = {"first_commit": bench.step(["restic", "backup", "-q", "."], writer, src)}
+        finds["restic"] = lambda: bench.restic_find(n, str(n))
+    shutil.rmtree(src, ignore_errors=True)
+    for tool in finds:
+        entry[tool]["first_commit"].pop("stdout", None)
+    print(json.dumps({tool: entry[tool]["first_commit"] for tool in finds}), flush=True)
+    runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {tool: [] for tool in finds}
+    order = [tool for tool in finds if ok(entry[tool]["first_commit"])]
+    for i in range(bench.args.repeat):
+        for tool in order[i % len(order):] + order[:i % len(order)] if order else []:
+            for tag in ("f", "rf"):                 # a fresh mount's cache and state
+                shutil.rmtree(work / f"{tag}-{n}", ignore_errors=True)
+            runs[tool].append(guard(finds[tool], 2))
+            cold = runs[tool][-1][0]
+            print(f"rep {i + 1}/{bench.args.repeat} {tool}: find cold {cold.get('seconds')} s "
+                  f"({cold.get('entries')} entries), warm {runs[tool][-1][1].get('seconds')} s, "
+                  f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    for tool, pairs in runs.items():
+        for i, step in enumerate(("find_cold", "find_warm")):
+            entry[tool][step] = median_run([pair[i] for pair in pairs])
+    entry["load_after"] = os.getloadavg()
+    return entry
+
+
+def median_run(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose seconds are the median (the lower one of an even count), with every run's seconds."""
+    good = sorted((s for s in steps if ok(s)), key=lambda s: s["seconds"])
+    if not good:
+        return steps[0] if steps else {"skipped": "no run"}
+    return {**good[(len(good) - 1) // 2], "runs_s": [s.get("seconds") for s in steps], "median_of": len(good)}
+
+
 def measure_real(bench: Bench, work: Path) -> dict[str, Any]:
     src = work / "real-src" / bench.args.real_tree.name
     t0 = time.perf_counter()
@@ -589,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         bench = Bench(args, work, server)
         for n in args.counts:
-            results["sizes"][str(n)] = measure_size(bench.for_size(n), n, work)
+            measure = measure_find if args.find_only else measure_size
+            results["sizes"][str(n)] = measure(bench.for_size(n), n, work)
         if args.real:
             results["real"] = measure_real(bench, work)
         results["growth"] = growth(results)

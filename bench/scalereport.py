@@ -29,7 +29,7 @@ YARDSTICK = {"agent_one_file_commit": "one_file_commit", "agent_one_file_rehydra
 
 
 def ok(step: dict[str, Any] | None) -> bool:
-    return bool(step) and not step.get("exceeded") and not step.get("error") and "seconds" in step
+    return step is not None and bool(step) and not step.get("exceeded") and not step.get("error") and "seconds" in step
 
 
 def cell(step: dict[str, Any] | None) -> str:
@@ -73,10 +73,22 @@ def show(results: dict[str, Any]) -> list[str]:
         rss = results["sizes"][n].get("syncd", {}).get("agent_peak_rss_mib")
         row += ["-" if rss is None else f"{rss:.0f} MiB", "", ""]
     lines.append("| " + " | ".join(row) + " |")
+    lines += [""] + [f"load (1-minute average at each step's start), {int(n):,} files: " + loads(results["sizes"][n])
+                     for n in sizes]
     lines += [""] + results.get("growth", [])
     if "real" in results:
         lines += [""] + show_real(results["real"])
     return lines
+
+
+def loads(tools: dict[str, Any]) -> str:
+    """The lowest and highest load average each tool's steps started at."""
+    parts = []
+    for tool in ("syncd", "restic"):
+        seen = [step["load"] for step in tools.get(tool, {}).values() if isinstance(step, dict) and "load" in step]
+        if seen:
+            parts.append(f"{tool} {min(seen):.1f}-{max(seen):.1f}")
+    return ", ".join(parts) or "-"
 
 
 def show_real(real: dict[str, Any]) -> list[str]:
@@ -87,6 +99,7 @@ def show_real(real: dict[str, Any]) -> list[str]:
     for key in ("first_commit", "cold_hydrate"):
         mine, theirs = real.get("syncd", {}).get(key), real.get("restic", {}).get(key)
         lines.append(f"| {STEPS[key]} | {cell(mine)} | {cell(theirs)} | {ratio(mine, theirs)} |")
+    lines.append(f"\nload (1-minute average at each step's start): {loads(real)}")
     left_out = (real.get("syncd", {}).get("first_commit") or {}).get("left_out")
     if left_out:
         lines.append(f"\nsyncd left out {left_out} symlink(s) pointing outside the tree")

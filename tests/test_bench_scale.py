@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.mountutil import fuse_missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +65,18 @@ def test_scale_bench_runs_on_a_tiny_tree(tmp_path: Path) -> None:
     assert commit["left_out"] == 1 and commit["changed"] == 45       # all but the link pointing outside
     assert report["real"]["syncd"]["cold_hydrate"]["entries"] == 45
     assert "| first commit |" in proc.stdout and "real tree" in proc.stdout
+
+
+@pytest.mark.skipif(fuse_missing() is not None, reason=fuse_missing() or "")
+def test_scale_bench_find_only_repeats_the_find_on_fresh_mounts(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--tiny", "--no-restic", "--find-only",
+                           "--repeat", "2", "--out", str(out), "--work", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    syncd = json.loads((out / "scale.json").read_text())["sizes"]["300"]["syncd"]
+    assert set(syncd) == {"first_commit", "find_cold", "find_warm"}
+    cold = syncd["find_cold"]
+    assert cold["entries"] == 300 + 8 + 64 and cold["median_of"] == 2 and len(cold["runs_s"]) == 2
+    assert cold["dirs_listed"] == 1 + 8 + 64                 # a fresh mount each time: every directory listed
+    assert "| `find`, lazy mount, cold |" in proc.stdout
