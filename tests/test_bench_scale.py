@@ -75,7 +75,7 @@ def test_scale_bench_find_only_repeats_the_find_on_fresh_mounts(tmp_path: Path) 
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     syncd = json.loads((out / "scale.json").read_text())["sizes"]["300"]["syncd"]
-    assert set(syncd) == {"first_commit", "find_cold", "find_warm"}
+    assert set(syncd) == {"seed", "find_cold", "find_warm"} and "seconds" in syncd["seed"]
     cold = syncd["find_cold"]
     assert cold["entries"] == 300 + 8 + 64 and cold["median_of"] == 2 and len(cold["runs_s"]) == 2
     assert cold["dirs_listed"] == 1 + 8 + 64                 # a fresh mount each time: every directory listed
