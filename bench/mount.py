@@ -34,6 +34,7 @@ as skipped. Modes alternate in one process; results are JSON.
     python bench/mount.py --size 2G --entries 100000
     python bench/mount.py --find-only --entries 100000   # the find part alone (tree GETs counted)
     python bench/mount.py --find-only --repeat 3 --profile find.txt   # cold and warm, medians, py-spy
+    SYNCD_S3_ENDPOINT=... python bench/mount.py --find-only --prefix find100k   # seed once, then reuse
 
 It starts its own SeaweedFS (with identities) unless SYNCD_S3_ENDPOINT is set.
 """
@@ -100,6 +101,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def seed(config: Config, scratch: Path, size: int, entries: int) -> None:
+    if not size:      # --find-only on a kept prefix (--prefix) that holds the many-entry volume: no new seed
+        async with open_engine(config) as engine:
+            if await engine.repo.exists("many") and (await engine.repo.head("many")).snapshot is not None:
+                return
     big, many = scratch / "big", scratch / "many"
     big.mkdir()
     with open(big / "large.bin", "wb") as f:
@@ -112,9 +117,13 @@ async def seed(config: Config, scratch: Path, size: int, entries: int) -> None:
             d.mkdir(parents=True)
         (d / f"f{i:06d}").write_bytes(b"x" * 64)
     async with open_engine(config) as engine:
-        await commit(engine, "big", big)
+        # The top-level entries as the change list: one scan of the new tree, without the CLI's
+        # first-commit walk (quadratic on this main in local/changes.py overlay_sync; the seed
+        # is not what this bench measures).
+        if size:
+            await commit(engine, "big", big, changed=["large.bin"])
         if entries:
-            await commit(engine, "many", many)
+            await commit(engine, "many", many, changed=sorted(p.name for p in many.iterdir()))
 
 
 def mount(config: Config, volume: str, path: Path) -> tuple[MountProcess, float]:
@@ -197,16 +206,19 @@ def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | No
         spy = None
         try:
             at_mount = m.call("status")["tree_reads"]
-            if profile is not None and i == 0 and m.proc is not None:
-                spy = pyspy.record(m.proc.pid, profile)
-            t = time.perf_counter()
+            assert m.proc is not None
+            pid = m.proc.pid
+            if profile is not None and i == 0:
+                spy = pyspy.record(pid, profile)
+            t, cpu = time.perf_counter(), process_cpu_seconds(pid)
             found = subprocess.run(["find", str(m.path)], capture_output=True, check=True).stdout.count(b"\n")
-            cold = time.perf_counter() - t
+            cold, cold_cpu = time.perf_counter() - t, process_cpu_seconds(pid) - cpu
             status = m.call("status")
             t = time.perf_counter()
             subprocess.run(["find", str(m.path)], capture_output=True, check=True)
             warm = time.perf_counter() - t
             runs.append({"entries_listed": found, "cold_s": round(cold, 3), "warm_s": round(warm, 3),
+                         "cold_mount_cpu_s": round(cold_cpu, 3),
                          "mount_startup_s": round(startup, 3), "data_gets": m.data_gets(),
                          "tree_gets_at_mount": at_mount, "tree_gets": status["tree_reads"],
                          "dirs_listed": status["dirs_listed"]})
@@ -215,6 +227,7 @@ def find_many(config: Config, scratch: Path, repeat: int = 1, profile: Path | No
                 pyspy.stop(spy)
             m.stop()
     out: dict[str, Any] = {"cold_s_median": statistics.median(r["cold_s"] for r in runs),
+                           "cold_mount_cpu_s_median": statistics.median(r["cold_mount_cpu_s"] for r in runs),
                            "warm_s_median": statistics.median(r["warm_s"] for r in runs), "runs": runs}
     if profile is not None and profile.exists():
         out["profile"] = str(profile)
@@ -367,7 +380,7 @@ def _brief(row: dict[str, Any]) -> str:
 
 def bench(args: argparse.Namespace, endpoint: str, scratch: Path) -> dict[str, Any]:
     size = parse_size(args.size)
-    config = Config(s3_endpoint=endpoint, bucket="syncd-bench", prefix=f"mount-{uuid.uuid4().hex[:8]}",
+    config = Config(s3_endpoint=endpoint, bucket="syncd-bench", prefix=args.prefix or f"mount-{uuid.uuid4().hex[:8]}",
                     owner="bench", cache_dir=scratch / "seed-cache", state_dir=scratch / "seed-state")
     asyncio.run(seed(config, scratch, 0 if args.find_only else size, 0 if args.seq_only else args.entries))
     result: dict[str, Any] = {"size_bytes": size, "entries": args.entries, "load_before": _load()}
@@ -410,6 +423,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="find: this many fresh mounts (medians)")
     p.add_argument("--profile", default=None,
                    help="py-spy raw profile (of the first cold find with --find-only, else of the first cold cp)")
+    p.add_argument("--prefix", default=None,
+                   help="find: the store prefix to use, seeded only if it has no 'many' volume yet (with "
+                        "SYNCD_S3_ENDPOINT set, repeated profiling runs skip the seed)")
     p.add_argument("--reps", type=int, default=3, help="alternated repetitions of the sequential comparison")
     p.add_argument("--seq-only", action="store_true",
                    help="only the sequential and random-read comparison (syncd, JuiceFS, eager, local)")

@@ -206,3 +206,19 @@ async def test_a_mount_through_a_gateway_reads_nothing_from_the_store(engine: En
             text = resp.read().decode()
         assert metric(text, "syncd_gateway_cache_misses_total", kind="trees") == TREES
         assert m.stop() == 0
+
+
+async def test_names_and_link_targets_that_are_not_utf8_list_through_the_mount(
+        engine: Engine, config: Config, tmp_path: Path, mounts: list[MountProcess]) -> None:
+    source = tmp_path / "source"
+    (source / "dir").mkdir(parents=True)
+    (source / "dir" / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"latin-1 name\n")
+    os.symlink(b"caf\xe9.txt", os.fsencode(source / "dir" / "link"))      # a target that is not UTF-8
+    await commit(engine, "bytes", source)
+    m = start(mounts, worker_config(config, tmp_path, "w2"), "bytes", tmp_path / "mnt")
+    listed = subprocess.run(["ls", "-1", os.fsencode(m.path / "dir")], capture_output=True, timeout=60)
+    assert listed.returncode == 0 and sorted(listed.stdout.split()) == [b"caf\xe9.txt", b"link"]
+    link = os.fsencode(m.path / "dir" / "link")
+    assert os.readlink(link) == b"caf\xe9.txt" and os.lstat(link).st_size == len(b"caf\xe9.txt")
+    assert (m.path / "dir" / "link").read_bytes() == b"latin-1 name\n"
+    assert m.stop() == 0

@@ -8,6 +8,7 @@ import zlib
 
 import pytest
 
+from syncd.engine import trees as engine_trees
 from syncd.engine.trees import Builder, TreeStore, diff_trees, upload_packs
 from syncd.errors import ManifestError
 from syncd.format import manifest, tree
@@ -16,6 +17,7 @@ from syncd.format.layout import Layout
 from syncd.format.manifest import ChunkRef, Entry, Stats, TreeRef
 from syncd.format.tree import TreeItem
 from syncd.store.base import MemoryStore
+from tests.treeutil import stored_wide_volume
 
 ID = "a" * 32
 
@@ -170,3 +172,44 @@ async def test_builder_follows_apply_merge_rules() -> None:
     expected = manifest.apply(theirs, changes, base)
     assert sorted(merged) == sorted(expected) == ["a", "a/y", "b", "b/inner", "c"]
     assert merged["c"].kind == "file" and merged["b"].kind == "dir"
+
+
+async def test_a_coalesced_read_is_decoded_and_reported_tree_by_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One GET for a directory's 30 subtrees; each is in memory, and reported, as its batch is
+    decoded, before the read returns (the mount's find lists the first while the rest decode)."""
+    store, layout = MemoryStore(), Layout("p", "alice")
+    root, subtrees = await stored_wide_volume(store, layout)
+    cold = TreeStore(store, layout)
+    await cold.get("v", root)
+    monkeypatch.setattr(engine_trees, "DECODE_BATCH", 3 * max(r.size for r in subtrees))   # ~10 batches
+    seen: list[tuple[str, bool]] = []
+    got = await cold.get_many("v", subtrees, on_tree=lambda tid: seen.append((tid, cold.cached(tid) is not None)))
+    assert [tid for tid, _ in seen] == [r.id for r in subtrees]
+    assert all(cached for _, cached in seen) and got.keys() == {r.id for r in subtrees}
+    assert cold.reads == 2                                   # the root, then all 30 subtrees in one GET
+    assert len(engine_trees._batches(subtrees)) >= 10
+
+
+async def test_a_tampered_tree_in_a_coalesced_read_is_refused_and_none_after_it_is_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch decoding keeps the rejection: the tampered tree is a ManifestError; the trees of the
+    batches before it verified and may be used (reported, cached), it and every tree after it are not."""
+    store, layout = MemoryStore(), Layout("p", "alice")
+    root, subtrees = await stored_wide_volume(store, layout)
+    cold = TreeStore(store, layout)
+    await cold.get("v", root)
+    monkeypatch.setattr(engine_trees, "DECODE_BATCH", 3 * max(r.size for r in subtrees))
+    bad = subtrees[16]
+    key = layout.tree_pack("v", bad.pack)
+    data, _, _ = store.objects[key]
+    last = bad.offset + bad.size - 1                       # the zlib stream's checksum: inflating fails
+    await store.put(key, data[:last] + bytes([data[last] ^ 0xFF]) + data[last + 1:])
+    seen: list[str] = []
+    with pytest.raises(ManifestError, match=bad.id):
+        await cold.get_many("v", subtrees, on_tree=seen.append)
+    batches = engine_trees._batches(subtrees)
+    before = [r.id for b in batches[:next(i for i, b in enumerate(batches) if bad in b)] for r in b]
+    assert seen == before and len(before) >= 9              # the verified batches before the bad one
+    assert all(cold.cached(r.id) is not None for r in subtrees if r.id in before)
+    assert all(cold.cached(r.id) is None for r in subtrees if r.id not in before)
+    assert cold.reads == 2

@@ -6,6 +6,12 @@ import os
 import stat
 from pathlib import Path
 
+from syncd.engine.trees import Builder, TreeStore, upload_packs
+from syncd.format.chunking import content_id
+from syncd.format.layout import Layout
+from syncd.format.manifest import ChunkRef, Entry, TreeRef
+from syncd.store.base import MemoryStore
+
 
 def make_tree(root: Path, *, small_files: int = 50, large_size: int = 3 * 1024 * 1024 + 17) -> None:
     root.mkdir(parents=True, exist_ok=True)
@@ -22,6 +28,24 @@ def make_tree(root: Path, *, small_files: int = 50, large_size: int = 3 * 1024 *
     script.chmod(0o755)
     (root / "link-to-big").symlink_to("models/big.bin")
     (root / "data" / "up").symlink_to("../models")
+
+
+async def stored_wide_volume(store: MemoryStore, layout: Layout, volume: str = "v", dirs: int = 30,
+                             files: int = 40) -> tuple[TreeRef, list[TreeRef]]:
+    """A committed tree of ``dirs`` directories d<NN> of ``files`` one-byte files each, its packs in
+    ``store``: the root's ref and the subdirectories' refs in pack order (one coalesced read)."""
+    entries: dict[str, Entry] = {}
+    for a in range(dirs):
+        entries[f"d{a:02d}"] = Entry(f"d{a:02d}", "dir", 0o755, 0)
+        for c in range(files):
+            p = f"d{a:02d}/f{c}"
+            entries[p] = Entry(p, "file", 0o644, 1, 1, (ChunkRef(content_id(p.encode()), 1),))
+    builder = Builder(TreeStore(store, layout), volume, None, {})
+    await builder.apply(entries)
+    built = await builder.finish()
+    await upload_packs(store, layout, volume, built)
+    items = await TreeStore(store, layout).get(volume, built.root)
+    return built.root, sorted((i.tree for i in items if i.tree is not None), key=lambda r: r.offset)
 
 
 def make_wide(root: Path, top: int, mid: int, leaf: int) -> None:

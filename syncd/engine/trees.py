@@ -53,6 +53,7 @@ CACHE_ITEMS = 65_536     # decoded tree items kept in memory (~640 bytes each: ~
 PACK_SIZE = 8 << 20
 READERS = 8
 WALK_BATCH = 256          # trees a streaming walk asks for at once (their GETs coalesce)
+DECODE_BATCH = 256 << 10         # stored tree bytes decoded per worker-thread job (then remembered)
 
 
 class TreePool(Protocol):
@@ -111,8 +112,14 @@ class TreeStore:
     async def get(self, volume: str, ref: TreeRef) -> list[TreeItem]:
         return (await self.get_many(volume, [ref]))[ref.id]
 
-    async def get_many(self, volume: str, refs: list[TreeRef]) -> dict[str, list[TreeItem]]:
-        """Every tree of ``refs``, from the cache or with coalesced ranged GETs."""
+    async def get_many(self, volume: str, refs: list[TreeRef],
+                       on_tree: Callable[[str], None] | None = None) -> dict[str, list[TreeItem]]:
+        """Every tree of ``refs``, from the cache or with coalesced ranged GETs.
+
+        A ranged read is decoded in batches of up to ``DECODE_BATCH`` stored bytes, each
+        tree remembered (and ``on_tree(id)`` called) as its batch is done: a mount's
+        prefetch of a hundred subdirectories lets ``find`` into the first ones while the
+        others are still being decoded (listing.py)."""
         out: dict[str, list[TreeItem]] = {}
         missing: dict[str, TreeRef] = {}
         for ref in refs:
@@ -141,11 +148,9 @@ class TreeStore:
             async with limit:
                 pooled = None if self.pool is None else await self.pool.fetch_trees(volume, run[0].pack, run)
             if pooled is not None:  # verified canonical bytes: parse only
-                for ref, items in await asyncio.to_thread(lambda: [(r, parse_tree(pooled[r.id], r.id))
-                                                                   for r in run]):
-                    self.remember(ref.id, items)
-                    out[ref.id] = items
-                    fetched[ref.id] = pooled[ref.id]
+                for batch in _batches(run):
+                    for ref, items in await asyncio.to_thread(_parse_all, pooled, batch):
+                        done(ref, pooled[ref.id], items)
                 return
             async with limit:
                 key = self.layout.tree_pack(volume, run[0].pack)
@@ -157,10 +162,16 @@ class TreeStore:
             if len(blob.data) != end - start:
                 raise ManifestError(f"volume {volume!r}: tree pack {run[0].pack} is shorter than "
                                     f"its references (bytes {start}..{end})")
-            for ref, data, items in await asyncio.to_thread(_decode_run, blob.data, start, run):
-                self.remember(ref.id, items)
-                out[ref.id] = items
-                fetched[ref.id] = data
+            for batch in _batches(run):
+                for ref, data, items in await asyncio.to_thread(_decode_run, blob.data, start, batch):
+                    done(ref, data, items)
+
+        def done(ref: TreeRef, data: bytes, items: list[TreeItem]) -> None:
+            self.remember(ref.id, items)
+            out[ref.id] = items
+            fetched[ref.id] = data
+            if on_tree is not None:
+                on_tree(ref.id)
 
         await asyncio.gather(*(read(run) for run in reads))
         if fetched and self.disk is not None:
@@ -283,6 +294,23 @@ def _runs(refs: list[TreeRef]) -> list[list[TreeRef]]:
         runs.append([ref])
         start, end = ref.offset, ref.offset + ref.size
     return runs
+
+
+def _batches(run: list[TreeRef]) -> list[list[TreeRef]]:
+    """``run`` cut into consecutive batches of at most DECODE_BATCH stored bytes (one tree at least)."""
+    out: list[list[TreeRef]] = []
+    size = DECODE_BATCH
+    for ref in run:
+        if size + ref.size > DECODE_BATCH:
+            out.append([])
+            size = 0
+        out[-1].append(ref)
+        size += ref.size
+    return out
+
+
+def _parse_all(canonical: dict[str, bytes], refs: list[TreeRef]) -> list[tuple[TreeRef, list[TreeItem]]]:
+    return [(r, parse_tree(canonical[r.id], r.id)) for r in refs]
 
 
 def _decode_run(data: bytes, start: int, run: list[TreeRef]) -> list[tuple[TreeRef, bytes, list[TreeItem]]]:

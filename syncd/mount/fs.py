@@ -50,6 +50,9 @@ async def _guard(call: Callable[[], Awaitable[T]]) -> T:
     except SyncdError as exc:
         log.warning("mount request failed: %s: %s", type(exc).__name__, exc)
         raise pyfuse3.FUSEError(errno.EIO) from exc
+    except Exception as exc:         # a bug: EIO and its traceback, never a request left unanswered
+        log.exception("mount request failed unexpectedly")
+        raise pyfuse3.FUSEError(errno.EIO) from exc
 
 
 def _name(raw: bytes) -> str:

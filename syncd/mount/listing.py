@@ -3,7 +3,10 @@
 The inode table (tree.py) never walks a snapshot itself: it asks a
 ``Listing`` for the children of one directory when the kernel first looks
 inside it (tree.py loads each directory once, single-flight), and for one
-entry by path.
+entry by path. A directory's entries come back named by their bare names
+(``entry.path`` is the name): on v2 they are the decoded tree's own entries,
+shared with the tree cache, not copies made under their full paths (a cold
+``find`` makes one object per entry, its inode).
 
 :class:`TreeListing` is the listing a mount uses. On a format-2 snapshot it
 asks ``VolumeRepo.list_dir`` for one directory, which reads only the trees on
@@ -23,61 +26,55 @@ commit sit side by side in one tree pack), up to ``PREFETCH_BYTES`` of
 stored trees per directory. A later listing of one of them waits for that
 read instead of issuing its own GET, so ``find`` costs about one GET per
 directory that has subdirectories, and ``stat`` of one file still costs one
-GET per level (each level's read was already under way). A failed prefetch
-is only logged: the listing that needs the tree reads it itself.
-
-``siblings(path)`` answers from the directory listings already made (the
-last ``REMEMBERED`` directories): the entries beside ``path``, or nothing if
-its directory was not listed lately. It never reads a tree.
+GET per level (each level's read was already under way). It waits only until
+its own tree is decoded (the store decodes a read batch by batch and says
+which trees are done), so ``find`` lists the first subdirectories, and the
+kernel takes their entries in, while the later ones are still being decoded.
+A failed prefetch is only logged: the listing that needs the tree reads it
+itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import posixpath
-from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from syncd.engine.volumes import VolumeRepo
 from syncd.errors import SyncdError
 from syncd.format.manifest import Entry, TreeRef
-from syncd.format.tree import with_path
 
 log = logging.getLogger(__name__)
-REMEMBERED = 64
 PREFETCH_BYTES = 4 << 20
 
 
 class Listing(Protocol):
     async def list_dir(self, path: str) -> list[Entry]:
-        """The entries directly inside directory ``path`` ('' is the root)."""
+        """The entries directly inside directory ``path`` ('' is the root), by bare name."""
         ...
 
-    async def lookup(self, path: str) -> Entry | None: ...
-
-    def siblings(self, path: str) -> list[Entry]: ...
+    async def lookup(self, path: str) -> Entry | None:
+        """The entry at full path ``path`` (under that path)."""
+        ...
 
 
 class SnapshotListing:
-    """A v1 snapshot's entries, grouped by directory."""
+    """A v1 snapshot's entries, grouped by directory (by bare name) once."""
 
     def __init__(self, entries: Mapping[str, Entry]) -> None:
         self.entries = entries
         self._dirs: dict[str, list[Entry]] = {}
         for path in sorted(entries):
-            self._dirs.setdefault(posixpath.dirname(path), []).append(entries[path])
+            parent, _, name = path.rpartition("/")
+            self._dirs.setdefault(parent, []).append(replace(entries[path], path=name))
 
     async def list_dir(self, path: str) -> list[Entry]:
         return list(self._dirs.get(path, ()))
 
     async def lookup(self, path: str) -> Entry | None:
         return self.entries.get(path)
-
-    def siblings(self, path: str) -> list[Entry]:
-        """Entries of the directory that holds ``path`` (for fetching a pack's small files together)."""
-        return self._dirs.get(posixpath.dirname(path), [])
 
 
 class TreeListing:
@@ -88,8 +85,8 @@ class TreeListing:
         self.repo, self.volume, self.snapshot_id = repo, volume, snapshot_id
         self._flat = flat                   # format 1: the whole snapshot, indexed once
         self._refs: dict[str, TreeRef] = {} if root is None else {"": root}   # dir path -> its tree
-        self._reading: dict[str, asyncio.Task[None]] = {}                    # tree id -> prefetch
-        self._recent: OrderedDict[str, list[Entry]] = OrderedDict()
+        self._reading: dict[str, asyncio.Future[None]] = {}    # tree id -> done once it is decoded
+        self._tasks: set[asyncio.Task[None]] = set()               # prefetches under way
         self.dirs_listed = 0                # list_dir calls answered from trees (tests, status)
 
     @classmethod
@@ -117,13 +114,9 @@ class TreeListing:
             await asyncio.shield(reading)
         items = await self.repo.trees.get(self.volume, ref)
         self.dirs_listed += 1
-        self._prefetch(path, [(with_path(i, path).path, i.tree) for i in items if i.tree is not None])
-        entries = [with_path(i, path) for i in items]
-        self._recent[path] = entries
-        self._recent.move_to_end(path)
-        while len(self._recent) > REMEMBERED:
-            self._recent.popitem(last=False)
-        return list(entries)
+        self._prefetch(path, [(f"{path}/{i.entry.path}" if path else i.entry.path, i.tree)
+                              for i in items if i.tree is not None])
+        return [i.entry for i in items]
 
     def _prefetch(self, path: str, subdirs: list[tuple[str, TreeRef]]) -> None:
         """Start one background read of the subdirectories' trees not in memory yet."""
@@ -137,16 +130,27 @@ class TreeListing:
         if not wanted:
             return
 
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Future[None]] = {ref.id: loop.create_future() for ref in wanted}
+
+        def decoded(tree_id: str) -> None:      # this one is in the tree cache: its listing may go on
+            future = waiting.pop(tree_id, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+            self._reading.pop(tree_id, None)
+
         async def read() -> None:
             try:
-                await self.repo.trees.get_many(self.volume, wanted)
+                await self.repo.trees.get_many(self.volume, wanted, on_tree=decoded)
             except SyncdError as exc:       # the listing that needs one of them reads it again
                 log.debug("prefetch of the trees below %r failed: %s", path, exc)
+            finally:
+                for tree_id in list(waiting):
+                    decoded(tree_id)
 
-        task = asyncio.ensure_future(read())
-        for ref in wanted:
-            self._reading[ref.id] = task
-        task.add_done_callback(lambda _: [self._reading.pop(r.id, None) for r in wanted])
+        self._reading.update(waiting)
+        self._tasks.add(task := asyncio.ensure_future(read()))
+        task.add_done_callback(self._tasks.discard)
 
     async def lookup(self, path: str) -> Entry | None:
         if self._flat is not None:
@@ -154,9 +158,3 @@ class TreeListing:
         if self.snapshot_id is None or not path.strip("/"):
             return None
         return await self.repo.lookup(self.volume, self.snapshot_id, path)
-
-    def siblings(self, path: str) -> list[Entry]:
-        if self._flat is not None:
-            return self._flat.siblings(path)
-        return self._recent.get(posixpath.dirname(path), [])
-

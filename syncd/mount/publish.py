@@ -61,7 +61,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from syncd.data.chunkread import StreamCutter
 from syncd.data.upload import Uploader
@@ -73,7 +73,7 @@ from syncd.format.layout import object_key
 from syncd.format.manifest import Changes, ChunkRef, Entry, diff, escaping_symlinks
 from syncd.mount.data import Data
 from syncd.mount.listing import TreeListing
-from syncd.mount.tree import Node, Tree
+from syncd.mount.tree import Fresh, Node, Tree
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 30
@@ -116,7 +116,7 @@ class Publisher:
             self.last_commit_at = time.time()
         return result
 
-    async def _walk(self) -> tuple[list[tuple[str, Node]], dict[str, Entry], set[str], list[tuple[Node, Entry]]]:
+    async def _walk(self) -> tuple[list[tuple[str, Node]], dict[str, Entry], set[str], list[Fresh]]:
         """The walked nodes, the base of their paths, the paths of directories not entered,
         and the listed nodes taken into that base (given back if the commit fails)."""
         skipped: set[str] = set()
@@ -131,14 +131,17 @@ class Publisher:
         walked = {id(node) for _, node in nodes}
         fresh, self.tree.fresh = self.tree.fresh, []
         base = dict(self.base)
-        used: list[tuple[Node, Entry]] = []
-        later: list[tuple[Node, Entry]] = []
-        for node, entry in fresh:
+        used: list[Fresh] = []
+        later: list[Fresh] = []
+        for listed in fresh:
+            node, lower, entry = listed          # entry.path is its bare name in directory ``lower``
             if id(node) in walked or not node.attached:
-                base.setdefault(entry.path, entry)
-                used.append((node, entry))
+                path = f"{lower}/{entry.path}" if lower else entry.path
+                if path not in base:
+                    base[path] = replace(entry, path=path)
+                used.append(listed)
             else:
-                later.append((node, entry))
+                later.append(listed)
         self.tree.fresh[:0] = later
         return nodes, base, skipped, used
 

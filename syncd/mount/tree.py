@@ -9,8 +9,16 @@ listed keeps ``lower_path``, the place in the snapshot its children come from,
 so renaming a large unlisted tree is one dict operation. A directory is
 listed once however many requests ask at once (one in-flight load per
 directory), and every node made from a listing is noted in ``fresh`` with the
-entry it came from: publish.py's base for the next commit (what the snapshot
-had there).
+entry it came from and the snapshot directory it was listed in: publish.py's
+base for the next commit (what the snapshot had there). A read-only mount
+never commits, so it keeps no ``fresh`` (``keep_fresh`` False).
+
+Listing a directory is the cold ``find``'s inner loop, once per entry, so it
+makes one object per entry and nothing else: the listing hands over the
+snapshot's own entries, named by their bare names (no copy under the full
+path), and the node is built with one positional call; the full path of an
+entry is made only where one is needed (a subdirectory's ``lower_path``, a
+commit's base, a rebase's lookup of the old node).
 
 File nodes carry their content as ``chunks`` (the snapshot's references) plus,
 once written, an upper-layer file (data.py decides which byte comes from
@@ -28,11 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import posixpath
+import os
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from syncd.format.manifest import ChunkRef, Entry, Kind
 from syncd.mount.listing import Listing
@@ -46,8 +54,9 @@ class FsError(Exception):
         self.errno = code
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
+    # Tree._load builds nodes with positional arguments: a new field goes after ``lower_limit``
     ino: int
     kind: Kind
     mode: int                        # permission bits only
@@ -62,23 +71,33 @@ class Node:
     ctime_ns: int = 0
     upper: bool = False              # data.py keeps an upper-layer file for this node
     lower_limit: int = 0             # bytes below this may still come from ``chunks``
-    present: set[int] = field(default_factory=set)   # chunk indexes copied into the upper file
+    copied: set[int] | None = None   # ``present``, made on first use: most nodes are never written
     version: int = 0
     committed: tuple[int, Entry] | None = None       # (version, entry) published last
     lookups: int = 0
     opens: int = 0
     attached: bool = True
 
+    @property
+    def present(self) -> set[int]:
+        """Indexes of the chunks copied into the upper file."""
+        if self.copied is None:
+            self.copied = set()
+        return self.copied
+
     def st_mode(self) -> int:
-        kind = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}[self.kind]
-        return kind | (self.mode & 0o7777)
+        return _S_IF[self.kind] | (self.mode & 0o7777)
 
     def touch(self) -> None:
         self.mtime_ns = self.ctime_ns = time.time_ns()
 
 
+_S_IF = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+Fresh = tuple[Node, str, Entry]     # a listed node, the snapshot directory it was listed in, its entry
+
+
 class Tree:
-    def __init__(self, listing: Listing, root_mode: int = 0o755) -> None:
+    def __init__(self, listing: Listing, root_mode: int = 0o755, keep_fresh: bool = True) -> None:
         self.listing = listing
         self.inodes: dict[int, Node] = {}
         self._next = ROOT_INODE
@@ -88,22 +107,14 @@ class Tree:
         self._reuse: dict[str, Node] = {}   # during rebase: the old nodes by path
         self._loading: dict[int, asyncio.Future[dict[str, Node]]] = {}
         # nodes loaded from the listing since publish.py last looked, with the entry they came from
-        self.fresh: list[tuple[Node, Entry]] = []
+        self.keep_fresh = keep_fresh
+        self.fresh: list[Fresh] = []
 
     def _new(self, kind: Kind, mode: int, mtime_ns: int, **kw: object) -> Node:
         node = Node(self._next, kind, mode, mtime_ns, ctime_ns=mtime_ns, **kw)  # type: ignore[arg-type]
         self._next += 1
         self.inodes[node.ino] = node
         return node
-
-    def from_entry(self, entry: Entry) -> Node:
-        if entry.kind == "dir":
-            return self._new("dir", entry.mode, entry.mtime_ns, lower_path=entry.path)
-        if entry.kind == "symlink":
-            return self._new("symlink", entry.mode, entry.mtime_ns, target=entry.target,
-                             size=len((entry.target or "").encode()))
-        return self._new("file", entry.mode, entry.mtime_ns, size=entry.size, chunks=entry.chunks,
-                         lower_limit=entry.size)
 
     def get(self, ino: int) -> Node:
         node = self.inodes.get(ino)
@@ -134,20 +145,39 @@ class Tree:
     async def _load(self, node: Node) -> dict[str, Node]:
         while True:
             listing = self.listing
-            entries = await listing.list_dir(node.lower_path or "")
+            lower = node.lower_path or ""
+            entries = await listing.list_dir(lower)
             if node.children is not None:
                 return node.children
             if listing is self.listing:     # else a rebase moved to another snapshot meanwhile
                 break
         loaded: dict[str, Node] = {}
-        for entry in entries:
-            child = self._reused(entry) or self.from_entry(entry)
-            child.name, child.parent = posixpath.basename(entry.path), node
-            loaded[child.name] = child
-            if node.attached:
-                self.fresh.append((child, entry))
-            else:                           # listed after it left the namespace (a rebase)
+        reuse, inodes, attached = self._reuse, self.inodes, node.attached
+        fresh = self.fresh if self.keep_fresh and attached else None
+        ino = self._next
+        for entry in entries:            # entry.path is the bare name (listing.py)
+            name, kind = entry.path, entry.kind
+            child = self._reused(f"{lower}/{name}" if lower else name, entry) if reuse else None
+            if child is None:
+                if kind == "file":
+                    child = Node(ino, kind, entry.mode, entry.mtime_ns, name, node, entry.size, None, entry.chunks,
+                                 None, None, entry.mtime_ns, False, entry.size)
+                elif kind == "dir":
+                    child = Node(ino, kind, entry.mode, entry.mtime_ns, name, node, 0, None, (),
+                                 f"{lower}/{name}" if lower else name, None, entry.mtime_ns)
+                else:
+                    child = Node(ino, kind, entry.mode, entry.mtime_ns, name, node, len(os.fsencode(entry.target or "")),
+                                 entry.target, (), None, None, entry.mtime_ns)
+                inodes[ino] = child
+                ino += 1
+            else:
+                child.name, child.parent = name, node
+            loaded[name] = child
+            if fresh is not None:
+                fresh.append((child, lower, entry))
+            elif not attached:              # listed after it left the namespace (a rebase)
                 child.attached = False
+        self._next = ino
         node.children = loaded
         return loaded
 
@@ -165,7 +195,7 @@ class Tree:
         if kind == "dir":
             node = self._new("dir", mode, now, children={})
         elif kind == "symlink":
-            node = self._new("symlink", 0o777, now, target=target, size=len((target or "").encode()))
+            node = self._new("symlink", 0o777, now, target=target, size=len(os.fsencode(target or "")))
         else:
             node = self._new("file", mode, now, upper=False)
         node.name, node.parent = name, parent
@@ -214,13 +244,14 @@ class Tree:
         self.changes += 1
         return list(left.values())
 
-    def _reused(self, entry: Entry) -> Node | None:
-        node = self._reuse.get(entry.path)
+    def _reused(self, path: str, entry: Entry) -> Node | None:
+        """The old node at ``path`` if its content is ``entry``'s (a rebase), updated to it."""
+        node = self._reuse.get(path)
         if node is None or node.kind != entry.kind:
             return None
         if entry.kind == "file":
             if node.upper and node.committed is not None and node.committed[0] != node.version:
-                del self._reuse[entry.path]
+                del self._reuse[path]
                 return node      # written during the reload, after the commit before it: it stays
             if node.upper:
                 if node.committed is None or node.committed[0] != node.version \
@@ -230,10 +261,10 @@ class Tree:
                 return None
         elif entry.kind == "symlink" and node.target != entry.target:
             return None
-        del self._reuse[entry.path]
+        del self._reuse[path]
         node.mode, node.mtime_ns = entry.mode, entry.mtime_ns
         if entry.kind == "dir":
-            node.children, node.lower_path = None, entry.path
+            node.children, node.lower_path = None, path
         return node
 
     async def remove(self, parent: Node, name: str, want_dir: bool) -> Node:
