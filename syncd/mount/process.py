@@ -84,7 +84,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
         tree = Tree(listing)
         memory = max(config.mount_memory, config.chunk_size * 4)
         data = Data(engine.fetcher, opts.volume, upper, memory=memory, unit=readahead_unit(config, memory),
-                    limit=opts.upper_limit)
+                    limit=opts.upper_limit, max_fds=config.mount_open_files)
         # commits get their own budget: the reader's chunks are bounded by SYNCD_MOUNT_MEMORY
         engine.budget = ByteBudget(engine.budget.limit)
         publisher = Publisher(engine, opts.volume, tree, data, head)
@@ -120,6 +120,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
                     "write_back_lag": None if publisher.dirty_since is None or not publisher.dirty
                     else max(0.0, time.monotonic() - publisher.dirty_since),
                     "upper_bytes": data.used, "read_errors": data.errors,
+                    "upper_files_open": data.open_fds, "upper_opens": data.fd_opens,
                     "reads": {"requests": data.read_requests, "bytes": data.read_bytes,
                               "loads": data.lower.runs, "loading": data.lower.loading,
                               "inflight_bytes": data.lower.inflight,
