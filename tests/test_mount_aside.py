@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,11 @@ from syncd.config import Config, MiB
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.rename import rename
-from syncd.engine.wiring import Engine
-from syncd.mount.spawn import config_to_json
+from syncd.engine.wiring import Engine, open_engine
+from syncd.mount.spawn import config_to_json, mounted_at
+from syncd.sdk.volume import volume
 
-from .agentutil import env_for, wait_for
+from .agentutil import Agents, detach_under, env_for, wait_for
 from .mountutil import MountProcess, fuse_missing
 
 pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=fuse_missing() or "")
@@ -147,3 +150,37 @@ async def test_failed_final_commit_of_a_deleted_volume_sets_writes_aside(
     assert set(got) == {"sub/new.txt", "edited.txt", "d1/d2/moved.bin", "sub/big.bin.partial"}
     assert got["sub/new.txt"] == b"new, never committed\n"
     assert "set aside" in m.log() or str(where) in m.log()
+
+
+@pytest.fixture
+def unmount_leftovers(tmp_path: Path) -> Iterator[None]:
+    yield
+    detach_under(tmp_path)
+
+
+def test_agent_lazy_mount_killed_after_a_rename_sets_the_later_write_aside(
+        config: Config, agents: Agents, unmount_leftovers: None) -> None:
+    """Issue 24's sequence on a lazy mount: rename elsewhere, a write into the mount, then the
+    mount process dies; the agent mounts it again, which sets the write aside and says where."""
+    agent = agents.start(config)
+    mountpoint = config.root / "shared"
+    volume("shared", socket_path=config.socket, owner=config.owner, mode="lazy")
+    with open(mountpoint / "a.txt", "wb") as f:
+        f.write(b"committed\n")
+        f.flush()
+        os.fsync(f.fileno())                    # through the lazy mount: a commit
+
+    async def rename_elsewhere() -> None:
+        async with open_engine(config) as engine:
+            await rename(engine, "shared", "cov-vol")
+    asyncio.run(rename_elsewhere())
+    (mountpoint / "post-rename.txt").write_bytes(b"written after the rename\n")
+    [mount] = [m for m in agent.status()["mounts"] if m["name"] == "shared"]
+    os.kill(int(mount["pid"]), signal.SIGKILL)
+
+    [where] = wait_for(lambda: asides(config, "shared"), 60, "the agent's new mount process to set aside")
+    wait_for(lambda: "not mounted again" in agent.log(), 60, "the agent to give up on the vanished volume")
+    got = files_under(where)
+    assert [k for k, v in got.items() if v == b"written after the rename\n"]
+    assert str(where) in agent.log() and "set aside" in agent.log()
+    assert not mounted_at(mountpoint)
