@@ -62,6 +62,13 @@ async def seed(engine: Engine, tmp_path: Path) -> bytes:
     return big
 
 
+async def quiet_mount(config: Config, tmp_path: Path, mounts: list[MountProcess]) -> MountProcess:
+    m = MountProcess(config, "vol", tmp_path / "mnt", *QUIET)
+    mounts.append(m)
+    await asyncio.to_thread(m.start)
+    return m
+
+
 def write_uncommitted(m: MountProcess) -> None:
     (m.path / "sub" / "new.txt").write_bytes(b"new, never committed\n")
     (m.path / "edited.txt").write_bytes(b"edited, never committed\n")
@@ -76,9 +83,7 @@ def write_uncommitted(m: MountProcess) -> None:
 async def test_killed_mount_then_volume_renamed_sets_writes_aside_by_path(
         engine: Engine, config: Config, tmp_path: Path, mounts: list[MountProcess]) -> None:
     big = await seed(engine, tmp_path)
-    m = MountProcess(config, "vol", tmp_path / "mnt", *QUIET)
-    mounts.append(m)
-    await asyncio.to_thread(m.start)
+    m = await quiet_mount(config, tmp_path, mounts)
     (m.path / "committed-here.txt").write_bytes(b"written and committed through the mount\n")
     await asyncio.to_thread(m.call, "commit")
     await asyncio.to_thread(write_uncommitted, m)
@@ -119,9 +124,7 @@ async def test_killed_mount_then_volume_renamed_sets_writes_aside_by_path(
 async def test_killed_mount_of_a_live_volume_does_not_wipe_its_writes(
         engine: Engine, config: Config, tmp_path: Path, mounts: list[MountProcess]) -> None:
     await seed(engine, tmp_path)
-    m = MountProcess(config, "vol", tmp_path / "mnt", *QUIET)
-    mounts.append(m)
-    await asyncio.to_thread(m.start)
+    m = await quiet_mount(config, tmp_path, mounts)
     (m.path / "volatile.txt").write_bytes(b"never committed\n")
     m.kill()                                        # maybe before any note: kept unplaced then
     again = MountProcess(config, "vol", m.path)
@@ -138,9 +141,7 @@ async def test_killed_mount_of_a_live_volume_does_not_wipe_its_writes(
 async def test_failed_final_commit_of_a_deleted_volume_sets_writes_aside(
         engine: Engine, config: Config, tmp_path: Path, mounts: list[MountProcess]) -> None:
     await seed(engine, tmp_path)
-    m = MountProcess(config, "vol", tmp_path / "mnt", *QUIET)
-    mounts.append(m)
-    await asyncio.to_thread(m.start)
+    m = await quiet_mount(config, tmp_path, mounts)
     await asyncio.to_thread(write_uncommitted, m)
     await engine.repo.delete("vol")
     assert await asyncio.to_thread(m.stop) == 1    # the final commit fails: the volume is gone

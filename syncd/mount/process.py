@@ -217,7 +217,10 @@ async def _write_back(publisher: Publisher, tree: Tree, opts: MountOptions, note
     seen, quiet_since, dirty_since = tree.changes, time.monotonic(), None
     while True:
         await asyncio.sleep(opts.poll)
-        await noter.tick()
+        try:
+            await noter.tick()
+        except Exception:          # the note is a safety net: its failure must not stop write-back
+            log.exception("recovery note of %s", opts.volume)
         now = time.monotonic()
         if not publisher.dirty:
             dirty_since = publisher.dirty_since = None
