@@ -107,3 +107,22 @@ async def test_full_upper_layer_is_enospc_and_loses_nothing(engine: Engine, conf
     assert (out / "kept.bin").read_bytes() == b"k" * 1000
     assert (out / "fits.bin").read_bytes() == b"f" * 300_000
     assert m.stop() == 0
+
+
+async def test_stopping_fuse_tolerates_a_waiter_already_woken() -> None:
+    """The stop's ``terminate`` fails the FUSE fd's waiters; one whose fd became readable a moment
+    before is already done. pyfuse3's own shim raised InvalidStateError there (the mount exited 1
+    and the waiters after it were never woken); ours skips it and wakes the rest."""
+    import pyfuse3.asyncio as shim
+
+    from syncd.mount.process import _notify_closing
+
+    loop = asyncio.get_running_loop()
+    woken, waiting = loop.create_future(), loop.create_future()
+    woken.set_result(None)
+    shim._read_futures[4242] = {woken, waiting}
+    try:
+        _notify_closing(4242)
+    finally:
+        del shim._read_futures[4242]
+    assert isinstance(waiting.exception(), shim.ClosedResourceError) and woken.result() is None

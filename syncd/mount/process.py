@@ -139,6 +139,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
                     "dirs_listed": getattr(tree.listing, "dirs_listed", 0)}
 
         pyfuse3.asyncio.enable()
+        pyfuse3.asyncio.notify_closing = _notify_closing   # type: ignore[assignment]
         options = set(pyfuse3.default_options) | {f"fsname=syncd:{opts.volume}", "subtype=syncd"}
         if read_only:
             options.add("ro")
@@ -186,6 +187,16 @@ async def serve(config: Config, opts: MountOptions) -> int:
             finally:
                 pyfuse3.close(unmount=True)
         return code
+
+
+def _notify_closing(fd: Any) -> None:
+    """pyfuse3's asyncio shim, minus a race: at ``terminate`` it fails every reader waiting
+    on the FUSE fd, but a waiter whose fd just became readable is already done and
+    ``set_exception`` raised InvalidStateError, so the stop exited 1 and the other waiters
+    were never told (seen under load in tests/test_mount.py). Done waiters are skipped."""
+    for future in list(pyfuse3.asyncio._read_futures.get(fd, ())):
+        if not future.done():
+            future.set_exception(pyfuse3.asyncio.ClosedResourceError())
 
 
 class Noter:
