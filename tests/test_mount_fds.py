@@ -19,6 +19,7 @@ from syncd.config import Config, MiB
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import Engine
+from syncd.mount.spawn import work_dir
 
 from .mountutil import MountProcess, fuse_missing
 
@@ -31,6 +32,18 @@ SLACK = 8    # descriptors the mount may open meanwhile besides upper files (a s
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def upper_fds(pid: int, upper: Path) -> int:
+    """Descriptors of the process open on files of the upper directory."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        count += target.startswith(f"{upper}/")
+    return count
 
 
 def body(i: int) -> bytes:
@@ -50,6 +63,7 @@ async def test_writing_more_files_than_the_bound_keeps_descriptors_bounded(
     await asyncio.to_thread(m.start)
     assert m.proc is not None
     pid = m.proc.pid
+    upper = work_dir(config, "vol", m.path.absolute()) / "upper"
     (m.path / "d").mkdir()
     baseline = open_fds(pid)
 
@@ -86,9 +100,10 @@ async def test_writing_more_files_than_the_bound_keeps_descriptors_bounded(
     status = await asyncio.to_thread(m.call, "status")
     assert status["upper_files_open"] <= BOUND
     assert status["upper_opens"] > FILES                 # closed descriptors were opened again
-    for name, data in want.items():                      # read back through the mount
-        assert (m.path / name).read_bytes() == data, name
-    assert open_fds(pid) <= baseline + BOUND + SLACK
+    assert 0 < upper_fds(pid, upper) <= BOUND
+    for name, data in want.items():                      # read back through the mount (lower chunks too:
+        assert (m.path / name).read_bytes() == data, name   # store connections and cache files may open)
+    assert 0 < upper_fds(pid, upper) <= BOUND
 
     await asyncio.to_thread(m.call, "commit")
     out = tmp_path / "eager"
