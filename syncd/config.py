@@ -160,6 +160,7 @@ class Config:
     max_connections: int = 32
     max_inflight_bytes: int = 64 * MiB
     mount_memory: int = 128 * MiB       # a lazy mount's verified chunks in memory, read ahead included
+    mount_open_files: int = 256         # a lazy mount's upper-file descriptors kept open (least recently used)
     retries: int = 6
     retry_base_delay: float = 0.1
     store_deadline: float = 30.0
@@ -250,6 +251,7 @@ class Config:
                             ("SYNCD_MULTIPART_PART_SIZE", "multipart_part_size")):
             size(name, field)
         number("SYNCD_MAX_CONNECTIONS", "max_connections", int)
+        number("SYNCD_MOUNT_OPEN_FILES", "mount_open_files", int)
         number("SYNCD_RETRIES", "retries", int)
         number("SYNCD_RETRY_BASE_DELAY", "retry_base_delay", float)
         number("SYNCD_STORE_DEADLINE", "store_deadline", float)

@@ -25,6 +25,15 @@ chunk copies nothing. ``lower_limit`` is where the lower content ends
 The upper layer is bounded by ``limit`` bytes (allocated blocks, from
 ``fstat``): a write past it fails with ``ENOSPC`` before anything is written,
 so the file keeps its previous content and nothing committed is affected.
+
+Descriptors of upper files. An upper file is named by its inode number in the
+upper directory and opened on demand, relative to a descriptor of that
+directory, ``O_NOFOLLOW``. At most ``max_fds`` stay open (``SYNCD_MOUNT_OPEN_FILES``),
+kept in least-recently-used order; each operation that uses one (a read, a
+write with its copy-up, truncate, fsync) pins it for its duration, and only
+unpinned descriptors are closed, so nothing is closed under an operation in
+flight. Descriptors pinned at once can exceed the bound only by the requests
+in flight; they are closed as soon as the last pin goes.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ import errno
 import itertools
 import logging
 import os
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +56,8 @@ from syncd.mount.tree import FsError, Node
 
 log = logging.getLogger(__name__)
 SEQUENTIAL_SLACK = 8 << 20   # the kernel's readahead may answer its window out of order
+MAX_FDS = 256                # upper-file descriptors kept open (Config.mount_open_files)
+UPPER_OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -54,12 +68,18 @@ class ReadState:
 
 class Data:
     def __init__(self, fetcher: ChunkFetcher, volume: str, upper_dir: Path, memory: int,
-                 unit: int = 32 << 20, limit: int | None = None) -> None:
+                 unit: int = 32 << 20, limit: int | None = None, max_fds: int = MAX_FDS) -> None:
         self.fetcher, self.volume, self.upper_dir = fetcher, volume, upper_dir
         self.lower = Lower(fetcher, volume, memory, unit)
         self.limit = limit
         self.used = 0                                # upper-layer bytes allocated
-        self._fds: dict[int, int] = {}
+        self.max_fds = max(1, max_fds)
+        self._fds: OrderedDict[int, int] = OrderedDict()   # ino -> open fd, least recently used first
+        self._pins: dict[int, int] = {}                     # ino -> operations using its fd now
+        self._opening: dict[int, asyncio.Future[int]] = {}  # ino -> its open in progress
+        self._dir_fd: int | None = None
+        self.fd_opens = 0                                   # upper files opened (created or reopened)
+        self.uppers: set[int] = set()                       # inodes with an upper file (aside.py's note)
         self._starts: dict[int, list[int]] = {}
         self.read_requests = 0
         self.read_bytes = 0
@@ -112,25 +132,101 @@ class Data:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _read_upper(self, node: Node, offset: int, size: int) -> bytes:
-        fd = self._fds.get(node.ino)
-        data = b"" if fd is None else await asyncio.to_thread(os.pread, fd, size, offset)
+        if not node.upper:
+            return bytes(size)
+        async with self._upper(node) as fd:
+            try:
+                data = await asyncio.to_thread(os.pread, fd, size, offset)
+            except OSError as exc:
+                raise FsError(exc.errno or errno.EIO) from exc
         return data + bytes(size - len(data)) if len(data) < size else data
+
+    # ---------------------------------------------------------------- descriptors
+
+    async def _dir(self) -> int:
+        if self._dir_fd is None:
+            fd = await asyncio.to_thread(os.open, self.upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if self._dir_fd is None:
+                self._dir_fd = fd
+            else:
+                os.close(fd)
+        return self._dir_fd
+
+    @asynccontextmanager
+    async def _upper(self, node: Node, create: bool = False) -> AsyncIterator[int]:
+        """The upper file's descriptor, pinned while the caller uses it: opened (``create``: created,
+        truncated to the node's size) if it is not among the descriptors kept open."""
+        ino = node.ino
+        self._pins[ino] = self._pins.get(ino, 0) + 1
+        try:
+            fd = self._fds.get(ino)
+            if fd is None:
+                opening = self._opening.get(ino)
+                if opening is None:     # one open per file, however many operations ask at once
+                    opening = self._opening[ino] = asyncio.ensure_future(self._open(node, create))
+                    opening.add_done_callback(lambda _: self._opened(ino))
+                fd = await asyncio.shield(opening)
+            self._fds.move_to_end(ino)
+            yield fd
+        finally:
+            left = self._pins[ino] - 1
+            if left:
+                self._pins[ino] = left
+            else:
+                del self._pins[ino]
+                if not node.upper and ino in self._fds:   # dropped while in use
+                    os.close(self._fds.pop(ino))
+            self._evict()
+
+    def _opened(self, ino: int) -> None:
+        task = self._opening.pop(ino)
+        if not task.cancelled() and task.exception() is None:
+            self._fds[ino] = task.result()
+
+    async def _open(self, node: Node, create: bool) -> int:
+        dir_fd = await self._dir()
+        name = str(node.ino)
+        try:
+            if create:
+                fd = await asyncio.to_thread(os.open, name, UPPER_OPEN | os.O_CREAT | os.O_TRUNC, 0o600,
+                                             dir_fd=dir_fd)
+                try:
+                    await asyncio.to_thread(os.ftruncate, fd, node.size)
+                except OSError:
+                    os.close(fd)
+                    raise
+            else:
+                fd = await asyncio.to_thread(os.open, name, UPPER_OPEN, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                log.warning("cannot open upper file %s of %s: %s", name, self.volume, exc)
+            raise FsError(exc.errno or errno.EIO) from exc
+        self.fd_opens += 1
+        return fd
+
+    def _evict(self) -> None:
+        """Close least recently used descriptors nobody is using until at most ``max_fds`` are open."""
+        if len(self._fds) <= self.max_fds:
+            return
+        for ino in list(self._fds):
+            if len(self._fds) <= self.max_fds:
+                break
+            if ino not in self._pins:
+                os.close(self._fds.pop(ino))
+
+    @property
+    def open_fds(self) -> int:
+        return len(self._fds)
 
     # ---------------------------------------------------------------- writes
 
-    async def _ensure_upper(self, node: Node) -> int:
-        fd = self._fds.get(node.ino)
-        if fd is not None:
-            return fd
-        path = self.upper_dir / str(node.ino)
-        try:
-            fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            await asyncio.to_thread(os.ftruncate, fd, node.size)
-        except OSError as exc:
-            raise FsError(exc.errno or errno.EIO) from exc
-        self._fds[node.ino] = fd
-        node.upper = True
-        return fd
+    @asynccontextmanager
+    async def _writable(self, node: Node) -> AsyncIterator[int]:
+        """The upper file's descriptor, pinned; the first write to a node creates its upper file."""
+        async with self._upper(node, create=not node.upper) as fd:
+            node.upper = True
+            self.uppers.add(node.ino)
+            yield fd
 
     async def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         if self.limit is not None and self.used + len(data) > self.limit:
@@ -173,11 +269,11 @@ class Data:
         return covered
 
     async def write(self, node: Node, offset: int, data: bytes) -> int:
-        fd = await self._ensure_upper(node)
         end = offset + len(data)
-        covered = await self._copy_up(node, fd, offset, end, (offset, end))
-        node.version += 1
-        await self._pwrite(fd, data, offset)
+        async with self._writable(node) as fd:
+            covered = await self._copy_up(node, fd, offset, end, (offset, end))
+            node.version += 1
+            await self._pwrite(fd, data, offset)
         node.present.update(covered)
         node.size = max(node.size, end)
         node.version += 1
@@ -187,45 +283,56 @@ class Data:
     async def truncate(self, node: Node, size: int) -> None:
         if size == node.size:
             return
-        fd = await self._ensure_upper(node)
-        if size < node.lower_limit:
-            await self._copy_up(node, fd, size, size + 1)   # the chunk the new end falls in
-            node.lower_limit = size
-        node.version += 1
-        try:
-            await asyncio.to_thread(os.ftruncate, fd, size)
-        except OSError as exc:
-            raise FsError(exc.errno or errno.EIO) from exc
+        async with self._writable(node) as fd:
+            if size < node.lower_limit:
+                await self._copy_up(node, fd, size, size + 1)   # the chunk the new end falls in
+                node.lower_limit = size
+            node.version += 1
+            try:
+                await asyncio.to_thread(os.ftruncate, fd, size)
+            except OSError as exc:
+                raise FsError(exc.errno or errno.EIO) from exc
         node.size = size
         node.version += 1
         node.touch()
 
     async def sync(self, node: Node) -> None:
-        fd = self._fds.get(node.ino)
-        if fd is not None:
-            await asyncio.to_thread(os.fsync, fd)
+        if not node.upper:
+            return
+        async with self._upper(node) as fd:
+            try:
+                await asyncio.to_thread(os.fsync, fd)
+            except OSError as exc:
+                raise FsError(exc.errno or errno.EIO) from exc
 
     async def drop(self, node: Node) -> None:
         """Free a forgotten node's upper file."""
         self._starts.pop(node.ino, None)
         self.lower.forget(node)
-        fd = self._fds.pop(node.ino, None)
+        if not node.upper:
+            return
+        node.upper = False
+        self.uppers.discard(node.ino)
+        fd = self._fds.pop(node.ino, None) if node.ino not in self._pins else None
         if fd is not None:
-            self.used -= await asyncio.to_thread(_close_and_unlink, fd, self.upper_dir / str(node.ino))
+            os.close(fd)
+        self.used -= await asyncio.to_thread(_unlink, await self._dir(), str(node.ino), self.upper_dir)
 
     async def close(self) -> None:
         await self.lower.close()
         for ino in list(self._fds):
             os.close(self._fds.pop(ino))
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
-def _close_and_unlink(fd: int, path: Path) -> int:
-    """Close and delete an upper file; returns the bytes it had allocated."""
+def _unlink(dir_fd: int, name: str, where: Path) -> int:
+    """Delete an upper file; returns the bytes it had allocated."""
     try:
-        freed = os.fstat(fd).st_blocks * 512
-        os.close(fd)
-        os.unlink(path)
+        freed = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_blocks * 512
+        os.unlink(name, dir_fd=dir_fd)
     except OSError as exc:
-        log.warning("cannot remove upper file %s: %s", path, exc)
+        log.warning("cannot remove upper file %s/%s: %s", where, name, exc)
         return 0
     return freed

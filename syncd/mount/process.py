@@ -15,8 +15,11 @@ Write-back: every ``poll`` seconds a loop checks whether the namespace changed
 since the last commit; it commits once it has been quiet for ``debounce``
 seconds or dirty for ``max_delay`` (the agent's eager write-back rule). On
 stop it commits what is left, then unmounts; exit status 1 if that final
-commit failed (the upper layer is then kept in the work directory and
-logged, not deleted).
+commit failed. Uncommitted writes are never deleted (aside.py): the loop
+keeps a recovery note of the written files' paths beside the upper
+directory; a final commit that fails sets them aside by path, and a mount
+that finds an upper directory of an earlier process (killed, crashed) sets it
+aside before it starts, whatever became of the volume meanwhile.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from syncd.config import Config, parse_size
 from syncd.engine.wiring import open_engine
 from syncd.errors import ConfigError, LocalIOError, SyncdError
 from syncd.limits import ByteBudget
-from syncd.mount import control
+from syncd.mount import aside, control
 from syncd.mount.data import Data
 from syncd.mount.fs import MountOps
 from syncd.mount.listing import TreeListing
@@ -76,6 +79,8 @@ async def serve(config: Config, opts: MountOptions) -> int:
     await asyncio.to_thread(mountpoint.mkdir, parents=True, exist_ok=True)
     work = work_dir(config, opts.volume, mountpoint)
     upper = work / "upper"
+    await asyncio.to_thread(_set_aside, work, opts.volume, "an earlier mount process of it stopped without "
+                            "committing them (killed, crashed, or its last commit failed)")
     await asyncio.to_thread(_fresh_dir, upper)
     async with open_engine(config) as engine:
         head = await engine.repo.head(opts.volume)
@@ -85,10 +90,11 @@ async def serve(config: Config, opts: MountOptions) -> int:
         tree = Tree(listing)
         memory = max(config.mount_memory, config.chunk_size * 4)
         data = Data(engine.fetcher, opts.volume, upper, memory=memory, unit=readahead_unit(config, memory),
-                    limit=opts.upper_limit)
+                    limit=opts.upper_limit, max_fds=config.mount_open_files)
         # commits get their own budget: the reader's chunks are bounded by SYNCD_MOUNT_MEMORY
         engine.budget = ByteBudget(engine.budget.limit)
         publisher = Publisher(engine, opts.volume, tree, data, head)
+        noter = Noter(work, tree, data, publisher, opts.volume)
         owner = config.file_owner()
         ops = MountOps(tree, data, publisher, read_only, opts.timeout, owner=owner)
         tree.keep_fresh = not read_only          # the base of commits a read-only mount never makes
@@ -122,6 +128,8 @@ async def serve(config: Config, opts: MountOptions) -> int:
                     "write_back_lag": None if publisher.dirty_since is None or not publisher.dirty
                     else max(0.0, time.monotonic() - publisher.dirty_since),
                     "upper_bytes": data.used, "read_errors": data.errors,
+                    "upper_files_open": data.open_fds, "upper_opens": data.fd_opens,
+                    "changes": tree.changes, "noted_changes": noter.noted[0],
                     "reads": {"requests": data.read_requests, "bytes": data.read_bytes,
                               "loads": data.lower.runs, "loading": data.lower.loading,
                               "inflight_bytes": data.lower.inflight,
@@ -145,7 +153,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
             loop.add_signal_handler(sig, stop.set)
         fuse = asyncio.ensure_future(pyfuse3.main())
         widen = asyncio.ensure_future(asyncio.to_thread(_widen_readahead, mountpoint))
-        writer = asyncio.ensure_future(_write_back(publisher, tree, opts)) if not read_only else None
+        writer = asyncio.ensure_future(_write_back(publisher, tree, opts, noter)) if not read_only else None
         orphan = asyncio.ensure_future(_parent_watch(stop))
         stopper = asyncio.ensure_future(stop.wait())
         server: asyncio.AbstractServer | None = None
@@ -164,7 +172,7 @@ async def serve(config: Config, opts: MountOptions) -> int:
                 try:
                     await publisher.commit("mount: flush on stop")
                 except SyncdError as exc:
-                    log.error("final commit of %s failed: %s; unsaved writes stay in %s", opts.volume, exc, upper)
+                    log.error("final commit of %s failed: %s; its uncommitted writes are set aside", opts.volume, exc)
                     code = 1
             if server is not None:
                 server.close()
@@ -173,9 +181,13 @@ async def serve(config: Config, opts: MountOptions) -> int:
                 with contextlib.suppress(BaseException):
                     await fuse
             await data.close()
-            pyfuse3.close(unmount=True)
-        if code == 0:
-            await asyncio.to_thread(shutil.rmtree, upper, True)
+            try:    # before unmounting: a mount waiting for this mount point finds the upper layer settled
+                final = aside.note(tree, data, opts.volume, publisher.head.snapshot, publisher.started_ns)
+                final["final"] = True      # nothing writes any more: what it says clean is exactly so
+                await asyncio.to_thread(aside.save, work, final)
+                await asyncio.to_thread(_set_aside, work, opts.volume, "they were not in a commit when it stopped")
+            finally:
+                pyfuse3.close(unmount=True)
         return code
 
 
@@ -189,10 +201,39 @@ def _notify_closing(fd: Any) -> None:
             future.set_exception(pyfuse3.asyncio.ClosedResourceError())
 
 
-async def _write_back(publisher: Publisher, tree: Tree, opts: MountOptions) -> None:
+class Noter:
+    """Keeps aside.py's recovery note current: when the namespace or the commits moved, at most
+    every ``aside.NOTE_EVERY`` seconds and at most a tenth of the time on building it."""
+    def __init__(self, work: Path, tree: Tree, data: Data, publisher: Publisher, volume: str) -> None:
+        self.work, self.tree, self.data, self.publisher, self.volume = work, tree, data, publisher, volume
+        self.noted: tuple[int, int] = (tree.changes, 0)   # (changes, commits) the saved note shows
+        self.due = 0.0
+
+    async def tick(self) -> None:
+        seen = (self.tree.changes, self.publisher.commits)
+        now = time.monotonic()
+        if seen == self.noted or now < self.due:
+            return
+        doc = aside.note(self.tree, self.data, self.volume, self.publisher.head.snapshot,
+                         self.publisher.started_ns)
+        took = time.monotonic() - now
+        try:
+            await asyncio.to_thread(aside.save, self.work, doc)
+        except OSError as exc:
+            log.warning("cannot save the recovery note of %s: %s", self.volume, exc)
+        else:
+            self.noted = seen
+        self.due = now + max(aside.NOTE_EVERY, 10 * took)
+
+
+async def _write_back(publisher: Publisher, tree: Tree, opts: MountOptions, noter: Noter) -> None:
     seen, quiet_since, dirty_since = tree.changes, time.monotonic(), None
     while True:
         await asyncio.sleep(opts.poll)
+        try:
+            await noter.tick()
+        except Exception:          # the note is a safety net: its failure must not stop write-back
+            log.exception("recovery note of %s", opts.volume)
         now = time.monotonic()
         if not publisher.dirty:
             dirty_since = publisher.dirty_since = None
@@ -247,6 +288,24 @@ def readahead_unit(config: Config, budget: int) -> int:
     """Bytes one readahead GET reads at most: a pack run (``SYNCD_LARGE_PACK_SIZE``), but small
     enough that four runs fit the byte budget, so several are in flight; never below a chunk."""
     return max(config.chunk_size, min(config.large_pack_size or config.chunk_size, budget // 4))
+
+
+def _set_aside(work: Path, volume: str, why: str) -> None:
+    """aside.py's set-aside of an upper directory, said loudly; an error keeps the directory."""
+    try:
+        kept = aside.set_aside(work, volume)
+    except OSError as exc:
+        log.error("cannot set aside the uncommitted writes of %s in %s: %s", volume, work / "upper", exc)
+        raise LocalIOError(f"cannot set aside the uncommitted writes of {volume} in {work / 'upper'} "
+                           f"(nothing was deleted): {exc}") from exc
+    if kept is None:
+        return
+    where, paths = kept
+    shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+    log.warning("volume %s: %d uncommitted path(s) were never committed because %s: %s. They are kept in %s "
+                "(ASIDE.json there lists them); commit them to a volume with 'syncd put VOLUME %s/PATH PATH'.",
+                volume, len(paths), why, shown, where, where)
+    print(f"syncd mount: {volume}: {len(paths)} uncommitted path(s) set aside in {where}", file=sys.stderr)
 
 
 def _fresh_dir(path: Path) -> None:

@@ -104,6 +104,7 @@ class Publisher:
         self.last_error: str | None = None
         self.last_commit_at: float | None = None   # wall-clock time of the last commit that changed it
         self.dirty_since: float | None = None      # monotonic; kept by the write-back loop (process.py)
+        self.started_ns = 0     # wall clock when the last successful commit began (aside.py's note)
 
     @property
     def dirty(self) -> bool:
@@ -146,7 +147,7 @@ class Publisher:
         return nodes, base, skipped, used
 
     async def _commit(self, message: str) -> MountCommit:
-        mark = self.tree.changes
+        mark, started_ns = self.tree.changes, time.time_ns()
         nodes, base, skipped, used = await self._walk()
         try:
             result, ours = await self._publish(nodes, base, skipped, message)
@@ -155,6 +156,7 @@ class Publisher:
             raise
         self.base = ours
         self.clean_at = mark
+        self.started_ns = started_ns
         self.commits += 1
         return result
 

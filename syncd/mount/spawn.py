@@ -155,6 +155,7 @@ class LazyMount:
     log_path: Path
     info: dict[str, Any] = field(default_factory=dict)
     stopping: bool = False             # asked to stop (unmount, shutdown): its exit is no failure
+    log_from: int = 0                  # where in its log file this process's lines begin
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "mode": "lazy", "pid": self.process.pid,
@@ -234,12 +235,13 @@ class LazyMounts:
                "SYNCD_MOUNT_PARENT": str(os.getpid())}
         log_fd = await asyncio.to_thread(os.open, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
+            log_from = os.fstat(log_fd).st_size
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "syncd.mount.process", name, str(path), "--control", str(sock),
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, env=env)
         finally:
             os.close(log_fd)
-        mount = LazyMount(name, path, sock, process, log_path)
+        mount = LazyMount(name, path, sock, process, log_path, log_from=log_from)
         try:
             mount.info = await self._wait_ready(mount)
         except BaseException:
@@ -247,6 +249,8 @@ class LazyMounts:
                 process.kill()
             await process.wait()
             raise
+        finally:   # a previous process's uncommitted writes set aside at start: say so here too
+            mount.log_from = await asyncio.to_thread(_report_aside, mount.name, log_path, log_from)
         self.mounts[name] = mount
         self._background(self._supervise(mount))
         await self._save()
@@ -350,6 +354,7 @@ class LazyMounts:
         except TimeoutError:
             mount.process.kill()
             await mount.process.wait()
+        await asyncio.to_thread(_report_aside, mount.name, mount.log_path, mount.log_from)
         if mount.process.returncode:
             raise LocalIOError(f"the mount process for {mount.name} exited with {mount.process.returncode}; "
                                f"see {mount.log_path}")
@@ -398,6 +403,21 @@ def _write_json(path: Path, value: object) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(value))
     os.replace(tmp, path)
+
+
+def _report_aside(name: str, log_path: Path, start: int) -> int:
+    """Repeat in the agent's log the mount process's notice that it set uncommitted writes
+    aside (aside.py), from ``start`` in its log file on; returns where the log now ends."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read(1 << 20)
+    except OSError:
+        return start
+    for line in text.decode(errors="replace").splitlines():
+        if "set aside in" in line and line.startswith("syncd mount:"):
+            log.warning("lazy mount %s: %s", name, line.removeprefix("syncd mount: "))
+    return start + len(text)
 
 
 def _tail(path: Path, size: int = 2000) -> str:
