@@ -302,9 +302,10 @@ class Agent:
             if result.changed:
                 log.info("committed %s as seq %d (%d path(s) changed, %d byte(s) uploaded)", mount.name,
                          result.seq, result.changed, result.uploaded_bytes)
-            if not result.merged:
+            if result.changed and not result.merged:
                 # merged: others' changes went into the snapshot but not into our directory,
-                # so the copy is still behind and the next mount must hydrate
+                # so the copy is still behind and the next mount must hydrate; nothing changed:
+                # the result names HEAD, which may hold others' changes we do not have either
                 mount.snapshot, mount.seq = result.snapshot, result.seq
             return result
 

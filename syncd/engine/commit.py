@@ -109,6 +109,10 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
                 except _PruneRan as ran:
                     head = ran.head
                     continue
+                if not run.changes and state is not None and head.snapshot != state.snapshot:
+                    break   # HEAD moved elsewhere and nothing here changed: the directory still holds
+                            # state's snapshot, exactly as the index says (a hydrate then moves only
+                            # what moved; claiming HEAD, not exact, made the next hydrate walk it all)
                 exact = (state is None or state.exact) and not result.merged and not left_out
                 await run.write_index(head.snapshot, head.seq, exact, left_out)
                 break
@@ -222,10 +226,10 @@ async def _advance(engine: Engine, volume: str, head: Head, theirs: Snapshot | N
             theirs = await _as_v2(engine, volume, head)
             built = await _without(engine, volume, await run.replay(theirs, left_out), left_out)
             built_on = head.snapshot
-        result.merged = result.merged or head.snapshot != (state.snapshot if state else None)
-        if not run.changes and theirs is not None:
+        if not run.changes and theirs is not None:     # nothing of ours: no merge, HEAD as it is
             result.snapshot, result.seq = head.snapshot, head.seq
             return head, left_out
+        result.merged = result.merged or head.snapshot != (state.snapshot if state else None)
         if run.link_check:                  # links that escape only in combination
             links = await engine.repo.trees.symlinks(volume, built.root)
             escaping = [p for p in await in_thread(escaping_symlinks, links) if p not in left_out]
