@@ -346,6 +346,9 @@ class GatewayService:
             except TransientStoreError as exc:
                 if not opened or resume == RESUMES:  # opening was already retried by the store stack
                     raise
+                if flight.size is not None and flight.received == flight.size:
+                    return      # it broke off after the last byte: nothing to resume (a range
+                                # starting at the end is a 416); the flight verifies it whole
                 log.info("resuming %s at byte %d after %s", obj.id, flight.received, exc)
 
     def _remember_large(self, obj: ObjectRef, size: int) -> None:

@@ -138,12 +138,14 @@ class CutOffStore(GatedStore):
         super().__init__(inner)
         self.gate.set()
         self.cuts = 0
+        self.first = 0      # bytes the cut-off body delivered before it broke
 
     async def _gated(self, stream: BlobStream) -> AsyncIterator[bytes]:
         async for piece in stream.pieces:
             yield piece
             if self.cuts == 0:
                 self.cuts += 1
+                self.first = len(piece)
                 raise TransientStoreError("connection reset mid-body")
 
 
@@ -152,10 +154,12 @@ async def test_a_body_cut_off_by_the_store_is_resumed(config: Config, tmp_path: 
     ref = big_chunks(snap)[0]
     async with serve_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as http:
         origin = gw.origin
-        gw.service.store = CutOffStore(origin)  # type: ignore[assignment]
+        cut = gw.service.store = CutOffStore(origin)  # type: ignore[assignment]
         async with http.get(f"{gw.url}/v1/alice/vol/chunks/{ref.id}") as resp:
             assert content_id(await resp.read()) == ref.id
-        assert origin.calls["get"] == 2  # the cut-off GET and one ranged GET for the rest
+        # the cut-off GET and one ranged GET for the rest; none when it broke after the last byte
+        # (a chunk cut by content can arrive in one piece: a range from its end would be a 416)
+        assert origin.calls["get"] == (1 if cut.first == ref.size else 2)
         assert origin.bytes_in == ref.size  # nothing was read twice
 
 
