@@ -49,7 +49,7 @@ def data_keys(eng: Engine, kind: str) -> int:
 async def test_chunks_share_packs_and_a_run_is_one_get(packed: Config, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    big = os.urandom(10 * MiB + 5)                     # ~10 chunks of 1 MiB on average: packs of up to 4 MiB
+    big = random.Random(10).randbytes(10 * MiB + 5)    # ~10 chunks of 1 MiB on average, the same cuts every run
     (src / "big.bin").write_bytes(big)
     async with open_engine(packed) as eng:
         result = await commit(eng, "vol", src)
