@@ -43,7 +43,6 @@ class ByteBudget:
         self.limit = limit
         self.used = 0
         self.parked = 0                 # of ``used``: held in open packs, back only when flushed
-        self.relieved = 0               # times writers were asked to flush (tests count them)
         self._needs: list[int] = []     # what each waiting acquire asks for
         self._writers: weakref.WeakSet[Reliever] = weakref.WeakSet()
         self._cond = asyncio.Condition()
@@ -61,7 +60,6 @@ class ByteBudget:
 
     def _relieve_if_stuck(self) -> None:
         if self._needs and self.limit - self.parked < max(self._needs):
-            self.relieved += 1
             for writer in list(self._writers):
                 writer.relieve()
 
