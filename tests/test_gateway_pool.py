@@ -106,9 +106,12 @@ async def test_a_commit_racing_a_stale_gateway_head_reads_the_store_and_merges(c
 
 async def test_snapshots_ranges_and_the_whole_object_rule(config: Config, tmp_path: Path) -> None:
     sid, snap = await commit_tree(config, tmp_path / "src", small_files=30, large_size=2 * MiB)
-    big = next(r for e in snap.entries.values() for r in e.chunks if r.pack is None)
+    # chunks are cut by content: take the largest loose one and set the limit just below it
+    big = max((r for e in snap.entries.values() for r in e.chunks if r.pack is None), key=lambda r: r.size)
     small = next(r for e in snap.entries.values() for r in e.chunks if r.pack is not None)
-    async with serve_gateway(config, tmp_path, whole_limit=512 * 1024) as gw, aiohttp.ClientSession() as http:
+    limit = big.size - 1
+    assert limit >= 64 * 1024  # far above the pack of 30 small files (a few KB)
+    async with serve_gateway(config, tmp_path, whole_limit=limit) as gw, aiohttp.ClientSession() as http:
         async def get(path: str, span: tuple[int, int] | None = None) -> tuple[bytes, str]:
             headers = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else {}
             async with http.get(gw.url + path, headers=headers) as resp:
