@@ -15,7 +15,9 @@ record the new state in the local index.
 
 Transfers (``_Run``): small files live in packs, so files are grouped by pack
 and each group is fetched with one ranged GET and written in one
-worker-thread call that opens each directory once (fs.write_small_many).
+worker-thread call that opens each directory once (fs.write_small_many); in
+``ref`` mode (below) the cache then records where each chunk sits in the file
+written, in one transaction per group, instead of a copy of its bytes.
 Large files are preallocated and their chunks fetched in parallel and written
 with ``pwrite`` at their offsets; each chunk holds its size from the byte
 budget from fetch until it is on disk, which bounds memory however large the
@@ -61,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -80,7 +83,7 @@ from syncd.format.manifest import ChunkRef, Entry, Snapshot
 from syncd.limits import gather_all, in_thread
 from syncd.local import fs as localfs
 from syncd.local.index import LocalIndex, Tracked
-from syncd.local.scan import LocalFile, scan
+from syncd.local.scan import LocalFile, from_stat, scan
 
 OPEN_FILES = 16
 STREAMS = 4               # pack runs streamed at once (32 MiB each: 4 measured best, BENCHMARKS.md)
@@ -190,6 +193,7 @@ class _Run:
         self._files = asyncio.Semaphore(OPEN_FILES)
         self._streams = asyncio.Semaphore(STREAMS)
         self._by_ref = engine.config.cache_large == "ref"
+        self._root_path = str(root.absolute())   # what the cache's references name
         self._uses: Counter[str] = Counter()   # chunks of the large files being written (once: streamed)
         self._writer: ThreadPoolExecutor | None = None  # streamed chunk writes, see write_large
 
@@ -251,26 +255,46 @@ class _Run:
         return [pair for part in done for pair in part]
 
     async def _write_group(self, pack: str, entries: list[Entry]) -> list[tuple[Entry, LocalFile]]:
-        """Files whose bytes all sit in one pack: one ranged GET, one thread batch."""
+        """Files whose bytes all sit in one pack: one ranged GET, one thread batch. In ``ref``
+        mode the chunks fetched are cached as references into the files written (put_located)."""
         out: list[tuple[Entry, LocalFile]] = []
+        cache = self.engine.cache if self._by_ref else None
         for batch in _batches(entries, self.engine.config.pack_size):
             size = sum(e.size for e in batch)
             held = await self.engine.budget.acquire(size)
+            cached: set[str] = set()
             try:
                 refs = [c for e in batch for c in e.chunks]
-                data = await self.engine.fetcher.get_packed(self.volume, pack, refs) if refs else {}
+                data = await self.engine.fetcher.get_packed(self.volume, pack, refs, cache_bytes=cache is None,
+                                                            from_cache=cached) if refs else {}
                 files = [(e, b"".join(data[c.id] for c in e.chunks)) for e in batch]
                 del data
                 stats = await in_thread(localfs.write_small_many, self.root, files, self.owner)
             finally:
                 await self.engine.budget.release(held)
+            if cache is not None:
+                await cache.put_located(self._located(batch, stats, cached))
             for entry, st in zip(batch, stats):
-                out.append((entry, st))
+                local = from_stat(st)
+                out.append((entry, local))
                 if self.record is not None:
-                    self.record(entry, st)
+                    self.record(entry, local)
             self.result.files_written += len(batch)
             self.result.bytes_written += size
             self.progress.advance(size)
+        return out
+
+    def _located(self, batch: list[Entry], stats: list[os.stat_result], cached: set[str]) -> dict[str, Located]:
+        """Where the chunks of the small files just written sit in them, with each file's
+        fingerprint (stamp.py); not those the cache already had."""
+        out: dict[str, Located] = {}
+        for entry, st in zip(batch, stats):
+            fingerprint = stamp.pinned(st, entry.size, entry.mtime_ns)
+            offset = 0
+            for ref in entry.chunks:
+                if ref.id not in cached:
+                    out[ref.id] = Located(f"{self._root_path}/{entry.path}", offset, ref.size, fingerprint)
+                offset += ref.size
         return out
 
     async def write_large(self, entry: Entry) -> LocalFile:

@@ -191,20 +191,11 @@ def abandon_tmp(tmp: TmpFile) -> None:
     tmp.close()
 
 
-def write_small(root: Path, rel: str, entry: Entry, data: bytes, owner: Owner = None) -> LocalFile:
-    tmp = open_tmp(root, rel, 0, owner)
-    try:
-        pwrite_all(tmp.fd, data, 0, tmp.final)
-    except BaseException:
-        abandon_tmp(tmp)
-        raise
-    return finish_tmp(tmp, entry)
-
-
-def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner = None) -> list[LocalFile]:
-    """``write_small`` for many files, in order; each directory is opened (from ``root``, without
-    following links) once for the run of files in it, not once per file."""
-    out: list[LocalFile] = []
+def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner = None) -> list[os.stat_result]:
+    """Small files, each whole (``_write_in``), in order; each directory is opened (from ``root``,
+    without following links) once for the run of files in it, not once per file. Returns each
+    published file's ``fstat`` (for the index, and the cache's fingerprint: data/stamp.py)."""
+    out: list[os.stat_result] = []
     token = secrets.token_hex(4)
     dir_fd, current = -1, None
     try:
@@ -224,7 +215,7 @@ def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner 
 
 
 def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, owner: Owner, root: Path,
-              rel: str) -> LocalFile:
+              rel: str) -> os.stat_result:
     """One small file, whole, into ``dir_fd``: temporary name, bytes, owner, mtime, mode, rename."""
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
@@ -240,7 +231,7 @@ def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, owner
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.fchmod(fd, entry.mode & SAFE_MODE_BITS)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            return from_stat(os.fstat(fd))
+            return os.fstat(fd)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
