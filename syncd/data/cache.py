@@ -19,7 +19,8 @@ Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks a hydrate writes):
   SQLite transaction (cachedb.py).
 * references (``ref``, the default for what a hydrate writes): ``(path, offset, size,
   fingerprint)`` of the chunk inside a file a hydrate published, large or small
-  (a small file's one chunk is the whole file). A cold hydrate then writes the
+  (a small file's one chunk is the whole file; one below 16 KiB is not cached,
+  hydrate.REF_MIN). A cold hydrate then writes the
   bytes to disk once, not twice (the measured cost of the copy was about as much
   as the download for a large file, docs/BENCHMARKS.md; a cold hydrate of
   100,000 small files spent 30% of its samples caching their bytes, SCALE.md), and the next hydrate

@@ -88,6 +88,8 @@ from syncd.local.scan import LocalFile, from_stat, scan
 OPEN_FILES = 16
 STREAMS = 4               # pack runs streamed at once (32 MiB each: 4 measured best, BENCHMARKS.md)
 STREAM_HOLD = 4 << 20     # budget a streamed run holds: the batch being written and the next piece
+REF_MIN = 16 << 10        # smaller chunks of small files are not cached: a cache row costs ~10-30 us of
+                          # CPU (cachedb.py), more than reading so few bytes from their pack again
 
 
 @dataclass
@@ -286,13 +288,15 @@ class _Run:
 
     def _located(self, batch: list[Entry], stats: list[os.stat_result], cached: set[str]) -> dict[str, Located]:
         """Where the chunks of the small files just written sit in them, with each file's
-        fingerprint (stamp.py); not those the cache already had."""
+        fingerprint (stamp.py); not those the cache already had, nor those below ``REF_MIN``."""
         out: dict[str, Located] = {}
         for entry, st in zip(batch, stats):
+            if entry.size < REF_MIN:
+                continue
             fingerprint = stamp.pinned(st, entry.size, entry.mtime_ns)
             offset = 0
             for ref in entry.chunks:
-                if ref.id not in cached:
+                if ref.id not in cached and ref.size >= REF_MIN:
                     out[ref.id] = Located(f"{self._root_path}/{entry.path}", offset, ref.size, fingerprint)
                 offset += ref.size
         return out
