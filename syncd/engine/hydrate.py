@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -269,15 +268,15 @@ class _Run:
                 refs = [c for e in batch for c in e.chunks]
                 data = await self.engine.fetcher.get_packed(self.volume, pack, refs, cache_bytes=cache is None,
                                                             from_cache=cached) if refs else {}
-                files = [(e, b"".join(data[c.id] for c in e.chunks)) for e in batch]
+                files = [(e, data[e.chunks[0].id] if len(e.chunks) == 1 else b"".join(data[c.id] for c in e.chunks))
+                         for e in batch]
                 del data
-                stats = await in_thread(localfs.write_small_many, self.root, files, self.owner)
+                stats, located = await in_thread(self._write_batch, files, None if cache is None else cached)
             finally:
                 await self.engine.budget.release(held)
             if cache is not None:
-                await cache.put_located(self._located(batch, stats, cached))
-            for entry, st in zip(batch, stats):
-                local = from_stat(st)
+                await cache.put_located(located)
+            for entry, local in zip(batch, stats):
                 out.append((entry, local))
                 if self.record is not None:
                     self.record(entry, local)
@@ -286,20 +285,23 @@ class _Run:
             self.progress.advance(size)
         return out
 
-    def _located(self, batch: list[Entry], stats: list[os.stat_result], cached: set[str]) -> dict[str, Located]:
-        """Where the chunks of the small files just written sit in them, with each file's
-        fingerprint (stamp.py); not those the cache already had, nor those below ``REF_MIN``."""
-        out: dict[str, Located] = {}
-        for entry, st in zip(batch, stats):
-            if entry.size < REF_MIN:
+    def _write_batch(self, files: list[tuple[Entry, bytes]],
+                     cached: set[str] | None) -> tuple[list[LocalFile], dict[str, Located]]:
+        """Worker thread: write the files (fs.write_small_many), and say where the chunks of each
+        sit in it with its fingerprint (stamp.py), for the cache (``cached``: the ids it had;
+        None: no references), except those below ``REF_MIN``."""
+        stats = localfs.write_small_many(self.root, files, self.owner)
+        located: dict[str, Located] = {}
+        for (entry, _), st in zip(files, stats):
+            if cached is None or entry.size < REF_MIN:
                 continue
             fingerprint = stamp.pinned(st, entry.size, entry.mtime_ns)
             offset = 0
             for ref in entry.chunks:
                 if ref.id not in cached and ref.size >= REF_MIN:
-                    out[ref.id] = Located(f"{self._root_path}/{entry.path}", offset, ref.size, fingerprint)
+                    located[ref.id] = Located(f"{self._root_path}/{entry.path}", offset, ref.size, fingerprint)
                 offset += ref.size
-        return out
+        return [from_stat(st) for st in stats], located
 
     async def write_large(self, entry: Entry) -> LocalFile:
         """One large file, chunk by chunk (see the module docstring); its stat once published."""
