@@ -160,7 +160,7 @@ def count_entries(root: Path) -> int:
 # A child's ru_maxrss counts the memory of the process that forked it (Linux keeps the old mm's
 # high-water mark across exec), so every child of this driver would report at least the driver's
 # RSS. Each timed command is therefore forked by this tiny interpreter instead, which reaps it with
-# wait4 and writes its ru_maxrss (KiB) to a file: the floor is the trampoline's own ~9 MiB.
+# wait4 and writes its ru_maxrss (KiB) and CPU seconds to a file: the floor is the trampoline's own ~9 MiB.
 TRAMPOLINE = """
 import os, sys
 out, argv = sys.argv[1], sys.argv[2:]
@@ -172,14 +172,15 @@ if pid == 0:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
 with open(out, "w") as f:
-    f.write(str(usage.ru_maxrss))
+    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime:.3f}")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
 
 
 def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds, its peak RSS (MiB), stdout; ``exceeded`` if killed at the deadline."""
+    """Run ``cmd``; wall seconds, CPU seconds (user + system, from wait4), its peak RSS (MiB),
+    stdout; ``exceeded`` if killed at the deadline."""
     load = round(os.getloadavg()[0], 1)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
@@ -188,7 +189,8 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None 
                                 stdout=out, stderr=err, cwd=cwd, start_new_session=True)
         status = _reap(proc, start + timeout)
         wall = time.perf_counter() - start
-        peak = _mib(int(rss.read() or 0))
+        usage = (rss.read() or "0 0").split()
+        peak, cpu = _mib(int(usage[0])), float(usage[1])
         if status is None:
             return {"exceeded": True, "seconds": round(wall, 2), "rss_mib": peak, "load": load}
         out.seek(0)
@@ -198,7 +200,7 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None 
         print(f"{' '.join(cmd)} exited {status}:\n{stderr[-2000:]}", file=sys.stderr, flush=True)
         return {"error": f"exit {status}: {stderr.strip()[-300:]}", "seconds": round(wall, 3),
                 "rss_mib": peak, "load": load}
-    return {"seconds": round(wall, 3), "rss_mib": peak, "load": load, "stdout": stdout}
+    return {"seconds": round(wall, 3), "cpu_s": cpu, "rss_mib": peak, "load": load, "stdout": stdout}
 
 
 def _reap(proc: subprocess.Popen[Any], deadline: float) -> int | None:
@@ -240,6 +242,14 @@ class Child:
         except OSError:
             pass
         return self.rss
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process has used so far, all its threads (/proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> float:
         """Signal it and reap it (SIGKILL to its group after ``timeout``); its peak RSS, MiB."""
