@@ -192,6 +192,7 @@ def table(results: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop the server and agents on the way out
     if args.restic and not shutil.which("restic"):
         print("restic not found; measuring syncd only", file=sys.stderr)
         args.restic = False
