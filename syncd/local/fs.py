@@ -308,7 +308,17 @@ def make_symlink(root: Path, rel: str, entry: Entry, owner: Owner = None) -> Loc
 
 
 def make_symlink_at(dir_fd: int, name: str, entry: Entry, owner: Owner, where: Path) -> LocalFile:
-    """The symlink ``name`` in ``dir_fd``, made under a temporary name and renamed over ``name``."""
+    """The symlink ``name`` in ``dir_fd``: made in place when nothing is there (a link appears
+    whole), else under a temporary name renamed over ``name``; so is one given to ``owner``,
+    which must own it before anyone sees it."""
+    if owner is None:
+        try:
+            os.symlink(entry.target or "", name, dir_fd=dir_fd)
+            return from_stat(os.lstat(name, dir_fd=dir_fd), entry.target)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise local_error(where, exc, "create symlink") from exc
     tmp = tmp_name()
     try:
         os.symlink(entry.target or "", tmp, dir_fd=dir_fd)

@@ -72,6 +72,10 @@ def entry_json(e: Entry) -> str:
     integers and content ids (32 hex digits, checked where they were made), so they are written
     directly, several times faster than json.dumps; a symlink's target may need escaping."""
     if _FAST_JSON and e.kind == "file" and type(e.mode) is int and type(e.mtime_ns) is int and type(e.size) is int:
+        if len(e.chunks) == 1 and e.chunks[0].pack is not None and not e.chunks[0].stored:   # a small file
+            c = e.chunks[0]
+            return (f'{{"type":"file","mode":{e.mode:d},"mtime_ns":{e.mtime_ns:d},"size":{e.size:d},'
+                    f'"chunks":[["{c.id}",{c.size:d},"{c.pack}",{c.offset:d}]]}}')
         refs = ",".join(f'["{c.id}",{c.size:d}]' if c.pack is None else
                         f'["{c.id}",{c.size:d},"{c.pack}",{c.offset:d}]' if not c.stored else
                         f'["{c.id}",{c.size:d},"{c.pack}",{c.offset:d},{c.stored:d}]' for c in e.chunks)
@@ -91,7 +95,8 @@ def _fast_writes_as_json() -> bool:
     manifest's form ever changes, the fast writer steps aside (checked once, at import)."""
     samples = [Entry("a", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7),
                                                   ChunkRef("3" * 32, 9, "2" * 32, 12, 4))),
-               Entry("a", "file", 0o644, 1, 0), Entry("d", "dir", 0o755, 2)]
+               Entry("a", "file", 0o644, 1, 0), Entry("b", "file", 0o600, 7, 5, (ChunkRef("4" * 32, 5, "5" * 32, 3),)),
+               Entry("d", "dir", 0o755, 2)]
     for e in samples:
         raw = entry_to_json(e)
         raw.pop("path", None)
