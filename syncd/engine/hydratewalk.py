@@ -261,9 +261,8 @@ class HydrateWalk:
             return self._planned.pop(visit.path)     # planned by the first pass a moment ago
         children, names = await self._children(visit)
         if not checking and visit.path in self._fresh:   # made by this hydrate a moment ago: empty, no rows
-            self._fresh.discard(visit.path)
-            plan = plan_hydrate({p: c[0] for p, c in children.items()}, LocalIndex(None, 0, {}), {}, self.overwrite)
-            return _Looked(plan, {}, {}, children, path=visit.path)
+            self._fresh.discard(visit.path)        # what plan_hydrate makes of it: create everything, in order
+            return _Looked(Plan(create=[children[p][0] for p in sorted(children)]), {}, {}, children, path=visit.path)
         looked = await in_thread(self._look_sync, visit.path, children, names, checking, pool=self._pool)
         if checking and looked is not None and self._planned_size + len(looked.children) <= KEEP_PLANNED:
             self._planned[visit.path] = looked      # a small change: the second pass reuses the plan
