@@ -79,7 +79,7 @@ class Rounds:
 
     def __init__(self, bench: Bench, work: Path, name: str, src: Path) -> None:
         self.bench, self.work, self.name, self.src = bench, work, name, src
-        self.vol, self.trash = f"hy-{name}", work / "trash"
+        self.vol = f"hy-{name}"
         self.args = bench.args
 
     def seed(self) -> dict[str, Any]:
@@ -102,14 +102,12 @@ class Rounds:
                 runs[tool].append(res)
                 print(f"round {i + 1}/{self.args.repeat} {self.name} {tool}: {res.get('seconds')} s wall, "
                       f"{res.get('cpu_s')} s CPU, load {res.get('load')}", file=sys.stderr, flush=True)
-            shutil.rmtree(self.trash, ignore_errors=True)      # the round's copies, once it is over
+            self.bench.empty_trash()                            # the round's copies, once it is over
         return runs
 
     def _discard(self, *paths: Path) -> None:
-        self.trash.mkdir(parents=True, exist_ok=True)
         for path in paths:
-            if path.exists():
-                path.rename(self.trash / f"{path.name}-{time.monotonic_ns()}")
+            self.bench.discard(path)
 
     def _entries(self, res: dict[str, Any], dst: Path) -> dict[str, Any]:
         if ok(res):
