@@ -21,7 +21,7 @@ from syncd.maint.prune import Retention, prune
 from syncd.store.base import Blob, ObjectInfo, ObjectStore
 from syncd.store.s3 import S3Store
 
-from .checks import local_ids
+from .checks import chunk_bytes, local_ids
 from .conftest import worker_config
 from .treeutil import make_tree, snapshot_tree
 
@@ -251,9 +251,10 @@ async def test_commit_survives_prune_deleting_an_already_existing_chunk(config: 
     src = tmp_path / "src"
     src.mkdir()
     payload = os.urandom(500_000)
+    first = chunk_bytes(payload, config)[0]    # 500 KB of random bytes: one chunk, or two about one time in nine
     async with open_engine(config) as eng:
-        # an orphan left by an interrupted commit: same bytes as the file we are about to commit
-        await eng.store.put(eng.layout.chunk("vol", content_id(payload)), payload)
+        # an orphan left by an interrupted commit: the same bytes as the first chunk we are about to commit
+        await eng.store.put(eng.layout.chunk("vol", content_id(first)), first)
     racing = PruneRacingStore(await S3Store.open(config))
     backend: ObjectStore = racing
     (src / "model.bin").write_bytes(payload)
