@@ -22,7 +22,6 @@ import asyncio
 import collections
 import json
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -205,68 +204,12 @@ async def hydrate_trials(config: Config, tmp_path: Path, zygote: Zygote, trials:
     return figures
 
 
-async def cold_hydrate_trials(config: Config, tmp_path: Path, zygote: Zygote, trials: int,
-                              seed: int) -> dict[str, float]:
-    """First hydrates (nothing in the index: each top directory is made aside and renamed whole,
-    its files written in place, hydrateaside.py) killed at random points: what is visible under
-    real names is whole (a top directory is there complete or not at all), and the next hydrate
-    removes what was left aside and yields exactly the snapshot."""
-    rng = random.Random(seed)
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    cfg = small_chunks(config)
-    w2 = worker_config(cfg, tmp_path, "w2")
-    job = {"op": "hydrate", "config": config_to_json(w2), "volume": "vol", "dir": str(dst), "cache": False,
-           "ready": str(tmp_path / "ready")}
-    outcomes: collections.Counter[str] = collections.Counter()
-
-    def fresh() -> None:                  # a first hydrate each time: no copy, no index
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.rmtree(w2.state_dir, ignore_errors=True)
-
-    def aside(path: str) -> bool:
-        return any(part.startswith(".syncd-tmp-") for part in path.split("/"))
-
-    async with open_engine(cfg) as eng:
-        version(src, rng)
-        (src / "d0" / "deeper" / "still").mkdir(parents=True)
-        (src / "d0" / "deeper" / "still" / "f.txt").write_bytes(rng.randbytes(3000))
-        await commit(eng, "vol", src)
-        new = snapshot_tree(src)
-        works = []
-        for _ in range(3):
-            fresh()
-            works.append((await zygote.run(job))["work"])
-        calibration = 1.1 * statistics.median(works)
-        for trial in range(trials):
-            fresh()
-            result = await zygote.run({**job, "kill_after": rng.uniform(0, calibration)})
-            seen = {p: v for p, v in snapshot_tree(dst).items() if not aside(p)}
-            for path, value in seen.items():
-                assert value == new.get(path), f"trial {trial}: {path} is not the snapshot's"
-            for top in {p.split("/")[0] for p in seen}:    # a top directory in place is complete
-                assert {p for p in new if p.startswith(top + "/")} <= set(seen), f"trial {trial}: {top} is partial"
-            outcomes["finished" if not result["killed"] else "killed, partial" if seen != new else "killed"] += 1
-            outcomes["left aside"] += bool(tmp_files(dst))
-            async with open_engine(w2, use_cache=False) as eng2:
-                await hydrate(eng2, "vol", dst)           # the restarted worker finishes it
-            assert snapshot_tree(dst) == new and not tmp_files(dst), f"trial {trial}: did not converge"
-    figures = {"trials": trials, "kill_window_seconds": calibration, **outcomes}
-    assert outcomes["killed, partial"] >= trials // 6 and outcomes["left aside"] >= trials // 6, figures
-    return figures
-
-
 async def test_killed_commits_leave_old_or_whole_new_head(config: Config, tmp_path: Path, zygote: Zygote) -> None:
     print("commit kill -9:", await commit_trials(config, tmp_path, zygote, trials=50, seed=6))
 
 
 async def test_killed_hydrates_leave_only_whole_files(config: Config, tmp_path: Path, zygote: Zygote) -> None:
     print("hydrate kill -9:", await hydrate_trials(config, tmp_path, zygote, trials=50, seed=6))
-
-
-async def test_killed_first_hydrates_leave_whole_files_and_whole_top_directories(
-        config: Config, tmp_path: Path, zygote: Zygote) -> None:
-    print("first hydrate kill -9:", await cold_hydrate_trials(config, tmp_path, zygote, trials=30, seed=7))
 
 
 @pytest.mark.slow

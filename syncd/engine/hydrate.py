@@ -197,7 +197,6 @@ class _Run:
         self._root_path = str(root.absolute())   # what the cache's references name
         self._uses: Counter[str] = Counter()   # chunks of the large files being written (once: streamed)
         self._writer: ThreadPoolExecutor | None = None  # streamed chunk writes, see write_large
-        self.where: Callable[[str], tuple[str, bool]] = _as_is   # the walk's: where a path is on disk now
 
     def _record(self, entry: Entry, st: LocalFile) -> None:
         self.done[entry.path] = Tracked(entry, st.fingerprint if entry.kind == "file" else None)
@@ -269,8 +268,8 @@ class _Run:
                 refs = [c for e in batch for c in e.chunks]
                 data = await self.engine.fetcher.get_packed(self.volume, pack, refs, cache_bytes=cache is None,
                                                             from_cache=cached) if refs else {}
-                files = [localfs.Small(e, data[e.chunks[0].id] if len(e.chunks) == 1 else
-                                       b"".join(data[c.id] for c in e.chunks), *self.where(e.path)) for e in batch]
+                files = [(e, data[e.chunks[0].id] if len(e.chunks) == 1 else b"".join(data[c.id] for c in e.chunks))
+                         for e in batch]
                 del data
                 stats, located = await in_thread(self._write_batch, files, None if cache is None else cached)
             finally:
@@ -286,14 +285,14 @@ class _Run:
             self.progress.advance(size)
         return out
 
-    def _write_batch(self, files: list[localfs.Small],
+    def _write_batch(self, files: list[tuple[Entry, bytes]],
                      cached: set[str] | None) -> tuple[list[LocalFile], dict[str, Located]]:
         """Worker thread: write the files (fs.write_small_many), and say where the chunks of each
         sit in it with its fingerprint (stamp.py), for the cache (``cached``: the ids it had;
         None: no references), except those below ``REF_MIN``."""
         stats = localfs.write_small_many(self.root, files, self.owner)
         located: dict[str, Located] = {}
-        for (entry, *_), st in zip(files, stats):
+        for (entry, _), st in zip(files, stats):
             if cached is None or entry.size < REF_MIN:
                 continue
             fingerprint = stamp.pinned(st, entry.size, entry.mtime_ns)
@@ -329,7 +328,7 @@ class _Run:
             offset += ref.size
         async with self._files, contextlib.AsyncExitStack() as flight:
             found = await self._locate(entry, flight)
-            tmp = await in_thread(localfs.open_tmp, self.root, self.where(entry.path)[0], entry.size, self.owner,
+            tmp = await in_thread(localfs.open_tmp, self.root, entry.path, entry.size, self.owner,
                                   undo=localfs.abandon_tmp)
             try:
                 copied = await self._copy_local(tmp.fd, entry.chunks, offsets, found)
@@ -341,7 +340,7 @@ class _Run:
             st = await in_thread(localfs.finish_tmp, tmp, entry)
             if self._by_ref and self.engine.cache is not None:  # chunks copied locally keep their source
                 fingerprint = stamp.pinned(tmp.stat, entry.size, entry.mtime_ns) if tmp.stat else None
-                await self.engine.cache.put_refs(Path(self._root_path) / entry.path, fingerprint, {
+                await self.engine.cache.put_refs(tmp.final.absolute(), fingerprint, {
                     ref.id: (off, ref.size) for ref, off in zip(entry.chunks, offsets) if ref.id not in copied})
         self.result.files_written += 1
         self.result.bytes_written += entry.size
@@ -449,10 +448,6 @@ class _Run:
         finally:
             await self.engine.budget.release(held)
         self.progress.advance(ref.size)
-
-
-def _as_is(path: str) -> tuple[str, bool]:
-    return path, False
 
 
 def _batches(entries: list[Entry], limit: int) -> list[list[Entry]]:

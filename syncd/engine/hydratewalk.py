@@ -23,12 +23,6 @@ writer's count of links per subtree to find them; here each visited tree's own
 count is checked against what its parent claimed, so a tree that hid a link
 fails before that link is made.
 
-A first hydrate (nothing of the target in the index, so no rows anywhere)
-plans a directory it made itself a moment ago without looking into it (it is
-empty and ours), and makes its top directories aside under temporary names,
-each renamed whole once complete (hydrateaside.py): the files below them are
-written in place, without a rename each.
-
 Order in a directory: in one worker-thread call, what is in the way goes
 (with --overwrite), subdirectories are made, file metadata adopted, links made
 and files the snapshot dropped deleted; then files are written (small ones
@@ -50,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncd.engine.hydrateaside import Aside
 from syncd.engine.hydrateplan import Plan, plan_hydrate
 from syncd.engine.hydratescope import Scope
 from syncd.engine.trees import WALK_BATCH
@@ -142,8 +135,6 @@ class HydrateWalk:
         self.seed = 0
         self._cold = scope.state is None      # nothing of this directory in the index: no rows anywhere
         self._fresh: set[str] = set()         # directories this hydrate made (cold only), not entered yet
-        self._aside = Aside()                 # cold only: top directories made aside (hydrateaside.py)
-        run.where = self._aside.where
 
     async def __aenter__(self) -> HydrateWalk:
         def opening() -> None:
@@ -412,11 +403,9 @@ class HydrateWalk:
         self.late_conflicts += plan.conflicts        # appeared since the first pass: left alone
         applying = looked.leftovers or plan.clear or plan.delete or plan.meta or \
             any(e.kind != "file" for e in plan.create)
-        made, fresh, aside = await in_thread(self._apply, looked, pool=self._pool) if applying else ([], [], [])
+        made, fresh = await in_thread(self._apply, looked, pool=self._pool) if applying else ([], [])
         if self._cold:
             self._fresh.update(fresh)
-        for top, tmp in aside:
-            self._aside.add(top, tmp)
         for entry, st in made:
             self._put(entry.path, Tracked(entry, st.fingerprint if entry.kind == "file" else None),
                       looked.rows.get(entry.path))
@@ -440,42 +429,36 @@ class HydrateWalk:
         if len(self._pending) >= ROW_BATCH:
             await self.save(False)
 
-    def _apply(self, looked: _Looked) -> tuple[list[tuple[Entry, LocalFile]], list[str], list[tuple[str, str]]]:
+    def _apply(self, looked: _Looked) -> tuple[list[tuple[Entry, LocalFile]], list[str]]:
         """Worker thread, one call per directory: everything of its plan but writing files --
-        leftovers (whole) and what is in the way go, subdirectories are made, metadata adopted,
-        links made, the files the snapshot dropped deleted. What it made, with each one's stat,
-        the subdirectories it created (they were not there: empty, only ours), and, at the top
-        of a cold hydrate, those it made aside (name, temporary name: hydrateaside.py).
+        leftovers and what is in the way go, subdirectories are made, metadata adopted, links
+        made, the files the snapshot dropped deleted. What it made, with each one's stat, and
+        the subdirectories it created (they were not there: empty, only ours).
 
         Its children are made relative to the directory's descriptor, opened once (dirfd.py)."""
-        plan, root, owner, where = looked.plan, self.target, self.run.owner, self._aside.where
+        plan, root, owner = looked.plan, self.target, self.run.owner
         for path in looked.leftovers:
-            localfs.remove_at(root, path, True)
+            localfs.remove_at(root, path)
         for path in plan.clear:
             localfs.remove_at(root, path, True)
         made: list[tuple[Entry, LocalFile]] = []
         fresh: list[str] = []
-        aside: list[tuple[str, str]] = []
-        new = {e.path for e in plan.create} if self._cold and not looked.path else set()
         dirs = [e for e in plan.create + plan.meta if e.kind == "dir"]
         files = [e for e in plan.meta if e.kind == "file"]
         links = [e for e in plan.create if e.kind == "symlink"]
         if dirs or files or links:
-            with dirfd.closing(localfs.open_dir(root, where(looked.path)[0])) as fd:
+            with dirfd.closing(localfs.open_dir(root, looked.path)) as fd:
                 for e in dirs:
-                    name = localfs.tmp_name() if e.path in new else dirdigest.name_of(e.path)
-                    st, created = localfs.make_dir_at(fd, name, e, owner, root / e.path)
+                    st, created = localfs.make_dir_at(fd, dirdigest.name_of(e.path), e, owner, root / e.path)
                     made.append((e, st))
                     if created:
                         fresh.append(e.path)
-                    if e.path in new:
-                        aside.append((e.path, name))
                 made += [(e, localfs.set_meta_at(fd, dirdigest.name_of(e.path), e, owner, root / e.path)) for e in files]
                 made += [(e, localfs.make_symlink_at(fd, dirdigest.name_of(e.path), e, owner, root / e.path)) for e in links]
         for path in plan.delete:
             if not _is_dir(looked.rows.get(path)):
                 localfs.remove_at(root, path)
-        return made, fresh, aside
+        return made, fresh
 
     async def _paths_below(self, top: str, ref: TreeRef) -> list[str]:
         out: list[str] = []
@@ -501,23 +484,10 @@ class HydrateWalk:
                 self._gone(path, looked.rows[path])
         if visit.entry is not None:
             self._mtimes.append(visit.entry)
-            await self._publish(self._aside.finished(visit.path))
             if len(self._mtimes) >= MTIME_BATCH:
                 await self._settle_writes()
 
-    async def _publish(self, tops: list[str]) -> None:
-        """Rename complete aside directories into place (hydrateaside.py); one that cannot be
-        (something else appeared at its name) is a late conflict and stays aside."""
-        for top in tops:
-            try:
-                await in_thread(self._aside.publish, self._root_fd, top)
-            except OSError:
-                self.late_conflicts.append(top)
-                continue
-            self._aside.done(top)
-
     async def _write(self, entry: Entry, row: Tracked | None) -> None:
-        self._aside.queued(entry.path)
         if not self.run.is_small(entry):
             self._large.append(asyncio.ensure_future(self._write_large(entry, row)))
             while len(self._large) > LARGE:
@@ -531,7 +501,6 @@ class HydrateWalk:
     async def _write_large(self, entry: Entry, row: Tracked | None) -> None:
         st = await self.run.write_large(entry)
         self._put(entry.path, Tracked(entry, st.fingerprint), row)
-        await self._publish(self._aside.written([entry.path]))
 
     async def _flush_window(self) -> None:
         window, self._window, self._window_bytes = self._window, [], 0
@@ -544,7 +513,6 @@ class HydrateWalk:
         rows = {e.path: r for e, r in window}
         for entry, st in await self.run.write_small([e for e, _ in window]):
             self._put(entry.path, Tracked(entry, st.fingerprint), rows[entry.path])
-        await self._publish(self._aside.written(e.path for e, _ in window))
 
     async def _settle_writes(self) -> None:
         """Every pending write done, then the queued directories' mtimes (deepest first)."""
@@ -555,7 +523,7 @@ class HydrateWalk:
             await self._large.pop(0)
         if self._mtimes:
             mtimes, self._mtimes = self._mtimes, []
-            await in_thread(_set_mtimes, self.target, [(self._aside.where(e.path)[0], e.mtime_ns) for e in mtimes])
+            await in_thread(_set_mtimes, self.target, mtimes)
 
     # ------------------------------------------------------------ rows
 
@@ -584,9 +552,9 @@ def _each(step: Callable[[Path, str], None], root: Path, paths: list[str]) -> No
         step(root, path)
 
 
-def _set_mtimes(root: Path, dirs: list[tuple[str, int]]) -> None:
-    for path, mtime_ns in reversed(dirs):      # deepest (last finished) first
-        localfs.set_dir_mtime(root, path, mtime_ns)
+def _set_mtimes(root: Path, dirs: list[Entry]) -> None:
+    for entry in reversed(dirs):      # deepest (last finished) first
+        localfs.set_dir_mtime(root, entry.path, entry.mtime_ns)
 
 
 def _is_dir(row: Tracked | None) -> bool:

@@ -13,12 +13,7 @@ it, and metadata is set through an ``O_NOFOLLOW`` descriptor.
 Every file appears atomically: bytes go to ``.syncd-tmp-<random>`` in the same
 directory (so the rename cannot cross filesystems), mode and mtime are set on
 the open descriptor, and ``os.replace`` publishes it; a failure unlinks the
-temporary file. Nobody ever sees half a file under its real name. The one
-exception keeps that promise another way: below a directory a first hydrate
-made aside under a temporary name (engine/hydrateaside.py), which nobody
-knows until it is renamed whole, a small file is created under its own name
-(``Small.in_place``) and the rename is saved. A symlink, which appears whole,
-is made in place when nothing is at its name.
+temporary file. Nobody ever sees half a file under its real name.
 
 Permission bits are applied without setuid, setgid and sticky bits: a volume
 is data, and a hydrate running as root must not plant set-id programs.
@@ -46,7 +41,6 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from syncd.errors import LocalIOError
 from syncd.format.manifest import Entry
@@ -197,16 +191,7 @@ def abandon_tmp(tmp: TmpFile) -> None:
     tmp.close()
 
 
-class Small(NamedTuple):
-    """A small file to write whole: its entry, its bytes, and where it goes."""
-
-    entry: Entry
-    data: bytes
-    at: str            # its path below the root on disk (the entry's, or below an aside directory)
-    in_place: bool     # written under its own name: its directory is aside (hidden) until complete
-
-
-def write_small_many(root: Path, files: list[Small], owner: Owner = None) -> list[os.stat_result]:
+def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner = None) -> list[os.stat_result]:
     """Small files, each whole (``_write_in``), in order; each directory is opened (from ``root``,
     without following links) once for the run of files in it, not once per file. Returns each
     published file's ``fstat`` (for the index, and the cache's fingerprint: data/stamp.py)."""
@@ -214,29 +199,26 @@ def write_small_many(root: Path, files: list[Small], owner: Owner = None) -> lis
     token = secrets.token_hex(4)
     dir_fd, current = -1, None
     try:
-        for n, (entry, data, at, in_place) in enumerate(files):
-            parent_rel, _, name = at.rpartition("/")
+        for n, (entry, data) in enumerate(files):
+            parent_rel, _, name = entry.path.rpartition("/")
             if parent_rel != current:
                 if dir_fd >= 0:
                     os.close(dir_fd)
                     dir_fd = -1
-                dir_fd, _ = open_parent(root, at)
+                dir_fd, _ = open_parent(root, entry.path)
                 current = parent_rel
-            out.append(_write_in(dir_fd, name, None if in_place else f"{TMP_PREFIX}{token}{n:x}", entry, data,
-                                 owner, root, at))
+            out.append(_write_in(dir_fd, name, f"{TMP_PREFIX}{token}{n:x}", entry, data, owner, root, entry.path))
     finally:
         if dir_fd >= 0:
             os.close(dir_fd)
     return out
 
 
-def _write_in(dir_fd: int, name: str, tmp: str | None, entry: Entry, data: bytes, owner: Owner, root: Path,
+def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, owner: Owner, root: Path,
               rel: str) -> os.stat_result:
-    """One small file, whole, into ``dir_fd``: temporary name, bytes, owner, mtime, mode, rename;
-    with no ``tmp``, created under its own name (``O_EXCL``: nothing was there), never renamed."""
-    made = name if tmp is None else tmp
+    """One small file, whole, into ``dir_fd``: temporary name, bytes, owner, mtime, mode, rename."""
     try:
-        fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
     except OSError as exc:
         raise local_error(root / rel, exc) from exc
@@ -248,12 +230,11 @@ def _write_in(dir_fd: int, name: str, tmp: str | None, entry: Entry, data: bytes
                 os.fchown(fd, *owner)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.fchmod(fd, entry.mode & SAFE_MODE_BITS)
-            if tmp is not None:
-                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             return os.fstat(fd)
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                os.unlink(made, dir_fd=dir_fd)
+                os.unlink(tmp, dir_fd=dir_fd)
             if isinstance(exc, OSError):
                 raise local_error(root / rel, exc) from exc
             raise
@@ -427,5 +408,5 @@ def cleanup_tmp_files(root: Path) -> int:
     leftovers: list[str] = []
     scan_sync(root, leftovers)
     for rel in leftovers:
-        remove_at(root, rel, True)     # a directory a killed hydrate made aside goes whole
+        remove_at(root, rel)
     return len(leftovers)
