@@ -23,7 +23,9 @@ of them, most recent first), is not stored again; any other chunk is looked
 up in the volume's chunk index (one :class:`IndexSession` for the whole pass,
 so each shard is listed once) before it is compressed and uploaded. The new
 chunks are recorded in the chunk index ``RECORD_AT`` at a time and at the
-end of the pass, before HEAD moves. A chunk reused rather than uploaded by
+end of the pass, before HEAD moves; their references go into the local
+cache of the index in a worker thread while HEAD moves and the index rows
+are written (:meth:`CommitPass.settle`). A chunk reused rather than uploaded by
 this commit (a rename's, a dedupe hit's, the chunk index's, or one whose PUT
 found the object there) may be one prune is deleting; its object key is kept
 in ``suspects`` and HEAD-checked before HEAD is advanced, and again if a
@@ -56,7 +58,7 @@ from syncd.limits import in_thread
 from syncd.local import dirdigest
 from syncd.local.dirfd import open_file
 from syncd.local.indexrows import Fingerprint, Tracked, dec, decode_row, enc, encode_row, term
-from syncd.local.scan import from_stat
+from syncd.local.scan import LocalFile, from_stat
 from syncd.local.spool import Spool
 
 READ_STEP = 4 << 20       # bytes of small files one worker-thread step reads (and holds of the budget)
@@ -116,6 +118,8 @@ class _Change:
     kind: int = ROW
     large: asyncio.Task[tuple[Entry, Fingerprint] | None] | None = None
     uploaded: bool = False            # its chunks went to the batch's uploader (located when it is done)
+    small: LocalFile | None = None    # a small file read by the scan: its entry is made once located ...
+    chunk: str | None = None          # ... with this chunk (None: it is empty)
 
 
 @dataclass
@@ -148,6 +152,7 @@ class CommitPass:
         self._closing = contextlib.ExitStack()
         self._session = engine.index_session(volume)    # one view of the chunk index for every batch
         self._unrecorded: dict[str, ChunkRef] = {}        # stored, not yet recorded in the chunk index
+        self._held = 0                                    # budget bytes of the step being taken, not handed on
 
     # ------------------------------------------------------------ the pass
 
@@ -205,7 +210,7 @@ class CommitPass:
         return scan
 
     def _excluded(self, ref: ChunkRef) -> bool:
-        return object_key(self.engine.layout, self.volume, ref) in self.excluded
+        return bool(self.excluded) and object_key(self.engine.layout, self.volume, ref) in self.excluded
 
     def _new_builder(self, theirs: Snapshot | None) -> Builder:
         root = theirs.root if theirs is not None else None
@@ -237,17 +242,23 @@ class CommitPass:
     async def _take(self, items: list[Item], drops: list[str], held: int) -> None:
         """Turn a step's items into changes of the open batch; ``held``: budget bytes held for
         the bytes read, handed to the uploader with them (what is not handed on is released)."""
+        self._held = held
         try:
-            held = await self._take_items(items, held)
+            await self._take_items(items)
         finally:
-            if held:
-                await self.engine.budget.release(held)
+            if self._held:
+                await self.engine.budget.release(self._held)
         if drops:
             self._open_batch().drops.extend(drops)
 
-    async def _take_items(self, items: list[Item], held_left: int) -> int:
+    async def _take_items(self, items: list[Item]) -> None:
+        small: list[tuple[str, bytes, int]] = []     # the open batch's small files' chunks, handed on at once
+        held_left = self._held
+        read = 0                                     # small files' bytes, reported to progress at once
+        batch = self._open_batch()
         for item in items:
-            batch = self._open_batch()
+            if batch is not self._batch:
+                batch = self._open_batch()
             if item.row is not None and item.row.entry.chunks:    # what the file held: dedupe against it
                 self._remember(item.row.entry.chunks)
             if item.skipped:
@@ -274,22 +285,28 @@ class CommitPass:
                 self._add(batch, _Change(item.path, None, item.row, large=task, uploaded=True))
             else:
                 data = item.data or b""
-                refs: tuple[ChunkRef, ...] = ()
                 if item.chunk is not None:
                     share = min(len(data), held_left)
                     held_left -= share
-                    await batch.uploader.add(item.chunk, data, share, True)
-                    refs = (ChunkRef(item.chunk, len(data)),)
-                entry = Entry(item.path, "file", loc.mode, loc.mtime_ns, loc.size, refs)
-                self._add(batch, _Change(item.path, entry, item.row, item.fingerprint, uploaded=True))
+                    small.append((item.chunk, data, share))
+                self._add(batch, _Change(item.path, None, item.row, item.fingerprint, small=loc, chunk=item.chunk))
                 self.result.files_read += 1
                 self.result.bytes_read += len(data)
                 batch.bytes += len(data)
-                self.progress.more(len(data))
-                self.progress.advance(len(data))
+                read += len(data)
             if len(batch.changes) >= BATCH_FILES or batch.bytes >= BATCH_BYTES:
+                await self._hand(batch, small)
+                small = []
                 await self._seal()
-        return held_left
+        await self._hand(batch, small)
+        self.progress.more(read)
+        self.progress.advance(read)
+
+    async def _hand(self, batch: _Batch, small: list[tuple[str, bytes, int]]) -> None:
+        """The small files' chunks to the batch's uploader, which owns their budget bytes from now."""
+        if small:
+            self._held -= sum(held for _, _, held in small)
+            await batch.uploader.add_small(small)
 
     def _open_batch(self) -> _Batch:
         if self._batch is None:
@@ -344,10 +361,15 @@ class CommitPass:
         feed: list[tuple[str, Entry | None]] = []
         for change in batch.changes:
             entry = change.entry
-            if change.large is not None and entry is None:
+            if change.small is not None:   # made under its bare name, as the tree holds it (trees._named)
+                loc, refs = change.small, (up.location(change.chunk),) if change.chunk is not None else ()
+                entry = change.entry = Entry(dirdigest.name_of(change.path), "file", loc.mode, loc.mtime_ns,
+                                             loc.size, refs)
+                self._note_reuse(refs, up)
+            elif change.large is not None and entry is None:
                 self.result.skipped.append(change.path)
                 continue
-            if entry is not None and change.uploaded and entry.chunks:
+            elif entry is not None and change.uploaded and entry.chunks:
                 located = tuple(up.location(c.id) for c in entry.chunks)
                 entry = change.entry = Entry(entry.path, "file", entry.mode, entry.mtime_ns, entry.size, located)
                 self._note_reuse(located, up)
@@ -363,7 +385,13 @@ class CommitPass:
         per batch: each record writes one index object per shard it touches."""
         fresh, self._unrecorded = self._unrecorded, {}
         if self._session is not None and fresh:
-            await self._session.record(fresh.values())
+            await self._session.record(fresh.values(), wait=False)
+
+    async def settle(self) -> None:
+        """Wait for the local chunk-index cache to take the recorded chunks (it does so while
+        HEAD is advanced and the index rows are written)."""
+        if self._session is not None:
+            await self._session.settle()
 
     def _remember(self, refs: Iterable[ChunkRef]) -> None:
         for ref in refs:

@@ -1,0 +1,110 @@
+"""A commit of many small files works a step at a time, not a file at a time (issue 19).
+
+The small files a commit reads reach the uploader a step at a time (up to READ_STEP bytes):
+one task looks the step's chunks up in the chunk index (one query of its local cache),
+compresses them and packs them, and the new chunks' references go into that cache in one
+transaction at the end. Counted on the real server at 600 and 3,000 files: the uploader's
+tasks and the chunk-index cache's queries and writes may not grow with the number of files. Then what the batching must keep: dedupe through the chunk
+index (a worker that never saw the volume commits copies and uploads nothing), the
+references a commit recorded are in the local cache when it returns (the next write there
+reads no index object), and the byte budget (tests/test_upload_budget.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncd.config import Config
+from syncd.data import chunkindex
+from syncd.data.upload import Uploader
+from syncd.engine.commit import commit
+from syncd.engine.hydrate import hydrate
+from syncd.engine.wiring import open_engine
+
+from .conftest import worker_config
+from .treeutil import snapshot_tree
+
+
+def _fill(root: Path, files: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for n in range(files):
+        leaf = root / f"d{n % 10}"
+        leaf.mkdir(parents=True, exist_ok=True)
+        (leaf / f"f{n}.bin").write_bytes(rng.randbytes(rng.randint(0, 1500)))
+
+
+class _Calls:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.n: Counter[str] = Counter()
+        place, place_small, run = Uploader._place, Uploader._place_small, chunkindex._Cache._run
+
+        async def counted_place(up: Uploader, *args: Any) -> None:
+            self.n["place one chunk"] += 1
+            await place(up, *args)
+
+        async def counted_place_small(up: Uploader, chunks: Any) -> None:
+            self.n["place small chunks"] += 1
+            await place_small(up, chunks)
+
+        def counted_run(cache: chunkindex._Cache, fn_name: str, *args: object) -> object:
+            self.n[f"cache {fn_name}"] += 1
+            return run(cache, fn_name, *args)
+
+        monkeypatch.setattr(Uploader, "_place", counted_place)
+        monkeypatch.setattr(Uploader, "_place_small", counted_place_small)
+        monkeypatch.setattr(chunkindex._Cache, "_run", counted_run)
+
+
+async def _first_commit(config: Config, tmp_path: Path, files: int, monkeypatch: pytest.MonkeyPatch,
+                        ) -> dict[str, int]:
+    src = tmp_path / f"src{files}"
+    _fill(src, files, seed=files)
+    calls = _Calls(monkeypatch)
+    async with open_engine(dataclasses.replace(config, state_dir=tmp_path / f"state{files}")) as engine:
+        result = await commit(engine, f"v{files}", src)
+        assert result.files_read == files
+    out = dict(calls.n)
+    out.pop("cache keys", None)          # one per shard listed: up to 256 whatever the size
+    return out
+
+
+async def test_a_first_commit_costs_tasks_and_queries_per_step_not_per_file(
+        config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small = await _first_commit(config, tmp_path, 600, monkeypatch)
+    large = await _first_commit(config, tmp_path, 3000, monkeypatch)
+    assert small == large, (small, large)           # 3,000 files of 0-1.5 KB are one step, as 600 are
+    assert "place one chunk" not in large           # no task per chunk
+    assert large["place small chunks"] == 1
+    assert large.get("cache find", 0) <= 1          # a new volume's shards are empty: nothing to ask
+    assert large["cache apply_many"] == 1           # the new chunks' references: one transaction
+
+
+async def test_batched_small_files_still_dedupe_and_the_recorded_references_are_cached(
+        config: Config, tmp_path: Path) -> None:
+    src = tmp_path / "src" / "a"
+    _fill(src, 400, seed=7)
+    async with open_engine(config) as engine:
+        first = await commit(engine, "vol", tmp_path / "src")
+        assert first.uploaded_chunks == sum(1 for p in src.rglob("*.bin") if p.stat().st_size)
+        shutil.copytree(src, tmp_path / "src" / "b")       # the same bytes again, new files
+        read = engine.chunk_index.objects_read if engine.chunk_index else 0
+        again = await commit(engine, "vol", tmp_path / "src")
+        assert again.files_read == 400 and again.uploaded_bytes == 0
+        assert engine.chunk_index is not None and engine.chunk_index.objects_read == read
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(src, copy / "c")
+    async with open_engine(worker_config(config, tmp_path, "w2")) as other:   # never saw the volume
+        third = await commit(other, "vol", copy)
+        assert third.files_read == 400 and third.uploaded_bytes == 0
+        assert third.reused_chunks == first.uploaded_chunks
+        assert other.chunk_index is not None and other.chunk_index.objects_read > 0
+        await hydrate(other, "vol", tmp_path / "dst")
+    for name in ("a", "b", "c"):
+        assert snapshot_tree(tmp_path / "dst" / name) == snapshot_tree(src)
