@@ -7,7 +7,8 @@ transaction at the end. Counted on the real server at 600 and 3,000 files: the u
 tasks and the chunk-index cache's queries and writes may not grow with the number of files. Then what the batching must keep: dedupe through the chunk
 index (a worker that never saw the volume commits copies and uploads nothing), the
 references a commit recorded are in the local cache when it returns (the next write there
-reads no index object), and the byte budget (tests/test_upload_budget.py).
+reads no index object), with or without SQLite's JSON functions, and the byte budget
+(tests/test_upload_budget.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import shutil
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from syncd.data.upload import Uploader
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
+from syncd.format.chunking import content_id
+from syncd.format.manifest import ChunkRef
 
 from .conftest import worker_config
 from .treeutil import snapshot_tree
@@ -108,3 +112,38 @@ async def test_batched_small_files_still_dedupe_and_the_recorded_references_are_
         await hydrate(other, "vol", tmp_path / "dst")
     for name in ("a", "b", "c"):
         assert snapshot_tree(tmp_path / "dst" / name) == snapshot_tree(src)
+
+
+class _NoJson:
+    """A connection whose SQLite lacks the JSON functions (older builds)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if "json_each" in sql:
+            raise sqlite3.OperationalError("no such table: json_each")
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.db.executemany(sql, rows)
+
+
+@pytest.mark.parametrize("json_functions", [True, False])
+def test_the_chunk_index_cache_takes_a_record_in_one_statement_or_row_by_row(
+        tmp_path: Path, json_functions: bool) -> None:
+    cache = chunkindex._Cache(tmp_path / "cache.sqlite3")
+    refs = [ChunkRef(content_id(b"%d" % i), 100 + i, content_id(b"pack"), 100 * i, 50 if i % 2 else 0)
+            for i in range(300)] + [ChunkRef(content_id(b"own"), 7)]
+    odd_key = 'p"re\\fix/alice/v/index/00/' + content_id(b"x")      # a key prefix is any text
+    db = cache._connect()
+    try:
+        chunkindex._Cache._db_apply_many(db if json_functions else _NoJson(db),    # type: ignore[arg-type]
+                                         "v", [("00", [], {odd_key: refs[:200]}), ("01", [], {"k/1": refs[200:]})])
+        found = chunkindex._Cache._db_find(db, "v", [r.id for r in refs])
+        assert found == {r.id: [r] for r in refs}
+        assert dict(db.execute("SELECT id, key FROM refs WHERE volume='v'").fetchall()) == \
+            {**{r.id: odd_key for r in refs[:200]}, **{r.id: "k/1" for r in refs[200:]}}
+        assert chunkindex._Cache._db_keys(db, "v", "00") == {odd_key}
+    finally:
+        db.close()

@@ -53,7 +53,7 @@ from pathlib import Path
 import msgspec
 
 from syncd.errors import ManifestError, NotFound, StoreError
-from syncd.format.chunkindex import decode_index, encode_index, ref_json
+from syncd.format.chunkindex import decode_index, encode_index
 from syncd.format.chunking import content_id, is_content_id
 from syncd.format.layout import Layout, object_key, shard_of
 from syncd.format.manifest import ChunkRef
@@ -61,6 +61,16 @@ from syncd.limits import gather_all
 from syncd.store.base import ObjectStore, put_immutable
 
 _ENCODE = msgspec.json.Encoder().encode     # a reference's cached form, the JSON json.loads reads back
+
+
+def _ref_text(ref: ChunkRef) -> str:
+    """``_ENCODE(ref_json(ref))`` as text, without a list or bytes per reference (100,000 at once;
+    ids and pack ids are content ids, checked where they were read: hex, nothing to escape)."""
+    if ref.pack is None:
+        return f'["{ref.id}",{ref.size:d}]'
+    if not ref.stored:
+        return f'["{ref.id}",{ref.size:d},"{ref.pack}",{ref.offset:d}]'
+    return f'["{ref.id}",{ref.size:d},"{ref.pack}",{ref.offset:d},{ref.stored:d}]'
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +137,11 @@ class _Cache:
         """Every shard's change in one transaction, its rows inserted in key order: rows of
         random ids land all over the table, so a transaction per shard wrote most of its pages
         again each time (256 of them took 4 s for 100,000 refs, one 1.4 s, one in key order
-        0.7 s)."""
-        rows = sorted(((r, key) for _, _, added in shards for key, refs in added.items() for r in refs),
-                      key=lambda row: (row[0].id, row[1]))
+        0.7 s). The rows go in as one JSON array that SQLite unpacks (json_each): one
+        statement, run without the GIL, where executemany took it back for every row and a
+        thread beside it (a commit's index rows) waited for it each time."""
+        rows = sorted(f'["{r.id}",{quoted},{_ref_text(r)}]' for _, _, added in shards for key, refs in added.items()
+                      for quoted in (_ENCODE(key).decode(),) for r in refs)     # JSON text: no list per row
         db.execute("BEGIN IMMEDIATE")
         try:
             for shard, gone, added in shards:
@@ -137,8 +149,13 @@ class _Cache:
                     db.execute("DELETE FROM objects WHERE volume=? AND key=?", (volume, key))
                     db.execute("DELETE FROM refs WHERE volume=? AND key=?", (volume, key))
                 db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", ((volume, shard, k) for k in added))
-            db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?, ?, ?)",
-                           ((volume, r.id, key, _ENCODE(ref_json(r)).decode()) for r, key in rows))
+            try:
+                db.execute("INSERT OR IGNORE INTO refs SELECT ?, json_extract(value, '$[0]'), "
+                           "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?)",
+                           (volume, f"[{','.join(rows)}]"))
+            except sqlite3.OperationalError:     # an SQLite without JSON functions
+                db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?, ?, ?)",
+                               ((volume, cid, key, _ENCODE(ref).decode()) for cid, key, ref in map(json.loads, rows)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -216,7 +233,7 @@ class IndexSession:
         self._objects: dict[str, asyncio.Task[int | None]] = {}
         self._pending: list[tuple[str, asyncio.Future[list[ChunkRef]]]] = []
         self._batches: set[asyncio.Task[None]] = set()
-        self._uncached: list[Applied] = []   # what record stored, not in the local cache yet (settle)
+        self._caching: asyncio.Task[object] | None = None   # what record stored, going into the local cache
         self.lists = 0
 
     async def find(self, chunk_id: str, size: int) -> ChunkRef | None:
@@ -343,23 +360,22 @@ class IndexSession:
         return await self.index.cache.call(fn_name, *args)
 
     async def settle(self) -> None:
-        """Put the references :meth:`record` stored into the local cache (one transaction). A
-        failure there is logged, no more: the next session fetches those index objects instead."""
-        applied, self._uncached = self._uncached, []
-        if not applied:
+        """Wait until the references :meth:`record` stored are in the local cache. A failure
+        there is logged, no more: the next session fetches those index objects instead."""
+        task, self._caching = self._caching, None
+        if task is None:
             return
         try:
-            await self.index.cache.call("apply_many", self.volume, applied)
+            await task
         except Exception as exc:   # the cache only ever makes lookups cheaper
             log.warning("volume %r: chunk index cache not updated: %s", self.volume, exc)
 
     async def record(self, refs: Iterable[ChunkRef], *, wait: bool = True) -> int:
         """Add ``refs`` (chunks this write stored) to the index; merges a crowded shard. Best-effort:
         returns the index objects written. ``wait=False``: their references go into the local
-        cache only at :meth:`settle` (one SQLite transaction, ~0.7 s per 100,000 refs, which a
-        commit makes after HEAD moved and its index rows are written; beside those writes,
-        the two threads handed the GIL back and forth per row), or before the cache is next
-        used here -- the next record included, so at most one record's references wait."""
+        cache in a worker thread meanwhile (one SQLite statement, ~0.7 s per 100,000 refs,
+        while a commit advances HEAD and writes its index rows); :meth:`settle` waits for
+        that, and so does every later use of the cache here (the next record included)."""
         await self.settle()
         by_shard: dict[str, dict[str, ChunkRef]] = defaultdict(dict)
         for ref in refs:
@@ -377,9 +393,10 @@ class IndexSession:
         try:
             return sum(await gather_all(one(s, new) for s, new in by_shard.items()))
         finally:
-            self._uncached = applied
-            if wait:
-                await self.settle()
+            if applied:
+                self._caching = asyncio.ensure_future(self.index.cache.call("apply_many", self.volume, applied))
+                if wait:
+                    await self.settle()
 
     async def _record_shard(self, shard: str, new: dict[str, ChunkRef], applied: list[Applied]) -> int:
         index = self.index

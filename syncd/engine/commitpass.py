@@ -24,8 +24,8 @@ up in the volume's chunk index (one :class:`IndexSession` for the whole pass,
 so each shard is listed once) before it is compressed and uploaded. The new
 chunks are recorded in the chunk index ``RECORD_AT`` at a time and at the
 end of the pass, before HEAD moves; their references go into the local
-cache of the index once HEAD moved and the index rows are written
-(:meth:`CommitPass.settle`). A chunk reused rather than uploaded by
+cache of the index in a worker thread while HEAD moves and the index rows
+are written (:meth:`CommitPass.settle`). A chunk reused rather than uploaded by
 this commit (a rename's, a dedupe hit's, the chunk index's, or one whose PUT
 found the object there) may be one prune is deleting; its object key is kept
 in ``suspects`` and HEAD-checked before HEAD is advanced, and again if a
@@ -388,8 +388,8 @@ class CommitPass:
             await self._session.record(fresh.values(), wait=False)
 
     async def settle(self) -> None:
-        """The recorded chunks into the local chunk-index cache (commit.py: after the index
-        rows are written, not beside them; see IndexSession.record)."""
+        """Wait for the local chunk-index cache to take the recorded chunks (it does so while
+        HEAD is advanced and the index rows are written)."""
         if self._session is not None:
             await self._session.settle()
 
