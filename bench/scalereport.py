@@ -1,6 +1,6 @@
 """bench/scale.py's results as Markdown tables: one column pair per size, the ratios, the growth.
 
-A cell is ``seconds, peak RSS``; a ratio is restic's seconds over syncd's, so
+A cell is ``seconds, peak RSS, CPU seconds`` (user and system); a ratio is restic's seconds over syncd's, so
 above 1.0x syncd is the faster. The agent's rows are compared with restic's
 CLI step of the same kind (its incremental backup, its restore after a
 backup made elsewhere): restic has no agent. The growth divides each figure
@@ -42,6 +42,8 @@ def cell(step: dict[str, Any] | None) -> str:
     if step.get("exceeded"):
         return f"killed at {step['seconds']:.0f} s"
     text = f"{_secs(step['seconds'])}, {step['rss_mib']:.0f} MiB" if step.get("rss_mib") else _secs(step["seconds"])
+    if step.get("cpu_s") is not None:
+        text += f", {step['cpu_s']:.1f} CPU-s"
     if step.get("uploaded_bytes") is not None:
         text += f", {_bytes(step['uploaded_bytes'])} up"
     if step.get("files_written") is not None:
