@@ -670,7 +670,8 @@ def median_run(steps: list[dict[str, Any]]) -> dict[str, Any]:
     good = sorted((s for s in steps if ok(s)), key=lambda s: s["seconds"])
     if not good:
         return steps[0] if steps else {"skipped": "no run"}
-    return {**good[(len(good) - 1) // 2], "runs_s": [s.get("seconds") for s in steps], "median_of": len(good)}
+    return {**good[(len(good) - 1) // 2], "runs_s": [s.get("seconds") for s in steps], "median_of": len(good),
+            "runs_load": [s["load"] for s in steps if "load" in s]}
 
 
 def measure_real(bench: Bench, work: Path) -> dict[str, Any]:

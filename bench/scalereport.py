@@ -64,6 +64,8 @@ def show(results: dict[str, Any]) -> list[str]:
         head += [f"{int(n):,} syncd", "restic", "ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label in STEPS.items():
+        if not any(key in results["sizes"][n].get("syncd", {}) for n in sizes):
+            continue                 # a step this mode does not run (--find-only, --commit-only)
         row = [label]
         for n in sizes:
             tools = results["sizes"][n]
@@ -74,7 +76,8 @@ def show(results: dict[str, Any]) -> list[str]:
     for n in sizes:
         rss = results["sizes"][n].get("syncd", {}).get("agent_peak_rss_mib")
         row += ["-" if rss is None else f"{rss:.0f} MiB", "", ""]
-    lines.append("| " + " | ".join(row) + " |")
+    if any(c not in ("-", "") for c in row[1:]):
+        lines.append("| " + " | ".join(row) + " |")
     lines += [""] + [f"load (1-minute average at each step's start), {int(n):,} files: " + loads(results["sizes"][n])
                      for n in sizes]
     lines += [""] + results.get("growth", [])
@@ -87,7 +90,8 @@ def loads(tools: dict[str, Any]) -> str:
     """The lowest and highest load average each tool's steps started at."""
     parts = []
     for tool in ("syncd", "restic"):
-        seen = [step["load"] for step in tools.get(tool, {}).values() if isinstance(step, dict) and "load" in step]
+        seen = [load for step in tools.get(tool, {}).values() if isinstance(step, dict) and "load" in step
+                for load in step.get("runs_load", [step["load"]])]
         if seen:
             parts.append(f"{tool} {min(seen):.1f}-{max(seen):.1f}")
     return ", ".join(parts) or "-"

@@ -130,8 +130,9 @@ class _NoJson:
 
 
 @pytest.mark.parametrize("json_functions", [True, False])
-def test_the_chunk_index_cache_takes_a_record_in_one_statement_or_row_by_row(
-        tmp_path: Path, json_functions: bool) -> None:
+def test_the_chunk_index_cache_takes_a_record_in_json_statements_or_row_by_row(
+        tmp_path: Path, json_functions: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunkindex, "JSON_ROWS", 64)          # several statements of one transaction
     cache = chunkindex._Cache(tmp_path / "cache.sqlite3")
     refs = [ChunkRef(content_id(b"%d" % i), 100 + i, content_id(b"pack"), 100 * i, 50 if i % 2 else 0)
             for i in range(300)] + [ChunkRef(content_id(b"own"), 7)]

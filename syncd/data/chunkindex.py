@@ -53,7 +53,7 @@ from pathlib import Path
 import msgspec
 
 from syncd.errors import ManifestError, NotFound, StoreError
-from syncd.format.chunkindex import decode_index, encode_index
+from syncd.format.chunkindex import decode_index, encode_index, ref_text
 from syncd.format.chunking import content_id, is_content_id
 from syncd.format.layout import Layout, object_key, shard_of
 from syncd.format.manifest import ChunkRef
@@ -62,21 +62,12 @@ from syncd.store.base import ObjectStore, put_immutable
 
 _ENCODE = msgspec.json.Encoder().encode     # a reference's cached form, the JSON json.loads reads back
 
-
-def _ref_text(ref: ChunkRef) -> str:
-    """``_ENCODE(ref_json(ref))`` as text, without a list or bytes per reference (100,000 at once;
-    ids and pack ids are content ids, checked where they were read: hex, nothing to escape)."""
-    if ref.pack is None:
-        return f'["{ref.id}",{ref.size:d}]'
-    if not ref.stored:
-        return f'["{ref.id}",{ref.size:d},"{ref.pack}",{ref.offset:d}]'
-    return f'["{ref.id}",{ref.size:d},"{ref.pack}",{ref.offset:d},{ref.stored:d}]'
-
 log = logging.getLogger(__name__)
 
 COMPACT_AT = 16        # index objects in one shard before a writer merges them
 FETCHERS = 8           # index objects fetched at once
 BUSY_TIMEOUT = 30.0
+JSON_ROWS = 8192       # references per SQLite statement (SQLite parses the JSON whole: ~1 KiB a row)
 
 Applied = tuple[str, list[str], dict[str, list[ChunkRef]]]   # a shard, its keys gone, its keys added (refs)
 
@@ -137,10 +128,10 @@ class _Cache:
         """Every shard's change in one transaction, its rows inserted in key order: rows of
         random ids land all over the table, so a transaction per shard wrote most of its pages
         again each time (256 of them took 4 s for 100,000 refs, one 1.4 s, one in key order
-        0.7 s). The rows go in as one JSON array that SQLite unpacks (json_each): one
-        statement, run without the GIL, where executemany took it back for every row and a
+        0.7 s). The rows go in as JSON arrays that SQLite unpacks (json_each), ``JSON_ROWS``
+        a statement, run without the GIL, where executemany took it back for every row and a
         thread beside it (a commit's index rows) waited for it each time."""
-        rows = sorted(f'["{r.id}",{quoted},{_ref_text(r)}]' for _, _, added in shards for key, refs in added.items()
+        rows = sorted(f'["{r.id}",{quoted},{ref_text(r)}]' for _, _, added in shards for key, refs in added.items()
                       for quoted in (_ENCODE(key).decode(),) for r in refs)     # JSON text: no list per row
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -150,9 +141,10 @@ class _Cache:
                     db.execute("DELETE FROM refs WHERE volume=? AND key=?", (volume, key))
                 db.executemany("INSERT OR IGNORE INTO objects VALUES (?, ?, ?)", ((volume, shard, k) for k in added))
             try:
-                db.execute("INSERT OR IGNORE INTO refs SELECT ?, json_extract(value, '$[0]'), "
-                           "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?)",
-                           (volume, f"[{','.join(rows)}]"))
+                for start in range(0, len(rows), JSON_ROWS):
+                    db.execute("INSERT OR IGNORE INTO refs SELECT ?, json_extract(value, '$[0]'), "
+                               "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?)",
+                               (volume, f"[{','.join(rows[start:start + JSON_ROWS])}]"))
             except sqlite3.OperationalError:     # an SQLite without JSON functions
                 db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?, ?, ?)",
                                ((volume, cid, key, _ENCODE(ref).decode()) for cid, key, ref in map(json.loads, rows)))

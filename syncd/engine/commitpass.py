@@ -57,7 +57,7 @@ from syncd.format.manifest import ChunkRef, Entry, Snapshot, symlink_stays_insid
 from syncd.limits import in_thread
 from syncd.local import dirdigest
 from syncd.local.dirfd import open_file
-from syncd.local.indexrows import Fingerprint, Tracked, dec, decode_row, enc, encode_row, term
+from syncd.local.indexrows import Fingerprint, Tracked, dec, decode_row, enc, entry_json, term
 from syncd.local.scan import LocalFile, from_stat
 from syncd.local.spool import Spool
 
@@ -71,6 +71,7 @@ UNSTABLE_RETRIES = 3
 INDEX_BATCH = 20000       # index rows written per transaction
 RECORD_AT = 131072        # new chunks recorded in the chunk index at once (<= 256 index objects each time)
 ROW, BUILD, DROP = 0, 1, 2   # spool records: an index row (and a tree change), a tree change only, a subtree drop
+_NO_FINGERPRINT = (None, None, None, None)
 
 
 @dataclass
@@ -415,10 +416,13 @@ class CommitPass:
         path, entry = change.path, change.entry
         if change.kind == BUILD:
             return [BUILD, enc(path)]
-        new = Tracked(entry, change.fingerprint if entry.kind == "file" else None) if entry is not None else None
-        moved = (term(self.seed, path, new) if new is not None else 0) - \
-            (term(self.seed, path, change.row) if change.row is not None else 0)
-        encoded = encode_row(path, new)[1:] if new is not None else None
+        moved = -term(self.seed, path, change.row) if change.row is not None else 0
+        encoded = None
+        if entry is not None:      # indexrows.encode_row and term, without a Tracked per row
+            fp = change.fingerprint if entry.kind == "file" else None
+            moved += dirdigest.child_hash(self.seed, dirdigest.name_of(path), entry.kind, entry.mode, fp,
+                                          entry.target, entry.mtime_ns)
+            encoded = [entry_json(entry), *(fp or _NO_FINGERPRINT)]
         return [ROW, enc(path), encoded, dirdigest.to_blob(moved)]
 
     # ------------------------------------------------------------ replay and large files

@@ -280,7 +280,8 @@ class IndexStore:
             if conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()[0] == dirdigest.VERSION:
                 self._add_digests(conn, vol, digests)
             conn.executemany("DELETE FROM files WHERE vol=? AND path=?", ((vol, p) for p in deletes))
-            conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", ((vol, *r) for r in puts))
+            # vol (our own row id, an int) is written into the statement: no tuple per row
+            conn.executemany(f"INSERT OR REPLACE INTO files VALUES ({int(vol)}, ?, ?, ?, ?, ?, ?)", puts)
             conn.execute("UPDATE volumes SET snapshot=?, seq=?, generation=generation+1, exact=coalesce(?, exact) "
                          "WHERE id=?", (snapshot, seq, None if exact is None else int(exact), vol))
         with self._known_lock:
