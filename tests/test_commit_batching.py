@@ -14,6 +14,7 @@ reads no index object), with or without SQLite's JSON functions, and the byte bu
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
 import sqlite3
@@ -148,3 +149,27 @@ def test_the_chunk_index_cache_takes_a_record_in_json_statements_or_row_by_row(
         assert chunkindex._Cache._db_keys(db, "v", "00") == {odd_key}
     finally:
         db.close()
+
+
+async def test_rows_of_paths_a_commit_leaves_out_are_not_written_and_the_rest_are(
+        config: Config, tmp_path: Path) -> None:
+    """A symlink that leads out of the volume only through others is left out after the pass
+    (commit.py), so the spooled batch is written without it: the rows of every other path,
+    and digests that agree with them (the next commit reads nothing again)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(5):
+        (src / "d" / f"f{i}.txt").write_bytes(b"%d\n" % i)
+    os.symlink("..", src / "d" / "e")          # the root: fine alone
+    os.symlink("d/e", src / "a")               # the root: fine alone
+    os.symlink("a/..", src / "x")              # out of the volume, through both
+    async with open_engine(config) as engine:
+        first = await commit(engine, "vol", src)
+        assert first.skipped == ["x"] and first.files_read == 5
+        rows = await engine.index.rows("vol", src, ["a", "d/e", "d/f0.txt", "x"])
+        assert set(rows) == {"a", "d/e", "d/f0.txt"}
+        again = await commit(engine, "vol", src)
+        assert again.skipped == ["x"] and again.files_read == 0
+        await hydrate(engine, "vol", tmp_path / "dst")
+    assert not os.path.lexists(tmp_path / "dst" / "x")
+    assert sorted(p.name for p in (tmp_path / "dst" / "d").iterdir()) == ["e"] + [f"f{i}.txt" for i in range(5)]

@@ -39,15 +39,15 @@ import asyncio
 import contextlib
 import os
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from syncd.data.chunkread import file_chunks
 from syncd.data.upload import Uploader
 from syncd.engine.commitscan import Item, Scan, Step
+from syncd.engine.commitspool import IndexWrite, SpoolBatch, tree_changes
 from syncd.engine.progress import Progress
 from syncd.engine.trees import Builder, Built
 from syncd.engine.wiring import Engine
@@ -57,7 +57,7 @@ from syncd.format.manifest import ChunkRef, Entry, Snapshot, symlink_stays_insid
 from syncd.limits import in_thread
 from syncd.local import dirdigest
 from syncd.local.dirfd import open_file
-from syncd.local.indexrows import Fingerprint, Tracked, dec, decode_row, enc, entry_json, term
+from syncd.local.indexrows import Fingerprint, Tracked, term
 from syncd.local.scan import LocalFile, from_stat
 from syncd.local.spool import Spool
 
@@ -70,8 +70,6 @@ READERS = 4               # large files read at once
 UNSTABLE_RETRIES = 3
 INDEX_BATCH = 20000       # index rows written per transaction
 RECORD_AT = 131072        # new chunks recorded in the chunk index at once (<= 256 index objects each time)
-ROW, BUILD, DROP = 0, 1, 2   # spool records: an index row (and a tree change), a tree change only, a subtree drop
-_NO_FINGERPRINT = (None, None, None, None)
 
 
 @dataclass
@@ -116,7 +114,7 @@ class _Change:
     entry: Entry | None
     row: Tracked | None               # the row it replaces
     fingerprint: tuple[int, int, int, int] | None = None
-    kind: int = ROW
+    below_drop: bool = False          # a tree change only: its row goes with its dropped parent's
     large: asyncio.Task[tuple[Entry, Fingerprint] | None] | None = None
     uploaded: bool = False            # its chunks went to the batch's uploader (located when it is done)
     small: LocalFile | None = None    # a small file read by the scan: its entry is made once located ...
@@ -267,7 +265,7 @@ class CommitPass:
                 continue
             loc = item.local
             if loc is None:
-                self._add(batch, _Change(item.path, None, item.row, kind=BUILD if item.below_drop else ROW))
+                self._add(batch, _Change(item.path, None, item.row, below_drop=item.below_drop))
             elif loc.kind == "dir":
                 self._add(batch, _Change(item.path, Entry(item.path, "dir", loc.mode, loc.mtime_ns), item.row))
             elif loc.kind == "symlink":
@@ -358,7 +356,7 @@ class CommitPass:
         self.result.uploaded_chunks += up.uploaded_chunks
         self.result.uploaded_bytes += up.uploaded_bytes
         self.result.reused_chunks += up.reused_chunks
-        records: list[list[Any]] = [[DROP, enc(top)] for top in batch.drops]
+        spooled = SpoolBatch(batch.drops)
         feed: list[tuple[str, Entry | None]] = []
         for change in batch.changes:
             entry = change.entry
@@ -375,10 +373,10 @@ class CommitPass:
                 entry = change.entry = Entry(entry.path, "file", entry.mode, entry.mtime_ns, entry.size, located)
                 self._note_reuse(located, up)
             feed.append((change.path, entry))
-            records.append(self._record(change))
+            self._spool_change(spooled, change)
         assert self._builder is not None
         self._builder.feed_from_thread(feed, loop)
-        self.spool.add(records)
+        self.spool.add(spooled.record())
 
     async def _record_chunks(self) -> None:
         """The chunks stored so far into the chunk index (before HEAD moves, like every writer:
@@ -411,19 +409,19 @@ class CommitPass:
             elif (ref.pack or ref.id) not in self.ours:
                 self.suspects.add(object_key(self.engine.layout, self.volume, ref))
 
-    def _record(self, change: _Change) -> list[Any]:
-        """The spool record of a change: its row (encoded) and what it moves its parent's digest by."""
+    def _spool_change(self, spooled: SpoolBatch, change: _Change) -> None:
+        """A change into its spooled batch: its row and what it moves its parent's digest by."""
         path, entry = change.path, change.entry
-        if change.kind == BUILD:
-            return [BUILD, enc(path)]
+        if change.below_drop:
+            spooled.build(path)
+            return
         moved = -term(self.seed, path, change.row) if change.row is not None else 0
-        encoded = None
-        if entry is not None:      # indexrows.encode_row and term, without a Tracked per row
+        fp = None
+        if entry is not None:      # indexrows.term, without a Tracked per row
             fp = change.fingerprint if entry.kind == "file" else None
             moved += dirdigest.child_hash(self.seed, dirdigest.name_of(path), entry.kind, entry.mode, fp,
                                           entry.target, entry.mtime_ns)
-            encoded = [entry_json(entry), *(fp or _NO_FINGERPRINT)]
-        return [ROW, enc(path), encoded, dirdigest.to_blob(moved)]
+        spooled.change(path, entry, fp, moved)
 
     # ------------------------------------------------------------ replay and large files
 
@@ -434,7 +432,7 @@ class CommitPass:
         batches = self.spool.batches_in_order()
         try:
             while (batch := await in_thread(next, batches, None)) is not None:
-                for path, entry in _tree_changes(batch):
+                for path, entry in tree_changes(batch):
                     await builder.feed(path, None if path in left_out else entry)
             return await builder.finish()
         except BaseException:
@@ -449,37 +447,17 @@ class CommitPass:
         await in_thread(self._write_index, snapshot, seq, exact, left_out)
 
     def _write_index(self, snapshot: str | None, seq: int, exact: bool, left_out: set[str]) -> None:
-        index = self.engine.index
-        puts: list[Any] = []
-        deletes: list[bytes] = []
-        drops: list[str] = []
-        moved: dict[bytes, int] = {}       # by encoded directory: decoded once per directory
+        index, out = self.engine.index, IndexWrite(left_out)
 
         def write(final: bool) -> None:
-            digests = {dec(path): value for path, value in moved.items()}
-            index.write_rows(self.volume, self.source, snapshot, seq, puts, deletes, digests, drops,
-                             exact=exact if final else False)
-            puts.clear()
-            deletes.clear()
-            drops.clear()
-            moved.clear()
+            index.write_rows(self.volume, self.source, snapshot, seq, out.puts, out.deletes, out.digests(),
+                             out.drops, exact=exact if final else False)
+            out.clear()
 
         for batch in self.spool.batches_in_order():
-            for record in batch:
-                kind, raw = record[0], record[1]
-                if kind == DROP:
-                    drops.append(dec(raw))
-                    continue
-                if kind != ROW or (left_out and dec(raw) in left_out):
-                    continue
-                parent = raw[:max(raw.rfind(b"/"), 0)]
-                moved[parent] = moved.get(parent, 0) + dirdigest.from_blob(record[3])
-                if record[2] is None:
-                    deletes.append(raw)
-                else:
-                    puts.append((raw, *record[2]))
-                if len(puts) + len(deletes) >= INDEX_BATCH:
-                    write(False)
+            out.take(batch)
+            if out.rows >= INDEX_BATCH:
+                write(False)
         write(True)
 
     async def _read_large(self, uploader: Uploader, path: str) -> tuple[Entry, Fingerprint] | None:
@@ -518,16 +496,3 @@ class CommitPass:
         self.result.files_read += 1
         self.result.bytes_read += before.size
         return Entry(path, "file", before.mode, before.mtime_ns, before.size, tuple(refs)), before.fingerprint
-
-
-def _tree_changes(batch: list[Any]) -> Iterator[tuple[str, Entry | None]]:
-    """The tree changes of one spooled batch, in the order written."""
-    for record in batch:
-        if record[0] == DROP:
-            continue
-        path = dec(record[1])
-        if record[0] == BUILD or record[2] is None:
-            yield path, None
-        else:
-            yield path, decode_row(path, record[2][0], tuple(record[2][1:])).entry
-

@@ -56,7 +56,7 @@ import os
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,6 @@ from syncd.format.manifest import Entry, entry_from_json
 from syncd.local import dirdigest
 from syncd.local.indexrows import (
     SELECT,
-    EncodedRow,
     Fingerprint,
     RowReader,
     Tracked,
@@ -86,6 +85,7 @@ INDEX_FORMAT = 1          # the JSON files this module migrates from
 SCHEMA = 3
 DB_NAME = "index.sqlite3"
 BUSY_TIMEOUT = 60.0       # seconds a writer waits for another process's transaction
+Row = Sequence[Any]       # a files row without vol: an indexrows.EncodedRow, or a list of its six values
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,7 @@ class IndexStore:
                         known.files[path] = tracked
                 known.generation = new_generation if known.generation == generation else -1
 
-    def _write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: list[EncodedRow],
+    def _write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: Sequence[Row],
                     deletes: list[bytes], digests: Mapping[str, int], drops: Collection[str],
                     exact: bool | None) -> None:
         key = self.key(volume, directory)
@@ -454,12 +454,13 @@ class IndexStore:
         in ``save``; None keeps what was recorded)."""
         await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes), exact)
 
-    def write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: list[EncodedRow],
+    def write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: Sequence[Row],
                    deletes: list[bytes], digests: Mapping[str, int], drops: Collection[str] = (), *,
                    exact: bool | None = False) -> None:
         """Blocking, for a worker thread: one transaction that drops the subtrees ``drops``, adds
         ``digests`` (directory -> what its digest moves by, the caller summed the terms), deletes
-        the rows at ``deletes`` (encoded paths), writes ``puts`` (encoded rows) and records the
+        the rows at ``deletes`` (encoded paths), writes ``puts`` (encoded rows: an EncodedRow,
+        or a list of the same six values, as a commit's spool holds them) and records the
         synced snapshot. A caller writing many rows calls it once per batch."""
         self._write_rows(volume, directory, snapshot, seq, puts, deletes, digests, list(drops), exact)
 
