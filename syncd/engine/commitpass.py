@@ -152,6 +152,7 @@ class CommitPass:
         self._session = engine.index_session(volume)    # one view of the chunk index for every batch
         self._unrecorded: dict[str, ChunkRef] = {}        # stored, not yet recorded in the chunk index
         self._held = 0                                    # budget bytes of the step being taken, not handed on
+        self._recording: asyncio.Task[None] | None = None  # the last record in the chunk index
 
     # ------------------------------------------------------------ the pass
 
@@ -176,11 +177,14 @@ class CommitPass:
                     with contextlib.suppress(BaseException):
                         step, kept = await nxt
                         await self.engine.budget.release(kept)
-            await self._seal()
+            await self._seal(final=True)
             while self._drains:
                 await self._drains.popleft()
-            await self._record_chunks()
-            return await self._builder.finish()
+            if self._recording is None:           # no batch was open at the end
+                self._recording = asyncio.ensure_future(self._record_chunks())
+            built = await self._builder.finish()
+            await self._recording
+            return built
         except BaseException:
             await self._abandon()
             raise
@@ -223,6 +227,9 @@ class CommitPass:
     async def _abandon(self) -> None:
         if self._builder is not None:
             self._builder.discard()
+        if self._recording is not None:
+            self._recording.cancel()
+            await asyncio.gather(self._recording, return_exceptions=True)
         for task in self._drains:
             task.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
@@ -323,19 +330,21 @@ class CommitPass:
                 entry is None or entry.kind != "dir"):
             self.link_check = True       # a directory replaced: links through it may now lead elsewhere
 
-    async def _seal(self) -> None:
+    async def _seal(self, final: bool = False) -> None:
         """Close the open batch: its uploads finish and it is drained (in order, in the build
-        thread) while the next one fills; at most SEALED wait."""
+        thread) while the next one fills; at most SEALED wait. ``final``: the last batch, whose
+        drain starts recording the new chunks in the chunk index (all of them are stored by
+        then), so the record's PUTs overlap the last trees being built."""
         batch, self._batch = self._batch, None
         if batch is None:
             return
         self._closed.append(batch)
         previous = self._drains[-1] if self._drains else None
-        self._drains.append(asyncio.ensure_future(self._finish_and_drain(batch, previous)))
+        self._drains.append(asyncio.ensure_future(self._finish_and_drain(batch, previous, final)))
         while len(self._drains) > SEALED:
             await self._drains.popleft()
 
-    async def _finish_and_drain(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
+    async def _finish_and_drain(self, batch: _Batch, previous: asyncio.Future[None] | None, final: bool) -> None:
         for change in batch.changes:
             if change.large is not None and (read := await change.large) is not None:
                 change.entry, change.fingerprint = read
@@ -345,6 +354,8 @@ class CommitPass:
             await self._record_chunks()
         if previous is not None:
             await asyncio.shield(previous)       # batches are handed on in order
+        if final:                                # every batch's uploads are done: record them
+            self._recording = asyncio.ensure_future(self._record_chunks())
         await in_thread(self._drain, batch, asyncio.get_running_loop(), pool=self._build_pool)
         self._closed.remove(batch)
         self._remember(batch.uploader.new.values())
