@@ -85,6 +85,7 @@ INDEX_FORMAT = 1          # the JSON files this module migrates from
 SCHEMA = 3
 DB_NAME = "index.sqlite3"
 BUSY_TIMEOUT = 60.0       # seconds a writer waits for another process's transaction
+DIGEST_READ = 500         # directories' digests read per query
 Row = Sequence[Any]       # a files row without vol: an indexrows.EncodedRow, or a list of its six values
 
 
@@ -329,15 +330,18 @@ class IndexStore:
 
     @staticmethod
     def _add_digests(conn: sqlite3.Connection, vol: int, delta: Mapping[str, int]) -> None:
-        for path, add in delta.items():
-            if add % dirdigest.MOD == 0:
-                continue
-            row = conn.execute("SELECT digest FROM dirs WHERE vol=? AND path=?", (vol, enc(path))).fetchone()
-            value = (dirdigest.from_blob(row[0] if row else None) + add) % dirdigest.MOD
-            if value:
-                conn.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", (vol, enc(path), dirdigest.to_blob(value)))
-            else:
-                conn.execute("DELETE FROM dirs WHERE vol=? AND path=?", (vol, enc(path)))
+        """Move each directory's digest by its delta: the stored digests read ``DIGEST_READ`` at a
+        time, written back in two statements (a first commit moves every directory's)."""
+        moved = [(enc(path), add) for path, add in delta.items() if add % dirdigest.MOD]
+        for start in range(0, len(moved), DIGEST_READ):
+            part = moved[start:start + DIGEST_READ]
+            marks = ",".join("?" * len(part))
+            stored = dict(conn.execute(f"SELECT path, digest FROM dirs WHERE vol=? AND path IN ({marks})",
+                                       (vol, *(raw for raw, _ in part))).fetchall())
+            values = [(raw, (dirdigest.from_blob(stored.get(raw)) + add) % dirdigest.MOD) for raw, add in part]
+            conn.executemany("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)",
+                             [(vol, raw, dirdigest.to_blob(value)) for raw, value in values if value])
+            conn.executemany("DELETE FROM dirs WHERE vol=? AND path=?", [(vol, raw) for raw, value in values if not value])
 
     def _digest_seed(self, conn: sqlite3.Connection) -> int:
         if self._seed is None:
