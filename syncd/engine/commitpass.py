@@ -153,12 +153,18 @@ class CommitPass:
         self._unrecorded: dict[str, ChunkRef] = {}        # stored, not yet recorded in the chunk index
         self._held = 0                                    # budget bytes of the step being taken, not handed on
         self._recording: asyncio.Task[None] | None = None  # the last record in the chunk index
+        # The new trees go into the in-memory tree cache only for the watcher's commits (small,
+        # the next one on the same paths). A walk's commit (the CLI's, a first commit) is read
+        # by nothing in its process, and 100,000 files' trees only evicted the cache's others:
+        # 10% of that commit's CPU and 30 MiB of its peak (they are in the disk cache either way).
+        self._remember_trees = True
 
     # ------------------------------------------------------------ the pass
 
     async def run(self, theirs: Snapshot | None, hint: frozenset[str] | None) -> Built:
         """Read every change, upload it, build it on ``theirs``' tree, spool it; the built trees."""
         self.theirs_links = theirs is not None and (theirs.stats is None or theirs.stats.links > 0)
+        self._remember_trees = hint is not None
         self._builder = self._new_builder(theirs)
         self.progress.start(0, "commit")
         pool = ThreadPoolExecutor(1, thread_name_prefix="syncd-commit")
@@ -222,7 +228,7 @@ class CommitPass:
             rows = await self.engine.index.rows(self.volume, self.source, [path])
             return rows[path].entry if path in rows else None
 
-        return Builder(self.engine.repo.trees, self.volume, root, {}, lookup=meta)
+        return Builder(self.engine.repo.trees, self.volume, root, {}, lookup=meta, remember=self._remember_trees)
 
     async def _abandon(self) -> None:
         if self._builder is not None:
