@@ -13,12 +13,14 @@ reads no index object), with or without SQLite's JSON functions, and the byte bu
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import random
 import shutil
 import sqlite3
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,11 @@ from syncd.data.upload import Uploader
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
+from syncd.errors import TransientStoreError
 from syncd.format.chunking import content_id
+from syncd.format.layout import Layout
 from syncd.format.manifest import ChunkRef
+from syncd.store.base import MemoryStore, ObjectInfo
 
 from .conftest import worker_config
 from .treeutil import snapshot_tree
@@ -173,3 +178,31 @@ async def test_rows_of_paths_a_commit_leaves_out_are_not_written_and_the_rest_ar
         await hydrate(engine, "vol", tmp_path / "dst")
     assert not os.path.lexists(tmp_path / "dst" / "x")
     assert sorted(p.name for p in (tmp_path / "dst" / "d").iterdir()) == ["e"] + [f"f{i}.txt" for i in range(5)]
+
+
+class _ShardDown(MemoryStore):
+    """Listing one chunk-index shard fails (after a moment, so other listings are under way)."""
+
+    def __init__(self, shard: str) -> None:
+        super().__init__()
+        self.shard = shard
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        await asyncio.sleep(0.01 if prefix.endswith(f"/{self.shard}/") else 0.05)
+        if prefix.endswith(f"/{self.shard}/"):
+            raise TransientStoreError(f"LIST {prefix}: down")
+        async for info in super().list_objects(prefix):
+            yield info
+
+
+async def test_a_shard_that_cannot_be_listed_costs_a_batch_its_lookups_not_the_other_shards(tmp_path: Path) -> None:
+    """One batch's lookups list many shards at once: one failing means that batch uploads, as
+    find() does, and must not cancel the listings of the others, which later batches share."""
+    ids = [content_id(b"%d" % i) for i in range(64)]
+    down = ids[0][:2]
+    index = chunkindex.ChunkIndex(_ShardDown(down), Layout("p", "alice"), tmp_path, "scope")
+    session = index.session("vol")
+    assert await session.find_many([(i, 1) for i in ids]) == {}          # down: looked up nowhere
+    others = [i for i in ids if not i.startswith(down)]
+    assert await session.find_many([(i, 1) for i in others]) == {}       # listed once, nothing there
+    assert session.lists == len({i[:2] for i in ids})

@@ -251,8 +251,13 @@ class IndexSession:
         (each once per session), one cache query for the ids in shards that hold objects, then
         the existence checks of what it found. The chunks the volume holds, by id."""
         try:
-            shards = {shard_of(cid) for cid, _ in chunks}
-            listed = dict(zip(shards, await gather_all(self._shard(s) for s in shards), strict=True))
+            shards = list({shard_of(cid) for cid, _ in chunks})
+            # not gather_all: cancelling the others would cancel the listings the session shares
+            results = await asyncio.gather(*(self._shard(s) for s in shards), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            listed = dict(zip(shards, results, strict=True))
             asked = [cid for cid, _ in chunks if listed[shard_of(cid)]]
             found = await self._cache("find", self.volume, asked) if asked else {}
         except (StoreError, ManifestError) as exc:
