@@ -7,12 +7,13 @@ Run from the repository root::
     python bench/scale.py --sizes 20000,100000   # chosen sizes (also reports the growth between them)
     python bench/scale.py --tiny           # 300 files; what the test suite runs (seconds)
     python bench/scale.py --sizes 100000 --find-only --repeat 3   # item 4: find, syncd and restic alternated
+    python bench/scale.py --sizes 100000 --commit-only --repeat 3 # first commits alternated (and the real tree's)
 
 For each size it builds the tree once (random bytes, sizes uniform in 0-2 KB,
 files spread evenly over the leaf directories), then measures, each from
-outside in a child process (wall seconds, and the child's peak RSS from
-``wait4``; the agent's and the mount's peak sampled from ``/proc`` while they
-run and taken from ``wait4`` when they exit):
+outside in a child process (wall seconds, and the child's peak RSS and CPU
+seconds from ``wait4``; the agent's and the mount's peak sampled from ``/proc``
+while they run and taken from ``wait4`` when they exit):
 
     syncd   first commit; a 1-file commit (bytes uploaded, files read); cold hydrate
             (fresh cache and state); a 1-file re-hydrate after a commit made
@@ -30,6 +31,9 @@ step) and backs up each size once, then runs the two
 ``find`` steps ``--repeat`` times, alternating syncd's lazy mount and ``restic
 mount`` (the first of the pair rotating), each on a fresh mount with a fresh
 cache; the table shows the median run (every run's seconds are in the JSON).
+``--commit-only`` does the same for the first commit (``syncd commit`` of the
+tree into a new volume with a fresh state directory against ``restic backup``
+into a new repository), and likewise for the real tree unless ``--no-real-tree``.
 
 The *real tree* (``--real-tree``, default ``/usr/share``: on Debian about
 56,000 entries, 4,000 symlinks, 14 levels, 0.7 GiB of mixed sizes) is copied
@@ -94,7 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-find", dest="find", action="store_false", help="skip find in the lazy mounts")
     p.add_argument("--find-only", action="store_true",
                    help="only the find steps, syncd and restic alternated --repeat times (no real tree)")
-    p.add_argument("--repeat", type=int, default=3, help="--find-only: fresh mounts per tool (default 3)")
+    p.add_argument("--commit-only", action="store_true",
+                   help="only the first commits, syncd and restic alternated --repeat times")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="--find-only, --commit-only: runs per tool, alternated (default 3)")
     p.add_argument("--real-tree", type=Path, default=None,
                    help="a directory to copy and measure as the real tree (default /usr/share; not with --tiny)")
     p.add_argument("--no-real-tree", dest="real", action="store_false")
@@ -172,7 +179,7 @@ if pid == 0:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
 with open(out, "w") as f:
-    f.write(str(usage.ru_maxrss))
+    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime:.2f}")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
@@ -188,7 +195,8 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None 
                                 stdout=out, stderr=err, cwd=cwd, start_new_session=True)
         status = _reap(proc, start + timeout)
         wall = time.perf_counter() - start
-        peak = _mib(int(rss.read() or 0))
+        usage = (rss.read() or "0 0").split()
+        peak, cpu = _mib(int(usage[0])), float(usage[1]) if len(usage) > 1 else None
         if status is None:
             return {"exceeded": True, "seconds": round(wall, 2), "rss_mib": peak, "load": load}
         out.seek(0)
@@ -198,7 +206,7 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None 
         print(f"{' '.join(cmd)} exited {status}:\n{stderr[-2000:]}", file=sys.stderr, flush=True)
         return {"error": f"exit {status}: {stderr.strip()[-300:]}", "seconds": round(wall, 3),
                 "rss_mib": peak, "load": load}
-    return {"seconds": round(wall, 3), "rss_mib": peak, "load": load, "stdout": stdout}
+    return {"seconds": round(wall, 3), "rss_mib": peak, "cpu_s": cpu, "load": load, "stdout": stdout}
 
 
 def _reap(proc: subprocess.Popen[Any], deadline: float) -> int | None:
@@ -622,12 +630,48 @@ def measure_find(bench: Bench, n: int, work: Path) -> dict[str, Any]:
     return entry
 
 
+def measure_commits(bench: Bench, n: int, work: Path) -> dict[str, Any]:
+    """--commit-only: the first commit of a tree of ``n`` files, alternated (see alternate_commits)."""
+    src = work / f"src-{n}"
+    nbytes = make_tree(src, n, bench.args.dirs)
+    entry = {"bytes": nbytes, "load_before": os.getloadavg(), **alternate_commits(bench, src, str(n))}
+    entry["load_after"] = os.getloadavg()
+    shutil.rmtree(src, ignore_errors=True)
+    return entry
+
+
+def alternate_commits(bench: Bench, src: Path, tag: str) -> dict[str, Any]:
+    """``syncd commit`` into a new volume (fresh cache and state) and ``restic backup`` into a new
+    repository, ``--repeat`` times each, alternated (the first of the pair rotating); per tool
+    the median run."""
+    runs: dict[str, list[dict[str, Any]]] = {"syncd": []}
+    if bench.args.restic:
+        runs["restic"] = []
+    order = list(runs)
+    for i in range(bench.args.repeat):
+        for tool in order[i % len(order):] + order[:i % len(order)]:
+            name = f"c{i}-{tag}"
+            if tool == "syncd":
+                step = bench.cli(bench.syncd_env(name), "commit", f"first-{tag}-{i}", str(src))
+            else:
+                env = bench.restic_env(name, f"c{i}-{tag}")
+                bench.step(["restic", "init"], env)
+                step = bench.step(["restic", "backup", "-q", "."], env, src)
+            step.pop("stdout", None)
+            runs[tool].append(step)
+            shutil.rmtree(bench.work / name, ignore_errors=True)
+            print(f"rep {i + 1}/{bench.args.repeat} {tool}: first commit {step.get('seconds')} s, "
+                  f"load {step.get('load')}", file=sys.stderr, flush=True)
+    return {tool: {"first_commit": median_run(steps)} for tool, steps in runs.items()}
+
+
 def median_run(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The run whose seconds are the median (the lower one of an even count), with every run's seconds."""
     good = sorted((s for s in steps if ok(s)), key=lambda s: s["seconds"])
     if not good:
         return steps[0] if steps else {"skipped": "no run"}
-    return {**good[(len(good) - 1) // 2], "runs_s": [s.get("seconds") for s in steps], "median_of": len(good)}
+    return {**good[(len(good) - 1) // 2], "runs_s": [s.get("seconds") for s in steps], "median_of": len(good),
+            "runs_load": [s["load"] for s in steps if "load" in s]}
 
 
 def measure_real(bench: Bench, work: Path) -> dict[str, Any]:
@@ -637,7 +681,8 @@ def measure_real(bench: Bench, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"source": str(bench.args.real_tree), "shape": shape(src),
                               "copied_s": round(time.perf_counter() - t0, 1), "load_before": os.getloadavg()}
     print(f"real tree {bench.args.real_tree}: {result['shape']}", flush=True)
-    result.update(bench.for_size(result["shape"]["entries"]).run_real(src))
+    bench.for_size(result["shape"]["entries"])
+    result.update(alternate_commits(bench, src, "real") if bench.args.commit_only else bench.run_real(src))
     result["load_after"] = os.getloadavg()
     print(json.dumps({"real": result}), flush=True)
     shutil.rmtree(work / "real-src", ignore_errors=True)
@@ -660,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         bench = Bench(args, work, server)
         for n in args.counts:
-            measure = measure_find if args.find_only else measure_size
+            measure = measure_find if args.find_only else measure_commits if args.commit_only else measure_size
             results["sizes"][str(n)] = measure(bench.for_size(n), n, work)
         if args.real:
             results["real"] = measure_real(bench, work)

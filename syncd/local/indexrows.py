@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.errors import ManifestError
+from syncd.format.chunkindex import ref_text
 from syncd.format.manifest import ChunkRef, Entry, entry_from_json, entry_to_json
 from syncd.local import dirdigest
 
@@ -72,9 +73,7 @@ def entry_json(e: Entry) -> str:
     integers and content ids (32 hex digits, checked where they were made), so they are written
     directly, several times faster than json.dumps; a symlink's target may need escaping."""
     if _FAST_JSON and e.kind == "file" and type(e.mode) is int and type(e.mtime_ns) is int and type(e.size) is int:
-        refs = ",".join(f'["{c.id}",{c.size:d}]' if c.pack is None else
-                        f'["{c.id}",{c.size:d},"{c.pack}",{c.offset:d}]' if not c.stored else
-                        f'["{c.id}",{c.size:d},"{c.pack}",{c.offset:d},{c.stored:d}]' for c in e.chunks)
+        refs = ref_text(e.chunks[0]) if len(e.chunks) == 1 else ",".join(map(ref_text, e.chunks))
         return f'{{"type":"file","mode":{e.mode:d},"mtime_ns":{e.mtime_ns:d},"size":{e.size:d},"chunks":[{refs}]}}'
     if _FAST_JSON and e.kind == "dir" and type(e.mode) is int and type(e.mtime_ns) is int:
         return f'{{"type":"dir","mode":{e.mode:d},"mtime_ns":{e.mtime_ns:d}}}'
