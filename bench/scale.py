@@ -8,6 +8,7 @@ Run from the repository root::
     python bench/scale.py --tiny           # 300 files; what the test suite runs (seconds)
     python bench/scale.py --sizes 100000 --find-only --repeat 3   # item 4: find, syncd and restic alternated
     python bench/scale.py --sizes 100000 --commit-only --repeat 3 # first commits alternated (and the real tree's)
+    python bench/scale.py --sizes 300000 --agent-only --repeat 5   # the agent's steps, 5 writes
 
 For each size it builds the tree once (random bytes, sizes uniform in 0-2 KB,
 files spread evenly over the leaf directories), then measures, each from
@@ -34,6 +35,11 @@ cache; the table shows the median run (every run's seconds are in the JSON).
 ``--commit-only`` does the same for the first commit (``syncd commit`` of the
 tree into a new volume with a fresh state directory against ``restic backup``
 into a new repository), and likewise for the real tree unless ``--no-real-tree``.
+
+``--agent-only`` commits each size once the same way (not measured) and runs
+only the agent's steps, with ``--repeat`` writes of a new file at the root,
+each timed until its commit is HEAD; the table shows the median write (every
+write's seconds are in the JSON, the first being what the full run measures).
 
 The *real tree* (``--real-tree``, default ``/usr/share``: on Debian about
 56,000 entries, 4,000 symlinks, 14 levels, 0.7 GiB of mixed sizes) is copied
@@ -100,8 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="only the find steps, syncd and restic alternated --repeat times (no real tree)")
     p.add_argument("--commit-only", action="store_true",
                    help="only the first commits, syncd and restic alternated --repeat times")
+    p.add_argument("--agent-only", action="store_true",
+                   help="only the agent's steps, --repeat 1-file writes (no restic, no real tree)")
     p.add_argument("--repeat", type=int, default=3,
-                   help="--find-only, --commit-only: runs per tool, alternated (default 3)")
+                   help="--find-only, --commit-only: runs per tool, alternated; --agent-only: 1-file writes"
+                        " (default 3)")
     p.add_argument("--real-tree", type=Path, default=None,
                    help="a directory to copy and measure as the real tree (default /usr/share; not with --tiny)")
     p.add_argument("--no-real-tree", dest="real", action="store_false")
@@ -112,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.counts = [int(s) for s in args.sizes.split(",")] if args.sizes else MODES[args.mode or "default"]
     if args.real_tree is None and args.mode != "tiny":
         args.real_tree = Path("/usr/share")
-    args.real = args.real and args.real_tree is not None and not args.find_only
+    args.real = args.real and args.real_tree is not None and not args.find_only and not args.agent_only
     return args
 
 
@@ -241,13 +250,18 @@ class Child:
 
     def peak(self) -> float:
         """The process's peak resident set so far (VmHWM), MiB."""
+        self.rss = max(self.rss, self.status("VmHWM:"))
+        return self.rss
+
+    def status(self, field: str) -> float:
+        """A memory field of /proc/PID/status (VmHWM:, VmRSS:), MiB; 0 if it cannot be read."""
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.rss = max(self.rss, _mib(int(line.split()[1])))
+                if line.startswith(field):
+                    return _mib(int(line.split()[1]))
         except OSError:
             pass
-        return self.rss
+        return 0.0
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> float:
         """Signal it and reap it (SIGKILL to its group after ``timeout``); its peak RSS, MiB."""
@@ -442,7 +456,12 @@ class Bench:
             out["agent_mount"]["watcher_start_s"] = round(wait_until(
                 lambda: (state.get().get("watch") or {}).get("mode"), time.perf_counter() + self.timeout,
                 "the agent's watcher", child), 2)
-            out["agent_one_file_commit"] = self._agent_write(child, state, root / vol / WRITTEN)
+            out["agent_mount"]["rss_after_mib"] = child.status("VmRSS:")     # what it keeps resident
+            writes = [self._agent_write(child, state, root / vol / WRITTEN)]
+            for i in range(1, self.args.repeat if self.args.agent_only else 1):
+                time.sleep(1.0)          # the previous commit's index write and tree cache settle
+                writes.append(self._agent_write(child, state, root / vol / f"{i}-{WRITTEN}"))
+            out["agent_one_file_commit"] = median_run(writes) if len(writes) > 1 else writes[0]
             touch_one(src, 5)
             self.cli(self.syncd_env(f"w-{n}"), "commit", vol, str(src))      # the commit made elsewhere
             out["agent_one_file_rehydrate"] = self._agent_call(client, child, "POST", f"/v1/volumes/{vol}/reload")
@@ -665,6 +684,24 @@ def alternate_commits(bench: Bench, src: Path, tag: str) -> dict[str, Any]:
     return {tool: {"first_commit": median_run(steps)} for tool, steps in runs.items()}
 
 
+def measure_agent(bench: Bench, n: int, work: Path) -> dict[str, Any]:
+    """--agent-only: commit once (not measured), then the agent's steps."""
+    src, vol = work / f"src-{n}", f"scale-{n}"
+    nbytes = make_tree(src, n, bench.args.dirs)
+    entry: dict[str, Any] = {"bytes": nbytes, "load_before": os.getloadavg(),
+                             "syncd": {"seed": bench.seed_syncd(n, vol, src)}}
+    print(json.dumps(entry["syncd"]), flush=True)
+    if ok(entry["syncd"]["seed"]):
+        entry["syncd"].update(guard(lambda: (bench.agent_steps(n, vol, src),), 1, {"agent_mount": {}})[0])
+    print(json.dumps(entry["syncd"]), flush=True)
+    entry["load_after"] = os.getloadavg()
+    shutil.rmtree(src, ignore_errors=True)
+    if not bench.args.keep:
+        for tag in ("w", "a"):
+            shutil.rmtree(work / f"{tag}-{n}", ignore_errors=True)
+    return entry
+
+
 def median_run(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The run whose seconds are the median (the lower one of an even count), with every run's seconds."""
     good = sorted((s for s in steps if ok(s)), key=lambda s: s["seconds"])
@@ -705,7 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         bench = Bench(args, work, server)
         for n in args.counts:
-            measure = measure_find if args.find_only else measure_commits if args.commit_only else measure_size
+            measure = (measure_find if args.find_only else measure_commits if args.commit_only
+                       else measure_agent if args.agent_only else measure_size)
             results["sizes"][str(n)] = measure(bench.for_size(n), n, work)
         if args.real:
             results["real"] = measure_real(bench, work)

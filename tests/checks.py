@@ -53,20 +53,24 @@ def snapshot_ids(snap: Snapshot | None) -> dict[str, list[str]]:
     return {p: [c.id for c in e.chunks] for p, e in snap.entries.items() if e.kind == "file"}
 
 
+def chunk_bytes(data: bytes, config: Config) -> list[bytes]:
+    """The chunks a commit with ``config`` cuts ``data`` into (by content), in file order."""
+    chunker = Chunker(config.chunk_size, config.pack_threshold)
+    lengths = [len(data)] if chunker.whole(len(data)) else chunker.cut(memoryview(data), eof=True)
+    out, at = [], 0
+    for n in lengths:
+        if n:
+            out.append(data[at:at + n])
+        at += n
+    return out
+
+
 def local_ids(root: Path, config: Config) -> dict[str, list[str]]:
     """path -> chunk ids of every regular file under ``root``, as a commit would cut it (by content)."""
-    chunker = Chunker(config.chunk_size, config.pack_threshold)
     out: dict[str, list[str]] = {}
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink() and not path.name.startswith(TMP_PREFIX):
-            data = path.read_bytes()
-            lengths = [len(data)] if chunker.whole(len(data)) else chunker.cut(memoryview(data), eof=True)
-            ids, at = [], 0
-            for n in lengths:
-                if n:
-                    ids.append(content_id(data[at:at + n]))
-                at += n
-            out[path.relative_to(root).as_posix()] = ids
+            out[path.relative_to(root).as_posix()] = [content_id(c) for c in chunk_bytes(path.read_bytes(), config)]
     return out
 
 

@@ -8,7 +8,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from gateway.auth import Tokens
 from gateway.main import running
 from gateway.service import GatewayService
 from syncd.config import Config, MiB
+from syncd.data.gatewayclient import rendezvous_order
 from syncd.engine.commit import commit
 from syncd.engine.wiring import Engine, open_engine
 from syncd.format.manifest import Snapshot
@@ -102,6 +103,22 @@ def gateway_process(config: Config, tmp_path: Path, timeout: float = 30.0, port:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def pool_port(objects: Iterable[str], *others: str, least: int = 1) -> int:
+    """A free loopback port for one more gateway such that, in the pool of ``others`` and it,
+    it ranks first (rendezvous) for at least ``least`` of ``objects`` and every other gateway
+    for at least one: placement follows the URLs, so with any port a test's dozen objects could
+    all land on one gateway."""
+    objects = list(objects)
+    assert len(objects) >= least + len(others), "too few objects to give every gateway a share"
+    for _ in range(10_000):
+        port = free_port()
+        me = f"http://127.0.0.1:{port}"
+        firsts = [rendezvous_order((*others, me), o)[0] for o in objects]
+        if firsts.count(me) >= least and all(url in firsts for url in others):
+            return port
+    raise AssertionError(f"no port gives {me} {least} of {len(objects)} objects and the others one each")
 
 
 def through(config: Config, *urls: str, token: str | None = None) -> Config:

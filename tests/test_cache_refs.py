@@ -91,11 +91,11 @@ async def test_streamed_chunk_that_fails_verification_is_an_integrity_error(
         config: Config, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / "big.bin").write_bytes(os.urandom(3 * MiB))
+    (src / "big.bin").write_bytes(os.urandom(4 * MiB + 1))   # over the largest chunk: two chunks or more
     async with open_engine(config) as eng:
         await commit(eng, "vol", src)
         victim = [i.key async for i in eng.store.list_objects(eng.layout.volume_prefix("vol"))
-                  if "/packs/" in i.key][0]            # the file's 3 chunks share one pack
+                  if "/packs/" in i.key][0]            # the file's chunks share one pack
         blob = await eng.store.get(victim)
         await eng.store.put(victim, blob.data[:-1] + bytes([blob.data[-1] ^ 1]))
     w2 = worker_config(config, tmp_path, "w2")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import random
 import socket
 import uuid
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from syncd.cli.core import main
 from syncd.config import Config
+from syncd.maint.check import CheckResult
 
 from .agentutil import env_for
 from .checks import local_ids
@@ -289,6 +292,14 @@ def test_local_files_the_volume_does_not_have_stay(cli: Any, tmp_path: Path) -> 
 
 # ---------------------------------------------------------------- item 10: Ctrl-C of a first commit
 
+async def _check(config: Config, volume: str) -> CheckResult:
+    from syncd.engine.wiring import open_engine
+    from syncd.maint.check import check
+
+    async with open_engine(config, use_cache=False) as engine:
+        return await check(engine, volume, read_data=True)
+
+
 def _stored_bytes(config: Config, volume: str) -> int:
     """Bytes of chunk data the bucket holds for ``volume`` (chunk and pack objects)."""
     import asyncio
@@ -314,7 +325,10 @@ def test_ctrl_c_of_a_first_commit_says_the_volume_is_empty_and_the_rerun_counts_
     monkeypatch.setenv("SYNCD_MAX_INFLIGHT_BYTES", str(3 << 20))      # a few PUTs at a time, as over a WAN
     src = tmp_path / "big"
     src.mkdir()
-    (src / "data.bin").write_bytes(os.urandom(12 << 20))
+    # fixed bytes: 12 chunks, none over half the 3 MiB budget, so a large pack closes where its
+    # size says and never early for a waiting reader (limits.py): both runs group the chunks alike,
+    # and a pack the first run stored is one the re-run finds (random bytes: a matter of timing)
+    (src / "data.bin").write_bytes(random.Random(17).randbytes(12 << 20))
     real_put = upload.put_immutable
     puts = 0
 
@@ -338,14 +352,15 @@ def test_ctrl_c_of_a_first_commit_says_the_volume_is_empty_and_the_rerun_counts_
     code, out, err = cli("--json", "commit", "big", str(src))
     assert code == 0, err
     result = json.loads(out)
-    chunks = len(local_ids(src, config)["data.bin"])       # cut by content: about 12 of 1 MiB
+    chunks = len(local_ids(src, config)["data.bin"])
     assert result["reused_chunks"] > 0 and result["reused_chunks"] + result["uploaded_chunks"] == chunks
-    # random bytes, stored plain: the re-run uploads what the first did not store, and at most the
-    # chunks of a pack the first stored and had not yet recorded in the chunk index, found again
-    # only when the re-run groups them into the same pack (grouping under a full byte budget is a
-    # matter of timing: limits.py flushes open packs for a waiting reader)
-    assert (12 << 20) - stored <= result["uploaded_bytes"] < 12 << 20
-    assert "no snapshot yet" not in err
+    assert 0 < result["uploaded_bytes"] < 12 << 20 and "no snapshot yet" not in err
+    # and whatever it found or not, every chunk is in place and whole. (Its uploaded bytes are not
+    # compared with `stored`: in this process the PUTs in flight at the Ctrl-C run on, and one the
+    # server finishes after that listing is reused too; a PUT cut off mid-body can leave a short
+    # object that the listing counted and the re-run rewrites.)
+    report = asyncio.run(_check(config, "big"))
+    assert report.ok and report.bytes_verified >= 12 << 20, report.report()
 
     code, _, err = cli("commit", "big", str(src))                 # a volume with a snapshot: nothing to say
     assert code == 0 and "no snapshot yet" not in err

@@ -111,6 +111,7 @@ async def test_a_volume_server_killed_mid_commit(cluster: Cluster, cconfig: Conf
     await assert_survives_any_one_loss(cluster, cconfig)
 
 
+@pytest.mark.slow  # ~25-35 s on 2 cores; killed_mid_commit and past_the_deadline keep the cluster in the default suite
 async def test_a_volume_server_killed_mid_cold_hydrate(cluster: Cluster, cconfig: Config, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_files(src, files=500, size=200 * 1024)
@@ -135,6 +136,7 @@ def store_retries(engine: Engine) -> int:
     return inner.retries
 
 
+@pytest.mark.slow  # ~25-35 s on 2 cores; killed_mid_commit and past_the_deadline keep the cluster in the default suite
 async def test_the_s3_gateway_down_5s_is_ridden_out(cluster: Cluster, cconfig: Config, tmp_path: Path) -> None:
     """The filer's S3 gateway goes away for 5 s in the middle of a commit, and again in the middle of
     a cold hydrate: both wait within SYNCD_STORE_DEADLINE (30 s by default) and complete, whole."""

@@ -24,7 +24,9 @@ READERS = 6
 async def _volume(config: Config, tmp_path: Path) -> dict[str, bytes]:
     src = tmp_path / "src"
     src.mkdir()
-    files = {"a.bin": os.urandom(5 * MiB + 11), "b.bin": os.urandom(3 * MiB)}
+    # each over the largest chunk (4 MiB): two chunks or more, so each file's chunks share a pack
+    # (3 MiB of random bytes were one chunk about one time in 80: a chunk object, not a pack)
+    files = {"a.bin": os.urandom(5 * MiB + 11), "b.bin": os.urandom(4 * MiB + 1)}
     for name, data in files.items():
         (src / name).write_bytes(data)
         os.utime(src / name, ns=(OLD, OLD))

@@ -15,15 +15,24 @@ from syncd.agent.metrics import render
 from syncd.cli.core import COMMANDS, build_parser
 from syncd.config import Config, MiB
 from syncd.data.fetch import coalesce
-from syncd.data.gatewayclient import Breaker, GatewaySource, gateway_sources, rendezvous_order
+from syncd.data.gatewayclient import Breaker, GatewaySource, gateway_sources
 from syncd.data.httpget import Connections
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
 from syncd.format.manifest import Snapshot
-from syncd.store.devserver import free_port
 
 from .conftest import worker_config
-from .gatewayutil import Gateway, commit_tree, gateway_process, metric, serve_app, serve_gateway, source_bytes, through
+from .gatewayutil import (
+    Gateway,
+    commit_tree,
+    gateway_process,
+    metric,
+    pool_port,
+    serve_app,
+    serve_gateway,
+    source_bytes,
+    through,
+)
 from .treeutil import snapshot_tree
 
 
@@ -96,9 +105,10 @@ async def test_gateway_chunks_stream_into_place_without_a_buffer_per_body(
 
 
 async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_path: Path) -> None:
-    # random content: with n objects, all landing on one gateway has odds 2^(1-n); 16+ objects make that ~never
     _, snap = await commit_tree(config, tmp_path / "src", small_files=120, large_size=16 * MiB)
-    async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
+    objects = {r.pack or r.id for e in snap.entries.values() for r in e.chunks}
+    async with serve_gateway(config, tmp_path, "a") as a, \
+            serve_gateway(config, tmp_path, "b", port=pool_port(objects, a.url)) as b:   # each first for some
         async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
             await hydrate(eng, "vol", tmp_path / "w1" / "dst")
             by_source = source_bytes(eng)
@@ -118,11 +128,12 @@ async def test_rendezvous_spreads_objects_over_two_gateways(config: Config, tmp_
 
 async def test_warm_command_fills_each_gateway_with_its_share(config: Config, tmp_path: Path) -> None:
     sid, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=16 * MiB)
-    async with serve_gateway(config, tmp_path, "a") as a, serve_gateway(config, tmp_path, "b") as b:
+    objects = {r.pack or r.id for e in snap.entries.values() for r in e.chunks}
+    async with serve_gateway(config, tmp_path, "a") as a, \
+            serve_gateway(config, tmp_path, "b", port=pool_port(objects, a.url)) as b:   # each first for some
         args = build_parser().parse_args(["gateway", "warm", "vol", "--snapshot", sid])
         result = await COMMANDS[args._command].handler(args, through(config, a.url, b.url))
-        objects = len({r.pack or r.id for e in snap.entries.values() for r in e.chunks})
-        assert result["fetched"] == result["objects"] == objects and result["failed"] == [], result
+        assert result["fetched"] == result["objects"] == len(objects) and result["failed"] == [], result
         assert a.origin.calls["get"] > 0 and b.origin.calls["get"] > 0
         gets = object_gets(a) + object_gets(b)
         async with open_engine(through(worker_config(config, tmp_path, "w1"), a.url, b.url)) as eng:
@@ -136,10 +147,7 @@ async def test_objects_of_a_dead_gateway_go_to_the_next_gateway_not_the_store(co
     _, snap = await commit_tree(config, tmp_path / "src", small_files=60, large_size=6 * MiB)
     objects = {r.pack or r.id for e in snap.entries.values() for r in e.chunks}
     async with serve_gateway(config, tmp_path) as live:
-        while True:  # a dead gateway (nothing listens) that ranks first for some objects
-            dead = f"http://127.0.0.1:{free_port()}"
-            if any(rendezvous_order((dead, live.url), o)[0] == dead for o in objects):
-                break
+        dead = f"http://127.0.0.1:{pool_port(objects, live.url)}"   # nothing listens; it ranks first for some objects
         cfg = through(worker_config(config, tmp_path, "w1"), dead, live.url)
         sources = gateway_sources(cfg)
         async with open_engine(cfg, sources=sources) as eng:
@@ -163,11 +171,9 @@ async def test_a_hung_gateway_costs_one_timeout_not_one_per_chunk(config: Config
     cfg = through(worker_config(config, tmp_path, "w1"), url).replace(max_inflight_bytes=2 * MiB)
     sources = gateway_sources(cfg, read_timeout=0.3)
     try:
-        started = time.monotonic()
         async with open_engine(cfg, sources=sources) as eng:
             await hydrate(eng, "vol", tmp_path / "dst")
             assert source_bytes(eng) == {"store": volume_bytes(snap)}
-        elapsed = time.monotonic() - started
     finally:
         for writer in accepted:
             writer.close()
@@ -175,9 +181,8 @@ async def test_a_hung_gateway_costs_one_timeout_not_one_per_chunk(config: Config
         await server.wait_closed()
     hung = sources[0]
     assert isinstance(hung, GatewaySource)
-    assert hung.requests <= 4 < chunks  # the breaker opened after the first timeouts
+    assert hung.requests <= 4 < chunks  # the breaker opened after the first timeouts: at most 4 waited out
     assert hung.skipped > 0
-    assert elapsed < 0.3 * chunks
     assert snapshot_tree(tmp_path / "dst") == snapshot_tree(tmp_path / "src")
 
 

@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 import xxhash
 
 from gateway.treefiles import Copy, Span, discard, inflate_trees
@@ -81,6 +82,7 @@ async def read_slowly(http: aiohttp.ClientSession, url: str, body: bytes,
         return resp.status, ok
 
 
+@pytest.mark.slow  # ~30 s of slow readers on 2 cores; the piece-by-piece test below stays in the default suite
 async def test_one_owner_cannot_exhaust_the_gateways_memory_through_the_tree_route(
         config: Config, tmp_path: Path) -> None:
     trees = [wide_tree(tag) for tag in ("a", "b", "c")]

