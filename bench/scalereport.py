@@ -104,6 +104,8 @@ def show_real(real: dict[str, Any]) -> list[str]:
              "| step | syncd | restic | ratio |", "|---|---|---|---|"]
     for key in ("first_commit", "cold_hydrate"):
         mine, theirs = real.get("syncd", {}).get(key), real.get("restic", {}).get(key)
+        if mine is None and theirs is None:
+            continue                 # not run in this mode (--commit-only)
         lines.append(f"| {STEPS[key]} | {cell(mine)} | {cell(theirs)} | {ratio(mine, theirs)} |")
     lines.append(f"\nload (1-minute average at each step's start): {loads(real)}")
     left_out = (real.get("syncd", {}).get("first_commit") or {}).get("left_out")
