@@ -7,12 +7,14 @@ Run from the repository root::
     python bench/scale.py --sizes 20000,100000   # chosen sizes (also reports the growth between them)
     python bench/scale.py --tiny           # 300 files; what the test suite runs (seconds)
     python bench/scale.py --sizes 100000 --find-only --repeat 3   # item 4: find, syncd and restic alternated
+    python bench/scale.py --sizes 100000 --commit-only --repeat 3 # first commits alternated (and the real tree's)
+    python bench/scale.py --sizes 300000 --agent-only --repeat 5   # the agent's steps, 5 writes
 
 For each size it builds the tree once (random bytes, sizes uniform in 0-2 KB,
 files spread evenly over the leaf directories), then measures, each from
-outside in a child process (wall seconds, and the child's peak RSS from
-``wait4``; the agent's and the mount's peak sampled from ``/proc`` while they
-run and taken from ``wait4`` when they exit):
+outside in a child process (wall seconds, and the child's peak RSS and CPU
+seconds from ``wait4``; the agent's and the mount's peak sampled from ``/proc``
+while they run and taken from ``wait4`` when they exit):
 
     syncd   first commit; a 1-file commit (bytes uploaded, files read); cold hydrate
             (fresh cache and state); a 1-file re-hydrate after a commit made
@@ -30,6 +32,14 @@ step) and backs up each size once, then runs the two
 ``find`` steps ``--repeat`` times, alternating syncd's lazy mount and ``restic
 mount`` (the first of the pair rotating), each on a fresh mount with a fresh
 cache; the table shows the median run (every run's seconds are in the JSON).
+``--commit-only`` does the same for the first commit (``syncd commit`` of the
+tree into a new volume with a fresh state directory against ``restic backup``
+into a new repository), and likewise for the real tree unless ``--no-real-tree``.
+
+``--agent-only`` commits each size once the same way (not measured) and runs
+only the agent's steps, with ``--repeat`` writes of a new file at the root,
+each timed until its commit is HEAD; the table shows the median write (every
+write's seconds are in the JSON, the first being what the full run measures).
 
 The *real tree* (``--real-tree``, default ``/usr/share``: on Debian about
 56,000 entries, 4,000 symlinks, 14 levels, 0.7 GiB of mixed sizes) is copied
@@ -97,7 +107,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-find", dest="find", action="store_false", help="skip find in the lazy mounts")
     p.add_argument("--find-only", action="store_true",
                    help="only the find steps, syncd and restic alternated --repeat times (no real tree)")
-    p.add_argument("--repeat", type=int, default=3, help="--find-only: fresh mounts per tool (default 3)")
+    p.add_argument("--commit-only", action="store_true",
+                   help="only the first commits, syncd and restic alternated --repeat times")
+    p.add_argument("--agent-only", action="store_true",
+                   help="only the agent's steps, --repeat 1-file writes (no restic, no real tree)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="--find-only, --commit-only: runs per tool, alternated; --agent-only: 1-file writes"
+                        " (default 3)")
     p.add_argument("--real-tree", type=Path, default=None,
                    help="a directory to copy and measure as the real tree (default /usr/share; not with --tiny)")
     p.add_argument("--no-real-tree", dest="real", action="store_false")
@@ -108,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.counts = [int(s) for s in args.sizes.split(",")] if args.sizes else MODES[args.mode or "default"]
     if args.real_tree is None and args.mode != "tiny":
         args.real_tree = Path("/usr/share")
-    args.real = args.real and args.real_tree is not None and not args.find_only
+    args.real = args.real and args.real_tree is not None and not args.find_only and not args.agent_only
     return args
 
 
@@ -175,7 +191,7 @@ if pid == 0:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
 with open(out, "w") as f:
-    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime:.3f}")
+    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime:.2f}")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
@@ -193,7 +209,7 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None 
         status = _reap(proc, start + timeout)
         wall = time.perf_counter() - start
         usage = (rss.read() or "0 0").split()
-        peak, cpu = _mib(int(usage[0])), float(usage[1])
+        peak, cpu = _mib(int(usage[0])), float(usage[1]) if len(usage) > 1 else None
         if status is None:
             return {"exceeded": True, "seconds": round(wall, 2), "rss_mib": peak, "load": load}
         out.seek(0)
@@ -203,7 +219,7 @@ def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None 
         print(f"{' '.join(cmd)} exited {status}:\n{stderr[-2000:]}", file=sys.stderr, flush=True)
         return {"error": f"exit {status}: {stderr.strip()[-300:]}", "seconds": round(wall, 3),
                 "rss_mib": peak, "load": load}
-    return {"seconds": round(wall, 3), "cpu_s": cpu, "rss_mib": peak, "load": load, "stdout": stdout}
+    return {"seconds": round(wall, 3), "rss_mib": peak, "cpu_s": cpu, "load": load, "stdout": stdout}
 
 
 def _reap(proc: subprocess.Popen[Any], deadline: float) -> int | None:
@@ -238,13 +254,18 @@ class Child:
 
     def peak(self) -> float:
         """The process's peak resident set so far (VmHWM), MiB."""
+        self.rss = max(self.rss, self.status("VmHWM:"))
+        return self.rss
+
+    def status(self, field: str) -> float:
+        """A memory field of /proc/PID/status (VmHWM:, VmRSS:), MiB; 0 if it cannot be read."""
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.rss = max(self.rss, _mib(int(line.split()[1])))
+                if line.startswith(field):
+                    return _mib(int(line.split()[1]))
         except OSError:
             pass
-        return self.rss
+        return 0.0
 
     def cpu(self) -> float:
         """CPU seconds (user + system) the process has used so far, all its threads (/proc)."""
@@ -460,7 +481,12 @@ class Bench:
             out["agent_mount"]["watcher_start_s"] = round(wait_until(
                 lambda: (state.get().get("watch") or {}).get("mode"), time.perf_counter() + self.timeout,
                 "the agent's watcher", child), 2)
-            out["agent_one_file_commit"] = self._agent_write(child, state, root / vol / WRITTEN)
+            out["agent_mount"]["rss_after_mib"] = child.status("VmRSS:")     # what it keeps resident
+            writes = [self._agent_write(child, state, root / vol / WRITTEN)]
+            for i in range(1, self.args.repeat if self.args.agent_only else 1):
+                time.sleep(1.0)          # the previous commit's index write and tree cache settle
+                writes.append(self._agent_write(child, state, root / vol / f"{i}-{WRITTEN}"))
+            out["agent_one_file_commit"] = median_run(writes) if len(writes) > 1 else writes[0]
             touch_one(src, 5)
             self.cli(self.syncd_env(f"w-{n}"), "commit", vol, str(src))      # the commit made elsewhere
             out["agent_one_file_rehydrate"] = self._agent_call(client, child, "POST", f"/v1/volumes/{vol}/reload")
@@ -649,12 +675,66 @@ def measure_find(bench: Bench, n: int, work: Path) -> dict[str, Any]:
     return entry
 
 
+def measure_commits(bench: Bench, n: int, work: Path) -> dict[str, Any]:
+    """--commit-only: the first commit of a tree of ``n`` files, alternated (see alternate_commits)."""
+    src = work / f"src-{n}"
+    nbytes = make_tree(src, n, bench.args.dirs)
+    entry = {"bytes": nbytes, "load_before": os.getloadavg(), **alternate_commits(bench, src, str(n))}
+    entry["load_after"] = os.getloadavg()
+    shutil.rmtree(src, ignore_errors=True)
+    return entry
+
+
+def alternate_commits(bench: Bench, src: Path, tag: str) -> dict[str, Any]:
+    """``syncd commit`` into a new volume (fresh cache and state) and ``restic backup`` into a new
+    repository, ``--repeat`` times each, alternated (the first of the pair rotating); per tool
+    the median run."""
+    runs: dict[str, list[dict[str, Any]]] = {"syncd": []}
+    if bench.args.restic:
+        runs["restic"] = []
+    order = list(runs)
+    for i in range(bench.args.repeat):
+        for tool in order[i % len(order):] + order[:i % len(order)]:
+            name = f"c{i}-{tag}"
+            if tool == "syncd":
+                step = bench.cli(bench.syncd_env(name), "commit", f"first-{tag}-{i}", str(src))
+            else:
+                env = bench.restic_env(name, f"c{i}-{tag}")
+                bench.step(["restic", "init"], env)
+                step = bench.step(["restic", "backup", "-q", "."], env, src)
+            step.pop("stdout", None)
+            runs[tool].append(step)
+            shutil.rmtree(bench.work / name, ignore_errors=True)
+            print(f"rep {i + 1}/{bench.args.repeat} {tool}: first commit {step.get('seconds')} s, "
+                  f"load {step.get('load')}", file=sys.stderr, flush=True)
+    return {tool: {"first_commit": median_run(steps)} for tool, steps in runs.items()}
+
+
+def measure_agent(bench: Bench, n: int, work: Path) -> dict[str, Any]:
+    """--agent-only: commit once (not measured), then the agent's steps."""
+    src, vol = work / f"src-{n}", f"scale-{n}"
+    nbytes = make_tree(src, n, bench.args.dirs)
+    entry: dict[str, Any] = {"bytes": nbytes, "load_before": os.getloadavg(),
+                             "syncd": {"seed": bench.seed_syncd(n, vol, src)}}
+    print(json.dumps(entry["syncd"]), flush=True)
+    if ok(entry["syncd"]["seed"]):
+        entry["syncd"].update(guard(lambda: (bench.agent_steps(n, vol, src),), 1, {"agent_mount": {}})[0])
+    print(json.dumps(entry["syncd"]), flush=True)
+    entry["load_after"] = os.getloadavg()
+    shutil.rmtree(src, ignore_errors=True)
+    if not bench.args.keep:
+        for tag in ("w", "a"):
+            shutil.rmtree(work / f"{tag}-{n}", ignore_errors=True)
+    return entry
+
+
 def median_run(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The run whose seconds are the median (the lower one of an even count), with every run's seconds."""
     good = sorted((s for s in steps if ok(s)), key=lambda s: s["seconds"])
     if not good:
         return steps[0] if steps else {"skipped": "no run"}
-    return {**good[(len(good) - 1) // 2], "runs_s": [s.get("seconds") for s in steps], "median_of": len(good)}
+    return {**good[(len(good) - 1) // 2], "runs_s": [s.get("seconds") for s in steps], "median_of": len(good),
+            "runs_load": [s["load"] for s in steps if "load" in s]}
 
 
 def measure_real(bench: Bench, work: Path) -> dict[str, Any]:
@@ -664,7 +744,8 @@ def measure_real(bench: Bench, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"source": str(bench.args.real_tree), "shape": shape(src),
                               "copied_s": round(time.perf_counter() - t0, 1), "load_before": os.getloadavg()}
     print(f"real tree {bench.args.real_tree}: {result['shape']}", flush=True)
-    result.update(bench.for_size(result["shape"]["entries"]).run_real(src))
+    bench.for_size(result["shape"]["entries"])
+    result.update(alternate_commits(bench, src, "real") if bench.args.commit_only else bench.run_real(src))
     result["load_after"] = os.getloadavg()
     print(json.dumps({"real": result}), flush=True)
     shutil.rmtree(work / "real-src", ignore_errors=True)
@@ -688,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         bench = Bench(args, work, server)
         for n in args.counts:
-            measure = measure_find if args.find_only else measure_size
+            measure = (measure_find if args.find_only else measure_commits if args.commit_only
+                       else measure_agent if args.agent_only else measure_size)
             results["sizes"][str(n)] = measure(bench.for_size(n), n, work)
         if args.real:
             results["real"] = measure_real(bench, work)

@@ -1,6 +1,6 @@
 """bench/scale.py's results as Markdown tables: one column pair per size, the ratios, the growth.
 
-A cell is ``seconds, peak RSS``; a ratio is restic's seconds over syncd's, so
+A cell is ``seconds, peak RSS, CPU seconds`` (user and system); a ratio is restic's seconds over syncd's, so
 above 1.0x syncd is the faster. The agent's rows are compared with restic's
 CLI step of the same kind (its incremental backup, its restore after a
 backup made elsewhere): restic has no agent. The growth divides each figure
@@ -42,6 +42,8 @@ def cell(step: dict[str, Any] | None) -> str:
     if step.get("exceeded"):
         return f"killed at {step['seconds']:.0f} s"
     text = f"{_secs(step['seconds'])}, {step['rss_mib']:.0f} MiB" if step.get("rss_mib") else _secs(step["seconds"])
+    if step.get("cpu_s") is not None:
+        text += f", {step['cpu_s']:.1f} CPU-s"
     if step.get("uploaded_bytes") is not None:
         text += f", {_bytes(step['uploaded_bytes'])} up"
     if step.get("files_written") is not None:
@@ -62,6 +64,8 @@ def show(results: dict[str, Any]) -> list[str]:
         head += [f"{int(n):,} syncd", "restic", "ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label in STEPS.items():
+        if not any(key in results["sizes"][n].get("syncd", {}) for n in sizes):
+            continue                 # a step this mode does not run (--find-only, --commit-only)
         row = [label]
         for n in sizes:
             tools = results["sizes"][n]
@@ -72,7 +76,8 @@ def show(results: dict[str, Any]) -> list[str]:
     for n in sizes:
         rss = results["sizes"][n].get("syncd", {}).get("agent_peak_rss_mib")
         row += ["-" if rss is None else f"{rss:.0f} MiB", "", ""]
-    lines.append("| " + " | ".join(row) + " |")
+    if any(c not in ("-", "") for c in row[1:]):
+        lines.append("| " + " | ".join(row) + " |")
     lines += [""] + [f"load (1-minute average at each step's start), {int(n):,} files: " + loads(results["sizes"][n])
                      for n in sizes]
     lines += [""] + results.get("growth", [])
@@ -85,7 +90,8 @@ def loads(tools: dict[str, Any]) -> str:
     """The lowest and highest load average each tool's steps started at."""
     parts = []
     for tool in ("syncd", "restic"):
-        seen = [step["load"] for step in tools.get(tool, {}).values() if isinstance(step, dict) and "load" in step]
+        seen = [load for step in tools.get(tool, {}).values() if isinstance(step, dict) and "load" in step
+                for load in step.get("runs_load", [step["load"]])]
         if seen:
             parts.append(f"{tool} {min(seen):.1f}-{max(seen):.1f}")
     return ", ".join(parts) or "-"
@@ -98,6 +104,8 @@ def show_real(real: dict[str, Any]) -> list[str]:
              "| step | syncd | restic | ratio |", "|---|---|---|---|"]
     for key in ("first_commit", "cold_hydrate"):
         mine, theirs = real.get("syncd", {}).get(key), real.get("restic", {}).get(key)
+        if mine is None and theirs is None:
+            continue                 # not run in this mode (--commit-only)
         lines.append(f"| {STEPS[key]} | {cell(mine)} | {cell(theirs)} | {ratio(mine, theirs)} |")
     lines.append(f"\nload (1-minute average at each step's start): {loads(real)}")
     left_out = (real.get("syncd", {}).get("first_commit") or {}).get("left_out")

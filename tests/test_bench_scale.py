@@ -96,3 +96,20 @@ def test_hydrates_bench_alternates_fresh_cold_hydrates(tmp_path: Path) -> None:
     assert data["median"]["syncd"]["runs_s"] == [r["seconds"] for r in data["runs"]["syncd"]]
     assert not (tmp_path / "work" / "trash").exists()    # each round's copies are gone when it is over
     assert "| 300 | agent |" in proc.stdout
+
+
+def test_scale_bench_commit_only_alternates_first_commits(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    real = small_real_tree(tmp_path / "real")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--tiny", "--no-restic", "--commit-only",
+                           "--repeat", "2", "--real-tree", str(real), "--out", str(out),
+                           "--work", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "scale.json").read_text())
+    first = report["sizes"]["300"]["syncd"]["first_commit"]
+    assert first["files_read"] == 300 and first["median_of"] == 2 and len(first["runs_s"]) == 2
+    assert first["cpu_s"] > 0
+    real_first = report["real"]["syncd"]["first_commit"]
+    assert real_first["changed"] == 45 and real_first["median_of"] == 2
+    assert "| first commit |" in proc.stdout

@@ -503,5 +503,8 @@ async def test_cache_entries_of_one_owner_are_never_served_to_another(config: Co
         _, snap = await bob_eng.repo.latest("vol")
         chunks = len(snap.entries["same.bin"].chunks) if snap else 0
         assert chunks and len([k for k in bob_eng.counter.keys if "/bob/vol/chunks/" in k]) == chunks
-        assert bob_eng.cache is not None and bob_eng.cache.stats.hits == 0
+        # no chunk came from alice's cache entries: every one was a GET above, and the cache served
+        # at most bob's own root tree (cached by his commit, a few hundred bytes)
+        assert bob_eng.cache is not None and bob_eng.cache.stats.hits <= 1
+        assert bob_eng.cache.stats.bytes_read < 4096
     assert (tmp_path / "b" / "same.bin").read_bytes() == (src / "same.bin").read_bytes()

@@ -81,3 +81,24 @@ async def test_a_reader_that_puts_will_serve_does_not_cut_packs_short() -> None:
     await budget.release(2 * MiB)
     await up.finish()
     assert budget.used == 0
+
+
+async def test_a_reader_waiting_on_a_batch_of_small_chunks_gets_its_bytes() -> None:
+    """A commit hands a step's small files to the uploader at once (add_small): they park in
+    the open pack like chunks added one by one, and a reader that needs them back gets them."""
+    store, budget = MemoryStore(), ByteBudget(4 * MiB)
+    up = _uploader(store, budget)
+    chunks = []
+    for _ in range(3):
+        data = os.urandom(MiB)
+        chunks.append((content_id(data), data, await budget.acquire(MiB)))
+    dup = chunks[0][:2] + (await budget.acquire(MiB),)     # a chunk the batch already holds
+    await up.add_small(chunks + [dup])
+    assert budget.used == 3 * MiB                          # the duplicate's bytes are back at once
+    await _settle(up)
+    assert store.objects == {} and budget.parked == 3 * MiB
+    held = await asyncio.wait_for(budget.acquire(2 * MiB), 10)
+    assert held == 2 * MiB and len(store.objects) == 1
+    await budget.release(held)
+    await up.finish()
+    assert budget.used == 0 and budget.parked == 0 and up.uploaded_chunks == 3 and up.reused_chunks == 1

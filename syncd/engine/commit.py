@@ -93,6 +93,7 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
             result.skipped, result.files_read, result.bytes_read = [], 0, 0
             result.uploaded_chunks = result.uploaded_bytes = result.reused_chunks = 0
             spool = await in_thread(Spool, engine.index.dir)
+            run: CommitPass | None = None
             try:
                 run = CommitPass(engine, volume, source, result, progress or NoProgress(), excluded, spool)
                 theirs = await _as_v2(engine, volume, head)
@@ -117,6 +118,8 @@ async def commit(engine: Engine, volume: str, source: Path, *, message: str = ""
                 await run.write_index(head.snapshot, head.seq, exact, left_out)
                 break
             finally:
+                if run is not None:
+                    await run.settle()
                 await in_thread(spool.close)
         else:
             raise CommitConflict(f"volume {volume!r}: chunks this commit reuses keep disappearing "

@@ -23,7 +23,9 @@ of them, most recent first), is not stored again; any other chunk is looked
 up in the volume's chunk index (one :class:`IndexSession` for the whole pass,
 so each shard is listed once) before it is compressed and uploaded. The new
 chunks are recorded in the chunk index ``RECORD_AT`` at a time and at the
-end of the pass, before HEAD moves. A chunk reused rather than uploaded by
+end of the pass, before HEAD moves; their references go into the local
+cache of the index in a worker thread while HEAD moves and the index rows
+are written (:meth:`CommitPass.settle`). A chunk reused rather than uploaded by
 this commit (a rename's, a dedupe hit's, the chunk index's, or one whose PUT
 found the object there) may be one prune is deleting; its object key is kept
 in ``suspects`` and HEAD-checked before HEAD is advanced, and again if a
@@ -37,15 +39,15 @@ import asyncio
 import contextlib
 import os
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from syncd.data.chunkread import file_chunks
 from syncd.data.upload import Uploader
 from syncd.engine.commitscan import Item, Scan, Step
+from syncd.engine.commitspool import IndexWrite, SpoolBatch, tree_changes
 from syncd.engine.progress import Progress
 from syncd.engine.trees import Builder, Built
 from syncd.engine.wiring import Engine
@@ -55,8 +57,8 @@ from syncd.format.manifest import ChunkRef, Entry, Snapshot, symlink_stays_insid
 from syncd.limits import in_thread
 from syncd.local import dirdigest
 from syncd.local.dirfd import open_file
-from syncd.local.indexrows import Fingerprint, Tracked, dec, decode_row, enc, encode_row, term
-from syncd.local.scan import from_stat
+from syncd.local.indexrows import Fingerprint, Tracked, term
+from syncd.local.scan import LocalFile, from_stat
 from syncd.local.spool import Spool
 
 READ_STEP = 4 << 20       # bytes of small files one worker-thread step reads (and holds of the budget)
@@ -68,7 +70,6 @@ READERS = 4               # large files read at once
 UNSTABLE_RETRIES = 3
 INDEX_BATCH = 20000       # index rows written per transaction
 RECORD_AT = 131072        # new chunks recorded in the chunk index at once (<= 256 index objects each time)
-ROW, BUILD, DROP = 0, 1, 2   # spool records: an index row (and a tree change), a tree change only, a subtree drop
 
 
 @dataclass
@@ -113,9 +114,11 @@ class _Change:
     entry: Entry | None
     row: Tracked | None               # the row it replaces
     fingerprint: tuple[int, int, int, int] | None = None
-    kind: int = ROW
+    below_drop: bool = False          # a tree change only: its row goes with its dropped parent's
     large: asyncio.Task[tuple[Entry, Fingerprint] | None] | None = None
     uploaded: bool = False            # its chunks went to the batch's uploader (located when it is done)
+    small: LocalFile | None = None    # a small file read by the scan: its entry is made once located ...
+    chunk: str | None = None          # ... with this chunk (None: it is empty)
 
 
 @dataclass
@@ -148,12 +151,20 @@ class CommitPass:
         self._closing = contextlib.ExitStack()
         self._session = engine.index_session(volume)    # one view of the chunk index for every batch
         self._unrecorded: dict[str, ChunkRef] = {}        # stored, not yet recorded in the chunk index
+        self._held = 0                                    # budget bytes of the step being taken, not handed on
+        self._recording: asyncio.Task[None] | None = None  # the last record in the chunk index
+        # The new trees go into the in-memory tree cache only for the watcher's commits (small,
+        # the next one on the same paths). A walk's commit (the CLI's, a first commit) is read
+        # by nothing in its process, and 100,000 files' trees only evicted the cache's others:
+        # 10% of that commit's CPU and 30 MiB of its peak (they are in the disk cache either way).
+        self._remember_trees = True
 
     # ------------------------------------------------------------ the pass
 
     async def run(self, theirs: Snapshot | None, hint: frozenset[str] | None) -> Built:
         """Read every change, upload it, build it on ``theirs``' tree, spool it; the built trees."""
         self.theirs_links = theirs is not None and (theirs.stats is None or theirs.stats.links > 0)
+        self._remember_trees = hint is not None
         self._builder = self._new_builder(theirs)
         self.progress.start(0, "commit")
         pool = ThreadPoolExecutor(1, thread_name_prefix="syncd-commit")
@@ -172,11 +183,14 @@ class CommitPass:
                     with contextlib.suppress(BaseException):
                         step, kept = await nxt
                         await self.engine.budget.release(kept)
-            await self._seal()
+            await self._seal(final=True)
             while self._drains:
                 await self._drains.popleft()
-            await self._record_chunks()
-            return await self._builder.finish()
+            if self._recording is None:           # no batch was open at the end
+                self._recording = asyncio.ensure_future(self._record_chunks())
+            built = await self._builder.finish()
+            await self._recording
+            return built
         except BaseException:
             await self._abandon()
             raise
@@ -205,7 +219,7 @@ class CommitPass:
         return scan
 
     def _excluded(self, ref: ChunkRef) -> bool:
-        return object_key(self.engine.layout, self.volume, ref) in self.excluded
+        return bool(self.excluded) and object_key(self.engine.layout, self.volume, ref) in self.excluded
 
     def _new_builder(self, theirs: Snapshot | None) -> Builder:
         root = theirs.root if theirs is not None else None
@@ -214,11 +228,14 @@ class CommitPass:
             rows = await self.engine.index.rows(self.volume, self.source, [path])
             return rows[path].entry if path in rows else None
 
-        return Builder(self.engine.repo.trees, self.volume, root, {}, lookup=meta)
+        return Builder(self.engine.repo.trees, self.volume, root, {}, lookup=meta, remember=self._remember_trees)
 
     async def _abandon(self) -> None:
         if self._builder is not None:
             self._builder.discard()
+        if self._recording is not None:
+            self._recording.cancel()
+            await asyncio.gather(self._recording, return_exceptions=True)
         for task in self._drains:
             task.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
@@ -237,17 +254,23 @@ class CommitPass:
     async def _take(self, items: list[Item], drops: list[str], held: int) -> None:
         """Turn a step's items into changes of the open batch; ``held``: budget bytes held for
         the bytes read, handed to the uploader with them (what is not handed on is released)."""
+        self._held = held
         try:
-            held = await self._take_items(items, held)
+            await self._take_items(items)
         finally:
-            if held:
-                await self.engine.budget.release(held)
+            if self._held:
+                await self.engine.budget.release(self._held)
         if drops:
             self._open_batch().drops.extend(drops)
 
-    async def _take_items(self, items: list[Item], held_left: int) -> int:
+    async def _take_items(self, items: list[Item]) -> None:
+        small: list[tuple[str, bytes, int]] = []     # the open batch's small files' chunks, handed on at once
+        held_left = self._held
+        read = 0                                     # small files' bytes, reported to progress at once
+        batch = self._open_batch()
         for item in items:
-            batch = self._open_batch()
+            if batch is not self._batch:
+                batch = self._open_batch()
             if item.row is not None and item.row.entry.chunks:    # what the file held: dedupe against it
                 self._remember(item.row.entry.chunks)
             if item.skipped:
@@ -255,7 +278,7 @@ class CommitPass:
                 continue
             loc = item.local
             if loc is None:
-                self._add(batch, _Change(item.path, None, item.row, kind=BUILD if item.below_drop else ROW))
+                self._add(batch, _Change(item.path, None, item.row, below_drop=item.below_drop))
             elif loc.kind == "dir":
                 self._add(batch, _Change(item.path, Entry(item.path, "dir", loc.mode, loc.mtime_ns), item.row))
             elif loc.kind == "symlink":
@@ -274,22 +297,28 @@ class CommitPass:
                 self._add(batch, _Change(item.path, None, item.row, large=task, uploaded=True))
             else:
                 data = item.data or b""
-                refs: tuple[ChunkRef, ...] = ()
                 if item.chunk is not None:
                     share = min(len(data), held_left)
                     held_left -= share
-                    await batch.uploader.add(item.chunk, data, share, True)
-                    refs = (ChunkRef(item.chunk, len(data)),)
-                entry = Entry(item.path, "file", loc.mode, loc.mtime_ns, loc.size, refs)
-                self._add(batch, _Change(item.path, entry, item.row, item.fingerprint, uploaded=True))
+                    small.append((item.chunk, data, share))
+                self._add(batch, _Change(item.path, None, item.row, item.fingerprint, small=loc, chunk=item.chunk))
                 self.result.files_read += 1
                 self.result.bytes_read += len(data)
                 batch.bytes += len(data)
-                self.progress.more(len(data))
-                self.progress.advance(len(data))
+                read += len(data)
             if len(batch.changes) >= BATCH_FILES or batch.bytes >= BATCH_BYTES:
+                await self._hand(batch, small)
+                small = []
                 await self._seal()
-        return held_left
+        await self._hand(batch, small)
+        self.progress.more(read)
+        self.progress.advance(read)
+
+    async def _hand(self, batch: _Batch, small: list[tuple[str, bytes, int]]) -> None:
+        """The small files' chunks to the batch's uploader, which owns their budget bytes from now."""
+        if small:
+            self._held -= sum(held for _, _, held in small)
+            await batch.uploader.add_small(small)
 
     def _open_batch(self) -> _Batch:
         if self._batch is None:
@@ -307,19 +336,21 @@ class CommitPass:
                 entry is None or entry.kind != "dir"):
             self.link_check = True       # a directory replaced: links through it may now lead elsewhere
 
-    async def _seal(self) -> None:
+    async def _seal(self, final: bool = False) -> None:
         """Close the open batch: its uploads finish and it is drained (in order, in the build
-        thread) while the next one fills; at most SEALED wait."""
+        thread) while the next one fills; at most SEALED wait. ``final``: the last batch, whose
+        drain starts recording the new chunks in the chunk index (all of them are stored by
+        then), so the record's PUTs overlap the last trees being built."""
         batch, self._batch = self._batch, None
         if batch is None:
             return
         self._closed.append(batch)
         previous = self._drains[-1] if self._drains else None
-        self._drains.append(asyncio.ensure_future(self._finish_and_drain(batch, previous)))
+        self._drains.append(asyncio.ensure_future(self._finish_and_drain(batch, previous, final)))
         while len(self._drains) > SEALED:
             await self._drains.popleft()
 
-    async def _finish_and_drain(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
+    async def _finish_and_drain(self, batch: _Batch, previous: asyncio.Future[None] | None, final: bool) -> None:
         for change in batch.changes:
             if change.large is not None and (read := await change.large) is not None:
                 change.entry, change.fingerprint = read
@@ -329,6 +360,8 @@ class CommitPass:
             await self._record_chunks()
         if previous is not None:
             await asyncio.shield(previous)       # batches are handed on in order
+        if final:                                # every batch's uploads are done: record them
+            self._recording = asyncio.ensure_future(self._record_chunks())
         await in_thread(self._drain, batch, asyncio.get_running_loop(), pool=self._build_pool)
         self._closed.remove(batch)
         self._remember(batch.uploader.new.values())
@@ -340,22 +373,27 @@ class CommitPass:
         self.result.uploaded_chunks += up.uploaded_chunks
         self.result.uploaded_bytes += up.uploaded_bytes
         self.result.reused_chunks += up.reused_chunks
-        records: list[list[Any]] = [[DROP, enc(top)] for top in batch.drops]
+        spooled = SpoolBatch(batch.drops)
         feed: list[tuple[str, Entry | None]] = []
         for change in batch.changes:
             entry = change.entry
-            if change.large is not None and entry is None:
+            if change.small is not None:   # made under its bare name, as the tree holds it (trees._named)
+                loc, refs = change.small, (up.location(change.chunk),) if change.chunk is not None else ()
+                entry = change.entry = Entry(dirdigest.name_of(change.path), "file", loc.mode, loc.mtime_ns,
+                                             loc.size, refs)
+                self._note_reuse(refs, up)
+            elif change.large is not None and entry is None:
                 self.result.skipped.append(change.path)
                 continue
-            if entry is not None and change.uploaded and entry.chunks:
+            elif entry is not None and change.uploaded and entry.chunks:
                 located = tuple(up.location(c.id) for c in entry.chunks)
                 entry = change.entry = Entry(entry.path, "file", entry.mode, entry.mtime_ns, entry.size, located)
                 self._note_reuse(located, up)
             feed.append((change.path, entry))
-            records.append(self._record(change))
+            self._spool_change(spooled, change)
         assert self._builder is not None
         self._builder.feed_from_thread(feed, loop)
-        self.spool.add(records)
+        self.spool.add(spooled.record())
 
     async def _record_chunks(self) -> None:
         """The chunks stored so far into the chunk index (before HEAD moves, like every writer:
@@ -363,7 +401,13 @@ class CommitPass:
         per batch: each record writes one index object per shard it touches."""
         fresh, self._unrecorded = self._unrecorded, {}
         if self._session is not None and fresh:
-            await self._session.record(fresh.values())
+            await self._session.record(fresh.values(), wait=False)
+
+    async def settle(self) -> None:
+        """Wait for the local chunk-index cache to take the recorded chunks (it does so while
+        HEAD is advanced and the index rows are written)."""
+        if self._session is not None:
+            await self._session.settle()
 
     def _remember(self, refs: Iterable[ChunkRef]) -> None:
         for ref in refs:
@@ -382,16 +426,19 @@ class CommitPass:
             elif (ref.pack or ref.id) not in self.ours:
                 self.suspects.add(object_key(self.engine.layout, self.volume, ref))
 
-    def _record(self, change: _Change) -> list[Any]:
-        """The spool record of a change: its row (encoded) and what it moves its parent's digest by."""
+    def _spool_change(self, spooled: SpoolBatch, change: _Change) -> None:
+        """A change into its spooled batch: its row and what it moves its parent's digest by."""
         path, entry = change.path, change.entry
-        if change.kind == BUILD:
-            return [BUILD, enc(path)]
-        new = Tracked(entry, change.fingerprint if entry.kind == "file" else None) if entry is not None else None
-        moved = (term(self.seed, path, new) if new is not None else 0) - \
-            (term(self.seed, path, change.row) if change.row is not None else 0)
-        encoded = encode_row(path, new)[1:] if new is not None else None
-        return [ROW, enc(path), encoded, dirdigest.to_blob(moved)]
+        if change.below_drop:
+            spooled.build(path)
+            return
+        moved = -term(self.seed, path, change.row) if change.row is not None else 0
+        fp = None
+        if entry is not None:      # indexrows.term, without a Tracked per row
+            fp = change.fingerprint if entry.kind == "file" else None
+            moved += dirdigest.child_hash(self.seed, dirdigest.name_of(path), entry.kind, entry.mode, fp,
+                                          entry.target, entry.mtime_ns)
+        spooled.change(path, entry, fp, moved)
 
     # ------------------------------------------------------------ replay and large files
 
@@ -402,7 +449,7 @@ class CommitPass:
         batches = self.spool.batches_in_order()
         try:
             while (batch := await in_thread(next, batches, None)) is not None:
-                for path, entry in _tree_changes(batch):
+                for path, entry in tree_changes(batch):
                     await builder.feed(path, None if path in left_out else entry)
             return await builder.finish()
         except BaseException:
@@ -417,37 +464,17 @@ class CommitPass:
         await in_thread(self._write_index, snapshot, seq, exact, left_out)
 
     def _write_index(self, snapshot: str | None, seq: int, exact: bool, left_out: set[str]) -> None:
-        index = self.engine.index
-        puts: list[Any] = []
-        deletes: list[bytes] = []
-        drops: list[str] = []
-        moved: dict[bytes, int] = {}       # by encoded directory: decoded once per directory
+        index, out = self.engine.index, IndexWrite(left_out)
 
         def write(final: bool) -> None:
-            digests = {dec(path): value for path, value in moved.items()}
-            index.write_rows(self.volume, self.source, snapshot, seq, puts, deletes, digests, drops,
-                             exact=exact if final else False)
-            puts.clear()
-            deletes.clear()
-            drops.clear()
-            moved.clear()
+            index.write_rows(self.volume, self.source, snapshot, seq, out.puts, out.deletes, out.digests(),
+                             out.drops, exact=exact if final else False)
+            out.clear()
 
         for batch in self.spool.batches_in_order():
-            for record in batch:
-                kind, raw = record[0], record[1]
-                if kind == DROP:
-                    drops.append(dec(raw))
-                    continue
-                if kind != ROW or (left_out and dec(raw) in left_out):
-                    continue
-                parent = raw[:max(raw.rfind(b"/"), 0)]
-                moved[parent] = moved.get(parent, 0) + dirdigest.from_blob(record[3])
-                if record[2] is None:
-                    deletes.append(raw)
-                else:
-                    puts.append((raw, *record[2]))
-                if len(puts) + len(deletes) >= INDEX_BATCH:
-                    write(False)
+            out.take(batch)
+            if out.rows >= INDEX_BATCH:
+                write(False)
         write(True)
 
     async def _read_large(self, uploader: Uploader, path: str) -> tuple[Entry, Fingerprint] | None:
@@ -486,16 +513,3 @@ class CommitPass:
         self.result.files_read += 1
         self.result.bytes_read += before.size
         return Entry(path, "file", before.mode, before.mtime_ns, before.size, tuple(refs)), before.fingerprint
-
-
-def _tree_changes(batch: list[Any]) -> Iterator[tuple[str, Entry | None]]:
-    """The tree changes of one spooled batch, in the order written."""
-    for record in batch:
-        if record[0] == DROP:
-            continue
-        path = dec(record[1])
-        if record[0] == BUILD or record[2] is None:
-            yield path, None
-        else:
-            yield path, decode_row(path, record[2][0], tuple(record[2][1:])).entry
-

@@ -177,10 +177,13 @@ class Scan:
             if before.st_size >= self.pack_threshold:
                 item.large = True
                 return
-            if (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == \
-                    (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) and len(data) == before.st_size:
-                st = from_stat(before)
-                item.local, item.data, item.fingerprint = st, data, st.fingerprint
+            fingerprint = (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+            if fingerprint == (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) and \
+                    len(data) == before.st_size:
+                loc = item.local
+                if loc is None or loc.fingerprint != fingerprint or loc.mode != before.st_mode & 0o7777:
+                    item.local = from_stat(before)      # changed since the walk's lstat: what we read
+                item.data, item.fingerprint = data, fingerprint
                 item.chunk = content_id(data) if data else None
                 return
         item.skipped = True

@@ -619,6 +619,8 @@ def _stats(items: list[TreeItem]) -> Stats:
 
 def _named(entry: Entry, name: str) -> Entry:
     """``entry`` under its bare name, as a tree holds it (dataclasses.replace, several times faster)."""
+    if entry.path == name:
+        return entry
     return Entry(name, entry.kind, entry.mode, entry.mtime_ns, entry.size, entry.chunks, entry.target)
 
 

@@ -54,6 +54,17 @@ def ref_json(ref: ChunkRef) -> list[str | int]:
     return [ref.id, ref.size, ref.pack, ref.offset, ref.stored]
 
 
+def ref_text(ref: ChunkRef) -> str:
+    """``ref_json(ref)`` as compact JSON text, written directly (a commit writes one per file,
+    twice: the index row, the chunk index cache). Ids and pack ids are content ids (hex,
+    checked where they were made or read): nothing to escape."""
+    if ref.pack is None:
+        return f'["{ref.id}",{ref.size:d}]'
+    if not ref.stored:
+        return f'["{ref.id}",{ref.size:d},"{ref.pack}",{ref.offset:d}]'
+    return f'["{ref.id}",{ref.size:d},"{ref.pack}",{ref.offset:d},{ref.stored:d}]'
+
+
 def encode_index(refs: Iterable[ChunkRef]) -> list[tuple[str, bytes, list[ChunkRef]]]:
     """``(object id, stored bytes, its refs)`` of the index objects holding ``refs`` (one shard,
     unique ids), split so that none exceeds ``MAX_ENTRIES``."""

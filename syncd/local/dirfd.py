@@ -71,6 +71,12 @@ def open_parent_fd(root: Path, rel: str) -> tuple[int, str]:
 
 def open_file_at(dir_fd: int, name: str) -> int | None:
     """A read descriptor for the regular file ``name`` in ``dir_fd``; None if it moved or is not a regular file."""
+    found = _open_regular(dir_fd, name)
+    return None if found is None else found[0]
+
+
+def _open_regular(dir_fd: int, name: str) -> tuple[int, os.stat_result] | None:
+    """``open_file_at`` and the ``fstat`` that found the file regular."""
     try:
         fd = os.open(name, READ_FILE, dir_fd=dir_fd)
     except OSError as exc:
@@ -78,8 +84,9 @@ def open_file_at(dir_fd: int, name: str) -> int | None:
             return None
         raise
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return fd
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return fd, st
     except OSError:
         pass
     os.close(fd)
@@ -89,12 +96,13 @@ def open_file_at(dir_fd: int, name: str) -> int | None:
 def read_whole(dir_fd: int, name: str) -> tuple[os.stat_result, bytes, os.stat_result] | None:
     """``(fstat before, the bytes, fstat after)`` of the regular file ``name`` in ``dir_fd``,
     read with one ``pread`` of the size ``fstat`` gave; None if it moved (see open_file_at).
-    The caller compares the two stats: a file written meanwhile is read again."""
-    fd = open_file_at(dir_fd, name)
-    if fd is None:
+    The caller compares the two stats: a file written meanwhile is read again. Five system
+    calls (open, fstat, pread, fstat, close): a commit makes them for every small file."""
+    found = _open_regular(dir_fd, name)
+    if found is None:
         return None
+    fd, before = found
     try:
-        before = os.fstat(fd)
         data = os.pread(fd, before.st_size, 0) if before.st_size else b""
         return before, data, os.fstat(fd)
     finally:

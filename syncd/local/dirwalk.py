@@ -162,9 +162,9 @@ class DirWalk:
             listing = self._look(fd, rel, sorted(self.hinted.get(rel, ())))
             dirty, rows = True, self.reader.rows([joined(rel, n) for n in listing.names])
         else:
-            listing = self._look(fd, rel, None)
-            digest = self._digests.pop(rel) if rel in self._digests else self.reader.digest(rel)
-            dirty = mode == NEW or listing.total % dirdigest.MOD != digest
+            listing = self._look(fd, rel, None, summed=mode == FULL)
+            dirty = mode == NEW or listing.total % dirdigest.MOD != (
+                self._digests.pop(rel) if rel in self._digests else self.reader.digest(rel))
             rows = self.reader.children(rel) if dirty and mode == FULL else {}
         delta = DirDelta(rel, fd)
         below: list[tuple[str, str]] = []
@@ -203,8 +203,9 @@ class DirWalk:
         if row.entry.kind == "dir":
             delta.drops.append(path)
 
-    def _look(self, fd: int, rel: str, names: list[str] | None) -> _Listing:
-        """lstat ``names`` in ``fd`` (None: every entry); their digest sum when all were listed."""
+    def _look(self, fd: int, rel: str, names: list[str] | None, summed: bool = False) -> _Listing:
+        """lstat ``names`` in ``fd`` (None: every entry); with ``summed``, their digest sum (a
+        ``NEW`` directory has no digest to compare with: nothing is summed)."""
         self.dirs_listed += 1
         out = _Listing()
         every = names is None
@@ -222,7 +223,7 @@ class DirWalk:
             if child is not None:
                 os.close(child)
             out.found[name] = loc
-            if every:
+            if summed:
                 out.total += term(self.reader.seed, name, loc)
         return out
 

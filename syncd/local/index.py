@@ -56,7 +56,7 @@ import os
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,6 @@ from syncd.format.manifest import Entry, entry_from_json
 from syncd.local import dirdigest
 from syncd.local.indexrows import (
     SELECT,
-    EncodedRow,
     Fingerprint,
     RowReader,
     Tracked,
@@ -86,6 +85,8 @@ INDEX_FORMAT = 1          # the JSON files this module migrates from
 SCHEMA = 3
 DB_NAME = "index.sqlite3"
 BUSY_TIMEOUT = 60.0       # seconds a writer waits for another process's transaction
+DIGEST_READ = 500         # directories' digests read per query
+Row = Sequence[Any]       # a files row without vol: an indexrows.EncodedRow, or a list of its six values
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ class IndexStore:
                         known.files[path] = tracked
                 known.generation = new_generation if known.generation == generation else -1
 
-    def _write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: list[EncodedRow],
+    def _write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: Sequence[Row],
                     deletes: list[bytes], digests: Mapping[str, int], drops: Collection[str],
                     exact: bool | None) -> None:
         key = self.key(volume, directory)
@@ -280,7 +281,8 @@ class IndexStore:
             if conn.execute("SELECT digests FROM volumes WHERE id=?", (vol,)).fetchone()[0] == dirdigest.VERSION:
                 self._add_digests(conn, vol, digests)
             conn.executemany("DELETE FROM files WHERE vol=? AND path=?", ((vol, p) for p in deletes))
-            conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", ((vol, *r) for r in puts))
+            # vol (our own row id, an int) is written into the statement: no tuple per row
+            conn.executemany(f"INSERT OR REPLACE INTO files VALUES ({int(vol)}, ?, ?, ?, ?, ?, ?)", puts)
             conn.execute("UPDATE volumes SET snapshot=?, seq=?, generation=generation+1, exact=coalesce(?, exact) "
                          "WHERE id=?", (snapshot, seq, None if exact is None else int(exact), vol))
         with self._known_lock:
@@ -292,7 +294,8 @@ class IndexStore:
         in it (they sum only rows deleted here); ``top``'s own row is the caller's change."""
         low, high = enc(top) + b"/", upper(enc(top))
         conn.execute("DELETE FROM files WHERE vol=? AND path>? AND path<?", (vol, low, high))
-        conn.execute("DELETE FROM dirs WHERE vol=? AND ((path>? AND path<?) OR path=?)", (vol, low, high, enc(top)))
+        conn.execute("DELETE FROM dirs WHERE vol=? AND path>? AND path<?", (vol, low, high))
+        conn.execute("DELETE FROM dirs WHERE vol=? AND path=?", (vol, enc(top)))   # apart: an OR is a scan
 
     def _apply(self, conn: sqlite3.Connection, vol: int, snapshot: str | None, seq: int,
                changes: Mapping[str, Tracked | None], old: Mapping[str, Tracked] | None = None,
@@ -328,15 +331,18 @@ class IndexStore:
 
     @staticmethod
     def _add_digests(conn: sqlite3.Connection, vol: int, delta: Mapping[str, int]) -> None:
-        for path, add in delta.items():
-            if add % dirdigest.MOD == 0:
-                continue
-            row = conn.execute("SELECT digest FROM dirs WHERE vol=? AND path=?", (vol, enc(path))).fetchone()
-            value = (dirdigest.from_blob(row[0] if row else None) + add) % dirdigest.MOD
-            if value:
-                conn.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", (vol, enc(path), dirdigest.to_blob(value)))
-            else:
-                conn.execute("DELETE FROM dirs WHERE vol=? AND path=?", (vol, enc(path)))
+        """Move each directory's digest by its delta: the stored digests read ``DIGEST_READ`` at a
+        time, written back in two statements (a first commit moves every directory's)."""
+        moved = [(enc(path), add) for path, add in delta.items() if add % dirdigest.MOD]
+        for start in range(0, len(moved), DIGEST_READ):
+            part = moved[start:start + DIGEST_READ]
+            marks = ",".join("?" * len(part))
+            stored = dict(conn.execute(f"SELECT path, digest FROM dirs WHERE vol=? AND path IN ({marks})",
+                                       (vol, *(raw for raw, _ in part))).fetchall())
+            values = [(raw, (dirdigest.from_blob(stored.get(raw)) + add) % dirdigest.MOD) for raw, add in part]
+            conn.executemany("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)",
+                             [(vol, raw, dirdigest.to_blob(value)) for raw, value in values if value])
+            conn.executemany("DELETE FROM dirs WHERE vol=? AND path=?", [(vol, raw) for raw, value in values if not value])
 
     def _digest_seed(self, conn: sqlite3.Connection) -> int:
         if self._seed is None:
@@ -453,12 +459,13 @@ class IndexStore:
         in ``save``; None keeps what was recorded)."""
         await asyncio.to_thread(self._update, volume, directory, snapshot, seq, dict(changes), exact)
 
-    def write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: list[EncodedRow],
+    def write_rows(self, volume: str, directory: Path, snapshot: str | None, seq: int, puts: Sequence[Row],
                    deletes: list[bytes], digests: Mapping[str, int], drops: Collection[str] = (), *,
                    exact: bool | None = False) -> None:
         """Blocking, for a worker thread: one transaction that drops the subtrees ``drops``, adds
         ``digests`` (directory -> what its digest moves by, the caller summed the terms), deletes
-        the rows at ``deletes`` (encoded paths), writes ``puts`` (encoded rows) and records the
+        the rows at ``deletes`` (encoded paths), writes ``puts`` (encoded rows: an EncodedRow,
+        or a list of the same six values, as a commit's spool holds them) and records the
         synced snapshot. A caller writing many rows calls it once per batch."""
         self._write_rows(volume, directory, snapshot, seq, puts, deletes, digests, list(drops), exact)
 

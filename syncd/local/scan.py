@@ -53,14 +53,14 @@ class LocalFile:
 
 
 def from_stat(st: os.stat_result, target: str | None = None) -> LocalFile:
-    if stat.S_ISDIR(st.st_mode):
-        kind = "dir"
-    elif stat.S_ISLNK(st.st_mode):
-        kind = "symlink"
-    else:
-        kind = "file"
-    return LocalFile(kind, stat.S_IMODE(st.st_mode), st.st_size if kind == "file" else 0,
+    mode = st.st_mode
+    fmt = mode & _IFMT                 # stat.S_ISDIR and friends, inlined: once per entry of every walk
+    kind = "dir" if fmt == stat.S_IFDIR else "symlink" if fmt == stat.S_IFLNK else "file"
+    return LocalFile(kind, mode & 0o7777, st.st_size if kind == "file" else 0,
                      st.st_mtime_ns, st.st_ino, st.st_ctime_ns, target)
+
+
+_IFMT = 0o170000
 
 
 def scan_sync(root: Path, leftovers: list[str] | None = None) -> dict[str, LocalFile]:
