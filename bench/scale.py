@@ -53,7 +53,10 @@ Every step has a deadline (``--step-timeout``, default 300 s, plus
 100,000 files, 5,300 s at 1,000,000, for a first commit that took 213 s at
 100,000 on a loaded machine): a step that exceeds it is killed and reported as
 ``exceeded``, and the steps that need its result are skipped. restic talks to
-the same server with the same access key. Output: a Markdown table on the
+the same server with the same access key. Hydrated copies are put aside and
+deleted once the size (or the real tree) is done, so that no measured step
+follows a large deletion (``Bench.discard``). For cold hydrates alone,
+alternated over several rounds with medians and CPU, see bench/hydrates.py. Output: a Markdown table on the
 terminal (bench/scalereport.py) and ``<out>/scale.json``; every step records
 the 1-minute load average at its start.
 """
@@ -176,7 +179,7 @@ def count_entries(root: Path) -> int:
 # A child's ru_maxrss counts the memory of the process that forked it (Linux keeps the old mm's
 # high-water mark across exec), so every child of this driver would report at least the driver's
 # RSS. Each timed command is therefore forked by this tiny interpreter instead, which reaps it with
-# wait4 and writes its ru_maxrss (KiB) to a file: the floor is the trampoline's own ~9 MiB.
+# wait4 and writes its ru_maxrss (KiB) and CPU seconds to a file: the floor is the trampoline's own ~9 MiB.
 TRAMPOLINE = """
 import os, sys
 out, argv = sys.argv[1], sys.argv[2:]
@@ -195,7 +198,8 @@ sys.exit(code if code >= 0 else 128 - code)
 
 
 def timed(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds, its peak RSS (MiB), stdout; ``exceeded`` if killed at the deadline."""
+    """Run ``cmd``; wall seconds, CPU seconds (user + system, from wait4), its peak RSS (MiB),
+    stdout; ``exceeded`` if killed at the deadline."""
     load = round(os.getloadavg()[0], 1)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
@@ -263,6 +267,14 @@ class Child:
             pass
         return 0.0
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process has used so far, all its threads (/proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> float:
         """Signal it and reap it (SIGKILL to its group after ``timeout``); its peak RSS, MiB."""
         if self.proc.poll() is not None:
@@ -319,6 +331,19 @@ class Bench:
         self.base = {**base, **CREDENTIALS}
         self.timeout = args.step_timeout
 
+    def discard(self, path: Path) -> None:
+        """Put ``path`` aside, deleted by ``empty_trash`` once the data set is measured: a large
+        deletion makes the next step's file creation slower on some file systems (this VM's ext4
+        without a journal scans the inodes freed in the last 30 s on every create), so no
+        measured step follows one."""
+        if path.exists():
+            trash = self.work / "trash"
+            trash.mkdir(exist_ok=True)
+            path.rename(trash / f"{path.name}-{time.monotonic_ns()}")
+
+    def empty_trash(self) -> None:
+        shutil.rmtree(self.work / "trash", ignore_errors=True)
+
     def for_size(self, n: int) -> Bench:
         self.timeout = self.args.step_timeout + self.args.per_1000 * n / 1000
         return self
@@ -367,7 +392,7 @@ class Bench:
             touch_one(src, 2)
             self.cli(writer, "commit", vol, str(src))                     # the commit made elsewhere
             res["one_file_rehydrate"] = self.cli(reader, "hydrate", vol, str(dst))
-        shutil.rmtree(dst, ignore_errors=True)
+        self.discard(dst)
         res["list_root"] = self.cli(self.syncd_env(f"l-{n}"), "ls", vol, "/")
         if self.args.find:
             res["find_cold"], res["find_warm"] = guard(lambda: self.syncd_find(n, vol), 2)
@@ -468,7 +493,7 @@ class Bench:
         finally:
             rss = child.stop(signal.SIGTERM)
             out["agent_peak_rss_mib"] = rss
-            shutil.rmtree(root, ignore_errors=True)
+            self.discard(root)
         return out
 
     def _agent_call(self, client: Any, child: Child, method: str, path: str) -> dict[str, Any]:
@@ -524,7 +549,7 @@ class Bench:
             touch_one(src, 4)
             self.step(["restic", "backup", "-q", "."], writer, src)          # the backup made elsewhere
             res["one_file_rehydrate"] = self.step(["restic", "restore", "latest", "--target", str(dst)], reader)
-        shutil.rmtree(dst, ignore_errors=True)
+        self.discard(dst)
         res["list_root"] = self.step(["restic", "ls", "latest", "/"], reader)
         if self.args.find:
             res["find_cold"], res["find_warm"] = guard(lambda: self.restic_find(n, str(n)), 2)
@@ -563,7 +588,7 @@ class Bench:
         if ok(syncd["first_commit"]):
             syncd["cold_hydrate"] = self.cli(self.syncd_env("r-real"), "hydrate", vol, str(dst))
             syncd["cold_hydrate"]["entries"] = count_entries(dst)
-        shutil.rmtree(dst, ignore_errors=True)
+        self.discard(dst)
         if self.args.restic:
             writer, reader = self.restic_env("w-real", "real"), self.restic_env("r-real", "real")
             self.step(["restic", "init"], writer)
@@ -571,7 +596,7 @@ class Bench:
             if ok(restic["first_commit"]):
                 restic["cold_hydrate"] = self.step(["restic", "restore", "latest", "--target", str(dst)], reader)
                 restic["cold_hydrate"]["entries"] = count_entries(dst)
-            shutil.rmtree(dst, ignore_errors=True)
+            self.discard(dst)
         for steps in out.values():
             for step in steps.values():
                 step.pop("stdout", None)
@@ -608,6 +633,7 @@ def measure_size(bench: Bench, n: int, work: Path) -> dict[str, Any]:
         print(json.dumps({tool: entry[tool]}), flush=True)
     entry["load_after"] = os.getloadavg()
     shutil.rmtree(src, ignore_errors=True)
+    bench.empty_trash()
     if not bench.args.keep:          # caches, states and copies of this size: a 1M run needs the disk
         for tag in ("w", "r", "l", "f", "a", "rf"):
             shutil.rmtree(work / f"{tag}-{n}", ignore_errors=True)
@@ -723,6 +749,7 @@ def measure_real(bench: Bench, work: Path) -> dict[str, Any]:
     result["load_after"] = os.getloadavg()
     print(json.dumps({"real": result}), flush=True)
     shutil.rmtree(work / "real-src", ignore_errors=True)
+    bench.empty_trash()
     return result
 
 

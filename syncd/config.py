@@ -19,9 +19,10 @@ SYNCD_PREFIX                 volumes             key prefix inside the bucket
 SYNCD_OWNER                  default             owner whose volumes we see
 SYNCD_CACHE_DIR              ~/.cache/syncd      local chunk cache directory
 SYNCD_CACHE_SIZE             10 GiB              cache size bound (LRU eviction)
-SYNCD_CACHE_LARGE            ref                 large files' chunks: ``ref`` caches a
-                                                 reference into the hydrated file,
-                                                 ``copy`` a second copy of the bytes
+SYNCD_CACHE_LARGE            ref                 chunks a hydrate writes (large and small
+                                                 files): ``ref`` caches a reference into
+                                                 the hydrated file, ``copy`` a second
+                                                 copy of the bytes
 SYNCD_STATE_DIR              ~/.local/state/syncd  local sync indexes
 SYNCD_CHUNK_SIZE             512 KiB             average chunk size of files cut by content
                                                  (FastCDC: min /4, max *4; 64 KiB-4 MiB)

@@ -82,6 +82,22 @@ def test_scale_bench_find_only_repeats_the_find_on_fresh_mounts(tmp_path: Path) 
     assert "| `find`, lazy mount, cold |" in proc.stdout
 
 
+def test_hydrates_bench_alternates_fresh_cold_hydrates(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "hydrates.py"), "--tiny", "--no-restic",
+                           "--repeat", "2", "--out", str(out), "--work", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "hydrates.json").read_text())["sets"]["300"]
+    assert "seconds" in data["seed"]["syncd"] and set(data["runs"]) == {"syncd", "agent"}
+    for tool, runs in data["runs"].items():      # each run a whole cold copy, with its CPU
+        assert [r["entries"] for r in runs] == [300 + 8 + 64] * 2, tool
+        assert all(r["cpu_s"] > 0 and r["rss_mib"] > 0 for r in runs), tool
+    assert data["median"]["syncd"]["runs_s"] == [r["seconds"] for r in data["runs"]["syncd"]]
+    assert not (tmp_path / "work" / "trash").exists()    # each round's copies are gone when it is over
+    assert "| 300 | agent |" in proc.stdout
+
+
 def test_scale_bench_commit_only_alternates_first_commits(tmp_path: Path) -> None:
     out = tmp_path / "out"
     real = small_real_tree(tmp_path / "real")

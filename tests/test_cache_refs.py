@@ -1,16 +1,19 @@
 """Large files' chunks: streamed from the store into place, verified, and cached by reference
-into the hydrated file (SYNCD_CACHE_LARGE=ref)."""
+into the hydrated file (SYNCD_CACHE_LARGE=ref); small files' chunks likewise, once written."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import diskcache
 import pytest
 
 from syncd.config import Config, MiB
+from syncd.data.cache import REF
 from syncd.engine.commit import commit
-from syncd.engine.hydrate import hydrate
+from syncd.engine.hydrate import REF_MIN, hydrate
 from syncd.engine.wiring import open_engine
 from syncd.errors import IntegrityError
 
@@ -21,6 +24,9 @@ from .conftest import worker_config
 def config(config: Config) -> Config:
     """The default layout: a large file's consecutive chunks share packs."""
     return config.replace(large_pack_size=32 * MiB)
+
+
+OLD = 1_600_000_000 * 10**9   # an mtime far from now: a fingerprint that can be trusted (stamp.py)
 
 
 def chunk_gets(keys: object) -> list[str]:
@@ -107,3 +113,54 @@ async def test_streamed_chunk_that_fails_verification_is_an_integrity_error(
     assert [p.name for p in (tmp_path / "dst").iterdir()] == []
 
 
+
+
+async def test_small_files_are_cached_as_references_into_the_hydrated_copy(
+        config: Config, tmp_path: Path) -> None:
+    """A cold hydrate writes each small file once: the cache records where its chunk sits in the
+    file (no second copy of the bytes, no value file for the larger ones), for chunks of at least
+    REF_MIN bytes; smaller ones are not cached. A second hydrate on the worker reads the larger
+    ones from the first copy, trusting unchanged files' fingerprints, and the tiny ones with one
+    ranged GET of their pack; an edited file is a miss, fetched again in that GET."""
+    rng = random.Random(5)
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = [0, 1, 700, REF_MIN - 1, REF_MIN, 40_000, 200_000, *(rng.randrange(2048) for _ in range(20)),
+             *(rng.randrange(REF_MIN, 250_000) for _ in range(8))]          # all below pack_threshold
+    for n, size in enumerate(sizes):
+        path = src / f"d{n % 4}" / f"f{n}"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+        os.utime(path, ns=(OLD, OLD))
+    referenced = sum(size >= REF_MIN for size in sizes)
+    async with open_engine(config) as eng:
+        await commit(eng, "vol", src)
+    w2 = worker_config(config, tmp_path, "w2")
+    async with open_engine(w2) as eng:
+        await hydrate(eng, "vol", tmp_path / "a")
+        snapshot = (await eng.repo.latest("vol"))[1]
+        assert snapshot is not None
+        packs = {e.chunks[0].pack for e in snapshot.entries.values() if e.chunks}
+        chunks = {e.chunks[0].id: e.size for e in snapshot.entries.values() if e.chunks}
+    entries = diskcache.Cache(str(w2.cache_dir))
+    try:
+        cached = {i: entries.get(f"{w2.owner}:{i}") for i in chunks}
+    finally:
+        entries.close()
+    assert {i for i, v in cached.items() if v is not None} == {i for i, size in chunks.items() if size >= REF_MIN}
+    assert all(v[0] == REF and v[4] is not None for v in cached.values() if v is not None)
+    assert list(w2.cache_dir.rglob("*.val")) == []           # no bytes kept beside the copy
+    async with open_engine(w2) as eng:
+        eng.counter.reset()
+        await hydrate(eng, "vol", tmp_path / "b")
+        assert len(chunk_gets(eng.counter.keys)) == len(packs)   # the tiny files' ranges, one per pack
+        assert eng.cache is not None and eng.cache.stats.trusted == referenced
+        big = next(n for n, size in enumerate(sizes) if size == 200_000)
+        (tmp_path / "a" / f"d{big % 4}" / f"f{big}").write_bytes(b"edited")
+        eng.counter.reset()
+        await hydrate(eng, "vol", tmp_path / "c")
+        assert len(chunk_gets(eng.counter.keys)) == len(packs)   # the edited file's chunk joins those ranges
+        assert eng.cache.stats.stale == 1 and eng.cache.stats.trusted == 2 * referenced - 1
+    for n in range(len(sizes)):
+        rel = Path(f"d{n % 4}") / f"f{n}"
+        assert (tmp_path / "b" / rel).read_bytes() == (src / rel).read_bytes() == (tmp_path / "c" / rel).read_bytes()

@@ -95,13 +95,17 @@ async def test_failed_update_keeps_the_previous_version_intact(config: Config, t
 
 async def test_corrupt_store_object_with_a_good_cached_copy_still_hydrates(
         config: Config, tmp_path: Path, volume: dict[str, tuple[str, int, bytes | str | None]]) -> None:
+    """What the first hydrate cached is served from the cache though the store's copy is corrupt:
+    here the large file's chunks (small files' chunks below REF_MIN are not cached, so their
+    packs are read again, and they are intact)."""
     async with open_engine(worker_config(config, tmp_path, "w2")) as eng:
         await hydrate(eng, "vol", tmp_path / "first")           # fills the cache
-        for key in await keys(eng, "chunks") + await keys(eng, "packs"):
+        chunks = await keys(eng, "chunks")
+        for key in chunks:
             await flip(eng, key)
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "second")
-        assert not [k for k in eng.counter.keys if "/chunks/" in k or "/packs/" in k]
+        assert chunks and not [k for k in eng.counter.keys if "/chunks/" in k]
     assert snapshot_tree(tmp_path / "second") == volume
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from syncd.config import Config
 from syncd.engine.commit import commit
-from syncd.engine.hydrate import hydrate
+from syncd.engine.hydrate import REF_MIN, hydrate
 from syncd.engine.wiring import open_engine
 from syncd.errors import LocalConflict, VolumeNotFound
 
@@ -75,17 +75,24 @@ async def test_hydrate_twice_is_a_no_op(config: Config, tmp_path: Path) -> None:
     assert eng.counter.calls["get"] == 1  # only HEAD; the snapshot is cached in memory
 
 
-async def test_cache_hit_makes_zero_chunk_gets(config: Config, tmp_path: Path) -> None:
+async def test_a_second_hydrate_reads_the_cache_and_only_the_tiny_files_packs(config: Config, tmp_path: Path) -> None:
+    """Chunks a hydrate wrote are cached (by reference into the files written, test_cache_refs.py),
+    but not those below REF_MIN: a second hydrate on the worker reads the rest from the cache and
+    the tiny files with one ranged GET per pack that holds them."""
     src = tmp_path / "src"
     make_tree(src, small_files=20)
     async with open_engine(config) as eng:
         await commit(eng, "vol", src)
         await hydrate(eng, "vol", tmp_path / "a")
+        snapshot = (await eng.repo.latest("vol"))[1]
+        assert snapshot is not None
+        tiny = {eng.layout.pack("vol", e.chunks[0].pack) for e in snapshot.entries.values()
+                if e.chunks and e.size < REF_MIN and e.chunks[0].pack}
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
-        chunk_gets = [k for k in eng.counter.keys if "/chunks/" in k or "/packs/" in k]
-        assert chunk_gets == []
-        assert eng.cache is not None and eng.cache.stats.hits > 0
+        chunk_gets = {k: n for k, n in eng.counter.keys.items() if "/chunks/" in k or "/packs/" in k}
+        assert chunk_gets == {key: 1 for key in tiny} and tiny
+        assert eng.cache is not None and eng.cache.stats.hits > 0          # the large file's chunks
     assert snapshot_tree(tmp_path / "b") == snapshot_tree(src)
 
 

@@ -149,6 +149,42 @@ async def test_a_one_file_change_costs_the_same_at_1000_and_5000_files(
         assert small[op]["trees"] <= 14, (op, small)        # on the changed paths, in the new and old snapshot
 
 
+async def _cold(config: Config, tmp_path: Path, other_dirs: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    name = f"cold-{other_dirs}"
+    a = tmp_path / f"src{other_dirs}"
+    _fill(a, other_dirs)
+    async with open_engine(dataclasses.replace(config, state_dir=tmp_path / f"w{other_dirs}")) as engine:
+        await commit(engine, name, a)
+    reader = dataclasses.replace(config, state_dir=tmp_path / f"r{other_dirs}", cache_dir=tmp_path / f"c{other_dirs}")
+    async with open_engine(reader) as engine:
+        counts = _Counts(engine, monkeypatch)
+        calls = {"apply": 0}
+        apply = hydratewalk.HydrateWalk._apply
+
+        def counted(self: hydratewalk.HydrateWalk, looked: Any) -> Any:
+            calls["apply"] += 1
+            return apply(self, looked)
+
+        monkeypatch.setattr(hydratewalk.HydrateWalk, "_apply", counted)
+        out, done = await counts.measure(lambda: hydrate(engine, name, tmp_path / f"dst{other_dirs}"))
+    assert done.files_written == PER_DIR * (10 + other_dirs)
+    assert snapshot_tree(a) == snapshot_tree(tmp_path / f"dst{other_dirs}")
+    return {**out, **calls}
+
+
+async def test_a_cold_hydrate_looks_into_no_directory_it_made(config: Config, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first hydrate (nothing in the index for the target) lists the target only: a directory it
+    made a moment ago is empty and has no rows, so it is planned without a listing or a row read,
+    and a directory holding only files costs no worker-thread call (_apply) at all."""
+    small = await _cold(config, tmp_path, 0, monkeypatch)
+    large = await _cold(config, tmp_path, 40, monkeypatch)
+    for counts in (small, large):
+        assert counts["listed"] == 1 and counts["rows"] == 0      # the target, listed by the first pass
+    assert (small["apply"], large["apply"]) == (2, 3)             # the root and p (and q) make directories
+    assert (small["opened"], large["opened"]) == (10 * PER_DIR, 50 * PER_DIR)   # each file written once
+
+
 # ---------------------------------------------------------------- memory follows the configuration
 
 _KINDS = (Entry, LocalFile, Tracked, TreeItem)

@@ -1,5 +1,5 @@
 """Warm re-hydrates of files cut into many chunks (format 3): the chunk cache is asked once per
-batch of ids, not once per chunk (cache._get_many), and chunks that lie back to back in one
+batch of ids, not once per chunk (cachedb.get_many), and chunks that lie back to back in one
 source file are copied as one run (localcopy): one fingerprint check before and after, one
 ``copy_file_range``. A source changed while it is being copied is still never trusted."""
 
@@ -18,6 +18,7 @@ import pytest
 
 from syncd.config import Config, MiB
 from syncd.data import cache as cache_mod
+from syncd.data import cachedb
 from syncd.engine.commit import commit
 from syncd.engine.hydrate import hydrate
 from syncd.engine.wiring import open_engine
@@ -85,7 +86,7 @@ def chunk_gets(keys: object) -> list[str]:
 async def test_warm_rehydrate_looks_chunks_up_in_batches_and_copies_one_run(
         config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lookups: list[str],
         copies: list[int]) -> None:
-    monkeypatch.setattr(cache_mod, "LOOKUP_BATCH", 4)
+    monkeypatch.setattr(cachedb, "BATCH", 4)
     assert CHUNKS > 8
     await _volume(config, tmp_path)
     w2 = worker_config(config, tmp_path, "w2")
@@ -135,7 +136,7 @@ async def test_a_source_written_during_the_copy_is_verified_and_its_changed_chun
 
 def test_batched_lookups_return_what_get_returns_and_keep_lru_order(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_mod, "LOOKUP_BATCH", 3)
+    monkeypatch.setattr(cachedb, "BATCH", 3)
     cache = diskcache.Cache(str(tmp_path / "dc"), eviction_policy="least-recently-used")
     try:
         values: dict[str, object] = {
@@ -152,13 +153,13 @@ def test_batched_lookups_return_what_get_returns_and_keep_lru_order(tmp_path: Pa
         keys = ["a:ref", "a:old-ref", "a:small", "a:big", "a:missing", "a:expired", "b:ref"]
         before = {k: cache._sql("SELECT access_time FROM Cache WHERE key = ?", (k,)).fetchone()[0]
                   for k in values}
-        found = cache_mod._get_many(cache, keys)
+        found = cachedb.get_many(cache, keys)
         assert found == {k: cache.get(k) for k in keys if cache.get(k) is not None}
         assert set(found) == set(values)
         after = {k: cache._sql("SELECT access_time FROM Cache WHERE key = ?", (k,)).fetchone()[0]
                  for k in values}
         assert all(after[k] > before[k] for k in values)   # used: last in line for eviction
-        assert cache_mod._get_many(cache, []) == {}
+        assert cachedb.get_many(cache, []) == {}
     finally:
         cache.close()
 
@@ -172,7 +173,7 @@ async def test_a_failed_lookup_is_a_miss(config: Config, tmp_path: Path, monkeyp
         def broken(cache: object, keys: list[str]) -> dict[str, object]:
             raise sqlite3.OperationalError("database disk image is malformed")
 
-        monkeypatch.setattr(cache_mod, "_get_many", broken)
+        monkeypatch.setattr(cachedb, "get_many", broken)
         eng.counter.reset()
         await hydrate(eng, "vol", tmp_path / "b")
         assert eng.cache is not None and eng.cache.stats.errors == 1

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from syncd.engine.wiring import Engine
 
 T = TypeVar("T")
-GC_YOUNG = 20_000      # container allocations between young garbage collections (run(): why)
 Handler = Callable[[argparse.Namespace, "Config"], Coroutine[Any, Any, Any]]
 Configure = Callable[[argparse.ArgumentParser], None]
 
@@ -302,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# A hydrate or commit allocates a few container objects per file (entries, rows, tuples), so at
+# CPython's default threshold (700) the cyclic collector ran every few dozen files and its full
+# passes walked the tree cache again and again: 0.7-0.9 s of the 5.5 s of user CPU of a cold
+# hydrate of 100,000 files (three runs each, alternated; disabling the collector saved the same).
+# Little of syncd's garbage is cyclic (reference counting frees it), so the console script
+# collects every 50,000 allocations instead; the memory bounds (docs/SCALE.md) did not move.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def run() -> None:
     """The console script: ``main()``, then leave without interpreter finalisation.
 
@@ -310,14 +318,14 @@ def run() -> None:
     by the time ``main()`` returns (engines are context managers), so after flushing stdio
     the process exits at once with ``main()``'s code. Tests call ``main()`` directly.
 
-    The cyclic garbage collector runs after ``GC_YOUNG`` new container objects instead of
-    CPython's 700: a commit or hydrate of many small files keeps tens of thousands of
+    The cyclic garbage collector runs after ``GC_THRESHOLDS[0]`` new container objects instead
+    of CPython's 700: a commit or hydrate of many small files keeps tens of thousands of
     entries alive for a moment (a batch waiting for its uploads), so at 700 they were
     promoted and scanned again and again -- a quarter of a 100,000-file first commit's
     CPU (8.4 -> 6.2 user seconds; bench/scale.py, docs/SCALE.md). Nothing here relies on
     cycles being freed early; the memory they hold at most is bounded by the threshold.
     """
-    gc.set_threshold(GC_YOUNG, 10, 10)
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         code = main()
     except SystemExit as exc:            # argparse: --help, --version, usage errors

@@ -12,14 +12,18 @@ re-hashed, a bad entry is evicted and reported as a miss, and any error from
 diskcache or the disk is logged and treated as a miss (on read) or ignored (on
 write). All diskcache calls run in worker threads, never on the event loop.
 
-Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks of large files):
+Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks a hydrate writes):
 
-* bytes: the chunk itself (small files' chunks always; large files' with
-  ``copy``). Writes of many entries share one SQLite transaction.
-* references (``ref``, the default for large files): ``(path, offset, size,
-  fingerprint)`` of the chunk inside a file a hydrate published. A cold hydrate of a large file
-  then writes its bytes to disk once, not twice (the measured cost of the copy
-  was about as much as the download; docs/BENCHMARKS.md), and the next hydrate
+* bytes: the chunk itself (what the lazy mount and the gateway fetch, trees;
+  what a hydrate fetches with ``copy``). Writes of many entries share one
+  SQLite transaction (cachedb.py).
+* references (``ref``, the default for what a hydrate writes): ``(path, offset, size,
+  fingerprint)`` of the chunk inside a file a hydrate published, large or small
+  (a small file's one chunk is the whole file; one below 16 KiB is not cached,
+  hydrate.REF_MIN). A cold hydrate then writes the
+  bytes to disk once, not twice (the measured cost of the copy was about as much
+  as the download for a large file, docs/BENCHMARKS.md; a cold hydrate of
+  100,000 small files spent 30% of its samples caching their bytes, SCALE.md), and the next hydrate
   on this worker still reads them locally. A reference is read with ``pread``
   and verified like any entry: if the file was changed or removed since, it is
   a quiet miss (counted as ``stale``) and the chunk is fetched again. The
@@ -30,7 +34,8 @@ Two kinds of entry (``SYNCD_CACHE_LARGE`` chooses for chunks of large files):
   ``locate`` hands references to hydrate unread, which copies the range in the
   kernel and checks the copy the same way (localcopy.py); ``drop`` forgets the
   stale ones. Both take a whole file's chunks at once: one SQLite transaction
-  and one ``SELECT`` per 500 ids (``_get_many``), not one ``get`` per chunk. ``scrub`` hashes every entry again, fingerprints or not: the
+  and one ``SELECT`` per 500 ids (cachedb.py), not one ``get`` per chunk; so do ``get_many`` and
+  every write of many entries. ``scrub`` hashes every entry again, fingerprints or not: the
   check for damage below the file system (``syncd cache check``).
 
 Opening: importing diskcache and opening its SQLite index cost a command ~40 ms
@@ -48,13 +53,12 @@ import copy
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncd.data import stamp
+from syncd.data import cachedb, stamp
 from syncd.data.stamp import Fingerprint
 from syncd.format.chunking import verify
 
@@ -113,44 +117,6 @@ def usage(cache: diskcache.Cache) -> tuple[int, int]:
     except Exception as exc:
         log.warning("cannot read the size of the cache in %s: %s", cache.directory, exc)
         return 0, 0
-
-
-LOOKUP_BATCH = 500   # keys per SELECT: below SQLite's oldest bound on host parameters (999)
-
-
-def _get_many(cache: diskcache.Cache, keys: list[str]) -> dict[str, object]:
-    """``key -> value`` for the ``keys`` the cache holds: what ``cache.get`` returns for each, but
-    in one SQLite transaction with one ``SELECT ... WHERE key IN`` and one access-time
-    ``UPDATE`` (the least-recently-used bookkeeping ``get`` does) per ``LOOKUP_BATCH`` keys.
-
-    A ``get`` per key is a write transaction of its own (the access time): py-spy put 0.2-0.5 s
-    of a warm re-hydrate of a 512 MiB or 1 GiB file (~850-1700 chunks cut by content) in them.
-    This reads diskcache's table as ``Cache.get`` does (its schema, ``Disk.fetch`` for values
-    kept in files); tests/test_warm_copies.py checks it against diskcache's own ``get``."""
-    found: dict[str, object] = {}
-    if not keys:
-        return found
-    policy = cache.eviction_policy
-    if policy != "least-recently-used":   # the bookkeeping below is that policy's
-        raise ValueError(f"batched lookups expect the least-recently-used policy, not {policy}")
-    with cache._transact() as (sql, _):   # diskcache's own transaction (BEGIN IMMEDIATE, its locking)
-        now = time.time()
-        for start in range(0, len(keys), LOOKUP_BATCH):
-            batch = keys[start:start + LOOKUP_BATCH]
-            marks = ",".join("?" * len(batch))
-            rows = sql(f"SELECT rowid, key, mode, filename, value FROM Cache WHERE key IN ({marks})"
-                       " AND raw = 1 AND (expire_time IS NULL OR expire_time > ?)", (*batch, now)).fetchall()
-            touched = []
-            for rowid, key, mode, filename, value in rows:
-                try:
-                    found[key] = cache.disk.fetch(mode, filename, value, False)
-                except OSError:   # a value file removed meanwhile: a miss, as in Cache.get
-                    continue
-                touched.append(rowid)
-            if touched:
-                sql(f"UPDATE Cache SET access_time = ? WHERE rowid IN ({','.join('?' * len(touched))})",
-                    (now, *touched))
-    return found
 
 
 class _Opener:
@@ -229,6 +195,26 @@ class ChunkCache:
             self.stats.errors += 1
             log.warning("chunk cache read failed for %s: %s", chunk_id, exc)
             return None
+        return self._resolve(chunk_id, value)
+
+    def _get_batch(self, ids: list[str]) -> dict[str, bytes]:
+        """``_get_one`` for many ids: one SELECT per ``cachedb.BATCH`` of them (cachedb.py)."""
+        try:
+            values = cachedb.get_many(self._cache, [self._key(i) for i in ids])
+        except Exception as exc:
+            self.stats.errors += 1
+            log.warning("chunk cache read failed for %d chunks: %s", len(ids), exc)
+            return {}
+        found = {}
+        for chunk_id in ids:
+            data = self._resolve(chunk_id, values.get(self._key(chunk_id)))
+            if data is not None:
+                found[chunk_id] = data
+        return found
+
+    def _resolve(self, chunk_id: str, value: object) -> bytes | None:
+        """The verified bytes of an entry (read through a reference), or None: a miss (a bad
+        entry is evicted)."""
         if value is None:
             self.stats.misses += 1
             return None
@@ -242,6 +228,7 @@ class ChunkCache:
             log.warning("chunk cache entry %s is corrupt; evicting it", chunk_id)
             self._evict(chunk_id)
             return None
+        assert isinstance(value, bytes)
         self.stats.hits += 1
         self.stats.bytes_read += len(value)
         return value
@@ -286,10 +273,9 @@ class ChunkCache:
             log.warning("could not evict %d entries from the chunk cache: %s", len(ids), exc)
 
     def _put_many(self, items: Mapping[str, bytes | tuple[object, ...]]) -> None:
-        try:
-            with self._cache.transact():  # one SQLite transaction, not one per chunk
-                for chunk_id, value in items.items():
-                    self._cache.set(self._key(chunk_id), value if isinstance(value, tuple) else bytes(value))
+        try:   # one SQLite transaction and a few statements per 500 entries, not a set() each
+            cachedb.set_many(self._cache, {self._key(chunk_id): value if isinstance(value, tuple) else bytes(value)
+                                           for chunk_id, value in items.items()})
         except Exception as exc:
             self.stats.errors += 1
             log.warning("chunk cache write failed for %d chunks: %s", len(items), exc)
@@ -305,26 +291,7 @@ class ChunkCache:
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, bytes]:
         ids = list(ids)
-
-        def lookups() -> dict[str, bytes]:
-            found = {}
-            for chunk_id in ids:
-                value = self._get_one(chunk_id)
-                if value is not None:
-                    found[chunk_id] = value
-            return found
-
-        def run() -> dict[str, bytes]:
-            if len(ids) < 2:
-                return lookups()
-            try:   # one SQLite transaction for the LRU updates of all the reads: ~3x faster per key
-                with self._cache.transact():
-                    return lookups()
-            except Exception as exc:
-                log.warning("chunk cache transaction failed (%s); reading without one", exc)
-                return lookups()
-
-        return await asyncio.to_thread(run) if ids else {}
+        return await asyncio.to_thread(self._get_batch, ids) if ids else {}
 
     async def put(self, chunk_id: str, data: bytes) -> None:
         await asyncio.to_thread(self._put_many, {chunk_id: data})
@@ -337,14 +304,18 @@ class ChunkCache:
                        refs: Mapping[str, tuple[int, int]]) -> None:
         """Record where verified chunks sit in the published file ``path``: ``id -> (offset, size)``,
         with the file's fingerprint taken when it was published (None: hash on every use)."""
+        await self.put_located({i: Located(str(path), offset, size, fingerprint) for i, (offset, size) in refs.items()})
+
+    async def put_located(self, refs: Mapping[str, Located]) -> None:
+        """``put_refs`` for chunks of many files at once (one transaction): ``id -> where it sits``."""
         if refs:
-            items = {i: (REF, str(path), offset, size, fingerprint) for i, (offset, size) in refs.items()}
+            items = {i: (REF, at.path, at.offset, at.size, at.fingerprint) for i, at in refs.items()}
             await asyncio.to_thread(self._put_many, items)
 
     def _locate(self, ids: list[str]) -> dict[str, Located]:
         found: dict[str, Located] = {}
         try:
-            values = _get_many(self._cache, [self._key(i) for i in ids])
+            values = cachedb.get_many(self._cache, [self._key(i) for i in ids])
         except Exception as exc:
             self.stats.errors += 1
             log.warning("chunk cache read failed: %s", exc)

@@ -324,24 +324,29 @@ class ChunkFetcher:
         except NotFound as exc:
             raise _missing(volume, key, "" if start is None else f" (bytes {start}..{end})") from exc
 
-    async def get_packed(self, volume: str, pack: str, refs: Iterable[ChunkRef]) -> dict[str, bytes]:
-        """Bytes of every ref (all in ``pack``), keyed by chunk id, with at most one GET."""
+    async def get_packed(self, volume: str, pack: str, refs: Iterable[ChunkRef], *, cache_bytes: bool = True,
+                         from_cache: set[str] | None = None) -> dict[str, bytes]:
+        """Bytes of every ref (all in ``pack``), keyed by chunk id, with at most one GET.
+        ``cache_bytes=False`` when the caller caches references instead (hydrate: the file it
+        writes is the copy); ``from_cache`` (if given) receives the ids the cache had."""
         wanted = {r.id: r for r in refs}
         found = await self.cache.get_many(wanted) if self.cache is not None else {}
         self.bytes_by_source["cache"] += sum(len(v) for v in found.values())
+        if from_cache is not None:
+            from_cache.update(found)
         missing = [r for i, r in wanted.items() if i not in found]
         if missing:
             start = min(r.offset for r in missing)
             end = max(r.end for r in missing)
             fetched = await self._packs.do(
-                (volume, pack, start, end), lambda: self._fetch_range(volume, pack, start, end, missing))
+                (volume, pack, start, end), lambda: self._fetch_range(volume, pack, start, end, missing, cache_bytes))
             found.update({r.id: fetched[r.id] for r in missing})
         for ref in wanted.values():
             _sized(volume, ref, found[ref.id])
         return found
 
     async def _fetch_range(self, volume: str, pack: str, start: int, end: int,
-                           refs: list[ChunkRef]) -> dict[str, bytes]:
+                           refs: list[ChunkRef], cache_bytes: bool = True) -> dict[str, bytes]:
         source, data = await self._range(volume, pack, start, end)
         out, bad = self._split(source, data, start, refs)
         if bad and source != "store":  # a bad gateway answer: the store's range, once
@@ -351,7 +356,7 @@ class ChunkFetcher:
             out.update(good)
         for ref in bad:  # torn range or a corrupt pack: fall back to this chunk alone
             out[ref.id] = await self._from_store(volume, ref)
-        if self.cache is not None:
+        if self.cache is not None and cache_bytes:
             await self.cache.put_many(out)
         return out
 

@@ -15,7 +15,9 @@ record the new state in the local index.
 
 Transfers (``_Run``): small files live in packs, so files are grouped by pack
 and each group is fetched with one ranged GET and written in one
-worker-thread call that opens each directory once (fs.write_small_many).
+worker-thread call that opens each directory once (fs.write_small_many); in
+``ref`` mode (below) the cache then records where each chunk sits in the file
+written, in one transaction per group, instead of a copy of its bytes.
 Large files are preallocated and their chunks fetched in parallel and written
 with ``pwrite`` at their offsets; each chunk holds its size from the byte
 budget from fetch until it is on disk, which bounds memory however large the
@@ -80,11 +82,13 @@ from syncd.format.manifest import ChunkRef, Entry, Snapshot
 from syncd.limits import gather_all, in_thread
 from syncd.local import fs as localfs
 from syncd.local.index import LocalIndex, Tracked
-from syncd.local.scan import LocalFile, scan
+from syncd.local.scan import LocalFile, from_stat, scan
 
 OPEN_FILES = 16
 STREAMS = 4               # pack runs streamed at once (32 MiB each: 4 measured best, BENCHMARKS.md)
 STREAM_HOLD = 4 << 20     # budget a streamed run holds: the batch being written and the next piece
+REF_MIN = 16 << 10        # smaller chunks of small files are not cached: a cache row costs ~10-30 us of
+                          # CPU (cachedb.py), more than reading so few bytes from their pack again
 
 
 @dataclass
@@ -190,6 +194,7 @@ class _Run:
         self._files = asyncio.Semaphore(OPEN_FILES)
         self._streams = asyncio.Semaphore(STREAMS)
         self._by_ref = engine.config.cache_large == "ref"
+        self._root_path = str(root.absolute())   # what the cache's references name
         self._uses: Counter[str] = Counter()   # chunks of the large files being written (once: streamed)
         self._writer: ThreadPoolExecutor | None = None  # streamed chunk writes, see write_large
 
@@ -251,27 +256,52 @@ class _Run:
         return [pair for part in done for pair in part]
 
     async def _write_group(self, pack: str, entries: list[Entry]) -> list[tuple[Entry, LocalFile]]:
-        """Files whose bytes all sit in one pack: one ranged GET, one thread batch."""
+        """Files whose bytes all sit in one pack: one ranged GET, one thread batch. In ``ref``
+        mode the chunks fetched are cached as references into the files written (put_located)."""
         out: list[tuple[Entry, LocalFile]] = []
+        cache = self.engine.cache if self._by_ref else None
         for batch in _batches(entries, self.engine.config.pack_size):
             size = sum(e.size for e in batch)
             held = await self.engine.budget.acquire(size)
+            cached: set[str] = set()
             try:
                 refs = [c for e in batch for c in e.chunks]
-                data = await self.engine.fetcher.get_packed(self.volume, pack, refs) if refs else {}
-                files = [(e, b"".join(data[c.id] for c in e.chunks)) for e in batch]
+                data = await self.engine.fetcher.get_packed(self.volume, pack, refs, cache_bytes=cache is None,
+                                                            from_cache=cached) if refs else {}
+                files = [(e, data[e.chunks[0].id] if len(e.chunks) == 1 else b"".join(data[c.id] for c in e.chunks))
+                         for e in batch]
                 del data
-                stats = await in_thread(localfs.write_small_many, self.root, files, self.owner)
+                stats, located = await in_thread(self._write_batch, files, None if cache is None else cached)
             finally:
                 await self.engine.budget.release(held)
-            for entry, st in zip(batch, stats):
-                out.append((entry, st))
+            if cache is not None:
+                await cache.put_located(located)
+            for entry, local in zip(batch, stats):
+                out.append((entry, local))
                 if self.record is not None:
-                    self.record(entry, st)
+                    self.record(entry, local)
             self.result.files_written += len(batch)
             self.result.bytes_written += size
             self.progress.advance(size)
         return out
+
+    def _write_batch(self, files: list[tuple[Entry, bytes]],
+                     cached: set[str] | None) -> tuple[list[LocalFile], dict[str, Located]]:
+        """Worker thread: write the files (fs.write_small_many), and say where the chunks of each
+        sit in it with its fingerprint (stamp.py), for the cache (``cached``: the ids it had;
+        None: no references), except those below ``REF_MIN``."""
+        stats = localfs.write_small_many(self.root, files, self.owner)
+        located: dict[str, Located] = {}
+        for (entry, _), st in zip(files, stats):
+            if cached is None or entry.size < REF_MIN:
+                continue
+            fingerprint = stamp.pinned(st, entry.size, entry.mtime_ns)
+            offset = 0
+            for ref in entry.chunks:
+                if ref.id not in cached and ref.size >= REF_MIN:
+                    located[ref.id] = Located(f"{self._root_path}/{entry.path}", offset, ref.size, fingerprint)
+                offset += ref.size
+        return [from_stat(st) for st in stats], located
 
     async def write_large(self, entry: Entry) -> LocalFile:
         """One large file, chunk by chunk (see the module docstring); its stat once published."""

@@ -95,6 +95,7 @@ class _Looked:
     children: dict[str, Child]         # what the snapshot has in it, by full path
     shadowed: list[tuple[str, TreeRef]] = field(default_factory=list)   # replaced locally by a non-directory
     leftovers: list[str] = field(default_factory=list)    # a killed hydrate's temporary files in it
+    path: str = ""                     # the directory's own path ('' is the root)
 
 
 @dataclass
@@ -132,6 +133,8 @@ class HydrateWalk:
         self._planned_size = 0
         self.progress_total = 0
         self.seed = 0
+        self._cold = scope.state is None      # nothing of this directory in the index: no rows anywhere
+        self._fresh: set[str] = set()         # directories this hydrate made (cold only), not entered yet
 
     async def __aenter__(self) -> HydrateWalk:
         def opening() -> None:
@@ -248,6 +251,9 @@ class HydrateWalk:
         if not checking and visit.path in self._planned:
             return self._planned.pop(visit.path)     # planned by the first pass a moment ago
         children, names = await self._children(visit)
+        if not checking and visit.path in self._fresh:   # made by this hydrate a moment ago: empty, no rows
+            self._fresh.discard(visit.path)        # what plan_hydrate makes of it: create everything, in order
+            return _Looked(Plan(create=[children[p][0] for p in sorted(children)]), {}, {}, children, path=visit.path)
         looked = await in_thread(self._look_sync, visit.path, children, names, checking, pool=self._pool)
         if checking and looked is not None and self._planned_size + len(looked.children) <= KEEP_PLANNED:
             self._planned[visit.path] = looked      # a small change: the second pass reuses the plan
@@ -320,7 +326,7 @@ class HydrateWalk:
                 self._add_subtree(p, local, rows)
         plan = plan_hydrate(desired, LocalIndex(None, 0, rows), local, self.overwrite)
         settle_plan(plan, self.target, self.overwrite)
-        return _Looked(plan, rows, local, children, leftovers=leftovers)
+        return _Looked(plan, rows, local, children, leftovers=leftovers, path=path)
 
     def _list(self, path: str, names: list[str] | None, leftovers: list[str]) -> dict[str, LocalFile] | None:
         """What is in the directory now, or at ``names`` in it (None: it is not a directory here)."""
@@ -395,7 +401,11 @@ class HydrateWalk:
         for path, ref in looked.shadowed:  # the snapshot's paths below a local edit: not ours to write
             result.kept_local += await self._paths_below(path, ref)
         self.late_conflicts += plan.conflicts        # appeared since the first pass: left alone
-        made = await in_thread(self._apply, looked, pool=self._pool)
+        applying = looked.leftovers or plan.clear or plan.delete or plan.meta or \
+            any(e.kind != "file" for e in plan.create)
+        made, fresh = await in_thread(self._apply, looked, pool=self._pool) if applying else ([], [])
+        if self._cold:
+            self._fresh.update(fresh)
         for entry, st in made:
             self._put(entry.path, Tracked(entry, st.fingerprint if entry.kind == "file" else None),
                       looked.rows.get(entry.path))
@@ -419,22 +429,36 @@ class HydrateWalk:
         if len(self._pending) >= ROW_BATCH:
             await self.save(False)
 
-    def _apply(self, looked: _Looked) -> list[tuple[Entry, LocalFile]]:
+    def _apply(self, looked: _Looked) -> tuple[list[tuple[Entry, LocalFile]], list[str]]:
         """Worker thread, one call per directory: everything of its plan but writing files --
         leftovers and what is in the way go, subdirectories are made, metadata adopted, links
-        made, the files the snapshot dropped deleted. What it made, with each one's stat."""
+        made, the files the snapshot dropped deleted. What it made, with each one's stat, and
+        the subdirectories it created (they were not there: empty, only ours).
+
+        Its children are made relative to the directory's descriptor, opened once (dirfd.py)."""
         plan, root, owner = looked.plan, self.target, self.run.owner
         for path in looked.leftovers:
             localfs.remove_at(root, path)
         for path in plan.clear:
             localfs.remove_at(root, path, True)
-        made = [(e, localfs.make_dir(root, e.path, e, owner)) for e in plan.create + plan.meta if e.kind == "dir"]
-        made += [(e, localfs.set_meta(root, e.path, e, owner)) for e in plan.meta if e.kind == "file"]
-        made += [(e, localfs.make_symlink(root, e.path, e, owner)) for e in plan.create if e.kind == "symlink"]
+        made: list[tuple[Entry, LocalFile]] = []
+        fresh: list[str] = []
+        dirs = [e for e in plan.create + plan.meta if e.kind == "dir"]
+        files = [e for e in plan.meta if e.kind == "file"]
+        links = [e for e in plan.create if e.kind == "symlink"]
+        if dirs or files or links:
+            with dirfd.closing(localfs.open_dir(root, looked.path)) as fd:
+                for e in dirs:
+                    st, created = localfs.make_dir_at(fd, dirdigest.name_of(e.path), e, owner, root / e.path)
+                    made.append((e, st))
+                    if created:
+                        fresh.append(e.path)
+                made += [(e, localfs.set_meta_at(fd, dirdigest.name_of(e.path), e, owner, root / e.path)) for e in files]
+                made += [(e, localfs.make_symlink_at(fd, dirdigest.name_of(e.path), e, owner, root / e.path)) for e in links]
         for path in plan.delete:
             if not _is_dir(looked.rows.get(path)):
                 localfs.remove_at(root, path)
-        return made
+        return made, fresh
 
     async def _paths_below(self, top: str, ref: TreeRef) -> list[str]:
         out: list[str] = []

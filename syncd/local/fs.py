@@ -191,20 +191,11 @@ def abandon_tmp(tmp: TmpFile) -> None:
     tmp.close()
 
 
-def write_small(root: Path, rel: str, entry: Entry, data: bytes, owner: Owner = None) -> LocalFile:
-    tmp = open_tmp(root, rel, 0, owner)
-    try:
-        pwrite_all(tmp.fd, data, 0, tmp.final)
-    except BaseException:
-        abandon_tmp(tmp)
-        raise
-    return finish_tmp(tmp, entry)
-
-
-def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner = None) -> list[LocalFile]:
-    """``write_small`` for many files, in order; each directory is opened (from ``root``, without
-    following links) once for the run of files in it, not once per file."""
-    out: list[LocalFile] = []
+def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner = None) -> list[os.stat_result]:
+    """Small files, each whole (``_write_in``), in order; each directory is opened (from ``root``,
+    without following links) once for the run of files in it, not once per file. Returns each
+    published file's ``fstat`` (for the index, and the cache's fingerprint: data/stamp.py)."""
+    out: list[os.stat_result] = []
     token = secrets.token_hex(4)
     dir_fd, current = -1, None
     try:
@@ -224,7 +215,7 @@ def write_small_many(root: Path, files: list[tuple[Entry, bytes]], owner: Owner 
 
 
 def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, owner: Owner, root: Path,
-              rel: str) -> LocalFile:
+              rel: str) -> os.stat_result:
     """One small file, whole, into ``dir_fd``: temporary name, bytes, owner, mtime, mode, rename."""
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
@@ -240,7 +231,7 @@ def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, owner
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.fchmod(fd, entry.mode & SAFE_MODE_BITS)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            return from_stat(os.fstat(fd))
+            return os.fstat(fd)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
@@ -252,63 +243,112 @@ def _write_in(dir_fd: int, name: str, tmp: str, entry: Entry, data: bytes, owner
 
 
 def set_meta(root: Path, rel: str, entry: Entry, owner: Owner = None) -> LocalFile:
-    """chmod and utime ``rel`` itself, never a symlink's target.
+    """chmod and utime ``rel`` itself, never a symlink's target (``set_meta_at``)."""
+    with parent(root, rel) as (dir_fd, name):
+        return set_meta_at(dir_fd, name, entry, owner, root / rel)
+
+
+def set_meta_at(dir_fd: int, name: str, entry: Entry, owner: Owner, where: Path) -> LocalFile:
+    """chmod and utime ``name`` in ``dir_fd`` itself, never a symlink's target.
 
     The path is pinned with an ``O_PATH | O_NOFOLLOW`` descriptor (which needs
     no read permission) and changed through ``/proc/self/fd``, so a file
-    swapped for a link in between cannot redirect the chmod.
+    swapped for a link in between cannot redirect the chmod. ``where`` names
+    it in messages.
     """
     mode = (entry.mode & SAFE_MODE_BITS) | (0o700 if entry.kind == "dir" else 0)
-    with parent(root, rel) as (dir_fd, name):
-        try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except OSError as exc:
-            raise local_error(root / rel, exc) from exc
-        try:
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise LocalIOError(f"refusing to change {root / rel}: it is a symlink")
-            pinned = f"/proc/self/fd/{fd}"
-            if owner is not None:
-                os.chown(pinned, *owner)
-            os.chmod(pinned, mode)
-            os.utime(pinned, ns=(entry.mtime_ns, entry.mtime_ns))
-            return from_stat(os.fstat(fd))
-        except OSError as exc:
-            raise local_error(root / rel, exc) from exc
-        finally:
-            os.close(fd)
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        raise local_error(where, exc) from exc
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise LocalIOError(f"refusing to change {where}: it is a symlink")
+        pinned = f"/proc/self/fd/{fd}"
+        if owner is not None:
+            os.chown(pinned, *owner)
+        os.chmod(pinned, mode)
+        os.utime(pinned, ns=(entry.mtime_ns, entry.mtime_ns))
+        return from_stat(os.fstat(fd))
+    except OSError as exc:
+        raise local_error(where, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def make_dir(root: Path, rel: str, entry: Entry, owner: Owner = None) -> LocalFile:
     with parent(root, rel) as (dir_fd, name):
+        return make_dir_at(dir_fd, name, entry, owner, root / rel)[0]
+
+
+def make_dir_at(dir_fd: int, name: str, entry: Entry, owner: Owner, where: Path) -> tuple[LocalFile, bool]:
+    """The directory ``name`` in ``dir_fd`` with the entry's mode and mtime: made if missing, a
+    symlink or file syncd owns in the way replaced. Returns its stat and whether it was made now
+    (empty, ours: hydratewalk.py plans into it without listing it)."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)     # a symlink or file syncd owns, in the way
+            raise FileNotFoundError
+        made = False
+    except FileNotFoundError:
         try:
-            st = os.lstat(name, dir_fd=dir_fd)
-            if not stat.S_ISDIR(st.st_mode):
-                os.unlink(name, dir_fd=dir_fd)     # a symlink or file syncd owns, in the way
-                raise FileNotFoundError
-        except FileNotFoundError:
-            try:
-                os.mkdir(name, 0o700, dir_fd=dir_fd)
-            except OSError as exc:
-                raise local_error(root / rel, exc, "create directory") from exc
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
         except OSError as exc:
-            raise local_error(root / rel, exc, "create directory") from exc
-    return set_meta(root, rel, entry, owner)
+            raise local_error(where, exc, "create directory") from exc
+        made = True
+    except OSError as exc:
+        raise local_error(where, exc, "create directory") from exc
+    return set_meta_at(dir_fd, name, entry, owner, where), made
 
 
 def make_symlink(root: Path, rel: str, entry: Entry, owner: Owner = None) -> LocalFile:
     with parent(root, rel) as (dir_fd, name):
-        tmp = tmp_name()
+        return make_symlink_at(dir_fd, name, entry, owner, root / rel)
+
+
+def make_symlink_at(dir_fd: int, name: str, entry: Entry, owner: Owner, where: Path) -> LocalFile:
+    """The symlink ``name`` in ``dir_fd``: made in place when nothing is there (a link appears
+    whole), else under a temporary name renamed over ``name``; so is one given to ``owner``,
+    which must own it before anyone sees it."""
+    if owner is None:
         try:
-            os.symlink(entry.target or "", tmp, dir_fd=dir_fd)
-            if owner is not None:
-                os.chown(tmp, *owner, dir_fd=dir_fd, follow_symlinks=False)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.symlink(entry.target or "", name, dir_fd=dir_fd)
             return from_stat(os.lstat(name, dir_fd=dir_fd), entry.target)
+        except FileExistsError:
+            pass
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise local_error(root / rel, exc, "create symlink") from exc
+            raise local_error(where, exc, "create symlink") from exc
+    tmp = tmp_name()
+    try:
+        os.symlink(entry.target or "", tmp, dir_fd=dir_fd)
+        if owner is not None:
+            os.chown(tmp, *owner, dir_fd=dir_fd, follow_symlinks=False)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return from_stat(os.lstat(name, dir_fd=dir_fd), entry.target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise local_error(where, exc, "create symlink") from exc
+
+
+def open_dir(root: Path, rel: str) -> int:
+    """A descriptor of the directory ``rel`` ('' is ``root``), reached without following links."""
+    if not rel:
+        try:
+            return os.open(root, _DIR)
+        except OSError as exc:
+            raise local_error(root, exc, "open") from exc
+    fd, name = open_parent(root, rel)
+    try:
+        return os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise LocalIOError(f"refusing to write in {root / rel}: it is a symlink or not a "
+                               f"directory ({errno.errorcode[exc.errno]})") from exc
+        raise local_error(root / rel, exc, "open") from exc
+    finally:
+        os.close(fd)
 
 
 def remove(path: Path, recursive: bool = False) -> None:

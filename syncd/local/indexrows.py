@@ -93,7 +93,8 @@ def _fast_writes_as_json() -> bool:
     manifest's form ever changes, the fast writer steps aside (checked once, at import)."""
     samples = [Entry("a", "file", 0o640, -5, 9, (ChunkRef("0" * 32, 4), ChunkRef("1" * 32, 5, "2" * 32, 7),
                                                   ChunkRef("3" * 32, 9, "2" * 32, 12, 4))),
-               Entry("a", "file", 0o644, 1, 0), Entry("d", "dir", 0o755, 2)]
+               Entry("a", "file", 0o644, 1, 0), Entry("b", "file", 0o600, 7, 5, (ChunkRef("4" * 32, 5, "5" * 32, 3),)),
+               Entry("d", "dir", 0o755, 2)]
     for e in samples:
         raw = entry_to_json(e)
         raw.pop("path", None)
