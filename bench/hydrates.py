@@ -18,7 +18,13 @@ committed and backed up once (not measured), then each round runs the three
 in a rotating order, each into a fresh directory with a fresh cache and state
 (restic: a fresh cache), and the round's copies are deleted only when the
 round is over; with ``--repeat`` a multiple of three each tool follows that
-deletion equally often. Reported per tool: the median run by wall seconds
+deletion equally often; and after the deletion the disk is synced and left
+alone for ``--settle`` seconds (default 60), which this VM's ext4 needed to
+create files at its fresh speed again (20,000 creates: 7.3 s fresh, 10.6 s
+right after 100,000 deletions, 12.2 s 10 s later, 9.7 s 40 s later, 7.9 s
+70 s later). A cold hydrate of 100,000 files profiled right after the
+previous round's deletion took 40 s instead of 9 s, the CLI's and the agent's
+alike, with two thirds of the samples on the ``O_CREAT`` line. Reported per tool: the median run by wall seconds
 (every run's seconds are in the JSON), the median CPU seconds (user + system
 of the command, from ``wait4``; of the agent process during its mount call,
 from ``/proc``), peak RSS, and restic's over syncd's as ratios (above 1.0x
@@ -63,12 +69,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-real-tree", dest="real", action="store_false")
     p.add_argument("--no-restic", dest="restic", action="store_false")
     p.add_argument("--no-agent", dest="agent", action="store_false")
+    p.add_argument("--settle", type=float,
+                   help="seconds to leave the disk alone after a round's deletion (default 60; 0 with --tiny)")
     p.add_argument("--step-timeout", type=float, default=900.0, help="kill a hydrate after this many seconds")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--work", type=Path, help="scratch directory (default: a new temp dir, removed at the end)")
     args = p.parse_args(argv)
     args.counts = [300] if args.tiny else [int(s) for s in args.sizes.split(",") if s]
     args.real = args.real and not args.tiny
+    if args.settle is None:
+        args.settle = 0.0 if args.tiny else 60.0
     # bench/scale.py's Bench reads these
     args.step_timeout, args.per_1000, args.find = args.step_timeout, 0.0, False
     return args
@@ -103,6 +113,8 @@ class Rounds:
                 print(f"round {i + 1}/{self.args.repeat} {self.name} {tool}: {res.get('seconds')} s wall, "
                       f"{res.get('cpu_s')} s CPU, load {res.get('load')}", file=sys.stderr, flush=True)
             self.bench.empty_trash()                            # the round's copies, once it is over
+            os.sync()
+            time.sleep(self.args.settle)    # let the file system forget the deletion (module docstring)
         return runs
 
     def _discard(self, *paths: Path) -> None:
