@@ -42,7 +42,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scale import BUCKET, Bench, Child, count_entries, make_tree, shape  # noqa: E402
+from scale import BUCKET, Bench, Child, count_entries, make_tree, scratch, shape  # noqa: E402
 from scalereport import ok  # noqa: E402
-
-from syncd.store.devserver import SeaweedServer  # noqa: E402
 
 TOOLS = ("syncd", "agent", "restic")
 
@@ -203,12 +200,7 @@ def table(results: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop the server and agents on the way out
-    if args.restic and not shutil.which("restic"):
-        print("restic not found; measuring syncd only", file=sys.stderr)
-        args.restic = False
-    work = args.work or Path(tempfile.mkdtemp(prefix="syncd-hydrates-"))
-    work.mkdir(parents=True, exist_ok=True)
-    server = SeaweedServer(work / "seaweedfs")
+    work, server = scratch(args, "syncd-hydrates-")
     results: dict[str, Any] = {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                "sets": {}}
     try:

@@ -753,14 +753,20 @@ def measure_real(bench: Bench, work: Path) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def scratch(args: argparse.Namespace, prefix: str) -> tuple[Path, SeaweedServer]:
+    """The scratch directory (``--work``, else a new temp dir) and a SeaweedFS (not started) in
+    it; ``args.restic`` turned off if restic is not installed. Shared with bench/hydrates.py."""
     if args.restic and not shutil.which("restic"):
         print("restic not found (apt-get install restic); measuring syncd only", file=sys.stderr)
         args.restic = False
-    work = args.work or Path(tempfile.mkdtemp(prefix="syncd-scale-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
-    server = SeaweedServer(work / "seaweedfs")
+    return work, SeaweedServer(work / "seaweedfs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work, server = scratch(args, "syncd-scale-")
     results: dict[str, Any] = {"mode": args.mode or "default", "command": " ".join(sys.argv),
                                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load": os.getloadavg(),
                                "restic": _version(["restic", "version"]) if args.restic else None,
