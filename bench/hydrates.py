@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scale import BUCKET, Bench, Child, count_entries, make_tree, scratch, shape  # noqa: E402
+from scale import BUCKET, Bench, Child, count_entries, make_tree, report, scratch, shape  # noqa: E402
 from scalereport import ok  # noqa: E402
 
 TOOLS = ("syncd", "agent", "restic")
@@ -225,11 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "hydrates.json").write_text(json.dumps(results, indent=2))
-    print("\n".join(table(results)))
-    return 0
+    return report(args, results, "hydrates.json", table(results))
 
 
 if __name__ == "__main__":

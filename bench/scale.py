@@ -785,10 +785,16 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    return report(args, results, "scale.json", show(results))
+
+
+def report(args: argparse.Namespace, results: dict[str, Any], name: str, table: list[str]) -> int:
+    """Stamp the finish time, write ``<out>/<name>`` and print the table (0, main's exit code).
+    Shared with bench/hydrates.py."""
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(results, indent=2))
-    print("\n".join(show(results)))
+    (args.out / name).write_text(json.dumps(results, indent=2))
+    print("\n".join(table))
     return 0
 
 
