@@ -57,7 +57,7 @@ from syncd.format.manifest import ChunkRef, Entry, Snapshot, symlink_stays_insid
 from syncd.limits import in_thread
 from syncd.local import dirdigest
 from syncd.local.dirfd import open_file
-from syncd.local.indexrows import Fingerprint, Tracked, term
+from syncd.local.indexrows import Fingerprint, Tracked, entry_term, term
 from syncd.local.scan import LocalFile, from_stat
 from syncd.local.spool import Spool
 
@@ -434,10 +434,9 @@ class CommitPass:
             return
         moved = -term(self.seed, path, change.row) if change.row is not None else 0
         fp = None
-        if entry is not None:      # indexrows.term, without a Tracked per row
+        if entry is not None:
             fp = change.fingerprint if entry.kind == "file" else None
-            moved += dirdigest.child_hash(self.seed, dirdigest.name_of(path), entry.kind, entry.mode, fp,
-                                          entry.target, entry.mtime_ns)
+            moved += entry_term(self.seed, path, entry, fp)
         spooled.change(path, entry, fp, moved)
 
     # ------------------------------------------------------------ replay and large files

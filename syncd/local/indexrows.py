@@ -31,10 +31,11 @@ from syncd.format.manifest import ChunkRef, Entry, entry_from_json, entry_to_jso
 from syncd.local import dirdigest
 
 Fingerprint = tuple[int, int, int, int]
-SELECT = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files WHERE "
+_COLUMNS = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files"
+SELECT = _COLUMNS + " WHERE "
 # Named: without statistics SQLite's planner prefers the primary key's (vol) prefix, a scan of every
 # row of the volume (74 ms per inode at 300,000 rows, in every commit of a new file), to files_ino
-BY_INODE = "SELECT path, entry, ino, size, mtime_ns, ctime_ns FROM files INDEXED BY files_ino WHERE vol=? AND ino=?"
+BY_INODE = _COLUMNS + " INDEXED BY files_ino WHERE vol=? AND ino=?"
 BATCH = 256          # rows fetched per range query
 Raw = tuple[Any, ...]
 EncodedRow = tuple[bytes, str, int | None, int | None, int | None, int | None]   # a files row without vol
@@ -48,9 +49,13 @@ class Tracked:
 
 def term(seed: int, path: str, tracked: Tracked) -> int:
     """The directory-digest term of the row at ``path`` (dirdigest.py)."""
-    e = tracked.entry
-    return dirdigest.child_hash(seed, dirdigest.name_of(path), e.kind, e.mode, tracked.fingerprint, e.target,
-                                e.mtime_ns)
+    return entry_term(seed, path, tracked.entry, tracked.fingerprint)
+
+
+def entry_term(seed: int, path: str, e: Entry, fingerprint: Fingerprint | None) -> int:
+    """``term`` of the row ``Tracked(e, fingerprint)`` would be, without making it (a commit
+    spools a row per file)."""
+    return dirdigest.child_hash(seed, dirdigest.name_of(path), e.kind, e.mode, fingerprint, e.target, e.mtime_ns)
 
 
 def enc(path: str) -> bytes:
