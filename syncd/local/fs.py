@@ -65,11 +65,22 @@ def tmp_name() -> str:
 def open_parent(root: Path, rel: str) -> tuple[int, str]:
     """``(descriptor of rel's parent, rel's last component)``, reached without following links."""
     parts = rel.split("/")
+    return _open_dirs(root, rel, parts[:-1]), parts[-1]
+
+
+def open_dir(root: Path, rel: str) -> int:
+    """A descriptor of the directory ``rel`` ('' is ``root``), reached without following links."""
+    return _open_dirs(root, rel, rel.split("/") if rel else [], "open")
+
+
+def _open_dirs(root: Path, rel: str, parts: list[str], action: str = "write") -> int:
+    """A descriptor of ``root`` / ``parts``, each component opened ``O_NOFOLLOW``: a symlink or
+    non-directory on the way is refused (LocalIOError naming it); errors name ``rel``."""
     try:
         fd = os.open(root, _DIR)
     except OSError as exc:
         raise local_error(root, exc, "open") from exc
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
         try:
             nxt = os.open(part, _DIR | os.O_NOFOLLOW, dir_fd=fd)
         except OSError as exc:
@@ -78,10 +89,10 @@ def open_parent(root: Path, rel: str) -> tuple[int, str]:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise LocalIOError(f"refusing to write {root / rel}: {where} is a symlink or not a "
                                    f"directory ({errno.errorcode[exc.errno]})") from exc
-            raise local_error(root / rel, exc) from exc
+            raise local_error(root / rel, exc, action) from exc
         os.close(fd)
         fd = nxt
-    return fd, parts[-1]
+    return fd
 
 
 @contextlib.contextmanager
@@ -330,25 +341,6 @@ def make_symlink_at(dir_fd: int, name: str, entry: Entry, owner: Owner, where: P
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise local_error(where, exc, "create symlink") from exc
-
-
-def open_dir(root: Path, rel: str) -> int:
-    """A descriptor of the directory ``rel`` ('' is ``root``), reached without following links."""
-    if not rel:
-        try:
-            return os.open(root, _DIR)
-        except OSError as exc:
-            raise local_error(root, exc, "open") from exc
-    fd, name = open_parent(root, rel)
-    try:
-        return os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise LocalIOError(f"refusing to write in {root / rel}: it is a symlink or not a "
-                               f"directory ({errno.errorcode[exc.errno]})") from exc
-        raise local_error(root / rel, exc, "open") from exc
-    finally:
-        os.close(fd)
 
 
 def remove(path: Path, recursive: bool = False) -> None:
