@@ -133,3 +133,19 @@ async def test_the_index_is_found_through_another_endpoint_spelling(config: Conf
     async with open_engine(config.replace(s3_endpoint=_other_spelling(config.s3_endpoint))) as engine:
         again = await commit(engine, "spelled", src)
     assert (again.files_read, again.changed, again.merged) == (1, 1, False)
+
+
+def test_the_fast_row_and_reference_writers_write_the_formats_json() -> None:
+    """indexrows.entry_json and chunkindex.ref_text write JSON by hand; if they ever differ from the
+    format's encoders, entry_json quietly steps aside (at import) and ref_text would be wrong:
+    either is a failure here."""
+    from syncd.format.chunkindex import ref_json, ref_text
+    from syncd.local import indexrows
+
+    assert indexrows._FAST_JSON
+    for ref in (ChunkRef("a" * 32, 7), ChunkRef("b" * 32, 0, "c" * 32, 9), ChunkRef("d" * 32, 5, "c" * 32, 0, 3)):
+        assert ref_text(ref) == json.dumps(ref_json(ref), separators=(",", ":"))
+        entry = Entry("x/y", "file", 0o644, 12, ref.size, (ref, ref))
+        raw = entry_to_json(entry)
+        raw.pop("path")
+        assert indexrows.entry_json(entry) == json.dumps(raw, separators=(",", ":"))
